@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ltx2-diffusers",
+    version="0.1.0.dev0",
+    description="Lightricks LTX-2 / LTX-2.3 audio-video diffusion for Hugging Face diffusers, centred on audio-to-video.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=[
+        "diffusers>=0.42.1,<0.43",
+        "transformers>=5",
+        "accelerate",
+        "peft",
+        "safetensors",
+        "huggingface_hub",
+        "av",
+        "librosa",
+        "soundfile",
+        "numpy",
+        "tqdm",
+        "torch>=2.7",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-xdist", "ltx-core==1.0.0", "ltx-pipelines==1.0.0"],
+        "dev": ["ruff"],
+    },
+)

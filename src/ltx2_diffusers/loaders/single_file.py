@@ -1,0 +1,162 @@
+"""Reading original LTX-2 single-file checkpoints: metadata, declarative key tables and one shared engine.
+
+Every component (transformer, audio VAE, vocoder, ...) declares a `KeyTable`: which keys of the original file
+belong to it and how they are renamed into our (diffusers-compatible) state-dict names. `from_single_file`
+methods and the converter both go through the functions here, so a mapping is written exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+
+
+@dataclass(frozen=True)
+class KeyTable:
+    """Declarative mapping from original checkpoint keys to our state-dict keys.
+
+    - `prefix`: a key belongs to the component iff it starts with `prefix` and with none of `exclude_prefixes`.
+    - `renames`: `(regex, replacement)` pairs applied in order with `re.sub` to the key after `prefix` is stripped.
+    - `ignore`: regexes (matched against the stripped key) of tensors that are read and deliberately dropped.
+    """
+
+    name: str
+    prefix: str
+    renames: tuple[tuple[str, str], ...] = ()
+    exclude_prefixes: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    _compiled: tuple = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_compiled", tuple((re.compile(p), r) for p, r in self.renames))
+
+    def owns(self, key: str) -> bool:
+        return key.startswith(self.prefix) and not any(key.startswith(p) for p in self.exclude_prefixes)
+
+    def is_ignored(self, key: str) -> bool:
+        stripped = key[len(self.prefix) :]
+        return any(re.fullmatch(p, stripped) for p in self.ignore)
+
+    def map_key(self, key: str) -> str:
+        new = key[len(self.prefix) :]
+        for pattern, repl in self._compiled:
+            new = pattern.sub(repl, new)
+        return new
+
+
+def _check_safetensors_file(path: str | os.PathLike) -> None:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint file {path!r} does not exist")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path!r} is not a safetensors file: it is only {size} bytes long")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len <= 0 or header_len > size - 8 or header_len > 100_000_000:
+            raise ValueError(f"{path!r} is not a safetensors file (invalid header length {header_len})")
+        header = f.read(header_len)
+    try:
+        parsed = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path!r} is not a safetensors file (its header is not JSON: {e})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{path!r} is not a safetensors file (its header is not a JSON object)")
+    end = max((v["data_offsets"][1] for k, v in parsed.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        raise ValueError(
+            f"{path!r} is truncated: the header promises {8 + header_len + end} bytes but the file has {size}"
+        )
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file (empty dict if none); `ValueError` for a missing/invalid file."""
+    _check_safetensors_file(path)
+    with safe_open(os.fspath(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> tuple[dict, str | None]:
+    """`(config, model_version)` from an original checkpoint's metadata; `ValueError` if `config` is absent."""
+    meta = read_metadata(path)
+    if "config" not in meta:
+        raise ValueError(
+            f"{os.fspath(path)!r} has no 'config' entry in its safetensors metadata (found keys: "
+            f"{sorted(meta) or 'none'}); original LTX-2 checkpoints carry their configuration there"
+        )
+    try:
+        config = json.loads(meta["config"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"the 'config' metadata of {os.fspath(path)!r} is not valid JSON: {e}") from None
+    return config, meta.get("model_version")
+
+
+def checkpoint_keys(path: str | os.PathLike) -> list[str]:
+    _check_safetensors_file(path)
+    with safe_open(os.fspath(path), framework="pt") as f:
+        return list(f.keys())
+
+
+def iter_component_tensors(
+    path: str | os.PathLike, table: KeyTable, dtype: torch.dtype | None = None
+) -> Iterator[tuple[str, str, torch.Tensor]]:
+    """Stream `(original_key, new_key, tensor)` for every non-ignored tensor the table owns, one at a time."""
+    _check_safetensors_file(path)
+    with safe_open(os.fspath(path), framework="pt") as f:
+        for key in f.keys():
+            if not table.owns(key) or table.is_ignored(key):
+                continue
+            tensor = f.get_tensor(key)
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            yield key, table.map_key(key), tensor
+
+
+def load_component_state_dict(
+    path: str | os.PathLike, table: KeyTable, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """The component's state dict in our naming; `ValueError` if the file holds none of its keys or two keys collide."""
+    state_dict: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for old, new, tensor in iter_component_tensors(path, table, dtype):
+        if new in state_dict:
+            raise ValueError(f"{table.name}: keys {origin[new]!r} and {old!r} both map to {new!r}")
+        state_dict[new] = tensor
+        origin[new] = old
+    if not state_dict:
+        raise ValueError(
+            f"{os.fspath(path)!r} holds no {table.name} weights (no key starts with {table.prefix!r})"
+        )
+    return state_dict
+
+
+def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], component: str) -> None:
+    """`load_state_dict(strict=True)` semantics with an error that names every missing and unexpected key."""
+    expected = set(model.state_dict().keys())
+    given = set(state_dict)
+    missing = sorted(expected - given)
+    unexpected = sorted(given - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {missing[:20]}{' ...' if len(missing) > 20 else ''}")
+        if unexpected:
+            parts.append(
+                f"unexpected keys ({len(unexpected)}): {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
+            )
+        raise ValueError(f"{component} checkpoint does not match the model: " + "; ".join(parts))
+    for name, tensor in model.state_dict().items():
+        if tensor.shape != state_dict[name].shape:
+            raise ValueError(
+                f"{component} checkpoint does not match the model: {name!r} has shape "
+                f"{tuple(state_dict[name].shape)} in the checkpoint but {tuple(tensor.shape)} in the model"
+            )
+    model.load_state_dict(state_dict, strict=True, assign=True)
