@@ -23,10 +23,17 @@ setup(
         "soundfile",
         "numpy",
         "tqdm",
+        "matplotlib",
         "torch>=2.7",
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "ltx-core==1.0.0", "ltx-pipelines==1.0.0"],
         "dev": ["ruff"],
+    },
+    entry_points={
+        "console_scripts": [
+            "ltx2-a2v=ltx2_diffusers.a2vid:main",
+            "ltx2-sync-report=ltx2_diffusers.sync_report:main",
+        ]
     },
 )
