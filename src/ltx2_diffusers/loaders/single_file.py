@@ -132,9 +132,7 @@ def load_component_state_dict(
         state_dict[new] = tensor
         origin[new] = old
     if not state_dict:
-        raise ValueError(
-            f"{os.fspath(path)!r} holds no {table.name} weights (no key starts with {table.prefix!r})"
-        )
+        raise ValueError(f"{os.fspath(path)!r} holds no {table.name} weights (no key starts with {table.prefix!r})")
     return state_dict
 
 

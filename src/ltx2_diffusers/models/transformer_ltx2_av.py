@@ -1,0 +1,509 @@
+"""`LTX2AudioVideoTransformer`: the LTX-2 / LTX-2.3 dual-stream (video + audio) diffusion transformer."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin
+from diffusers.models.cache_utils import CacheMixin
+from diffusers.models.embeddings import PixArtAlphaTextProjection
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.transformers.transformer_ltx2 import AudioVisualModelOutput
+from diffusers.utils import apply_lora_scale, logging
+
+from ..loaders.single_file import load_state_dict_strict
+from .modulation import AdaLayerNormSingle
+from .perturbations import BlockPerturbation, LTX2Perturbation, block_perturbation, validate_perturbations
+from .rope import ROPE_TYPES, rope_frequencies
+from .rope import audio_coords as build_audio_coords
+from .rope import video_coords as build_video_coords
+from .transformer_block import LTX2AVTransformerBlock
+from .transformer_single_file import (
+    read_transformer_config,
+    transformer_config_from_original,
+    transformer_state_dict_from_single_file,
+)
+
+
+logger = logging.get_logger(__name__)
+
+
+class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin, CacheMixin):
+    r"""The LTX-2 (19B) / LTX-2.3 (22B) audio-video transformer, numerically identical to ltx-core's `LTXModel`.
+
+    A drop-in for diffusers' `LTX2VideoTransformer3DModel` (same config keys and defaults, state-dict names and
+    `forward` arguments), plus `forward(..., perturbations=...)`: one collection of `LTX2Perturbation` per batch
+    item, so the passes of a guidance step can run as one batched forward.
+
+    Timesteps are scaled like diffusers' (`sigma * timestep_scale_multiplier`). LTX-2.3 checkpoints set
+    `gated_attn`, `cross_attn_mod` (and the audio counterparts) and `use_prompt_embeddings=False`.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["LTX2AVTransformerBlock"]
+    _repeated_blocks = ["LTX2AVTransformerBlock"]
+    _skip_layerwise_casting_patterns = ["norm", "scale_shift_table"]
+    _keep_in_fp32_modules = None
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 128,
+        out_channels: int | None = 128,
+        patch_size: int = 1,
+        patch_size_t: int = 1,
+        num_attention_heads: int = 32,
+        attention_head_dim: int = 128,
+        cross_attention_dim: int = 4096,
+        vae_scale_factors: tuple[int, int, int] = (8, 32, 32),
+        pos_embed_max_pos: int = 20,
+        base_height: int = 2048,
+        base_width: int = 2048,
+        gated_attn: bool = False,
+        cross_attn_mod: bool = False,
+        audio_in_channels: int = 128,
+        audio_out_channels: int | None = 128,
+        audio_patch_size: int = 1,
+        audio_patch_size_t: int = 1,
+        audio_num_attention_heads: int = 32,
+        audio_attention_head_dim: int = 64,
+        audio_cross_attention_dim: int = 2048,
+        audio_scale_factor: int = 4,
+        audio_pos_embed_max_pos: int = 20,
+        audio_sampling_rate: int = 16000,
+        audio_hop_length: int = 160,
+        audio_gated_attn: bool = False,
+        audio_cross_attn_mod: bool = False,
+        num_layers: int = 48,
+        activation_fn: str = "gelu-approximate",
+        qk_norm: str = "rms_norm_across_heads",
+        norm_elementwise_affine: bool = False,
+        norm_eps: float = 1e-6,
+        caption_channels: int = 3840,
+        attention_bias: bool = True,
+        attention_out_bias: bool = True,
+        rope_theta: float = 10000.0,
+        rope_double_precision: bool = True,
+        causal_offset: int = 1,
+        timestep_scale_multiplier: int = 1000,
+        cross_attn_timestep_scale_multiplier: int = 1000,
+        rope_type: str = "interleaved",
+        use_prompt_embeddings: bool = True,
+        perturbed_attn: bool = False,
+        ff_bias: bool = True,
+        audio_ff_bias: bool = True,
+        use_prompt_adaln_single: bool = True,
+        use_keyframes_abs_pos_embedding: bool = False,
+    ):
+        super().__init__()
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(f"rope_type must be one of {ROPE_TYPES}, got {rope_type!r}")
+        if qk_norm != "rms_norm_across_heads":
+            raise ValueError(f"qk_norm must be 'rms_norm_across_heads', got {qk_norm!r}")
+        if norm_elementwise_affine:
+            raise ValueError("norm_elementwise_affine=True is not an LTX-2 layout")
+        if patch_size != 1 or patch_size_t != 1 or audio_patch_size != 1 or audio_patch_size_t != 1:
+            raise ValueError("LTX-2 transformers use patch sizes of 1")
+        out_channels = out_channels or in_channels
+        audio_out_channels = audio_out_channels or audio_in_channels
+        inner_dim = num_attention_heads * attention_head_dim
+        audio_inner_dim = audio_num_attention_heads * audio_attention_head_dim
+
+        self.proj_in = torch.nn.Linear(in_channels, inner_dim)
+        self.audio_proj_in = torch.nn.Linear(audio_in_channels, audio_inner_dim)
+        if use_keyframes_abs_pos_embedding:
+            self.keyframes_abs_pos_embedding = torch.nn.Parameter(torch.zeros(1, inner_dim))
+        if use_prompt_embeddings:  # LTX-2: caption projection inside the transformer
+            self.caption_projection = PixArtAlphaTextProjection(caption_channels, inner_dim)
+            self.audio_caption_projection = PixArtAlphaTextProjection(caption_channels, audio_inner_dim)
+
+        self.time_embed = AdaLayerNormSingle(inner_dim, 9 if cross_attn_mod else 6)
+        self.audio_time_embed = AdaLayerNormSingle(audio_inner_dim, 9 if audio_cross_attn_mod else 6)
+        self.av_cross_attn_video_scale_shift = AdaLayerNormSingle(inner_dim, 4)
+        self.av_cross_attn_audio_scale_shift = AdaLayerNormSingle(audio_inner_dim, 4)
+        self.av_cross_attn_video_a2v_gate = AdaLayerNormSingle(inner_dim, 1)
+        self.av_cross_attn_audio_v2a_gate = AdaLayerNormSingle(audio_inner_dim, 1)
+        self.scale_shift_table = torch.nn.Parameter(torch.randn(2, inner_dim) / inner_dim**0.5)
+        self.audio_scale_shift_table = torch.nn.Parameter(torch.randn(2, audio_inner_dim) / audio_inner_dim**0.5)
+        self.prompt_modulation = cross_attn_mod or audio_cross_attn_mod
+        if self.prompt_modulation and use_prompt_adaln_single:
+            self.prompt_adaln = AdaLayerNormSingle(inner_dim, 2)
+            self.audio_prompt_adaln = AdaLayerNormSingle(audio_inner_dim, 2)
+
+        self.transformer_blocks = torch.nn.ModuleList(
+            [
+                LTX2AVTransformerBlock(
+                    dim=inner_dim,
+                    num_attention_heads=num_attention_heads,
+                    attention_head_dim=attention_head_dim,
+                    cross_attention_dim=cross_attention_dim,
+                    audio_dim=audio_inner_dim,
+                    audio_num_attention_heads=audio_num_attention_heads,
+                    audio_attention_head_dim=audio_attention_head_dim,
+                    audio_cross_attention_dim=audio_cross_attention_dim,
+                    video_gated_attn=gated_attn,
+                    video_cross_attn_adaln=cross_attn_mod,
+                    audio_gated_attn=audio_gated_attn,
+                    audio_cross_attn_adaln=audio_cross_attn_mod,
+                    activation_fn=activation_fn,
+                    attention_bias=attention_bias,
+                    attention_out_bias=attention_out_bias,
+                    eps=norm_eps,
+                    rope_type=rope_type,
+                    ff_bias=ff_bias,
+                    audio_ff_bias=audio_ff_bias,
+                )
+                for _ in range(num_layers)
+            ]
+        )
+        self.proj_out = torch.nn.Linear(inner_dim, out_channels)
+        self.audio_proj_out = torch.nn.Linear(audio_inner_dim, audio_out_channels)
+        self.gradient_checkpointing = False
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_single_file(
+        cls, path: str | os.PathLike, torch_dtype: torch.dtype | None = None
+    ) -> "LTX2AudioVideoTransformer":
+        """Load the transformer of an original LTX-2 / LTX-2.3 single-file checkpoint (config from its metadata).
+
+        Other components in the file (VAEs, vocoder, text connectors) are ignored; keys are checked strictly.
+        """
+        config = read_transformer_config(path)
+        state_dict = transformer_state_dict_from_single_file(path, config, dtype=torch_dtype)
+        with torch.device("meta"):
+            model = cls.from_config(config)
+        load_state_dict_strict(model, state_dict, "transformer")
+        if torch_dtype is not None:
+            model = model.to(torch_dtype)
+        return model.eval()
+
+    config_from_original = staticmethod(transformer_config_from_original)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def inner_dim(self) -> int:
+        return self.config.num_attention_heads * self.config.attention_head_dim
+
+    @property
+    def audio_inner_dim(self) -> int:
+        return self.config.audio_num_attention_heads * self.config.audio_attention_head_dim
+
+    def _rotary(self, coords, dim, max_pos, heads, dtype, use_middle=True):
+        return rope_frequencies(
+            coords,
+            dim=dim,
+            max_pos=max_pos,
+            num_heads=heads,
+            theta=self.config.rope_theta,
+            rope_type=self.config.rope_type,
+            double_precision=self.config.rope_double_precision,
+            use_middle=use_middle,
+            out_dtype=dtype,
+        )
+
+    @staticmethod
+    def _text_mask_bias(mask: torch.Tensor | None, dtype: torch.dtype, name: str) -> torch.Tensor | None:
+        """(B, S) keep-mask -> additive (B, 1, 1, S) bias; (B, 1, S) additive bias -> (B, 1, 1, S)."""
+        if mask is None:
+            return None
+        if mask.ndim == 2:
+            return ((mask.to(dtype) - 1) * torch.finfo(dtype).max)[:, None, None, :]
+        if mask.ndim == 3:
+            return mask.to(dtype).unsqueeze(1)
+        raise ValueError(f"{name} must have shape (batch, text_tokens), got {tuple(mask.shape)}")
+
+    @staticmethod
+    def _self_mask_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        """[0, 1] multiplicative (B, T, T) mask -> additive log bias (B, 1, T, T); <= 0 -> most negative value."""
+        if mask is None:
+            return None
+        finfo = torch.finfo(dtype)
+        log_mask = torch.log(mask.clamp(min=finfo.tiny)).to(dtype)
+        return torch.where(mask > 0, log_mask, torch.full_like(log_mask, finfo.min)).unsqueeze(1)
+
+    def _block_perturbations(
+        self,
+        perturbations: list[tuple[LTX2Perturbation, ...]] | None,
+        stg_blocks: set[int],
+        stg_keep: torch.Tensor | None,
+        isolate_modalities: bool,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> list[dict[str, BlockPerturbation]]:
+        stg = BlockPerturbation(stg_keep is None, stg_keep)
+        skip_cross = BlockPerturbation(True, None)
+        result = []
+        for idx in range(self.config.num_layers):
+            video_self, audio_self, a2v, v2a = (
+                block_perturbation(perturbations, kind, idx, device, dtype)
+                for kind in (
+                    "skip_video_self_attn",
+                    "skip_audio_self_attn",
+                    "skip_a2v_cross_attn",
+                    "skip_v2a_cross_attn",
+                )
+            )
+            if idx in stg_blocks:
+                video_self = audio_self = stg
+            if isolate_modalities:
+                a2v = v2a = skip_cross
+            result.append(
+                {
+                    "video_self_perturbation": video_self,
+                    "audio_self_perturbation": audio_self,
+                    "a2v_perturbation": a2v,
+                    "v2a_perturbation": v2a,
+                }
+            )
+        return result
+
+    def _check_inputs(self, hidden_states, audio_hidden_states, encoder_hidden_states, audio_encoder_hidden_states):
+        for name, tensor, channels in (
+            ("hidden_states", hidden_states, self.config.in_channels),
+            ("audio_hidden_states", audio_hidden_states, self.config.audio_in_channels),
+        ):
+            if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3:
+                raise ValueError(f"{name} must be a (batch, tokens, channels) tensor")
+            if tensor.shape[-1] != channels:
+                raise ValueError(f"{name} has {tensor.shape[-1]} channels, the model expects {channels}")
+        batch = hidden_states.shape[0]
+        if audio_hidden_states.shape[0] != batch:
+            raise ValueError(
+                f"audio_hidden_states has batch size {audio_hidden_states.shape[0]}, hidden_states has {batch}"
+            )
+        text_dim = self.config.caption_channels if self.config.use_prompt_embeddings else None
+        for name, tensor, expected in (
+            ("encoder_hidden_states", encoder_hidden_states, text_dim or self.config.cross_attention_dim),
+            (
+                "audio_encoder_hidden_states",
+                audio_encoder_hidden_states,
+                text_dim or self.config.audio_cross_attention_dim,
+            ),
+        ):
+            if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3 or tensor.shape[0] != batch:
+                raise ValueError(f"{name} must be a (batch={batch}, text_tokens, channels) tensor")
+            if tensor.shape[-1] != expected:
+                raise ValueError(f"{name} has {tensor.shape[-1]} channels, the model expects {expected}")
+
+    @staticmethod
+    def _check_coords(name: str, coords: torch.Tensor, batch: int, axes: int, tokens: int) -> None:
+        if (
+            coords.ndim not in (3, 4)
+            or tuple(coords.shape[:3]) != (batch, axes, tokens)
+            or (coords.ndim == 4 and coords.shape[-1] != 2)
+        ):
+            raise ValueError(
+                f"{name} must have shape ({batch}, {axes}, {tokens}, 2) ([start, end) bounds) or "
+                f"({batch}, {axes}, {tokens}), got {tuple(coords.shape)}"
+            )
+
+    # ------------------------------------------------------------------ forward
+    @apply_lora_scale("attention_kwargs")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        audio_hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        audio_encoder_hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        audio_timestep: torch.Tensor | None = None,
+        sigma: torch.Tensor | None = None,
+        audio_sigma: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        audio_encoder_attention_mask: torch.Tensor | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        fps: float = 24.0,
+        audio_num_frames: int | None = None,
+        video_coords: torch.Tensor | None = None,
+        audio_coords: torch.Tensor | None = None,
+        isolate_modalities: bool = False,
+        spatio_temporal_guidance_blocks: Iterable[int] | None = None,
+        perturbation_mask: torch.Tensor | None = None,
+        use_cross_timestep: bool = False,
+        attention_kwargs: dict[str, Any] | None = None,
+        video_self_attention_mask: torch.Tensor | None = None,
+        video_keyframes_mask: torch.Tensor | None = None,
+        return_dict: bool = True,
+        perturbations: Sequence[Iterable[LTX2Perturbation]] | None = None,
+    ):
+        r"""Predict video and audio velocities.
+
+        Args mirror diffusers' `LTX2VideoTransformer3DModel.forward`: `timestep`/`audio_timestep` are per item
+        `(B,)` or per token `(B, T)`, already multiplied by `timestep_scale_multiplier`; `sigma`/`audio_sigma`
+        (`(B,)`, scaled the same way) drive the LTX-2.3 prompt modulation and, with `use_cross_timestep=True`,
+        the cross-modal modulation (the reference's behaviour: each modality's audio<->video AdaLN reads the
+        OTHER modality's sigma). `video_coords` `(B, 3, T, 2)` / `audio_coords` `(B, 1, T, 2)` are `[start, end)`
+        bounds (seconds for time, pixels for space); without them they are built from `num_frames`, `height`,
+        `width`, `fps` and `audio_num_frames`. `encoder_attention_mask` is a `(B, S)` keep mask.
+        `video_self_attention_mask` is a `(B, T, T)` mask in [0, 1] (additive `log(mask)` bias, as the reference).
+        `spatio_temporal_guidance_blocks` + `perturbation_mask` (`(B,)`, 0 = perturb, default all) skip video AND
+        audio self-attention in those blocks; `isolate_modalities` skips all audio<->video cross-attention.
+        `perturbations`: one collection of `LTX2Perturbation` per batch item (the reference's
+        `BatchedPerturbationConfig`).
+
+        Returns `AudioVisualModelOutput(sample, audio_sample)` or a tuple.
+        """
+        self._check_inputs(hidden_states, audio_hidden_states, encoder_hidden_states, audio_encoder_hidden_states)
+        batch_size, num_video_tokens = hidden_states.shape[:2]
+        num_audio_tokens = audio_hidden_states.shape[1]
+        dtype, device = hidden_states.dtype, hidden_states.device
+        config = self.config
+
+        perturbations = validate_perturbations(perturbations, batch_size, config.num_layers)
+        if perturbations is not None and (spatio_temporal_guidance_blocks or perturbation_mask is not None):
+            raise ValueError(
+                "pass either perturbations or spatio_temporal_guidance_blocks/perturbation_mask, not both"
+            )
+        stg_blocks = set(spatio_temporal_guidance_blocks or ())
+        bad_blocks = [b for b in stg_blocks if not 0 <= b < config.num_layers]
+        if bad_blocks:
+            raise ValueError(
+                f"spatio_temporal_guidance_blocks: block index {bad_blocks[0]} out of range for "
+                f"{config.num_layers} blocks"
+            )
+        if perturbation_mask is not None:
+            if perturbation_mask.numel() != batch_size:
+                raise ValueError(f"perturbation_mask must have one value per batch item ({batch_size})")
+            perturbation_mask = perturbation_mask.to(device=device, dtype=dtype).reshape(batch_size, 1, 1)
+
+        audio_timestep = timestep if audio_timestep is None else audio_timestep
+        audio_sigma = sigma if audio_sigma is None else audio_sigma
+        needs_sigma = use_cross_timestep or (self.prompt_modulation and config.use_prompt_adaln_single)
+        if needs_sigma and sigma is None:
+            raise ValueError("sigma is required for this model (LTX-2.3 prompt modulation) or use_cross_timestep")
+
+        # 1. Positions and rotary embeddings.
+        if video_coords is None:
+            if None in (num_frames, height, width):
+                raise ValueError("pass video_coords, or num_frames, height and width (latent sizes)")
+            video_coords = build_video_coords(
+                batch_size,
+                num_frames,
+                height,
+                width,
+                scale_factors=tuple(config.vae_scale_factors),
+                causal_offset=config.causal_offset,
+                fps=fps,
+                device=device,
+            )
+        if audio_coords is None:
+            if audio_num_frames is None:
+                raise ValueError("pass audio_coords, or audio_num_frames")
+            audio_coords = build_audio_coords(
+                batch_size,
+                audio_num_frames,
+                sampling_rate=config.audio_sampling_rate,
+                hop_length=config.audio_hop_length,
+                scale_factor=config.audio_scale_factor,
+                causal_offset=config.causal_offset,
+                device=device,
+            )
+        self._check_coords("video_coords", video_coords, batch_size, 3, num_video_tokens)
+        self._check_coords("audio_coords", audio_coords, batch_size, 1, num_audio_tokens)
+        video_max_pos = (config.pos_embed_max_pos, config.base_height, config.base_width)
+        cross_max_pos = (max(config.pos_embed_max_pos, config.audio_pos_embed_max_pos),)
+        video_rotary_emb = self._rotary(video_coords, self.inner_dim, video_max_pos, config.num_attention_heads, dtype)
+        audio_rotary_emb = self._rotary(
+            audio_coords,
+            self.audio_inner_dim,
+            (config.audio_pos_embed_max_pos,),
+            config.audio_num_attention_heads,
+            dtype,
+        )
+        ca_video_rotary_emb = self._rotary(
+            video_coords[:, 0:1], config.audio_cross_attention_dim, cross_max_pos, config.num_attention_heads, dtype
+        )
+        ca_audio_rotary_emb = self._rotary(
+            audio_coords[:, 0:1],
+            config.audio_cross_attention_dim,
+            cross_max_pos,
+            config.audio_num_attention_heads,
+            dtype,
+        )
+
+        # 2. Input projections.
+        vx = self.proj_in(hidden_states)
+        ax = self.audio_proj_in(audio_hidden_states)
+        if config.use_keyframes_abs_pos_embedding and video_keyframes_mask is not None:
+            marker = (video_keyframes_mask > 0).to(dtype=vx.dtype)
+            vx = vx + marker * self.keyframes_abs_pos_embedding.to(dtype=vx.dtype)
+
+        # 3. Timestep modulation.
+        temb, embedded_timestep = self.time_embed(timestep, batch_size, dtype)
+        temb_audio, audio_embedded_timestep = self.audio_time_embed(audio_timestep, batch_size, dtype)
+        temb_prompt = temb_prompt_audio = None
+        if self.prompt_modulation and config.use_prompt_adaln_single:
+            temb_prompt, _ = self.prompt_adaln(sigma, batch_size, dtype)
+            temb_prompt_audio, _ = self.audio_prompt_adaln(audio_sigma, batch_size, dtype)
+        video_ca_t = audio_sigma if use_cross_timestep else timestep
+        audio_ca_t = sigma if use_cross_timestep else audio_timestep
+        gate_factor = config.cross_attn_timestep_scale_multiplier / config.timestep_scale_multiplier
+        temb_ca_scale_shift, _ = self.av_cross_attn_video_scale_shift(video_ca_t, batch_size, dtype)
+        temb_ca_gate, _ = self.av_cross_attn_video_a2v_gate(video_ca_t.flatten() * gate_factor, batch_size, dtype)
+        temb_ca_audio_scale_shift, _ = self.av_cross_attn_audio_scale_shift(audio_ca_t, batch_size, dtype)
+        temb_ca_audio_gate, _ = self.av_cross_attn_audio_v2a_gate(
+            audio_ca_t.flatten() * gate_factor, batch_size, dtype
+        )
+
+        # 4. Text context.
+        if config.use_prompt_embeddings:
+            encoder_hidden_states = self.caption_projection(encoder_hidden_states)
+            audio_encoder_hidden_states = self.audio_caption_projection(audio_encoder_hidden_states)
+        text_mask = self._text_mask_bias(encoder_attention_mask, dtype, "encoder_attention_mask")
+        audio_text_mask = self._text_mask_bias(audio_encoder_attention_mask, dtype, "audio_encoder_attention_mask")
+        self_mask = self._self_mask_bias(video_self_attention_mask, dtype)
+
+        # 5. Blocks.
+        block_perturbations = self._block_perturbations(
+            perturbations, stg_blocks, perturbation_mask, isolate_modalities, device, dtype
+        )
+        for block, perturb in zip(self.transformer_blocks, block_perturbations):
+            args = (
+                vx,
+                ax,
+                encoder_hidden_states,
+                audio_encoder_hidden_states,
+                temb,
+                temb_audio,
+                temb_ca_scale_shift,
+                temb_ca_audio_scale_shift,
+                temb_ca_gate,
+                temb_ca_audio_gate,
+                temb_prompt,
+                temb_prompt_audio,
+                video_rotary_emb,
+                audio_rotary_emb,
+                ca_video_rotary_emb,
+                ca_audio_rotary_emb,
+                text_mask,
+                audio_text_mask,
+                self_mask,
+                perturb["video_self_perturbation"],
+                perturb["audio_self_perturbation"],
+                perturb["a2v_perturbation"],
+                perturb["v2a_perturbation"],
+            )
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                vx, ax = self._gradient_checkpointing_func(block, *args)
+            else:
+                vx, ax = block(*args)
+
+        # 6. Output modulation and projection.
+        output = self._output(vx, embedded_timestep, self.scale_shift_table, self.proj_out)
+        audio_output = self._output(ax, audio_embedded_timestep, self.audio_scale_shift_table, self.audio_proj_out)
+        if not return_dict:
+            return output, audio_output
+        return AudioVisualModelOutput(sample=output, audio_sample=audio_output)
+
+    def _output(self, x, embedded_timestep, table, proj):
+        shift, scale = (table[None, None].to(dtype=x.dtype) + embedded_timestep[:, :, None]).unbind(dim=2)
+        x = F.layer_norm(x, (x.shape[-1],), eps=self.config.norm_eps)
+        return proj(x * (1 + scale) + shift)
