@@ -1,0 +1,167 @@
+"""Log-mel front end of the LTX-2 audio VAE, in plain torch (no torchaudio).
+
+Numerically identical to the reference `AudioProcessor`: a Hann-windowed sinc resampler equal to
+`torchaudio.functional.resample` (kernel built in the waveform's dtype, in torchaudio's order of operations), then a
+centred, reflect-padded magnitude STFT, a slaney-scale / slaney-normalised mel filterbank and `log(clamp(x, 1e-5))`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+__all__ = ["resample_waveform", "mel_filterbank", "log_mel_spectrogram"]
+
+
+def _check_rate(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or int(value) != value:
+        raise ValueError(f"`{name}` must be a positive integer number of Hz, got {value!r}")
+    return int(value)
+
+
+def _sinc_resample_kernel(
+    orig: int, new: int, lowpass_filter_width: int, rolloff: float, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, int]:
+    """Polyphase Hann-windowed sinc kernel `(new, 1, 2 * width + orig)` for rates already divided by their gcd."""
+    base_freq = min(orig, new) * rolloff
+    width = math.ceil(lowpass_filter_width * orig / base_freq)
+    # Same operations, in the same order and dtype, as torchaudio: a float64 kernel is ~2e-4 off after the mel.
+    idx = torch.arange(-width, width + orig, dtype=dtype, device=device)[None, None] / orig
+    t = torch.arange(0, -new, -1, dtype=dtype, device=device)[:, None, None] / new + idx
+    t *= base_freq
+    t = t.clamp_(-lowpass_filter_width, lowpass_filter_width)
+    window = torch.cos(t * math.pi / lowpass_filter_width / 2) ** 2
+    t *= math.pi
+    scale = base_freq / orig
+    kernel = torch.where(t == 0, torch.tensor(1.0).to(t), t.sin() / t)
+    kernel *= window * scale
+    return kernel, width
+
+
+def resample_waveform(
+    waveform: torch.Tensor,
+    orig_freq: int,
+    new_freq: int,
+    lowpass_filter_width: int = 6,
+    rolloff: float = 0.99,
+) -> torch.Tensor:
+    """Band-limited resampling of `waveform` (`[..., samples]`), equal to `torchaudio.functional.resample`."""
+    if not isinstance(waveform, torch.Tensor) or not waveform.is_floating_point():
+        raise TypeError(f"`waveform` must be a floating point torch.Tensor, got {type(waveform).__name__}")
+    orig_freq = _check_rate("orig_freq", orig_freq)
+    new_freq = _check_rate("new_freq", new_freq)
+    if lowpass_filter_width <= 0:
+        raise ValueError(f"`lowpass_filter_width` must be positive, got {lowpass_filter_width}")
+    if orig_freq == new_freq:
+        return waveform
+    gcd = math.gcd(orig_freq, new_freq)
+    orig, new = orig_freq // gcd, new_freq // gcd
+    kernel, width = _sinc_resample_kernel(orig, new, lowpass_filter_width, rolloff, waveform.device, waveform.dtype)
+
+    shape = waveform.shape
+    flat = waveform.reshape(-1, shape[-1])
+    num_wavs, length = flat.shape
+    flat = F.pad(flat, (width, width + orig))
+    out = F.conv1d(flat[:, None], kernel, stride=orig)
+    out = out.transpose(1, 2).reshape(num_wavs, -1)
+    out = out[..., : math.ceil(new * length / orig)]
+    return out.reshape(shape[:-1] + out.shape[-1:])
+
+
+def _hz_to_mel_slaney(freq: float) -> float:
+    f_sp = 200.0 / 3
+    mels = freq / f_sp
+    min_log_hz = 1000.0
+    if freq >= min_log_hz:
+        mels = min_log_hz / f_sp + math.log(freq / min_log_hz) / (math.log(6.4) / 27.0)
+    return mels
+
+
+def _mel_to_hz_slaney(mels: torch.Tensor) -> torch.Tensor:
+    f_sp = 200.0 / 3
+    freqs = f_sp * mels
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = math.log(6.4) / 27.0
+    log_t = mels >= min_log_mel
+    freqs[log_t] = min_log_hz * torch.exp(logstep * (mels[log_t] - min_log_mel))
+    return freqs
+
+
+def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int) -> torch.Tensor:
+    """Slaney-scale, slaney-normalised triangular filterbank `(n_freqs, n_mels)` in float32 (as torchaudio's)."""
+    return _mel_filterbank(n_freqs, float(f_min), float(f_max), n_mels, sample_rate).clone()
+
+
+@functools.lru_cache(maxsize=16)
+def _mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int) -> torch.Tensor:
+    if f_min > f_max:
+        raise ValueError(f"`f_min` ({f_min}) must not exceed `f_max` ({f_max})")
+    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
+    m_pts = torch.linspace(_hz_to_mel_slaney(f_min), _hz_to_mel_slaney(f_max), n_mels + 2)
+    f_pts = _mel_to_hz_slaney(m_pts)
+    f_diff = f_pts[1:] - f_pts[:-1]
+    slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)
+    down_slopes = (-1.0 * slopes[:, :-2]) / f_diff[:-1]
+    up_slopes = slopes[:, 2:] / f_diff[1:]
+    fb = torch.max(torch.zeros(1), torch.min(down_slopes, up_slopes))
+    fb *= (2.0 / (f_pts[2 : n_mels + 2] - f_pts[:n_mels])).unsqueeze(0)
+    return fb
+
+
+@functools.lru_cache(maxsize=16)
+def _hann_window(n_fft: int) -> torch.Tensor:
+    return torch.hann_window(n_fft)
+
+
+def log_mel_spectrogram(
+    waveform: torch.Tensor,
+    sample_rate: int,
+    target_sample_rate: int = 16000,
+    n_fft: int = 1024,
+    hop_length: int = 160,
+    n_mels: int = 64,
+) -> torch.Tensor:
+    """Log-magnitude mel spectrogram `(batch, channels, frames, n_mels)` of `waveform` `(batch, channels, samples)`.
+
+    The waveform is resampled from `sample_rate` to `target_sample_rate` first; `frames = samples // hop + 1` at the
+    target rate. Computed in float32 (float64 for float64 input), returned in the waveform's dtype.
+    """
+    if not isinstance(waveform, torch.Tensor) or not waveform.is_floating_point():
+        raise TypeError(f"`waveform` must be a floating point torch.Tensor, got {type(waveform).__name__}")
+    if waveform.ndim != 3:
+        raise ValueError(f"`waveform` must be (batch, channels, samples), got shape {tuple(waveform.shape)}")
+    sample_rate = _check_rate("sample_rate", sample_rate)
+    target_sample_rate = _check_rate("target_sample_rate", target_sample_rate)
+    out_dtype = waveform.dtype
+    if waveform.dtype not in (torch.float32, torch.float64):
+        waveform = waveform.float()
+    waveform = resample_waveform(waveform, sample_rate, target_sample_rate)
+    if waveform.shape[-1] <= n_fft // 2:
+        raise ValueError(
+            f"`waveform` is too short: {waveform.shape[-1]} samples at {target_sample_rate} Hz, the reflect-padded "
+            f"STFT needs more than n_fft // 2 = {n_fft // 2}"
+        )
+    batch, channels, length = waveform.shape
+    window = _hann_window(n_fft).to(device=waveform.device, dtype=waveform.dtype)
+    spec = torch.stft(
+        waveform.reshape(-1, length),
+        n_fft=n_fft,
+        hop_length=hop_length,
+        win_length=n_fft,
+        window=window,
+        center=True,
+        pad_mode="reflect",
+        normalized=False,
+        onesided=True,
+        return_complex=True,
+    ).abs()
+    spec = spec.reshape(batch, channels, *spec.shape[-2:])
+    fb = _mel_filterbank(n_fft // 2 + 1, 0.0, target_sample_rate / 2.0, n_mels, target_sample_rate)
+    mel = torch.matmul(spec.transpose(-1, -2), fb.to(device=spec.device, dtype=spec.dtype)).transpose(-1, -2)
+    mel = torch.log(torch.clamp(mel, min=1e-5)).to(dtype=out_dtype)
+    return mel.permute(0, 1, 3, 2).contiguous()
