@@ -1,0 +1,309 @@
+"""LTX-2 audio VAE over log-mel spectrograms, with the waveform front end diffusers lacks.
+
+Config and state dict are those of diffusers' `AutoencoderKLLTX2Audio` (its encoder/decoder blocks are reused as they
+are: they match ltx-core bit for bit, see tests/test_audio_vae.py); `n_fft` is the one extra config key.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.autoencoder_kl_ltx2_audio import LTX2AudioDecoder, LTX2AudioEncoder
+from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import logging
+from diffusers.utils.accelerate_utils import apply_forward_hook
+
+from ..audio.mel import log_mel_spectrogram
+from ..loaders.single_file import KeyTable, load_component_state_dict, load_state_dict_strict, read_checkpoint_config
+
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["AutoencoderAudioMel", "AUDIO_VAE_KEY_TABLE", "audio_vae_config_from_original"]
+
+#: Original `audio_vae.*` keys -> ours (= diffusers'). Statistics other than the two used are dropped, as ltx-core does.
+AUDIO_VAE_KEY_TABLE = KeyTable(
+    name="audio_vae",
+    prefix="audio_vae.",
+    renames=(
+        (r"^per_channel_statistics\.mean-of-means$", "latents_mean"),
+        (r"^per_channel_statistics\.std-of-means$", "latents_std"),
+    ),
+    ignore=(r"per_channel_statistics\.(?!mean-of-means$|std-of-means$).+",),
+)
+
+# ddconfig keys the reference reads, with the defaults ltx-core's configurators apply when a key is absent.
+_DDCONFIG_DEFAULTS = {
+    "ch": 128,
+    "out_ch": 2,
+    "ch_mult": (1, 2, 4),
+    "num_res_blocks": 2,
+    "attn_resolutions": (8, 16, 32),
+    "resolution": 256,
+    "z_channels": 8,
+    "double_z": True,
+    "dropout": 0.0,
+    "resamp_with_conv": True,
+    "in_channels": 2,
+    "attn_type": "vanilla",
+    "mid_block_add_attention": True,
+    "norm_type": "pixel",
+    "causality_axis": "height",
+}
+_DDCONFIG_IGNORED = {"mel_bins", "embed_dim", "give_pre_end", "tanh_out", "use_linear_attn"}
+
+
+def audio_vae_config_from_original(section: dict) -> dict:
+    """Map the original checkpoint's `config["audio_vae"]` metadata to `AutoencoderAudioMel` keyword arguments.
+
+    Absent keys take ltx-core's configurator defaults. Raises `ValueError` for layouts this model cannot represent.
+    """
+    if not isinstance(section, dict):
+        raise ValueError(f"audio_vae config must be a dict, got {type(section).__name__}")
+    params = section.get("model", {}).get("params", {})
+    ddconfig = params.get("ddconfig", {})
+    if not isinstance(ddconfig, dict) or not ddconfig:
+        raise ValueError("audio_vae config has no 'model.params.ddconfig' section")
+    stft = section.get("preprocessing", {}).get("stft", {})
+    mel = section.get("preprocessing", {}).get("mel", {})
+    variables = section.get("variables", {})
+    unknown = sorted(set(ddconfig) - set(_DDCONFIG_DEFAULTS) - _DDCONFIG_IGNORED)
+    if unknown:
+        logger.warning(f"audio_vae ddconfig keys not used by the reference are ignored: {unknown}")
+    cfg = {k: ddconfig.get(k, v) for k, v in _DDCONFIG_DEFAULTS.items()}
+    if cfg["attn_type"] != "vanilla":
+        raise ValueError(f"audio_vae: unsupported attn_type {cfg['attn_type']!r} (only 'vanilla')")
+    if not cfg["resamp_with_conv"]:
+        raise ValueError("audio_vae: unsupported layout resamp_with_conv=False (only strided-conv resampling)")
+    if cfg["norm_type"] not in ("pixel", "group"):
+        raise ValueError(f"audio_vae: unsupported norm_type {cfg['norm_type']!r}")
+    if cfg["causality_axis"] not in ("none", "width", "height", "width-compatibility"):
+        raise ValueError(f"audio_vae: unsupported causality_axis {cfg['causality_axis']!r}")
+    mel_bins = ddconfig.get("mel_bins") or mel.get("n_mel_channels") or variables.get("mel_bins")
+    return {
+        "base_channels": int(cfg["ch"]),
+        "output_channels": int(cfg["out_ch"]),
+        "ch_mult": tuple(int(m) for m in cfg["ch_mult"]),
+        "num_res_blocks": int(cfg["num_res_blocks"]),
+        "attn_resolutions": tuple(sorted(int(r) for r in cfg["attn_resolutions"])) or None,
+        "in_channels": int(cfg["in_channels"]),
+        "resolution": int(cfg["resolution"]),
+        "latent_channels": int(cfg["z_channels"]),
+        "norm_type": cfg["norm_type"],
+        "causality_axis": cfg["causality_axis"],
+        "dropout": float(cfg["dropout"]),
+        "mid_block_add_attention": bool(cfg["mid_block_add_attention"]),
+        "sample_rate": int(params.get("sampling_rate", 16000)),
+        "mel_hop_length": int(stft.get("hop_length", 160)),
+        "n_fft": int(stft.get("filter_length", 1024)),
+        "is_causal": bool(stft.get("causal", True)),
+        "mel_bins": None if mel_bins is None else int(mel_bins),
+        "double_z": bool(cfg["double_z"]),
+    }
+
+
+class AutoencoderAudioMel(ModelMixin, AutoencoderMixin, ConfigMixin):
+    r"""LTX-2 audio VAE: stereo log-mel `(B, 2, frames, mel_bins)` <-> latents `(B, latent_channels, T, mel_bins / 4)`.
+
+    `encode`/`decode` follow diffusers' `AutoencoderKLLTX2Audio` (raw, un-normalised latents). `encode_waveform` adds
+    the reference front end and returns normalised latent tokens `(B, T, latent_channels * latent_mel_bins)`, the
+    audio stream's input; `decode_tokens` inverts the normalisation and token layout before decoding.
+    """
+
+    _supports_gradient_checkpointing = False
+    _no_split_modules = ["LTX2AudioResnetBlock"]
+    _skip_layerwise_casting_patterns = ["norm"]
+
+    @register_to_config
+    def __init__(
+        self,
+        base_channels: int = 128,
+        output_channels: int = 2,
+        ch_mult: tuple[int, ...] = (1, 2, 4),
+        num_res_blocks: int = 2,
+        attn_resolutions: tuple[int, ...] | None = None,
+        in_channels: int = 2,
+        resolution: int = 256,
+        latent_channels: int = 8,
+        norm_type: str = "pixel",
+        causality_axis: str | None = "height",
+        dropout: float = 0.0,
+        mid_block_add_attention: bool = False,
+        sample_rate: int = 16000,
+        mel_hop_length: int = 160,
+        is_causal: bool = True,
+        mel_bins: int | None = 64,
+        double_z: bool = True,
+        n_fft: int = 1024,
+    ) -> None:
+        super().__init__()
+        if causality_axis not in ("none", "width", "height", "width-compatibility"):
+            raise ValueError(
+                f"`causality_axis` must be 'none', 'width', 'height' or 'width-compatibility', got {causality_axis!r}"
+            )
+        if norm_type not in ("pixel", "group"):
+            raise ValueError(f"`norm_type` must be 'pixel' or 'group', got {norm_type!r}")
+        attn = set(attn_resolutions) if attn_resolutions else attn_resolutions
+        common = {
+            "base_channels": base_channels,
+            "output_channels": output_channels,
+            "ch_mult": ch_mult,
+            "num_res_blocks": num_res_blocks,
+            "attn_resolutions": attn,
+            "in_channels": in_channels,
+            "resolution": resolution,
+            "latent_channels": latent_channels,
+            "norm_type": norm_type,
+            "causality_axis": causality_axis,
+            "dropout": dropout,
+            "mid_block_add_attention": mid_block_add_attention,
+            "sample_rate": sample_rate,
+            "mel_hop_length": mel_hop_length,
+            "is_causal": is_causal,
+            "mel_bins": mel_bins,
+        }
+        self.encoder = LTX2AudioEncoder(**common, double_z=double_z)
+        self.decoder = LTX2AudioDecoder(**common)
+        # Per-feature latent statistics, indexed like the tokens (channel * latent_mel_bins + bin); the reference
+        # sizes them by `ch` as well.
+        self.register_buffer("latents_mean", torch.zeros(base_channels), persistent=True)
+        self.register_buffer("latents_std", torch.ones(base_channels), persistent=True)
+        self.temporal_compression_ratio = 4
+        self.mel_compression_ratio = 4
+        self.use_slicing = False
+
+    # ----------------------------------------------------------------------------------------- diffusers API
+    @apply_forward_hook
+    def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
+        """Mel `(B, in_channels, frames, mel_bins)` -> posterior over raw latents."""
+        if self.use_slicing and x.shape[0] > 1:
+            h = torch.cat([self.encoder(s) for s in x.split(1)])
+        else:
+            h = self.encoder(x)
+        posterior = DiagonalGaussianDistribution(h)
+        return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    @apply_forward_hook
+    def decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
+        """Raw latents `(B, latent_channels, T, mel_bins / 4)` -> mel `(B, output_channels, max(4T - 3, 1), mel_bins)`."""
+        if self.use_slicing and z.shape[0] > 1:
+            decoded = torch.cat([self.decoder(s) for s in z.split(1)])
+        else:
+            decoded = self.decoder(z)
+        return DecoderOutput(sample=decoded) if return_dict else (decoded,)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        sample_posterior: bool = False,
+        return_dict: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput | tuple:
+        posterior = self.encode(sample).latent_dist
+        z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
+        dec = self.decode(z).sample
+        return DecoderOutput(sample=dec) if return_dict else (dec,)
+
+    # ------------------------------------------------------------------------------- tokens and statistics
+    @staticmethod
+    def patchify_latents(latents: torch.Tensor) -> torch.Tensor:
+        """`(B, C, T, F)` -> tokens `(B, T, C * F)` (feature index `c * F + f`, the reference AudioPatchifier order)."""
+        if latents.ndim != 4:
+            raise ValueError(f"`latents` must be (batch, channels, frames, bins), got shape {tuple(latents.shape)}")
+        b, c, t, f = latents.shape
+        return latents.permute(0, 2, 1, 3).reshape(b, t, c * f)
+
+    def unpatchify_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens `(B, T, C * F)` -> latents `(B, C, T, F)` with `C = latent_channels`."""
+        c = self.config.latent_channels
+        if tokens.ndim != 3 or tokens.shape[-1] % c:
+            raise ValueError(f"`tokens` must be (batch, frames, {c} * bins), got shape {tuple(tokens.shape)}")
+        b, t, d = tokens.shape
+        return tokens.reshape(b, t, c, d // c).permute(0, 2, 1, 3)
+
+    def _check_stats(self, tokens: torch.Tensor) -> None:
+        if tokens.shape[-1] != self.latents_mean.shape[0]:
+            raise ValueError(
+                f"`tokens` have {tokens.shape[-1]} features but the latent statistics have {self.latents_mean.shape[0]}"
+                " (latent_channels * latent mel bins must equal base_channels)"
+            )
+
+    def normalize_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`(tokens - latents_mean) / latents_std`, statistics cast to the tokens' dtype first (as the reference)."""
+        self._check_stats(tokens)
+        return (tokens - self.latents_mean.to(tokens)) / self.latents_std.to(tokens)
+
+    def denormalize_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`tokens * latents_std + latents_mean`, statistics cast to the tokens' dtype first (as the reference)."""
+        self._check_stats(tokens)
+        return tokens * self.latents_std.to(tokens) + self.latents_mean.to(tokens)
+
+    # ------------------------------------------------------------------------------------- waveform front end
+    def waveform_to_mel(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """Log-mel `(B, C, frames, mel_bins)` of a waveform `[C, S]` or `[B, C, S]` at any integer `sample_rate`.
+
+        Resampled to `config.sample_rate` and analysed exactly as the reference AudioProcessor; float32 out.
+        """
+        if not isinstance(waveform, torch.Tensor):
+            raise TypeError(f"`waveform` must be a torch.Tensor, got {type(waveform).__name__}")
+        if waveform.ndim == 2:
+            waveform = waveform.unsqueeze(0)
+        if waveform.ndim != 3:
+            raise ValueError(
+                f"`waveform` must be [channels, samples] or [batch, channels, samples], got {tuple(waveform.shape)}"
+            )
+        if self.config.mel_bins is None:
+            raise ValueError("this model's config has mel_bins=None; the mel front end needs a bin count")
+        waveform = waveform.to(device=self.device, dtype=torch.float32)
+        return log_mel_spectrogram(
+            waveform,
+            sample_rate,
+            target_sample_rate=self.config.sample_rate,
+            n_fft=self.config.n_fft,
+            hop_length=self.config.mel_hop_length,
+            n_mels=self.config.mel_bins,
+        )
+
+    def encode_waveform(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """Normalised latent tokens `(B, T, latent_channels * latent_mel_bins)` of a waveform `[C, S]`/`[B, C, S]`.
+
+        Mono is duplicated to the model's input channels. The latent means are patchified and normalised with the
+        checkpoint statistics, as the reference `encode_audio` does; T is every latent frame the encoder yields.
+        """
+        mel = self.waveform_to_mel(waveform, sample_rate)
+        channels = mel.shape[1]
+        if channels != self.config.in_channels:
+            if channels != 1:
+                raise ValueError(
+                    f"`waveform` has {channels} channels; the model takes {self.config.in_channels} (or mono)"
+                )
+            mel = mel.expand(-1, self.config.in_channels, -1, -1)
+        h = self.encode(mel.to(self.dtype)).latent_dist.parameters[:, : self.config.latent_channels]
+        return self.normalize_tokens(self.patchify_latents(h))
+
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Normalised latent tokens `(B, T, D)` -> log-mel `(B, output_channels, max(4T - 3, 1), mel_bins)`."""
+        return self.decode(self.unpatchify_tokens(self.denormalize_tokens(tokens))).sample
+
+    # ---------------------------------------------------------------------------------------- single file
+    @classmethod
+    def from_single_file(
+        cls, path: str | os.PathLike, torch_dtype: torch.dtype | None = None
+    ) -> "AutoencoderAudioMel":
+        """Build from an original LTX-2 checkpoint (`audio_vae.*` tensors, `config["audio_vae"]` in the metadata).
+
+        Tensors keep the file's dtype unless `torch_dtype` is given.
+        """
+        config, _ = read_checkpoint_config(path)
+        if "audio_vae" not in config:
+            raise ValueError(f"{os.fspath(path)!r}: the metadata config has no 'audio_vae' section")
+        kwargs = audio_vae_config_from_original(config["audio_vae"])
+        with torch.device("meta"):
+            model = cls(**kwargs)
+        state_dict = load_component_state_dict(path, AUDIO_VAE_KEY_TABLE, dtype=torch_dtype)
+        load_state_dict_strict(model, state_dict, "audio_vae")
+        return model.eval()
