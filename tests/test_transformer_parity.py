@@ -139,7 +139,10 @@ def test_forward_matches_reference(models, case):
     batch = 2
     inputs = make_inputs(ours, batch, coords_dtype=torch.bfloat16 if case == "bf16_positions" else torch.float32)
     video_t, audio_t = per_token(
-        inputs, batch, video_frozen=1 if case in ("per_token", "frozen_audio") else 0, audio_frozen=case == "frozen_audio"
+        inputs,
+        batch,
+        video_frozen=1 if case in ("per_token", "frozen_audio") else 0,
+        audio_frozen=case == "frozen_audio",
     )
     audio_sigma = inputs["sigma"]
     assert_close(
@@ -216,7 +219,11 @@ def test_one_batched_forward_equals_four_reference_passes(models):
         ("cond", inputs["context"], ()),
         ("negative", negative_context, ()),
         ("stg", inputs["context"], (LTX2Perturbation("skip_video_self_attn", (1,)),)),
-        ("isolated", inputs["context"], (LTX2Perturbation("skip_a2v_cross_attn"), LTX2Perturbation("skip_v2a_cross_attn"))),
+        (
+            "isolated",
+            inputs["context"],
+            (LTX2Perturbation("skip_a2v_cross_attn"), LTX2Perturbation("skip_v2a_cross_attn")),
+        ),
     ]
     separate = []
     for _, context, perturbation in passes:
