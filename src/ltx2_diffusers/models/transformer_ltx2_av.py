@@ -48,7 +48,6 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
     _no_split_modules = ["LTX2AVTransformerBlock"]
     _repeated_blocks = ["LTX2AVTransformerBlock"]
     _skip_layerwise_casting_patterns = ["norm", "scale_shift_table"]
-    _keep_in_fp32_modules = None
 
     @register_to_config
     def __init__(
@@ -179,8 +178,6 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
         with torch.device("meta"):
             model = cls.from_config(config)
         load_state_dict_strict(model, state_dict, "transformer")
-        if torch_dtype is not None:
-            model = model.to(torch_dtype)
         return model.eval()
 
     config_from_original = staticmethod(transformer_config_from_original)
