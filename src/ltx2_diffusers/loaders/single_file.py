@@ -22,7 +22,8 @@ from safetensors import safe_open
 class KeyTable:
     """Declarative mapping from original checkpoint keys to our state-dict keys.
 
-    - `prefix`: a key belongs to the component iff it starts with `prefix` and with none of `exclude_prefixes`.
+    - `prefix`: a key belongs to the component iff it starts with `prefix` and with none of `exclude_prefixes`
+      (and, when `include_prefixes` is given, with one of those: for components spread over several prefixes).
     - `renames`: `(regex, replacement)` pairs applied in order with `re.sub` to the key after `prefix` is stripped.
     - `ignore`: regexes (matched against the stripped key) of tensors that are read and deliberately dropped.
     """
@@ -32,12 +33,16 @@ class KeyTable:
     renames: tuple[tuple[str, str], ...] = ()
     exclude_prefixes: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
+    include_prefixes: tuple[str, ...] = ()
     _compiled: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "_compiled", tuple((re.compile(p), r) for p, r in self.renames))
+        object.__setattr__(self, "include_prefixes", tuple(self.include_prefixes))
 
     def owns(self, key: str) -> bool:
+        if self.include_prefixes and not key.startswith(self.include_prefixes):
+            return False
         return key.startswith(self.prefix) and not any(key.startswith(p) for p in self.exclude_prefixes)
 
     def is_ignored(self, key: str) -> bool:
@@ -132,7 +137,10 @@ def load_component_state_dict(
         state_dict[new] = tensor
         origin[new] = old
     if not state_dict:
-        raise ValueError(f"{os.fspath(path)!r} holds no {table.name} weights (no key starts with {table.prefix!r})")
+        starts = table.include_prefixes or (table.prefix,)
+        raise ValueError(
+            f"{os.fspath(path)!r} holds no {table.name} weights (no key starts with {' or '.join(map(repr, starts))})"
+        )
     return state_dict
 
 
