@@ -691,6 +691,20 @@ def _stft_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def _vocoder_gain(model: torch.nn.Module, module_name: str) -> float:
+    """Extra weight gain inside vocoders so the random waveform stays mostly inside the final tanh / clamp range
+    (unit-gain residual blocks and Snake activations blow it up to |x| ~ 100, which would hide errors)."""
+    if not isinstance(model, (_ltx_vocoder.Vocoder, _ltx_vocoder.VocoderWithBWE)):
+        return 1.0
+    if ".resblocks." in f".{module_name}.":
+        return 0.3
+    if module_name.endswith("conv_post"):
+        owner_name = module_name.rpartition(".")[0]
+        owner = model.get_submodule(owner_name) if owner_name else model
+        return 0.12 if owner.is_amp else 0.3
+    return 1.0
+
+
 def _random_value(
     model: torch.nn.Module, model_key: str, tensor: torch.Tensor, seed: int, file_key: str, cache: dict
 ) -> torch.Tensor:
@@ -735,7 +749,7 @@ def _random_value(
             fan_in = shape[0] * math.prod(shape[2:]) / math.prod(module.stride)
         else:
             fan_in = math.prod(shape[1:])
-        return _normal(shape, gen, 1.0 / math.sqrt(max(fan_in, 1)))
+        return _normal(shape, gen, _vocoder_gain(model, module_name) / math.sqrt(max(fan_in, 1)))
     if len(shape) >= 1:
         return _normal(shape, gen, 0.1)
     return _uniform(shape, gen, 0.5, 1.5)
@@ -776,6 +790,7 @@ def build_checkpoint(
     components: Sequence[str] = ALL_COMPONENTS,
     config: dict | None = None,
     text_hidden_states: int = TEXT_NUM_HIDDEN_STATES,
+    extra_vae_stats: bool = False,
     **transformer_kwargs,
 ) -> pathlib.Path:
     """Write a tiny original-format single-file checkpoint and return its path.
@@ -784,6 +799,10 @@ def build_checkpoint(
     full ``config`` (all sections) and ``model_version``. ``config`` replaces :func:`checkpoint_config`
     (``transformer_kwargs`` must then be empty). Values are seeded per file key, so a tensor does not change
     when other components are added. ``text_hidden_states`` is the tiny Gemma's number of hidden states.
+    ``extra_vae_stats`` adds the statistics the released files carry beyond the two ltx-core uses
+    (``vae.per_channel_statistics.{channel, mean-of-stds, mean-of-stds_over_std-of-means}``, per third-party
+    converters); ltx-core drops them silently, a converter must too. Off by default, so that every file tensor
+    is loaded by some reference model.
     """
     v = normalize_version(version)
     unknown = set(components) - set(ALL_COMPONENTS)
@@ -805,6 +824,16 @@ def build_checkpoint(
                         raise AssertionError(f"shared key {key} differs between models")
                     continue
                 tensors[key] = value
+    if extra_vae_stats and "vae" in components:
+        prefix = "vae.per_channel_statistics."
+        n = tensors[prefix + "std-of-means"].shape[0]
+        mean_of_stds = _uniform((n,), _generator(seed, prefix + "mean-of-stds"), 0.5, 1.5)
+        extras = {
+            "channel": torch.arange(n, dtype=torch.float32),
+            "mean-of-stds": mean_of_stds,
+            "mean-of-stds_over_std-of-means": mean_of_stds / tensors[prefix + "std-of-means"].float(),
+        }
+        tensors.update({prefix + name: value.to(dtype) for name, value in extras.items()})
     metadata = {"config": json.dumps(config), "model_version": _MODEL_VERSION[v]}
     return _save(tensors, path, metadata)
 
@@ -883,6 +912,8 @@ def build_lora(
             tensors[f"{lora_key}.alpha"] = torch.tensor(float(alpha), dtype=dtype)
     if not tensors:
         raise ValueError(f"{checkpoint_path} has no transformer block weights to build a LoRA for")
+    if include_connectors and not any("_embeddings_connector." in key for key in tensors):
+        raise ValueError(f"{checkpoint_path} has no connector weights (build it with the 'connectors' component)")
     return _save(tensors, path, {})
 
 
