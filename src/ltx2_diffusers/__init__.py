@@ -14,6 +14,9 @@ _EXPORTS = {
     "LTX2HiFiGANVocoder": "models.vocoder_hifigan",
     "load_audio": "audio.io",
     "MultiModalGuidance": "guidance",
+    "LTX2AudioToVideoPipeline": "pipelines.pipeline_ltx2_audio_to_video",
+    "LTX2AudioToVideoPipelineOutput": "pipelines.pipeline_ltx2_audio_to_video",
+    "LTX2ImageCondition": "pipelines.image_conditions",
     "export_to_video_with_audio": "video_io",
     "sync_report": "sync_report",
 }
