@@ -1034,7 +1034,7 @@ def cached_checkpoint(kind: str = "checkpoint", /, *args, **kwargs) -> pathlib.P
 
 
 def transformer_inputs(
-    config: dict,
+    config: dict | str | pathlib.Path,
     *,
     batch: int = 1,
     frames: int = 2,
@@ -1050,12 +1050,14 @@ def transformer_inputs(
     """``(video, audio)`` ltx-core ``Modality`` inputs for ``LTXModel.forward`` with pipeline-style positions
     (video: pixel bounds with the causal fix, time / fps, cast to ``dtype``; audio: seconds, float32), random
     latents and contexts (19B: caption_channels wide, before the in-transformer projection; 22B: the
-    transformer widths) and per-token timesteps ``sigma``. ``config`` is the full checkpoint config."""
+    transformer widths) and per-token timesteps ``sigma``. ``config``: the full checkpoint config or a file path."""
     from ltx_core.components.patchifiers import AudioPatchifier, VideoLatentPatchifier  # noqa: PLC0415
     from ltx_core.model.transformer.modality import Modality  # noqa: PLC0415
     from ltx_core.tools import AudioLatentTools, VideoLatentTools  # noqa: PLC0415
     from ltx_core.types import AudioLatentShape, VideoLatentShape  # noqa: PLC0415
 
+    if not isinstance(config, dict):
+        config = read_config(config)
     tcfg = config["transformer"]
     gen = torch.Generator().manual_seed(seed)
     video_state = VideoLatentTools(

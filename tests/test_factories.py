@@ -165,7 +165,7 @@ def test_transformer_reference_loads_exactly(transformer_file):
 def test_transformer_reference_forward(transformer_file):
     _, path = transformer_file
     model = load_reference(path, "transformer")
-    video, audio = transformer_inputs(read_config(path))
+    video, audio = transformer_inputs(path)
     with torch.no_grad():
         vx, ax = model(video, audio, BatchedPerturbationConfig.empty(1))
     assert vx.shape == video.latent.shape and ax.shape == audio.latent.shape
