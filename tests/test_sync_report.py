@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import ltx2_diffusers
-from ltx2_diffusers.sync_report import main, sync_report, sync_report_from_file
+from ltx2_diffusers.sync import main, sync_report, sync_report_from_file
 from ltx2_diffusers.video_io import export_to_video_with_audio, read_video_with_audio
 
 

@@ -18,7 +18,7 @@ _EXPORTS = {
     "LTX2AudioToVideoPipelineOutput": "pipelines.pipeline_ltx2_audio_to_video",
     "LTX2ImageCondition": "pipelines.image_conditions",
     "export_to_video_with_audio": "video_io",
-    "sync_report": "sync_report",
+    "sync_report": "sync",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import sys
-import types
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -317,13 +316,3 @@ def main(argv=None) -> int:
     print(f"{args.input}: {report.summary()}")
     print(f"wrote {png} and {json_path}")
     return 0
-
-
-class _CallableModule(types.ModuleType):
-    """Importing this submodule rebinds `ltx2_diffusers.sync_report` to the module; keep it callable."""
-
-    def __call__(self, *args, **kwargs):
-        return sync_report(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
