@@ -1,0 +1,110 @@
+"""Image conditions pinned to video frames, prepared as the reference pipelines prepare them."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+import PIL.Image
+import torch
+
+
+DEFAULT_IMAGE_CRF = 33
+
+
+@dataclass(frozen=True)
+class LTX2ImageCondition:
+    """`image` (PIL image, path, or `(H, W, 3)` uint8 array) pinned to pixel frame `frame_index`.
+
+    `strength` 1.0 keeps the frame's latent clean, 0.0 leaves it free. Frame 0 replaces the first latent frame;
+    other frames are appended as keyframe tokens. `crf`: the image is first passed through one H.264 frame at this
+    quality (as the reference does, so it looks like a video frame); 0 disables that.
+    """
+
+    image: Any
+    frame_index: int = 0
+    strength: float = 1.0
+    crf: int = DEFAULT_IMAGE_CRF
+
+
+def normalize_conditions(conditions, num_frames: int | None) -> list[LTX2ImageCondition]:
+    """Validate `conditions` (objects or `(image, frame_index, strength[, crf])` tuples); `ValueError`s name them."""
+    if conditions is None:
+        return []
+    if isinstance(conditions, (LTX2ImageCondition, tuple)):
+        conditions = [conditions]
+    result = []
+    for i, condition in enumerate(conditions):
+        if isinstance(condition, tuple):
+            if not 2 <= len(condition) <= 4:
+                raise ValueError(f"conditions[{i}] must be (image, frame_index, strength[, crf]), got {condition!r}")
+            condition = LTX2ImageCondition(*condition)
+        if not isinstance(condition, LTX2ImageCondition):
+            raise TypeError(
+                f"conditions[{i}] must be an LTX2ImageCondition or a tuple, got {type(condition).__name__}"
+            )
+        if not isinstance(condition.frame_index, int) or condition.frame_index < 0:
+            raise ValueError(
+                f"conditions[{i}].frame_index must be a non-negative integer, got {condition.frame_index!r}"
+            )
+        if num_frames is not None and condition.frame_index >= num_frames:
+            raise ValueError(
+                f"conditions[{i}].frame_index {condition.frame_index} is out of range for {num_frames} frames"
+            )
+        if not isinstance(condition.strength, (int, float)) or not 0.0 <= condition.strength <= 1.0:
+            raise ValueError(f"conditions[{i}].strength must be in [0, 1], got {condition.strength!r}")
+        result.append(condition)
+    return result
+
+
+def _as_uint8_rgb(image) -> np.ndarray:
+    if isinstance(image, (str, os.PathLike)):
+        if not os.path.isfile(image):
+            raise ValueError(f"condition image {os.fspath(image)!r} does not exist")
+        image = PIL.Image.open(image)
+    if isinstance(image, PIL.Image.Image):
+        image = np.array(image)
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
+        raise TypeError("a condition image must be a PIL image, a path, or an (H, W, 3) uint8 array")
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.dtype != np.uint8:
+        raise TypeError(f"a condition image array must be uint8, got {image.dtype}")
+    return np.ascontiguousarray(image[..., :3])
+
+
+def _through_h264(image: np.ndarray, crf: int) -> np.ndarray:
+    """One-frame H.264 round trip (libx264, `crf`, preset veryfast, yuv420p, cropped to even size)."""
+    height, width = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=1, options={"crf": str(crf), "preset": "veryfast"})
+        stream.height, stream.width = height, width
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:height, :width]), format="rgb24")
+        container.mux(stream.encode(frame.reformat(format="yuv420p")))
+        container.mux(stream.encode())
+    buffer.seek(0)
+    with av.open(buffer) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24")
+
+
+def prepare_condition_image(image, height: int, width: int, crf: int = DEFAULT_IMAGE_CRF) -> torch.Tensor:
+    """`(1, 3, 1, height, width)` float32 in [-1, 1]: aspect-preserving bilinear resize to cover, centre crop."""
+    pixels = _as_uint8_rgb(image)
+    if crf:
+        pixels = _through_h264(pixels, crf)
+    tensor = torch.tensor(pixels, dtype=torch.float32).permute(2, 0, 1)[None]
+    src_h, src_w = tensor.shape[-2:]
+    scale = max(height / src_h, width / src_w)
+    new_h, new_w = math.ceil(src_h * scale), math.ceil(src_w * scale)
+    tensor = torch.nn.functional.interpolate(tensor, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    tensor = tensor[:, :, top : top + height, left : left + width]
+    return (tensor / 127.5 - 1.0).unsqueeze(2)

@@ -1,0 +1,608 @@
+"""`LTX2AudioToVideoPipeline`: two-stage LTX-2 / LTX-2.3 audio-to-video generation (ltx-pipelines' A2Vid)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.loaders import LTX2LoraLoaderMixin
+from diffusers.utils import BaseOutput, logging
+
+from ..audio.io import load_audio
+from ..guidance import MultiModalGuidance, combine_guidance, guidance_passes
+from ..schedules import STAGE_2_DISTILLED_SIGMAS, euler_step, ltx2_sigmas
+from . import ltx2_stages as stages
+from .image_conditions import LTX2ImageCondition, normalize_conditions, prepare_condition_image
+
+
+logger = logging.get_logger(__name__)
+
+DEFAULT_NEGATIVE_PROMPT = (
+    "blurry, out of focus, overexposed, underexposed, low contrast, washed out colors, excessive noise, grainy "
+    "texture, poor lighting, flickering, motion blur, distorted proportions, unnatural skin tones, deformed facial "
+    "features, asymmetrical face, missing facial features, extra limbs, disfigured hands, wrong hand count, "
+    "artifacts around text, inconsistent perspective, camera shake, incorrect depth of field, background too sharp, "
+    "background clutter, distracting reflections, harsh shadows, inconsistent lighting direction, color banding, "
+    "cartoonish rendering, 3D CGI look, unrealistic materials, uncanny valley effect, incorrect ethnicity, wrong "
+    "gender, exaggerated expressions, wrong gaze direction, mismatched lip sync, silent or muted audio, distorted "
+    "voice, robotic voice, echo, background noise, off-sync audio, incorrect dialogue, added dialogue, repetitive "
+    "speech, jittery movement, awkward pauses, incorrect timing, unnatural transitions, inconsistent framing, tilted "
+    "camera, flat lighting, inconsistent tone, cinematic oversaturation, stylized filters, or AI artifacts."
+)
+
+
+@dataclass
+class LTX2AudioToVideoPipelineOutput(BaseOutput):
+    """`frames`: PIL lists, `(B, F, H, W, 3)` floats in [0, 1] (`"np"`/`"pt"`) or latents; `audio`: the ORIGINAL
+    input samples covering the video, `[channels, samples]` float32, at `audio_sample_rate`."""
+
+    frames: Any
+    audio: torch.Tensor
+    audio_sample_rate: int
+
+
+class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2LoraLoaderMixin):
+    r"""Audio-to-video with LTX-2 / LTX-2.3: a video whose motion follows the given audio, which it carries.
+
+    Stage 1 denoises the video at half resolution with the audio latents frozen, under multimodal guidance
+    (cfg, stg, modality, rescale). Stage 2 upsamples x2 with `latent_upsampler` and refines on the distilled
+    sigma table with the `"distilled"` LoRA adapter active. Numerically the reference `A2VidPipelineTwoStage`.
+    """
+
+    model_cpu_offload_seq = "text_encoder->connectors->audio_vae->vae->latent_upsampler->transformer"
+    _optional_components = ["tokenizer", "text_encoder", "vocoder", "latent_upsampler"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        scheduler,
+        vae,
+        audio_vae,
+        connectors,
+        transformer,
+        text_encoder=None,
+        tokenizer=None,
+        vocoder=None,
+        latent_upsampler=None,
+        model_version: str = "2.3.0",
+        distilled_lora_scale: float = 0.8,
+    ):
+        super().__init__()
+        self.register_modules(
+            scheduler=scheduler,
+            vae=vae,
+            audio_vae=audio_vae,
+            connectors=connectors,
+            transformer=transformer,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            vocoder=vocoder,
+            latent_upsampler=latent_upsampler,
+        )
+        self.register_to_config(model_version=model_version, distilled_lora_scale=distilled_lora_scale)
+
+    # ------------------------------------------------------------------------------------------------ loading
+    DISTILLED_LORA_SUBFOLDER = "distilled_lora"
+    DISTILLED_LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' `from_pretrained`, plus the converted folder's distilled LoRA as the adapter `"distilled"`."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if isinstance(pipe, cls) and os.path.isdir(pretrained_model_name_or_path):
+            lora = os.path.join(
+                pretrained_model_name_or_path, cls.DISTILLED_LORA_SUBFOLDER, cls.DISTILLED_LORA_WEIGHT_NAME
+            )
+            if os.path.isfile(lora):
+                pipe.load_lora_weights(lora, adapter_name="distilled")
+        return pipe
+
+    @classmethod
+    def from_single_file(
+        cls,
+        checkpoint_path,
+        *,
+        spatial_upsampler_path=None,
+        distilled_lora=None,
+        gemma_root=None,
+        torch_dtype: torch.dtype | None = torch.bfloat16,
+    ) -> "LTX2AudioToVideoPipeline":
+        """Build the pipeline from the original files: the single-file checkpoint, the spatial upsampler, the
+        distilled LoRA (`path` or `(path, strength)`, default strength 0.8) and an optional Gemma 3 folder."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        from ..loaders.single_file import read_checkpoint_config
+        from ..models.autoencoder_audio_mel import AutoencoderAudioMel
+        from ..models.connectors_single_file import load_connectors_from_single_file
+        from ..models.transformer_ltx2_av import LTX2AudioVideoTransformer
+        from ..models.upsampler_single_file import load_latent_upsampler_from_single_file
+        from ..models.video_vae_single_file import load_video_vae_from_single_file
+        from ..models.vocoder_hifigan import LTX2HiFiGANVocoder
+        from ..schedules import flow_match_scheduler_config
+
+        config, model_version = read_checkpoint_config(checkpoint_path)
+        lora_path, lora_scale = (
+            (distilled_lora, 0.8) if not isinstance(distilled_lora, (tuple, list)) else distilled_lora
+        )
+        text_encoder = tokenizer = None
+        if gemma_root is not None:
+            text_encoder, tokenizer = load_gemma(gemma_root, torch_dtype)
+        pipe = cls(
+            scheduler=FlowMatchEulerDiscreteScheduler(**flow_match_scheduler_config()),
+            vae=load_video_vae_from_single_file(checkpoint_path, torch_dtype=torch_dtype),
+            audio_vae=AutoencoderAudioMel.from_single_file(checkpoint_path, torch_dtype=torch_dtype),
+            connectors=load_connectors_from_single_file(checkpoint_path, torch_dtype=torch_dtype),
+            transformer=LTX2AudioVideoTransformer.from_single_file(checkpoint_path, torch_dtype=torch_dtype),
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            vocoder=LTX2HiFiGANVocoder.from_single_file(checkpoint_path, torch_dtype=torch_dtype)
+            if "vocoder" in config
+            else None,
+            latent_upsampler=None
+            if spatial_upsampler_path is None
+            else load_latent_upsampler_from_single_file(spatial_upsampler_path, torch_dtype=torch_dtype),
+            model_version=model_version or "2.3.0",
+            distilled_lora_scale=float(lora_scale),
+        )
+        if lora_path is not None:
+            pipe.load_lora_weights(lora_path, adapter_name="distilled")
+        return pipe
+
+    # ------------------------------------------------------------------------------------------------ text
+    def encode_prompt(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        *,
+        max_sequence_length: int = 1024,
+        device: torch.device | None = None,
+    ):
+        """Text-encoder features before the connectors (diffusers' `LTX2Pipeline.encode_prompt` convention):
+        `(prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_attention_mask)`."""
+        from .text_encoding import encode_prompt_features
+
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError("this pipeline has no text_encoder/tokenizer: pass prompt_embeds or prompt_contexts")
+        device = device or self._execution_device
+        embeds, mask = encode_prompt_features(
+            self.tokenizer, self.text_encoder, prompt, max_sequence_length=max_sequence_length, device=device
+        )
+        negative = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+        neg_embeds, neg_mask = encode_prompt_features(
+            self.tokenizer, self.text_encoder, negative, max_sequence_length=max_sequence_length, device=device
+        )
+        return embeds, mask, neg_embeds, neg_mask
+
+    def _contexts(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from .text_encoding import connect_prompt
+
+        return connect_prompt(self.connectors, embeds, mask)
+
+    def prepare_contexts(
+        self,
+        prompt,
+        negative_prompt,
+        prompt_embeds,
+        prompt_attention_mask,
+        negative_prompt_embeds,
+        negative_prompt_attention_mask,
+        prompt_contexts,
+        negative_prompt_contexts,
+        max_sequence_length,
+    ):
+        """Positive and negative `(video_context, audio_context)` pairs for the transformer."""
+        if prompt_contexts is None or negative_prompt_contexts is None:
+            if prompt_embeds is None or negative_prompt_embeds is None:
+                embeds, mask, neg_embeds, neg_mask = self.encode_prompt(
+                    prompt, negative_prompt, max_sequence_length=max_sequence_length
+                )
+                prompt_embeds = embeds if prompt_embeds is None else prompt_embeds
+                prompt_attention_mask = mask if prompt_attention_mask is None else prompt_attention_mask
+                negative_prompt_embeds = neg_embeds if negative_prompt_embeds is None else negative_prompt_embeds
+                if negative_prompt_attention_mask is None:
+                    negative_prompt_attention_mask = neg_mask
+
+            def full_mask(embeds):
+                return torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+
+            if prompt_contexts is None:
+                mask = full_mask(prompt_embeds) if prompt_attention_mask is None else prompt_attention_mask
+                prompt_contexts = self._contexts(prompt_embeds, mask)
+            if negative_prompt_contexts is None:
+                mask = full_mask(negative_prompt_embeds)
+                if negative_prompt_attention_mask is not None:
+                    mask = negative_prompt_attention_mask
+                negative_prompt_contexts = self._contexts(negative_prompt_embeds, mask)
+        return tuple(prompt_contexts), tuple(negative_prompt_contexts)
+
+    # ------------------------------------------------------------------------------------------------ checks
+    def default_num_frames(self, audio_seconds: float, frame_rate: float) -> int:
+        """Largest `8k + 1` frame count whose duration the audio covers."""
+        frames = int(math.floor(audio_seconds * frame_rate + 1e-9))
+        return ((frames - 1) // 8) * 8 + 1
+
+    def check_inputs(
+        self,
+        prompt,
+        height,
+        width,
+        num_frames,
+        frame_rate,
+        num_inference_steps,
+        stage_2,
+        conditions,
+        video_guidance,
+        prompt_embeds,
+        prompt_contexts,
+        output_type,
+        audio_start_time,
+        audio_max_duration,
+    ):
+        multiple = 64 if stage_2 else 32
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0 or value % multiple:
+                raise ValueError(
+                    f"{name} must be a positive multiple of {multiple} "
+                    f"({'two stages' if stage_2 else 'one stage'}), got {value!r}"
+                )
+        if num_frames is not None and (not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % 8):
+            raise ValueError(f"num_frames must be 8k + 1 (1, 9, 17, ..., 121), got {num_frames!r}")
+        if not (isinstance(frame_rate, (int, float)) and frame_rate > 0):
+            raise ValueError(f"frame_rate must be a positive number, got {frame_rate!r}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 2:
+            raise ValueError(f"num_inference_steps must be an integer >= 2, got {num_inference_steps!r}")
+        if prompt is None and prompt_embeds is None and prompt_contexts is None:
+            raise ValueError("pass prompt, prompt_embeds or prompt_contexts")
+        if not isinstance(video_guidance, MultiModalGuidance):
+            raise TypeError(f"video_guidance must be a MultiModalGuidance, got {type(video_guidance).__name__}")
+        if video_guidance.stg_blocks is not None:
+            bad = [b for b in video_guidance.stg_blocks if b >= self.transformer.config.num_layers]
+            if bad:
+                raise ValueError(
+                    f"video_guidance.stg_blocks: block {bad[0]} out of range for "
+                    f"{self.transformer.config.num_layers} blocks"
+                )
+        if stage_2 and self.latent_upsampler is None:
+            raise ValueError("stage_2=True needs a latent_upsampler (or pass stage_2=False)")
+        if stage_2 and "distilled" not in self._adapter_names():
+            raise ValueError(
+                "stage_2=True needs the distilled LoRA: load it with load_lora_weights(path, adapter_name='distilled')"
+            )
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        if audio_start_time < 0:
+            raise ValueError(f"audio_start_time must be >= 0, got {audio_start_time}")
+        if audio_max_duration is not None and audio_max_duration <= 0:
+            raise ValueError(f"audio_max_duration must be > 0, got {audio_max_duration}")
+        if num_frames is not None:
+            normalize_conditions(conditions, num_frames)
+
+    def _adapter_names(self) -> list[str]:
+        peft_config = getattr(self.transformer, "peft_config", None) or {}
+        return list(peft_config)
+
+    # ------------------------------------------------------------------------------------------------ stages
+    def prepare_audio(self, audio, audio_sample_rate, start_time, max_duration, num_frames, frame_rate):
+        """Decode the audio window and choose `num_frames` if needed.
+
+        Returns `(encoded_waveform, waveform_over_the_video, sample_rate, num_frames)`: the window read
+        (`max_duration`, default the video span) is what the audio VAE encodes, as in the reference; the
+        returned audio is exactly the samples covering the video.
+        """
+        span = None if num_frames is None else num_frames / frame_rate
+        duration = max_duration if max_duration is not None else span
+        waveform, sample_rate = load_audio(
+            audio, start_time=start_time, max_duration=duration, sample_rate=audio_sample_rate
+        )
+        available = waveform.shape[-1] / sample_rate
+        if num_frames is None:
+            num_frames = self.default_num_frames(available, frame_rate)
+            if num_frames < 1:
+                raise ValueError(f"the audio after audio_start_time is too short ({available:.3f} s) for any video")
+            span = num_frames / frame_rate
+            if max_duration is None:
+                waveform = waveform[..., : round(span * sample_rate)]
+        needed = round(span * sample_rate)
+        if waveform.shape[-1] < needed:
+            raise ValueError(
+                f"the audio covers {available:.3f} s after audio_start_time={start_time} but the video needs "
+                f"{span:.3f} s ({num_frames} frames at {frame_rate} fps)"
+            )
+        return waveform, waveform[..., :needed], sample_rate, num_frames
+
+    def encode_audio_tokens(self, waveform, sample_rate, num_frames, frame_rate, dtype):
+        tokens = self.audio_vae.encode_waveform(waveform.to(self._execution_device), sample_rate)
+        frames = stages.audio_latent_frames(num_frames / frame_rate)
+        if tokens.shape[1] < frames:
+            raise ValueError(f"the audio yields {tokens.shape[1]} latent frames, the video needs {frames}")
+        return tokens[:, :frames].to(dtype)
+
+    def encode_image(self, image: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Normalised video-VAE latent means of `image` `(B, 3, F, H, W)` in [-1, 1]."""
+        latents = self.vae.encode(image.to(device=self._execution_device, dtype=self.vae.dtype)).latent_dist.mode()
+        return self.normalize_latents(latents).to(dtype)
+
+    def normalize_latents(self, latents):
+        mean = self.vae.latents_mean.view(1, -1, 1, 1, 1).to(latents)
+        std = self.vae.latents_std.view(1, -1, 1, 1, 1).to(latents)
+        return (latents - mean) * self.vae.config.scaling_factor / std
+
+    def denormalize_latents(self, latents):
+        mean = self.vae.latents_mean.view(1, -1, 1, 1, 1).to(latents)
+        std = self.vae.latents_std.view(1, -1, 1, 1, 1).to(latents)
+        return latents * std / self.vae.config.scaling_factor + mean
+
+    def conditioned_video_state(self, conditions, size, height, width, frame_rate, dtype, initial_latent=None):
+        state = stages.video_state(
+            size,
+            self.transformer.config.in_channels,
+            frame_rate,
+            initial_latent=initial_latent,
+            dtype=dtype,
+            device=self._execution_device,
+        )
+        for condition in conditions:
+            pixels = prepare_condition_image(condition.image, height, width, crf=condition.crf)
+            latent = self.encode_image(pixels, dtype)
+            if condition.frame_index == 0:
+                state = stages.condition_latent_frame(state, latent, 0, condition.strength)
+            else:
+                state = stages.append_keyframe(state, latent, condition.frame_index, condition.strength, frame_rate)
+        return state
+
+    def predict_x0(self, video, audio, sigma, passes, contexts, stg_blocks):
+        """Run the guidance passes of one step as ONE batched forward; x0 predictions per pass (video only)."""
+        n = len(passes)
+        video_t = video.timesteps(sigma)
+        audio_t = audio.timesteps(sigma)  # frozen audio: mask 0, so timesteps 0 while its sigma follows the step
+        video_ctx = torch.cat([contexts[name][0] for name in passes])
+        audio_ctx = torch.cat([contexts[name][1] for name in passes])
+        sigmas = sigma.reshape(1).expand(n) * 1000
+        velocity, _ = self.transformer(
+            hidden_states=video.latent.expand(n, -1, -1),
+            audio_hidden_states=audio.latent.expand(n, -1, -1),
+            encoder_hidden_states=video_ctx,
+            audio_encoder_hidden_states=audio_ctx,
+            timestep=(video_t * 1000).expand(n, -1, -1).squeeze(-1),
+            audio_timestep=(audio_t * 1000).expand(n, -1, -1).squeeze(-1),
+            sigma=sigmas,
+            audio_sigma=sigmas,
+            video_coords=video.coords.expand(n, -1, -1, -1),
+            audio_coords=audio.coords.expand(n, -1, -1, -1),
+            use_cross_timestep=True,
+            perturbations=stages.pass_perturbations(passes, stg_blocks),
+            return_dict=False,
+        )
+        x0 = stages.x0_from_velocity(video.latent.expand(n, -1, -1), velocity, video_t)
+        return dict(zip(passes, x0.split(1)))
+
+    def denoise(self, video, audio, sigmas, contexts, guidance, callback_on_step_end, callback_inputs):
+        """Euler loop over `sigmas` on the video tokens; the audio stays frozen."""
+        last = None
+        self._num_timesteps = len(sigmas) - 1
+        with self.progress_bar(total=len(sigmas) - 1) as progress_bar:
+            for i in range(len(sigmas) - 1):
+                if self.interrupt:
+                    break
+                sigma = sigmas[i]
+                passes = guidance_passes(guidance, step_index=i) if guidance is not None else ("cond",)
+                if guidance is not None and guidance.should_skip_step(i):
+                    denoised = last  # the reference reuses the previous guided prediction
+                else:
+                    x0 = self.predict_x0(video, audio, sigma, passes, contexts, guidance and guidance.stg_blocks)
+                    if guidance is None:
+                        denoised = x0["cond"]
+                    else:
+                        denoised = combine_guidance(
+                            x0["cond"], x0.get("uncond"), x0.get("perturbed"), x0.get("isolated"), guidance=guidance
+                        )
+                last = denoised
+                denoised = stages.blend_with_clean(denoised, video)
+                video = stages.replace(video, latent=euler_step(video.latent, denoised, sigma, sigmas[i + 1]))
+                if callback_on_step_end is not None:
+                    values = {"latents": video.latent}
+                    outputs = callback_on_step_end(self, i, sigma, {k: values[k] for k in callback_inputs})
+                    if outputs and "latents" in outputs:
+                        video = stages.replace(video, latent=outputs["latents"])
+                progress_bar.update()
+        return video
+
+    def upsample(self, latents: torch.Tensor) -> torch.Tensor:
+        """x2 spatial upsampling in the VAE's un-normalised latent space."""
+        upsampled = self.latent_upsampler(self.denormalize_latents(latents).to(self.latent_upsampler.dtype))
+        return self.normalize_latents(upsampled.to(latents.dtype))
+
+    def decode(self, latents: torch.Tensor, generator, output_type: str):
+        latents = self.denormalize_latents(latents).to(self.vae.dtype)
+        kwargs = {}
+        if getattr(self.vae.config, "timestep_conditioning", False):
+            raise NotImplementedError("timestep-conditioned video VAEs (LTX-2 19B) are not supported yet")
+        video = self.vae.decode(latents, return_dict=False, **kwargs)[0]
+        frames = ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)  # (B, F, H, W, 3)
+        if output_type == "pt":
+            return frames
+        frames = frames.cpu().numpy()
+        if output_type == "np":
+            return frames
+        return [[PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in batch] for batch in frames]
+
+    def set_adapters(self, adapter_names, adapter_weights=None):
+        """diffusers' `set_adapters`; the weights given for adapters other than `"distilled"` are remembered so
+        that the stage switches keep them."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        weights = adapter_weights if isinstance(adapter_weights, (list, tuple)) else [adapter_weights] * len(names)
+        self._user_adapter_weights = {n: (1.0 if w is None else w) for n, w in zip(names, weights) if n != "distilled"}
+        return super().set_adapters(adapter_names, adapter_weights)
+
+    def _activate_distilled(self, active: bool, scale: float | None) -> None:
+        """Stage switch of the `"distilled"` adapter; other loaded adapters stay active with their weights."""
+        names = self._adapter_names()
+        if "distilled" not in names:
+            return
+        user = getattr(self, "_user_adapter_weights", None)
+        others = [n for n in names if n != "distilled" and (user is None or n in user)]
+        weights = [1.0 if user is None else user[n] for n in others]
+        scale = self.config.distilled_lora_scale if scale is None else scale
+        if not others and not active:
+            self.transformer.disable_adapters()
+            return
+        self.transformer.enable_adapters()
+        self.transformer.set_adapters(others + ["distilled"], weights + [scale if active else 0.0])
+
+    @property
+    def interrupt(self):
+        return getattr(self, "_interrupt", False)
+
+    @property
+    def num_timesteps(self):
+        return self._num_timesteps
+
+    # ------------------------------------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | None = None,
+        audio=None,
+        negative_prompt: str | None = None,
+        audio_sample_rate: int | None = None,
+        audio_start_time: float = 0.0,
+        audio_max_duration: float | None = None,
+        conditions: list[LTX2ImageCondition | tuple] | None = None,
+        height: int = 1024,
+        width: int = 1536,
+        num_frames: int | None = None,
+        frame_rate: float = 24.0,
+        num_inference_steps: int = 30,
+        video_guidance: MultiModalGuidance | None = None,
+        stage_2: bool = True,
+        distilled_lora_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        prompt_contexts: tuple[torch.Tensor, torch.Tensor] | None = None,
+        negative_prompt_contexts: tuple[torch.Tensor, torch.Tensor] | None = None,
+        max_sequence_length: int = 1024,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+    ):
+        r"""Generate a video that follows `audio` (a path, file object, or `[channels, samples]` array with
+        `audio_sample_rate`). `conditions` pins images to frames (`LTX2ImageCondition` or
+        `(image, frame_index, strength)`). `num_frames=None` takes the largest `8k + 1` count the audio covers.
+        `latents`: pre-drawn stage-1 noise `(1, 128, F', H', W')` used instead of drawing it."""
+        video_guidance = MultiModalGuidance() if video_guidance is None else video_guidance
+        conditions = normalize_conditions(conditions, num_frames)
+        self.check_inputs(
+            prompt,
+            height,
+            width,
+            num_frames,
+            frame_rate,
+            num_inference_steps,
+            stage_2,
+            conditions,
+            video_guidance,
+            prompt_embeds,
+            prompt_contexts,
+            output_type,
+            audio_start_time,
+            audio_max_duration,
+        )
+        self._interrupt = False
+        device = self._execution_device
+        dtype = self.transformer.dtype
+
+        # 1. Audio: the original samples over the video span, and their frozen latent tokens.
+        encoded_waveform, waveform, sample_rate, num_frames = self.prepare_audio(
+            audio, audio_sample_rate, audio_start_time, audio_max_duration, num_frames, frame_rate
+        )
+        conditions = normalize_conditions(conditions, num_frames)
+
+        # 2. Text contexts (positive; negative video context with the POSITIVE audio context, as the reference).
+        positive, negative = self.prepare_contexts(
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_embeds,
+            negative_prompt_attention_mask,
+            prompt_contexts,
+            negative_prompt_contexts,
+            max_sequence_length,
+        )
+        positive = tuple(c.to(device=device, dtype=dtype) for c in positive)
+        contexts = {
+            "cond": positive,
+            "perturbed": positive,
+            "isolated": positive,
+            "uncond": (negative[0].to(device=device, dtype=dtype), positive[1]),
+        }
+        audio_tokens = self.encode_audio_tokens(encoded_waveform, sample_rate, num_frames, frame_rate, dtype)
+
+        # 3. Stage 1: half resolution (or the full size without stage 2), multimodal guidance, frozen audio.
+        scale = 2 if stage_2 else 1
+        h1, w1 = height // scale, width // scale
+        size = stages.video_latent_size(num_frames, h1, w1)
+        self._activate_distilled(False, None)
+        video = self.conditioned_video_state(conditions, size, h1, w1, frame_rate, dtype)
+        noise = None if latents is None else stages.patchify_video(latents.to(device=device, dtype=dtype))
+        video = stages.add_noise(video, generator, 1.0, noise=noise)
+        frozen = stages.frozen_audio_state(audio_tokens, dtype)
+        stages.add_noise(frozen, generator, 0.0)  # drawn and discarded, as in the reference
+        sigmas = ltx2_sigmas(num_inference_steps, device=device)
+        video = self.denoise(
+            video, frozen, sigmas, contexts, video_guidance, callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
+        latent = stages.unpatchify_video(video.latent[:, : video.num_tokens], size)
+
+        # 4. Stage 2: x2 upsampling, re-noising to the distilled table's first sigma, distilled-LoRA refinement.
+        if stage_2:
+            latent = self.upsample(latent)
+            size = stages.video_latent_size(num_frames, height, width)
+            self._activate_distilled(True, distilled_lora_scale)
+            video = self.conditioned_video_state(
+                conditions, size, height, width, frame_rate, dtype, initial_latent=latent
+            )
+            sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMAS, dtype=torch.float32, device=device)
+            video = stages.add_noise(video, generator, sigmas[0])
+            stages.add_noise(frozen, generator, 0.0)
+            video = self.denoise(video, frozen, sigmas, contexts, None, callback_on_step_end, ("latents",))
+            latent = stages.unpatchify_video(video.latent[:, : video.num_tokens], size)
+            self._activate_distilled(False, None)
+
+        # 5. Decode.
+        frames = latent if output_type == "latent" else self.decode(latent, generator, output_type)
+        self.maybe_free_model_hooks()
+        audio_out = waveform.float().cpu()
+        if not return_dict:
+            return frames, audio_out, sample_rate
+        return LTX2AudioToVideoPipelineOutput(frames=frames, audio=audio_out, audio_sample_rate=sample_rate)
+
+
+def load_gemma(gemma_root, torch_dtype=None):
+    """Gemma 3 text encoder and tokenizer from a folder (found recursively, as the reference searches it)."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
+
+    root = Path(gemma_root)
+    if not root.is_dir():
+        raise ValueError(f"gemma_root {os.fspath(gemma_root)!r} is not a folder")
+    weights = sorted(root.rglob("model*.safetensors"))
+    tokenizers = sorted(p.parent for p in root.rglob("tokenizer*.json")) + sorted(
+        p.parent for p in root.rglob("tokenizer.model")
+    )
+    if not weights or not tokenizers:
+        raise ValueError(f"gemma_root {os.fspath(gemma_root)!r} needs model*.safetensors and a tokenizer")
+    text_encoder = Gemma3ForConditionalGeneration.from_pretrained(weights[0].parent, torch_dtype=torch_dtype)
+    return text_encoder, AutoTokenizer.from_pretrained(tokenizers[0])
