@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test style quality clean
+.PHONY: install test demo style quality clean
 
 install: $(STAMP)
 
@@ -22,13 +22,17 @@ $(STAMP): setup.py
 test: install
 	$(PY) -m pytest -n 2 tests
 
+# Tiny random-weight LTX-2.3 checkpoint -> converted folder -> audio-to-video CLI -> demo.mp4 (CPU, minutes).
+demo: install
+	$(PY) scripts/demo.py --output demo.mp4
+
 style: install
-	$(VENV)/bin/ruff format src tests conversion_scripts benchmarks
-	$(VENV)/bin/ruff check --fix src tests conversion_scripts benchmarks
+	$(VENV)/bin/ruff format src tests conversion_scripts benchmarks scripts
+	$(VENV)/bin/ruff check --fix src tests conversion_scripts benchmarks scripts
 
 quality: install
-	$(VENV)/bin/ruff format --check src tests conversion_scripts benchmarks
-	$(VENV)/bin/ruff check src tests conversion_scripts benchmarks
+	$(VENV)/bin/ruff format --check src tests conversion_scripts benchmarks scripts
+	$(VENV)/bin/ruff check src tests conversion_scripts benchmarks scripts
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
