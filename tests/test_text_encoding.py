@@ -120,6 +120,21 @@ def test_equals_diffusers_get_gemma_prompt_embeds(tiny):
     assert torch.equal(embeds, expected)
 
 
+def test_runs_the_top_level_module_without_full_logits(tiny):
+    """Offload hooks live on the top-level text encoder; the LM head only computes one position."""
+    tokenizer, text_encoder = tiny
+    calls, logits_shapes = [], []
+    pre = text_encoder.register_forward_pre_hook(lambda module, args: calls.append(1))
+    post = text_encoder.lm_head.register_forward_hook(lambda module, args, out: logits_shapes.append(out.shape))
+    try:
+        encode_prompt_features(tokenizer, text_encoder, PROMPTS[:2], max_sequence_length=16)
+    finally:
+        pre.remove()
+        post.remove()
+    assert calls == [1]
+    assert logits_shapes == [(2, 1, len(tokenizer))]
+
+
 def test_equals_ltx_core_gemma_encoder(tiny_dir, tiny):
     """ltx-core tokenizes one prompt at a time (LTXVGemmaTokenizer) and runs the base model."""
     tokenizer, text_encoder = tiny

@@ -7,6 +7,8 @@ hidden state stacked on a last axis and flattened, plus the tokenizer's attentio
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from diffusers.utils import logging
 
@@ -37,8 +39,8 @@ def encode_prompt_features(
     """`(prompt_embeds, attention_mask)` for `prompt`: `(B, T, hidden * num_hidden_states)` and `(B, T)` int64.
 
     Prompts are stripped and tokenized with BOS, left padding (pad = eos if the tokenizer has no pad token; it is
-    set on the tokenizer, as diffusers and ltx-core do) and truncation to `max_sequence_length` tokens. The base
-    model of `text_encoder` (Gemma 3 without its LM head) runs with `output_hidden_states=True`; all hidden states
+    set on the tokenizer, as diffusers and ltx-core do) and truncation to `max_sequence_length` tokens.
+    `text_encoder` runs with `output_hidden_states=True` (and `logits_to_keep=1` where supported); all hidden states
     (embedding output first) are stacked on a last axis and flattened, i.e. feature index `d * L + l`. Same values
     as diffusers' `LTX2Pipeline._get_gemma_prompt_embeds` and ltx-core's Gemma encoder. `device` defaults to the
     text encoder's device, `dtype` to its dtype. Runs without autograd.
@@ -52,8 +54,9 @@ def encode_prompt_features(
         raise TypeError(f"text_encoder must be a torch module, got {type(text_encoder).__name__}")
     if not callable(tokenizer):
         raise TypeError(f"tokenizer must be a callable tokenizer, got {type(tokenizer).__name__}")
-    device = torch.device(device) if device is not None else text_encoder.device
-    dtype = dtype or text_encoder.dtype
+    first = next(text_encoder.parameters(), None)
+    device = torch.device(device) if device is not None else getattr(text_encoder, "device", None) or first.device
+    dtype = dtype or getattr(text_encoder, "dtype", None) or first.dtype
 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -69,11 +72,15 @@ def encode_prompt_features(
     input_ids = inputs.input_ids.to(device)
     attention_mask = inputs.attention_mask.to(device)
 
-    # The hidden states do not depend on the LM head: skip it (its logits are vocab x T per prompt).
-    base_model = getattr(text_encoder, "base_model", text_encoder)
-    outputs = base_model(
-        input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False
-    )
+    # Call the top-level module so that offload hooks attached to it run; the hidden states do not depend on the
+    # LM head, so ask for the logits of one position only (a full row is vocab x T per prompt).
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "output_hidden_states": True}
+    parameters = inspect.signature(text_encoder.forward).parameters
+    if "logits_to_keep" in parameters:
+        kwargs["logits_to_keep"] = 1
+    if "use_cache" in parameters:
+        kwargs["use_cache"] = False
+    outputs = text_encoder(**kwargs)
     hidden_states = outputs.hidden_states
     if not hidden_states:
         raise ValueError(f"{type(text_encoder).__name__} returned no hidden states")
