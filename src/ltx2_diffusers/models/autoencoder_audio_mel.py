@@ -54,7 +54,7 @@ _DDCONFIG_DEFAULTS = {
     "norm_type": "pixel",
     "causality_axis": "height",
 }
-_DDCONFIG_IGNORED = {"mel_bins", "embed_dim", "give_pre_end", "tanh_out", "use_linear_attn"}
+_DDCONFIG_IGNORED = {"mel_bins", "embed_dim", "give_pre_end", "tanh_out", "use_linear_attn", "downsample_time"}
 
 
 def audio_vae_config_from_original(section: dict) -> dict:

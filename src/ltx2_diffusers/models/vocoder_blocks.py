@@ -58,10 +58,10 @@ class UpSample1d(nn.Module):
     """Integer-ratio upsampling by a transposed depthwise conv with a low-pass filter (replicate-padded ends).
 
     `window="kaiser"`: BigVGAN's kaiser-sinc filter (a checkpoint buffer). `window="hann"`: the Hann-windowed sinc of
-    `torchaudio.functional.resample` (width 6, rolloff 0.99), always built in float32 on CPU.
+    `torchaudio.functional.resample` (width 6, rolloff 0.99), built in float32 on CPU and kept so.
     """
 
-    def __init__(self, ratio: int = 2, kernel_size: int = 12, window: str = "kaiser", persistent: bool = True):
+    def __init__(self, ratio: int = 2, kernel_size: int = 12, window: str = "kaiser"):
         super().__init__()
         self.ratio = ratio
         if window == "hann":
@@ -82,7 +82,11 @@ class UpSample1d(nn.Module):
             filt = kaiser_sinc_filter1d(0.5 / ratio, 0.6 / ratio, kernel_size)
         else:
             raise ValueError(f"`window` must be 'kaiser' or 'hann', got {window!r}")
-        self.register_buffer("filter", filt, persistent=persistent)
+        if window == "hann":
+            # A plain attribute, not a buffer: `model.to(dtype)` must not round it (cast to the input's dtype at use).
+            self.filter = filt
+        else:
+            self.register_buffer("filter", filt)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]

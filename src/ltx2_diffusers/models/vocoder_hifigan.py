@@ -46,7 +46,8 @@ _GENERATOR_KEYS = (
     "use_bias_at_final",
     "stereo",
 )
-_BWE_KEYS = ("input_sampling_rate", "n_fft", "hop_length", "num_mels", "win_length", "sampling_rate")
+_BWE_KEYS = ("input_sampling_rate", "n_fft", "hop_length", "num_mels", "win_length", "win_size", "sampling_rate")
+_IGNORED_KEYS = ("apply_final_activation", "fmin", "fmax", "mel_fmin", "mel_fmax")
 
 
 def _expect(cfg: dict, key: str, expected, where: str) -> None:
@@ -55,7 +56,7 @@ def _expect(cfg: dict, key: str, expected, where: str) -> None:
 
 
 def _generator_kwargs(cfg: dict, where: str, final_activation: bool) -> dict:
-    unknown = sorted(set(cfg) - set(_GENERATOR_KEYS) - set(_BWE_KEYS))
+    unknown = sorted(set(cfg) - set(_GENERATOR_KEYS) - set(_BWE_KEYS) - set(_IGNORED_KEYS))
     if unknown:
         logger.warning(f"vocoder config {where or 'top level'}: keys not used by the reference are ignored: {unknown}")
     amp = cfg.get("resblock", "1") == "AMP1"
@@ -214,7 +215,7 @@ class LTX2HiFiGANVocoder(ModelMixin, ConfigMixin):
         )
         self.mel_stft = MelSTFT(filter_length, hop_length, window_length, num_mel_channels)
         # Not in the checkpoint: built in float32 on CPU even when the model is created on the meta device.
-        self.resampler = UpSample1d(output_sampling_rate // input_sampling_rate, window="hann", persistent=False)
+        self.resampler = UpSample1d(output_sampling_rate // input_sampling_rate, window="hann")
 
     @property
     def sampling_rate(self) -> int:
