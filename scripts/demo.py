@@ -67,9 +67,9 @@ def _hit(num_samples: int, sample_rate: int, kind: str, rng: np.random.Generator
     t = np.arange(num_samples) / sample_rate
     if kind == "kick":  # pitch sweep 150 -> 45 Hz with a fast decay
         freq = 45 + 105 * np.exp(-t / 0.03)
-        return np.sin(2 * np.pi * np.cumsum(freq) / sample_rate) * np.exp(-t / 0.12)
+        return np.sin(2 * np.pi * np.cumsum(freq) / sample_rate) * np.exp(-t / 0.08)
     if kind == "snare":  # noise plus a 185 Hz body
-        return (0.7 * rng.standard_normal(num_samples) + 0.5 * np.sin(2 * np.pi * 185 * t)) * np.exp(-t / 0.06)
+        return (0.7 * rng.standard_normal(num_samples) + 0.5 * np.sin(2 * np.pi * 185 * t)) * np.exp(-t / 0.05)
     noise = rng.standard_normal(num_samples)  # hi-hat: high-passed noise, very short
     return 0.5 * np.diff(noise, prepend=0.0) * np.exp(-t / 0.015)
 
@@ -181,7 +181,8 @@ def check_output(path: Path, expected_seconds: float) -> str:
     )
 
 
-def main(argv=None) -> int:
+def demo_args(argv=None) -> argparse.Namespace:
+    """The demo's options (sizes, steps, seed, paths)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="demo.mp4", help="the video to write (default: demo.mp4)")
     parser.add_argument("--work-dir", default=str(REPO / "out" / "demo"), help="where the model files go")
@@ -190,15 +191,16 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=128, help="multiple of 64 (default: 128)")
     parser.add_argument("--steps", type=int, default=3, help="stage-1 denoising steps (default: 3)")
     parser.add_argument("--seed", type=int, default=10)
-    parser.add_argument("--rebuild", action="store_true", help="rebuild the model files even if present")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = demo_args(argv)
 
     start = time.perf_counter()
     work_dir = Path(args.work_dir).resolve()
     output = Path(args.output).resolve()
     converted = work_dir / "ltx-2.3-tiny-random-diffusers"
-    if args.rebuild and work_dir.exists():
-        shutil.rmtree(work_dir)
 
     print("[1/4] tiny random LTX-2.3 checkpoint, upsampler, distilled LoRA (original format) and Gemma 3", flush=True)
     files = build_original_files(work_dir)
