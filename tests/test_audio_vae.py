@@ -1,5 +1,6 @@
 """AutoencoderAudioMel: parity with ltx-core (fp32, every weight random), diffusers interop, single file, keys."""
 
+import copy
 import json
 import math
 import pathlib
@@ -147,6 +148,20 @@ def test_encode_waveform_matches_encode_audio(models, rate):
     assert (batched[:1] - tokens).abs().max() <= TOL
     mel = AudioProcessor(16000, 16, 160, 1024).waveform_to_mel(Audio(waveform=wav[None], sampling_rate=rate))
     assert (ours.waveform_to_mel(wav, rate) - mel).abs().max() <= TOL
+
+
+@torch.no_grad()
+def test_bf16_encode_waveform_matches_reference(tmp_path, models):
+    """bf16 as in the pipelines: the mel is computed in float32, then cast; statistics cast to bf16."""
+    _, enc, dec, ours = models
+    ours.save_pretrained(tmp_path)
+    model = AutoencoderAudioMel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    wav = waveform(44100, 0.5)
+    enc16, dec16 = copy.deepcopy(enc).to(torch.bfloat16), copy.deepcopy(dec).to(torch.bfloat16)
+    expected = encode_audio(Audio(waveform=wav[None], sampling_rate=44100), enc16)
+    tokens = model.encode_waveform(wav, 44100)
+    assert tokens.dtype == torch.bfloat16 and torch.equal(tokens, AudioPatchifier(patch_size=1).patchify(expected))
+    assert torch.equal(model.decode_tokens(tokens), dec16(expected))
 
 
 @torch.no_grad()

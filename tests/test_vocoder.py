@@ -173,6 +173,22 @@ def test_dtype_round_trip_keeps_the_float32_resampler(ltx23):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("variant", ["ltx2", "ltx23"])
+def test_bf16_from_pretrained_matches_reference_in_bf16(tmp_path, request, variant):
+    """As the pipelines run it: weights and buffers in bf16, the BWE Hann resampler kernel built in float32."""
+    ref, ours = request.getfixturevalue(variant)
+    ours.save_pretrained(tmp_path)
+    model = LTX2HiFiGANVocoder.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)  # built under bf16 default
+    ref16 = copy.deepcopy(ref).to(torch.bfloat16)
+    if variant == "ltx23":
+        assert model.resampler.filter.dtype == torch.float32
+        ref16.resampler.filter = ref.resampler.filter  # ltx-core's builder leaves non-persistent buffers alone
+    x = mel(7).bfloat16()
+    out = model(x)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref16(x))
+
+
+@torch.no_grad()
 def test_diffusers_interop_ltx2(tmp_path, ltx2):
     _, ours = ltx2
     x = mel(5)

@@ -101,21 +101,23 @@ def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample
 def _mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int) -> torch.Tensor:
     if f_min > f_max:
         raise ValueError(f"`f_min` ({f_min}) must not exceed `f_max` ({f_max})")
-    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
-    m_pts = torch.linspace(_hz_to_mel_slaney(f_min), _hz_to_mel_slaney(f_max), n_mels + 2)
+    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=torch.float32, device="cpu")
+    m_pts = torch.linspace(
+        _hz_to_mel_slaney(f_min), _hz_to_mel_slaney(f_max), n_mels + 2, dtype=torch.float32, device="cpu"
+    )
     f_pts = _mel_to_hz_slaney(m_pts)
     f_diff = f_pts[1:] - f_pts[:-1]
     slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)
     down_slopes = (-1.0 * slopes[:, :-2]) / f_diff[:-1]
     up_slopes = slopes[:, 2:] / f_diff[1:]
-    fb = torch.max(torch.zeros(1), torch.min(down_slopes, up_slopes))
+    fb = torch.max(torch.zeros(1, dtype=torch.float32, device="cpu"), torch.min(down_slopes, up_slopes))
     fb *= (2.0 / (f_pts[2 : n_mels + 2] - f_pts[:n_mels])).unsqueeze(0)
     return fb
 
 
 @functools.lru_cache(maxsize=16)
 def _hann_window(n_fft: int) -> torch.Tensor:
-    return torch.hann_window(n_fft)
+    return torch.hann_window(n_fft, dtype=torch.float32, device="cpu")
 
 
 def log_mel_spectrogram(

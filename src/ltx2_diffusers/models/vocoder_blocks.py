@@ -23,13 +23,14 @@ def kaiser_sinc_filter1d(cutoff: float, half_width: float, kernel_size: int) -> 
         beta = 0.5842 * (attenuation - 21) ** 0.4 + 0.07886 * (attenuation - 21.0)
     else:
         beta = 0.0
-    window = torch.kaiser_window(kernel_size, beta=beta, periodic=False, device="cpu")
+    f32 = {"dtype": torch.float32, "device": "cpu"}  # explicit: constructors may run under another default dtype
+    window = torch.kaiser_window(kernel_size, beta=beta, periodic=False, **f32)
     if kernel_size % 2 == 0:
-        time = torch.arange(-half_size, half_size, device="cpu") + 0.5
+        time = torch.arange(-half_size, half_size, **f32) + 0.5
     else:
-        time = torch.arange(kernel_size, device="cpu") - half_size
+        time = torch.arange(kernel_size, **f32) - half_size
     if cutoff == 0:
-        return torch.zeros(1, 1, kernel_size, device="cpu")
+        return torch.zeros(1, 1, kernel_size, **f32)
     x = 2 * cutoff * time
     sinc = torch.where(x == 0, torch.ones_like(x), torch.sin(math.pi * x) / math.pi / x)
     filt = 2 * cutoff * window * sinc
@@ -71,7 +72,7 @@ class UpSample1d(nn.Module):
             self.pad = width
             self.pad_left = 2 * width * ratio
             self.pad_right = self.kernel_size - ratio
-            t = (torch.arange(self.kernel_size, device="cpu") / ratio - width) * rolloff
+            t = (torch.arange(self.kernel_size, dtype=torch.float32, device="cpu") / ratio - width) * rolloff
             hann = torch.cos(t.clamp(-lowpass_width, lowpass_width) * math.pi / lowpass_width / 2) ** 2
             filt = (torch.sinc(t) * hann * rolloff / ratio).view(1, 1, -1)
         elif window == "kaiser":
