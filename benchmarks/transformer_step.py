@@ -150,6 +150,23 @@ def run_ours_batched(model, x, stg_block):
     return model(**_ours_kwargs(x, 4, contexts), perturbations=perturbations)[0]
 
 
+def run_ours_separate(model, x, stg_block):
+    """Ours, four batch-1 forwards like ltx-core (isolates implementation differences from batching)."""
+    from ltx2_diffusers import LTX2Perturbation
+
+    perturbations = {
+        "cond": [],
+        "negative": [],
+        "stg": [LTX2Perturbation("skip_video_self_attn", (stg_block,))],
+        "isolated": [LTX2Perturbation("skip_a2v_cross_attn"), LTX2Perturbation("skip_v2a_cross_attn")],
+    }
+    outputs = []
+    for name in PASSES:
+        context = x["negative_context"] if name == "negative" else x["video_context"]
+        outputs.append(model(**_ours_kwargs(x, 1, context), perturbations=[perturbations[name]])[0])
+    return torch.cat(outputs)
+
+
 def run_diffusers_style(model, x, stg_block):
     """diffusers' LTX2Pipeline: [negative, cond] in one batch, then the STG pass, then the isolated pass."""
     cfg = model(**_ours_kwargs(x, 2, torch.cat([x["negative_context"], x["video_context"]])))[0]
@@ -181,6 +198,7 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     parser.add_argument("--stg-block", type=int, default=None)
     parser.add_argument("--attention-backend", default=None, help="diffusers backend for ours, e.g. _native_cudnn")
+    parser.add_argument("--compile", action="store_true", help="also time ours with compile_repeated_blocks")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     stg_block = args.layers // 2 if args.stg_block is None else args.stg_block
@@ -194,9 +212,17 @@ def main(argv=None):
         expected = run_reference(reference, x, stg_block)
         candidates = {
             "ltx-core (4 x batch-1)": lambda: run_reference(reference, x, stg_block),
+            "ltx2-diffusers (4 x batch-1)": lambda: run_ours_separate(ours, x, stg_block),
             "ltx2-diffusers (1 x batch-4)": lambda: run_ours_batched(ours, x, stg_block),
             "diffusers LTX2 (batch-2 + 2 x batch-1)": lambda: run_diffusers_style(theirs, x, stg_block),
         }
+        if args.compile:
+            import copy
+
+            compiled = copy.copy(ours)
+            compiled.compile_repeated_blocks(fullgraph=True)
+            candidates["ltx2-diffusers compiled (4 x batch-1)"] = lambda: run_ours_separate(compiled, x, stg_block)
+            candidates["ltx2-diffusers compiled (1 x batch-4)"] = lambda: run_ours_batched(compiled, x, stg_block)
         for name, fn in candidates.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
