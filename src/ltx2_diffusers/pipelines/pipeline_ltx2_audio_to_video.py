@@ -418,12 +418,20 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2LoraLoaderMixin):
         upsampled = self.latent_upsampler(self.denormalize_latents(latents).to(self.latent_upsampler.dtype))
         return self.normalize_latents(upsampled.to(latents.dtype))
 
+    DECODE_NOISE_SCALE = 0.025  # timestep-conditioned decoders (LTX-2): noise mixed into the normalised latent
+    DECODE_TIMESTEP = 0.05
+
     def decode(self, latents: torch.Tensor, generator, output_type: str):
-        latents = self.denormalize_latents(latents).to(self.vae.dtype)
-        kwargs = {}
+        """Frames from normalised video latents, as the reference decoder: timestep-conditioned VAEs first mix
+        `DECODE_NOISE_SCALE` of noise (drawn from `generator`) into the latent and decode at `DECODE_TIMESTEP`."""
+        latents = latents.to(self.vae.dtype)
+        temb = None
         if getattr(self.vae.config, "timestep_conditioning", False):
-            raise NotImplementedError("timestep-conditioned video VAEs (LTX-2 19B) are not supported yet")
-        video = self.vae.decode(latents, return_dict=False, **kwargs)[0]
+            device = generator.device if generator is not None else latents.device
+            noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+            latents = noise.to(latents.device) * self.DECODE_NOISE_SCALE + (1.0 - self.DECODE_NOISE_SCALE) * latents
+            temb = torch.full((latents.shape[0],), self.DECODE_TIMESTEP, device=latents.device, dtype=latents.dtype)
+        video = self.vae.decode(self.denormalize_latents(latents), temb=temb, return_dict=False)[0]
         frames = ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)  # (B, F, H, W, 3)
         if output_type == "pt":
             return frames

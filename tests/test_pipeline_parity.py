@@ -1,0 +1,127 @@
+"""LTX2AudioToVideoPipeline vs ltx-pipelines' A2VidPipelineTwoStage: same files, audio, contexts and seed -> same
+video (fp32, CPU), and the ORIGINAL audio samples back."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from factories import build_checkpoint, build_lora, build_upsampler, checkpoint_config
+from ltx_core.components.guiders import MultiModalGuiderParams
+from reference_pipeline import run_reference_a2vid
+
+from ltx2_diffusers import (
+    AutoencoderAudioMel,
+    LTX2AudioToVideoPipeline,
+    LTX2AudioVideoTransformer,
+    MultiModalGuidance,
+)
+from ltx2_diffusers.schedules import flow_match_scheduler_config
+
+
+HEIGHT = WIDTH = 128
+NUM_FRAMES, FPS, STEPS, SEED = 9, 24.0, 3, 10
+LORA_STRENGTH = 0.8
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("a2v")
+    checkpoint = build_checkpoint(root / "ltx-2.3-tiny.safetensors", "2.3", seed=1)
+    upsampler = build_upsampler(root / "upsampler.safetensors", seed=2)
+    # float32 LoRA: ltx-core computes the fused delta in the LoRA file's dtype (a bf16 file rounds it).
+    lora = build_lora(root / "distilled-lora.safetensors", checkpoint, seed=3, dtype=torch.float32)
+    rate = 44100
+    t = np.arange(int(rate * 0.6)) / rate
+    left = 0.4 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+    right = 0.3 * np.sign(np.sin(2 * np.pi * 2 * t)) * np.exp(-((t * 8) % 1) * 5)
+    audio = root / "audio.wav"
+    sf.write(audio, np.stack([left, right], axis=1).astype(np.float32), rate, subtype="FLOAT")
+    return dict(checkpoint=checkpoint, upsampler=upsampler, lora=lora, audio=audio)
+
+
+def contexts(seed, version="2.3"):
+    g = torch.Generator().manual_seed(seed)
+    section = checkpoint_config(version)["transformer"]
+    video_dim = section["num_attention_heads"] * section["attention_head_dim"]
+    audio_dim = section["audio_num_attention_heads"] * section["audio_attention_head_dim"]
+    return torch.randn(1, 32, video_dim, generator=g), torch.randn(1, 32, audio_dim, generator=g)
+
+
+def our_pipeline(files):
+    from ltx2_diffusers.models.upsampler_single_file import load_latent_upsampler_from_single_file
+    from ltx2_diffusers.models.video_vae_single_file import load_video_vae_from_single_file
+
+    checkpoint = files["checkpoint"]
+    pipe = LTX2AudioToVideoPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**flow_match_scheduler_config()),
+        vae=load_video_vae_from_single_file(checkpoint, torch_dtype=torch.float32),
+        audio_vae=AutoencoderAudioMel.from_single_file(checkpoint, torch_dtype=torch.float32),
+        connectors=None,
+        transformer=LTX2AudioVideoTransformer.from_single_file(checkpoint, torch_dtype=torch.float32),
+        latent_upsampler=load_latent_upsampler_from_single_file(files["upsampler"], torch_dtype=torch.float32),
+        distilled_lora_scale=LORA_STRENGTH,
+    )
+    pipe.load_lora_weights(files["lora"], adapter_name="distilled")
+    return pipe
+
+
+@pytest.mark.parametrize(
+    "guidance",
+    [
+        MultiModalGuidance(cfg_scale=3.0, stg_scale=1.0, rescale_scale=0.7, modality_scale=3.0, stg_blocks=[1]),
+        MultiModalGuidance(
+            cfg_scale=2.0, stg_scale=0.5, rescale_scale=0.0, modality_scale=1.5, stg_blocks=[0, 1], skip_step=1
+        ),
+    ],
+    ids=["defaults", "skip_step"],
+)
+def test_seed_parity_with_reference(files, guidance):
+    positive, negative = contexts(0), contexts(1)
+    reference_frames, _, reference_audio, reference_rate = run_reference_a2vid(
+        checkpoint=files["checkpoint"],
+        upsampler=files["upsampler"],
+        distilled_lora=files["lora"],
+        distilled_strength=LORA_STRENGTH,
+        audio_path=files["audio"],
+        positive=positive,
+        negative=negative,
+        seed=SEED,
+        height=HEIGHT,
+        width=WIDTH,
+        num_frames=NUM_FRAMES,
+        frame_rate=FPS,
+        num_inference_steps=STEPS,
+        guider_params=MultiModalGuiderParams(
+            cfg_scale=guidance.cfg_scale,
+            stg_scale=guidance.stg_scale,
+            rescale_scale=guidance.rescale_scale,
+            modality_scale=guidance.modality_scale,
+            stg_blocks=list(guidance.stg_blocks),
+            skip_step=guidance.skip_step,
+        ),
+    )
+    pipe = our_pipeline(files)
+    out = pipe(
+        audio=files["audio"],
+        prompt_contexts=positive,
+        negative_prompt_contexts=negative,
+        height=HEIGHT,
+        width=WIDTH,
+        num_frames=NUM_FRAMES,
+        frame_rate=FPS,
+        num_inference_steps=STEPS,
+        video_guidance=guidance,
+        generator=torch.Generator().manual_seed(SEED),
+        output_type="pt",
+    )
+    frames = out.frames.permute(0, 4, 1, 2, 3)  # (B, 3, F, H, W) like the reference decoder output
+    assert frames.shape == reference_frames.shape
+    diff = (frames - reference_frames).abs().max().item()
+    assert diff <= 1e-4, diff
+    assert frames.std() > 0.01  # not a constant image
+    assert out.audio_sample_rate == reference_rate
+    assert torch.equal(out.audio, reference_audio.float().reshape(out.audio.shape))
+    source, rate = sf.read(files["audio"], dtype="float32", always_2d=True)
+    n = round(NUM_FRAMES / FPS * rate)
+    assert torch.equal(out.audio, torch.from_numpy(source[:n].T.copy()))
