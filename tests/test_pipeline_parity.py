@@ -2,6 +2,7 @@
 video (fp32, CPU), and the ORIGINAL audio samples back."""
 
 import numpy as np
+import PIL.Image
 import pytest
 import soundfile as sf
 import torch
@@ -13,6 +14,7 @@ from reference_pipeline import run_reference_a2vid
 from ltx2_diffusers import (
     AutoencoderAudioMel,
     LTX2AudioToVideoPipeline,
+    LTX2ImageCondition,
     LTX2AudioVideoTransformer,
     MultiModalGuidance,
 )
@@ -24,10 +26,11 @@ NUM_FRAMES, FPS, STEPS, SEED = 9, 24.0, 3, 10
 LORA_STRENGTH = 0.8
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
+@pytest.fixture(scope="module", params=["2.3", "2.0"])
+def files(request, tmp_path_factory):
+    version = request.param
     root = tmp_path_factory.mktemp("a2v")
-    checkpoint = build_checkpoint(root / "ltx-2.3-tiny.safetensors", "2.3", seed=1)
+    checkpoint = build_checkpoint(root / f"ltx-{version}-tiny.safetensors", version, seed=1)
     upsampler = build_upsampler(root / "upsampler.safetensors", seed=2)
     # float32 LoRA: ltx-core computes the fused delta in the LoRA file's dtype (a bf16 file rounds it).
     lora = build_lora(root / "distilled-lora.safetensors", checkpoint, seed=3, dtype=torch.float32)
@@ -37,14 +40,20 @@ def files(tmp_path_factory):
     right = 0.3 * np.sign(np.sin(2 * np.pi * 2 * t)) * np.exp(-((t * 8) % 1) * 5)
     audio = root / "audio.wav"
     sf.write(audio, np.stack([left, right], axis=1).astype(np.float32), rate, subtype="FLOAT")
-    return dict(checkpoint=checkpoint, upsampler=upsampler, lora=lora, audio=audio)
+    image = root / "image.png"
+    rng = np.random.default_rng(0)
+    PIL.Image.fromarray(rng.integers(0, 255, (96, 160, 3), dtype=np.uint8)).save(image)
+    return dict(checkpoint=checkpoint, upsampler=upsampler, lora=lora, audio=audio, image=image, version=version)
 
 
-def contexts(seed, version="2.3"):
+def contexts(seed, version):
+    """Post-connector contexts: LTX-2.3 (4096/2048-like) or LTX-2 (caption_channels, projected inside)."""
     g = torch.Generator().manual_seed(seed)
     section = checkpoint_config(version)["transformer"]
     video_dim = section["num_attention_heads"] * section["attention_head_dim"]
     audio_dim = section["audio_num_attention_heads"] * section["audio_attention_head_dim"]
+    if version == "2.0":
+        video_dim = audio_dim = section["caption_channels"]
     return torch.randn(1, 32, video_dim, generator=g), torch.randn(1, 32, audio_dim, generator=g)
 
 
@@ -76,8 +85,12 @@ def our_pipeline(files):
     ],
     ids=["defaults", "skip_step"],
 )
-def test_seed_parity_with_reference(files, guidance):
-    positive, negative = contexts(0), contexts(1)
+@pytest.mark.parametrize("with_images", [False, True], ids=["no_images", "images"])
+def test_seed_parity_with_reference(files, guidance, with_images):
+    version = files["version"]
+    positive, negative = contexts(0, version), contexts(1, version)
+    # frame 0 replaces the first latent frame; frame 8 is appended as keyframe tokens (crf 33 H.264 round trip)
+    images = [(str(files["image"]), 0, 1.0, 33), (str(files["image"]), 8, 0.7, 33)] if with_images else []
     reference_frames, _, reference_audio, reference_rate = run_reference_a2vid(
         checkpoint=files["checkpoint"],
         upsampler=files["upsampler"],
@@ -100,6 +113,7 @@ def test_seed_parity_with_reference(files, guidance):
             stg_blocks=list(guidance.stg_blocks),
             skip_step=guidance.skip_step,
         ),
+        images=images,
     )
     pipe = our_pipeline(files)
     out = pipe(
@@ -112,6 +126,7 @@ def test_seed_parity_with_reference(files, guidance):
         frame_rate=FPS,
         num_inference_steps=STEPS,
         video_guidance=guidance,
+        conditions=[LTX2ImageCondition(*image) for image in images],
         generator=torch.Generator().manual_seed(SEED),
         output_type="pt",
     )
