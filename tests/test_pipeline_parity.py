@@ -14,8 +14,8 @@ from reference_pipeline import run_reference_a2vid
 from ltx2_diffusers import (
     AutoencoderAudioMel,
     LTX2AudioToVideoPipeline,
-    LTX2ImageCondition,
     LTX2AudioVideoTransformer,
+    LTX2ImageCondition,
     MultiModalGuidance,
 )
 from ltx2_diffusers.schedules import flow_match_scheduler_config

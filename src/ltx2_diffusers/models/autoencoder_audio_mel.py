@@ -258,7 +258,7 @@ class AutoencoderAudioMel(ModelMixin, AutoencoderMixin, ConfigMixin):
             )
         if self.config.mel_bins is None:
             raise ValueError("this model's config has mel_bins=None; the mel front end needs a bin count")
-        waveform = waveform.to(device=self.device, dtype=torch.float32)
+        waveform = waveform.to(dtype=torch.float32)  # stays on its device (offloaded models report meta)
         return log_mel_spectrogram(
             waveform,
             sample_rate,

@@ -1,0 +1,163 @@
+"""LTX2AudioToVideoPipeline behaviour on tiny models: loading, output contract, mp4, offload, bad inputs."""
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from factories import build_checkpoint, build_lora, build_upsampler
+from test_pipeline_parity import contexts
+
+from ltx2_diffusers import LTX2AudioToVideoPipeline, LTX2ImageCondition, MultiModalGuidance, export_to_video_with_audio
+
+
+GUIDANCE = MultiModalGuidance(stg_blocks=[1])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    checkpoint = build_checkpoint(root / "ltx-2.3-tiny.safetensors", "2.3", seed=4)
+    upsampler = build_upsampler(root / "upsampler.safetensors", seed=5)
+    lora = build_lora(root / "lora.safetensors", checkpoint, seed=6, dtype=torch.float32)
+    rate = 22050
+    t = np.arange(int(rate * 0.9)) / rate
+    wave = (0.5 * np.sin(2 * np.pi * 330 * t) * np.exp(-((t * 4) % 1) * 6)).astype(np.float32)
+    audio = root / "mono.wav"
+    sf.write(audio, wave, rate)  # mono, on purpose: the reference cannot take it
+    pipe = LTX2AudioToVideoPipeline.from_single_file(
+        checkpoint, spatial_upsampler_path=upsampler, distilled_lora=(lora, 0.6), torch_dtype=torch.float32
+    )
+    return dict(root=root, pipe=pipe, audio=audio, rate=rate, checkpoint=checkpoint, upsampler=upsampler, lora=lora)
+
+
+def call(pipe, audio, **kwargs):
+    args = dict(
+        audio=audio,
+        prompt_contexts=contexts(0, "2.3"),
+        negative_prompt_contexts=contexts(1, "2.3"),
+        height=128,
+        width=128,
+        num_frames=9,
+        num_inference_steps=2,
+        video_guidance=GUIDANCE,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
+    args.update(kwargs)
+    return pipe(**args)
+
+
+def test_from_single_file_components_and_lora_default(setup):
+    pipe = setup["pipe"]
+    assert pipe.config.distilled_lora_scale == 0.6
+    assert pipe.config.model_version.startswith("2.3")
+    assert "distilled" in pipe.transformer.peft_config
+    assert pipe.vocoder is not None and pipe.connectors is not None and pipe.latent_upsampler is not None
+
+
+def test_output_contract_np_and_original_audio(setup):
+    out = call(setup["pipe"], setup["audio"])
+    assert out.frames.shape == (1, 9, 128, 128, 3)
+    assert out.frames.dtype == np.float32 and 0.0 <= out.frames.min() and out.frames.max() <= 1.0
+    source, rate = sf.read(setup["audio"], dtype="float32", always_2d=True)
+    n = round(9 / 24.0 * rate)
+    assert out.audio_sample_rate == rate
+    assert torch.equal(out.audio, torch.from_numpy(source[:n].T.copy()))
+
+
+def test_num_frames_none_follows_the_audio(setup):
+    out = call(setup["pipe"], setup["audio"], num_frames=None, output_type="latent")
+    # 0.9 s of audio at 24 fps covers 21.6 frames: the largest 8k + 1 is 17 (latent frames (17 - 1) / 8 + 1 = 3).
+    assert out.frames.shape[2] == 3
+    assert out.audio.shape[-1] == round(17 / 24.0 * setup["rate"])
+
+
+def test_lora_scale_override_and_stage_switch(setup):
+    pipe = setup["pipe"]
+    default = call(pipe, setup["audio"], output_type="latent").frames
+    same = call(pipe, setup["audio"], output_type="latent", distilled_lora_scale=0.6).frames
+    other = call(pipe, setup["audio"], output_type="latent", distilled_lora_scale=0.0).frames
+    assert torch.equal(default, same)
+    assert (default - other).abs().max() > 1e-4
+
+
+def test_one_stage_runs_at_the_requested_size(setup):
+    out = call(setup["pipe"], setup["audio"], stage_2=False, height=96, width=64, output_type="np")
+    assert out.frames.shape == (1, 9, 96, 64, 3)
+
+
+def test_mp4_with_original_audio(setup, tmp_path):
+    out = call(setup["pipe"], setup["audio"], output_type="np")
+    path = export_to_video_with_audio(out.frames[0], out.audio, out.audio_sample_rate, tmp_path / "out.mp4", fps=24)
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio[0]
+        frames = list(container.decode(video=0))
+        assert len(frames) == 9
+        assert (frames[0].width, frames[0].height) == (128, 128)
+        assert float(video.average_rate) == 24.0
+        assert audio.sample_rate == setup["rate"]
+    with av.open(str(path)) as container:
+        samples = sum(f.samples for f in container.decode(audio=0))
+    assert abs(samples / setup["rate"] - 9 / 24.0) <= 1 / 24.0 + 1024 / setup["rate"]
+
+
+@pytest.mark.parametrize("mode", ["model", "sequential", "group"])
+def test_offload_modes_give_the_same_frames(setup, mode):
+    pipe = LTX2AudioToVideoPipeline.from_single_file(
+        setup["checkpoint"],
+        spatial_upsampler_path=setup["upsampler"],
+        distilled_lora=(setup["lora"], 0.6),
+        torch_dtype=torch.float32,
+    )
+    expected = call(pipe, setup["audio"], output_type="latent").frames
+    if mode == "model":
+        pipe.enable_model_cpu_offload(device="cpu")
+    elif mode == "sequential":
+        # diffusers' enable_sequential_cpu_offload targets "cpu:0", which accelerate's hooks cannot round-trip on a
+        # CPU-only machine (plain tensors end up in _parameters); install the same hooks with device "cpu".
+        from accelerate import cpu_offload
+
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                cpu_offload(component, torch.device("cpu"), offload_buffers=len(component._parameters) > 0)
+    else:
+        pipe.enable_group_offload(
+            onload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1
+        )
+    assert torch.equal(call(pipe, setup["audio"], output_type="latent").frames, expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"height": 96}, "height must be a positive multiple of 64"),
+        ({"width": 100, "stage_2": False}, "width must be a positive multiple of 32"),
+        ({"num_frames": 10}, "num_frames must be 8k \\+ 1"),
+        ({"num_frames": 33}, "the audio covers .* but the video needs"),
+        ({"conditions": [LTX2ImageCondition(np.zeros((8, 8, 3), np.uint8), 9, 1.0)]}, "frame_index 9 is out of range"),
+        ({"conditions": [(np.zeros((8, 8, 3), np.uint8), 0, 1.5)]}, "strength must be in \\[0, 1\\]"),
+        ({"video_guidance": MultiModalGuidance(stg_blocks=[7])}, "block 7 out of range"),
+    ],
+)
+def test_bad_inputs_rejected_before_any_model_runs(setup, kwargs, match, monkeypatch):
+    pipe = setup["pipe"]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model ran")
+
+    for component in (pipe.transformer, pipe.vae, pipe.audio_vae, pipe.latent_upsampler):
+        monkeypatch.setattr(component, "forward", forbidden)
+    monkeypatch.setattr(pipe.audio_vae, "encode_waveform", forbidden)
+    with pytest.raises(ValueError, match=match):
+        call(pipe, setup["audio"], **kwargs)
+
+
+def test_stage_2_needs_upsampler_and_distilled_lora(setup):
+    pipe = LTX2AudioToVideoPipeline.from_single_file(setup["checkpoint"], torch_dtype=torch.float32)
+    with pytest.raises(ValueError, match="needs a latent_upsampler"):
+        call(pipe, setup["audio"])
+    pipe.latent_upsampler = setup["pipe"].latent_upsampler
+    with pytest.raises(ValueError, match="needs the distilled LoRA"):
+        call(pipe, setup["audio"])
