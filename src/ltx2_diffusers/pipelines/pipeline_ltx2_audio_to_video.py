@@ -11,11 +11,11 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.loaders import LTX2LoraLoaderMixin
 from diffusers.utils import BaseOutput, logging
 
 from ..audio.io import load_audio
 from ..guidance import MultiModalGuidance, combine_guidance, guidance_passes
+from ..loaders.lora import LTX2AVLoraLoaderMixin
 from ..schedules import STAGE_2_DISTILLED_SIGMAS, euler_step, ltx2_sigmas
 from . import ltx2_stages as stages
 from .image_conditions import LTX2ImageCondition, normalize_conditions, prepare_condition_image
@@ -47,7 +47,7 @@ class LTX2AudioToVideoPipelineOutput(BaseOutput):
     audio_sample_rate: int
 
 
-class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2LoraLoaderMixin):
+class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
     r"""Audio-to-video with LTX-2 / LTX-2.3: a video whose motion follows the given audio, which it carries.
 
     Stage 1 denoises the video at half resolution with the audio latents frozen, under multimodal guidance
