@@ -387,6 +387,7 @@ class ConversionReport:
     source_tensors: int
     written_tensors: int
     ignored: list[str]
+    folded: list[str]
     source_bytes: int
     written_bytes: int
     source_checksum: str
@@ -401,6 +402,7 @@ class ConversionReport:
         lines.append(
             f"source tensors {self.source_tensors} = written {self.written_tensors} + ignored {len(self.ignored)}"
             f"{' ' + str(self.ignored) if self.ignored else ''}"
+            + (f" + folded into their weights {len(self.folded)}" if self.folded else "")
         )
         lines.append(f"source checksum {self.source_checksum}")
         lines.append(f"output checksum {self.output_checksum} (re-read and verified)")
@@ -416,7 +418,11 @@ def _target_dtype(source: torch.dtype, dtype: torch.dtype | None) -> torch.dtype
 
 
 def _plan_component(
-    component: _Component, config: dict, st: _SafetensorsFile, keys: list[str], dtype: torch.dtype | None
+    component: _Component,
+    config: dict,
+    st: _SafetensorsFile,
+    keys: list[str],
+    dtype_for: Callable[[str, torch.dtype], torch.dtype],
 ) -> _Plan:
     table = component.table(config)
     with torch.device("meta"):
@@ -432,7 +438,7 @@ def _plan_component(
             raise ValueError(f"{component.name}: keys {origin[target]!r} and {key!r} both map to {target!r}")
         origin[target] = key
         src_dtype, shape, _, _ = st.entries[key]
-        items.append(_Item(key, target, _target_dtype(src_dtype, dtype), shape))
+        items.append(_Item(key, target, dtype_for(key, src_dtype), shape))
     given = {i.target: i.shape for i in items}
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(f"{origin[k]} -> {k}" for k in set(given) - set(expected))
@@ -458,9 +464,14 @@ def _plan_sources(
     upsampler: _SafetensorsFile | None,
     upsampler_config: dict | None,
     dtype: torch.dtype | None,
+    fp8_plan=None,
 ) -> list[_Plan]:
-    """Assign every source key to exactly one component and check each component against its model."""
+    """Assign every source key to exactly one component and check each component against its model.
+
+    Scale tensors of scaled float8 weights (`fp8_plan.folded`) belong to no component: they are folded into
+    their weights."""
     sources = {"checkpoint": (checkpoint, config), "upsampler": (upsampler, upsampler_config)}
+    folded = set(fp8_plan.folded) if fp8_plan is not None else set()
     plans = []
     for source, (st, cfg) in sources.items():
         if st is None:
@@ -476,9 +487,9 @@ def _plan_sources(
             table = component.table(cfg)
             tables[component.name] = table
             for key in st.entries:
-                if table.owns(key):
+                if table.owns(key) and not (source == "checkpoint" and key in folded):
                     owned.setdefault(key, []).append(component.name)
-        unmapped = sorted(k for k in st.entries if k not in owned)
+        unmapped = sorted(k for k in st.entries if k not in owned and not (source == "checkpoint" and k in folded))
         if unmapped:
             raise ValueError(
                 f"{st.path!r}: {len(unmapped)} tensors belong to no LTX-2 component (another model's checkpoint, "
@@ -504,7 +515,17 @@ def _plan_sources(
                         f"{st.path!r}: the metadata configures {component.name} but the file holds none of its tensors"
                     )
                 continue
-            plans.append(_plan_component(component, cfg, st, keys, dtype))
+            if fp8_plan is not None and source == "checkpoint":
+
+                def dtype_for(key, src):
+                    return fp8_plan.output_dtype(key, src, dtype)
+
+            else:
+
+                def dtype_for(key, src):
+                    return _target_dtype(src, dtype)
+
+            plans.append(_plan_component(component, cfg, st, keys, dtype_for))
     return plans
 
 
@@ -703,13 +724,16 @@ def convert_checkpoint(
     variant: str | None = None,
     repo_id: str | None = None,
     overwrite: bool = False,
+    fp8_cast: bool = False,
 ) -> ConversionReport:
     """Convert the original files into a diffusers folder at `output_dir` (see the module docstring).
 
     `dtype` None keeps every tensor's source dtype; float32 upcasts exactly. `model_version` is read from the
     metadata (pass it only for files that lack it). `variant` ("dev" / "distilled") and `repo_id` only fill the
-    model card. Raises `ValueError` / `TypeError` naming the bad argument or key; nothing is left at
-    `output_dir` (nor beside it) when it raises.
+    model card. float8 sources: cast-only weights are kept (or upcast to `dtype`), scaled ones need `dtype` and are
+    dequantised; `fp8_cast` stores the transformer's block linears as float8 like ltx-core's fp8-cast policy (refused
+    for files that are already float8). Raises `ValueError` / `TypeError` naming the bad argument or key; nothing is
+    left at `output_dir` (nor beside it) when it raises.
     """
     started = time.perf_counter()
     checkpoint_path = Path(os.fspath(checkpoint_path))
@@ -736,12 +760,12 @@ def convert_checkpoint(
     model_version = file_version or model_version
     from .loaders.fp8 import check_fp8_conversion
 
-    fp8_info = check_fp8_conversion(checkpoint, dtype)
+    fp8_info = check_fp8_conversion(checkpoint, dtype, fp8_cast=bool(fp8_cast))
     upsampler = upsampler_config = None
     if spatial_upsampler_path is not None:
         upsampler = _SafetensorsFile(spatial_upsampler_path)
         upsampler_config, _ = read_checkpoint_config(spatial_upsampler_path)
-    plans = _plan_sources(checkpoint, config, upsampler, upsampler_config, dtype)
+    plans = _plan_sources(checkpoint, config, upsampler, upsampler_config, dtype, fp8_info)
     lora = lora_items = None
     lora_dropped: list[str] = []
     if distilled_lora is not None:
@@ -772,7 +796,12 @@ def convert_checkpoint(
             folder = tmp / name
             folder.mkdir()
             plan.model.save_config(folder)
-            transform = fp8_info.transform if (fp8_info is not None and name == "transformer") else None
+            transform = None
+            if fp8_info is not None and plan.component.source == "checkpoint":
+
+                def transform(key, tensor, item):
+                    return fp8_info.transform(key, tensor, item.dtype)
+
             shards = _write_tensors(folder, st, plan.items, max_bytes, ledger, name, transform=transform)
             ignored += [f"{os.path.basename(st.path)}:{k}" for k in plan.ignored]
             components[name] = {
@@ -824,18 +853,28 @@ def convert_checkpoint(
             dtype,
             gemma_root is not None,
             upsampler is not None,
-            fp8_info is not None,
+            fp8_info is not None and fp8_info.output_is_fp8,
         )
-        card_kind = _model_card_kind(model_version, variant, fp8_info is not None)
+        card_kind = _model_card_kind(model_version, variant, fp8_info is not None and fp8_info.output_is_fp8)
         (tmp / "README.md").write_text(render_model_card(card_kind, fields))
+
+        folded = []
+        if fp8_info is not None and fp8_info.folded:
+            with open(checkpoint.path, "rb") as handle:
+                for key in fp8_info.folded:
+                    ledger.read(f"{checkpoint_path.name}:{key}", checkpoint.read(key, handle))
+            folded = [f"{checkpoint_path.name}:{k}" for k in fp8_info.folded]
 
         # 3. Verify: every tensor re-read from disk has the CRC it was written with.
         _verify(ledger)
         expected_sources = len(checkpoint.entries) + (len(upsampler.entries) if upsampler else 0)
         expected_sources += len(lora.entries) if lora else 0
-        if len(ledger.source) + len(ignored) != expected_sources:
+        if len(ledger.source) + len(ignored) != expected_sources or len(ledger.written) + len(folded) != len(
+            ledger.source
+        ):
             raise RuntimeError(
-                f"{expected_sources} source tensors but {len(ledger.source)} written + {len(ignored)} ignored"
+                f"{expected_sources} source tensors but {len(ledger.written)} written + {len(folded)} folded + "
+                f"{len(ignored)} ignored"
             )
 
         if output_dir.exists():
@@ -856,6 +895,7 @@ def convert_checkpoint(
         source_tensors=len(ledger.source) + len(ignored),
         written_tensors=len(ledger.written),
         ignored=ignored,
+        folded=folded,
         source_bytes=ledger.source_bytes,
         written_bytes=ledger.written_bytes,
         source_checksum=_combined_checksum(ledger.source),
@@ -939,6 +979,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-version", help="only for files whose metadata lacks model_version")
     parser.add_argument("--variant", choices=["dev", "distilled"], help="for the model card (default: from file name)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--fp8-cast",
+        action="store_true",
+        help="store the transformer's block linears as float8_e4m3fn (ltx-core fp8-cast)",
+    )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this Hub repository")
     return parser
 
@@ -971,6 +1016,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             variant=args.variant,
             repo_id=args.push_to_hub,
             overwrite=args.overwrite,
+            fp8_cast=args.fp8_cast,
         )
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)

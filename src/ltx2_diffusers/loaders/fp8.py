@@ -1,7 +1,253 @@
-"""float8 LTX-2 checkpoints (placeholder; completed below)."""
+"""float8 LTX-2 transformers: pre-quantised checkpoints, ltx-core's fp8-cast, and upcast-at-compute linears.
+
+Two fp8 layouts exist for the transformer's block linears (`transformer_blocks.*.{to_q,to_k,to_v,to_out.0}`,
+`*ff.net.0.proj`, `*ff.net.2`):
+
+- cast-only: `float8_e4m3fn` weights (and biases) holding the values themselves (ltx-core's `fp8-cast` policy
+  produces this at load; some released files store it). Upcasting is exact.
+- scaled: `float8_e4m3fn` weights `[out, in]` with a per-tensor float32 `weight_scale` (and an `input_scale` used only
+  by TensorRT-LLM's scaled matmul); the real weight is `W.float() * weight_scale`.
+
+Applying `fp8-cast` to a file that is already fp8 is refused here: ltx-core loads it without the scales and
+silently computes with the wrong weights.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import types
+from dataclasses import dataclass, field
+from typing import Mapping
 
-def check_fp8_conversion(checkpoint, dtype, fp8_cast: bool = False):
-    return None
+import torch
+import torch.nn.functional as F
+from diffusers.utils import logging
+
+from .single_file import load_component_state_dict, load_state_dict_strict, read_checkpoint_config
+
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "FP8_CAST_PATTERN",
+    "Fp8CheckpointPlan",
+    "check_fp8_conversion",
+    "enable_fp8_upcast",
+    "fp8_cast_state_dict",
+    "is_fp8_cast_target",
+    "load_fp8_transformer",
+    "load_transformer_from_single_file",
+]
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+_TRANSFORMER_PREFIX = "model.diffusion_model."
+#: Transformer keys (original or our naming: both keep these parts) that ltx-core's fp8-cast stores in float8.
+FP8_CAST_PATTERN = re.compile(
+    r"^(?:model\.diffusion_model\.)?transformer_blocks\.\d+\..*(?:\.to_q|\.to_k|\.to_v|\.to_out\.0|ff\.net\.0\.proj|ff\.net\.2)\.(?:weight|bias)$"
+)
+_SCALE_SUFFIXES = (".weight_scale", ".input_scale")
+
+
+def is_fp8_cast_target(key: str) -> bool:
+    """Whether ltx-core's fp8-cast policy stores `key` (a transformer weight/bias) in float8."""
+    return FP8_CAST_PATTERN.match(key) is not None
+
+
+@dataclass
+class Fp8CheckpointPlan:
+    """How a conversion treats float8: which tensors are float8, scaled, folded or downcast."""
+
+    fp8_keys: list[str]
+    scales: dict[str, torch.Tensor] = field(default_factory=dict)  # weight key -> its float32 weight_scale
+    folded: list[str] = field(default_factory=list)  # scale keys consumed by dequantisation
+    cast: bool = False  # fp8-cast: downcast the targets of a bf16/fp16/fp32 file
+
+    @property
+    def output_is_fp8(self) -> bool:
+        return self.cast or (bool(self.fp8_keys) and not self.scales)
+
+    def output_dtype(self, key: str, source: torch.dtype, requested: torch.dtype | None) -> torch.dtype:
+        if self.cast and is_fp8_cast_target(key):
+            return torch.float8_e4m3fn
+        if not source.is_floating_point or requested is None:
+            return source
+        return requested
+
+    def transform(self, key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The output tensor for source `key`: dequantised (scaled fp8), downcast (fp8-cast) or plainly cast."""
+        if key in self.scales:
+            return (tensor.to(torch.float32) * self.scales[key]).to(dtype)
+        return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+def _fp8_summary(keys: list[str]) -> str:
+    return f"{len(keys)} float8 tensors, e.g. {keys[:3]}"
+
+
+def check_fp8_conversion(checkpoint, dtype: torch.dtype | None, fp8_cast: bool = False) -> Fp8CheckpointPlan | None:
+    """The fp8 plan of a conversion, or None when neither the file nor the request involves float8.
+
+    `checkpoint` is the converter's header reader (`.entries`: key -> (dtype, shape, start, end); `.read(key, f)`).
+    Raises `ValueError` for fp8-cast on a file that is already float8, for scaled fp8 without a target `dtype`,
+    and for scale tensors without their weight.
+    """
+    entries = checkpoint.entries
+    fp8_keys = sorted(k for k, e in entries.items() if e[0] in FP8_DTYPES)
+    scale_keys = sorted(k for k in entries if k.startswith(_TRANSFORMER_PREFIX) and k.endswith(_SCALE_SUFFIXES))
+    if fp8_cast:
+        if fp8_keys or scale_keys:
+            raise ValueError(
+                f"fp8_cast was requested but {os.fspath(checkpoint.path)!r} is already quantised "
+                f"({_fp8_summary(fp8_keys)}{', with per-tensor scales' if scale_keys else ''}); casting it again "
+                "would drop the scales and compute with wrong weights (ltx-core does so silently). Convert it "
+                "without fp8_cast (kept as float8, or dequantised with dtype=...)."
+            )
+        return Fp8CheckpointPlan(fp8_keys=[], cast=True)
+    if not fp8_keys and not scale_keys:
+        return None
+    plan = Fp8CheckpointPlan(fp8_keys=fp8_keys)
+    weight_scales = [k for k in scale_keys if k.endswith(".weight_scale")]
+    orphans = [k for k in weight_scales if k[: -len("_scale")] not in entries]
+    if orphans:
+        raise ValueError(f"scale tensors without their weight in {os.fspath(checkpoint.path)!r}: {orphans[:10]}")
+    if weight_scales:
+        if dtype is None:
+            raise ValueError(
+                f"{os.fspath(checkpoint.path)!r} holds scaled float8 weights ({len(weight_scales)} weight_scale "
+                "tensors); a diffusers folder cannot carry the scales, so pass dtype (bfloat16, float16 or "
+                "float32) to dequantise them"
+            )
+        with open(checkpoint.path, "rb") as handle:
+            for key in weight_scales:
+                scale = checkpoint.read(key, handle).to(torch.float32)
+                if scale.numel() != 1:
+                    raise ValueError(f"{key!r} is not a per-tensor scale (shape {tuple(scale.shape)})")
+                plan.scales[key[: -len("_scale")]] = scale.reshape(())
+    plan.folded = scale_keys
+    return plan
+
+
+# ------------------------------------------------------------------------------------------------ model side
+def _upcast_linear_forward(self, x: torch.Tensor) -> torch.Tensor:
+    weight = self.weight.to(x.dtype)
+    scale = getattr(self, "fp8_weight_scale", None)
+    if scale is not None:
+        weight = weight * scale.to(x.dtype)
+    bias = None if self.bias is None else self.bias.to(x.dtype)
+    return F.linear(x, weight, bias)
+
+
+def enable_fp8_upcast(model: torch.nn.Module, scales: Mapping[str, torch.Tensor] | None = None) -> list[str]:
+    """Keep float8 linear weights in float8 and upcast them to the input dtype at every call (ltx-core's fp8-cast
+    compute: `F.linear(x, W.to(x.dtype), b.to(x.dtype))`). `scales` (module name -> per-tensor scale) makes the
+    upcast `W.to(x.dtype) * scale` for scaled fp8 weights; they are non-persistent buffers (not saved).
+    Returns the names of the patched linears."""
+    scales = dict(scales or {})
+    patched = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module.weight.dtype in FP8_DTYPES:
+            if name in scales:
+                module.register_buffer("fp8_weight_scale", scales.pop(name).to(torch.float32), persistent=False)
+            module.forward = types.MethodType(_upcast_linear_forward, module)
+            patched.append(name)
+    if scales:
+        raise ValueError(f"scales given for modules without float8 weights: {sorted(scales)[:10]}")
+    return patched
+
+
+def fp8_cast_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ltx-core's fp8-cast downcast of a transformer state dict (our names); `ValueError` if it is already fp8."""
+    already = sorted(k for k, v in state_dict.items() if v.dtype in FP8_DTYPES)
+    if already:
+        raise ValueError(f"fp8_cast on a state dict that is already float8 ({_fp8_summary(already)})")
+    return {k: v.to(torch.float8_e4m3fn) if is_fp8_cast_target(k) else v for k, v in state_dict.items()}
+
+
+def load_transformer_from_single_file(
+    path: str | os.PathLike,
+    *,
+    fp8: str = "upcast",
+    fp8_cast: bool = False,
+    torch_dtype: torch.dtype = torch.bfloat16,
+):
+    """`LTX2AudioVideoTransformer` from an original checkpoint, handling float8.
+
+    - `fp8_cast=True`: downcast the block linears of a bf16/fp16/fp32 file to float8 (ltx-core's fp8-cast) and
+      upcast them at compute; refused (`ValueError`) on a file that is already float8.
+    - float8 files: `fp8="upcast"` keeps the float8 weights (scaled ones with their scale) and upcasts at compute;
+      `fp8="dequantize"` turns them into `torch_dtype` (`W * weight_scale` for scaled weights).
+    Every other tensor is cast to `torch_dtype`.
+    """
+    from ..convert import _SafetensorsFile
+    from ..models.transformer_ltx2_av import LTX2AudioVideoTransformer
+    from ..models.transformer_single_file import TRANSFORMER_KEY_TABLE, transformer_config_from_original
+
+    if fp8 not in ("upcast", "dequantize"):
+        raise ValueError(f"fp8 must be 'upcast' or 'dequantize', got {fp8!r}")
+    if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point or torch_dtype in FP8_DTYPES:
+        raise TypeError(f"torch_dtype must be a floating torch.dtype (not float8), got {torch_dtype!r}")
+    st = _SafetensorsFile(path)
+    plan = check_fp8_conversion(st, torch_dtype, fp8_cast=fp8_cast)
+    config, _ = read_checkpoint_config(path)
+    state_dict = load_component_state_dict(path, TRANSFORMER_KEY_TABLE)
+    scales = {}
+    if plan is not None and plan.folded:
+        origin = {TRANSFORMER_KEY_TABLE.map_key(k): k for k in plan.folded}
+        for new in origin:
+            state_dict.pop(new)
+        scales = {TRANSFORMER_KEY_TABLE.map_key(k): v for k, v in plan.scales.items()}
+    out = {}
+    for key, tensor in state_dict.items():
+        if fp8_cast and is_fp8_cast_target(key):
+            out[key] = tensor.to(torch.float8_e4m3fn)
+        elif tensor.dtype in FP8_DTYPES and fp8 == "upcast":
+            out[key] = tensor
+        elif key in scales:
+            out[key] = (tensor.to(torch.float32) * scales[key]).to(torch_dtype)
+        elif tensor.is_floating_point():
+            out[key] = tensor.to(torch_dtype)
+        else:
+            out[key] = tensor
+    with torch.device("meta"):
+        model = LTX2AudioVideoTransformer.from_config(transformer_config_from_original(config["transformer"]))
+    load_state_dict_strict(model, out, "transformer")
+    kept_scales = {k[: -len(".weight")]: v for k, v in scales.items() if out[k].dtype in FP8_DTYPES}
+    enable_fp8_upcast(model, kept_scales)
+    return model.eval()
+
+
+def load_fp8_transformer(
+    folder: str | os.PathLike, subfolder: str | None = "transformer", torch_dtype: torch.dtype = torch.bfloat16
+):
+    """`LTX2AudioVideoTransformer` from a converted folder whose block linears are float8, kept in float8 and upcast
+    at compute (diffusers' `from_pretrained` would upcast them all: use it with `torch_dtype` to dequantise).
+    Every other tensor is cast to `torch_dtype`; keys are checked strictly."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from ..models.transformer_ltx2_av import LTX2AudioVideoTransformer
+
+    if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point or torch_dtype in FP8_DTYPES:
+        raise TypeError(f"torch_dtype must be a floating torch.dtype (not float8), got {torch_dtype!r}")
+    root = os.path.join(os.fspath(folder), subfolder) if subfolder else os.fspath(folder)
+    config_path = os.path.join(root, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{root!r} has no config.json (not a converted transformer folder)")
+    shards = sorted(f for f in os.listdir(root) if f.endswith(".safetensors"))
+    if not shards:
+        raise ValueError(f"{root!r} holds no .safetensors weights")
+    state_dict = {}
+    for name in shards:
+        for key, tensor in load_file(os.path.join(root, name)).items():
+            keep = tensor.dtype in FP8_DTYPES or not tensor.is_floating_point()
+            state_dict[key] = tensor if keep else tensor.to(torch_dtype)
+    with open(config_path) as f:
+        config = json.load(f)
+    with torch.device("meta"):
+        model = LTX2AudioVideoTransformer.from_config(config)
+    load_state_dict_strict(model, state_dict, "transformer")
+    if not enable_fp8_upcast(model):
+        logger.warning(f"{root!r} holds no float8 linear weights; nothing is kept in float8")
+    return model.eval()
