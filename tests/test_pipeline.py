@@ -161,3 +161,64 @@ def test_stage_2_needs_upsampler_and_distilled_lora(setup):
     pipe.latent_upsampler = setup["pipe"].latent_upsampler
     with pytest.raises(ValueError, match="needs the distilled LoRA"):
         call(pipe, setup["audio"])
+
+
+def test_prompt_text_path_and_cached_embeddings(setup, tmp_path):
+    """A prompt through the tiny Gemma 3 == the same prompt's cached (diffusers-convention) embeddings."""
+    from ltx2_diffusers.utils.tiny_text_encoder import build_tiny_gemma3, tiny_gemma3_dims
+
+    pipe = setup["pipe"]
+    gemma = build_tiny_gemma3(tmp_path / "gemma", **tiny_gemma3_dims(pipe.connectors.config))
+    from ltx2_diffusers.pipelines.pipeline_ltx2_audio_to_video import load_gemma
+
+    pipe.text_encoder, pipe.tokenizer = load_gemma(gemma, torch.float32)
+    try:
+        kwargs = dict(
+            prompt_contexts=None, negative_prompt_contexts=None, max_sequence_length=128, output_type="latent"
+        )
+        by_text = call(pipe, setup["audio"], prompt="a man sings", negative_prompt="blurry", **kwargs).frames
+        embeds, mask, neg_embeds, neg_mask = pipe.encode_prompt("a man sings", "blurry", max_sequence_length=128)
+        assert embeds.shape[-1] == pipe.connectors.config.caption_channels * pipe.connectors.config.text_proj_in_factor
+        pipe.text_encoder = None  # the text encoder can be dropped once the embeddings exist
+        by_embeds = call(
+            pipe,
+            setup["audio"],
+            prompt_embeds=embeds,
+            prompt_attention_mask=mask,
+            negative_prompt_embeds=neg_embeds,
+            negative_prompt_attention_mask=neg_mask,
+            **kwargs,
+        ).frames
+        assert torch.equal(by_text, by_embeds)
+        with pytest.raises(ValueError, match="no text_encoder"):
+            call(pipe, setup["audio"], prompt="a man sings", **kwargs)
+    finally:
+        pipe.text_encoder = pipe.tokenizer = None
+
+
+def test_callback_and_interrupt(setup):
+    pipe = setup["pipe"]
+    seen = []
+
+    def callback(pipeline, step, sigma, tensors):
+        seen.append((step, float(sigma), tuple(tensors["latents"].shape)))
+        if len(seen) == 3:
+            pipeline._interrupt = True
+        return {}
+
+    call(pipe, setup["audio"], callback_on_step_end=callback, output_type="latent")
+    assert [s[0] for s in seen] == [0, 1, 0]  # stage 1 (2 steps), then stage 2 stops after its first step
+    assert seen[0][1] > 0.99 and seen[2][1] == pytest.approx(0.909375)
+
+
+def test_tiled_decode_runs(setup):
+    pipe = setup["pipe"]
+    full = call(pipe, setup["audio"], output_type="pt").frames
+    pipe.vae.enable_tiling(
+        tile_sample_min_height=64, tile_sample_min_width=64, tile_sample_stride_height=32, tile_sample_stride_width=32
+    )
+    try:
+        tiled = call(pipe, setup["audio"], output_type="pt").frames
+    finally:
+        pipe.vae.disable_tiling()
+    assert tiled.shape == full.shape and torch.isfinite(tiled).all()

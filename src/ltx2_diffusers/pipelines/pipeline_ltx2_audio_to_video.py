@@ -280,8 +280,6 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
             raise ValueError(f"audio_start_time must be >= 0, got {audio_start_time}")
         if audio_max_duration is not None and audio_max_duration <= 0:
             raise ValueError(f"audio_max_duration must be > 0, got {audio_max_duration}")
-        if num_frames is not None:
-            normalize_conditions(conditions, num_frames)
 
     def _adapter_names(self) -> list[str]:
         peft_config = getattr(self.transformer, "peft_config", None) or {}
@@ -534,7 +532,7 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
         encoded_waveform, waveform, sample_rate, num_frames = self.prepare_audio(
             audio, audio_sample_rate, audio_start_time, audio_max_duration, num_frames, frame_rate
         )
-        conditions = normalize_conditions(conditions, num_frames)
+        conditions = normalize_conditions(conditions, num_frames)  # frame indices against the chosen count
 
         # 2. Text contexts (positive; negative video context with the POSITIVE audio context, as the reference).
         positive, negative = self.prepare_contexts(
