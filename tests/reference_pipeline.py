@@ -9,12 +9,11 @@ from __future__ import annotations
 import contextlib
 from unittest import mock
 
+import ltx_pipelines.a2vid_two_stage as a2vid
 import torch
 from ltx_core.loader import LoraPathStrengthAndSDOps
 from ltx_core.loader.sd_ops import LTXV_LORA_COMFY_RENAMING_MAP
 from ltx_core.text_encoders.gemma.embeddings_processor import EmbeddingsProcessorOutput
-
-import ltx_pipelines.a2vid_two_stage as a2vid
 from ltx_pipelines.utils.args import ImageConditioningInput
 
 
@@ -45,13 +44,15 @@ def run_reference_a2vid(
     images=(),
     audio_start_time=0.0,
     audio_max_duration=None,
+    dtype=torch.float32,
 ):
-    """Returns `(frames (1, 3, F, H, W) in [0, 1], final latent, original audio waveform, sample rate)`."""
+    """`dtype=torch.bfloat16` runs the reference unpatched in its native precision. Returns `(frames (1, 3, F, H, W) in [0, 1], final latent, original audio waveform, sample rate)`."""
     captured = {}
 
     def fake_encode_prompts(prompts, ledger, **kwargs):
         mask = torch.ones(1, positive[0].shape[1], dtype=torch.int64)
-        return [EmbeddingsProcessorOutput(*positive, mask), EmbeddingsProcessorOutput(*negative, mask)]
+        pos, neg = (tuple(c.to(dtype) for c in pair) for pair in (positive, negative))
+        return [EmbeddingsProcessorOutput(*pos, mask), EmbeddingsProcessorOutput(*neg, mask)]
 
     def fake_decode(latent, decoder, tiling_config, generator):
         captured["latent"] = latent
@@ -61,28 +62,31 @@ def run_reference_a2vid(
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(a2vid, "encode_prompts", fake_encode_prompts))
         stack.enter_context(mock.patch.object(a2vid, "vae_decode_video", fake_decode))
-        stack.enter_context(mock.patch.object(a2vid, "denoise_video_only", _float32(a2vid.denoise_video_only)))
-        stack.enter_context(
-            mock.patch.object(a2vid, "combined_image_conditionings", _float32(a2vid.combined_image_conditionings))
-        )
+        if dtype == torch.float32:
+            stack.enter_context(mock.patch.object(a2vid, "denoise_video_only", _float32(a2vid.denoise_video_only)))
+            stack.enter_context(
+                mock.patch.object(a2vid, "combined_image_conditionings", _float32(a2vid.combined_image_conditionings))
+            )
         stack.enter_context(mock.patch.object(torch.cuda, "synchronize", lambda *a, **k: None))
         pipe = a2vid.A2VidPipelineTwoStage(
             checkpoint_path=str(checkpoint),
-            distilled_lora=[LoraPathStrengthAndSDOps(str(distilled_lora), distilled_strength, LTXV_LORA_COMFY_RENAMING_MAP)],
+            distilled_lora=[
+                LoraPathStrengthAndSDOps(str(distilled_lora), distilled_strength, LTXV_LORA_COMFY_RENAMING_MAP)
+            ],
             spatial_upsampler_path=str(upsampler),
             gemma_root=None,
             loras=[],
             device=torch.device("cpu"),
         )
-        pipe.dtype = torch.float32
-        pipe.pipeline_components.dtype = torch.float32
+        pipe.dtype = dtype
+        pipe.pipeline_components.dtype = dtype
         for ledger in (pipe.stage_1_model_ledger, pipe.stage_2_model_ledger):
-            ledger.dtype = torch.float32
+            ledger.dtype = dtype
             build = ledger.transformer
 
             def transformer(build=build):
-                # LoRA fusion leaves tensors without a delta in the file dtype: upcast them (exact).
-                return build().to(torch.float32)
+                # LoRA fusion leaves tensors without a delta in the file dtype: cast them (exact upcast).
+                return build().to(dtype)
 
             ledger.transformer = transformer
         _, audio = pipe(

@@ -1,0 +1,87 @@
+"""Audio-to-video pipeline vs ltx-pipelines' A2VidPipelineTwoStage on tiny random checkpoints (CPU): max |Δ| of
+the decoded frames in [0, 1] in float32 (the test's setting) and bfloat16 (both in their native precision).
+Prints a table and one JSON line.
+
+    python benchmarks/pipeline_parity.py
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import tempfile
+
+import numpy as np
+import soundfile as sf
+import torch
+
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+
+from factories import build_checkpoint, build_lora, build_upsampler, checkpoint_config  # noqa: E402
+from ltx_core.components.guiders import MultiModalGuiderParams  # noqa: E402
+from reference_pipeline import run_reference_a2vid  # noqa: E402
+
+from ltx2_diffusers import LTX2AudioToVideoPipeline, MultiModalGuidance  # noqa: E402
+
+
+def contexts(seed: int, version: str):
+    g = torch.Generator().manual_seed(seed)
+    section = checkpoint_config(version)["transformer"]
+    video = section["num_attention_heads"] * section["attention_head_dim"]
+    audio = section["audio_num_attention_heads"] * section["audio_attention_head_dim"]
+    if version == "2.0":
+        video = audio = section["caption_channels"]
+    return torch.randn(1, 32, video, generator=g), torch.randn(1, 32, audio, generator=g)
+
+
+def main() -> dict:
+    root = pathlib.Path(tempfile.mkdtemp())
+    rate = 44100
+    t = np.arange(int(rate * 0.6)) / rate
+    sf.write(root / "audio.wav", np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 3 * t)], 1) * 0.4, rate)
+    guidance = MultiModalGuidance(stg_blocks=[1])
+    rows = []
+    for version in ("2.3", "2.0"):
+        checkpoint = build_checkpoint(root / f"ltx-{version}.safetensors", version, seed=1)
+        upsampler = build_upsampler(root / "upsampler.safetensors", seed=2)
+        lora = build_lora(root / f"lora-{version}.safetensors", checkpoint, seed=3, dtype=torch.float32)
+        positive, negative = contexts(0, version), contexts(1, version)
+        for dtype in (torch.float32, torch.bfloat16):
+            reference, *_ = run_reference_a2vid(
+                checkpoint=checkpoint, upsampler=upsampler, distilled_lora=lora, distilled_strength=0.8,
+                audio_path=root / "audio.wav", positive=positive, negative=negative, seed=10, height=128, width=128,
+                num_frames=9, frame_rate=24.0, num_inference_steps=3, dtype=dtype,
+                guider_params=MultiModalGuiderParams(cfg_scale=3.0, stg_scale=1.0, rescale_scale=0.7,
+                                                     modality_scale=3.0, stg_blocks=[1]),
+            )  # fmt: skip
+            pipe = LTX2AudioToVideoPipeline.from_single_file(
+                checkpoint, spatial_upsampler_path=upsampler, distilled_lora=(lora, 0.8), torch_dtype=dtype
+            )
+            pipe.set_progress_bar_config(disable=True)
+            out = pipe(
+                audio=root / "audio.wav", prompt_contexts=tuple(c.to(dtype) for c in positive),
+                negative_prompt_contexts=tuple(c.to(dtype) for c in negative), height=128, width=128, num_frames=9,
+                num_inference_steps=3, video_guidance=guidance, generator=torch.Generator().manual_seed(10),
+                output_type="pt",
+            )  # fmt: skip
+            diff = (out.frames.permute(0, 4, 1, 2, 3).float() - reference.float()).abs()
+            rows.append(
+                {
+                    "version": version,
+                    "dtype": str(dtype).replace("torch.", ""),
+                    "max_abs_diff": diff.max().item(),
+                    "mean_abs_diff": diff.mean().item(),
+                }
+            )
+    print(f"{'version':8s} {'dtype':9s} {'max|d| frames':>14s} {'mean|d|':>10s}")
+    for row in rows:
+        print(f"{row['version']:8s} {row['dtype']:9s} {row['max_abs_diff']:14.3e} {row['mean_abs_diff']:10.3e}")
+    result = {"benchmark": "pipeline_parity", "device": "cpu", "rows": rows}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
