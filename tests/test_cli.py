@@ -415,3 +415,28 @@ def test_pipeline_errors_become_cli_errors(tiny_files, tmp_path, capsys):
     assert a2vid.main(argv) == 2
     assert "ltx2-a2v: error:" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
+
+
+@needs_single_file
+def test_fp8_cast_is_ltx_cores(tiny_files):
+    """`--quantization fp8-cast` on a loaded transformer == the fp8-cast single-file loader (ltx-core's policy)."""
+    from ltx2_diffusers.loaders.fp8 import load_transformer_from_single_file
+    from ltx2_diffusers.pipelines.pipeline_ltx2_audio_to_video import LTX2AudioToVideoPipeline
+
+    checkpoint = tiny_files["checkpoint"]  # float32 file, loaded as float32 on both sides
+    expected = load_transformer_from_single_file(checkpoint, fp8_cast=True, torch_dtype=torch.float32).state_dict()
+    pipe = LTX2AudioToVideoPipeline.from_single_file(
+        checkpoint, distilled_lora=(tiny_files["lora"], 0.8), torch_dtype=torch.float32
+    )
+    patched = a2vid.fp8_cast(pipe.transformer)
+    assert patched and all(".lora_" not in name for name in patched)
+    state = {k.replace(".base_layer", ""): v for k, v in pipe.transformer.state_dict().items() if ".lora_" not in k}
+    assert state.keys() == expected.keys()
+    for key, value in expected.items():
+        assert state[key].dtype == value.dtype and torch.equal(state[key].float(), value.float()), key
+    assert sum(v.dtype == torch.float8_e4m3fn for v in state.values()) == len(
+        [k for k in expected if expected[k].dtype == torch.float8_e4m3fn]
+    )
+    lora = [v for k, v in pipe.transformer.state_dict().items() if ".lora_" in k]
+    assert lora and all(v.dtype == torch.float32 for v in lora)
+    assert pipe.transformer.dtype == torch.float32

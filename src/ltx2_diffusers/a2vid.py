@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantization",
         choices=QUANTIZATION_POLICIES,
         default=None,
-        help="fp8-cast: keep the transformer's weights in float8 and upcast them per layer during inference",
+        help="fp8-cast (as ltx-core): store the transformer blocks' linear weights in float8 and upcast them "
+        "at every call",
     )
     model.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="compute dtype (default: bfloat16)")
 
@@ -413,14 +414,29 @@ def load_pipeline(args):
     return pipe
 
 
+def fp8_cast(transformer) -> list[str]:
+    """ltx-core's fp8-cast on a loaded transformer: the block linears' weights and biases are stored as
+    float8_e4m3fn and upcast to the input dtype at every call. LoRA layers stay as they are. Returns the linears."""
+    import torch
+
+    from .loaders.fp8 import FP8_DTYPES, enable_fp8_upcast, is_fp8_cast_target
+
+    for name, module in transformer.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module.weight.dtype in FP8_DTYPES:
+            continue
+        if is_fp8_cast_target(name.replace(".base_layer", "") + ".weight"):  # PEFT wraps targets as `.base_layer`
+            module.weight.data = module.weight.data.to(torch.float8_e4m3fn)
+            if module.bias is not None:
+                module.bias.data = module.bias.data.to(torch.float8_e4m3fn)
+    return enable_fp8_upcast(transformer)
+
+
 def prepare_pipeline(pipe, args, device) -> None:
     """Quantization, VAE tiling and placement / offloading as the flags ask."""
     import torch
 
     if args.quantization == "fp8-cast":
-        pipe.transformer.enable_layerwise_casting(
-            storage_dtype=torch.float8_e4m3fn, compute_dtype=getattr(torch, args.dtype)
-        )
+        fp8_cast(pipe.transformer)
     if args.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
         pipe.vae.enable_tiling()
     if args.offload == "none":
