@@ -461,11 +461,11 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     calls = {"n": 0}
     original = convert_module._ShardWriter.write
 
-    def flaky(self, name, tensor):
+    def flaky(self, name, tensor, crc=None):
         calls["n"] += 1
         if calls["n"] == 50:
             raise KeyboardInterrupt
-        return original(self, name, tensor)
+        return original(self, name, tensor, crc)
 
     monkeypatch.setattr(convert_module._ShardWriter, "write", flaky)
     with pytest.raises(KeyboardInterrupt):

@@ -120,13 +120,28 @@ class _SafetensorsFile:
     def keys_in_file_order(self, keys: Iterable[str]) -> list[str]:
         return sorted(keys, key=lambda k: self.entries[k][2])
 
-    def read(self, key: str, handle) -> torch.Tensor:
+    def read(self, key: str, handle, buffer: "_Buffer | None" = None) -> torch.Tensor:
+        """The tensor `key` read from the open file `handle`; with `buffer`, it aliases the buffer's memory (valid
+        until the next read into it), which saves a fresh allocation (and its page faults) per tensor."""
         dtype, shape, start, end = self.entries[key]
-        buffer = torch.empty(end - start, dtype=torch.uint8)
+        buffer = torch.empty(end - start, dtype=torch.uint8) if buffer is None else buffer.get(end - start)
         handle.seek(self.data_start + start)
         if end > start and handle.readinto(buffer.numpy()) != end - start:
             raise ValueError(f"{self.path!r}: short read for tensor {key!r}")
         return buffer.view(dtype).reshape(shape)
+
+
+class _Buffer:
+    """A growing byte buffer reused across reads."""
+
+    def __init__(self):
+        self.data = torch.empty(0, dtype=torch.uint8)
+
+    def get(self, size: int) -> torch.Tensor:
+        if self.data.numel() < size:
+            self.data = torch.empty(0, dtype=torch.uint8)  # free the old one first
+            self.data = torch.empty(size, dtype=torch.uint8)
+        return self.data[:size]
 
 
 def _tensor_bytes(tensor: torch.Tensor):
@@ -143,9 +158,14 @@ def _nbytes(dtype: torch.dtype, shape: Sequence[int]) -> int:
 class _ShardWriter:
     """Writes one safetensors file whose header (names, dtypes, shapes) is known before any data."""
 
-    def __init__(self, path: Path, items: Sequence[tuple[str, torch.dtype, tuple[int, ...]]]):
+    def __init__(
+        self,
+        path: Path,
+        items: Sequence[tuple[str, torch.dtype, tuple[int, ...]]],
+        metadata: Mapping[str, str] | None = None,
+    ):
         self.path = path
-        header: dict = {"__metadata__": {"format": "pt"}}
+        header: dict = {"__metadata__": {"format": "pt", **(metadata or {})}}
         offset = 0
         self.expected: list[tuple[str, int]] = []
         for name, dtype, shape in items:
@@ -160,14 +180,15 @@ class _ShardWriter:
         self.handle.write(raw)
         self.position = 0
 
-    def write(self, name: str, tensor: torch.Tensor) -> int:
+    def write(self, name: str, tensor: torch.Tensor, crc: int | None = None) -> int:
+        """Append the next planned tensor; returns the CRC-32 of its bytes (`crc` if the caller already has it)."""
         expected_name, size = self.expected[self.position]
         if name != expected_name or tensor.numel() * tensor.element_size() != size:
             raise RuntimeError(f"shard {self.path.name}: got {name!r} where {expected_name!r} was planned")
         data = _tensor_bytes(tensor)
         self.handle.write(data)
         self.position += 1
-        return zlib.crc32(data)
+        return zlib.crc32(data) if crc is None else crc
 
     def close(self) -> None:
         if self.position != len(self.expected):
@@ -179,17 +200,18 @@ def _crc_file_tensors(path: Path) -> dict[str, int]:
     """CRC-32 of every tensor's bytes in a written safetensors file, read back in 64 MiB chunks."""
     st = _SafetensorsFile(path)
     out = {}
+    chunk = memoryview(bytearray(64 << 20))
     with open(path, "rb") as f:
         for key in st.keys_in_file_order(st.entries):
             _, _, start, end = st.entries[key]
             f.seek(st.data_start + start)
             crc, left = 0, end - start
             while left:
-                chunk = f.read(min(left, 64 << 20))
-                if not chunk:
+                n = f.readinto(chunk[: min(left, len(chunk))])
+                if not n:
                     raise ValueError(f"{path}: short read while verifying {key!r}")
-                crc = zlib.crc32(chunk, crc)
-                left -= len(chunk)
+                crc = zlib.crc32(chunk[:n], crc)
+                left -= n
             out[key] = crc
     return out
 
@@ -557,11 +579,13 @@ class _Ledger:
         self.source_bytes = 0
         self.written_bytes = 0
 
-    def read(self, label: str, tensor: torch.Tensor) -> None:
+    def read(self, label: str, tensor: torch.Tensor) -> int:
         if label in self.source:
             raise RuntimeError(f"source tensor {label!r} read twice")
-        self.source[label] = (str(tensor.dtype), tuple(tensor.shape), zlib.crc32(_tensor_bytes(tensor)))
+        crc = zlib.crc32(_tensor_bytes(tensor))
+        self.source[label] = (str(tensor.dtype), tuple(tensor.shape), crc)
         self.source_bytes += tensor.numel() * tensor.element_size()
+        return crc
 
     def wrote(self, label: str, path: Path, tensor: torch.Tensor, crc: int) -> None:
         if label in self.written:
@@ -594,15 +618,16 @@ def _write_tensors(
         ]
     )
     weight_map, total = {}, 0
+    buffer = _Buffer()
     with open(st.path, "rb") as handle:
         for shard, name in zip(shards, names):
             writer = _ShardWriter(folder / name, [(i.target, i.dtype, i.shape) for i in shard])
             try:
                 for item in shard:
-                    tensor = st.read(item.source, handle)
-                    ledger.read(f"{os.path.basename(st.path)}:{item.source}", tensor)
+                    tensor = st.read(item.source, handle, buffer)
+                    source_crc = ledger.read(f"{os.path.basename(st.path)}:{item.source}", tensor)
                     out = transform(item.source, tensor, item) if transform else _convert_tensor(tensor, item.dtype)
-                    crc = writer.write(item.target, out)
+                    crc = writer.write(item.target, out, source_crc if out is tensor else None)
                     ledger.wrote(f"{label}/{item.target}", folder / name, out, crc)
                     weight_map[item.target] = name
                     total += out.numel() * out.element_size()
