@@ -396,7 +396,7 @@ def load_pipeline(args):
             gemma_root=args.gemma_root,
             torch_dtype=dtype,
         )
-    pipe = LTX2AudioToVideoPipeline.from_pretrained(args.model, torch_dtype=dtype)
+    pipe = LTX2AudioToVideoPipeline.from_pretrained(args.model, dtype=dtype)
     if args.gemma_root is not None:
         text_encoder, tokenizer = load_gemma(args.gemma_root, dtype)
         pipe.register_modules(text_encoder=text_encoder, tokenizer=tokenizer)
