@@ -23,8 +23,14 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
+# diffusers finds a component library's loading method through the base classes it exposes: a folder whose
+# model_index.json names `ltx2_diffusers` classes needs these visible here.
+_LOADING_BASES = {"ModelMixin": "diffusers.models.modeling_utils", "ConfigMixin": "diffusers.configuration_utils"}
+
 
 def __getattr__(name):
+    if name in _LOADING_BASES:
+        return getattr(importlib.import_module(_LOADING_BASES[name]), name)
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'ltx2_diffusers' has no attribute {name!r}")

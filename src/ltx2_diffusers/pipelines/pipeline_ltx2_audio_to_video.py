@@ -93,14 +93,30 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' `from_pretrained`, plus the converted folder's distilled LoRA as the adapter `"distilled"`."""
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        if isinstance(pipe, cls) and os.path.isdir(pretrained_model_name_or_path):
-            lora = os.path.join(
-                pretrained_model_name_or_path, cls.DISTILLED_LORA_SUBFOLDER, cls.DISTILLED_LORA_WEIGHT_NAME
-            )
-            if os.path.isfile(lora):
-                pipe.load_lora_weights(lora, adapter_name="distilled")
+        """diffusers' `from_pretrained`, plus the converted folder's distilled LoRA as the adapter `"distilled"`.
+
+        Converted folders name their pipeline through the Hub custom-pipeline shim (`pipeline.py`, which only
+        imports this class); loading with this class directly never executes that file, so no remote code runs.
+        """
+        from diffusers.pipelines import pipeline_utils
+
+        resolve = pipeline_utils._resolve_custom_pipeline_and_cls
+
+        def resolve_without_shim(folder, config, custom_pipeline):
+            names_us = config.get("_class_name") == ["pipeline", cls.__name__]
+            if custom_pipeline is None and names_us:
+                return None, None
+            return resolve(folder=folder, config=config, custom_pipeline=custom_pipeline)
+
+        pipeline_utils._resolve_custom_pipeline_and_cls = resolve_without_shim
+        try:
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        finally:
+            pipeline_utils._resolve_custom_pipeline_and_cls = resolve
+        if isinstance(pipe, LTX2AudioToVideoPipeline) and os.path.isdir(pretrained_model_name_or_path):
+            folder = os.path.join(pretrained_model_name_or_path, cls.DISTILLED_LORA_SUBFOLDER)
+            if os.path.isfile(os.path.join(folder, cls.DISTILLED_LORA_WEIGHT_NAME)):
+                pipe.load_lora_weights(folder, weight_name=cls.DISTILLED_LORA_WEIGHT_NAME, adapter_name="distilled")
         return pipe
 
     @classmethod
