@@ -35,7 +35,7 @@ def files(request, tmp_path_factory):
     # float32 LoRA: ltx-core computes the fused delta in the LoRA file's dtype (a bf16 file rounds it).
     lora = build_lora(root / "distilled-lora.safetensors", checkpoint, seed=3, dtype=torch.float32)
     rate = 44100
-    t = np.arange(int(rate * 0.6)) / rate
+    t = np.arange(int(rate * 1.2)) / rate
     left = 0.4 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))
     right = 0.3 * np.sign(np.sin(2 * np.pi * 2 * t)) * np.exp(-((t * 8) % 1) * 5)
     audio = root / "audio.wav"
@@ -140,3 +140,48 @@ def test_seed_parity_with_reference(files, guidance, with_images):
     source, rate = sf.read(files["audio"], dtype="float32", always_2d=True)
     n = round(NUM_FRAMES / FPS * rate)
     assert torch.equal(out.audio, torch.from_numpy(source[:n].T.copy()))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(height=192, width=128, num_frames=17, frame_rate=25.0, audio_start_time=0.1, audio_max_duration=1.0),
+        dict(height=64, width=128, num_frames=1, frame_rate=24.0, audio_start_time=0.0, audio_max_duration=None),
+    ],
+    ids=["non_square_25fps_offset_long_window", "single_frame"],
+)
+def test_seed_parity_sizes_rates_and_audio_windows(files, case):
+    version = files["version"]
+    positive, negative = contexts(2, version), contexts(3, version)
+    guidance = MultiModalGuidance(stg_blocks=[0])
+    reference_frames, _, reference_audio, _ = run_reference_a2vid(
+        checkpoint=files["checkpoint"],
+        upsampler=files["upsampler"],
+        distilled_lora=files["lora"],
+        distilled_strength=LORA_STRENGTH,
+        audio_path=files["audio"],
+        positive=positive,
+        negative=negative,
+        seed=SEED + 1,
+        num_inference_steps=STEPS,
+        guider_params=MultiModalGuiderParams(
+            cfg_scale=3.0, stg_scale=1.0, rescale_scale=0.7, modality_scale=3.0, stg_blocks=[0]
+        ),
+        **case,
+    )
+    out = our_pipeline(files)(
+        audio=files["audio"],
+        prompt_contexts=positive,
+        negative_prompt_contexts=negative,
+        num_inference_steps=STEPS,
+        video_guidance=guidance,
+        generator=torch.Generator().manual_seed(SEED + 1),
+        output_type="pt",
+        **case,
+    )
+    frames = out.frames.permute(0, 4, 1, 2, 3)
+    assert frames.shape == reference_frames.shape
+    assert (frames - reference_frames).abs().max().item() <= 1e-4
+    # the returned audio covers exactly the video (the reference returns the whole window it read)
+    n = round(case["num_frames"] / case["frame_rate"] * out.audio_sample_rate)
+    assert torch.equal(out.audio, reference_audio.reshape(out.audio.shape[0], -1)[:, :n].float())
