@@ -190,6 +190,14 @@ def test_output_names():
     assert lines[3] == "| 3 | x_modality3.mp4 | +0 | +0.0 | 0.500 | 0.500 |"
 
 
+def test_audio_rates_aac_lacks_are_resampled_for_the_mp4():
+    audio = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 11000)).astype(np.float32)
+    same, rate = a2vid._aac_compatible(audio, 44100)
+    assert same is audio and rate == 44100
+    resampled, rate = a2vid._aac_compatible(audio, 11000)
+    assert rate == 48000 and resampled.shape == (2, 48000) and resampled.dtype == np.float32
+
+
 BAD_ARGUMENTS = {
     "no model": (["--audio-path", "{audio}", "--prompt", "p", "--output-path", "o.mp4"],
                  "one of the arguments --checkpoint-path --model is required"),
@@ -225,6 +233,7 @@ BAD_ARGUMENTS = {
     "upsampler missing": (["--spatial-upsampler-path", "nope"], "--spatial-upsampler-path: no such file 'nope'"),
     "gemma missing": (["--gemma-root", "nope"], "--gemma-root: no such folder 'nope'"),
     "device": (["--device", "tpu9"], "--device 'tpu9'"),
+    "sequential on cpu": (["--device", "cpu", "--offload", "sequential"], "--offload sequential needs an accelerator"),
     "model file": (None, "--model must be a converted folder or a Hub id, got the file"),
     "audio missing": (None, "--audio-path: no such file 'nope.wav'"),
     "checkpoint no gemma": (None, "--gemma-root is required with --checkpoint-path"),

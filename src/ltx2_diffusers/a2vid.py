@@ -360,6 +360,9 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(f"--device {args.device!r}: {error}")
         if device.type == "cuda" and not torch.cuda.is_available():
             parser.error(f"--device {args.device}: CUDA is not available")
+    if args.offload == "sequential" and _device(args).type == "cpu":
+        # accelerate's per-weight hooks cannot round-trip weights when the onload device is the CPU itself.
+        parser.error("--offload sequential needs an accelerator device; on cpu there is nothing to offload to")
     output_dir = os.path.dirname(os.path.abspath(args.output_path))
     if os.path.isdir(args.output_path):
         parser.error(f"--output-path {args.output_path!r} is a folder; give a file name such as out.mp4")
@@ -523,6 +526,18 @@ def sweep_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _aac_compatible(audio, sample_rate: int):
+    """The audio unchanged, or resampled to 48 kHz when AAC cannot carry its rate."""
+    from .video_io import AAC_SAMPLE_RATES
+
+    if sample_rate in AAC_SAMPLE_RATES:
+        return audio, sample_rate
+    import librosa
+
+    logger.warning(f"AAC has no {sample_rate} Hz mode; the mp4's audio is resampled to 48000 Hz.")
+    return librosa.resample(audio, orig_sr=sample_rate, target_sr=48000, res_type="soxr_hq"), 48000
+
+
 def _peak_memory(device) -> str:
     import torch
 
@@ -565,7 +580,8 @@ def run(args) -> list[str]:
         clip_start = time.perf_counter()
         path = args.output_path if args.modality_scale_sweep is None else sweep_path(args.output_path, scale)
         frames, audio, sample_rate = _generate(pipe, args, device, scale, text)
-        export_to_video_with_audio(frames, audio.numpy(), sample_rate, path, fps=args.frame_rate)
+        audio, sample_rate = _aac_compatible(audio.numpy(), sample_rate)
+        export_to_video_with_audio(frames, audio, sample_rate, path, fps=args.frame_rate)
         written.append(path)
         num_frames, height, width = frames.shape[:3]
         print(
