@@ -185,3 +185,52 @@ def test_seed_parity_sizes_rates_and_audio_windows(files, case):
     # the returned audio covers exactly the video (the reference returns the whole window it read)
     n = round(case["num_frames"] / case["frame_rate"] * out.audio_sample_rate)
     assert torch.equal(out.audio, reference_audio.reshape(out.audio.shape[0], -1)[:, :n].float())
+
+
+@pytest.mark.parametrize("version", ["2.3", "2.0"])
+def test_bfloat16_reference_arithmetic_is_bit_exact(tmp_path, version):
+    """In bf16 (the reference's native precision), with a bf16 LoRA as released, `reference_arithmetic=True`
+    reproduces A2VidPipelineTwoStage bit for bit: one pass per forward and LoRAs fused as ltx-core fuses them."""
+    checkpoint = build_checkpoint(tmp_path / "ckpt.safetensors", version, seed=11)
+    upsampler = build_upsampler(tmp_path / "ups.safetensors", seed=12)
+    lora = build_lora(tmp_path / "lora.safetensors", checkpoint, seed=13)  # bf16, like the released file
+    rate = 32000
+    t = np.arange(int(rate * 0.5)) / rate
+    sf.write(tmp_path / "a.wav", np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 7 * t)], 1) * 0.5, rate)
+    positive, negative = contexts(4, version), contexts(5, version)
+    guidance = MultiModalGuidance(stg_blocks=[1])
+    common = dict(height=128, width=128, num_frames=9, frame_rate=FPS, num_inference_steps=STEPS)
+    reference, *_ = run_reference_a2vid(
+        checkpoint=checkpoint,
+        upsampler=upsampler,
+        distilled_lora=lora,
+        distilled_strength=LORA_STRENGTH,
+        audio_path=tmp_path / "a.wav",
+        positive=positive,
+        negative=negative,
+        seed=SEED,
+        guider_params=MultiModalGuiderParams(
+            cfg_scale=3.0, stg_scale=1.0, rescale_scale=0.7, modality_scale=3.0, stg_blocks=[1]
+        ),
+        dtype=torch.bfloat16,
+        **common,
+    )
+    pipe = LTX2AudioToVideoPipeline.from_single_file(
+        checkpoint, spatial_upsampler_path=upsampler, distilled_lora=(lora, LORA_STRENGTH), torch_dtype=torch.bfloat16
+    )
+
+    def ours(**kwargs):
+        return pipe(
+            audio=tmp_path / "a.wav",
+            prompt_contexts=tuple(c.to(torch.bfloat16) for c in positive),
+            negative_prompt_contexts=tuple(c.to(torch.bfloat16) for c in negative),
+            video_guidance=guidance,
+            generator=torch.Generator().manual_seed(SEED),
+            output_type="pt",
+            **common,
+            **kwargs,
+        ).frames.permute(0, 4, 1, 2, 3)
+
+    assert torch.equal(ours(reference_arithmetic=True).float(), reference.float())
+    # The default (batched passes, PEFT LoRA) is close but not bit-identical in bf16.
+    assert (ours().float() - reference.float()).abs().max().item() < 0.1

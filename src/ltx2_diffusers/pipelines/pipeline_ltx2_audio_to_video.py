@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -16,6 +17,7 @@ from diffusers.utils import BaseOutput, logging
 from ..audio.io import load_audio
 from ..guidance import MultiModalGuidance, combine_guidance, guidance_passes
 from ..loaders.lora import LTX2AVLoraLoaderMixin
+from ..loaders.lora_fusion import reference_lora_arithmetic
 from ..schedules import STAGE_2_DISTILLED_SIGMAS, euler_step, ltx2_sigmas
 from . import ltx2_stages as stages
 from .image_conditions import LTX2ImageCondition, normalize_conditions, prepare_condition_image
@@ -259,6 +261,7 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
         output_type,
         audio_start_time,
         audio_max_duration,
+        guidance_batch_size=None,
     ):
         multiple = 64 if stage_2 else 32
         for name, value in (("height", height), ("width", width)):
@@ -290,6 +293,8 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
             raise ValueError(
                 "stage_2=True needs the distilled LoRA: load it with load_lora_weights(path, adapter_name='distilled')"
             )
+        if guidance_batch_size is not None and (not isinstance(guidance_batch_size, int) or guidance_batch_size < 1):
+            raise ValueError(f"guidance_batch_size must be None or a positive integer, got {guidance_batch_size!r}")
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         if audio_start_time < 0:
@@ -370,8 +375,15 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
                 state = stages.append_keyframe(state, latent, condition.frame_index, condition.strength, frame_rate)
         return state
 
-    def predict_x0(self, video, audio, sigma, passes, contexts, stg_blocks):
-        """Run the guidance passes of one step as ONE batched forward; x0 predictions per pass (video only)."""
+    def predict_x0(self, video, audio, sigma, passes, contexts, stg_blocks, batch_size=None):
+        """x0 predictions (video) of the guidance passes of one step, `batch_size` passes per forward (None: all
+        in ONE batched forward; 1: separate forwards as the reference runs them)."""
+        if batch_size is not None and len(passes) > batch_size:
+            chunks = [passes[i : i + batch_size] for i in range(0, len(passes), batch_size)]
+            x0 = {}
+            for chunk in chunks:
+                x0.update(self.predict_x0(video, audio, sigma, chunk, contexts, stg_blocks))
+            return x0
         n = len(passes)
         video_t = video.timesteps(sigma)
         audio_t = audio.timesteps(sigma)  # frozen audio: mask 0, so timesteps 0 while its sigma follows the step
@@ -396,11 +408,17 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
         x0 = stages.x0_from_velocity(video.latent.expand(n, -1, -1), velocity, video_t)
         return dict(zip(passes, x0.split(1)))
 
-    def denoise(self, video, audio, sigmas, contexts, guidance, callback_on_step_end, callback_inputs):
+    def denoise(
+        self, video, audio, sigmas, contexts, guidance, callback_on_step_end, callback_inputs, guidance_batch_size=None
+    ):
         """Euler loop over `sigmas` on the video tokens; the audio stays frozen."""
         last = None
         self._num_timesteps = len(sigmas) - 1
-        with self.progress_bar(total=len(sigmas) - 1) as progress_bar:
+        exact = getattr(self, "_reference_arithmetic", False)
+        with (
+            self.progress_bar(total=len(sigmas) - 1) as progress_bar,
+            reference_lora_arithmetic(self.transformer) if exact else nullcontext(),
+        ):
             for i in range(len(sigmas) - 1):
                 if self.interrupt:
                     break
@@ -409,7 +427,8 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
                 if guidance is not None and guidance.should_skip_step(i):
                     denoised = last  # the reference reuses the previous guided prediction
                 else:
-                    x0 = self.predict_x0(video, audio, sigma, passes, contexts, guidance and guidance.stg_blocks)
+                    stg_blocks = guidance and guidance.stg_blocks
+                    x0 = self.predict_x0(video, audio, sigma, passes, contexts, stg_blocks, guidance_batch_size)
                     if guidance is None:
                         denoised = x0["cond"]
                     else:
@@ -513,6 +532,8 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
         prompt_contexts: tuple[torch.Tensor, torch.Tensor] | None = None,
         negative_prompt_contexts: tuple[torch.Tensor, torch.Tensor] | None = None,
         max_sequence_length: int = 1024,
+        guidance_batch_size: int | None = None,
+        reference_arithmetic: bool = False,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -521,7 +542,11 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
         r"""Generate a video that follows `audio` (a path, file object, or `[channels, samples]` array with
         `audio_sample_rate`). `conditions` pins images to frames (`LTX2ImageCondition` or
         `(image, frame_index, strength)`). `num_frames=None` takes the largest `8k + 1` count the audio covers.
-        `latents`: pre-drawn stage-1 noise `(1, 128, F', H', W')` used instead of drawing it."""
+        `latents`: pre-drawn stage-1 noise `(1, 128, F', H', W')` used instead of drawing it.
+        `guidance_batch_size`: guidance passes per transformer forward (None: all of a step's passes in one batched
+        forward, fastest; 1: one pass at a time, least memory). `reference_arithmetic=True` runs one pass per forward
+        and applies LoRAs as ltx-core fuses them (`W + s·B·A` formed in the weight dtype): bit-identical to
+        ltx-pipelines' A2VidPipelineTwoStage in bfloat16 for the same seed on the same device."""
         video_guidance = MultiModalGuidance() if video_guidance is None else video_guidance
         conditions = normalize_conditions(conditions, num_frames)
         self.check_inputs(
@@ -539,8 +564,12 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
             output_type,
             audio_start_time,
             audio_max_duration,
+            guidance_batch_size,
         )
         self._interrupt = False
+        self._reference_arithmetic = reference_arithmetic
+        if reference_arithmetic:
+            guidance_batch_size = 1
         device = self._execution_device
         dtype = self.transformer.dtype
 
@@ -583,7 +612,14 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
         stages.add_noise(frozen, generator, 0.0)  # drawn and discarded, as in the reference
         sigmas = ltx2_sigmas(num_inference_steps, device=device)
         video = self.denoise(
-            video, frozen, sigmas, contexts, video_guidance, callback_on_step_end, callback_on_step_end_tensor_inputs
+            video,
+            frozen,
+            sigmas,
+            contexts,
+            video_guidance,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            guidance_batch_size,
         )
         latent = stages.unpatchify_video(video.latent[:, : video.num_tokens], size)
 

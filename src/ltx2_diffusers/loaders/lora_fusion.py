@@ -1,0 +1,48 @@
+"""LoRA with the reference's arithmetic: `W + sum(s_i * B_i @ A_i)` formed in the weight's dtype, on the fly.
+
+ltx-core fuses LoRAs into the weights at load time (`delta = (B * s) @ A` in the LoRA dtype, deltas summed, then
+added to `W` in the weight dtype). PEFT instead adds `s * B(A(x))` to the base output, which rounds differently in
+bfloat16. Inside `reference_lora_arithmetic(model)` every active PEFT LoRA linear computes `F.linear(x, W')` with
+`W'` built exactly like ltx-core's fused weight, without keeping a second copy of the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+
+import torch
+import torch.nn.functional as F
+
+
+def _fused_forward(self, x, *args, **kwargs):
+    base = self.base_layer
+    if self.disable_adapters or self.merged:
+        return base(x, *args, **kwargs)
+    weight = base.weight
+    deltas = []
+    for name in self.active_adapters:
+        if name not in self.lora_A:
+            continue
+        a = self.lora_A[name].weight.to(weight.dtype)
+        b = self.lora_B[name].weight.to(weight.dtype)
+        deltas.append(torch.matmul(b * self.scaling[name], a))
+    if not deltas:
+        return base(x, *args, **kwargs)
+    delta = deltas[0] if len(deltas) == 1 else torch.sum(torch.stack(deltas), dim=0)
+    return F.linear(x.to(weight.dtype), delta + weight, base.bias)
+
+
+@contextlib.contextmanager
+def reference_lora_arithmetic(model: torch.nn.Module):
+    """Within the block, PEFT LoRA linears of `model` use ltx-core's fused-weight arithmetic."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    patched = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    for module in patched:
+        module.forward = types.MethodType(_fused_forward, module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
