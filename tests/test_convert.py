@@ -10,7 +10,7 @@ from pathlib import Path
 import factories
 import pytest
 import torch
-from diffusers import AutoencoderKLLTX2Video, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ModelMixin
+from diffusers import AutoencoderKLLTX2Video, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
 from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 from ltx_core.model.transformer.modality import Modality
@@ -312,17 +312,16 @@ def test_distilled_lora_is_stored_in_diffusers_format(converted):
     assert torch.equal(stored["transformer.transformer_blocks.0.attn1.to_q.lora_A.weight"], original[key].float())
 
 
-def test_diffusion_pipeline_loads_the_folder(converted, monkeypatch):
+def test_diffusion_pipeline_loads_the_folder(converted):
     _, out, _, _ = converted
-    # diffusers finds the load method of a component's library through `<library>.ModelMixin`.
-    if not hasattr(ltx2_diffusers, "ModelMixin"):
-        monkeypatch.setattr(ltx2_diffusers, "ModelMixin", ModelMixin, raising=False)
     pipe = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)
     assert type(pipe).__name__ == "LTX2AudioToVideoPipeline"
     for name, cls in CLASSES.items():
         assert isinstance(getattr(pipe, name), cls), name
     assert pipe.text_encoder is None and pipe.tokenizer is None
     assert pipe.config.distilled_lora_scale == 0.8
+    direct = ltx2_diffusers.LTX2AudioToVideoPipeline.from_pretrained(out)  # no remote code needed
+    assert "distilled" in direct.transformer.peft_config and "distilled" in direct.connectors.peft_config
 
 
 # ------------------------------------------------------------------------------------------------ extras
@@ -402,6 +401,7 @@ def _bad(tmp_path, name, make):
         ("other_model", "belong to no LTX-2 component"),
         ("no_metadata", "no 'config' entry"),
         ("no_model_version", "model_version"),
+        ("no_vae_section", "no 'vae' section"),
         ("missing_tensor", "missing keys"),
         ("lora_other_model", "does not fit"),
         ("upsampler_is_checkpoint", "not of a latent upsampler"),
@@ -434,6 +434,11 @@ def test_bad_inputs_leave_nothing(tmp_path, case, message):
     elif case == "no_model_version":
         source = tmp_path / "nover.safetensors"
         save_file(load_file(checkpoint), source, metadata={"config": json.dumps(factories.read_config(checkpoint))})
+    elif case == "no_vae_section":
+        source = tmp_path / "novae.safetensors"
+        config = factories.read_config(checkpoint)
+        del config["vae"]
+        save_file(load_file(checkpoint), source, metadata={"config": json.dumps(config), "model_version": "2.3.0"})
     elif case == "missing_tensor":
         source = tmp_path / "missing.safetensors"
         tensors = load_file(checkpoint)

@@ -504,6 +504,11 @@ def _plan_sources(
             if component.source != source:
                 continue
             if component.section is not None and component.section not in cfg:
+                if component.required:
+                    raise ValueError(
+                        f"{st.path!r}: the metadata config has no {component.section!r} section for "
+                        f"{component.name} (found sections: {sorted(cfg)})"
+                    )
                 tables[component.name] = None
                 continue
             table = component.table(cfg)
@@ -525,11 +530,6 @@ def _plan_sources(
                 continue
             keys = [k for k, owners in owned.items() if owners[0] == component.name]
             if tables[component.name] is None:
-                if component.required:
-                    raise ValueError(
-                        f"{st.path!r}: the metadata config has no {component.section!r} section "
-                        f"(found sections: {sorted(cfg)})"
-                    )
                 continue
             if not keys:
                 if component.required or component.section is not None:
