@@ -506,3 +506,19 @@ def test_bad_arguments(tmp_path):
         main(["--checkpoint-path", str(checkpoint), "--output-dir", str(tmp_path / "o"), "--distilled-lora", "x", "y"])
         == 2
     )
+
+
+def test_every_reference_key_belongs_to_exactly_one_component():
+    """Every key of the full-size listings (shared/reference/keys) is owned by one converter component."""
+    keys_dir = REPO_ROOT.parent / "shared" / "reference" / "keys"
+    config = factories.checkpoint_config("2.3")
+    tables = {
+        c.name: (c.source, c.table(config if c.source == "checkpoint" else {})) for c in convert_module.COMPONENTS
+    }
+    listings = sorted(keys_dir.glob("*.json"))
+    assert len(listings) >= 16
+    for listing in listings:
+        source = "upsampler" if listing.name.startswith("upsampler") else "checkpoint"
+        for key in json.loads(listing.read_text()):
+            owners = [name for name, (src, table) in tables.items() if src == source and table.owns(key)]
+            assert len(owners) == 1, (listing.name, key, owners)
