@@ -1,8 +1,8 @@
-"""Audio-to-video pipeline vs ltx-pipelines' A2VidPipelineTwoStage on tiny random checkpoints (CPU): max |Δ| of
+"""Audio-to-video pipeline vs ltx-pipelines' A2VidPipelineTwoStage on tiny random checkpoints: max |Δ| of
 the decoded frames in [0, 1] in float32 (the test's setting) and bfloat16 (both in their native precision).
 Prints a table and one JSON line.
 
-    python benchmarks/pipeline_parity.py
+    python benchmarks/pipeline_parity.py [--device cuda]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import tempfile
 
 import numpy as np
-import soundfile as sf
+import scipy.io.wavfile
 import torch
 
 
@@ -36,11 +36,17 @@ def contexts(seed: int, version: str):
     return torch.randn(1, 32, video, generator=g), torch.randn(1, 32, audio, generator=g)
 
 
-def main() -> dict:
+def main(argv=None) -> dict:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    device = parser.parse_args(argv).device
     root = pathlib.Path(tempfile.mkdtemp())
     rate = 44100
     t = np.arange(int(rate * 0.6)) / rate
-    sf.write(root / "audio.wav", np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 3 * t)], 1) * 0.4, rate)
+    stereo = (np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 3 * t)], 1) * 0.4).astype(np.float32)
+    scipy.io.wavfile.write(root / "audio.wav", rate, stereo)
     guidance = MultiModalGuidance(stg_blocks=[1])
     rows = []
     for version, exact in (("2.3", False), ("2.3", True), ("2.0", False), ("2.0", True)):
@@ -53,21 +59,21 @@ def main() -> dict:
             reference, *_ = run_reference_a2vid(
                 checkpoint=checkpoint, upsampler=upsampler, distilled_lora=lora, distilled_strength=0.8,
                 audio_path=root / "audio.wav", positive=positive, negative=negative, seed=10, height=128, width=128,
-                num_frames=9, frame_rate=24.0, num_inference_steps=3, dtype=dtype,
+                num_frames=9, frame_rate=24.0, num_inference_steps=3, dtype=dtype, device=device,
                 guider_params=MultiModalGuiderParams(cfg_scale=3.0, stg_scale=1.0, rescale_scale=0.7,
                                                      modality_scale=3.0, stg_blocks=[1]),
             )  # fmt: skip
             pipe = LTX2AudioToVideoPipeline.from_single_file(
                 checkpoint, spatial_upsampler_path=upsampler, distilled_lora=(lora, 0.8), torch_dtype=dtype
-            )
+            ).to(device)
             pipe.set_progress_bar_config(disable=True)
             out = pipe(
                 audio=root / "audio.wav", prompt_contexts=tuple(c.to(dtype) for c in positive),
                 negative_prompt_contexts=tuple(c.to(dtype) for c in negative), height=128, width=128, num_frames=9,
-                num_inference_steps=3, video_guidance=guidance, generator=torch.Generator().manual_seed(10),
+                num_inference_steps=3, video_guidance=guidance, generator=torch.Generator(device).manual_seed(10),
                 output_type="pt", reference_arithmetic=exact,
             )  # fmt: skip
-            diff = (out.frames.permute(0, 4, 1, 2, 3).float() - reference.float()).abs()
+            diff = (out.frames.permute(0, 4, 1, 2, 3).float().cpu() - reference.float().cpu()).abs()
             rows.append(
                 {
                     "version": version,
@@ -83,7 +89,8 @@ def main() -> dict:
         print(
             f"{row['version']:8s} {row['dtype']:9s} {mode:22s} {row['max_abs_diff']:14.3e} {row['mean_abs_diff']:10.3e}"
         )
-    result = {"benchmark": "pipeline_parity", "device": "cpu", "rows": rows}
+    name = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else "cpu"
+    result = {"benchmark": "pipeline_parity", "device": name, "rows": rows}
     print(json.dumps(result))
     return result
 

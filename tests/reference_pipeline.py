@@ -45,13 +45,14 @@ def run_reference_a2vid(
     audio_start_time=0.0,
     audio_max_duration=None,
     dtype=torch.float32,
+    device="cpu",
 ):
     """`dtype=torch.bfloat16` runs the reference unpatched in its native precision. Returns `(frames (1, 3, F, H, W) in [0, 1], final latent, original audio waveform, sample rate)`."""
     captured = {}
 
     def fake_encode_prompts(prompts, ledger, **kwargs):
-        mask = torch.ones(1, positive[0].shape[1], dtype=torch.int64)
-        pos, neg = (tuple(c.to(dtype) for c in pair) for pair in (positive, negative))
+        mask = torch.ones(1, positive[0].shape[1], dtype=torch.int64, device=device)
+        pos, neg = (tuple(c.to(device=device, dtype=dtype) for c in pair) for pair in (positive, negative))
         return [EmbeddingsProcessorOutput(*pos, mask), EmbeddingsProcessorOutput(*neg, mask)]
 
     def fake_decode(latent, decoder, tiling_config, generator):
@@ -67,7 +68,8 @@ def run_reference_a2vid(
             stack.enter_context(
                 mock.patch.object(a2vid, "combined_image_conditionings", _float32(a2vid.combined_image_conditionings))
             )
-        stack.enter_context(mock.patch.object(torch.cuda, "synchronize", lambda *a, **k: None))
+        if torch.device(device).type == "cpu":
+            stack.enter_context(mock.patch.object(torch.cuda, "synchronize", lambda *a, **k: None))
         pipe = a2vid.A2VidPipelineTwoStage(
             checkpoint_path=str(checkpoint),
             distilled_lora=[
@@ -76,7 +78,7 @@ def run_reference_a2vid(
             spatial_upsampler_path=str(upsampler),
             gemma_root=None,
             loras=[],
-            device=torch.device("cpu"),
+            device=torch.device(device),
         )
         pipe.dtype = dtype
         pipe.pipeline_components.dtype = dtype

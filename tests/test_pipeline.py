@@ -222,3 +222,20 @@ def test_tiled_decode_runs(setup):
     finally:
         pipe.vae.disable_tiling()
     assert tiled.shape == full.shape and torch.isfinite(tiled).all()
+
+
+def test_distilled_lora_connector_keys_are_not_applied(setup, tmp_path):
+    """ltx-core applies the distilled LoRA to the transformer only; its connector keys must not change the text."""
+    lora = build_lora(
+        tmp_path / "lora_conn.safetensors", setup["checkpoint"], seed=6, dtype=torch.float32, include_connectors=True
+    )
+    pipe = LTX2AudioToVideoPipeline.from_single_file(
+        setup["checkpoint"],
+        spatial_upsampler_path=setup["upsampler"],
+        distilled_lora=(lora, 0.6),
+        torch_dtype=torch.float32,
+    )
+    assert "distilled" in pipe.transformer.peft_config
+    assert "distilled" not in (getattr(pipe.connectors, "peft_config", None) or {})
+    expected = call(setup["pipe"], setup["audio"], output_type="latent").frames
+    assert torch.equal(call(pipe, setup["audio"], output_type="latent").frames, expected)

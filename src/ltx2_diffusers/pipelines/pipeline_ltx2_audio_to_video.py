@@ -481,6 +481,15 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
         self._user_adapter_weights = {n: (1.0 if w is None else w) for n, w in zip(names, weights) if n != "distilled"}
         return super().set_adapters(adapter_names, adapter_weights)
 
+    def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name=None, **kwargs):
+        """The mixin's `load_lora_weights`; for the `"distilled"` adapter only the transformer part is kept: the
+        reference applies the distilled LoRA to the stage-2 transformer and never to the text connectors."""
+        super().load_lora_weights(pretrained_model_name_or_path_or_dict, adapter_name=adapter_name, **kwargs)
+        connectors_config = getattr(self.connectors, "peft_config", None) or {}
+        if adapter_name == "distilled" and "distilled" in connectors_config:
+            logger.info("the distilled LoRA's connector weights are not used (the reference ignores them)")
+            self.connectors.delete_adapters("distilled")
+
     def _activate_distilled(self, active: bool, scale: float | None) -> None:
         """Stage switch of the `"distilled"` adapter; other loaded adapters stay active with their weights."""
         names = self._adapter_names()
