@@ -200,7 +200,7 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
     def _contexts(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from .text_encoding import connect_prompt
 
-        return connect_prompt(self.connectors, embeds, mask)
+        return connect_prompt(self.connectors, embeds, mask, device=self._execution_device)
 
     def prepare_contexts(
         self,

@@ -89,12 +89,13 @@ def encode_prompt_features(
 
 
 def connect_prompt(
-    connectors, prompt_embeds: torch.Tensor, attention_mask: torch.Tensor
+    connectors, prompt_embeds: torch.Tensor, attention_mask: torch.Tensor, device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(video_context, audio_context)`: the `LTX2TextConnectors` outputs the transformer attends to.
 
     `prompt_embeds` `(B, T, hidden * num_hidden_states)` (or `(B, T, hidden, num_hidden_states)`) and the
-    left-padded `(B, T)` mask from :func:`encode_prompt_features`; features are cast to the connectors' dtype.
+    left-padded `(B, T)` mask from :func:`encode_prompt_features`; features are cast to the connectors' dtype and
+    moved to `device` (default: where `prompt_embeds` are).
     The connectors move valid tokens to the front and fill the rest with learned registers, so the contexts need no
     text mask downstream (the reference passes none).
     """
@@ -118,7 +119,10 @@ def connect_prompt(
         )
     if ((attention_mask != 0) & (attention_mask != 1)).any() or (attention_mask[:, 1:] < attention_mask[:, :-1]).any():
         raise ValueError("attention_mask must be a binary left-padding mask (zeros, then ones, in every row)")
-    prompt_embeds = prompt_embeds.to(device=connectors.device, dtype=connectors.dtype)
-    attention_mask = attention_mask.to(device=connectors.device)
+    # `device` is where the connectors compute (the pipeline's execution device); under offloading their weights
+    # live elsewhere and `connectors.device` may even be `meta`.
+    device = prompt_embeds.device if device is None else torch.device(device)
+    prompt_embeds = prompt_embeds.to(device=device, dtype=connectors.dtype)
+    attention_mask = attention_mask.to(device=device)
     video_context, audio_context, _ = connectors(prompt_embeds, attention_mask, padding_side="left")
     return video_context, audio_context
