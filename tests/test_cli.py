@@ -154,6 +154,13 @@ def test_other_flags(files):
     assert args.sync_report and args.dtype == "float32"
 
 
+def test_guidance_batching_flags(files):
+    args = _parse(files, "--guidance-batch-size", "2", "--reference-arithmetic")
+    assert args.guidance_batch_size == 2 and args.reference_arithmetic
+    args = _parse(files)
+    assert args.guidance_batch_size is None and not args.reference_arithmetic
+
+
 def test_checkpoint_path_with_its_files(files):
     args = a2vid.parse_args(
         [
@@ -199,6 +206,7 @@ def test_audio_rates_aac_lacks_are_resampled_for_the_mp4():
 
 
 BAD_ARGUMENTS = {
+    "guidance batch size 0": (["--guidance-batch-size", "0"], "argument --guidance-batch-size: must be >= 1"),
     "no model": (["--audio-path", "{audio}", "--prompt", "p", "--output-path", "o.mp4"],
                  "one of the arguments --checkpoint-path --model is required"),
     "both models": (["--checkpoint-path", "{ckpt}"], "not allowed with argument"),

@@ -129,6 +129,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be >= 1, got 0")
+    return value
+
+
 def _sweep(text: str) -> tuple:
     """`1,2,3,4` -> (1.0, 2.0, 3.0, 4.0): distinct finite modality scales."""
     parts = [part.strip() for part in text.split(",")]
@@ -292,6 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     run.add_argument("--vae-tiling", action="store_true", help="decode the video in tiles (less memory)")
+    run.add_argument(
+        "--guidance-batch-size",
+        type=_positive_int,
+        default=None,
+        help="guidance passes per transformer forward (default: all of a step's passes in one batched forward)",
+    )
+    run.add_argument(
+        "--reference-arithmetic",
+        action="store_true",
+        help="one pass per forward and LoRAs fused as ltx-core fuses them: bit-identical to ltx-pipelines' A2Vid",
+    )
     run.add_argument("--output-path", required=True, help="output mp4")
     run.add_argument(
         "--sync-report",
@@ -505,6 +523,8 @@ def _generate(pipe, args, device, modality_scale, text):
         video_guidance=_guidance(args, modality_scale),
         stage_2=args.stage_2,
         generator=generator,
+        guidance_batch_size=args.guidance_batch_size,
+        reference_arithmetic=args.reference_arithmetic,
         output_type="np",
         **text,
     )
