@@ -166,3 +166,25 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
                 f"{tuple(state_dict[name].shape)} in the checkpoint but {tuple(tensor.shape)} in the model"
             )
     model.load_state_dict(state_dict, strict=True, assign=True)
+
+
+def config_section(config: dict, section: str, path: str | os.PathLike) -> dict:
+    """`config[section]` of a checkpoint's metadata, or a `ValueError` naming the file and the section."""
+    if section not in config:
+        raise ValueError(f"{os.fspath(path)!r}: the metadata config has no {section!r} section")
+    return config[section]
+
+
+def build_from_state_dict(
+    model_cls, kwargs: dict, state_dict: dict[str, torch.Tensor], component: str
+) -> torch.nn.Module:
+    """`model_cls(**kwargs)` built on the meta device, filled strictly from `state_dict`, in eval mode."""
+    with torch.device("meta"):
+        model = model_cls(**kwargs)
+    load_state_dict_strict(model, state_dict, component)
+    return model.eval()
+
+
+def check_torch_dtype(torch_dtype) -> None:
+    if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
+        raise TypeError(f"torch_dtype must be a torch.dtype or None, got {torch_dtype!r}")

@@ -18,7 +18,13 @@ from diffusers.utils import logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..audio.mel import log_mel_spectrogram
-from ..loaders.single_file import KeyTable, load_component_state_dict, load_state_dict_strict, read_checkpoint_config
+from ..loaders.single_file import (
+    KeyTable,
+    build_from_state_dict,
+    config_section,
+    load_component_state_dict,
+    read_checkpoint_config,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -299,11 +305,6 @@ class AutoencoderAudioMel(ModelMixin, AutoencoderMixin, ConfigMixin):
         Tensors keep the file's dtype unless `torch_dtype` is given.
         """
         config, _ = read_checkpoint_config(path)
-        if "audio_vae" not in config:
-            raise ValueError(f"{os.fspath(path)!r}: the metadata config has no 'audio_vae' section")
-        kwargs = audio_vae_config_from_original(config["audio_vae"])
-        with torch.device("meta"):
-            model = cls(**kwargs)
+        kwargs = audio_vae_config_from_original(config_section(config, "audio_vae", path))
         state_dict = load_component_state_dict(path, AUDIO_VAE_KEY_TABLE, dtype=torch_dtype)
-        load_state_dict_strict(model, state_dict, "audio_vae")
-        return model.eval()
+        return build_from_state_dict(cls, kwargs, state_dict, "audio_vae")

@@ -15,7 +15,13 @@ from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
 from diffusers.utils import logging
 from safetensors import safe_open
 
-from ..loaders.single_file import KeyTable, load_component_state_dict, load_state_dict_strict, read_checkpoint_config
+from ..loaders.single_file import (
+    KeyTable,
+    build_from_state_dict,
+    check_torch_dtype,
+    load_component_state_dict,
+    read_checkpoint_config,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -190,12 +196,8 @@ def load_connectors_from_single_file(
     Config from the metadata (+ tensor shapes), keys checked strictly; tensors keep the file's dtype unless
     `torch_dtype` is given.
     """
-    if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
-        raise TypeError(f"torch_dtype must be a torch.dtype or None, got {torch_dtype!r}")
+    check_torch_dtype(torch_dtype)
     config, _ = read_checkpoint_config(path)
     state_dict = load_component_state_dict(path, CONNECTORS_KEY_TABLE, dtype=torch_dtype)
     kwargs = connectors_config_from_original(config, _connector_shapes(path))
-    with torch.device("meta"):
-        model = LTX2TextConnectors(**kwargs)
-    load_state_dict_strict(model, state_dict, "connectors")
-    return model.eval()
+    return build_from_state_dict(LTX2TextConnectors, kwargs, state_dict, "connectors")

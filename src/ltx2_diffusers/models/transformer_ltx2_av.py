@@ -16,7 +16,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.transformers.transformer_ltx2 import AudioVisualModelOutput
 from diffusers.utils import apply_lora_scale, logging
 
-from ..loaders.single_file import load_state_dict_strict
+from ..loaders.single_file import build_from_state_dict
 from .modulation import AdaLayerNormSingle
 from .perturbations import BlockPerturbation, LTX2Perturbation, block_perturbation, validate_perturbations
 from .rope import ROPE_TYPES, rope_frequencies
@@ -175,10 +175,7 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
         """
         config = read_transformer_config(path)
         state_dict = transformer_state_dict_from_single_file(path, config, dtype=torch_dtype)
-        with torch.device("meta"):
-            model = cls.from_config(config)
-        load_state_dict_strict(model, state_dict, "transformer")
-        return model.eval()
+        return build_from_state_dict(cls.from_config, {"config": config}, state_dict, "transformer")
 
     config_from_original = staticmethod(transformer_config_from_original)
 

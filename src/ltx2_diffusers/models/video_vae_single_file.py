@@ -16,7 +16,14 @@ import torch
 from diffusers import AutoencoderKLLTX2Video
 from diffusers.utils import logging
 
-from ..loaders.single_file import KeyTable, load_component_state_dict, load_state_dict_strict, read_checkpoint_config
+from ..loaders.single_file import (
+    KeyTable,
+    build_from_state_dict,
+    check_torch_dtype,
+    config_section,
+    load_component_state_dict,
+    read_checkpoint_config,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -242,14 +249,8 @@ def load_video_vae_from_single_file(
     Config from the `vae` metadata section; keys checked strictly; tensors keep the file's dtype unless
     `torch_dtype` is given.
     """
-    if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
-        raise TypeError(f"torch_dtype must be a torch.dtype or None, got {torch_dtype!r}")
+    check_torch_dtype(torch_dtype)
     config, _ = read_checkpoint_config(path)
-    if "vae" not in config:
-        raise ValueError(f"{os.fspath(path)!r}: the metadata config has no 'vae' section")
-    kwargs = video_vae_config_from_original(config["vae"])
+    kwargs = video_vae_config_from_original(config_section(config, "vae", path))
     state_dict = load_component_state_dict(path, video_vae_key_table_for(config), dtype=torch_dtype)
-    with torch.device("meta"):
-        model = AutoencoderKLLTX2Video(**kwargs)
-    load_state_dict_strict(model, state_dict, "vae")
-    return model.eval()
+    return build_from_state_dict(AutoencoderKLLTX2Video, kwargs, state_dict, "vae")

@@ -10,7 +10,13 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import logging
 
-from ..loaders.single_file import KeyTable, load_component_state_dict, load_state_dict_strict, read_checkpoint_config
+from ..loaders.single_file import (
+    KeyTable,
+    build_from_state_dict,
+    config_section,
+    load_component_state_dict,
+    read_checkpoint_config,
+)
 from .vocoder_blocks import HiFiGANGenerator, MelSTFT, UpSample1d, build_generator, run_generator
 
 
@@ -276,11 +282,6 @@ class LTX2HiFiGANVocoder(ModelMixin, ConfigMixin):
         Tensors keep the file's dtype unless `torch_dtype` is given.
         """
         config, _ = read_checkpoint_config(path)
-        if "vocoder" not in config:
-            raise ValueError(f"{os.fspath(path)!r}: the metadata config has no 'vocoder' section")
-        kwargs = vocoder_config_from_original(config["vocoder"])
-        with torch.device("meta"):
-            model = cls(**kwargs)
+        kwargs = vocoder_config_from_original(config_section(config, "vocoder", path))
         state_dict = load_component_state_dict(path, VOCODER_KEY_TABLE, dtype=torch_dtype)
-        load_state_dict_strict(model, state_dict, "vocoder")
-        return model.eval()
+        return build_from_state_dict(cls, kwargs, state_dict, "vocoder")
