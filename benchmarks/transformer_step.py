@@ -219,7 +219,7 @@ def main(argv=None):
         if args.compile:
             import copy
 
-            compiled = copy.copy(ours)
+            compiled = copy.deepcopy(ours)  # compile_repeated_blocks compiles in place: keep `ours` eager
             compiled.compile_repeated_blocks(fullgraph=True)
             candidates["ltx2-diffusers compiled (4 x batch-1)"] = lambda: run_ours_separate(compiled, x, stg_block)
             candidates["ltx2-diffusers compiled (1 x batch-4)"] = lambda: run_ours_batched(compiled, x, stg_block)
