@@ -1,4 +1,7 @@
+import glob
+
 from setuptools import find_packages, setup
+
 
 setup(
     name="ltx2-diffusers",
@@ -10,6 +13,7 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     include_package_data=True,
+    data_files=[("share/ltx2-diffusers/model_cards", sorted(glob.glob("model_cards/*.md")))],
     python_requires=">=3.10",
     install_requires=[
         "diffusers>=0.42.1,<0.43",

@@ -65,7 +65,15 @@ PIPELINE_SHIM_SOURCE = (
     f"from ltx2_diffusers import {PIPELINE_CLASS_NAME}  # noqa: F401\n"
 )
 
-MODEL_CARDS_DIR = Path(__file__).resolve().parents[2] / "model_cards"
+
+def _model_cards_dir() -> Path:
+    """`model_cards/` of a source checkout, else the copy a (non-editable) install puts under `share/`."""
+    checkout = Path(__file__).resolve().parents[2] / "model_cards"
+    installed = Path(sys.prefix) / "share" / "ltx2-diffusers" / "model_cards"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+MODEL_CARDS_DIR = _model_cards_dir()
 
 _ST_DTYPES = {
     "F64": torch.float64,
