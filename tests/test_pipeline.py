@@ -239,3 +239,27 @@ def test_distilled_lora_connector_keys_are_not_applied(setup, tmp_path):
     assert "distilled" not in (getattr(pipe.connectors, "peft_config", None) or {})
     expected = call(setup["pipe"], setup["audio"], output_type="latent").frames
     assert torch.equal(call(pipe, setup["audio"], output_type="latent").frames, expected)
+
+
+def test_defaults_follow_the_checkpoint_version(setup):
+    """ltx-pipelines' detect_params: LTX-2.3 -> 30 steps, STG block 28; LTX-2 -> 40 steps, STG block 29."""
+    from ltx_pipelines.utils.constants import LTX_2_3_PARAMS, LTX_2_PARAMS
+
+    pipe = setup["pipe"]
+    steps, guidance = pipe.version_defaults()
+    assert (
+        steps == LTX_2_3_PARAMS.num_inference_steps
+        and guidance.stg_blocks == LTX_2_3_PARAMS.video_guider_params.stg_blocks
+    )
+    pipe.register_to_config(model_version="2.0.0")
+    try:
+        steps, guidance = pipe.version_defaults()
+        assert steps == LTX_2_PARAMS.num_inference_steps
+        assert guidance.stg_blocks == LTX_2_PARAMS.video_guider_params.stg_blocks
+        assert guidance.cfg_scale == LTX_2_PARAMS.video_guider_params.cfg_scale
+    finally:
+        pipe.register_to_config(model_version="2.3.0")
+    seen = []
+    call(pipe, setup["audio"], num_inference_steps=None, video_guidance=MultiModalGuidance(stg_blocks=[1]),
+         output_type="latent", callback_on_step_end=lambda p, i, s, t: seen.append(i) or {})  # fmt: skip
+    assert len(seen) == 30 + 3  # stage 1 at the version default, then the 3 distilled stage-2 steps

@@ -239,6 +239,13 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
                 negative_prompt_contexts = self._contexts(negative_prompt_embeds, mask)
         return tuple(prompt_contexts), tuple(negative_prompt_contexts)
 
+    def version_defaults(self) -> tuple[int, MultiModalGuidance]:
+        """`(num_inference_steps, video_guidance)` the reference uses for this checkpoint's `model_version`
+        (ltx-pipelines' `detect_params`): LTX-2.3 -> 30 steps, STG block 28; otherwise LTX-2 -> 40 steps, block 29."""
+        if str(self.config.model_version).startswith("2.3"):
+            return 30, MultiModalGuidance()
+        return 40, MultiModalGuidance(stg_blocks=[29])
+
     # ------------------------------------------------------------------------------------------------ checks
     def default_num_frames(self, audio_seconds: float, frame_rate: float) -> int:
         """Largest `8k + 1` frame count whose duration the audio covers."""
@@ -528,7 +535,7 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
         width: int = 1536,
         num_frames: int | None = None,
         frame_rate: float = 24.0,
-        num_inference_steps: int = 30,
+        num_inference_steps: int | None = None,
         video_guidance: MultiModalGuidance | None = None,
         stage_2: bool = True,
         distilled_lora_scale: float | None = None,
@@ -551,12 +558,16 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
         r"""Generate a video that follows `audio` (a path, file object, or `[channels, samples]` array with
         `audio_sample_rate`). `conditions` pins images to frames (`LTX2ImageCondition` or
         `(image, frame_index, strength)`). `num_frames=None` takes the largest `8k + 1` count the audio covers.
+        `num_inference_steps` / `video_guidance` default to the reference's values for the checkpoint's version
+        (`version_defaults`).
         `latents`: pre-drawn stage-1 noise `(1, 128, F', H', W')` used instead of drawing it.
         `guidance_batch_size`: guidance passes per transformer forward (None: all of a step's passes in one batched
         forward, fastest; 1: one pass at a time, least memory). `reference_arithmetic=True` runs one pass per forward
         and applies LoRAs as ltx-core fuses them (`W + s·B·A` formed in the weight dtype): bit-identical to
         ltx-pipelines' A2VidPipelineTwoStage in bfloat16 for the same seed on the same device."""
-        video_guidance = MultiModalGuidance() if video_guidance is None else video_guidance
+        default_steps, default_guidance = self.version_defaults()
+        num_inference_steps = default_steps if num_inference_steps is None else num_inference_steps
+        video_guidance = default_guidance if video_guidance is None else video_guidance
         conditions = normalize_conditions(conditions, num_frames)
         self.check_inputs(
             prompt,
