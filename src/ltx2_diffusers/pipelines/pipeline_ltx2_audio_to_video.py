@@ -488,6 +488,33 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
         self._user_adapter_weights = {n: (1.0 if w is None else w) for n, w in zip(names, weights) if n != "distilled"}
         return super().set_adapters(adapter_names, adapter_weights)
 
+    def enable_group_offload(
+        self,
+        onload_device: torch.device,
+        offload_device: torch.device = torch.device("cpu"),
+        offload_type: str = "block_level",
+        num_blocks_per_group: int | None = None,
+        **kwargs,
+    ):
+        """diffusers' group offloading. `"block_level"` groups the transformer's blocks; the other components are
+        offloaded leaf by leaf, since their `encode`/`decode`/`encode_waveform` entry points are not `forward`
+        and would bypass a block-level group's onload hook."""
+        from diffusers.hooks import apply_group_offloading
+
+        for name, component in self.components.items():
+            if not isinstance(component, torch.nn.Module):
+                continue
+            blocks = offload_type == "block_level" and name == "transformer"
+            options = dict(onload_device=onload_device, offload_device=offload_device, **kwargs)
+            if blocks:
+                options.update(offload_type="block_level", num_blocks_per_group=num_blocks_per_group or 1)
+            else:
+                options.update(offload_type="leaf_level")
+            if hasattr(component, "enable_group_offload"):
+                component.enable_group_offload(**options)
+            else:
+                apply_group_offloading(module=component, **options)
+
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name=None, **kwargs):
         """The mixin's `load_lora_weights`; for the `"distilled"` adapter only the transformer part is kept: the
         reference applies the distilled LoRA to the stage-2 transformer and never to the text connectors."""
