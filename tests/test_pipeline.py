@@ -2,6 +2,7 @@
 
 import av
 import numpy as np
+import PIL.Image
 import pytest
 import soundfile as sf
 import torch
@@ -263,3 +264,102 @@ def test_defaults_follow_the_checkpoint_version(setup):
     call(pipe, setup["audio"], num_inference_steps=None, video_guidance=MultiModalGuidance(stg_blocks=[1]),
          output_type="latent", callback_on_step_end=lambda p, i, s, t: seen.append(i) or {})  # fmt: skip
     assert len(seen) == 30 + 3  # stage 1 at the version default, then the 3 distilled stage-2 steps
+
+
+def test_latents_with_keyframe_condition_and_shape_check(setup):
+    pipe = setup["pipe"]
+    latents = torch.randn(1, 128, 2, 2, 2, generator=torch.Generator().manual_seed(3))
+    image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    out = call(pipe, setup["audio"], latents=latents, conditions=[(image, 8, 0.5)], output_type="latent")
+    assert out.frames.shape == (1, 128, 2, 4, 4)
+    with pytest.raises(ValueError, match="latents must have shape \\(1, 128, 2, 2, 2\\)"):
+        call(pipe, setup["audio"], latents=torch.randn(1, 128, 2, 4, 4), output_type="latent")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"prompt": ["a", "b"], "prompt_contexts": None}, "prompt must be one string"),
+        ({"callback_on_step_end_tensor_inputs": ["prompt_embeds"]}, "callback_on_step_end_tensor_inputs has"),
+        ({"audio_start_time": None}, "audio_start_time must be a finite number"),
+        ({"audio_max_duration": 0.2}, "audio_max_duration=0.2 s is shorter than the video"),
+        ({"prompt_contexts": (torch.zeros(2, 4, 64), torch.zeros(2, 4, 32))}, "prompt_contexts must be"),
+        (
+            {"prompt_contexts": None, "negative_prompt_contexts": None, "prompt_embeds": torch.zeros(1, 128, 192)},
+            "no text_encoder/tokenizer: pass negative",
+        ),
+    ],
+)
+def test_more_bad_inputs(setup, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        call(setup["pipe"], setup["audio"], **kwargs)
+
+
+def test_condition_images_any_pil_mode_and_channel_layout():
+    from ltx2_diffusers.pipelines.image_conditions import prepare_condition_image
+
+    rgb = PIL.Image.new("RGB", (40, 30), (255, 0, 0))
+    for mode in ("P", "CMYK", "LA", "L"):
+        converted = rgb.convert(mode)
+        expected = prepare_condition_image(converted.convert("RGB"), 32, 32, crf=0)
+        assert torch.equal(prepare_condition_image(converted, 32, 32, crf=0), expected), mode
+    assert prepare_condition_image(rgb, 32, 32, crf=0)[0, :, 0].mean(dim=(1, 2)).tolist() == [1.0, -1.0, -1.0]
+    with pytest.raises(TypeError, match="channels last"):
+        prepare_condition_image(np.zeros((3, 30, 40), np.uint8), 32, 32)
+    with pytest.raises(ValueError, match="at least 2x2"):
+        prepare_condition_image(np.zeros((1, 1, 3), np.uint8), 32, 32)
+
+
+def test_prompt_embeds_with_a_text_negative_prompt(setup, tmp_path):
+    from ltx2_diffusers.pipelines.pipeline_ltx2_audio_to_video import load_gemma
+    from ltx2_diffusers.utils.tiny_text_encoder import build_tiny_gemma3, tiny_gemma3_dims
+
+    pipe = setup["pipe"]
+    gemma = build_tiny_gemma3(tmp_path / "gemma", **tiny_gemma3_dims(pipe.connectors.config))
+    pipe.text_encoder, pipe.tokenizer = load_gemma(gemma, torch.float32)
+    try:
+        kwargs = dict(
+            prompt_contexts=None, negative_prompt_contexts=None, max_sequence_length=128, output_type="latent"
+        )
+        embeds, mask, _, _ = pipe.encode_prompt("a man sings", "blurry", max_sequence_length=128)
+        by_text = call(pipe, setup["audio"], prompt="a man sings", negative_prompt="blurry", **kwargs).frames
+        mixed = call(
+            pipe, setup["audio"], prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt="blurry", **kwargs
+        ).frames
+        assert torch.equal(by_text, mixed)
+    finally:
+        pipe.text_encoder = pipe.tokenizer = None
+
+
+def test_distilled_lora_from_a_hub_repo(setup, tmp_path, monkeypatch):
+    """A converted repo on the Hub: `distilled_lora/` is fetched with hf_hub_download (here: a local stand-in)."""
+    import huggingface_hub
+
+    from ltx2_diffusers.convert import convert_checkpoint
+
+    out = tmp_path / "converted"
+    convert_checkpoint(
+        setup["checkpoint"], out, spatial_upsampler_path=setup["upsampler"], distilled_lora=setup["lora"]
+    )
+    seen = {}
+
+    def fake_download(repo_id, filename, subfolder=None, **kwargs):
+        seen.update(repo_id=repo_id, filename=filename, subfolder=subfolder)
+        return str(out / subfolder / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    pipe = LTX2AudioToVideoPipeline.from_single_file(setup["checkpoint"], torch_dtype=torch.float32)
+    pipe._load_distilled_lora_from("someone/ltx-2.3-diffusers", {})
+    assert seen == {"repo_id": "someone/ltx-2.3-diffusers", "filename": "pytorch_lora_weights.safetensors",
+                    "subfolder": "distilled_lora"}  # fmt: skip
+    assert "distilled" in pipe.transformer.peft_config
+
+
+def test_positive_and_negative_texts_of_different_lengths(setup):
+    """Contexts of different token counts run in separate forwards and give what one-pass-per-forward gives."""
+    negative = tuple(c[:, :16] for c in contexts(1, "2.3"))
+    batched = call(setup["pipe"], setup["audio"], negative_prompt_contexts=negative, output_type="latent").frames
+    separate = call(
+        setup["pipe"], setup["audio"], negative_prompt_contexts=negative, guidance_batch_size=1, output_type="latent"
+    ).frames
+    assert torch.equal(batched, separate)

@@ -63,20 +63,27 @@ def normalize_conditions(conditions, num_frames: int | None) -> list[LTX2ImageCo
 
 
 def _as_uint8_rgb(image) -> np.ndarray:
+    """`(H, W, 3)` uint8 RGB from a path, a PIL image (any mode), or an `(H, W)` / `(H, W, 3|4)` uint8 array."""
     if isinstance(image, (str, os.PathLike)):
         if not os.path.isfile(image):
             raise ValueError(f"condition image {os.fspath(image)!r} does not exist")
         image = PIL.Image.open(image)
     if isinstance(image, PIL.Image.Image):
-        image = np.array(image)
+        image = np.array(image.convert("RGB"))  # palette, CMYK, LA, ... -> RGB
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
         raise TypeError("a condition image must be a PIL image, a path, or an (H, W, 3) uint8 array")
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
+    if image.ndim == 3 and image.shape[-1] not in (3, 4):
+        raise TypeError(
+            f"a condition image array must be (H, W, 3) or (H, W, 4) (channels last), got shape {image.shape}"
+        )
     if image.dtype != np.uint8:
         raise TypeError(f"a condition image array must be uint8, got {image.dtype}")
+    if image.shape[0] < 2 or image.shape[1] < 2:
+        raise ValueError(f"a condition image must be at least 2x2 pixels, got {image.shape[1]}x{image.shape[0]}")
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
     return np.ascontiguousarray(image[..., :3])
 
 

@@ -115,11 +115,27 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         finally:
             pipeline_utils._resolve_custom_pipeline_and_cls = resolve
-        if isinstance(pipe, LTX2AudioToVideoPipeline) and os.path.isdir(pretrained_model_name_or_path):
-            folder = os.path.join(pretrained_model_name_or_path, cls.DISTILLED_LORA_SUBFOLDER)
-            if os.path.isfile(os.path.join(folder, cls.DISTILLED_LORA_WEIGHT_NAME)):
-                pipe.load_lora_weights(folder, weight_name=cls.DISTILLED_LORA_WEIGHT_NAME, adapter_name="distilled")
+        if isinstance(pipe, LTX2AudioToVideoPipeline):
+            pipe._load_distilled_lora_from(pretrained_model_name_or_path, kwargs)
         return pipe
+
+    def _load_distilled_lora_from(self, source, kwargs) -> None:
+        """The converted folder's (or Hub repo's) `distilled_lora/`, as the adapter `"distilled"`, if present."""
+        weight = self.DISTILLED_LORA_WEIGHT_NAME
+        if os.path.isdir(source):
+            folder = os.path.join(source, self.DISTILLED_LORA_SUBFOLDER)
+            if os.path.isfile(os.path.join(folder, weight)):
+                self.load_lora_weights(folder, weight_name=weight, adapter_name="distilled")
+            return
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+        hub = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        try:
+            path = hf_hub_download(source, weight, subfolder=self.DISTILLED_LORA_SUBFOLDER, **hub)
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            return
+        self.load_lora_weights(os.path.dirname(path), weight_name=weight, adapter_name="distilled")
 
     @classmethod
     def from_single_file(
@@ -215,33 +231,39 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
         max_sequence_length,
     ):
         """Positive and negative `(video_context, audio_context)` pairs for the transformer."""
-        if prompt_contexts is None or negative_prompt_contexts is None:
-            if prompt_embeds is None or negative_prompt_embeds is None:
-                embeds, mask, neg_embeds, neg_mask = self.encode_prompt(
-                    prompt, negative_prompt, max_sequence_length=max_sequence_length
-                )
-                prompt_embeds = embeds if prompt_embeds is None else prompt_embeds
-                prompt_attention_mask = mask if prompt_attention_mask is None else prompt_attention_mask
-                negative_prompt_embeds = neg_embeds if negative_prompt_embeds is None else negative_prompt_embeds
-                if negative_prompt_attention_mask is None:
-                    negative_prompt_attention_mask = neg_mask
+        from .text_encoding import encode_prompt_features
 
-            def full_mask(embeds):
-                return torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        def features(text, embeds, mask, name):
+            """`(embeds, mask)` given, or encoded from `text` with the text encoder."""
+            if embeds is not None:
+                if mask is None:
+                    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+                return embeds, mask
+            if self.text_encoder is None or self.tokenizer is None:
+                raise ValueError(f"this pipeline has no text_encoder/tokenizer: pass {name}_embeds or {name}_contexts")
+            return encode_prompt_features(
+                self.tokenizer, self.text_encoder, text, max_sequence_length=max_sequence_length,
+                device=self._execution_device,
+            )  # fmt: skip
 
-            if prompt_contexts is None:
-                mask = full_mask(prompt_embeds) if prompt_attention_mask is None else prompt_attention_mask
-                prompt_contexts = self._contexts(prompt_embeds, mask)
-            if negative_prompt_contexts is None:
-                mask = full_mask(negative_prompt_embeds)
-                if negative_prompt_attention_mask is not None:
-                    mask = negative_prompt_attention_mask
-                negative_prompt_contexts = self._contexts(negative_prompt_embeds, mask)
+        negative = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+        positive_features = negative_features = None
+        if prompt_contexts is None:
+            positive_features = features(prompt, prompt_embeds, prompt_attention_mask, "prompt")
+        if negative_prompt_contexts is None:
+            negative_features = features(
+                negative, negative_prompt_embeds, negative_prompt_attention_mask, "negative_prompt"
+            )
+        if positive_features is not None:
+            prompt_contexts = self._contexts(*positive_features)
+        if negative_features is not None:
+            negative_prompt_contexts = self._contexts(*negative_features)
         return tuple(prompt_contexts), tuple(negative_prompt_contexts)
 
     def version_defaults(self) -> tuple[int, MultiModalGuidance]:
-        """`(num_inference_steps, video_guidance)` the reference uses for this checkpoint's `model_version`
-        (ltx-pipelines' `detect_params`): LTX-2.3 -> 30 steps, STG block 28; otherwise LTX-2 -> 40 steps, block 29."""
+        """`(num_inference_steps, video_guidance)` of ltx-pipelines' parameter set for this checkpoint's
+        `model_version` (`LTX_2_3_PARAMS`: 30 steps, STG block 28; `LTX_2_PARAMS`: 40 steps, block 29), as its
+        `detect_params` picks them. The reference A2Vid CLI (and `ltx2-a2v`) always starts from the LTX-2.3 set."""
         if str(self.config.model_version).startswith("2.3"):
             return 30, MultiModalGuidance()
         return 40, MultiModalGuidance(stg_blocks=[29])
@@ -269,6 +291,10 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
         audio_start_time,
         audio_max_duration,
         guidance_batch_size=None,
+        negative_prompt=None,
+        negative_prompt_embeds=None,
+        negative_prompt_contexts=None,
+        callback_on_step_end_tensor_inputs=("latents",),
     ):
         multiple = 64 if stage_2 else 32
         for name, value in (("height", height), ("width", width)):
@@ -285,6 +311,25 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
             raise ValueError(f"num_inference_steps must be an integer >= 2, got {num_inference_steps!r}")
         if prompt is None and prompt_embeds is None and prompt_contexts is None:
             raise ValueError("pass prompt, prompt_embeds or prompt_contexts")
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if value is not None and not isinstance(value, str) and not (isinstance(value, list) and len(value) == 1):
+                raise ValueError(
+                    f"{name} must be one string (this pipeline generates one video per call), got {value!r}"
+                )
+        for name, value in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if value is not None and (not isinstance(value, torch.Tensor) or value.ndim != 3 or value.shape[0] != 1):
+                raise ValueError(f"{name} must be a (1, tokens, features) tensor (batch size 1)")
+        for name, value in (
+            ("prompt_contexts", prompt_contexts),
+            ("negative_prompt_contexts", negative_prompt_contexts),
+        ):
+            if value is not None and (len(value) != 2 or any(c.ndim != 3 or c.shape[0] != 1 for c in value)):
+                raise ValueError(f"{name} must be (video_context, audio_context), each (1, tokens, dim)")
+        bad = [n for n in callback_on_step_end_tensor_inputs if n not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs has {bad}; this pipeline offers {self._callback_tensor_inputs}"
+            )
         if not isinstance(video_guidance, MultiModalGuidance):
             raise TypeError(f"video_guidance must be a MultiModalGuidance, got {type(video_guidance).__name__}")
         if video_guidance.stg_blocks is not None:
@@ -304,10 +349,21 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
             raise ValueError(f"guidance_batch_size must be None or a positive integer, got {guidance_batch_size!r}")
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
-        if audio_start_time < 0:
-            raise ValueError(f"audio_start_time must be >= 0, got {audio_start_time}")
-        if audio_max_duration is not None and audio_max_duration <= 0:
-            raise ValueError(f"audio_max_duration must be > 0, got {audio_max_duration}")
+        if (
+            not isinstance(audio_start_time, (int, float))
+            or not math.isfinite(audio_start_time)
+            or audio_start_time < 0
+        ):
+            raise ValueError(f"audio_start_time must be a finite number >= 0 (seconds), got {audio_start_time!r}")
+        if audio_max_duration is not None and (
+            not isinstance(audio_max_duration, (int, float)) or not audio_max_duration > 0
+        ):
+            raise ValueError(f"audio_max_duration must be None or a number > 0 (seconds), got {audio_max_duration!r}")
+        if audio_max_duration is not None and num_frames is not None and audio_max_duration < num_frames / frame_rate:
+            raise ValueError(
+                f"audio_max_duration={audio_max_duration} s is shorter than the video ({num_frames} frames at "
+                f"{frame_rate} fps = {num_frames / frame_rate:.3f} s)"
+            )
 
     def _adapter_names(self) -> list[str]:
         peft_config = getattr(self.transformer, "peft_config", None) or {}
@@ -382,9 +438,29 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
                 state = stages.append_keyframe(state, latent, condition.frame_index, condition.strength, frame_rate)
         return state
 
+    def stage_1_noise(self, latents, video, size, generator):
+        """User-given stage-1 noise `latents` `(1, C, F', H', W')` as tokens (None: the generator draws it);
+        appended keyframe tokens, which the caller cannot size, get noise from `generator`."""
+        if latents is None:
+            return None
+        expected = (1, video.latent.shape[-1], *size)
+        if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
+            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"latents must have shape {expected} for this size and frame count, got {shape}")
+        noise = stages.patchify_video(latents.to(device=video.latent.device, dtype=video.latent.dtype))
+        extra = video.latent.shape[1] - video.num_tokens
+        if extra:
+            device = generator.device if generator is not None else video.latent.device
+            drawn = torch.randn((1, extra, noise.shape[-1]), generator=generator, device=device, dtype=noise.dtype)
+            noise = torch.cat([noise, drawn.to(noise.device)], dim=1)
+        return noise
+
     def predict_x0(self, video, audio, sigma, passes, contexts, stg_blocks, batch_size=None):
         """x0 predictions (video) of the guidance passes of one step, `batch_size` passes per forward (None: all
         in ONE batched forward; 1: separate forwards as the reference runs them)."""
+        lengths = {(contexts[name][0].shape[1], contexts[name][1].shape[1]) for name in passes}
+        if len(lengths) > 1:  # texts of different lengths cannot share a batch
+            batch_size = 1
         if batch_size is not None and len(passes) > batch_size:
             chunks = [passes[i : i + batch_size] for i in range(0, len(passes), batch_size)]
             x0 = {}
@@ -612,6 +688,10 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
             audio_start_time,
             audio_max_duration,
             guidance_batch_size,
+            negative_prompt,
+            negative_prompt_embeds,
+            negative_prompt_contexts,
+            callback_on_step_end_tensor_inputs,
         )
         self._interrupt = False
         self._reference_arithmetic = reference_arithmetic
@@ -653,8 +733,7 @@ class LTX2AudioToVideoPipeline(DiffusionPipeline, LTX2AVLoraLoaderMixin):
         size = stages.video_latent_size(num_frames, h1, w1)
         self._activate_distilled(False, None)
         video = self.conditioned_video_state(conditions, size, h1, w1, frame_rate, dtype)
-        noise = None if latents is None else stages.patchify_video(latents.to(device=device, dtype=dtype))
-        video = stages.add_noise(video, generator, 1.0, noise=noise)
+        video = stages.add_noise(video, generator, 1.0, noise=self.stage_1_noise(latents, video, size, generator))
         frozen = stages.frozen_audio_state(audio_tokens, dtype)
         stages.add_noise(frozen, generator, 0.0)  # drawn and discarded, as in the reference
         sigmas = ltx2_sigmas(num_inference_steps, device=device)
