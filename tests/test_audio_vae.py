@@ -17,7 +17,9 @@ from ltx2_diffusers.loaders.single_file import read_checkpoint_config
 from ltx2_diffusers.models.autoencoder_audio_mel import AUDIO_VAE_KEY_TABLE, audio_vae_config_from_original
 
 
-KEYS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "keys"  # shared/ lies beside the checkout
+KEYS = (
+    pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "keys"
+)  # shared/ lies beside the checkout
 TOL = 1e-5
 
 

@@ -15,7 +15,9 @@ from ltx2_diffusers import LTX2HiFiGANVocoder
 from ltx2_diffusers.models.vocoder_hifigan import VOCODER_KEY_TABLE, vocoder_config_from_original
 
 
-KEYS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "keys"  # shared/ lies beside the checkout
+KEYS = (
+    pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "keys"
+)  # shared/ lies beside the checkout
 TOL = 1e-5
 DILATIONS = [[1, 3, 5], [1, 2, 3]]
 
