@@ -1085,3 +1085,64 @@ def transformer_inputs(
         )
 
     return modality(video_state, video_ctx_dim), modality(audio_state, audio_ctx_dim)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Transformer parity helpers shared by the LoRA and fp8 tests (ours vs the reference on one input set)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def transformer_parity_inputs(config):
+    """Tiny inputs for our transformer config: latents, contexts, sigma, coordinates and per-token timesteps."""
+    from ltx2_diffusers.models.rope import audio_coords, video_coords  # noqa: PLC0415
+
+    g = torch.Generator().manual_seed(0)
+    frames, height, width, audio_frames, text = 2, 2, 3, 5, 7
+    text_dim = config.caption_channels if config.use_prompt_embeddings else None
+    sigma = torch.tensor([0.6])
+    video = torch.randn(1, frames * height * width, config.in_channels, generator=g)
+    audio = torch.randn(1, audio_frames, config.audio_in_channels, generator=g)
+    return dict(
+        video=video,
+        audio=audio,
+        ctx=torch.randn(1, text, text_dim or config.cross_attention_dim, generator=g),
+        actx=torch.randn(1, text, text_dim or config.audio_cross_attention_dim, generator=g),
+        sigma=sigma,
+        vc=video_coords(1, frames, height, width, fps=24.0, dtype=torch.float32),
+        ac=audio_coords(1, audio_frames),
+        vt=sigma[:, None].expand(1, video.shape[1]),
+        at=sigma[:, None].expand(1, audio_frames),
+    )
+
+
+@torch.no_grad()
+def run_ours_transformer(model, x):
+    return model(
+        hidden_states=x["video"],
+        audio_hidden_states=x["audio"],
+        encoder_hidden_states=x["ctx"],
+        audio_encoder_hidden_states=x["actx"],
+        timestep=x["vt"] * 1000,
+        audio_timestep=x["at"] * 1000,
+        sigma=x["sigma"] * 1000,
+        audio_sigma=x["sigma"] * 1000,
+        video_coords=x["vc"],
+        audio_coords=x["ac"],
+        use_cross_timestep=True,
+        return_dict=False,
+    )
+
+
+@torch.no_grad()
+def run_reference_transformer(model, x):
+    from ltx_core.model.transformer.modality import Modality as _Modality  # noqa: PLC0415
+
+    return model(
+        _Modality(latent=x["video"], sigma=x["sigma"], timesteps=x["vt"], positions=x["vc"], context=x["ctx"]),
+        _Modality(latent=x["audio"], sigma=x["sigma"], timesteps=x["at"], positions=x["ac"], context=x["actx"]),
+        None,
+    )
+
+
+def max_abs_diff(a, b):
+    return max((x - y).abs().max().item() for x, y in zip(a, b))

@@ -6,9 +6,12 @@ from dataclasses import replace
 import factories
 import pytest
 import torch
+from factories import max_abs_diff as _delta
+from factories import run_ours_transformer as _ours
+from factories import run_reference_transformer as _reference
+from factories import transformer_parity_inputs as _inputs
 from ltx_core.loader.sd_ops import SDOps
 from ltx_core.loader.single_gpu_model_builder import SingleGPUModelBuilder
-from ltx_core.model.transformer.modality import Modality
 from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator
 from ltx_core.quantization import QuantizationPolicy
 from ltx_core.quantization.fp8_scaled_mm import quantize_weight_to_fp8_per_tensor
@@ -23,7 +26,6 @@ from ltx2_diffusers.loaders.fp8 import (
     load_fp8_transformer,
     load_transformer_from_single_file,
 )
-from ltx2_diffusers.models.rope import audio_coords, video_coords
 from ltx2_diffusers.models.transformer_ltx2_av import LTX2AudioVideoTransformer
 
 
@@ -75,55 +77,6 @@ def _ltx_core_fp8_cast(path):
         if p.dtype not in (FP8,) and p.is_floating_point():
             p.data = p.data.float()
     return model.eval()
-
-
-def _inputs(config):
-    g = torch.Generator().manual_seed(0)
-    sigma = torch.tensor([0.6])
-    video = torch.randn(1, 12, config.in_channels, generator=g)
-    audio = torch.randn(1, 5, config.audio_in_channels, generator=g)
-    return dict(
-        video=video,
-        audio=audio,
-        ctx=torch.randn(1, 7, config.cross_attention_dim, generator=g),
-        actx=torch.randn(1, 7, config.audio_cross_attention_dim, generator=g),
-        sigma=sigma,
-        vc=video_coords(1, 2, 2, 3, fps=24.0, dtype=torch.float32),
-        ac=audio_coords(1, 5),
-        vt=sigma[:, None].expand(1, 12),
-        at=sigma[:, None].expand(1, 5),
-    )
-
-
-@torch.no_grad()
-def _ours(model, x):
-    return model(
-        hidden_states=x["video"],
-        audio_hidden_states=x["audio"],
-        encoder_hidden_states=x["ctx"],
-        audio_encoder_hidden_states=x["actx"],
-        timestep=x["vt"] * 1000,
-        audio_timestep=x["at"] * 1000,
-        sigma=x["sigma"] * 1000,
-        audio_sigma=x["sigma"] * 1000,
-        video_coords=x["vc"],
-        audio_coords=x["ac"],
-        use_cross_timestep=True,
-        return_dict=False,
-    )
-
-
-@torch.no_grad()
-def _reference(model, x):
-    return model(
-        Modality(latent=x["video"], sigma=x["sigma"], timesteps=x["vt"], positions=x["vc"], context=x["ctx"]),
-        Modality(latent=x["audio"], sigma=x["sigma"], timesteps=x["at"], positions=x["ac"], context=x["actx"]),
-        None,
-    )
-
-
-def _delta(a, b):
-    return max((x - y).abs().max().item() for x, y in zip(a, b))
 
 
 @pytest.fixture(scope="module")

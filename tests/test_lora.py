@@ -5,7 +5,10 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
-from ltx_core.model.transformer.modality import Modality
+from factories import max_abs_diff as _delta
+from factories import run_ours_transformer as _ours
+from factories import run_reference_transformer as _reference
+from factories import transformer_parity_inputs as _inputs
 from safetensors.torch import load_file, save_file
 
 from ltx2_diffusers.convert import convert_checkpoint
@@ -16,7 +19,6 @@ from ltx2_diffusers.loaders.lora import (
     plan_lora_conversion,
 )
 from ltx2_diffusers.models.connectors_single_file import load_connectors_from_single_file
-from ltx2_diffusers.models.rope import audio_coords, video_coords
 from ltx2_diffusers.models.transformer_ltx2_av import LTX2AudioVideoTransformer
 from ltx2_diffusers.models.transformer_single_file import TRANSFORMER_KEY_TABLE
 
@@ -48,57 +50,6 @@ def _pipe(checkpoint):
         LTX2AudioVideoTransformer.from_single_file(checkpoint, torch_dtype=torch.float32),
         load_connectors_from_single_file(checkpoint, torch_dtype=torch.float32),
     )
-
-
-def _inputs(config):
-    g = torch.Generator().manual_seed(0)
-    frames, height, width, audio_frames, text = 2, 2, 3, 5, 7
-    text_dim = config.caption_channels if config.use_prompt_embeddings else None
-    sigma = torch.tensor([0.6])
-    video = torch.randn(1, frames * height * width, config.in_channels, generator=g)
-    audio = torch.randn(1, audio_frames, config.audio_in_channels, generator=g)
-    return dict(
-        video=video,
-        audio=audio,
-        ctx=torch.randn(1, text, text_dim or config.cross_attention_dim, generator=g),
-        actx=torch.randn(1, text, text_dim or config.audio_cross_attention_dim, generator=g),
-        sigma=sigma,
-        vc=video_coords(1, frames, height, width, fps=24.0, dtype=torch.float32),
-        ac=audio_coords(1, audio_frames),
-        vt=sigma[:, None].expand(1, video.shape[1]),
-        at=sigma[:, None].expand(1, audio_frames),
-    )
-
-
-@torch.no_grad()
-def _ours(model, x):
-    return model(
-        hidden_states=x["video"],
-        audio_hidden_states=x["audio"],
-        encoder_hidden_states=x["ctx"],
-        audio_encoder_hidden_states=x["actx"],
-        timestep=x["vt"] * 1000,
-        audio_timestep=x["at"] * 1000,
-        sigma=x["sigma"] * 1000,
-        audio_sigma=x["sigma"] * 1000,
-        video_coords=x["vc"],
-        audio_coords=x["ac"],
-        use_cross_timestep=True,
-        return_dict=False,
-    )
-
-
-@torch.no_grad()
-def _reference(model, x):
-    return model(
-        Modality(latent=x["video"], sigma=x["sigma"], timesteps=x["vt"], positions=x["vc"], context=x["ctx"]),
-        Modality(latent=x["audio"], sigma=x["sigma"], timesteps=x["at"], positions=x["ac"], context=x["actx"]),
-        None,
-    )
-
-
-def _delta(a, b):
-    return max((x - y).abs().max().item() for x, y in zip(a, b))
 
 
 def test_original_format_matches_ltx_core_unfused_fused_and_unloads(files):
