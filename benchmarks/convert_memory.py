@@ -13,6 +13,7 @@ compared with that of a child that only imports the converter. Prints a table an
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -53,28 +54,8 @@ def full_width_config(layers: int, connector_layers: int) -> dict:
     )
     config["vae"].update(
         decoder_base_channels=128,
-        encoder_blocks=[
-            ["res_x", {"num_layers": 4}],
-            ["compress_space_res", {"multiplier": 2}],
-            ["res_x", {"num_layers": 6}],
-            ["compress_time_res", {"multiplier": 2}],
-            ["res_x", {"num_layers": 4}],
-            ["compress_all_res", {"multiplier": 2}],
-            ["res_x", {"num_layers": 2}],
-            ["compress_all_res", {"multiplier": 1}],
-            ["res_x", {"num_layers": 2}],
-        ],
-        decoder_blocks=[
-            ["res_x", {"num_layers": 4}],
-            ["compress_space", {"multiplier": 2}],
-            ["res_x", {"num_layers": 6}],
-            ["compress_time", {"multiplier": 2}],
-            ["res_x", {"num_layers": 4}],
-            ["compress_all", {"multiplier": 1}],
-            ["res_x", {"num_layers": 2}],
-            ["compress_all", {"multiplier": 2}],
-            ["res_x", {"num_layers": 2}],
-        ],
+        encoder_blocks=copy.deepcopy(factories.RELEASED_VAE_BLOCKS["2.3"][0]),
+        decoder_blocks=copy.deepcopy(factories.RELEASED_VAE_BLOCKS["2.3"][1]),
     )
     config["audio_vae"] = factories.audio_vae_config("2.3", ch_mult=[1, 2, 4])
     config["vocoder"] = factories.vocoder_config("2.3", initial_channel=1536, bwe_initial_channel=512)

@@ -1146,3 +1146,51 @@ def run_reference_transformer(model, x):
 
 def max_abs_diff(a, b):
     return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Released full-size video VAE block layouts (encoder, decoder), for key-coverage tests and benchmarks
+# ---------------------------------------------------------------------------------------------------------
+_ENC_23 = [
+    ["res_x", {"num_layers": 4}],
+    ["compress_space_res", {"multiplier": 2}],
+    ["res_x", {"num_layers": 6}],
+    ["compress_time_res", {"multiplier": 2}],
+    ["res_x", {"num_layers": 4}],
+    ["compress_all_res", {"multiplier": 2}],
+    ["res_x", {"num_layers": 2}],
+    ["compress_all_res", {"multiplier": 1}],
+    ["res_x", {"num_layers": 2}],
+]
+_DEC_23 = [
+    ["res_x", {"num_layers": 4}],
+    ["compress_space", {"multiplier": 2}],
+    ["res_x", {"num_layers": 6}],
+    ["compress_time", {"multiplier": 2}],
+    ["res_x", {"num_layers": 4}],
+    ["compress_all", {"multiplier": 1}],
+    ["res_x", {"num_layers": 2}],
+    ["compress_all", {"multiplier": 2}],
+    ["res_x", {"num_layers": 2}],
+]
+_ENC_20 = [
+    ["res_x", {"num_layers": 4}],
+    ["compress_space_res", {"multiplier": 2}],
+    ["res_x", {"num_layers": 6}],
+    ["compress_time_res", {"multiplier": 2}],
+    ["res_x", {"num_layers": 6}],
+    ["compress_all_res", {"multiplier": 2}],
+    ["res_x", {"num_layers": 2}],
+    ["compress_all_res", {"multiplier": 2}],
+    ["res_x", {"num_layers": 2}],
+]
+_DEC_20 = [
+    ["res_x", {"num_layers": 5, "inject_noise": False}],
+    ["compress_all", {"residual": True, "multiplier": 2}],
+    ["res_x", {"num_layers": 5, "inject_noise": False}],
+    ["compress_all", {"residual": True, "multiplier": 2}],
+    ["res_x", {"num_layers": 5, "inject_noise": False}],
+    ["compress_all", {"residual": True, "multiplier": 2}],
+    ["res_x", {"num_layers": 5, "inject_noise": False}],
+]
+RELEASED_VAE_BLOCKS = {"2.3": (_ENC_23, _DEC_23), "2.0": (_ENC_20, _DEC_20)}

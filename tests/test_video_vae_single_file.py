@@ -8,6 +8,7 @@ import factories
 import pytest
 import torch
 from diffusers import AutoencoderKLLTX2Video
+from factories import RELEASED_VAE_BLOCKS
 
 from ltx2_diffusers.loaders.single_file import load_state_dict_strict
 from ltx2_diffusers.models.video_vae_single_file import (
@@ -21,52 +22,22 @@ from ltx2_diffusers.models.video_vae_single_file import (
 KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "keys"
 
 # Released layouts (LTX2_REFERENCE.md section 7.1), checked against the full-size key listings below.
-_ENC_23 = [
-    ["res_x", {"num_layers": 4}],
-    ["compress_space_res", {"multiplier": 2}],
-    ["res_x", {"num_layers": 6}],
-    ["compress_time_res", {"multiplier": 2}],
-    ["res_x", {"num_layers": 4}],
-    ["compress_all_res", {"multiplier": 2}],
-    ["res_x", {"num_layers": 2}],
-    ["compress_all_res", {"multiplier": 1}],
-    ["res_x", {"num_layers": 2}],
-]
-_DEC_23 = [
-    ["res_x", {"num_layers": 4}],
-    ["compress_space", {"multiplier": 2}],
-    ["res_x", {"num_layers": 6}],
-    ["compress_time", {"multiplier": 2}],
-    ["res_x", {"num_layers": 4}],
-    ["compress_all", {"multiplier": 1}],
-    ["res_x", {"num_layers": 2}],
-    ["compress_all", {"multiplier": 2}],
-    ["res_x", {"num_layers": 2}],
-]
-_ENC_20 = [
-    ["res_x", {"num_layers": 4}],
-    ["compress_space_res", {"multiplier": 2}],
-    ["res_x", {"num_layers": 6}],
-    ["compress_time_res", {"multiplier": 2}],
-    ["res_x", {"num_layers": 6}],
-    ["compress_all_res", {"multiplier": 2}],
-    ["res_x", {"num_layers": 2}],
-    ["compress_all_res", {"multiplier": 2}],
-    ["res_x", {"num_layers": 2}],
-]
-_DEC_20 = [
-    ["res_x", {"num_layers": 5, "inject_noise": False}],
-    ["compress_all", {"residual": True, "multiplier": 2}],
-    ["res_x", {"num_layers": 5, "inject_noise": False}],
-    ["compress_all", {"residual": True, "multiplier": 2}],
-    ["res_x", {"num_layers": 5, "inject_noise": False}],
-    ["compress_all", {"residual": True, "multiplier": 2}],
-    ["res_x", {"num_layers": 5, "inject_noise": False}],
-]
 FULL_SIZE = {
-    "23": {"encoder_blocks": _ENC_23, "decoder_blocks": _DEC_23, "timestep_conditioning": False},
-    "tscond": {"encoder_blocks": _ENC_23, "decoder_blocks": _DEC_23, "timestep_conditioning": True},
-    "20_reported": {"encoder_blocks": _ENC_20, "decoder_blocks": _DEC_20, "timestep_conditioning": True},
+    "23": {
+        "encoder_blocks": RELEASED_VAE_BLOCKS["2.3"][0],
+        "decoder_blocks": RELEASED_VAE_BLOCKS["2.3"][1],
+        "timestep_conditioning": False,
+    },
+    "tscond": {
+        "encoder_blocks": RELEASED_VAE_BLOCKS["2.3"][0],
+        "decoder_blocks": RELEASED_VAE_BLOCKS["2.3"][1],
+        "timestep_conditioning": True,
+    },
+    "20_reported": {
+        "encoder_blocks": RELEASED_VAE_BLOCKS["2.0"][0],
+        "decoder_blocks": RELEASED_VAE_BLOCKS["2.0"][1],
+        "timestep_conditioning": True,
+    },
 }
 
 
