@@ -1194,3 +1194,25 @@ _DEC_20 = [
     ["res_x", {"num_layers": 5, "inject_noise": False}],
 ]
 RELEASED_VAE_BLOCKS = {"2.3": (_ENC_23, _DEC_23), "2.0": (_ENC_20, _DEC_20)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reference key listings (shared/reference/keys, which lies beside the checkout for developers and CI)
+# ---------------------------------------------------------------------------------------------------------
+def _find_reference_keys() -> pathlib.Path | None:
+    import os  # noqa: PLC0415
+
+    if os.environ.get("LTX2_REFERENCE_KEYS"):
+        return pathlib.Path(os.environ["LTX2_REFERENCE_KEYS"])
+    for folder in pathlib.Path(__file__).resolve().parents[1:]:
+        candidate = folder / "shared" / "reference" / "keys"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+REFERENCE_KEYS = _find_reference_keys()
+needs_reference_keys = __import__("pytest").mark.skipif(
+    REFERENCE_KEYS is None,
+    reason="shared/reference/keys not found beside the checkout (set LTX2_REFERENCE_KEYS to its path)",
+)

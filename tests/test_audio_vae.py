@@ -3,11 +3,11 @@
 import copy
 import json
 import math
-import pathlib
 
 import pytest
 import torch
 from diffusers import AutoencoderKLLTX2Audio
+from factories import REFERENCE_KEYS, needs_reference_keys
 from ltx_core.components.patchifiers import AudioPatchifier
 from ltx_core.model.audio_vae import AudioDecoderConfigurator, AudioEncoderConfigurator, AudioProcessor, encode_audio
 from ltx_core.types import Audio
@@ -17,9 +17,7 @@ from ltx2_diffusers.loaders.single_file import read_checkpoint_config
 from ltx2_diffusers.models.autoencoder_audio_mel import AUDIO_VAE_KEY_TABLE, audio_vae_config_from_original
 
 
-KEYS = (
-    pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "keys"
-)  # shared/ lies beside the checkout
+KEYS = REFERENCE_KEYS
 TOL = 1e-5
 
 
@@ -240,6 +238,7 @@ def test_defaults_match_diffusers_and_release():
     assert mapped == {k: (tuple(v) if isinstance(v, list) else v) for k, v in ours.items()}
 
 
+@needs_reference_keys
 def test_key_table_covers_full_listing():
     shapes = {}
     for name in ("audio_encoder", "audio_decoder"):

@@ -1,12 +1,12 @@
 """Text connectors from original checkpoints: key table, metadata config, parity with ltx-core's EmbeddingsProcessor."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
 from factories import (
+    REFERENCE_KEYS,
     TEXT_HIDDEN_SIZE,
     TEXT_NUM_HIDDEN_STATES,
     TEXT_SEQ_LEN,
@@ -14,6 +14,7 @@ from factories import (
     cached_checkpoint,
     checkpoint_config,
     load_reference,
+    needs_reference_keys,
     read_config,
     text_encoder_dims,
 )
@@ -28,7 +29,7 @@ from ltx2_diffusers.models.connectors_single_file import (
 from ltx2_diffusers.models.transformer_single_file import TRANSFORMER_KEY_TABLE
 
 
-KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "keys"
+KEYS = REFERENCE_KEYS
 
 # Released metadata values that the connectors read (LTX2_REFERENCE.md section 1.2).
 FULL_SIZE_SECTIONS = {
@@ -149,6 +150,7 @@ def test_config_from_tiny_metadata():
     assert connectors_config_from_original(checkpoint_config("2.3"), shapes)["text_proj_in_factor"] == 4
 
 
+@needs_reference_keys
 @pytest.mark.parametrize("size", ["19B", "22B"])
 def test_key_table_covers_full_size_listing(size):
     listing = json.loads((KEYS / f"embeddings_processor_{size}.json").read_text())
@@ -173,6 +175,7 @@ def test_key_table_covers_full_size_listing(size):
     assert mapped == ours
 
 
+@needs_reference_keys
 @pytest.mark.parametrize("size", ["19B", "22B"])
 def test_key_table_owns_no_other_component(size):
     for key in json.loads((KEYS / f"transformer_{size}.json").read_text()):

@@ -13,6 +13,7 @@ import torch
 from diffusers import AutoencoderKLLTX2Video, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
 from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+from factories import REFERENCE_KEYS, needs_reference_keys
 from ltx_core.model.transformer.modality import Modality
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -510,9 +511,10 @@ def test_bad_arguments(tmp_path):
     )
 
 
+@needs_reference_keys
 def test_every_reference_key_belongs_to_exactly_one_component():
     """Every key of the full-size listings (shared/reference/keys) is owned by one converter component."""
-    keys_dir = REPO_ROOT.parent / "shared" / "reference" / "keys"
+    keys_dir = REFERENCE_KEYS
     config = factories.checkpoint_config("2.3")
     tables = {
         c.name: (c.source, c.table(config if c.source == "checkpoint" else {})) for c in convert_module.COMPONENTS

@@ -1,17 +1,16 @@
 """The transformer key table covers the full-size released layouts (keys/transformer_{19B,22B}.json)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from factories import REFERENCE_KEYS, needs_reference_keys
 
 from ltx2_diffusers import LTX2AudioVideoTransformer
 from ltx2_diffusers.models.transformer_single_file import TRANSFORMER_KEY_TABLE, transformer_config_from_original
 
 
-# shared/ lies beside the checkout (developers and CI alike).
-KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "keys"
+KEYS = REFERENCE_KEYS
 
 FULL_SIZE = {
     # Values of the released checkpoints' metadata (LTX2_REFERENCE.md section 1.2).
@@ -25,6 +24,7 @@ FULL_SIZE = {
 }
 
 
+@needs_reference_keys
 @pytest.mark.parametrize("size", ["19B", "22B"])
 def test_key_table_covers_full_size_listing(size):
     listing = json.loads((KEYS / f"transformer_{size}.json").read_text())

@@ -1,12 +1,12 @@
 """diffusers' LTX2LatentUpsamplerModel loaded from original upsampler files equals ltx-core's LatentUpsampler."""
 
 import json
-from pathlib import Path
 
 import factories
 import pytest
 import torch
 from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+from factories import REFERENCE_KEYS, needs_reference_keys
 from safetensors.torch import load_file, save_file
 
 from ltx2_diffusers.models.upsampler_single_file import (
@@ -16,7 +16,7 @@ from ltx2_diffusers.models.upsampler_single_file import (
 )
 
 
-KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "keys"
+KEYS = REFERENCE_KEYS
 
 VARIANTS = {
     "pixel-shuffle": {},
@@ -50,6 +50,7 @@ def test_file_dtype_kept_and_defaults_are_ltx_cores():
     assert kwargs["mid_channels"] == 512 and kwargs["use_rational_resampler"] is False
 
 
+@needs_reference_keys
 @pytest.mark.parametrize("listing, rational", [("upsampler_pixelshuffle", False), ("upsampler_rational", True)])
 def test_key_table_covers_full_size_listing(listing, rational):
     keys = json.loads((KEYS / f"{listing}.json").read_text())

@@ -2,13 +2,12 @@
 
 import copy
 import json
-from pathlib import Path
 
 import factories
 import pytest
 import torch
 from diffusers import AutoencoderKLLTX2Video
-from factories import RELEASED_VAE_BLOCKS
+from factories import REFERENCE_KEYS, RELEASED_VAE_BLOCKS, needs_reference_keys
 
 from ltx2_diffusers.loaders.single_file import load_state_dict_strict
 from ltx2_diffusers.models.video_vae_single_file import (
@@ -19,7 +18,7 @@ from ltx2_diffusers.models.video_vae_single_file import (
 )
 
 
-KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "keys"
+KEYS = REFERENCE_KEYS
 
 # Released layouts (LTX2_REFERENCE.md section 7.1), checked against the full-size key listings below.
 FULL_SIZE = {
@@ -102,6 +101,7 @@ def test_file_dtype_is_kept_without_torch_dtype():
     assert not any(p.device.type == "meta" for p in vae.parameters())
 
 
+@needs_reference_keys
 @pytest.mark.parametrize("listing", list(FULL_SIZE))
 def test_key_table_covers_full_size_listing(listing):
     keys = {}

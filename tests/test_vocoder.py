@@ -3,21 +3,19 @@
 import copy
 import json
 import math
-import pathlib
 import re
 
 import pytest
 import torch
 from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder, LTX2VocoderWithBWE
+from factories import REFERENCE_KEYS, needs_reference_keys
 from ltx_core.model.audio_vae import VocoderConfigurator
 
 from ltx2_diffusers import LTX2HiFiGANVocoder
 from ltx2_diffusers.models.vocoder_hifigan import VOCODER_KEY_TABLE, vocoder_config_from_original
 
 
-KEYS = (
-    pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "keys"
-)  # shared/ lies beside the checkout
+KEYS = REFERENCE_KEYS
 TOL = 1e-5
 DILATIONS = [[1, 3, 5], [1, 2, 3]]
 
@@ -270,6 +268,7 @@ def test_defaults_are_the_ltx23_release():
     assert {k: as_json[k] for k in mapped} == json.loads(json.dumps(mapped))
 
 
+@needs_reference_keys
 @pytest.mark.parametrize("listing, section", [("vocoder_20", RELEASED_20), ("vocoder_23_bwe", RELEASED_23)])
 def test_key_table_covers_full_listing(listing, section):
     shapes = json.loads((KEYS / f"{listing}.json").read_text())
