@@ -1,11 +1,10 @@
-"""scripts/demo.py: its builder steps, its commands, and the whole demo (about half a minute on a CPU)."""
+"""scripts/demo.py: its builder steps, its commands, and the whole demo (no timing here: timings belong in benchmarks/)."""
 
 import importlib.util
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +95,6 @@ def test_the_demo_command_line_parses(tmp_path):
 )
 def test_demo_end_to_end(tmp_path):
     output = tmp_path / "demo.mp4"
-    start = time.perf_counter()
     result = subprocess.run(
         [
             sys.executable,
@@ -111,7 +109,6 @@ def test_demo_end_to_end(tmp_path):
         timeout=600,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
-    seconds = time.perf_counter() - start
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "noise shaped by random weights" in result.stdout
     from ltx2_diffusers.video_io import read_video_with_audio
@@ -121,4 +118,3 @@ def test_demo_end_to_end(tmp_path):
     assert media.frames.shape == (65, 128, 128, 3) and media.fps == 24 and media.sample_rate == 44100
     assert abs(media.audio.shape[-1] / media.sample_rate - 65 / 24) <= 1 / 24
     assert (tmp_path / "demo_sync.png").is_file() and (tmp_path / "demo_sync.json").is_file()
-    assert seconds < 180, f"the demo took {seconds:.0f} s"
