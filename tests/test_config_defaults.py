@@ -1,4 +1,4 @@
-"""Transformer config keys that ltx-core's configurator defaults when the checkpoint metadata lacks them.
+"""Transformer (and text-connector) config keys that ltx-core's configurator defaults when the checkpoint metadata lacks them.
 
 Released files may lack some of them (LTX-2 19B files may lack `av_ca_timestep_scale_multiplier`). A checkpoint
 written WITHOUT a key must load with ltx-core's default for it: ours (`from_single_file`) and ltx-core's own loader
@@ -90,3 +90,26 @@ def test_every_defaulted_key_missing_at_once(tmp_path, version):
     assert ours.config.cross_attn_timestep_scale_multiplier == 1
     assert ours.config.timestep_scale_multiplier == 1000
     assert ours.config.rope_type == "interleaved" and not ours.config.rope_double_precision
+
+
+# The text connectors read their keys from the same `transformer` section (Embeddings1DConnectorConfigurator and
+# AudioEmbeddings1DConnectorConfigurator, ltx_core/text_encoders/gemma/embeddings_connector.py).
+CONNECTOR_NON_DEFAULT = {
+    "rope_type": "split",  # default "interleaved"
+    "frequencies_precision": "float64",  # default: float32 grid
+    "connector_positional_embedding_max_pos": [4096],  # default [1]
+    "connector_apply_gated_attention": True,  # default False
+}
+
+
+@pytest.mark.parametrize("key", sorted(CONNECTOR_NON_DEFAULT))
+@pytest.mark.parametrize("version", ["2.0", "2.3"])
+def test_connectors_missing_key_takes_ltx_core_default(tmp_path, version, key):
+    from test_connectors import _assert_parity
+
+    config = _config(version, drop=(key,), **CONNECTOR_NON_DEFAULT)
+    assert key not in config["transformer"]
+    path = build_checkpoint(
+        tmp_path / "c.safetensors", config=config, components=("connectors",), seed=9, dtype=torch.float32
+    )
+    _assert_parity(path, [37, 128], seed=4)
