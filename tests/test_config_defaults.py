@@ -1,4 +1,5 @@
-"""Transformer (and text-connector) config keys that ltx-core's configurator defaults when the checkpoint metadata lacks them.
+"""Config keys that ltx-core's configurators default when the checkpoint metadata lacks them (transformer,
+text connectors, video VAE).
 
 Released files may lack some of them (LTX-2 19B files may lack `av_ca_timestep_scale_multiplier`). A checkpoint
 written WITHOUT a key must load with ltx-core's default for it: ours (`from_single_file`) and ltx-core's own loader
@@ -113,3 +114,38 @@ def test_connectors_missing_key_takes_ltx_core_default(tmp_path, version, key):
         tmp_path / "c.safetensors", config=config, components=("connectors",), seed=9, dtype=torch.float32
     )
     _assert_parity(path, [37, 128], seed=4)
+
+
+# The video VAE (VideoEncoderConfigurator / VideoDecoderConfigurator, ltx_core/model/video_vae/model_configurator.py):
+# a missing `spatial_padding_mode` pads the encoder with zeros but the DECODER with reflect; a missing
+# `timestep_conditioning` means a timestep-conditioned decoder.
+VAE_NON_DEFAULT = {"spatial_padding_mode": "zeros", "timestep_conditioning": False}  # as the 2.3 files write them
+VAE_EQUAL_TO_DEFAULT = ("dims", "in_channels", "out_channels", "latent_channels", "patch_size", "norm_layer")
+VAE_EQUAL_TO_DEFAULT += ("latent_log_var", "causal_decoder")
+
+
+@pytest.mark.parametrize(
+    "drop",
+    [(k,) for k in VAE_NON_DEFAULT] + [(*VAE_NON_DEFAULT, *VAE_EQUAL_TO_DEFAULT)],
+    ids=[*VAE_NON_DEFAULT, "all"],
+)
+def test_video_vae_missing_keys_take_ltx_core_defaults(tmp_path, drop):
+    from test_video_vae_single_file import _decode_like_ltx_core, _norm
+
+    from ltx2_diffusers.models.video_vae_single_file import load_video_vae_from_single_file
+
+    config = checkpoint_config("2.3")
+    assert all(config["vae"][k] == v for k, v in VAE_NON_DEFAULT.items())
+    for key in drop:
+        del config["vae"][key]
+    path = build_checkpoint(tmp_path / "v.safetensors", config=config, components=("vae",), seed=17)
+    vae = load_video_vae_from_single_file(path, torch_dtype=torch.float32)
+    encoder, decoder = load_reference(path, "video_encoder"), load_reference(path, "video_decoder")
+    video = torch.randn(1, 3, 9, 64, 96, generator=torch.Generator().manual_seed(1))
+    latent = torch.randn(1, 128, 2, 2, 3, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        d_enc = (_norm(vae, vae.encode(video).latent_dist.mean) - encoder(video)).abs().max().item()
+        ref_video = decoder(latent, generator=torch.Generator().manual_seed(3))
+        d_dec = (_decode_like_ltx_core(vae, latent, seed=3) - ref_video).abs().max().item()
+    assert d_enc <= TOL and d_dec <= TOL, f"without {drop}: encoder {d_enc:.3g}, decoder {d_dec:.3g}"
+    assert vae.config.timestep_conditioning == ("timestep_conditioning" in drop)

@@ -1,4 +1,4 @@
-"""scripts/demo.py: its builder steps, its commands, and the whole demo (no timing here: timings belong in benchmarks/)."""
+"""scripts/demo.py: its builder steps, its commands, and the whole demo (untimed)."""
 
 import importlib.util
 import json
