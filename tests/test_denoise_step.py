@@ -10,9 +10,19 @@ import torch
 from factories import build_checkpoint, load_reference
 from ltx_core.components.diffusion_steps import EulerDiffusionStep
 from ltx_core.components.guiders import MultiModalGuider, MultiModalGuiderParams
+from ltx_core.guidance.perturbations import (
+    BatchedPerturbationConfig,
+    Perturbation,
+    PerturbationConfig,
+    PerturbationType,
+)
 from ltx_core.model.transformer.model import X0Model
 from ltx_core.types import LatentState as RefLatentState
-from ltx_pipelines.utils.helpers import multi_modal_guider_denoising_func, simple_denoising_func
+from ltx_pipelines.utils.helpers import (
+    modality_from_latent_state,
+    multi_modal_guider_denoising_func,
+    simple_denoising_func,
+)
 from ltx_pipelines.utils.samplers import euler_denoising_loop
 
 from ltx2_diffusers import LTX2AudioVideoTransformer, MultiModalGuidance
@@ -268,3 +278,39 @@ def test_reduces_to_todays_video_only_step_exactly(models, case, batch_size):
         video_out, audio_out = run_loop(ours, video, audio, sigmas, contexts, StepGuidance(video_guidance), batch_size)
     assert max_diff(video_out.latent, today.latent) == 0.0
     assert torch.equal(audio_out.latent, audio.latent)
+
+
+_REF_KIND = {
+    "skip_video_self_attn": PerturbationType.SKIP_VIDEO_SELF_ATTN,
+    "skip_audio_self_attn": PerturbationType.SKIP_AUDIO_SELF_ATTN,
+    "skip_a2v_cross_attn": PerturbationType.SKIP_A2V_CROSS_ATTN,
+    "skip_v2a_cross_attn": PerturbationType.SKIP_V2A_CROSS_ATTN,
+}
+
+
+@pytest.mark.parametrize("batch_size", [None, 1])
+def test_every_pass_matches_the_reference_forward(models, batch_size):
+    """Each pass's x0 of both modalities (before guidance) against one reference X0Model call built as the
+    reference's guider step builds it: the pass's contexts and its PerturbationConfig."""
+    ours, reference = models
+    (video, audio), (ref_video, ref_audio) = make_states(ours, seed=8)
+    contexts = make_contexts(ours, seed=9)
+    sigma = torch.tensor(0.7)
+    passes = TI2VID.passes(0)
+    assert passes == ("cond", "uncond", "perturbed", "isolated")
+    with torch.no_grad():
+        x0 = predict_pass_x0(ours, video, audio, sigma, passes, contexts, TI2VID, batch_size=batch_size)
+        for name in passes:
+            video_ctx, audio_ctx = TI2VID.contexts(name, contexts)
+            config = PerturbationConfig(
+                [Perturbation(_REF_KIND[p.kind], p.blocks and list(p.blocks)) for p in TI2VID.perturbations(name)]
+            )
+            ref = reference(
+                video=modality_from_latent_state(ref_video, video_ctx, sigma),
+                audio=modality_from_latent_state(ref_audio, audio_ctx, sigma),
+                perturbations=BatchedPerturbationConfig([config]),
+            )
+            assert max_diff(x0[name].video, ref[0]) <= TOL, name
+            assert max_diff(x0[name].audio, ref[1]) <= TOL, name
+            if batch_size == 1:
+                assert max_diff(x0[name].video, ref[0]) == 0.0 and max_diff(x0[name].audio, ref[1]) == 0.0, name
