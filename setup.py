@@ -13,6 +13,7 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     include_package_data=True,
+    package_data={"ltx2_diffusers.pipelines": ["prompts/*.txt"]},
     data_files=[("share/ltx2-diffusers/model_cards", sorted(glob.glob("model_cards/*.md")))],
     python_requires=">=3.10",
     install_requires=[

@@ -25,6 +25,64 @@ def _float32(fn):
     return wrapped
 
 
+def fake_encode_prompts(contexts, *, device, dtype):
+    """Stand-in for ltx-pipelines' ``encode_prompts``: the i-th prompt gets ``contexts[i]``, a post-connector
+    ``(video, audio)`` pair, moved to ``device``/``dtype``, with an all-ones mask."""
+
+    def encode_prompts(prompts, ledger, **kwargs):
+        outputs = []
+        for pair in contexts[: len(prompts)]:
+            mask = torch.ones(1, pair[0].shape[1], dtype=torch.int64, device=device)
+            outputs.append(EmbeddingsProcessorOutput(*(c.to(device=device, dtype=dtype) for c in pair), mask))
+        return outputs
+
+    return encode_prompts
+
+
+def capturing_video_decode(captured):
+    """Stand-in for ``vae_decode_video``: stores the final latent and the decoder output mapped to [0, 1] (no
+    tiling, no uint8 rounding) in ``captured``; yields no chunks."""
+
+    def decode(latent, decoder, tiling_config, generator):
+        captured["latent"] = latent
+        captured["frames"] = ((decoder(latent, generator=generator).float() + 1) / 2).clamp(0, 1)
+        return iter(())
+
+    return decode
+
+
+@contextlib.contextmanager
+def reference_patches(module, *, captured, contexts, dtype, device, float32_functions=()):
+    """Patch a reference pipeline module for a CPU run: fixed contexts, captured decode, ``float32_functions``
+    (names in ``module`` that take ``dtype=``) forced to float32 when ``dtype`` is float32, no CUDA sync."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            mock.patch.object(module, "encode_prompts", fake_encode_prompts(contexts, device=device, dtype=dtype))
+        )
+        stack.enter_context(mock.patch.object(module, "vae_decode_video", capturing_video_decode(captured)))
+        if dtype == torch.float32:
+            for name in float32_functions:
+                stack.enter_context(mock.patch.object(module, name, _float32(getattr(module, name))))
+        if torch.device(device).type == "cpu":
+            stack.enter_context(mock.patch.object(torch.cuda, "synchronize", lambda *a, **k: None))
+        yield
+
+
+def set_pipeline_dtype(pipe, ledgers, dtype):
+    """Run a constructed reference pipeline in ``dtype``: its own dtype, its components' and its ledgers'."""
+    pipe.dtype = dtype
+    pipe.pipeline_components.dtype = dtype
+    for ledger in ledgers:
+        ledger.dtype = dtype
+        build = ledger.transformer
+
+        def transformer(build=build):
+            # LoRA fusion leaves tensors without a delta in the file dtype: cast them (exact upcast).
+            return build().to(dtype)
+
+        ledger.transformer = transformer
+
+
 def run_reference_a2vid(
     *,
     checkpoint,
@@ -49,27 +107,15 @@ def run_reference_a2vid(
 ):
     """`dtype=torch.bfloat16` runs the reference unpatched in its native precision. Returns `(frames (1, 3, F, H, W) in [0, 1], final latent, original audio waveform, sample rate)`."""
     captured = {}
-
-    def fake_encode_prompts(prompts, ledger, **kwargs):
-        mask = torch.ones(1, positive[0].shape[1], dtype=torch.int64, device=device)
-        pos, neg = (tuple(c.to(device=device, dtype=dtype) for c in pair) for pair in (positive, negative))
-        return [EmbeddingsProcessorOutput(*pos, mask), EmbeddingsProcessorOutput(*neg, mask)]
-
-    def fake_decode(latent, decoder, tiling_config, generator):
-        captured["latent"] = latent
-        captured["frames"] = ((decoder(latent, generator=generator).float() + 1) / 2).clamp(0, 1)
-        return iter(())
-
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(a2vid, "encode_prompts", fake_encode_prompts))
-        stack.enter_context(mock.patch.object(a2vid, "vae_decode_video", fake_decode))
-        if dtype == torch.float32:
-            stack.enter_context(mock.patch.object(a2vid, "denoise_video_only", _float32(a2vid.denoise_video_only)))
-            stack.enter_context(
-                mock.patch.object(a2vid, "combined_image_conditionings", _float32(a2vid.combined_image_conditionings))
-            )
-        if torch.device(device).type == "cpu":
-            stack.enter_context(mock.patch.object(torch.cuda, "synchronize", lambda *a, **k: None))
+    float32_functions = ("denoise_video_only", "combined_image_conditionings")
+    with reference_patches(
+        a2vid,
+        captured=captured,
+        contexts=(positive, negative),
+        dtype=dtype,
+        device=device,
+        float32_functions=float32_functions,
+    ):
         pipe = a2vid.A2VidPipelineTwoStage(
             checkpoint_path=str(checkpoint),
             distilled_lora=[
@@ -80,17 +126,7 @@ def run_reference_a2vid(
             loras=[],
             device=torch.device(device),
         )
-        pipe.dtype = dtype
-        pipe.pipeline_components.dtype = dtype
-        for ledger in (pipe.stage_1_model_ledger, pipe.stage_2_model_ledger):
-            ledger.dtype = dtype
-            build = ledger.transformer
-
-            def transformer(build=build):
-                # LoRA fusion leaves tensors without a delta in the file dtype: cast them (exact upcast).
-                return build().to(dtype)
-
-            ledger.transformer = transformer
+        set_pipeline_dtype(pipe, (pipe.stage_1_model_ledger, pipe.stage_2_model_ledger), dtype)
         _, audio = pipe(
             prompt="unused",
             negative_prompt="unused",

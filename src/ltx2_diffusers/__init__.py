@@ -17,6 +17,7 @@ _EXPORTS = {
     "LTX2AudioToVideoPipeline": "pipelines.pipeline_ltx2_audio_to_video",
     "LTX2AudioToVideoPipelineOutput": "pipelines.pipeline_ltx2_audio_to_video",
     "LTX2ImageCondition": "pipelines.image_conditions",
+    "enhance_prompt": "pipelines.prompt_enhancement",
     "export_to_video_with_audio": "video_io",
     "sync_report": "sync",
 }

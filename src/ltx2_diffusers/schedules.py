@@ -4,6 +4,8 @@
 - ``DISTILLED_SIGMAS`` / ``STAGE_2_DISTILLED_SIGMAS``: the distilled tables of ltx-pipelines.
 - ``flow_match_scheduler_config``: a diffusers ``FlowMatchEulerDiscreteScheduler`` config that keeps a table as is.
 - ``euler_step`` / ``to_denoised``: ltx-core's ``EulerDiffusionStep`` and ``utils.to_denoised``.
+- ``check_scheduler`` / ``set_scheduler_sigmas`` / ``scheduler_step``: the same tables and step through a registered
+  ``FlowMatchEulerDiscreteScheduler``.
 
 Every table here holds ``num_inference_steps + 1`` sigmas, falling from the first one to a final 0.0.
 """
@@ -170,3 +172,105 @@ def to_denoised(
     if isinstance(timesteps, torch.Tensor):
         timesteps = timesteps.float()
     return (sample.float() - velocity.float() * timesteps).to(sample.dtype)
+
+
+# Scheduler options whose step is not LTX-2's deterministic Euler step from one sigma of the table to the next.
+_UNSUPPORTED_SCHEDULER_OPTIONS = {
+    "stochastic_sampling": "draws fresh noise at every step",
+    "invert_sigmas": "runs the table from 0 to 1 (Mochi)",
+    "use_dynamic_shifting": "needs a resolution-dependent mu (LTX-2 shifts its tables itself: ltx2_sigmas(num_tokens=))",
+}
+
+
+def check_scheduler(scheduler) -> None:
+    """Raise ValueError, naming the class or option, unless ``scheduler`` can run the LTX-2 Euler loop.
+
+    Supported: diffusers' ``FlowMatchEulerDiscreteScheduler`` (the class itself, not a subclass, whose ``step`` may
+    differ) without ``stochastic_sampling``, ``invert_sigmas`` or ``use_dynamic_shifting``. Its other options (static shift, terminal stretch,
+    Karras/exponential/beta sigmas) are the user's and are honoured: they transform the table given to
+    ``set_scheduler_sigmas``; ``flow_match_scheduler_config()`` keeps the table as is.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler  # noqa: PLC0415  (keeps `import schedules` light)
+
+    if type(scheduler) is not FlowMatchEulerDiscreteScheduler:
+        raise ValueError(
+            f"scheduler {type(scheduler).__name__} is not supported: LTX-2 pipelines step with "
+            "FlowMatchEulerDiscreteScheduler (FlowMatchEulerDiscreteScheduler(**flow_match_scheduler_config()) "
+            "reproduces the reference's sigma tables)"
+        )
+    for option, why in _UNSUPPORTED_SCHEDULER_OPTIONS.items():
+        if scheduler.config.get(option, False):
+            raise ValueError(
+                f"FlowMatchEulerDiscreteScheduler with {option}=True is not supported: it {why}, not LTX-2's "
+                "Euler step"
+            )
+
+
+def _check_table(sigmas) -> torch.Tensor:
+    """``sigmas`` as a float32 CPU tensor of step sigmas, one trailing 0.0 dropped; ValueError/TypeError if bad."""
+    if isinstance(sigmas, torch.Tensor):
+        if sigmas.dtype.is_complex or not (sigmas.dtype.is_floating_point or sigmas.dtype == torch.int64):
+            raise TypeError(f"sigmas must hold real numbers, got dtype {sigmas.dtype}")
+        if sigmas.dim() != 1:
+            raise ValueError(f"sigmas must be one-dimensional, got shape {tuple(sigmas.shape)}")
+        table = sigmas.detach().to(device="cpu", dtype=torch.float32)
+    else:
+        if isinstance(sigmas, (str, bytes)) or not hasattr(sigmas, "__len__"):
+            raise TypeError(f"sigmas must be a sequence of floats or a 1-D tensor, got {type(sigmas).__name__}")
+        values = [_check_real("sigmas entry", value) for value in sigmas]
+        table = torch.tensor(values, dtype=torch.float32)
+    if table.numel() and table[-1].item() == 0.0:
+        table = table[:-1]
+    if table.numel() == 0:
+        raise ValueError("sigmas must hold at least one non-zero step sigma")
+    if not torch.isfinite(table).all():
+        raise ValueError(f"sigmas must be finite, got {table.tolist()}")
+    if not ((table > 0) & (table <= 1)).all():
+        raise ValueError(f"step sigmas must lie in (0, 1] (only the final one may be 0.0), got {table.tolist()}")
+    if (table[1:] >= table[:-1]).any():
+        raise ValueError(f"sigmas must decrease strictly, got {table.tolist()}")
+    return table
+
+
+def set_scheduler_sigmas(scheduler, sigmas, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """Configure ``scheduler`` to step through ``sigmas`` and return its sigmas (the steps', then 0.0).
+
+    ``sigmas``: the step sigmas in (0, 1], strictly decreasing (a sequence or 1-D tensor); a final 0.0, as in the
+    reference's tables and this module's, is dropped because the scheduler appends it. Calls
+    ``scheduler.set_timesteps(sigmas=..., device=device)`` and ``set_begin_index(0)``. With
+    ``flow_match_scheduler_config()`` the returned tensor equals the table bit for bit (float32); a user's
+    scheduler applies its own options to it (see ``check_scheduler``). Raises ValueError/TypeError before touching
+    the scheduler if either is unusable.
+    """
+    check_scheduler(scheduler)
+    table = _check_table(sigmas)
+    scheduler.set_timesteps(sigmas=table.tolist(), device=device)
+    scheduler.set_begin_index(0)
+    result = scheduler.sigmas
+    steps = result[:-1]
+    if not torch.isfinite(result).all() or not ((steps > 0) & (steps <= 1)).all() or result[-1].item() != 0.0:
+        raise ValueError(
+            f"the scheduler's options turn sigmas into {result.tolist()}; LTX-2 needs step sigmas in (0, 1] "
+            "followed by 0.0"
+        )
+    return result
+
+
+def scheduler_step(scheduler, sample: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    """One Euler step of ``scheduler`` (configured by ``set_scheduler_sigmas``) from the x0 prediction ``denoised``.
+
+    Equals ``euler_step(sample, denoised, sigma, sigma_next)`` (ltx-core's ``EulerDiffusionStep``) bit for bit for
+    the scheduler's current pair of sigmas: the velocity ``(sample - denoised) / sigma`` is computed in float32,
+    rounded to ``sample.dtype`` and handed to ``scheduler.step`` in float32, which advances ``sample`` in float32;
+    the result is cast back to ``sample.dtype``.
+    """
+    index = scheduler.step_index if scheduler.step_index is not None else (scheduler.begin_index or 0)
+    if index + 1 >= len(scheduler.sigmas):
+        raise ValueError(f"the scheduler has no step left ({len(scheduler.sigmas) - 1} steps, at step {index})")
+    sigma = scheduler.sigmas[index].item()
+    if sigma == 0:
+        raise ValueError("sigma must be non-zero: the Euler step divides by it")
+    velocity = ((sample.float() - denoised.float()) / sigma).to(sample.dtype)
+    timestep = scheduler.timesteps[index]
+    stepped = scheduler.step(velocity.float(), timestep, sample, return_dict=False)[0]
+    return stepped.to(sample.dtype)
