@@ -1,0 +1,211 @@
+"""Context parallelism of LTX2AudioVideoTransformer on CPU: 2 gloo processes against one process.
+
+The ranks are forked (not spawned) so they inherit the imported modules, the tiny model and the inputs: the
+module stays fast on a loaded machine. Each rank writes its outputs to a file; the comparison runs here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from factories import build_checkpoint
+
+from ltx2_diffusers import LTX2AudioVideoTransformer, LTX2Perturbation
+
+
+WORLD_SIZE = 2
+TIMEOUT_S = 120
+FRAMES, HEIGHT, WIDTH, AUDIO_FRAMES, TEXT = 2, 2, 3, 5, 7  # 12 video tokens (even), 5 audio tokens (odd)
+VERSIONS = ("2.0", "2.3")
+
+
+def _inputs(model, batch, seed, explicit_coords=False, **extra):
+    from ltx2_diffusers.models.rope import audio_coords, video_coords
+
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    tokens = FRAMES * HEIGHT * WIDTH
+    text_dim = cfg.caption_channels if cfg.use_prompt_embeddings else None
+    sigma = torch.rand(batch, generator=g) * 1000
+    kwargs = dict(
+        hidden_states=torch.randn(batch, tokens, cfg.in_channels, generator=g),
+        audio_hidden_states=torch.randn(batch, AUDIO_FRAMES, cfg.audio_in_channels, generator=g),
+        encoder_hidden_states=torch.randn(batch, TEXT, text_dim or cfg.cross_attention_dim, generator=g),
+        audio_encoder_hidden_states=torch.randn(batch, TEXT, text_dim or cfg.audio_cross_attention_dim, generator=g),
+        encoder_attention_mask=(torch.arange(TEXT) < TEXT - 2).expand(batch, TEXT).long(),
+        timestep=sigma,
+        audio_timestep=sigma.flip(0),
+        sigma=sigma,
+        audio_sigma=sigma.flip(0),
+        use_cross_timestep=True,
+        return_dict=False,
+    )
+    if explicit_coords:
+        kwargs.update(
+            video_coords=video_coords(batch, FRAMES, HEIGHT, WIDTH, fps=24.0, dtype=torch.float32),
+            audio_coords=audio_coords(batch, AUDIO_FRAMES),
+        )
+    else:
+        kwargs.update(num_frames=FRAMES, height=HEIGHT, width=WIDTH, audio_num_frames=AUDIO_FRAMES, fps=24.0)
+    kwargs.update(extra)
+    return kwargs
+
+
+def _passes(model):
+    """Every kind of guidance pass the pipelines run, as forward kwargs."""
+    frame_tokens = HEIGHT * WIDTH
+    sigma = torch.tensor([600.0, 300.0])
+    video_t = sigma[:, None].repeat(1, FRAMES * frame_tokens)
+    video_t[:, :frame_tokens] = 0.0  # first frame conditioned (per-token video timesteps)
+    mask = torch.rand(2, FRAMES * frame_tokens, FRAMES * frame_tokens, generator=torch.Generator().manual_seed(5))
+    mask[:, :, :frame_tokens] *= (mask[:, :, :frame_tokens] > 0.3).float()  # some exact zeros
+    skip_self = (LTX2Perturbation("skip_video_self_attn", (1,)), LTX2Perturbation("skip_audio_self_attn", (1,)))
+    isolate = (LTX2Perturbation("skip_a2v_cross_attn"), LTX2Perturbation("skip_v2a_cross_attn"))
+    return {
+        "plain": _inputs(model, 2, 1),
+        "frozen_audio": _inputs(
+            model,
+            2,
+            2,
+            explicit_coords=True,
+            timestep=video_t,
+            audio_timestep=torch.zeros(2, AUDIO_FRAMES),
+            sigma=sigma,
+            audio_sigma=torch.zeros(2),
+        ),
+        "stg": _inputs(model, 2, 3, spatio_temporal_guidance_blocks=[1]),
+        "stg_per_item": _inputs(
+            model, 2, 3, spatio_temporal_guidance_blocks=[0], perturbation_mask=torch.tensor([0.0, 1.0])
+        ),
+        "isolated": _inputs(model, 2, 4, isolate_modalities=True),
+        "batched_passes": _inputs(model, 4, 6, perturbations=[(), (), skip_self, isolate]),
+        "self_attention_mask": _inputs(model, 2, 7, video_self_attention_mask=mask),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_ranks(fn, *args):
+    """Fork `WORLD_SIZE` processes running `fn(rank, *args)`; fail (and kill them) after `TIMEOUT_S`."""
+    context = mp.start_processes(fn, args=args, nprocs=WORLD_SIZE, join=False, start_method="fork")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"context-parallel ranks did not finish within {TIMEOUT_S} s")
+
+
+def _rank_main(rank, port, models, passes, out_dir):
+    from diffusers import ContextParallelConfig
+    from diffusers.models.modeling_utils import ModelMixin
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD_SIZE,
+        timeout=datetime.timedelta(seconds=TIMEOUT_S),
+    )
+    try:
+        results = {}
+        for version, model in models.items():
+            if torch.accelerator.device_count() == 0:  # the reason for our override
+                try:
+                    ModelMixin._resolve_parallel_config(model, ContextParallelConfig(ulysses_degree=WORLD_SIZE))
+                    results[(version, "diffusers_cpu_resolve")] = "ok"
+                except ZeroDivisionError:
+                    results[(version, "diffusers_cpu_resolve")] = "ZeroDivisionError"
+                model._parallel_config = None
+            try:
+                LTX2AudioVideoTransformer.from_config(model.config).enable_parallelism(
+                    config=ContextParallelConfig(ring_degree=WORLD_SIZE)
+                )
+            except ValueError as error:
+                results[(version, "ring")] = str(error)
+            model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD_SIZE))
+            with torch.no_grad():
+                for name, kwargs in passes[version].items():
+                    results[(version, name)] = model(**kwargs)
+                try:
+                    tokens = torch.randn(1, 3, model.config.in_channels)
+                    model(**_inputs(model, 1, 0, hidden_states=tokens, num_frames=1, height=1, width=3))
+                except ValueError as error:
+                    results[(version, "odd_tokens")] = str(error)
+        torch.save(results, out_dir / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cp")
+    return {
+        v: LTX2AudioVideoTransformer.from_single_file(
+            build_checkpoint(folder / f"{v}.safetensors", v, dtype=torch.float32, components=("transformer",))
+        ).eval()
+        for v in VERSIONS
+    }
+
+
+@pytest.fixture(scope="module")
+def ranks(models, tmp_path_factory):
+    """(single-process outputs, per-rank results) for every version and pass."""
+    passes = {v: _passes(model) for v, model in models.items()}
+    with torch.no_grad():
+        expected = {(v, name): models[v](**kw) for v in VERSIONS for name, kw in passes[v].items()}
+    out_dir = tmp_path_factory.mktemp("cp_out")
+    _run_ranks(_rank_main, _free_port(), models, passes, out_dir)
+    results = [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
+    return expected, results
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize(
+    "name", ["plain", "frozen_audio", "stg", "stg_per_item", "isolated", "batched_passes", "self_attention_mask"]
+)
+def test_ulysses_forward_equals_single_process(ranks, version, name):
+    expected, results = ranks
+    video, audio = expected[(version, name)]
+    for rank, result in enumerate(results):
+        par_video, par_audio = result[(version, name)]
+        assert par_video.shape == video.shape and par_audio.shape == audio.shape
+        assert (par_video - video).abs().max().item() <= 1e-5, (rank, "video")
+        assert (par_audio - audio).abs().max().item() <= 1e-5, (rank, "audio")
+        assert video.abs().max().item() > 1e-2  # not a trivial output
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_cpu_route_and_refusals(ranks, version):
+    _, results = ranks
+    for result in results:
+        if (version, "diffusers_cpu_resolve") in result:  # no accelerator here
+            assert result[(version, "diffusers_cpu_resolve")] == "ZeroDivisionError"
+        assert "ring attention needs an attention backend" in result[(version, "ring")]
+        assert "3 video tokens cannot be split evenly over 2" in result[(version, "odd_tokens")]
+
+
+def test_refuses_tensor_parallel_and_indivisible_heads():
+    from diffusers import ContextParallelConfig
+    from diffusers.models._modeling_parallel import TensorParallelConfig
+
+    model = LTX2AudioVideoTransformer(
+        num_attention_heads=3, attention_head_dim=8, cross_attention_dim=24, audio_num_attention_heads=2,
+        audio_attention_head_dim=8, audio_cross_attention_dim=16, num_layers=1, caption_channels=16,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="ulysses_degree=2 must divide the 3 video attention heads"):
+        model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2))
+    with pytest.raises(ValueError, match="tensor parallelism is not supported"):
+        model.enable_parallelism(config=TensorParallelConfig(tp_degree=2))
+    assert model._parallel_config is None
