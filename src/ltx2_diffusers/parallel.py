@@ -12,7 +12,7 @@ VIDEO tokens over the N ranks; everything else is replicated:
 * video->audio cross-attention (replicated audio queries, sharded video keys) all-gathers its keys and values
   (after RoPE, so the positions stay the ones of their own tokens) and then runs locally;
 * positions, per-token video timesteps and keyframe markers are sharded with the video tokens (one hook on
-  `video_tokens`), and the video output is gathered after `proj_out`.
+  `video_tokens`), and the video output is gathered after `proj_out` (on `video_output`).
 
 Every guidance pass (STG, isolated modalities, per-item `perturbations`, per-token timesteps) is decided from
 Python values identical on every rank, so all ranks issue the same collectives.
@@ -30,7 +30,8 @@ from diffusers.models._modeling_parallel import (
 )
 
 
-# Module names are those of `LTX2AudioVideoTransformer`; `video_tokens` is its parameter-free `VideoTokens`.
+# Module names are those of `LTX2AudioVideoTransformer`; `video_tokens` (`VideoTokens`) and `video_output`
+# (`VideoOutput`) have no weights, so an adapter wrapping `proj_out` cannot come between the gather and the sum.
 TRANSFORMER_CP_PLAN = {
     "video_tokens": {
         "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
@@ -38,7 +39,7 @@ TRANSFORMER_CP_PLAN = {
         "timestep": ContextParallelInput(split_dim=1, expected_dims=2),
         "video_keyframes_mask": ContextParallelInput(split_dim=1),
     },
-    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    "video_output": ContextParallelOutput(gather_dim=1, expected_dims=3),
 }
 
 # Attention modules of a block that attend over a sharded sequence through the parallel config (the rest attend
@@ -59,6 +60,13 @@ class VideoTokens(torch.nn.Module):
         video_keyframes_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         return tuple(t for t in (hidden_states, video_coords, timestep, video_keyframes_mask) if t is not None)
+
+
+class VideoOutput(torch.nn.Module):
+    """Identity on the video output; the `_cp_plan` entry `video_output` gathers it over the ranks."""
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        return sample
 
 
 def shard_video_tokens(

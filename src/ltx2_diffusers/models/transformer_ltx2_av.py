@@ -19,6 +19,7 @@ from diffusers.utils import apply_lora_scale, logging
 from ..loaders.single_file import build_from_state_dict
 from ..parallel import (
     TRANSFORMER_CP_PLAN,
+    VideoOutput,
     VideoTokens,
     assign_attention_roles,
     check_context_parallel_inputs,
@@ -173,6 +174,7 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
             ]
         )
         self.proj_out = torch.nn.Linear(inner_dim, out_channels)
+        self.video_output = VideoOutput()  # no weights: where context parallelism gathers the video output
         self.audio_proj_out = torch.nn.Linear(audio_inner_dim, audio_out_channels)
         self.gradient_checkpointing = False
 
@@ -524,7 +526,7 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
                 vx, ax = block(*args)
 
         # 6. Output modulation and projection.
-        output = self._output(vx, embedded_timestep, self.scale_shift_table, self.proj_out)
+        output = self.video_output(self._output(vx, embedded_timestep, self.scale_shift_table, self.proj_out))
         audio_output = self._output(ax, audio_embedded_timestep, self.audio_scale_shift_table, self.audio_proj_out)
         if not return_dict:
             return output, audio_output
