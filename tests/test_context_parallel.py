@@ -89,6 +89,15 @@ def _passes(model):
     }
 
 
+def _record_block_tokens(model) -> list[tuple[int, int]]:
+    """(video, audio) token counts each call of the first block sees."""
+    seen = []
+    model.transformer_blocks[0].register_forward_pre_hook(
+        lambda m, args: seen.append((args[0].shape[1], args[1].shape[1]))
+    )
+    return seen
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -135,6 +144,7 @@ def _rank_main(rank, port, models, passes, out_dir):
             except ValueError as error:
                 results[(version, "ring")] = str(error)
             model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD_SIZE))
+            seen = _record_block_tokens(model)
             with torch.no_grad():
                 for name, kwargs in passes[version].items():
                     results[(version, name)] = model(**kwargs)
@@ -143,6 +153,7 @@ def _rank_main(rank, port, models, passes, out_dir):
                     model(**_inputs(model, 1, 0, hidden_states=tokens, num_frames=1, height=1, width=3))
                 except ValueError as error:
                     results[(version, "odd_tokens")] = str(error)
+            results[(version, "block_tokens")] = set(seen)
         torch.save(results, out_dir / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -150,13 +161,20 @@ def _rank_main(rank, port, models, passes, out_dir):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
+    from peft import LoraConfig
+
     folder = tmp_path_factory.mktemp("cp")
-    return {
+    result = {
         v: LTX2AudioVideoTransformer.from_single_file(
             build_checkpoint(folder / f"{v}.safetensors", v, dtype=torch.float32, components=("transformer",))
         ).eval()
         for v in VERSIONS
     }
+    # An adapter on proj_out and the attentions (2.0 model): it must stay outside the output gather.
+    result["2.0"].add_adapter(
+        LoraConfig(r=2, target_modules=["proj_out", "to_q", "to_v", "to_out.0"], init_lora_weights=False)
+    )
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +199,10 @@ def test_ulysses_forward_equals_single_process(ranks, version, name):
     for rank, result in enumerate(results):
         par_video, par_audio = result[(version, name)]
         assert par_video.shape == video.shape and par_audio.shape == audio.shape
+        print(
+            f"{version} {name} rank {rank}: max|d| video {(par_video - video).abs().max().item():.3g} "
+            f"audio {(par_audio - audio).abs().max().item():.3g}"
+        )
         assert (par_video - video).abs().max().item() <= 1e-5, (rank, "video")
         assert (par_audio - audio).abs().max().item() <= 1e-5, (rank, "audio")
         assert video.abs().max().item() > 1e-2  # not a trivial output
@@ -194,6 +216,8 @@ def test_cpu_route_and_refusals(ranks, version):
             assert result[(version, "diffusers_cpu_resolve")] == "ZeroDivisionError"
         assert "ring attention needs an attention backend" in result[(version, "ring")]
         assert "3 video tokens cannot be split evenly over 2" in result[(version, "odd_tokens")]
+        video_tokens = FRAMES * HEIGHT * WIDTH
+        assert result[(version, "block_tokens")] == {(video_tokens // WORLD_SIZE, AUDIO_FRAMES)}  # video sharded
 
 
 def test_refuses_tensor_parallel_and_indivisible_heads():
@@ -256,7 +280,8 @@ def _pipeline_rank_main(rank, port, pipe, audio, out_dir):
     )
     try:
         pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD_SIZE))
-        torch.save(_pipeline_call(pipe, audio), out_dir / f"rank{rank}.pt")
+        seen = _record_block_tokens(pipe.transformer)
+        torch.save((_pipeline_call(pipe, audio), sorted(set(seen))), out_dir / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -278,10 +303,15 @@ def test_two_stage_pipeline_frames_equal_single_process(tmp_path):
     pipe = LTX2AudioToVideoPipeline.from_single_file(
         checkpoint, spatial_upsampler_path=upsampler, distilled_lora=(lora, 0.6), torch_dtype=torch.float32
     )
+    seen = _record_block_tokens(pipe.transformer)
     expected = _pipeline_call(pipe, audio)
+    single_tokens = sorted(set(seen))
+    assert [v for v, _ in single_tokens] == [8, 32]  # stage 1, stage 2
     _run_ranks(_pipeline_rank_main, _free_port(), pipe, audio, tmp_path)
     for rank in range(WORLD_SIZE):
-        frames = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        frames, tokens = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert tokens == [(v // WORLD_SIZE, a) for v, a in single_tokens]  # video sharded, audio whole
+        print(f"pipeline rank {rank}: max|d| frames {(frames - expected).abs().max().item():.3g}")
         assert frames.shape == expected.shape
         assert (frames - expected).abs().max().item() <= 1e-4, rank
     assert expected.std().item() > 1e-3  # not a blank clip
