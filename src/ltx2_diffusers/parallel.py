@@ -44,7 +44,7 @@ TRANSFORMER_CP_PLAN = {
 
 # Attention modules of a block that attend over a sharded sequence through the parallel config (the rest attend
 # locally), and those whose keys/values are gathered over the ranks first.
-SEQUENCE_PARALLEL_ATTENTIONS = ("attn1",)
+SEQUENCE_PARALLEL_ATTENTIONS = ("attn1", "video_to_audio_attn")
 GATHERED_CONTEXT_ATTENTIONS = ("video_to_audio_attn",)
 
 

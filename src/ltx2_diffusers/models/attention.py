@@ -6,7 +6,6 @@ import torch
 from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-from ..parallel import gather_tokens
 from .rope import apply_rotary_emb
 
 
@@ -20,7 +19,6 @@ class LTX2AVAttnProcessor:
 
     _attention_backend = None
     _parallel_config = None
-    _context_gather = None  # a ContextParallelConfig: all-gather keys/values over its ranks (see parallel.py)
 
     def __call__(
         self,
@@ -44,13 +42,10 @@ class LTX2AVAttnProcessor:
                 query = apply_rotary_emb(query, query_rotary_emb, attn.rope_type)
                 key_emb = query_rotary_emb if key_rotary_emb is None else key_rotary_emb
                 key = apply_rotary_emb(key, key_emb, attn.rope_type)
-            context_value = value
-            if self._context_gather is not None:
-                key, context_value = (gather_tokens(t, self._context_gather) for t in (key, value))
             out = dispatch_attention_fn(
                 query.unflatten(2, (attn.heads, -1)),
                 key.unflatten(2, (attn.heads, -1)),
-                context_value.unflatten(2, (attn.heads, -1)),
+                value.unflatten(2, (attn.heads, -1)),
                 attn_mask=attention_mask,
                 dropout_p=0.0,
                 is_causal=False,

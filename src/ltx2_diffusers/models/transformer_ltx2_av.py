@@ -196,7 +196,7 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
     # ------------------------------------------------------------------ context parallelism
     def enable_parallelism(self, *, config, cp_plan=None):
         """diffusers' `enable_parallelism` (context parallelism only), then each attention gets its role: video
-        self-attention sequence-parallel, video->audio cross-attention gathering its keys, the rest local."""
+        self-attention and video->audio cross-attention over the sharded video keys, the rest local."""
         check_parallel_config(self, config)
         super().enable_parallelism(config=config, cp_plan=cp_plan)
         assign_attention_roles(self)
