@@ -9,8 +9,11 @@ VIDEO tokens over the N ranks; everything else is replicated:
   audio self-attention and a2v for almost no compute;
 * text cross-attention and audio->video cross-attention read keys/values that every rank holds in full (text,
   replicated audio), so they run as ordinary local attention of the local video queries;
-* video->audio cross-attention (replicated audio queries, sharded video keys) all-gathers its keys and values
-  (after RoPE, so the positions stay the ones of their own tokens) and then runs locally;
+* video->audio cross-attention (replicated audio queries, sharded video keys) also runs diffusers' parallel
+  attention: Ulysses' all-to-all hands every rank ALL video keys/values for its share of the heads (the
+  replicated queries come back duplicated, so each rank computes identical rows for its own copy), ring passes
+  the key chunks around and merges them by log-sum-exp. Either way each rank ends with the exact full-sequence
+  result for every audio token; the all-to-all moves 1/N of the keys an all-gather would;
 * positions, per-token video timesteps and keyframe markers are sharded with the video tokens (one hook on
   `video_tokens`), and the video output is gathered after `proj_out` (on `video_output`).
 
@@ -42,10 +45,9 @@ TRANSFORMER_CP_PLAN = {
     "video_output": ContextParallelOutput(gather_dim=1, expected_dims=3),
 }
 
-# Attention modules of a block that attend over a sharded sequence through the parallel config (the rest attend
-# locally), and those whose keys/values are gathered over the ranks first.
+# Attention modules of a block whose keys are the sharded video tokens: they keep the parallel config. The others
+# (text and audio->video cross-attention, audio self-attention) read keys every rank holds whole and attend locally.
 SEQUENCE_PARALLEL_ATTENTIONS = ("attn1", "video_to_audio_attn")
-GATHERED_CONTEXT_ATTENTIONS = ("video_to_audio_attn",)
 
 
 class VideoTokens(torch.nn.Module):
@@ -125,16 +127,6 @@ def check_context_parallel_inputs(
         )
 
 
-def gather_tokens(x: torch.Tensor, cp_config: ContextParallelConfig) -> torch.Tensor:
-    """All-gather `x` `(B, T_local, ...)` along the token axis over the context-parallel mesh, in rank order
-    (the inverse of the split hook)."""
-    from diffusers.hooks.context_parallel import EquipartitionSharder, PartitionAnythingSharder  # noqa: PLC0415
-
-    if cp_config.ulysses_anything or cp_config.ring_anything:
-        return PartitionAnythingSharder.unshard_anything(x, 1, cp_config._flattened_mesh)
-    return EquipartitionSharder.unshard(x, 1, cp_config._flattened_mesh)
-
-
 def check_parallel_config(
     model: torch.nn.Module, config: ParallelConfig | ContextParallelConfig | TensorParallelConfig
 ) -> None:
@@ -148,12 +140,15 @@ def check_parallel_config(
     if cp is None:
         raise ValueError("config must be a ContextParallelConfig (or a ParallelConfig holding one)")
     _attention_roles(model)
-    heads = model.config.num_attention_heads
-    if cp.ulysses_degree > 1 and not cp.ulysses_anything and heads % cp.ulysses_degree:
-        raise ValueError(
-            f"config: ulysses_degree={cp.ulysses_degree} must divide the {heads} video attention heads "
-            "(or set ulysses_anything=True)"
-        )
+    for heads, what in (
+        (model.config.num_attention_heads, "video"),
+        (model.config.audio_num_attention_heads, "audio (video->audio cross-attention)"),
+    ):
+        if cp.ulysses_degree > 1 and not cp.ulysses_anything and heads % cp.ulysses_degree:
+            raise ValueError(
+                f"config: ulysses_degree={cp.ulysses_degree} must divide the {heads} {what} attention heads "
+                "(or set ulysses_anything=True)"
+            )
     if cp.ring_degree > 1:
         from diffusers.models.attention_dispatch import (  # noqa: PLC0415
             AttentionBackendName,
@@ -208,10 +203,8 @@ def _attention_roles(model: torch.nn.Module) -> list[tuple[object, str]]:
 
 
 def assign_attention_roles(model: torch.nn.Module) -> None:
-    """After diffusers gave every attention processor the parallel config: keep it only on the attentions over
-    the sharded video sequence, give the gathered-context ones the config to gather with, clear the rest."""
+    """After diffusers gave every attention processor the parallel config: keep it only on the attentions whose
+    keys are the sharded video tokens; the others attend locally over keys every rank holds whole."""
     config = model._parallel_config
     for processor, name in _attention_roles(model):
         processor._parallel_config = config if name in SEQUENCE_PARALLEL_ATTENTIONS else None
-        if name in GATHERED_CONTEXT_ATTENTIONS:
-            processor._context_gather = config.context_parallel_config
