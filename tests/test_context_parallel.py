@@ -268,22 +268,37 @@ def _pipeline_call(pipe, audio):
 
 
 def _pipeline_rank_main(rank, port, pipe, audio, out_dir):
-    from diffusers import ContextParallelConfig
+    """One process of `torchrun --nproc-per-node 2` (its environment), set up by `enable_context_parallel`."""
+    import os
+
+    from ltx2_diffusers.parallel import enable_context_parallel, is_main_process
 
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD_SIZE,
-        timeout=datetime.timedelta(seconds=TIMEOUT_S),
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
     )
     try:
-        pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD_SIZE))
+        with pytest.raises(ValueError, match="degree 3 must equal the number of launched processes"):
+            enable_context_parallel(pipe.transformer, 3)  # initialises the group, then refuses
+        device = enable_context_parallel(pipe.transformer, WORLD_SIZE)
         seen = _record_block_tokens(pipe.transformer)
-        torch.save((_pipeline_call(pipe, audio), sorted(set(seen))), out_dir / f"rank{rank}.pt")
+        frames = _pipeline_call(pipe.to(device), audio)
+        torch.save((frames, sorted(set(seen)), is_main_process()), out_dir / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def test_enable_context_parallel_refuses_before_any_setup():
+    from ltx2_diffusers.parallel import enable_context_parallel, is_main_process
+
+    model = torch.nn.Module()
+    for degree in (1, 2.0, True):
+        with pytest.raises(ValueError, match="degree must be an integer >= 2"):
+            enable_context_parallel(model, degree)
+    if not dist.is_initialized() and "RANK" not in __import__("os").environ:
+        with pytest.raises(ValueError, match="launch under torchrun"):
+            enable_context_parallel(model, 2)
+    assert is_main_process()
 
 
 def test_two_stage_pipeline_frames_equal_single_process(tmp_path):
@@ -309,7 +324,8 @@ def test_two_stage_pipeline_frames_equal_single_process(tmp_path):
     assert [v for v, _ in single_tokens] == [8, 32]  # stage 1, stage 2
     _run_ranks(_pipeline_rank_main, _free_port(), pipe, audio, tmp_path)
     for rank in range(WORLD_SIZE):
-        frames, tokens = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        frames, tokens, main = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert main == (rank == 0)
         assert tokens == [(v // WORLD_SIZE, a) for v, a in single_tokens]  # video sharded, audio whole
         print(f"pipeline rank {rank}: max|d| frames {(frames - expected).abs().max().item():.3g}")
         assert frames.shape == expected.shape

@@ -23,6 +23,8 @@ Python values identical on every rank, so all ranks issue the same collectives.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from diffusers.models._modeling_parallel import (
     ContextParallelConfig,
@@ -208,3 +210,42 @@ def assign_attention_roles(model: torch.nn.Module) -> None:
     config = model._parallel_config
     for processor, name in _attention_roles(model):
         processor._parallel_config = config if name in SEQUENCE_PARALLEL_ATTENTIONS else None
+
+
+def enable_context_parallel(transformer: torch.nn.Module, degree: int, *, ring: bool = False) -> torch.device:
+    """Set up this process of a `torchrun --nproc-per-node N` launch for a context-parallel transformer.
+
+    Initialises the default process group from torchrun's environment (NCCL on CUDA, gloo on CPU) unless it
+    already is, pins this rank's device (`LOCAL_RANK`), and enables Ulysses (or ring) attention over `degree`
+    ranks on `transformer`. Every rank must then run the same pipeline call with the same seed; only rank 0
+    should write files (see `is_main_process`). Returns the device this rank should run on.
+    """
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 2:
+        raise ValueError(f"context-parallel degree must be an integer >= 2, got {degree!r}")
+    dist = torch.distributed
+    if not dist.is_available():
+        raise RuntimeError("context parallelism needs torch.distributed")
+    if not dist.is_initialized():
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            raise ValueError(
+                f"context-parallel degree {degree}: launch under torchrun (torchrun --nproc-per-node {degree} ...)"
+            )
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.get_world_size() != degree:
+        raise ValueError(
+            f"context-parallel degree {degree} must equal the number of launched processes ({dist.get_world_size()})"
+        )
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.get_rank())) % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    config = ContextParallelConfig(ring_degree=degree) if ring else ContextParallelConfig(ulysses_degree=degree)
+    transformer.enable_parallelism(config=config)
+    return device
+
+
+def is_main_process() -> bool:
+    """True outside torch.distributed and on rank 0: the process that writes outputs and shows progress."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
