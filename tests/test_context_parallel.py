@@ -288,6 +288,19 @@ def _pipeline_rank_main(rank, port, pipe, audio, out_dir):
         dist.destroy_process_group()
 
 
+def test_resolve_parallel_config_defers_to_diffusers_with_an_accelerator(monkeypatch):
+    from diffusers.models.modeling_utils import ModelMixin
+
+    model = LTX2AudioVideoTransformer(
+        num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16, audio_num_attention_heads=2,
+        audio_attention_head_dim=8, audio_cross_attention_dim=16, num_layers=1, caption_channels=16,
+    )  # fmt: skip
+    monkeypatch.setattr(ModelMixin, "_resolve_parallel_config", lambda self, config: ("diffusers", config))
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "device_count", lambda: 1)
+    assert model._resolve_parallel_config("cfg") == ("diffusers", "cfg")
+
+
 def test_enable_context_parallel_refuses_before_any_setup():
     from ltx2_diffusers.parallel import enable_context_parallel, is_main_process
 

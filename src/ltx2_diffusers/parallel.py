@@ -177,7 +177,9 @@ def resolve_parallel_config_without_accelerator(
         raise RuntimeError("torch.distributed must be available and initialized before applying a `parallel_config`.")
     if isinstance(config, ContextParallelConfig):
         config = ParallelConfig(context_parallel_config=config)
-    cp = config.context_parallel_config
+    cp = getattr(config, "context_parallel_config", None)
+    if cp is None:
+        raise ValueError("parallel_config: without an accelerator only context parallelism (gloo) is supported")
     mesh = cp.mesh or torch.distributed.device_mesh.init_device_mesh(
         device_type="cpu", mesh_shape=cp.mesh_shape, mesh_dim_names=cp.mesh_dim_names
     )
