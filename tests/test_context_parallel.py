@@ -154,6 +154,12 @@ def _rank_main(rank, port, models, passes, out_dir):
                 except ValueError as error:
                     results[(version, "odd_tokens")] = str(error)
             results[(version, "block_tokens")] = set(seen)
+            uneven = LTX2AudioVideoTransformer.from_config(model.config)
+            uneven.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD_SIZE, ulysses_anything=True))
+            try:
+                uneven(**_inputs(uneven, 1, 0, hidden_states=tokens, num_frames=1, height=1, width=3))
+            except ValueError as error:
+                results[(version, "uneven_gloo")] = str(error)
         torch.save(results, out_dir / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -216,6 +222,7 @@ def test_cpu_route_and_refusals(ranks, version):
             assert result[(version, "diffusers_cpu_resolve")] == "ZeroDivisionError"
         assert "ring attention needs an attention backend" in result[(version, "ring")]
         assert "3 video tokens cannot be split evenly over 2" in result[(version, "odd_tokens")]
+        assert "gloo backend cannot all-gather unequal shards" in result[(version, "uneven_gloo")]
         video_tokens = FRAMES * HEIGHT * WIDTH
         assert result[(version, "block_tokens")] == {(video_tokens // WORLD_SIZE, AUDIO_FRAMES)}  # video sharded
 

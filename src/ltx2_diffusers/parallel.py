@@ -122,6 +122,11 @@ def check_context_parallel_inputs(
         )
     if anything and num_video_tokens < ranks:
         raise ValueError(f"hidden_states: {num_video_tokens} video tokens, fewer than the {ranks} ranks")
+    if anything and num_video_tokens % ranks and torch.distributed.get_backend() == "gloo":
+        raise ValueError(
+            f"hidden_states: {num_video_tokens} video tokens do not split evenly over {ranks} ranks, and the gloo "
+            "backend cannot all-gather unequal shards (ulysses_anything/ring_anything need NCCL for that)"
+        )
     if video_self_attention_mask is not None and cp_config.ring_degree > 1:
         raise ValueError(
             "video_self_attention_mask is not supported with ring attention (each ring step would need its own "
