@@ -15,7 +15,9 @@ VIDEO tokens over the N ranks; everything else is replicated:
   the key chunks around and merges them by log-sum-exp. Either way each rank ends with the exact full-sequence
   result for every audio token; the all-to-all moves 1/N of the keys an all-gather would;
 * positions, per-token video timesteps and keyframe markers are sharded with the video tokens (one hook on
-  `video_tokens`), and the video output is gathered after `proj_out` (on `video_output`).
+  `video_tokens`), and the video output is gathered after `proj_out` (on `video_output`);
+* `video_self_attention_mask` stays whole: after Ulysses' all-to-all each rank attends the full sequence for its
+  heads. Ring attention cannot take it (each ring step would need its own slice) and refuses it.
 
 Every guidance pass (STG, isolated modalities, per-item `perturbations`, per-token timesteps) is decided from
 Python values identical on every rank, so all ranks issue the same collectives.
