@@ -17,6 +17,17 @@ from diffusers.models.transformers.transformer_ltx2 import AudioVisualModelOutpu
 from diffusers.utils import apply_lora_scale, logging
 
 from ..loaders.single_file import build_from_state_dict
+from ..parallel import (
+    TRANSFORMER_CP_PLAN,
+    VideoOutput,
+    VideoTokens,
+    assign_attention_roles,
+    check_context_parallel_inputs,
+    check_parallel_config,
+    context_parallel_config,
+    resolve_parallel_config_without_accelerator,
+    shard_video_tokens,
+)
 from .modulation import AdaLayerNormSingle
 from .perturbations import BlockPerturbation, LTX2Perturbation, block_perturbation, validate_perturbations
 from .rope import ROPE_TYPES, rope_frequencies
@@ -48,6 +59,7 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
     _no_split_modules = ["LTX2AVTransformerBlock"]
     _repeated_blocks = ["LTX2AVTransformerBlock"]
     _skip_layerwise_casting_patterns = ["norm", "scale_shift_table"]
+    _cp_plan = TRANSFORMER_CP_PLAN  # video tokens sharded, audio replicated: see parallel.py
 
     @register_to_config
     def __init__(
@@ -113,6 +125,7 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
         inner_dim = num_attention_heads * attention_head_dim
         audio_inner_dim = audio_num_attention_heads * audio_attention_head_dim
 
+        self.video_tokens = VideoTokens()  # no weights: where context parallelism shards the video tokens
         self.proj_in = torch.nn.Linear(in_channels, inner_dim)
         self.audio_proj_in = torch.nn.Linear(audio_in_channels, audio_inner_dim)
         if use_keyframes_abs_pos_embedding:
@@ -161,6 +174,7 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
             ]
         )
         self.proj_out = torch.nn.Linear(inner_dim, out_channels)
+        self.video_output = VideoOutput()  # no weights: where context parallelism gathers the video output
         self.audio_proj_out = torch.nn.Linear(audio_inner_dim, audio_out_channels)
         self.gradient_checkpointing = False
 
@@ -178,6 +192,20 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
         return build_from_state_dict(cls.from_config, {"config": config}, state_dict, "transformer")
 
     config_from_original = staticmethod(transformer_config_from_original)
+
+    # ------------------------------------------------------------------ context parallelism
+    def enable_parallelism(self, *, config, cp_plan=None):
+        """diffusers' `enable_parallelism` (context parallelism only), then each attention gets its role: video
+        self-attention and video->audio cross-attention over the sharded video keys, the rest local."""
+        check_parallel_config(self, config)
+        super().enable_parallelism(config=config, cp_plan=cp_plan)
+        assign_attention_roles(self)
+
+    def _resolve_parallel_config(self, config):
+        # diffusers' version divides by the accelerator count; without an accelerator build a CPU (gloo) mesh.
+        if torch.accelerator.is_available() and torch.accelerator.device_count() > 0:
+            return super()._resolve_parallel_config(config)
+        return resolve_parallel_config_without_accelerator(self, config)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -402,6 +430,13 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
             )
         self._check_coords("video_coords", video_coords, batch_size, 3, num_video_tokens)
         self._check_coords("audio_coords", audio_coords, batch_size, 1, num_audio_tokens)
+        cp_config = context_parallel_config(self)
+        if cp_config is not None:
+            check_context_parallel_inputs(cp_config, num_video_tokens, video_self_attention_mask)
+        # Identity unless context-parallel: then this rank keeps its slice of the video tokens.
+        hidden_states, video_coords, timestep, video_keyframes_mask = shard_video_tokens(
+            self.video_tokens, hidden_states, video_coords, timestep, video_keyframes_mask
+        )
         video_max_pos = (config.pos_embed_max_pos, config.base_height, config.base_width)
         cross_max_pos = (max(config.pos_embed_max_pos, config.audio_pos_embed_max_pos),)
         video_rotary_emb = self._rotary(video_coords, self.inner_dim, video_max_pos, config.num_attention_heads, dtype)
@@ -491,7 +526,7 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
                 vx, ax = block(*args)
 
         # 6. Output modulation and projection.
-        output = self._output(vx, embedded_timestep, self.scale_shift_table, self.proj_out)
+        output = self.video_output(self._output(vx, embedded_timestep, self.scale_shift_table, self.proj_out))
         audio_output = self._output(ax, audio_embedded_timestep, self.audio_scale_shift_table, self.audio_proj_out)
         if not return_dict:
             return output, audio_output
