@@ -711,9 +711,12 @@ def convert_checkpoint(
             gemma_root is not None,
             upsampler is not None,
             fp8_info is not None and fp8_info.output_is_fp8,
+            transformer_params=sum(
+                math.prod(i.shape) for p in plans if p.component.name == "transformer" for i in p.items
+            ),
         )
         card_kind = _model_card_kind(model_version, variant, fp8_info is not None and fp8_info.output_is_fp8)
-        (tmp / "README.md").write_text(render_model_card(card_kind, fields))
+        (tmp / "README.md").write_text(render_model_card(card_kind, fields), encoding="utf-8")
 
         folded = []
         if fp8_info is not None and fp8_info.folded:
