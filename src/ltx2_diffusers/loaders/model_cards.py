@@ -29,7 +29,7 @@ def _model_card_kind(model_version: str, variant: str, fp8: bool) -> str:
 
 #: ASCII punctuation left as is in markdown text (cannot start any markup); every other one is escaped.
 _MARKDOWN_SAFE = frozenset("/,")
-_HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
+_HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 
 def markdown_text(value: str) -> str:
@@ -52,10 +52,13 @@ def markdown_text(value: str) -> str:
 
 
 def python_literal(value: str) -> str:
-    """A Python string literal that evaluates to `value` (double-quoted when it can be), safe on one code line."""
+    """A Python string literal that evaluates to `value` (double-quoted when it can be) on one line, with backticks
+    and `<`, `>`, `&` written as `\\x..` escapes (so no fence or tag appears in the card's text)."""
     literal = repr(str(value))
     if literal.startswith("'") and '"' not in value:
         literal = f'"{literal[1:-1]}"'
+    for ch in "`<>&":
+        literal = literal.replace(ch, f"\\x{ord(ch):02x}")
     return literal
 
 

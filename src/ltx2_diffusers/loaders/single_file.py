@@ -115,10 +115,11 @@ def read_checkpoint_config(path: str | os.PathLike) -> tuple[dict, str | None]:
 #: 48 layers, 32 heads of 128, widths up to 4096, sample rates up to 48000):
 #: - every number anywhere is finite with magnitude at most `CONFIG_MAX_ABS`;
 #: - counts (keys such as `num_layers`, `*_heads`, `*_registers`, `*_blocks`, `norm_num_groups`) are integers in
-#:   [0, `CONFIG_MAX_COUNT`];
-#: - sizes (keys ending in `dim`, `channels`, `size`, `bins`, `length`, ...) are integers in [0, `CONFIG_MAX_SIZE`].
+#:   [0, `CONFIG_MAX_COUNT`] (or null, or booleans for flags such as `normalize_latent_channels`);
+#: - sizes (keys ending in `dim`, `channels`, `size`, `bins`, `length`, ...) are integers in [0, `CONFIG_MAX_SIZE`]
+#:   (or null / booleans); a string where such a number belongs is refused.
 CONFIG_MAX_ABS = 1e7
-CONFIG_MAX_COUNT = 1024
+CONFIG_MAX_COUNT = 4096
 CONFIG_MAX_SIZE = 1 << 20
 _COUNT_KEY = re.compile(r"(^|_)(num|n)_|layers|blocks|registers|heads|groups")
 _SIZE_KEY = re.compile(r"(dim|dims|channels?|_ch|^ch|size|sizes|bins|mels|resolution|length|n_fft)$")
@@ -127,15 +128,17 @@ _SIZE_KEY = re.compile(r"(dim|dims|channels?|_ch|^ch|size|sizes|bins|mels|resolu
 def check_config_bounds(config, where: str) -> None:
     """`ValueError` naming the file and the key for a config value outside the bounds above."""
 
-    def walk(value, key: str, dotted: str):
+    def walk(value, key: str, dotted: str, in_list: bool = False):
+        limit = CONFIG_MAX_COUNT if _COUNT_KEY.search(key) else CONFIG_MAX_SIZE if _SIZE_KEY.search(key) else None
         if isinstance(value, dict):
             for k, v in value.items():
                 walk(v, str(k), f"{dotted}.{k}" if dotted else str(k))
         elif isinstance(value, list):
             for i, v in enumerate(value):
-                walk(v, key, f"{dotted}[{i}]")
+                walk(v, key, f"{dotted}[{i}]", True)
+        elif limit is not None and not in_list and isinstance(value, str):
+            raise ValueError(f"{where!r}: config value {dotted} = {value!r} is not a number (an integer expected)")
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            limit = CONFIG_MAX_COUNT if _COUNT_KEY.search(key) else CONFIG_MAX_SIZE if _SIZE_KEY.search(key) else None
             if limit is not None and not (isinstance(value, int) and 0 <= value <= limit):
                 raise ValueError(
                     f"{where!r}: config value {dotted} = {value!r} is outside the model's range (an integer in "
