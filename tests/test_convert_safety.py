@@ -299,7 +299,7 @@ _CHILD = textwrap.dedent(
         c._verify = lambda ledger: os.kill(os.getpid(), signal.SIGKILL)
     elif mode == "kill_old":
         def killer(src, dst):
-            if ".old-" in str(src):
+            if ".partial-" in str(src):  # the previous conversion is already aside
                 os.kill(os.getpid(), signal.SIGKILL)
         output_folder._rename_noreplace = killer
     elif mode == "barrier":
@@ -350,11 +350,20 @@ def test_two_processes_into_one_folder_cannot_both_succeed(tmp_path):
 def test_leftovers_of_killed_runs_are_named_and_removed(tmp_path, caplog):
     checkpoint = _sources()[0]
     out = tmp_path / "out"
+
+    def leftovers():
+        return sorted(p for p in tmp_path.iterdir() if p.name.startswith(".out."))
+
     assert _child("kill_partial", checkpoint, out).wait(timeout=300) == -9
-    convert_checkpoint(checkpoint, out, repo_id="first")
+    first = leftovers()
+    assert [p.name.split("-")[0] for p in first] == [".out.partial"]
+    with caplog.at_level(logging.WARNING, logger="ltx2_diffusers.loaders.output_folder"):
+        convert_checkpoint(checkpoint, out, repo_id="first")
+    assert os.fspath(first[0]) in caplog.text and not first[0].exists()
+    caplog.clear()
     assert _child("kill_old", checkpoint, out).wait(timeout=300) == -9
-    leftovers = sorted(p for p in tmp_path.iterdir() if p.name.startswith(".out."))
-    assert [re.sub(r"-.*", "", p.name) for p in leftovers] == [".out.old", ".out.partial", ".out.partial"]
+    second = leftovers()
+    assert [p.name.split("-")[0] for p in second] == [".out.old", ".out.partial"]
     assert not out.exists()  # killed between the two moves: the previous conversion sits in .old-*
     foreign = tmp_path / ".out.partial-users"  # looks like ours by name, but has no marker: never touched
     foreign.mkdir()
@@ -363,13 +372,15 @@ def test_leftovers_of_killed_runs_are_named_and_removed(tmp_path, caplog):
     try:
         with caplog.at_level(logging.WARNING, logger="ltx2_diffusers.loaders.output_folder"):
             convert_checkpoint(checkpoint, out, repo_id="second")
+        assert held.path.is_dir()
     finally:
         held.release(remove=True)
-    for path in leftovers:
+    for path in second:
         assert not path.exists()
         assert os.fspath(path) in caplog.text
     assert (foreign / "keep.txt").read_text() == "mine"
     assert "second" in (out / "README.md").read_text()
+    assert not (out / output_folder.TEMP_MARKER_NAME).exists()
 
 
 # ------------------------------------------------------------------------------------------------ garbage

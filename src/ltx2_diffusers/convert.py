@@ -738,7 +738,6 @@ def convert_checkpoint(
             )
 
         output_folder.write_marker(tmp)
-        partial.forget()
         output_folder.publish(tmp, output_dir, expected_output)
     except BaseException:
         partial.release(remove=True)

@@ -179,9 +179,8 @@ class TempFolder:
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def forget(self) -> None:
-        """Delete the temp marker (just before the folder becomes the output, so it is not taken for a leftover)."""
-        with contextlib.suppress(OSError):
-            os.unlink(self.path / TEMP_MARKER_NAME)
+        """Delete the temp marker, so that the folder is never taken for a leftover."""
+        _drop_temp_marker(self.path)
 
     def release(self, remove: bool) -> None:
         """Drop the lock; with `remove`, delete the folder (only ever one this object created)."""
@@ -304,6 +303,7 @@ def publish(tmp: Path, output_dir: Path, expected: OutputState) -> None:
                 raise ValueError(
                     f"output_dir {where!r} appeared during the conversion; nothing was replaced"
                 ) from None
+            _drop_temp_marker(output_dir)
             return
         trash = TempFolder(output_dir, "old")
         aside = trash.path / output_dir.name
@@ -333,4 +333,10 @@ def publish(tmp: Path, output_dir: Path, expected: OutputState) -> None:
             else:
                 trash.release(remove=True)
             raise
+        _drop_temp_marker(output_dir)
         trash.release(remove=True)
+
+
+def _drop_temp_marker(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(folder / TEMP_MARKER_NAME)
