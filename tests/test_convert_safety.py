@@ -264,16 +264,19 @@ def test_target_that_changed_meanwhile_is_not_replaced(tmp_path, monkeypatch, st
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
-def test_two_threads_into_one_folder_cannot_both_succeed(tmp_path, monkeypatch):
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_two_threads_into_one_folder_cannot_both_succeed(tmp_path, monkeypatch, overwrite):
     checkpoint = _sources()[0]
     out = tmp_path / "out"
+    if overwrite:  # both start from the same previous conversion: only one may replace it
+        convert_checkpoint(checkpoint, out)
     barrier = threading.Barrier(2, timeout=120)
     _during_conversion(monkeypatch, barrier.wait)  # both finish writing before either moves
     results = []
 
     def run(seed_name):
         try:
-            convert_checkpoint(checkpoint, out, repo_id=seed_name)
+            convert_checkpoint(checkpoint, out, repo_id=seed_name, overwrite=overwrite)
             results.append("ok")
         except ValueError as e:
             results.append(str(e))
@@ -486,6 +489,22 @@ def test_absurd_config_values_are_refused_before_building(tmp_path, section, key
             call()
         assert os.fspath(source) in str(error.value) or key in str(error.value)
         assert key in str(error.value) or section in str(error.value)
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("version", ["2.3.0\n<script>", "2.3.0`", "", "x" * 40])
+def test_bad_model_version_is_refused(tmp_path, version):
+    checkpoint = _sources()[0]
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(checkpoint), bad, metadata={**factories.read_metadata(checkpoint), "model_version": version})
+    nover = tmp_path / "nover.safetensors"
+    save_file(load_file(checkpoint), nover, metadata={"config": factories.read_metadata(checkpoint)["config"]})
+    before = _tree(tmp_path)
+    with pytest.raises(ValueError, match="model_version") as error:
+        convert_checkpoint(bad, tmp_path / "out")
+    assert os.fspath(bad) in str(error.value)
+    with pytest.raises(ValueError, match="model_version"):
+        convert_checkpoint(nover, tmp_path / "out", model_version=version)
     assert _tree(tmp_path) == before
 
 

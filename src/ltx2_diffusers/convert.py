@@ -49,7 +49,7 @@ from .loaders.shards import (
     parse_dtype,
     parse_size,
 )
-from .loaders.single_file import KeyTable, read_checkpoint_config
+from .loaders.single_file import KeyTable, check_model_version, read_checkpoint_config
 
 
 logger = logging.get_logger(__name__)
@@ -617,6 +617,7 @@ def convert_checkpoint(
     if file_version is not None and model_version is not None and file_version != model_version:
         raise ValueError(f"model_version {model_version!r} contradicts the file's metadata {file_version!r}")
     model_version = file_version or model_version
+    check_model_version(model_version, "model_version")
     from .loaders.fp8 import check_fp8_conversion
 
     fp8_info = check_fp8_conversion(checkpoint, dtype, fp8_cast=bool(fp8_cast))
@@ -806,14 +807,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--distilled-lora",
         nargs="+",
         metavar=("PATH", "STRENGTH"),
-        help=f"distilled LoRA kept as the adapter 'distilled' (default strength {DEFAULT_DISTILLED_LORA_SCALE})",
+        help=f"distilled LoRA kept as the adapter 'distilled' (default strength {DEFAULT_DISTILLED_LORA_SCALE}; "
+        f"finite, 0 to {MAX_DISTILLED_LORA_SCALE:g})",
     )
     parser.add_argument("--gemma-root", help="Gemma 3 folder copied into text_encoder/ and tokenizer/")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: the source's dtypes")
     parser.add_argument("--max-shard-size", default="10GB", help="e.g. 10GB, 500MB (default 10GB)")
     parser.add_argument("--model-version", help="only for files whose metadata lacks model_version")
     parser.add_argument("--variant", choices=["dev", "distilled"], help="for the model card (default: from file name)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a previous conversion by this converter (never a folder holding other files)",
+    )
     parser.add_argument(
         "--fp8-cast",
         action="store_true",

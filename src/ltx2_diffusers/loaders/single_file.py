@@ -106,9 +106,15 @@ def read_checkpoint_config(path: str | os.PathLike) -> tuple[dict, str | None]:
         raise ValueError(f"the 'config' metadata of {os.fspath(path)!r} is not a JSON object")
     check_config_bounds(config, os.fspath(path))
     version = meta.get("model_version")
-    if version is not None and not re.fullmatch(r"[0-9][0-9A-Za-z.+_-]{0,31}", version):
-        raise ValueError(f"{os.fspath(path)!r}: 'model_version' {version[:80]!r} is not a version such as '2.3.0'")
+    if version is not None:
+        check_model_version(version, f"{os.fspath(path)!r}: 'model_version'")
     return config, version
+
+
+def check_model_version(version, where: str) -> None:
+    """`ValueError` unless `version` looks like a version string ("2.3.0"; digits first, at most 32 characters)."""
+    if not isinstance(version, str) or not re.fullmatch(r"[0-9][0-9A-Za-z.+_-]{0,31}", version):
+        raise ValueError(f"{where} {str(version)[:80]!r} is not a version such as '2.3.0'")
 
 
 #: Bounds on a checkpoint's metadata config, checked before any model is built (the released LTX-2.3 file has
