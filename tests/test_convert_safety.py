@@ -137,10 +137,15 @@ def _layout(case, root, files):
         (root / "sd").mkdir()
         (root / "sd" / "model_index.json").write_text("{}")
         return root / "sd", True, root / "sd", "not a folder this converter wrote"
-    if case in ("overwrite_conversion_plus_user_file", "overwrite_conversion_plus_user_file_in_subfolder"):
+    if case.startswith("overwrite_conversion_plus_user_"):
         convert_checkpoint(_sources()[0], out)
-        extra = out / ("notes.txt" if case.endswith("user_file") else "vae/mine.safetensors")
-        extra.write_text("mine")
+        if case.endswith("empty_folder"):
+            (out / "renders").mkdir()
+        elif case.endswith("link"):
+            (out / "vae" / "notes.txt").symlink_to(root / "main.py")
+        else:
+            extra = out / ("notes.txt" if case.endswith("user_file") else "vae/mine.safetensors")
+            extra.write_text("mine")
         return out, True, out, "did not write"
     if case == "overwrite_conversion_link":
         convert_checkpoint(_sources()[0], root / "conv")
@@ -171,6 +176,8 @@ OVERLAP_CASES = [
     "overwrite_foreign_diffusers_folder",
     "overwrite_conversion_plus_user_file",
     "overwrite_conversion_plus_user_file_in_subfolder",
+    "overwrite_conversion_plus_user_empty_folder",
+    "overwrite_conversion_plus_user_link",
     "overwrite_conversion_link",
     "not_empty_without_overwrite",
     "output_is_a_file",
@@ -223,9 +230,9 @@ def test_overwrite_replaces_a_previous_conversion_and_nothing_else(tmp_path):
     second = json.loads((out / output_folder.MARKER_NAME).read_text())
     assert first["id"] != second["id"] and not (out / "distilled_lora").exists()
     assert sorted(second["files"]) == sorted(
-        k[len("out/") :]
+        k[len("out/") :] + ("/" if v == "dir" else "")
         for k, v in _tree(root).items()
-        if k.startswith("out/") and v != "dir" and not k.endswith(output_folder.MARKER_NAME)
+        if k.startswith("out/") and not k.endswith(output_folder.MARKER_NAME)
     )
     assert {k: v for k, v in _tree(root).items() if not k.startswith("out")} == inputs
     assert sorted(p.name for p in root.iterdir()) == ["main.py", "models", "out"]  # no temp folder left

@@ -90,11 +90,14 @@ def check_inputs_outside(output_dir: Path, inputs: Mapping[str, str | os.PathLik
 
 # ------------------------------------------------------------------------------------------------ markers
 def _listing(folder: Path) -> list[str]:
-    """Every file (and symlink) under `folder` as a sorted relative POSIX path, markers excluded."""
+    """Every file, link and folder (`name/`) under `folder` as a sorted relative POSIX path, markers excluded."""
     out = []
     for root, dirs, files in os.walk(folder):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-            rel = Path(os.path.relpath(os.path.join(root, name), folder)).as_posix()
+        for name in files + dirs:
+            path = os.path.join(root, name)
+            rel = Path(os.path.relpath(path, folder)).as_posix()
+            if os.path.isdir(path) and not os.path.islink(path):
+                rel += "/"
             if rel not in (MARKER_NAME, TEMP_MARKER_NAME):
                 out.append(rel)
     return sorted(out)
@@ -128,8 +131,9 @@ def _conversion_id(folder: Path) -> str:
         )
     present = _listing(folder)
     foreign = sorted(set(present) - set(files))
-    if foreign or any(os.path.islink(folder / p) for p in present):
-        foreign = foreign or [p for p in present if os.path.islink(folder / p)]
+    links = [p for p in present if os.path.islink(folder / p)]  # the converter writes no links
+    if foreign or links:
+        foreign = foreign or links
         raise ValueError(
             f"output_dir {where!r} holds files the converter did not write ({len(foreign)}: {foreign[:5]}); "
             "refusing to replace it: move them out or choose another output_dir"
