@@ -579,8 +579,9 @@ def convert_checkpoint(
     metadata (pass it only for files that lack it). `variant` ("dev" / "distilled") and `repo_id` only fill the
     model card. float8 sources: cast-only weights are kept (or upcast to `dtype`), scaled ones need `dtype` and are
     dequantised; `fp8_cast` stores the transformer's block linears as float8 like ltx-core's fp8-cast policy (refused
-    for files that are already float8). Raises `ValueError` / `TypeError` naming the bad argument or key; nothing is
-    left at `output_dir` (nor beside it) when it raises.
+    for files that are already float8). `overwrite` replaces only a previous conversion by this converter whose files
+    are untouched (`loaders/output_folder.py`); `distilled_lora_scale` is finite, in [0, 10]. Raises `ValueError` /
+    `TypeError` naming the bad argument, path or key; nothing is left at `output_dir` (nor beside it) when it raises.
     """
     started = time.perf_counter()
     checkpoint_path = Path(os.fspath(checkpoint_path))
