@@ -119,6 +119,11 @@ def _layout(case, root, files):
     if case == "output_is_cwd":
         os.chdir(root / "models")
         return Path("."), True, files["checkpoint_path"], "lies inside output_dir"
+    if case == "output_is_cwd_holding_user_files":  # no input there, but the user's script
+        (root / "project").mkdir()
+        (root / "project" / "main.py").write_text("print('mine')\n")
+        os.chdir(root / "project")
+        return Path("."), True, root / "project", "not a folder this converter wrote"
     if case == "output_inside_gemma_root":
         return files["gemma_root"] / "converted", False, files["gemma_root"], "lies inside gemma_root"
     if case == "output_symlink_to_inputs_folder":
@@ -169,6 +174,7 @@ OVERLAP_CASES = [
     "output_is_inputs_folder",
     "output_above_inputs_folder",
     "output_is_cwd",
+    "output_is_cwd_holding_user_files",
     "output_inside_gemma_root",
     "output_symlink_to_inputs_folder",
     "input_symlink_inside_output",
