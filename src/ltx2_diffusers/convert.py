@@ -11,6 +11,10 @@ bad inputs fail before anything is written. Tensors are then streamed one at a t
 safetensors shards whose headers are written up front, so memory stays near the largest tensor. The folder is
 built under a temporary name beside `--output-dir` and renamed at the end; every written tensor is re-read and
 its CRC-32 compared, and the run reports counts and checksums.
+
+Nothing the converter did not write is deleted or replaced (`loaders/output_folder.py`): inputs inside the output
+folder (or an output inside an input folder) are refused, `--overwrite` replaces only a previous conversion (its
+marker lists exactly the files present), and the final move refuses a target that changed meanwhile.
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -32,6 +36,7 @@ import torch
 from diffusers.utils import logging
 
 # MODEL_CARDS_DIR, parse_size and the card/shard helpers stay importable from here.
+from .loaders import output_folder
 from .loaders.model_cards import MODEL_CARDS_DIR, _card_fields, _model_card_kind, render_model_card  # noqa: F401
 from .loaders.shards import (
     _Buffer,
@@ -44,7 +49,7 @@ from .loaders.shards import (
     parse_dtype,
     parse_size,
 )
-from .loaders.single_file import KeyTable, read_checkpoint_config
+from .loaders.single_file import KeyTable, check_model_version, read_checkpoint_config
 
 
 logger = logging.get_logger(__name__)
@@ -65,6 +70,8 @@ PIPELINE_CLASS_NAME = "LTX2AudioToVideoPipeline"
 DISTILLED_LORA_SUBFOLDER = "distilled_lora"
 DISTILLED_LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 DEFAULT_DISTILLED_LORA_SCALE = 0.8
+#: `distilled_lora_scale` must be finite and in [0, MAX_DISTILLED_LORA_SCALE] (the bound of every LoRA strength).
+MAX_DISTILLED_LORA_SCALE = 10.0
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 
@@ -271,7 +278,8 @@ def _plan_component(
     table = component.table(config)
     with torch.device("meta"):
         model = component.build(config, st.shapes())
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in state.items()}
     items, ignored, origin = [], [], {}
     for key in st.keys_in_file_order(keys):
         if table.is_ignored(key):
@@ -283,6 +291,11 @@ def _plan_component(
         origin[target] = key
         src_dtype, shape, _, _ = st.entries[key]
         items.append(_Item(key, target, dtype_for(key, src_dtype), shape))
+        if target in state and state[target].dtype.is_floating_point and not src_dtype.is_floating_point:
+            raise ValueError(
+                f"{component.name}: {st.path!r}: tensor {key!r} has dtype {src_dtype} where the model expects floating "
+                "point weights (a corrupted or re-tagged file)"
+            )
     given = {i.target: i.shape for i in items}
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(f"{origin[k]} -> {k}" for k in set(given) - set(expected))
@@ -529,8 +542,10 @@ def _plan_lora(
     items = []
     for key in lora.keys_in_file_order(mapping):
         src_dtype, shape, _, _ = lora.entries[key]
-        if src_dtype in _FLOAT8:
-            raise ValueError(f"the LoRA holds float8 tensors ({key!r}); LoRAs must be bf16/fp16/fp32")
+        if src_dtype in _FLOAT8 or not src_dtype.is_floating_point:
+            raise ValueError(
+                f"{lora.path!r}: the LoRA tensor {key!r} has dtype {src_dtype}; LoRAs must be bf16/fp16/fp32"
+            )
         items.append(_Item(key, mapping[key], _target_dtype(src_dtype, dtype), shape))
     return items, sorted(dropped)
 
@@ -564,8 +579,9 @@ def convert_checkpoint(
     metadata (pass it only for files that lack it). `variant` ("dev" / "distilled") and `repo_id` only fill the
     model card. float8 sources: cast-only weights are kept (or upcast to `dtype`), scaled ones need `dtype` and are
     dequantised; `fp8_cast` stores the transformer's block linears as float8 like ltx-core's fp8-cast policy (refused
-    for files that are already float8). Raises `ValueError` / `TypeError` naming the bad argument or key; nothing is
-    left at `output_dir` (nor beside it) when it raises.
+    for files that are already float8). `overwrite` replaces only a previous conversion by this converter whose files
+    are untouched (`loaders/output_folder.py`); `distilled_lora_scale` is finite, in [0, 10]. Raises `ValueError` /
+    `TypeError` naming the bad argument, path or key; nothing is left at `output_dir` (nor beside it) when it raises.
     """
     started = time.perf_counter()
     checkpoint_path = Path(os.fspath(checkpoint_path))
@@ -574,10 +590,22 @@ def convert_checkpoint(
     max_bytes = parse_size(max_shard_size)
     if isinstance(distilled_lora_scale, bool) or not isinstance(distilled_lora_scale, (int, float)):
         raise TypeError(f"distilled_lora_scale must be a number, got {distilled_lora_scale!r}")
+    if not (math.isfinite(distilled_lora_scale) and 0 <= distilled_lora_scale <= MAX_DISTILLED_LORA_SCALE):
+        raise ValueError(
+            f"distilled_lora_scale (--distilled-lora STRENGTH) must be finite and in [0, {MAX_DISTILLED_LORA_SCALE:g}], "
+            f"got {distilled_lora_scale!r}"
+        )
     if variant not in (None, "dev", "distilled"):
         raise ValueError(f"variant must be 'dev' or 'distilled', got {variant!r}")
-    if output_dir.exists() and (not output_dir.is_dir() or (any(output_dir.iterdir()) and not overwrite)):
-        raise ValueError(f"output_dir {os.fspath(output_dir)!r} exists and is not empty (pass overwrite=True)")
+    inputs = {
+        "checkpoint_path": checkpoint_path,
+        "spatial_upsampler_path": spatial_upsampler_path,
+        "distilled_lora": distilled_lora,
+        "gemma_root": gemma_root,
+    }
+    output_folder.check_inputs_outside(output_dir, inputs)
+    expected_output = output_folder.inspect_output(output_dir, overwrite)
+    output_folder.remove_leftovers(output_dir, inputs)
 
     # 1. Plan everything from the headers.
     checkpoint = _SafetensorsFile(checkpoint_path)
@@ -590,6 +618,7 @@ def convert_checkpoint(
     if file_version is not None and model_version is not None and file_version != model_version:
         raise ValueError(f"model_version {model_version!r} contradicts the file's metadata {file_version!r}")
     model_version = file_version or model_version
+    check_model_version(model_version, "model_version")
     from .loaders.fp8 import check_fp8_conversion
 
     fp8_info = check_fp8_conversion(checkpoint, dtype, fp8_cast=bool(fp8_cast))
@@ -610,10 +639,8 @@ def convert_checkpoint(
 
     # 2. Write under a temporary name beside the output, then rename.
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; the result should look like any other folder
+    partial = output_folder.TempFolder(output_dir, "partial")
+    tmp = partial.path
     ledger = _Ledger()
     ignored: list[str] = []
     components: dict[str, dict] = {}
@@ -672,7 +699,7 @@ def convert_checkpoint(
             model_index.update({"text_encoder": [None, None], "tokenizer": [None, None]})
         model_index["model_version"] = model_version
         model_index["distilled_lora_scale"] = float(distilled_lora_scale)
-        (tmp / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+        (tmp / "model_index.json").write_text(json.dumps(model_index, indent=2, allow_nan=False) + "\n")
         (tmp / "pipeline.py").write_text(PIPELINE_SHIM_SOURCE)
 
         fields = _card_fields(
@@ -686,9 +713,12 @@ def convert_checkpoint(
             gemma_root is not None,
             upsampler is not None,
             fp8_info is not None and fp8_info.output_is_fp8,
+            transformer_params=sum(
+                math.prod(i.shape) for p in plans if p.component.name == "transformer" for i in p.items
+            ),
         )
         card_kind = _model_card_kind(model_version, variant, fp8_info is not None and fp8_info.output_is_fp8)
-        (tmp / "README.md").write_text(render_model_card(card_kind, fields))
+        (tmp / "README.md").write_text(render_model_card(card_kind, fields), encoding="utf-8")
 
         folded = []
         if fp8_info is not None and fp8_info.folded:
@@ -709,16 +739,12 @@ def convert_checkpoint(
                 f"{len(ignored)} ignored"
             )
 
-        if output_dir.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            os.replace(output_dir, trash / output_dir.name)
-            os.replace(tmp, output_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, output_dir)
+        output_folder.write_marker(tmp)
+        output_folder.publish(tmp, output_dir, expected_output)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        partial.release(remove=True)
         raise
+    partial.release(remove=False)
 
     return ConversionReport(
         output_dir=os.fspath(output_dir),
@@ -782,14 +808,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--distilled-lora",
         nargs="+",
         metavar=("PATH", "STRENGTH"),
-        help=f"distilled LoRA kept as the adapter 'distilled' (default strength {DEFAULT_DISTILLED_LORA_SCALE})",
+        help=f"distilled LoRA kept as the adapter 'distilled' (default strength {DEFAULT_DISTILLED_LORA_SCALE}; "
+        f"finite, 0 to {MAX_DISTILLED_LORA_SCALE:g})",
     )
     parser.add_argument("--gemma-root", help="Gemma 3 folder copied into text_encoder/ and tokenizer/")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: the source's dtypes")
     parser.add_argument("--max-shard-size", default="10GB", help="e.g. 10GB, 500MB (default 10GB)")
     parser.add_argument("--model-version", help="only for files whose metadata lacks model_version")
     parser.add_argument("--variant", choices=["dev", "distilled"], help="for the model card (default: from file name)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a previous conversion by this converter (never a folder holding other files)",
+    )
     parser.add_argument(
         "--fp8-cast",
         action="store_true",

@@ -8,6 +8,7 @@ methods and the converter both go through the functions here, so a mapping is wr
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -101,13 +102,69 @@ def read_checkpoint_config(path: str | os.PathLike) -> tuple[dict, str | None]:
         config = json.loads(meta["config"])
     except json.JSONDecodeError as e:
         raise ValueError(f"the 'config' metadata of {os.fspath(path)!r} is not valid JSON: {e}") from None
-    return config, meta.get("model_version")
+    if not isinstance(config, dict):
+        raise ValueError(f"the 'config' metadata of {os.fspath(path)!r} is not a JSON object")
+    check_config_bounds(config, os.fspath(path))
+    version = meta.get("model_version")
+    if version is not None:
+        check_model_version(version, f"{os.fspath(path)!r}: 'model_version'")
+    return config, version
+
+
+def check_model_version(version, where: str) -> None:
+    """`ValueError` unless `version` looks like a version string ("2.3.0"; digits first, at most 32 characters)."""
+    if not isinstance(version, str) or not re.fullmatch(r"[0-9][0-9A-Za-z.+_-]{0,31}", version):
+        raise ValueError(f"{where} {str(version)[:80]!r} is not a version such as '2.3.0'")
+
+
+#: Bounds on a checkpoint's metadata config, checked before any model is built (the released LTX-2.3 file has
+#: 48 layers, 32 heads of 128, widths up to 4096, sample rates up to 48000):
+#: - every number anywhere is finite with magnitude at most `CONFIG_MAX_ABS`;
+#: - counts (keys such as `num_layers`, `*_heads`, `*_registers`, `*_blocks`, `norm_num_groups`) are integers in
+#:   [0, `CONFIG_MAX_COUNT`] (or null, or booleans for flags such as `normalize_latent_channels`);
+#: - sizes (keys ending in `dim`, `channels`, `size`, `bins`, `length`, ...) are integers in [0, `CONFIG_MAX_SIZE`]
+#:   (or null / booleans); a string where such a number belongs is refused.
+CONFIG_MAX_ABS = 1e7
+CONFIG_MAX_COUNT = 4096
+CONFIG_MAX_SIZE = 1 << 20
+_COUNT_KEY = re.compile(r"(^|_)(num|n)_|layers|blocks|registers|heads|groups")
+_SIZE_KEY = re.compile(r"(dim|dims|channels?|_ch|^ch|size|sizes|bins|mels|resolution|length|n_fft)$")
+
+
+def check_config_bounds(config, where: str) -> None:
+    """`ValueError` naming the file and the key for a config value outside the bounds above."""
+
+    def walk(value, key: str, dotted: str, in_list: bool = False):
+        limit = CONFIG_MAX_COUNT if _COUNT_KEY.search(key) else CONFIG_MAX_SIZE if _SIZE_KEY.search(key) else None
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, str(k), f"{dotted}.{k}" if dotted else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, key, f"{dotted}[{i}]", True)
+        elif limit is not None and not in_list and isinstance(value, str):
+            raise ValueError(f"{where!r}: config value {dotted} = {value!r} is not a number (an integer expected)")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if limit is not None and not (isinstance(value, int) and 0 <= value <= limit):
+                raise ValueError(
+                    f"{where!r}: config value {dotted} = {value!r} is outside the model's range (an integer in "
+                    f"[0, {limit}] expected)"
+                )
+            if not math.isfinite(value) or abs(value) > CONFIG_MAX_ABS:
+                raise ValueError(
+                    f"{where!r}: config value {dotted} = {value!r} is not finite or above {CONFIG_MAX_ABS:g} in magnitude"
+                )
+
+    walk(config, "", "")
 
 
 def checkpoint_keys(path: str | os.PathLike) -> list[str]:
     _check_safetensors_file(path)
     with safe_open(os.fspath(path), framework="pt") as f:
         return list(f.keys())
+
+
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 
 
 def iter_component_tensors(
@@ -119,6 +176,12 @@ def iter_component_tensors(
         for key in f.keys():
             if not table.owns(key) or table.is_ignored(key):
                 continue
+            tensor_dtype = f.get_slice(key).get_dtype()
+            if tensor_dtype not in _FLOAT_DTYPES:
+                raise ValueError(
+                    f"{os.fspath(path)!r}: tensor {key!r} has dtype {tensor_dtype} where {table.name} expects floating "
+                    "point weights (a corrupted or re-tagged file)"
+                )
             tensor = f.get_tensor(key)
             if dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(dtype)

@@ -1,0 +1,346 @@
+"""Where a conversion lands: the output folder is only ever created, or replaced when it is a previous conversion.
+
+The rules (nothing the converter did not write is ever deleted or replaced):
+
+- Inputs against the output, before any work (`check_inputs_outside`): no input (a file or a folder, by its own path
+  and by the path it resolves to) may be the output folder or lie inside it, and the output folder may not lie inside
+  an input folder (`gemma_root`). So `--output-dir .` or the folder holding the checkpoint is refused.
+- Every conversion writes `MARKER_NAME` listing each file it wrote. `overwrite` replaces only a folder whose marker is
+  there, whose `model_index.json` is there and whose files are exactly the listed ones: a user's file in it (or a
+  folder converted by something else) is refused, naming the path (`inspect_output`).
+- The folder is built in `.{name}.partial-XXXX` beside the output; the run holds an `flock` on the temp marker
+  `TEMP_MARKER_NAME` inside it for its whole life. The final move (`publish`) re-inspects the output under a lock on
+  the parent folder and must find it as it was at the start (absent, empty, or the same previous conversion), then
+  renames with `RENAME_NOREPLACE` (plain `os.rename` where the kernel lacks it: that still never replaces a file or a
+  non-empty folder). With `overwrite` the previous conversion is renamed into `.{name}.old-XXXX/`, re-verified there
+  (the same conversion id), and only then removed. So two conversions into one folder cannot both succeed.
+- Leftover `.partial-*` / `.old-*` folders of a killed run (named so, holding a temp marker for this output, and whose
+  lock is free) are named in a warning and removed at the start of the next run into the same place
+  (`remove_leftovers`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from diffusers.utils import logging
+
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no locks, leftovers are then left alone
+    fcntl = None
+
+logger = logging.get_logger(__name__)
+
+MARKER_NAME = ".ltx2_diffusers_conversion.json"
+TEMP_MARKER_NAME = ".ltx2_diffusers_temp.json"
+_MARKER_FORMAT = "ltx2-diffusers-conversion/1"
+_TEMP_FORMAT = "ltx2-diffusers-temp/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputState:
+    """What was at the output path: "absent", "empty" (an empty folder) or "conversion" (with its marker id)."""
+
+    kind: str
+    conversion_id: str | None = None
+
+    def describe(self) -> str:
+        return {"absent": "absent", "empty": "an empty folder"}.get(self.kind, f"conversion {self.conversion_id}")
+
+
+# ------------------------------------------------------------------------------------------------ inputs vs output
+def _forms(path: Path) -> set[Path]:
+    return {Path(os.path.abspath(path)), Path(os.path.realpath(path))}
+
+
+def check_inputs_outside(output_dir: Path, inputs: Mapping[str, str | os.PathLike | None]) -> None:
+    """`ValueError` naming both paths if an input is (or lies inside) `output_dir`, or `output_dir` lies inside an
+    input folder."""
+    outs = _forms(output_dir)
+    for label, value in inputs.items():
+        if value is None:
+            continue
+        path = Path(os.fspath(value))
+        for form in _forms(path):
+            for out in outs:
+                if form == out or out in form.parents:
+                    raise ValueError(
+                        f"{label} {os.fspath(path)!r} lies inside output_dir {os.fspath(output_dir)!r}; the converter "
+                        "never writes where its inputs are: choose another output_dir"
+                    )
+                if path.is_dir() and form in out.parents:
+                    raise ValueError(
+                        f"output_dir {os.fspath(output_dir)!r} lies inside {label} {os.fspath(path)!r}; choose an "
+                        "output_dir outside the input folders"
+                    )
+
+
+# ------------------------------------------------------------------------------------------------ markers
+def _listing(folder: Path) -> list[str]:
+    """Every file, link and folder (`name/`) under `folder` as a sorted relative POSIX path, markers excluded."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        for name in files + dirs:
+            path = os.path.join(root, name)
+            rel = Path(os.path.relpath(path, folder)).as_posix()
+            if os.path.isdir(path) and not os.path.islink(path):
+                rel += "/"
+            if rel not in (MARKER_NAME, TEMP_MARKER_NAME):
+                out.append(rel)
+    return sorted(out)
+
+
+def write_marker(folder: Path) -> str:
+    """Write the conversion marker listing every file now in `folder`; returns the new conversion id."""
+    conversion_id = uuid.uuid4().hex
+    marker = {"format": _MARKER_FORMAT, "id": conversion_id, "files": _listing(folder)}
+    (folder / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
+    return conversion_id
+
+
+def _conversion_id(folder: Path) -> str:
+    """The marker id of `folder` if it is exactly a conversion this converter wrote, else `ValueError` saying why."""
+    where = os.fspath(folder)
+    marker_path = folder / MARKER_NAME
+    try:
+        marker = json.loads(marker_path.read_text())
+        files, conversion_id = marker["files"], marker["id"]
+        if marker["format"] != _MARKER_FORMAT or not isinstance(files, list) or not isinstance(conversion_id, str):
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"output_dir {where!r} is not a folder this converter wrote (no valid {MARKER_NAME}); overwrite only "
+            "replaces a previous conversion: remove it yourself or choose another output_dir"
+        ) from None
+    if not (folder / "model_index.json").is_file() or os.path.islink(folder / "model_index.json"):
+        raise ValueError(
+            f"output_dir {where!r} has a conversion marker but no model_index.json; refusing to replace it"
+        )
+    present = _listing(folder)
+    foreign = sorted(set(present) - set(files))
+    links = [p for p in present if os.path.islink(folder / p)]  # the converter writes no links
+    if foreign or links:
+        foreign = foreign or links
+        raise ValueError(
+            f"output_dir {where!r} holds files the converter did not write ({len(foreign)}: {foreign[:5]}); "
+            "refusing to replace it: move them out or choose another output_dir"
+        )
+    return conversion_id
+
+
+def _state(output_dir: Path) -> OutputState:
+    """What is at `output_dir` now; `ValueError` for anything that is not absent, empty or a conversion of ours."""
+    where = os.fspath(output_dir)
+    if os.path.islink(output_dir):
+        raise ValueError(f"output_dir {where!r} is a symbolic link; give the real folder or a new path")
+    if not os.path.lexists(output_dir):
+        return OutputState("absent")
+    if not output_dir.is_dir():
+        raise ValueError(f"output_dir {where!r} exists and is not a folder")
+    if not any(output_dir.iterdir()):
+        return OutputState("empty")
+    return OutputState("conversion", _conversion_id(output_dir))
+
+
+def inspect_output(output_dir: Path, overwrite: bool) -> OutputState:
+    """The state `publish` must find again at the end; refuses a non-empty folder unless it is ours and `overwrite`."""
+    if not overwrite and os.path.lexists(output_dir) and not os.path.islink(output_dir) and output_dir.is_dir():
+        if any(output_dir.iterdir()):
+            raise ValueError(
+                f"output_dir {os.fspath(output_dir)!r} exists and is not empty (pass overwrite=True / --overwrite to "
+                "replace a previous conversion)"
+            )
+    return _state(output_dir)
+
+
+# ------------------------------------------------------------------------------------------------ temp folders
+class TempFolder:
+    """A `.{name}.{kind}-XXXX` folder beside the output, holding a temp marker that this process keeps locked."""
+
+    def __init__(self, output_dir: Path, kind: str):
+        self.path = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{kind}-", dir=output_dir.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.path, 0o777 & ~umask)  # mkdtemp creates 0700; the result should look like any other folder
+        marker = {"format": _TEMP_FORMAT, "output": output_dir.name, "pid": os.getpid()}
+        self._handle = open(self.path / TEMP_MARKER_NAME, "w+")
+        self._handle.write(json.dumps(marker) + "\n")
+        self._handle.flush()
+        if fcntl is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def forget(self) -> None:
+        """Delete the temp marker, so that the folder is never taken for a leftover."""
+        _drop_temp_marker(self.path)
+
+    def release(self, remove: bool) -> None:
+        """Drop the lock; with `remove`, delete the folder (only ever one this object created)."""
+        self._handle.close()
+        if remove:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _is_live(marker: Path) -> bool:
+    if fcntl is None:  # pragma: no cover
+        return True
+    with open(marker) as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def remove_leftovers(output_dir: Path, inputs: Mapping[str, str | os.PathLike | None]) -> list[Path]:
+    """Remove the `.partial-*` / `.old-*` folders an interrupted run into `output_dir` left; returns them."""
+    parent = output_dir.parent
+    if not parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(output_dir.name)}\.(partial|old)-[A-Za-z0-9_]+")
+    removed = []
+    for path in sorted(parent.iterdir()):
+        if not pattern.fullmatch(path.name) or os.path.islink(path) or not path.is_dir():
+            continue
+        marker = path / TEMP_MARKER_NAME
+        try:
+            info = json.loads(marker.read_text())
+            ours = info.get("format") == _TEMP_FORMAT and info.get("output") == output_dir.name
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours or _is_live(marker):
+            continue
+        try:
+            check_inputs_outside(path, inputs)
+        except ValueError:
+            logger.warning(f"leaving the leftover folder {os.fspath(path)!r} in place: an input lies inside it")
+            continue
+        logger.warning(
+            f"removing {os.fspath(path)!r}, left by an interrupted conversion into {os.fspath(output_dir)!r}"
+        )
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+# ------------------------------------------------------------------------------------------------ the final move
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def _find_renameat2():
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError, TypeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_RENAMEAT2 = _find_renameat2()
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst`, failing with `OSError` if `dst` exists: never replaces it."""
+    if _RENAMEAT2 is not None:
+        if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), os.fspath(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "exists", os.fspath(dst))
+    os.rename(src, dst)  # POSIX: never replaces a file or a non-empty folder; Windows: never replaces anything
+
+
+@contextlib.contextmanager
+def _parent_lock(parent: Path) -> Iterator[None]:
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: Path, output_dir: Path, expected: OutputState) -> None:
+    """Move the finished `tmp` to `output_dir`, which must be as `inspect_output` found it; `ValueError` otherwise."""
+    where = os.fspath(output_dir)
+    with _parent_lock(output_dir.parent):
+        try:
+            now = _state(output_dir)
+        except ValueError as e:
+            raise ValueError(
+                f"output_dir {where!r} changed during the conversion; nothing was replaced ({e})"
+            ) from None
+        if now != expected:
+            raise ValueError(
+                f"output_dir {where!r} changed during the conversion (it was {expected.describe()}, it is now "
+                f"{now.describe()}: another run?); nothing was replaced"
+            )
+        if now.kind == "empty":
+            try:
+                os.rmdir(output_dir)  # fails if something was put in it meanwhile
+            except OSError:
+                raise ValueError(f"output_dir {where!r} is no longer empty; nothing was replaced") from None
+        if now.kind != "conversion":
+            try:
+                _rename_noreplace(tmp, output_dir)
+            except OSError:
+                raise ValueError(
+                    f"output_dir {where!r} appeared during the conversion; nothing was replaced"
+                ) from None
+            _drop_temp_marker(output_dir)
+            return
+        trash = TempFolder(output_dir, "old")
+        aside = trash.path / output_dir.name
+        try:
+            os.rename(output_dir, aside)  # `aside` does not exist: a plain move
+            try:
+                moved = _conversion_id(aside)
+            except ValueError:
+                moved = None
+            if moved != expected.conversion_id:
+                _rename_noreplace(aside, output_dir)
+                raise ValueError(f"output_dir {where!r} changed during the conversion; nothing was replaced")
+            try:
+                _rename_noreplace(tmp, output_dir)
+            except OSError:
+                _rename_noreplace(aside, output_dir)
+                raise ValueError(
+                    f"output_dir {where!r} appeared during the conversion; nothing was replaced"
+                ) from None
+        except BaseException:
+            if os.path.lexists(aside):  # could not be moved back: keep it, and never take it for a leftover
+                trash.forget()
+                trash.release(remove=False)
+                logger.error(
+                    f"the previous content of {where!r} could not be moved back; it is at {os.fspath(aside)!r}"
+                )
+            else:
+                trash.release(remove=True)
+            raise
+        _drop_temp_marker(output_dir)
+        trash.release(remove=True)
+
+
+def _drop_temp_marker(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(folder / TEMP_MARKER_NAME)
