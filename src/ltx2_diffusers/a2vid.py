@@ -1,8 +1,16 @@
 """Audio-to-video command line: `python -m ltx2_diffusers.a2vid` / `ltx2-a2v`.
 
-The flags and their defaults are those of ltx-pipelines' `a2vid_two_stage` (LTX-2.3 parameters), plus model
-loading from a converted folder (`--model`), offloading, `--stage-2/--no-stage-2`, `--sync-report` and
-`--modality-scale-sweep`.
+The flags and their defaults are those of ltx-pipelines' `a2vid_two_stage` (LTX-2.3 parameters; every one of its
+flags is accepted), plus model loading from a converted folder (`--model`), offloading, `--stage-2/--no-stage-2`,
+`--sync-report`, `--modality-scale-sweep` and the size bounds `--max-num-frames` / `--max-video-tokens`.
+Deviations: `--distilled-lora PATH` without a strength uses 0.8 (the strength the converter and `from_single_file`
+use; the reference CLI uses 1.0). The audio-guidance flags (`--audio-*`, `--v2a-guidance-scale`) are accepted and
+have no effect, as in the reference A2Vid pipeline: the audio is frozen (a warning says so when one is changed).
+
+Nothing is loaded before every cheap check has passed: flags, input files (existence, safetensors headers, audio
+streams, decodable images), the output path (never one of the inputs, a container that can carry H.264 + AAC).
+Outputs are written under temporary names in their folder and renamed when complete, so a failed or interrupted
+run leaves an existing file untouched.
 """
 
 from __future__ import annotations
@@ -35,10 +43,22 @@ DEFAULT_RESCALE_SCALE = 0.7
 DEFAULT_MODALITY_SCALE = 3.0
 DEFAULT_STG_BLOCKS = (28,)
 DEFAULT_SKIP_STEP = 0
-DEFAULT_LORA_STRENGTH = 1.0  # the reference CLI's strength when `--distilled-lora` gets a path only
+DEFAULT_DISTILLED_LORA_STRENGTH = 0.8  # as the converter and from_single_file (the reference CLI: 1.0)
+DEFAULT_LORA_STRENGTH = 1.0  # `--lora PATH` without a strength, as the reference CLI
+# ltx-pipelines' LTX-2.3 audio guider: its CLI accepts these flags but A2Vid never uses them (the audio is frozen).
+DEFAULT_AUDIO_GUIDANCE = {
+    "audio_cfg_guidance_scale": 7.0,
+    "audio_stg_guidance_scale": 1.0,
+    "audio_rescale_scale": 0.7,
+    "v2a_guidance_scale": 3.0,
+    "audio_skip_step": 0,
+    "audio_stg_blocks": [28],
+}
 DEFAULT_IMAGE_CRF = 33
 OFFLOAD_MODES = ("none", "model", "sequential", "group")
-QUANTIZATION_POLICIES = ("fp8-cast",)
+QUANTIZATION_POLICIES = ("fp8-cast", "fp8-scaled-mm")
+# Containers that carry an H.264 video track with an AAC audio track (the extension picks the container).
+OUTPUT_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv")
 DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -64,15 +84,45 @@ class _ImageAction(argparse.Action):
 
 
 class _LoraAction(argparse.Action):
-    """`--distilled-lora PATH [STRENGTH]`; stores `(path, strength)`."""
+    """`--distilled-lora PATH [STRENGTH]` (stores `(path, strength)`) and `--lora PATH [STRENGTH]` (repeatable:
+    appends)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
+        from .validation import check_lora_strength
+
         if len(values) not in (1, 2):
             raise argparse.ArgumentError(self, f"expects PATH [STRENGTH], got {len(values)} values")
         strength = _parse(self, float, values[1], "STRENGTH", "a number") if len(values) == 2 else None
-        if strength is not None and not math.isfinite(strength):
-            raise argparse.ArgumentError(self, f"STRENGTH must be finite, got {values[1]}")
-        setattr(namespace, self.dest, (values[0], DEFAULT_LORA_STRENGTH if strength is None else strength))
+        if strength is not None:
+            try:
+                check_lora_strength("STRENGTH", strength)
+            except ValueError as error:
+                raise argparse.ArgumentError(self, str(error)) from None
+        if self.dest == "lora":
+            items = list(getattr(namespace, self.dest, None) or [])
+            items.append((values[0], DEFAULT_LORA_STRENGTH if strength is None else strength))
+            setattr(namespace, self.dest, items)
+        else:
+            setattr(
+                namespace, self.dest, (values[0], DEFAULT_DISTILLED_LORA_STRENGTH if strength is None else strength)
+            )
+
+
+class _QuantizationAction(argparse.Action):
+    """`--quantization POLICY [AMAX_PATH]` (as the reference): stores the policy; the amax calibration file of
+    `fp8-scaled-mm` goes to `quantization_amax_path`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) not in (1, 2):
+            raise argparse.ArgumentError(self, f"expects POLICY [AMAX_PATH], got {len(values)} values")
+        if values[0] not in QUANTIZATION_POLICIES:
+            raise argparse.ArgumentError(
+                self, f"invalid choice: {values[0]!r} (choose from {', '.join(QUANTIZATION_POLICIES)})"
+            )
+        if len(values) == 2 and values[0] != "fp8-scaled-mm":
+            raise argparse.ArgumentError(self, f"{values[0]} takes no AMAX_PATH")
+        setattr(namespace, self.dest, values[0])
+        setattr(namespace, "quantization_amax_path", values[1] if len(values) == 2 else None)
 
 
 def _parse(action, kind, text, name, what):
@@ -166,7 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar=("PATH", "STRENGTH"),
         help="distilled LoRA for stage 2 and its strength (default strength "
-        f"{DEFAULT_LORA_STRENGTH}); needed with --checkpoint-path; with --model it replaces the folder's LoRA",
+        f"{DEFAULT_DISTILLED_LORA_STRENGTH}, as the converter); needed with --checkpoint-path; with --model it "
+        "replaces the folder's LoRA",
+    )
+    model.add_argument(
+        "--lora",
+        dest="lora",
+        action=_LoraAction,
+        nargs="+",
+        metavar=("PATH", "STRENGTH"),
+        default=[],
+        help=f"user LoRA and its strength (default {DEFAULT_LORA_STRENGTH}), active in both stages; repeatable",
     )
     model.add_argument(
         "--spatial-upsampler-path",
@@ -179,10 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--quantization",
-        choices=QUANTIZATION_POLICIES,
+        action=_QuantizationAction,
+        nargs="+",
+        metavar=("POLICY", "AMAX_PATH"),
         default=None,
         help="fp8-cast (as ltx-core): store the transformer blocks' linear weights in float8 and upcast them "
-        "at every call",
+        "at every call; fp8-scaled-mm [AMAX_PATH]: float8 scaled matmuls (CUDA, Hopper-class GPU)",
     )
     model.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="compute dtype (default: bfloat16)")
 
@@ -202,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--negative-prompt",
         default=DEFAULT_NEGATIVE_PROMPT,
         help="what the video should not show (default: the reference's long negative prompt)",
+    )
+    inputs.add_argument(
+        "--enhance-prompt",
+        action="store_true",
+        help="rewrite the prompt with the text encoder before encoding (as the reference; refused if this "
+        "pipeline version has no prompt enhancement)",
     )
     inputs.add_argument(
         "--image",
@@ -290,6 +358,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"guide only steps with index %% (N + 1) == 0 (default: {DEFAULT_SKIP_STEP})",
     )
 
+    audio_guidance = parser.add_argument_group(
+        "audio guidance (accepted as the reference CLI accepts them; no effect: the audio is frozen)"
+    )
+    for flag, kind, what in (
+        ("--audio-cfg-guidance-scale", _finite, "audio classifier-free guidance"),
+        ("--audio-stg-guidance-scale", _finite, "audio STG"),
+        ("--audio-rescale-scale", _finite, "audio rescale"),
+        ("--v2a-guidance-scale", _finite, "video-to-audio (modality) guidance"),
+        ("--audio-skip-step", _non_negative_int, "audio skip step"),
+    ):
+        default = DEFAULT_AUDIO_GUIDANCE[flag[2:].replace("-", "_")]
+        audio_guidance.add_argument(
+            flag, type=kind, default=default, help=f"{what}; no effect on frozen audio (default: {default})"
+        )
+    audio_guidance.add_argument(
+        "--audio-stg-blocks",
+        type=_non_negative_int,
+        nargs="*",
+        default=list(DEFAULT_AUDIO_GUIDANCE["audio_stg_blocks"]),
+        help="blocks of audio STG; no effect on frozen audio (default: 28)",
+    )
+
     run = parser.add_argument_group("run and output")
     run.add_argument(
         "--offload",
@@ -310,7 +400,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one pass per forward and LoRAs fused as ltx-core fuses them: bit-identical to ltx-pipelines' A2Vid",
     )
-    run.add_argument("--output-path", required=True, help="output mp4")
+    run.add_argument(
+        "--output-path",
+        required=True,
+        help=f"output video ({', '.join(OUTPUT_EXTENSIONS)}); never one of the inputs; written under a temporary "
+        "name and renamed when complete",
+    )
+    run.add_argument(
+        "--max-num-frames",
+        type=_positive_int,
+        default=None,
+        help="raise the bound on the frame count (default 1001, ltx2_diffusers.validation.MAX_NUM_FRAMES), also "
+        "for --num-frames auto",
+    )
+    run.add_argument(
+        "--max-video-tokens",
+        type=_positive_int,
+        default=None,
+        help="raise the bound on the video latent tokens ((F-1)/8+1)*(H/32)*(W/32) (default 262144)",
+    )
     run.add_argument(
         "--sync-report",
         action="store_true",
@@ -324,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="render one clip per a2v guidance scale (same seed; replaces --a2v-guidance-scale) and write a "
         "side-by-side sync table (<output>_modality_sweep.json / .md)",
     )
+    parser.set_defaults(quantization_amax_path=None)
     return parser
 
 
@@ -343,6 +452,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(f"{flag} must be a positive multiple of {multiple} with {stages}, got {value}")
     if args.num_inference_steps < 2:
         parser.error(f"--num-inference-steps must be >= 2, got {args.num_inference_steps}")
+    _check_values(parser, args)
     if args.checkpoint_path is not None:
         _require_file(parser, "--checkpoint-path", args.checkpoint_path)
         if args.gemma_root is None:
@@ -360,6 +470,10 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         _require_file(parser, "--spatial-upsampler-path", args.spatial_upsampler_path)
     if args.distilled_lora is not None:
         _require_file(parser, "--distilled-lora", args.distilled_lora[0])
+    for path, _ in args.lora:
+        _require_file(parser, "--lora", path)
+    if args.quantization_amax_path is not None:
+        _require_file(parser, "--quantization fp8-scaled-mm AMAX_PATH", args.quantization_amax_path)
     if args.gemma_root is not None and not os.path.isdir(args.gemma_root):
         parser.error(f"--gemma-root: no such folder {args.gemma_root!r}")
     _require_file(parser, "--audio-path", args.audio_path)
@@ -386,11 +500,243 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--output-path {args.output_path!r} is a folder; give a file name such as out.mp4")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         parser.error(f"--output-path: {output_dir!r} is not a folder")
+    _check_outputs(parser, args)
+    _check_features(parser, args)
+    _warn_audio_guidance(args)
+
+
+def _check_values(parser, args) -> None:
+    """Guidance scales, frame rate and size against the documented bounds of `ltx2_diffusers.validation`."""
+    from .validation import check_frame_rate, check_guidance_scale, check_video_size
+
+    scales = [
+        ("--video-cfg-guidance-scale", args.video_cfg_guidance_scale, False),
+        ("--video-stg-guidance-scale", args.video_stg_guidance_scale, False),
+        ("--video-rescale-scale", args.video_rescale_scale, True),
+        ("--a2v-guidance-scale", args.a2v_guidance_scale, False),
+        *(("--modality-scale-sweep", value, False) for value in args.modality_scale_sweep or ()),
+    ]
+    try:
+        for flag, value, rescale in scales:
+            check_guidance_scale(flag, value, rescale=rescale)
+        check_frame_rate(args.frame_rate, "--frame-rate")
+        check_video_size(args.num_frames, args.height, args.width, args.max_num_frames, args.max_video_tokens)
+    except ValueError as error:
+        message = str(error)
+        for name, flag in (("max_num_frames", "--max-num-frames"), ("max_video_tokens", "--max-video-tokens")):
+            message = message.replace(name, flag)
+        parser.error(message.replace("num_frames=", "--num-frames "))
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: the same inode (hard links, symlinks) or the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def planned_outputs(args) -> list[str]:
+    """Every file the run writes: the video(s), the sync reports and the sweep tables."""
+    videos = (
+        [args.output_path]
+        if args.modality_scale_sweep is None
+        else [sweep_path(args.output_path, scale) for scale in args.modality_scale_sweep]
+    )
+    paths = list(videos)
+    if args.sync_report:
+        for video in videos:
+            paths += sync_report_paths(video)
+    if args.modality_scale_sweep is not None:
+        stem = os.path.splitext(args.output_path)[0]
+        paths += [f"{stem}_modality_sweep.md", f"{stem}_modality_sweep.json"]
+    return paths
+
+
+def _inputs(args) -> list[tuple[str, str]]:
+    """`(flag, path)` of every input file and folder."""
+    inputs = [("--audio-path", args.audio_path)]
+    inputs += [("--image", path) for path, _, _, _ in args.images]
+    inputs += [("--lora", path) for path, _ in args.lora]
+    for flag, value in (
+        ("--checkpoint-path", args.checkpoint_path),
+        ("--distilled-lora", args.distilled_lora[0] if args.distilled_lora else None),
+        ("--spatial-upsampler-path", args.spatial_upsampler_path),
+        ("--quantization fp8-scaled-mm AMAX_PATH", args.quantization_amax_path),
+        ("--gemma-root", args.gemma_root),
+        ("--model", args.model if args.model is not None and os.path.isdir(args.model) else None),
+    ):
+        if value is not None:
+            inputs.append((flag, value))
+    return inputs
+
+
+def _check_outputs(parser, args) -> None:
+    """The output's container, and no output that is (or would replace) an input or another output."""
+    extension = os.path.splitext(args.output_path)[1].lower()
+    if extension not in OUTPUT_EXTENSIONS:
+        parser.error(
+            f"--output-path {args.output_path!r}: cannot write a {extension or 'extension-less'} file; the video "
+            f"(H.264 + AAC) needs one of {', '.join(OUTPUT_EXTENSIONS)}"
+        )
+    outputs = planned_outputs(args)
+    for i, output in enumerate(outputs):
+        if os.path.lexists(output) and not os.path.isfile(output):
+            parser.error(f"--output-path: {output!r} exists and is not a regular file; it would be replaced")
+        for other in outputs[:i]:
+            if _same_file(output, other):
+                parser.error(f"--output-path: two outputs of this run are the same file {output!r}")
+        for flag, path in _inputs(args):
+            if os.path.isdir(path):
+                inside = os.path.commonpath([os.path.realpath(output), os.path.realpath(path)])
+                if os.path.lexists(output) and inside == os.path.realpath(path):
+                    parser.error(
+                        f"--output-path: {output!r} is an existing file inside the {flag} folder {path!r}; "
+                        "it would be replaced"
+                    )
+            elif _same_file(output, path):
+                what = "--output-path" if output == args.output_path else f"--output-path (writes {output!r})"
+                parser.error(f"{what} is the {flag} input {path!r}; it would be replaced. Choose another name")
+
+
+def _check_features(parser, args) -> None:
+    """Flags that need something this installation may lack: prompt enhancement, fp8 scaled matmuls."""
+    import inspect
+
+    from .pipelines.pipeline_ltx2_audio_to_video import LTX2AudioToVideoPipeline
+
+    if args.enhance_prompt and "enhance_prompt" not in inspect.signature(LTX2AudioToVideoPipeline.__call__).parameters:
+        parser.error(
+            "--enhance-prompt: prompt enhancement is not implemented in this version of LTX2AudioToVideoPipeline; "
+            "run without it (or enhance the prompt yourself)"
+        )
+    if args.quantization == "fp8-scaled-mm":
+        from .loaders import fp8
+
+        enable = getattr(fp8, "enable_fp8_scaled_mm", None)
+        if enable is None:
+            parser.error(
+                "--quantization fp8-scaled-mm is not available in this installation "
+                "(ltx2_diffusers.loaders.fp8.enable_fp8_scaled_mm is missing; it needs CUDA and a Hopper-class GPU); "
+                "use --quantization fp8-cast"
+            )
+        if args.quantization_amax_path is not None and "amax_path" not in inspect.signature(enable).parameters:
+            parser.error(
+                "--quantization fp8-scaled-mm AMAX_PATH: this installation's fp8-scaled-mm takes no amax file"
+            )
+
+
+def _warn_audio_guidance(args) -> None:
+    changed = [
+        f"--{name.replace('_', '-')} {getattr(args, name)}"
+        for name, default in DEFAULT_AUDIO_GUIDANCE.items()
+        if getattr(args, name) != default
+    ]
+    if changed:
+        logger.warning(
+            f"{', '.join(changed)}: no effect. The audio is an input and stays frozen, so audio guidance is never "
+            "applied (the reference A2Vid pipeline ignores these flags too)."
+        )
 
 
 def _require_file(parser, flag, path):
     if not os.path.isfile(path):
         parser.error(f"{flag}: no such file {path!r}")
+
+
+# ---------------------------------------------------------------------------------------------------- preflight
+def _check_safetensors(flag: str, path: str, lora: bool = False) -> None:
+    """The file has a readable safetensors header; a LoRA holds floating point tensors only."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            keys = list(handle.keys())
+            if lora:
+                for key in keys:
+                    if key.endswith(".alpha"):
+                        continue
+                    dtype = handle.get_slice(key).get_dtype()
+                    if not dtype.startswith(("F", "BF")):
+                        raise ValueError(
+                            f"{flag} {path!r}: tensor {key!r} has dtype {dtype}; LoRA weights must be floating point"
+                        )
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{flag} {path!r} is not a readable .safetensors file: {error}") from None
+    if not keys:
+        raise ValueError(f"{flag} {path!r} holds no tensors")
+
+
+def _probe_audio_seconds(path: str) -> float | None:
+    """Duration of the first audio stream from the container header (None when unknown); ValueError naming the
+    file when PyAV cannot open it or it has no audio stream (an image, a silent video)."""
+    import av
+
+    try:
+        container = av.open(path)
+    except (av.error.FFmpegError, OSError, EOFError) as error:
+        raise ValueError(f"--audio-path {path!r} is not a media file PyAV can read: {error}") from None
+    with container:
+        streams = container.streams.audio
+        if not streams:
+            kinds = sorted({stream.type for stream in container.streams}) or ["nothing"]
+            raise ValueError(f"--audio-path {path!r} has no audio stream (it holds {', '.join(kinds)})")
+        stream = streams[0]
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        if container.duration is not None:
+            return container.duration / 1_000_000
+    return None
+
+
+def preflight(args) -> None:
+    """Cheap checks of the input files' contents, before any model loads or any encoding: safetensors headers
+    (LoRAs: floating point dtypes), an audio stream in `--audio-path` long enough for the video and, with
+    `--num-frames auto`, giving at most `--max-num-frames` frames; decodable condition images. ValueError names
+    the flag and the file."""
+    from .pipelines.image_conditions import _as_rgb
+    from .validation import MAX_NUM_FRAMES
+
+    for flag, path in (
+        ("--checkpoint-path", args.checkpoint_path),
+        ("--spatial-upsampler-path", args.spatial_upsampler_path),
+    ):
+        if path is not None:
+            _check_safetensors(flag, path)
+    if args.distilled_lora is not None:
+        _check_safetensors("--distilled-lora", args.distilled_lora[0], lora=True)
+    for path, _ in args.lora:
+        _check_safetensors("--lora", path, lora=True)
+    for path, _, _, _ in args.images:
+        try:
+            _as_rgb(path)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"--image: {error}") from None
+
+    seconds = _probe_audio_seconds(args.audio_path)
+    if seconds is None:
+        return  # the pipeline checks the decoded length (and bounds a derived frame count while decoding)
+    available = seconds - args.audio_start_time
+    if args.audio_max_duration is not None:
+        available = min(available, args.audio_max_duration)
+    if args.num_frames is None:
+        limit = MAX_NUM_FRAMES if args.max_num_frames is None else args.max_num_frames
+        frames = math.floor(available * args.frame_rate + 1e-9)
+        frames = ((frames - 1) // 8) * 8 + 1
+        if frames > limit:
+            raise ValueError(
+                f"--num-frames auto: {available:.3f} s of --audio-path {args.audio_path!r} at --frame-rate "
+                f"{args.frame_rate:g} would be {frames} frames, above the bound of {limit} (--max-num-frames); pass "
+                "--num-frames, --audio-max-duration or a larger --max-num-frames"
+            )
+    else:
+        span = args.num_frames / args.frame_rate
+        if available < span - max(0.05, 0.02 * span):  # header durations may be slightly off: exact check later
+            raise ValueError(
+                f"--audio-path {args.audio_path!r} covers about {max(available, 0):.3f} s after --audio-start-time "
+                f"{args.audio_start_time:g} but --num-frames {args.num_frames} at {args.frame_rate:g} fps need "
+                f"{span:.3f} s"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -432,7 +778,21 @@ def load_pipeline(args):
             pipe.delete_adapters("distilled")
         pipe.load_lora_weights(path, adapter_name="distilled")
         pipe.register_to_config(distilled_lora_scale=float(strength))
+    load_user_loras(pipe, args.lora)
     return pipe
+
+
+def load_user_loras(pipe, loras) -> list[str]:
+    """`--lora PATH STRENGTH` files as adapters `cli_lora_0`, `cli_lora_1`, ... through `load_lora_weights`,
+    weighted by `set_adapters` (active in both stages, the distilled LoRA's stage switch keeps them)."""
+    names = []
+    for i, (path, _) in enumerate(loras):
+        name = f"cli_lora_{i}"
+        pipe.load_lora_weights(path, adapter_name=name)
+        names.append(name)
+    if names:
+        pipe.set_adapters(names, [float(strength) for _, strength in loras])
+    return names
 
 
 def fp8_cast(transformer) -> list[str]:
@@ -458,6 +818,11 @@ def prepare_pipeline(pipe, args, device) -> None:
 
     if args.quantization == "fp8-cast":
         fp8_cast(pipe.transformer)
+    elif args.quantization == "fp8-scaled-mm":
+        from .loaders.fp8 import enable_fp8_scaled_mm
+
+        options = {} if args.quantization_amax_path is None else {"amax_path": args.quantization_amax_path}
+        enable_fp8_scaled_mm(pipe.transformer, **options)
     if args.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
         pipe.vae.enable_tiling()
     if args.offload == "none":
@@ -525,7 +890,10 @@ def _generate(pipe, args, device, modality_scale, text):
         generator=generator,
         guidance_batch_size=args.guidance_batch_size,
         reference_arithmetic=args.reference_arithmetic,
+        max_num_frames=args.max_num_frames,
+        max_video_tokens=args.max_video_tokens,
         output_type="np",
+        **({"enhance_prompt": True} if args.enhance_prompt else {}),
         **text,
     )
     return result.frames[0], result.audio, result.audio_sample_rate
@@ -570,12 +938,36 @@ def _peak_memory(device) -> str:
     return f"peak RSS {rss / 2**30:.2f} GiB"
 
 
+def write_atomically(path: str, write) -> str:
+    """`write(temporary_path)` then rename onto `path`: an existing `path` stays whole if writing fails."""
+    from .video_io import partial_path
+
+    temporary = partial_path(path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    return path
+
+
+def _write_text(text: str):
+    def write(path):
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    return write
+
+
 def run(args) -> list[str]:
-    """Load, generate, write; returns the written paths."""
+    """Check the input files, load, generate, write; returns the written paths."""
     import torch
 
     from .video_io import export_to_video_with_audio
 
+    preflight(args)
     start = time.perf_counter()
     device = _device(args)
     if device.type == "cuda":
@@ -614,8 +1006,8 @@ def run(args) -> list[str]:
             report = sync_report_from_file(path)
             if args.sync_report:
                 png, json_path = sync_report_paths(path)
-                report.save_png(png)
-                report.save_json(json_path)
+                write_atomically(png, report.save_png)
+                write_atomically(json_path, report.save_json)
                 written += [png, json_path]
                 print(f"sync report {png}: {report.summary()}")
             rows.append(
@@ -633,10 +1025,10 @@ def run(args) -> list[str]:
     if args.modality_scale_sweep is not None:
         stem = os.path.splitext(args.output_path)[0]
         table = sweep_table(rows)
-        with open(f"{stem}_modality_sweep.md", "w", encoding="utf-8") as handle:
-            handle.write(f"Modality-scale sweep, seed {args.seed}, prompt: {args.prompt!r}\n\n{table}\n")
-        with open(f"{stem}_modality_sweep.json", "w", encoding="utf-8") as handle:
-            json.dump({"seed": args.seed, "prompt": args.prompt, "clips": rows}, handle, indent=1)
+        header = f"Modality-scale sweep, seed {args.seed}, prompt: {args.prompt!r}\n\n{table}\n"
+        write_atomically(f"{stem}_modality_sweep.md", _write_text(header))
+        clips = {"seed": args.seed, "prompt": args.prompt, "clips": rows}
+        write_atomically(f"{stem}_modality_sweep.json", _write_text(json.dumps(clips, indent=1)))
         written += [f"{stem}_modality_sweep.md", f"{stem}_modality_sweep.json"]
         print(table)
         print(f"sweep table: {stem}_modality_sweep.md and {stem}_modality_sweep.json")
@@ -650,7 +1042,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except ValueError as error:  # bad inputs the pipeline rejects (e.g. audio shorter than the video)
+    except (ValueError, TypeError) as error:  # bad inputs refused (e.g. audio shorter than the video)
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     return 0
