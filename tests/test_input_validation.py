@@ -331,3 +331,12 @@ def test_high_bit_depth_garbage_refused(tmp_path):
     (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\njunk")
     with pytest.raises(ValueError, match=r"junk\.png.*cannot be read"):
         prepare_condition_image(str(tmp_path / "junk.png"), 32, 32)
+
+
+def test_pipeline_reads_condition_images_before_any_audio(pipe, no_compute, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    with pytest.raises(ValueError, match=r"conditions\[0\]: condition image .*broken\.png.* cannot be read"):
+        _call(pipe, TEN_MINUTES[:16000], conditions=[(str(tmp_path / "broken.png"), 0, 1.0)])
+    with pytest.raises(ValueError, match=r"conditions\[0\]\.crf must be an integer in \[0, 51\]"):
+        _call(pipe, TEN_MINUTES[:16000], conditions=[(np.zeros((8, 8, 3), np.uint8), 0, 1.0, 99)])
+    assert no_compute == []  # refused before the audio was even decoded

@@ -35,8 +35,9 @@ class LTX2ImageCondition:
     crf: int = DEFAULT_IMAGE_CRF
 
 
-def normalize_conditions(conditions, num_frames: int | None) -> list[LTX2ImageCondition]:
-    """Validate `conditions` (objects or `(image, frame_index, strength[, crf])` tuples); `ValueError`s name them."""
+def normalize_conditions(conditions, num_frames: int | None, check_images: bool = True) -> list[LTX2ImageCondition]:
+    """Validate `conditions` (objects or `(image, frame_index, strength[, crf])` tuples); `ValueError`s name them.
+    `check_images` also reads each image (cheap) so that an unreadable one is refused before any encoding."""
     if conditions is None:
         return []
     if isinstance(conditions, (LTX2ImageCondition, tuple)):
@@ -61,6 +62,13 @@ def normalize_conditions(conditions, num_frames: int | None) -> list[LTX2ImageCo
             )
         if not isinstance(condition.strength, (int, float)) or not 0.0 <= condition.strength <= 1.0:
             raise ValueError(f"conditions[{i}].strength must be in [0, 1], got {condition.strength!r}")
+        if isinstance(condition.crf, bool) or not isinstance(condition.crf, int) or not 0 <= condition.crf <= 51:
+            raise ValueError(f"conditions[{i}].crf must be an integer in [0, 51] (0 = none), got {condition.crf!r}")
+        if check_images:
+            try:  # readable, at least 2x2, a supported dtype / range: found before any audio or text encoding
+                _as_rgb(condition.image)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"conditions[{i}]: {error}") from None
         result.append(condition)
     return result
 

@@ -570,7 +570,7 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
         encoded_waveform, waveform, sample_rate, num_frames = self.prepare_audio(
             audio, audio_sample_rate, audio_start_time, audio_max_duration, num_frames, frame_rate, max_num_frames
         )
-        conditions = normalize_conditions(conditions, num_frames)  # frame indices against the chosen count
+        conditions = normalize_conditions(conditions, num_frames, check_images=False)  # frames vs the chosen count
         check_video_size(num_frames, height, width, max_num_frames, max_video_tokens)  # a derived count too
 
         # 2. Text contexts (positive; negative video context with the POSITIVE audio context, as the reference).
