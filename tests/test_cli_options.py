@@ -185,7 +185,16 @@ def test_user_lora_on_a_real_pipeline():
     style = factories.cached_checkpoint("lora", checkpoint_path=checkpoint, seed=7, dtype=torch.float32)
     pipe = LTX2AudioToVideoPipeline.from_single_file(checkpoint, distilled_lora=lora, torch_dtype=torch.float32)
     assert pipe.config.distilled_lora_scale == 0.8  # from_single_file's default == the CLI's
-    a2vid.load_user_loras(pipe, [(str(style), 0.4)])
+    # The CLI's loader from original files (what `--checkpoint-path ... --lora PATH 0.4` runs).
+    args = SimpleNamespace(
+        dtype="float32",
+        checkpoint_path=str(checkpoint),
+        spatial_upsampler_path=None,
+        distilled_lora=(str(lora), 0.8),
+        gemma_root=None,
+        lora=[(str(style), 0.4)],
+    )
+    pipe = a2vid.load_pipeline(args)
     assert {"distilled", "cli_lora_0"} <= set(pipe.transformer.peft_config)
     layer = next(m for m in pipe.transformer.modules() if hasattr(m, "scaling") and "cli_lora_0" in m.scaling)
     assert layer.scaling["cli_lora_0"] == pytest.approx(0.4)

@@ -601,13 +601,15 @@ def load_pipeline(args):
 
     dtype = getattr(torch, args.dtype)
     if args.checkpoint_path is not None:
-        return LTX2AudioToVideoPipeline.from_single_file(
+        pipe = LTX2AudioToVideoPipeline.from_single_file(
             args.checkpoint_path,
             spatial_upsampler_path=args.spatial_upsampler_path,
             distilled_lora=args.distilled_lora,
             gemma_root=args.gemma_root,
             torch_dtype=dtype,
         )
+        load_user_loras(pipe, args.lora)
+        return pipe
     pipe = LTX2AudioToVideoPipeline.from_pretrained(args.model, dtype=dtype)
     if args.gemma_root is not None:
         text_encoder, tokenizer = load_gemma(args.gemma_root, dtype)
