@@ -27,11 +27,14 @@ from diffusers.utils import logging
 
 from .cli_safety import (  # noqa: F401  (sweep_path, sync_report_paths, planned_outputs: public helpers)
     OUTPUT_EXTENSIONS,
+    check_features,
     check_outputs,
+    check_values,
     planned_outputs,
     preflight,
     sweep_path,
     sync_report_paths,
+    warn_audio_guidance,
     write_atomically,
 )
 
@@ -460,7 +463,10 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(f"{flag} must be a positive multiple of {multiple} with {stages}, got {value}")
     if args.num_inference_steps < 2:
         parser.error(f"--num-inference-steps must be >= 2, got {args.num_inference_steps}")
-    _check_values(parser, args)
+    try:
+        check_values(args)
+    except ValueError as error:
+        parser.error(str(error))
     if args.checkpoint_path is not None:
         _require_file(parser, "--checkpoint-path", args.checkpoint_path)
         if args.gemma_root is None:
@@ -510,73 +516,10 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--output-path: {output_dir!r} is not a folder")
     try:
         check_outputs(args)
+        check_features(args)
     except ValueError as error:
         parser.error(str(error))
-    _check_features(parser, args)
-    _warn_audio_guidance(args)
-
-
-def _check_values(parser, args) -> None:
-    """Guidance scales, frame rate and size against the documented bounds of `ltx2_diffusers.validation`."""
-    from .validation import check_frame_rate, check_guidance_scale, check_video_size
-
-    scales = [
-        ("--video-cfg-guidance-scale", args.video_cfg_guidance_scale, False),
-        ("--video-stg-guidance-scale", args.video_stg_guidance_scale, False),
-        ("--video-rescale-scale", args.video_rescale_scale, True),
-        ("--a2v-guidance-scale", args.a2v_guidance_scale, False),
-        *(("--modality-scale-sweep", value, False) for value in args.modality_scale_sweep or ()),
-    ]
-    try:
-        for flag, value, rescale in scales:
-            check_guidance_scale(flag, value, rescale=rescale)
-        check_frame_rate(args.frame_rate, "--frame-rate")
-        check_video_size(args.num_frames, args.height, args.width, args.max_num_frames, args.max_video_tokens)
-    except ValueError as error:
-        message = str(error)
-        for name, flag in (("max_num_frames", "--max-num-frames"), ("max_video_tokens", "--max-video-tokens")):
-            message = message.replace(name, flag)
-        parser.error(message.replace("num_frames=", "--num-frames "))
-
-
-def _check_features(parser, args) -> None:
-    """Flags that need something this installation may lack: prompt enhancement, fp8 scaled matmuls."""
-    import inspect
-
-    from .pipelines.pipeline_ltx2_audio_to_video import LTX2AudioToVideoPipeline
-
-    if args.enhance_prompt and "enhance_prompt" not in inspect.signature(LTX2AudioToVideoPipeline.__call__).parameters:
-        parser.error(
-            "--enhance-prompt: prompt enhancement is not implemented in this version of LTX2AudioToVideoPipeline; "
-            "run without it (or enhance the prompt yourself)"
-        )
-    if args.quantization == "fp8-scaled-mm":
-        from .loaders import fp8
-
-        enable = getattr(fp8, "enable_fp8_scaled_mm", None)
-        if enable is None:
-            parser.error(
-                "--quantization fp8-scaled-mm is not available in this installation "
-                "(ltx2_diffusers.loaders.fp8.enable_fp8_scaled_mm is missing; it needs CUDA and a Hopper-class GPU); "
-                "use --quantization fp8-cast"
-            )
-        if args.quantization_amax_path is not None and "amax_path" not in inspect.signature(enable).parameters:
-            parser.error(
-                "--quantization fp8-scaled-mm AMAX_PATH: this installation's fp8-scaled-mm takes no amax file"
-            )
-
-
-def _warn_audio_guidance(args) -> None:
-    changed = [
-        f"--{name.replace('_', '-')} {getattr(args, name)}"
-        for name, default in DEFAULT_AUDIO_GUIDANCE.items()
-        if getattr(args, name) != default
-    ]
-    if changed:
-        logger.warning(
-            f"{', '.join(changed)}: no effect. The audio is an input and stays frozen, so audio guidance is never "
-            "applied (the reference A2Vid pipeline ignores these flags too)."
-        )
+    warn_audio_guidance(args, DEFAULT_AUDIO_GUIDANCE)
 
 
 def _require_file(parser, flag, path):

@@ -8,6 +8,8 @@
   stream in `--audio-path` that covers the video and, with `--num-frames auto`, gives at most `--max-num-frames`
   frames (from the header, before any decoding), decodable condition images.
 - `write_atomically`: write under a temporary name beside the target and rename when complete.
+- `check_values` / `check_features`: flag values against `ltx2_diffusers.validation`'s bounds; flags this
+  installation cannot honour (`--enhance-prompt`, `--quantization fp8-scaled-mm`).
 
 Every refusal is a `ValueError` naming the flag and the file.
 """
@@ -17,18 +19,25 @@ from __future__ import annotations
 import math
 import os
 
+from diffusers.utils import logging
+
 
 __all__ = [
     "OUTPUT_EXTENSIONS",
+    "check_features",
     "check_outputs",
+    "check_values",
     "input_paths",
     "planned_outputs",
     "preflight",
     "same_file",
     "sweep_path",
     "sync_report_paths",
+    "warn_audio_guidance",
     "write_atomically",
 ]
+
+logger = logging.get_logger(__name__)
 
 # Containers that carry an H.264 video track with an AAC audio track (the extension picks the container).
 OUTPUT_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv")
@@ -224,3 +233,67 @@ def preflight(args) -> None:
                 f"{args.audio_start_time:g} but --num-frames {args.num_frames} at {args.frame_rate:g} fps need "
                 f"{span:.3f} s"
             )
+
+
+def check_values(args) -> None:
+    """Guidance scales, frame rate and size against the documented bounds of `ltx2_diffusers.validation`."""
+    from .validation import check_frame_rate, check_guidance_scale, check_video_size
+
+    scales = [
+        ("--video-cfg-guidance-scale", args.video_cfg_guidance_scale, False),
+        ("--video-stg-guidance-scale", args.video_stg_guidance_scale, False),
+        ("--video-rescale-scale", args.video_rescale_scale, True),
+        ("--a2v-guidance-scale", args.a2v_guidance_scale, False),
+        *(("--modality-scale-sweep", value, False) for value in args.modality_scale_sweep or ()),
+    ]
+    try:
+        for flag, value, rescale in scales:
+            check_guidance_scale(flag, value, rescale=rescale)
+        check_frame_rate(args.frame_rate, "--frame-rate")
+        check_video_size(args.num_frames, args.height, args.width, args.max_num_frames, args.max_video_tokens)
+    except ValueError as error:
+        message = str(error)
+        for name, flag in (("max_num_frames", "--max-num-frames"), ("max_video_tokens", "--max-video-tokens")):
+            message = message.replace(name, flag)
+        raise ValueError(message.replace("num_frames=", "--num-frames ")) from None
+
+
+def check_features(args) -> None:
+    """Flags that need something this installation may lack: prompt enhancement, fp8 scaled matmuls."""
+    import inspect
+
+    from .pipelines.pipeline_ltx2_audio_to_video import LTX2AudioToVideoPipeline
+
+    if args.enhance_prompt and "enhance_prompt" not in inspect.signature(LTX2AudioToVideoPipeline.__call__).parameters:
+        raise ValueError(
+            "--enhance-prompt: prompt enhancement is not implemented in this version of LTX2AudioToVideoPipeline; "
+            "run without it (or enhance the prompt yourself)"
+        )
+    if args.quantization == "fp8-scaled-mm":
+        from .loaders import fp8
+
+        enable = getattr(fp8, "enable_fp8_scaled_mm", None)
+        if enable is None:
+            raise ValueError(
+                "--quantization fp8-scaled-mm is not available in this installation "
+                "(ltx2_diffusers.loaders.fp8.enable_fp8_scaled_mm is missing; it needs CUDA and a Hopper-class GPU); "
+                "use --quantization fp8-cast"
+            )
+        if args.quantization_amax_path is not None and "amax_path" not in inspect.signature(enable).parameters:
+            raise ValueError(
+                "--quantization fp8-scaled-mm AMAX_PATH: this installation's fp8-scaled-mm takes no amax file"
+            )
+
+
+def warn_audio_guidance(args, defaults: dict) -> None:
+    """One warning naming the audio-guidance flags changed from `defaults`: they have no effect."""
+    changed = [
+        f"--{name.replace('_', '-')} {getattr(args, name)}"
+        for name, default in defaults.items()
+        if getattr(args, name) != default
+    ]
+    if changed:
+        logger.warning(
+            f"{', '.join(changed)}: no effect. The audio is an input and stays frozen, so audio guidance is never "
+            "applied (the reference A2Vid pipeline ignores these flags too)."
+        )
