@@ -97,9 +97,14 @@ def test_defaults_equal_the_reference_a2vid_defaults(files, tmp_path):
     # audio_max_duration: None on our side means num_frames / frame_rate, which the reference passes explicitly.
     assert args.audio_max_duration is None
     assert call_kwargs["audio_max_duration"] == args.num_frames / args.frame_rate
-    # `--distilled-lora PATH` without a strength: the same strength as the reference's.
+    # `--distilled-lora PATH` without a strength: 0.8, the converter's and from_single_file's default (issue 10:
+    # one default everywhere); the reference CLI's is 1.0, its `--lora` default, which `--lora` keeps.
     ours_lora = _parse(files, "--distilled-lora", files["lora"]).distilled_lora
-    assert ours_lora[1] == build_kwargs["distilled_lora"][0].strength
+    assert build_kwargs["distilled_lora"][0].strength == 1.0 and ours_lora[1] == 0.8
+    from ltx2_diffusers.convert import DEFAULT_DISTILLED_LORA_SCALE
+
+    assert ours_lora[1] == DEFAULT_DISTILLED_LORA_SCALE
+    assert _parse(files, "--lora", files["lora"]).lora == [(files["lora"], build_kwargs["distilled_lora"][0].strength)]
     assert args.stage_2 is True and args.offload == "none" and not args.sync_report
 
 
@@ -232,7 +237,7 @@ BAD_ARGUMENTS = {
     "sweep text": (["--modality-scale-sweep", "1,a"], "--modality-scale-sweep: expected a number, got 'a'"),
     "sweep twice": (["--modality-scale-sweep", "1,1"], "--modality-scale-sweep: values must be distinct"),
     "sweep short": (["--modality-scale-sweep", "1,2", "--num-frames", "1"], "need --num-frames >= 9"),
-    "quantization": (["--quantization", "fp8-scaled-mm"], "--quantization: invalid choice: 'fp8-scaled-mm'"),
+    "quantization": (["--quantization", "fp8-fast"], "--quantization: invalid choice: 'fp8-fast'"),
     "offload": (["--offload", "disk"], "--offload: invalid choice: 'disk'"),
     "dtype": (["--dtype", "int8"], "--dtype: invalid choice: 'int8'"),
     "lora arity": (["--distilled-lora", "{lora}", "1", "2"], "--distilled-lora: expects PATH [STRENGTH]"),

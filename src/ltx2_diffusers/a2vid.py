@@ -1,8 +1,16 @@
 """Audio-to-video command line: `python -m ltx2_diffusers.a2vid` / `ltx2-a2v`.
 
-The flags and their defaults are those of ltx-pipelines' `a2vid_two_stage` (LTX-2.3 parameters), plus model
-loading from a converted folder (`--model`), offloading, `--stage-2/--no-stage-2`, `--sync-report` and
-`--modality-scale-sweep`.
+The flags and their defaults are those of ltx-pipelines' `a2vid_two_stage` (LTX-2.3 parameters; every one of its
+flags is accepted), plus model loading from a converted folder (`--model`), offloading, `--stage-2/--no-stage-2`,
+`--sync-report`, `--modality-scale-sweep` and the size bounds `--max-num-frames` / `--max-video-tokens`.
+Deviations: `--distilled-lora PATH` without a strength uses 0.8 (the strength the converter and `from_single_file`
+use; the reference CLI uses 1.0). The audio-guidance flags (`--audio-*`, `--v2a-guidance-scale`) are accepted and
+have no effect, as in the reference A2Vid pipeline: the audio is frozen (a warning says so when one is changed).
+
+Nothing is loaded before every cheap check has passed: flags, input files (existence, safetensors headers, audio
+streams, decodable images), the output path (never one of the inputs, a container that can carry H.264 + AAC).
+Outputs are written under temporary names in their folder and renamed when complete, so a failed or interrupted
+run leaves an existing file untouched.
 """
 
 from __future__ import annotations
@@ -16,6 +24,19 @@ import time
 from pathlib import Path
 
 from diffusers.utils import logging
+
+from .cli_safety import (  # noqa: F401  (sweep_path, sync_report_paths, planned_outputs: public helpers)
+    OUTPUT_EXTENSIONS,
+    check_features,
+    check_outputs,
+    check_values,
+    planned_outputs,
+    preflight,
+    sweep_path,
+    sync_report_paths,
+    warn_audio_guidance,
+    write_atomically,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -35,10 +56,20 @@ DEFAULT_RESCALE_SCALE = 0.7
 DEFAULT_MODALITY_SCALE = 3.0
 DEFAULT_STG_BLOCKS = (28,)
 DEFAULT_SKIP_STEP = 0
-DEFAULT_LORA_STRENGTH = 1.0  # the reference CLI's strength when `--distilled-lora` gets a path only
+DEFAULT_DISTILLED_LORA_STRENGTH = 0.8  # as the converter and from_single_file (the reference CLI: 1.0)
+DEFAULT_LORA_STRENGTH = 1.0  # `--lora PATH` without a strength, as the reference CLI
+# ltx-pipelines' LTX-2.3 audio guider: its CLI accepts these flags but A2Vid never uses them (the audio is frozen).
+DEFAULT_AUDIO_GUIDANCE = {
+    "audio_cfg_guidance_scale": 7.0,
+    "audio_stg_guidance_scale": 1.0,
+    "audio_rescale_scale": 0.7,
+    "v2a_guidance_scale": 3.0,
+    "audio_skip_step": 0,
+    "audio_stg_blocks": [28],
+}
 DEFAULT_IMAGE_CRF = 33
 OFFLOAD_MODES = ("none", "model", "sequential", "group")
-QUANTIZATION_POLICIES = ("fp8-cast",)
+QUANTIZATION_POLICIES = ("fp8-cast", "fp8-scaled-mm")
 DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -64,15 +95,45 @@ class _ImageAction(argparse.Action):
 
 
 class _LoraAction(argparse.Action):
-    """`--distilled-lora PATH [STRENGTH]`; stores `(path, strength)`."""
+    """`--distilled-lora PATH [STRENGTH]` (stores `(path, strength)`) and `--lora PATH [STRENGTH]` (repeatable:
+    appends)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
+        from .validation import check_lora_strength
+
         if len(values) not in (1, 2):
             raise argparse.ArgumentError(self, f"expects PATH [STRENGTH], got {len(values)} values")
         strength = _parse(self, float, values[1], "STRENGTH", "a number") if len(values) == 2 else None
-        if strength is not None and not math.isfinite(strength):
-            raise argparse.ArgumentError(self, f"STRENGTH must be finite, got {values[1]}")
-        setattr(namespace, self.dest, (values[0], DEFAULT_LORA_STRENGTH if strength is None else strength))
+        if strength is not None:
+            try:
+                check_lora_strength("STRENGTH", strength)
+            except ValueError as error:
+                raise argparse.ArgumentError(self, str(error)) from None
+        if self.dest == "lora":
+            items = list(getattr(namespace, self.dest, None) or [])
+            items.append((values[0], DEFAULT_LORA_STRENGTH if strength is None else strength))
+            setattr(namespace, self.dest, items)
+        else:
+            setattr(
+                namespace, self.dest, (values[0], DEFAULT_DISTILLED_LORA_STRENGTH if strength is None else strength)
+            )
+
+
+class _QuantizationAction(argparse.Action):
+    """`--quantization POLICY [AMAX_PATH]` (as the reference): stores the policy; the amax calibration file of
+    `fp8-scaled-mm` goes to `quantization_amax_path`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) not in (1, 2):
+            raise argparse.ArgumentError(self, f"expects POLICY [AMAX_PATH], got {len(values)} values")
+        if values[0] not in QUANTIZATION_POLICIES:
+            raise argparse.ArgumentError(
+                self, f"invalid choice: {values[0]!r} (choose from {', '.join(QUANTIZATION_POLICIES)})"
+            )
+        if len(values) == 2 and values[0] != "fp8-scaled-mm":
+            raise argparse.ArgumentError(self, f"{values[0]} takes no AMAX_PATH")
+        setattr(namespace, self.dest, values[0])
+        setattr(namespace, "quantization_amax_path", values[1] if len(values) == 2 else None)
 
 
 def _parse(action, kind, text, name, what):
@@ -166,7 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar=("PATH", "STRENGTH"),
         help="distilled LoRA for stage 2 and its strength (default strength "
-        f"{DEFAULT_LORA_STRENGTH}); needed with --checkpoint-path; with --model it replaces the folder's LoRA",
+        f"{DEFAULT_DISTILLED_LORA_STRENGTH}, as the converter); needed with --checkpoint-path; with --model it "
+        "replaces the folder's LoRA",
+    )
+    model.add_argument(
+        "--lora",
+        dest="lora",
+        action=_LoraAction,
+        nargs="+",
+        metavar=("PATH", "STRENGTH"),
+        default=[],
+        help=f"user LoRA and its strength (default {DEFAULT_LORA_STRENGTH}), active in both stages; repeatable",
     )
     model.add_argument(
         "--spatial-upsampler-path",
@@ -179,10 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--quantization",
-        choices=QUANTIZATION_POLICIES,
+        action=_QuantizationAction,
+        nargs="+",
+        metavar=("POLICY", "AMAX_PATH"),
         default=None,
         help="fp8-cast (as ltx-core): store the transformer blocks' linear weights in float8 and upcast them "
-        "at every call",
+        "at every call; fp8-scaled-mm [AMAX_PATH]: float8 scaled matmuls (CUDA, Hopper-class GPU)",
     )
     model.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="compute dtype (default: bfloat16)")
 
@@ -202,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--negative-prompt",
         default=DEFAULT_NEGATIVE_PROMPT,
         help="what the video should not show (default: the reference's long negative prompt)",
+    )
+    inputs.add_argument(
+        "--enhance-prompt",
+        action="store_true",
+        help="rewrite the prompt with the text encoder before encoding (as the reference; refused if this "
+        "pipeline version has no prompt enhancement)",
     )
     inputs.add_argument(
         "--image",
@@ -290,6 +369,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"guide only steps with index %% (N + 1) == 0 (default: {DEFAULT_SKIP_STEP})",
     )
 
+    audio_guidance = parser.add_argument_group(
+        "audio guidance (accepted as the reference CLI accepts them; no effect: the audio is frozen)"
+    )
+    for flag, kind, what in (
+        ("--audio-cfg-guidance-scale", _finite, "audio classifier-free guidance"),
+        ("--audio-stg-guidance-scale", _finite, "audio STG"),
+        ("--audio-rescale-scale", _finite, "audio rescale"),
+        ("--v2a-guidance-scale", _finite, "video-to-audio (modality) guidance"),
+        ("--audio-skip-step", _non_negative_int, "audio skip step"),
+    ):
+        default = DEFAULT_AUDIO_GUIDANCE[flag[2:].replace("-", "_")]
+        audio_guidance.add_argument(
+            flag, type=kind, default=default, help=f"{what}; no effect on frozen audio (default: {default})"
+        )
+    audio_guidance.add_argument(
+        "--audio-stg-blocks",
+        type=_non_negative_int,
+        nargs="*",
+        default=list(DEFAULT_AUDIO_GUIDANCE["audio_stg_blocks"]),
+        help="blocks of audio STG; no effect on frozen audio (default: 28)",
+    )
+
     run = parser.add_argument_group("run and output")
     run.add_argument(
         "--offload",
@@ -310,7 +411,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one pass per forward and LoRAs fused as ltx-core fuses them: bit-identical to ltx-pipelines' A2Vid",
     )
-    run.add_argument("--output-path", required=True, help="output mp4")
+    run.add_argument(
+        "--output-path",
+        required=True,
+        help=f"output video ({', '.join(OUTPUT_EXTENSIONS)}); never one of the inputs; written under a temporary "
+        "name and renamed when complete",
+    )
+    run.add_argument(
+        "--max-num-frames",
+        type=_positive_int,
+        default=None,
+        help="raise the bound on the frame count (default 1001, ltx2_diffusers.validation.MAX_NUM_FRAMES), also "
+        "for --num-frames auto",
+    )
+    run.add_argument(
+        "--max-video-tokens",
+        type=_positive_int,
+        default=None,
+        help="raise the bound on the video latent tokens ((F-1)/8+1)*(H/32)*(W/32) (default 262144)",
+    )
     run.add_argument(
         "--sync-report",
         action="store_true",
@@ -324,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="render one clip per a2v guidance scale (same seed; replaces --a2v-guidance-scale) and write a "
         "side-by-side sync table (<output>_modality_sweep.json / .md)",
     )
+    parser.set_defaults(quantization_amax_path=None)
     return parser
 
 
@@ -343,6 +463,10 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(f"{flag} must be a positive multiple of {multiple} with {stages}, got {value}")
     if args.num_inference_steps < 2:
         parser.error(f"--num-inference-steps must be >= 2, got {args.num_inference_steps}")
+    try:
+        check_values(args)
+    except ValueError as error:
+        parser.error(str(error))
     if args.checkpoint_path is not None:
         _require_file(parser, "--checkpoint-path", args.checkpoint_path)
         if args.gemma_root is None:
@@ -360,6 +484,10 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         _require_file(parser, "--spatial-upsampler-path", args.spatial_upsampler_path)
     if args.distilled_lora is not None:
         _require_file(parser, "--distilled-lora", args.distilled_lora[0])
+    for path, _ in args.lora:
+        _require_file(parser, "--lora", path)
+    if args.quantization_amax_path is not None:
+        _require_file(parser, "--quantization fp8-scaled-mm AMAX_PATH", args.quantization_amax_path)
     if args.gemma_root is not None and not os.path.isdir(args.gemma_root):
         parser.error(f"--gemma-root: no such folder {args.gemma_root!r}")
     _require_file(parser, "--audio-path", args.audio_path)
@@ -386,6 +514,12 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--output-path {args.output_path!r} is a folder; give a file name such as out.mp4")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         parser.error(f"--output-path: {output_dir!r} is not a folder")
+    try:
+        check_outputs(args)
+        check_features(args)
+    except ValueError as error:
+        parser.error(str(error))
+    warn_audio_guidance(args, DEFAULT_AUDIO_GUIDANCE)
 
 
 def _require_file(parser, flag, path):
@@ -410,13 +544,15 @@ def load_pipeline(args):
 
     dtype = getattr(torch, args.dtype)
     if args.checkpoint_path is not None:
-        return LTX2AudioToVideoPipeline.from_single_file(
+        pipe = LTX2AudioToVideoPipeline.from_single_file(
             args.checkpoint_path,
             spatial_upsampler_path=args.spatial_upsampler_path,
             distilled_lora=args.distilled_lora,
             gemma_root=args.gemma_root,
             torch_dtype=dtype,
         )
+        load_user_loras(pipe, args.lora)
+        return pipe
     pipe = LTX2AudioToVideoPipeline.from_pretrained(args.model, dtype=dtype)
     if args.gemma_root is not None:
         text_encoder, tokenizer = load_gemma(args.gemma_root, dtype)
@@ -432,7 +568,21 @@ def load_pipeline(args):
             pipe.delete_adapters("distilled")
         pipe.load_lora_weights(path, adapter_name="distilled")
         pipe.register_to_config(distilled_lora_scale=float(strength))
+    load_user_loras(pipe, args.lora)
     return pipe
+
+
+def load_user_loras(pipe, loras) -> list[str]:
+    """`--lora PATH STRENGTH` files as adapters `cli_lora_0`, `cli_lora_1`, ... through `load_lora_weights`,
+    weighted by `set_adapters` (active in both stages, the distilled LoRA's stage switch keeps them)."""
+    names = []
+    for i, (path, _) in enumerate(loras):
+        name = f"cli_lora_{i}"
+        pipe.load_lora_weights(path, adapter_name=name)
+        names.append(name)
+    if names:
+        pipe.set_adapters(names, [float(strength) for _, strength in loras])
+    return names
 
 
 def fp8_cast(transformer) -> list[str]:
@@ -458,6 +608,11 @@ def prepare_pipeline(pipe, args, device) -> None:
 
     if args.quantization == "fp8-cast":
         fp8_cast(pipe.transformer)
+    elif args.quantization == "fp8-scaled-mm":
+        from .loaders.fp8 import enable_fp8_scaled_mm
+
+        options = {} if args.quantization_amax_path is None else {"amax_path": args.quantization_amax_path}
+        enable_fp8_scaled_mm(pipe.transformer, **options)
     if args.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
         pipe.vae.enable_tiling()
     if args.offload == "none":
@@ -494,18 +649,6 @@ def _conditions(args):
     return [LTX2ImageCondition(path, frame, strength, crf) for path, frame, strength, crf in args.images]
 
 
-def sweep_path(output_path: str, scale: float) -> str:
-    """`out.mp4` -> `out_modality3.mp4` (`out_modality2.5.mp4`, `out_modality-1.mp4`)."""
-    stem, ext = os.path.splitext(output_path)
-    return f"{stem}_modality{scale:g}{ext or '.mp4'}"
-
-
-def sync_report_paths(video_path: str) -> tuple[str, str]:
-    """Where `--sync-report` writes: `<video stem>_sync.png` and `<video stem>_sync.json`."""
-    stem = os.path.splitext(video_path)[0]
-    return f"{stem}_sync.png", f"{stem}_sync.json"
-
-
 def _generate(pipe, args, device, modality_scale, text):
     import torch
 
@@ -525,7 +668,10 @@ def _generate(pipe, args, device, modality_scale, text):
         generator=generator,
         guidance_batch_size=args.guidance_batch_size,
         reference_arithmetic=args.reference_arithmetic,
+        max_num_frames=args.max_num_frames,
+        max_video_tokens=args.max_video_tokens,
         output_type="np",
+        **({"enhance_prompt": True} if args.enhance_prompt else {}),
         **text,
     )
     return result.frames[0], result.audio, result.audio_sample_rate
@@ -570,12 +716,21 @@ def _peak_memory(device) -> str:
     return f"peak RSS {rss / 2**30:.2f} GiB"
 
 
+def _write_text(text: str):
+    def write(path):
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    return write
+
+
 def run(args) -> list[str]:
-    """Load, generate, write; returns the written paths."""
+    """Check the input files, load, generate, write; returns the written paths."""
     import torch
 
     from .video_io import export_to_video_with_audio
 
+    preflight(args)
     start = time.perf_counter()
     device = _device(args)
     if device.type == "cuda":
@@ -614,8 +769,8 @@ def run(args) -> list[str]:
             report = sync_report_from_file(path)
             if args.sync_report:
                 png, json_path = sync_report_paths(path)
-                report.save_png(png)
-                report.save_json(json_path)
+                write_atomically(png, report.save_png)
+                write_atomically(json_path, report.save_json)
                 written += [png, json_path]
                 print(f"sync report {png}: {report.summary()}")
             rows.append(
@@ -633,10 +788,10 @@ def run(args) -> list[str]:
     if args.modality_scale_sweep is not None:
         stem = os.path.splitext(args.output_path)[0]
         table = sweep_table(rows)
-        with open(f"{stem}_modality_sweep.md", "w", encoding="utf-8") as handle:
-            handle.write(f"Modality-scale sweep, seed {args.seed}, prompt: {args.prompt!r}\n\n{table}\n")
-        with open(f"{stem}_modality_sweep.json", "w", encoding="utf-8") as handle:
-            json.dump({"seed": args.seed, "prompt": args.prompt, "clips": rows}, handle, indent=1)
+        header = f"Modality-scale sweep, seed {args.seed}, prompt: {args.prompt!r}\n\n{table}\n"
+        write_atomically(f"{stem}_modality_sweep.md", _write_text(header))
+        clips = {"seed": args.seed, "prompt": args.prompt, "clips": rows}
+        write_atomically(f"{stem}_modality_sweep.json", _write_text(json.dumps(clips, indent=1)))
         written += [f"{stem}_modality_sweep.md", f"{stem}_modality_sweep.json"]
         print(table)
         print(f"sweep table: {stem}_modality_sweep.md and {stem}_modality_sweep.json")
@@ -650,7 +805,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except ValueError as error:  # bad inputs the pipeline rejects (e.g. audio shorter than the video)
+    except (ValueError, TypeError) as error:  # bad inputs refused (e.g. audio shorter than the video)
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     return 0

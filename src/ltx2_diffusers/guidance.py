@@ -16,17 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .validation import check_guidance_scale
+
 
 PASS_NAMES = ("cond", "uncond", "perturbed", "isolated")
-
-
-def _check_scale(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return value
 
 
 def _check_index(name: str, value) -> int:
@@ -53,6 +46,10 @@ class MultiModalGuidance:
         stg_blocks: transformer blocks whose self-attention the perturbed pass skips; ``None`` means all blocks.
         skip_step: N > 0 guides only steps with ``step_index % (N + 1) == 0``; other steps reuse the previous
             guided prediction. 0 guides every step.
+
+    Bounds (``ltx2_diffusers.validation``; ltx-core accepts any float, but 1e30 gives NaN frames): ``cfg_scale``,
+    ``stg_scale`` and ``modality_scale`` finite with ``|scale| <= 100``; ``rescale_scale`` finite in ``[0, 2]``.
+    Anything else raises ``ValueError`` naming the field.
     """
 
     cfg_scale: float = 3.0
@@ -64,7 +61,8 @@ class MultiModalGuidance:
 
     def __post_init__(self):
         for name in ("cfg_scale", "stg_scale", "rescale_scale", "modality_scale"):
-            object.__setattr__(self, name, _check_scale(name, getattr(self, name)))
+            value = check_guidance_scale(name, getattr(self, name), rescale=name == "rescale_scale")
+            object.__setattr__(self, name, value)
         blocks = self.stg_blocks
         if blocks is not None:
             if isinstance(blocks, (str, bytes)) or not isinstance(blocks, (list, tuple)):

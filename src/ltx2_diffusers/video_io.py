@@ -9,6 +9,7 @@ offset between the first audio sample and the first video frame, which timing an
 """
 
 import os
+import uuid
 from fractions import Fraction
 from typing import NamedTuple, Optional
 
@@ -116,6 +117,14 @@ def _frame_rate(fps) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
+def partial_path(path) -> str:
+    """A fresh temporary name beside `path` keeping its extension (FFmpeg picks the container from it):
+    `dir/clip.mp4` -> `dir/.clip.<random>.partial.mp4`."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    stem, ext = os.path.splitext(name)
+    return os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:12]}.partial{ext}")
+
+
 def export_to_video_with_audio(frames, audio, sample_rate: Optional[int], path, fps: float = 24.0) -> str:
     """Write `frames` (and `audio`, if given) to an H.264 + AAC mp4 at `path`; returns the path.
 
@@ -126,7 +135,9 @@ def export_to_video_with_audio(frames, audio, sample_rate: Optional[int], path, 
             mono. Mono is written as a mono AAC track. None writes a video-only file.
         sample_rate: audio sample rate in Hz; must be one AAC supports (see `AAC_SAMPLE_RATES`). Ignored
             when `audio` is None.
-        path: output file; the container is chosen from its extension (normally .mp4).
+        path: output file; the container is chosen from its extension (normally .mp4). The file is written
+            under a temporary name in the same folder (`partial_path`) and renamed onto `path` once complete,
+            so a failed or interrupted export leaves an existing file at `path` untouched.
         fps: frame rate; fractional rates such as 23.976 are kept as a fraction.
     """
     video = frames_to_uint8(frames)
@@ -149,8 +160,11 @@ def export_to_video_with_audio(frames, audio, sample_rate: Optional[int], path, 
         waveform = np.clip(waveform, -1.0, 1.0)
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"output path {path!r} is a folder; give a file name such as out.mp4")
+    temporary = partial_path(path)
     try:
-        container = av.open(path, mode="w")
+        container = av.open(temporary, mode="w")
     except av.error.FFmpegError as error:
         raise ValueError(f"cannot create output file {path!r}: {error}") from error
     try:
@@ -177,12 +191,13 @@ def export_to_video_with_audio(frames, audio, sample_rate: Optional[int], path, 
                 frame.pts = start
                 container.mux(audio_stream.encode(frame))
             container.mux(audio_stream.encode(None))
+        container.close()
+        os.replace(temporary, path)  # the old file (if any) stays whole until the new one is complete
     except BaseException:
         container.close()
-        if os.path.exists(path):
-            os.remove(path)
+        if os.path.exists(temporary):  # ours: created above under a fresh name
+            os.remove(temporary)
         raise
-    container.close()
     logger.info(f"Wrote {num_frames} frames at {float(rate):g} fps{' with audio' if waveform is not None else ''}.")
     return path
 

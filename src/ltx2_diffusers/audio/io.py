@@ -253,6 +253,13 @@ def _load_file(source, start_time, max_duration) -> tuple[torch.Tensor, int]:
     finally:
         if position is not None:
             source.seek(position)
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        first = int(np.argmax(bad.any(axis=0)))
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} NaN or infinite samples (the first at "
+            f"{start_time + first / sample_rate:.3f} s): it cannot drive a video"
+        )
     return _finish(samples, layout, sample_rate), sample_rate
 
 
@@ -270,9 +277,10 @@ def load_audio(
     arrays). Mono stays one channel; more than two channels are downmixed to stereo (FFmpeg's matrix). Samples
     outside [-1, 1] are clipped. `start_time` / `max_duration` (seconds) select `round(t * rate)` samples.
 
-    Raises `ValueError` naming the source for a missing, empty, non-audio, corrupt or truncated file, a negative
-    start or duration, a start at or past the end, or a selection with nothing left to decode. The input file is
-    only read (a file object's position is restored).
+    Raises `ValueError` naming the source for a missing, empty, non-audio, corrupt or truncated file, NaN or
+    infinite samples (decoded from a file or given in an array), a negative start or duration, a start at or past
+    the end, or a selection with nothing left to decode. The input file is only read (a file object's position is
+    restored).
     """
     start_time, max_duration = _check_times(start_time, max_duration)
     if isinstance(source, (np.ndarray, torch.Tensor)):

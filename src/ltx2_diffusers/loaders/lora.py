@@ -19,6 +19,7 @@ from diffusers.utils import logging
 
 from ..models.connectors_single_file import CONNECTORS_KEY_TABLE
 from ..models.transformer_single_file import TRANSFORMER_KEY_TABLE
+from ..validation import check_adapter_weights, check_lora_strength
 
 
 logger = logging.get_logger(__name__)
@@ -26,6 +27,7 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "LTX2AVLoraLoaderMixin",
     "LORA_COMPONENTS",
+    "check_lora_tensors",
     "convert_lora_state_dict",
     "lora_key_format",
     "plan_lora_conversion",
@@ -160,6 +162,24 @@ def convert_lora_state_dict(
     return {new: state_dict[old] for old, new in mapping.items()}
 
 
+def check_lora_tensors(state_dict: Mapping[str, torch.Tensor], source: str = "the LoRA state dict") -> None:
+    """Refuse, naming `source` and the tensor, a LoRA tensor that is not a torch floating point tensor (integer or
+    bool dtypes: a re-tagged or foreign file) or that holds NaN / infinite values. `.alpha` scalars, which are
+    dropped (ltx-core scales by strength only), are not checked."""
+    for key, value in state_dict.items():
+        if key.endswith(_DROPPED_SUFFIXES):
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{source}: tensor {key!r} is a {type(value).__name__}, not a torch tensor")
+        if not value.dtype.is_floating_point:
+            raise TypeError(f"{source}: tensor {key!r} has dtype {value.dtype}; LoRA weights must be floating point")
+        finite = torch.isfinite(value.float() if value.element_size() == 1 else value)
+        if not bool(finite.all()):
+            raise ValueError(
+                f"{source}: tensor {key!r} holds {int((~finite).sum())} NaN or infinite values of {value.numel()}"
+            )
+
+
 def _module_shapes(model: torch.nn.Module | None) -> dict[str, tuple[int, ...]]:
     if model is None:
         return {}
@@ -210,6 +230,8 @@ class LTX2AVLoraLoaderMixin(LTX2LoraLoaderMixin):
 
         Original-format files follow ltx-core (`W + s * B @ A`, alphas ignored) with `s` the adapter weight set
         by `set_adapters(..., weights=[s])`; diffusers-format files keep their own metadata/alpha scaling.
+        Integer / bool tensors (`TypeError`) and NaN / infinite values (`ValueError`) are refused, naming the file
+        and the tensor, before any layer is touched.
         """
         if isinstance(pretrained_model_name_or_path_or_dict, (str, os.PathLike)) and os.path.isfile(
             pretrained_model_name_or_path_or_dict
@@ -223,6 +245,12 @@ class LTX2AVLoraLoaderMixin(LTX2LoraLoaderMixin):
             state_dict, metadata = self.lora_state_dict(
                 pretrained_model_name_or_path_or_dict, return_lora_metadata=True, **kwargs
             )
+        source = (
+            f"LoRA {pretrained_model_name_or_path_or_dict!r}"
+            if isinstance(pretrained_model_name_or_path_or_dict, str)
+            else "the LoRA state dict"
+        )
+        check_lora_tensors(state_dict, source)
         fmt = lora_key_format(state_dict)
         converted = convert_lora_state_dict(state_dict, self._lora_targets())
         if fmt == "original":
@@ -254,8 +282,11 @@ class LTX2AVLoraLoaderMixin(LTX2LoraLoaderMixin):
         return names
 
     def set_adapters(self, adapter_names, adapter_weights=None):
-        """diffusers' `set_adapters`, applied only to the components that hold LoRA layers."""
+        """diffusers' `set_adapters`, applied only to the components that hold LoRA layers. Every weight must be
+        finite with `|w| <= 10` (`ltx2_diffusers.validation.MAX_LORA_STRENGTH`), else `ValueError`."""
         from diffusers.loaders.lora_base import LoraBaseMixin  # noqa: PLC0415
+
+        check_adapter_weights(adapter_weights)
 
         saved = self._lora_loadable_modules
         self._lora_loadable_modules = self._components_with_lora()
@@ -270,6 +301,7 @@ class LTX2AVLoraLoaderMixin(LTX2LoraLoaderMixin):
         """Merge the active adapters into the weights of `components` (default: every component with LoRA layers)."""
         from diffusers.loaders.lora_base import LoraBaseMixin  # noqa: PLC0415
 
+        check_lora_strength("lora_scale", lora_scale)
         components = self._components_with_lora() if components is None else components
         if components:
             LoraBaseMixin.fuse_lora(

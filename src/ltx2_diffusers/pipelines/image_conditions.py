@@ -12,7 +12,10 @@ import av
 import numpy as np
 import PIL.Image
 import torch
+from diffusers.utils import logging
 
+
+logger = logging.get_logger(__name__)
 
 DEFAULT_IMAGE_CRF = 33
 
@@ -32,8 +35,9 @@ class LTX2ImageCondition:
     crf: int = DEFAULT_IMAGE_CRF
 
 
-def normalize_conditions(conditions, num_frames: int | None) -> list[LTX2ImageCondition]:
-    """Validate `conditions` (objects or `(image, frame_index, strength[, crf])` tuples); `ValueError`s name them."""
+def normalize_conditions(conditions, num_frames: int | None, check_images: bool = True) -> list[LTX2ImageCondition]:
+    """Validate `conditions` (objects or `(image, frame_index, strength[, crf])` tuples); `ValueError`s name them.
+    `check_images` also reads each image (cheap) so that an unreadable one is refused before any encoding."""
     if conditions is None:
         return []
     if isinstance(conditions, (LTX2ImageCondition, tuple)):
@@ -58,18 +62,71 @@ def normalize_conditions(conditions, num_frames: int | None) -> list[LTX2ImageCo
             )
         if not isinstance(condition.strength, (int, float)) or not 0.0 <= condition.strength <= 1.0:
             raise ValueError(f"conditions[{i}].strength must be in [0, 1], got {condition.strength!r}")
+        if isinstance(condition.crf, bool) or not isinstance(condition.crf, int) or not 0 <= condition.crf <= 51:
+            raise ValueError(f"conditions[{i}].crf must be an integer in [0, 51] (0 = none), got {condition.crf!r}")
+        if check_images:
+            try:  # readable, at least 2x2, a supported dtype / range: found before any audio or text encoding
+                _as_rgb(condition.image)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"conditions[{i}]: {error}") from None
         result.append(condition)
     return result
 
 
-def _as_uint8_rgb(image) -> np.ndarray:
-    """`(H, W, 3)` uint8 RGB from a path, a PIL image (any mode), or an `(H, W)` / `(H, W, 3|4)` uint8 array."""
+# PIL modes holding more than 8 bits per sample, and the full-scale value of each (read at their true range).
+_HIGH_BIT_DEPTH_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+
+
+def _open_image(path) -> PIL.Image.Image:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"condition image {path!r} does not exist")
+    try:
+        image = PIL.Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
+        raise ValueError(f"condition image {path!r} cannot be read as an image: {error}") from None
+    return image
+
+
+def _high_bit_depth(image: PIL.Image.Image, name: str) -> np.ndarray | None:
+    """`(H, W)` float32 in [0, 255] (8-bit units) for 16-bit / 32-bit integer and float PIL modes, else None.
+
+    `I;16*` are 16-bit (0..65535). `I` (32-bit integer, what 16-bit grayscale files become through some readers)
+    is read as 16-bit too and refused outside 0..65535. `F` (float TIFF) is read as [0, 1]: NaN / inf refused,
+    values outside clipped with a warning."""
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
+        values = np.asarray(image).astype(np.float64)
+        full = _HIGH_BIT_DEPTH_MODES[image.mode]
+        if values.size and (values.min() < 0 or values.max() > full):
+            raise ValueError(
+                f"{name}: mode {image.mode!r} values span [{values.min():g}, {values.max():g}]; expected 16-bit "
+                f"samples in [0, {full:g}]"
+            )
+        return (values * (255.0 / full)).astype(np.float32)
+    if image.mode == "F":
+        values = np.asarray(image).astype(np.float32)
+        if not np.isfinite(values).all():
+            raise ValueError(f"{name}: the float image holds NaN or infinite pixels")
+        if values.size and (values.min() < 0.0 or values.max() > 1.0):
+            logger.warning(f"{name}: float pixels span [{values.min():g}, {values.max():g}]; clipping to [0, 1]")
+        return np.clip(values, 0.0, 1.0) * 255.0
+    return None
+
+
+def _as_rgb(image) -> np.ndarray:
+    """`(H, W, 3)` RGB at its true range: uint8 for 8-bit sources, float32 in [0, 255] for higher bit depths.
+
+    `image`: a path, a PIL image (any mode: 16-bit `I;16` / `I` and float `F` grayscale are read at full
+    precision, palette / CMYK / LA / ... go through `convert("RGB")`), or an `(H, W)` / `(H, W, 3|4)` array:
+    uint8, uint16 (0..65535) or float in [0, 1]."""
+    name, gray = "a condition image", None
     if isinstance(image, (str, os.PathLike)):
-        if not os.path.isfile(image):
-            raise ValueError(f"condition image {os.fspath(image)!r} does not exist")
-        image = PIL.Image.open(image)
+        name = f"condition image {os.fspath(image)!r}"
+        image = _open_image(image)
     if isinstance(image, PIL.Image.Image):
-        image = np.array(image.convert("RGB"))  # palette, CMYK, LA, ... -> RGB
+        gray = _high_bit_depth(image, name)  # float32 in 8-bit units, or None
+        image = np.array(image.convert("RGB")) if gray is None else gray  # palette, CMYK, LA, ... -> RGB
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
@@ -78,8 +135,16 @@ def _as_uint8_rgb(image) -> np.ndarray:
         raise TypeError(
             f"a condition image array must be (H, W, 3) or (H, W, 4) (channels last), got shape {image.shape}"
         )
-    if image.dtype != np.uint8:
-        raise TypeError(f"a condition image array must be uint8, got {image.dtype}")
+    if image.dtype == np.uint16:
+        image = image.astype(np.float32) * (255.0 / 65535.0)
+    elif image.dtype in (np.float16, np.float64) or (image.dtype == np.float32 and gray is None):
+        if not np.isfinite(image).all():
+            raise ValueError(f"{name}: the float array holds NaN or infinite values")
+        if image.size and (image.min() < 0.0 or image.max() > 1.0):
+            raise ValueError(f"{name}: a float array must lie in [0, 1], got [{image.min():g}, {image.max():g}]")
+        image = image.astype(np.float32) * 255.0
+    elif image.dtype not in (np.uint8, np.float32):
+        raise TypeError(f"a condition image array must be uint8, uint16 or float in [0, 1], got {image.dtype}")
     if image.shape[0] < 2 or image.shape[1] < 2:
         raise ValueError(f"a condition image must be at least 2x2 pixels, got {image.shape[1]}x{image.shape[0]}")
     if image.ndim == 2:
@@ -103,9 +168,14 @@ def _through_h264(image: np.ndarray, crf: int) -> np.ndarray:
 
 
 def prepare_condition_image(image, height: int, width: int, crf: int = DEFAULT_IMAGE_CRF) -> torch.Tensor:
-    """`(1, 3, 1, height, width)` float32 in [-1, 1]: aspect-preserving bilinear resize to cover, centre crop."""
-    pixels = _as_uint8_rgb(image)
-    if crf:
+    """`(1, 3, 1, height, width)` float32 in [-1, 1]: aspect-preserving bilinear resize to cover, centre crop.
+
+    8-bit images give exactly the reference's values; 16-bit and float images are read at their true range
+    (a 16-bit PNG and its 8-bit twin differ by at most one 8-bit step)."""
+    pixels = _as_rgb(image)
+    if crf:  # H.264 carries 8 bits: higher bit depths are rounded to them first
+        if pixels.dtype != np.uint8:
+            pixels = np.rint(np.clip(pixels, 0.0, 255.0)).astype(np.uint8)
         pixels = _through_h264(pixels, crf)
     tensor = torch.tensor(pixels, dtype=torch.float32).permute(2, 0, 1)[None]
     src_h, src_w = tensor.shape[-2:]

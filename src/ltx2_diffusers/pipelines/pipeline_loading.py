@@ -8,6 +8,8 @@ import os
 import torch
 from diffusers.utils import logging
 
+from ..validation import check_adapter_weights
+
 
 logger = logging.get_logger(__name__)
 
@@ -120,6 +122,7 @@ class LTX2A2VLoadingMixin:
     def set_adapters(self, adapter_names, adapter_weights=None):
         """diffusers' `set_adapters`; the weights given for adapters other than `"distilled"` are remembered so
         that the stage switches keep them."""
+        check_adapter_weights(adapter_weights)  # before anything is remembered
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         weights = adapter_weights if isinstance(adapter_weights, (list, tuple)) else [adapter_weights] * len(names)
         self._user_adapter_weights = {n: (1.0 if w is None else w) for n, w in zip(names, weights) if n != "distilled"}

@@ -18,6 +18,7 @@ from ..guidance import MultiModalGuidance, combine_guidance, guidance_passes
 from ..loaders.lora import LTX2AVLoraLoaderMixin
 from ..loaders.lora_fusion import reference_lora_arithmetic
 from ..schedules import STAGE_2_DISTILLED_SIGMAS, euler_step, ltx2_sigmas
+from ..validation import MAX_NUM_FRAMES, check_frame_rate, check_lora_strength, check_video_size, resolve_limit
 from . import ltx2_stages as stages
 from .image_conditions import LTX2ImageCondition, normalize_conditions, prepare_condition_image
 from .pipeline_loading import LTX2A2VLoadingMixin, load_gemma  # noqa: F401  (load_gemma: public helper)
@@ -196,6 +197,9 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
         negative_prompt_embeds=None,
         negative_prompt_contexts=None,
         callback_on_step_end_tensor_inputs=("latents",),
+        distilled_lora_scale=None,
+        max_num_frames=None,
+        max_video_tokens=None,
     ):
         multiple = 64 if stage_2 else 32
         for name, value in (("height", height), ("width", width)):
@@ -208,6 +212,12 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
             raise ValueError(f"num_frames must be 8k + 1 (1, 9, 17, ..., 121), got {num_frames!r}")
         if not (isinstance(frame_rate, (int, float)) and frame_rate > 0):
             raise ValueError(f"frame_rate must be a positive number, got {frame_rate!r}")
+        check_frame_rate(frame_rate)  # bounds: ltx2_diffusers.validation
+        check_video_size(num_frames, height, width, max_num_frames, max_video_tokens)
+        check_lora_strength(
+            "distilled_lora_scale",
+            self.config.distilled_lora_scale if distilled_lora_scale is None else distilled_lora_scale,
+        )
         if not isinstance(num_inference_steps, int) or num_inference_steps < 2:
             raise ValueError(f"num_inference_steps must be an integer >= 2, got {num_inference_steps!r}")
         if prompt is None and prompt_embeds is None and prompt_contexts is None:
@@ -267,8 +277,11 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
             )
 
     # ------------------------------------------------------------------------------------------------ stages
-    def prepare_audio(self, audio, audio_sample_rate, start_time, max_duration, num_frames, frame_rate):
-        """Decode the audio window and choose `num_frames` if needed.
+    def prepare_audio(
+        self, audio, audio_sample_rate, start_time, max_duration, num_frames, frame_rate, max_num_frames=None
+    ):
+        """Decode the audio window and choose `num_frames` if needed (`num_frames=None`: at most `max_num_frames`,
+        default `validation.MAX_NUM_FRAMES`; only that many frames' worth of audio is decoded to find out).
 
         Returns `(encoded_waveform, waveform_over_the_video, sample_rate, num_frames)`: the window read
         (`max_duration`, default the video span) is what the audio VAE encodes, as in the reference; the
@@ -276,6 +289,9 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
         """
         span = None if num_frames is None else num_frames / frame_rate
         duration = max_duration if max_duration is not None else span
+        if num_frames is None:  # bounded decode: 8 frames past the bound show that the audio exceeds it
+            limit = resolve_limit("max_num_frames", max_num_frames, MAX_NUM_FRAMES)
+            duration = min(duration or math.inf, (limit + 8) / frame_rate)
         waveform, sample_rate = load_audio(
             audio, start_time=start_time, max_duration=duration, sample_rate=audio_sample_rate
         )
@@ -284,6 +300,11 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
             num_frames = self.default_num_frames(available, frame_rate)
             if num_frames < 1:
                 raise ValueError(f"the audio after audio_start_time is too short ({available:.3f} s) for any video")
+            if num_frames > limit:
+                raise ValueError(
+                    f"num_frames=None: the audio covers more than {limit} frames at {frame_rate} fps (the bound, "
+                    "max_num_frames); pass num_frames or audio_max_duration, or a larger max_num_frames"
+                )
             span = num_frames / frame_rate
             if max_duration is None:
                 waveform = waveform[..., : round(span * sample_rate)]
@@ -495,6 +516,8 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        max_num_frames: int | None = None,
+        max_video_tokens: int | None = None,
     ):
         r"""Generate a video that follows `audio` (a path, file object, or `[channels, samples]` array with
         `audio_sample_rate`). `conditions` pins images to frames (`LTX2ImageCondition` or
@@ -505,7 +528,9 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
         `guidance_batch_size`: guidance passes per transformer forward (None: all of a step's passes in one batched
         forward, fastest; 1: one pass at a time, least memory). `reference_arithmetic=True` runs one pass per forward
         and applies LoRAs as ltx-core fuses them (`W + s·B·A` formed in the weight dtype): bit-identical to
-        ltx-pipelines' A2VidPipelineTwoStage in bfloat16 for the same seed on the same device."""
+        ltx-pipelines' A2VidPipelineTwoStage in bfloat16 for the same seed on the same device.
+        `max_num_frames` / `max_video_tokens`: raise the size bounds of `ltx2_diffusers.validation` (1001 frames,
+        2**18 video latent tokens), which also bound a `num_frames=None` derived from the audio."""
         default_steps, default_guidance = self.version_defaults()
         num_inference_steps = default_steps if num_inference_steps is None else num_inference_steps
         video_guidance = default_guidance if video_guidance is None else video_guidance
@@ -530,6 +555,9 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
             negative_prompt_embeds,
             negative_prompt_contexts,
             callback_on_step_end_tensor_inputs,
+            distilled_lora_scale=distilled_lora_scale,
+            max_num_frames=max_num_frames,
+            max_video_tokens=max_video_tokens,
         )
         self._interrupt = False
         self._reference_arithmetic = reference_arithmetic
@@ -540,9 +568,10 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
 
         # 1. Audio: the original samples over the video span, and their frozen latent tokens.
         encoded_waveform, waveform, sample_rate, num_frames = self.prepare_audio(
-            audio, audio_sample_rate, audio_start_time, audio_max_duration, num_frames, frame_rate
+            audio, audio_sample_rate, audio_start_time, audio_max_duration, num_frames, frame_rate, max_num_frames
         )
-        conditions = normalize_conditions(conditions, num_frames)  # frame indices against the chosen count
+        conditions = normalize_conditions(conditions, num_frames, check_images=False)  # frames vs the chosen count
+        check_video_size(num_frames, height, width, max_num_frames, max_video_tokens)  # a derived count too
 
         # 2. Text contexts (positive; negative video context with the POSITIVE audio context, as the reference).
         positive, negative = self.prepare_contexts(

@@ -1,0 +1,299 @@
+"""`ltx2-a2v`'s protection of the user's files and its cheap checks, run before any model loads.
+
+- `check_outputs`: every file the run will write (`planned_outputs`: the video or sweep clips, sync reports,
+  sweep tables) has a container that can carry H.264 + AAC, is not a folder or special file, and is not one of the
+  inputs (the same file by inode or resolved path: symlinks and hard links included) nor an existing file inside
+  an input folder (`--model`, `--gemma-root`).
+- `preflight`: the input files' contents: safetensors headers (LoRAs: floating point dtypes only), an audio
+  stream in `--audio-path` that covers the video and, with `--num-frames auto`, gives at most `--max-num-frames`
+  frames (from the header, before any decoding), decodable condition images.
+- `write_atomically`: write under a temporary name beside the target and rename when complete.
+- `check_values` / `check_features`: flag values against `ltx2_diffusers.validation`'s bounds; flags this
+  installation cannot honour (`--enhance-prompt`, `--quantization fp8-scaled-mm`).
+
+Every refusal is a `ValueError` naming the flag and the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from diffusers.utils import logging
+
+
+__all__ = [
+    "OUTPUT_EXTENSIONS",
+    "check_features",
+    "check_outputs",
+    "check_values",
+    "input_paths",
+    "planned_outputs",
+    "preflight",
+    "same_file",
+    "sweep_path",
+    "sync_report_paths",
+    "warn_audio_guidance",
+    "write_atomically",
+]
+
+logger = logging.get_logger(__name__)
+
+# Containers that carry an H.264 video track with an AAC audio track (the extension picks the container).
+OUTPUT_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv")
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: the same inode (hard links, symlinks) or the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def sweep_path(output_path: str, scale: float) -> str:
+    """`out.mp4` -> `out_modality3.mp4` (`out_modality2.5.mp4`, `out_modality-1.mp4`)."""
+    stem, ext = os.path.splitext(output_path)
+    return f"{stem}_modality{scale:g}{ext or '.mp4'}"
+
+
+def sync_report_paths(video_path: str) -> tuple[str, str]:
+    """Where `--sync-report` writes: `<video stem>_sync.png` and `<video stem>_sync.json`."""
+    stem = os.path.splitext(video_path)[0]
+    return f"{stem}_sync.png", f"{stem}_sync.json"
+
+
+def planned_outputs(args) -> list[str]:
+    """Every file the run writes: the video(s), the sync reports and the sweep tables."""
+    videos = (
+        [args.output_path]
+        if args.modality_scale_sweep is None
+        else [sweep_path(args.output_path, scale) for scale in args.modality_scale_sweep]
+    )
+    paths = list(videos)
+    if args.sync_report:
+        for video in videos:
+            paths += sync_report_paths(video)
+    if args.modality_scale_sweep is not None:
+        stem = os.path.splitext(args.output_path)[0]
+        paths += [f"{stem}_modality_sweep.md", f"{stem}_modality_sweep.json"]
+    return paths
+
+
+def input_paths(args) -> list[tuple[str, str]]:
+    """`(flag, path)` of every input file and folder."""
+    inputs = [("--audio-path", args.audio_path)]
+    inputs += [("--image", path) for path, _, _, _ in args.images]
+    inputs += [("--lora", path) for path, _ in args.lora]
+    for flag, value in (
+        ("--checkpoint-path", args.checkpoint_path),
+        ("--distilled-lora", args.distilled_lora[0] if args.distilled_lora else None),
+        ("--spatial-upsampler-path", args.spatial_upsampler_path),
+        ("--quantization fp8-scaled-mm AMAX_PATH", args.quantization_amax_path),
+        ("--gemma-root", args.gemma_root),
+        ("--model", args.model if args.model is not None and os.path.isdir(args.model) else None),
+    ):
+        if value is not None:
+            inputs.append((flag, value))
+    return inputs
+
+
+def check_outputs(args) -> None:
+    """The output's container, and no output that is (or would replace) an input or another output."""
+    extension = os.path.splitext(args.output_path)[1].lower()
+    if extension not in OUTPUT_EXTENSIONS:
+        raise ValueError(
+            f"--output-path {args.output_path!r}: cannot write a {extension or 'extension-less'} file; the video "
+            f"(H.264 + AAC) needs one of {', '.join(OUTPUT_EXTENSIONS)}"
+        )
+    outputs = planned_outputs(args)
+    for i, output in enumerate(outputs):
+        if os.path.lexists(output) and not os.path.isfile(output):
+            raise ValueError(f"--output-path: {output!r} exists and is not a regular file; it would be replaced")
+        for other in outputs[:i]:
+            if same_file(output, other):
+                raise ValueError(f"--output-path: two outputs of this run are the same file {output!r}")
+        for flag, path in input_paths(args):
+            if os.path.isdir(path):
+                inside = os.path.commonpath([os.path.realpath(output), os.path.realpath(path)])
+                if os.path.lexists(output) and inside == os.path.realpath(path):
+                    raise ValueError(
+                        f"--output-path: {output!r} is an existing file inside the {flag} folder {path!r}; "
+                        "it would be replaced"
+                    )
+            elif same_file(output, path):
+                what = "--output-path" if output == args.output_path else f"--output-path (writes {output!r})"
+                raise ValueError(f"{what} is the {flag} input {path!r}; it would be replaced. Choose another name")
+
+
+def write_atomically(path: str, write) -> str:
+    """`write(temporary_path)` then rename onto `path`: an existing `path` stays whole if writing fails."""
+    from .video_io import partial_path
+
+    temporary = partial_path(path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    return path
+
+
+def check_safetensors(flag: str, path: str, lora: bool = False) -> None:
+    """The file has a readable safetensors header; a LoRA holds floating point tensors only."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            keys = list(handle.keys())
+            if lora:
+                for key in keys:
+                    if key.endswith(".alpha"):
+                        continue
+                    dtype = handle.get_slice(key).get_dtype()
+                    if not dtype.startswith(("F", "BF")):
+                        raise ValueError(
+                            f"{flag} {path!r}: tensor {key!r} has dtype {dtype}; LoRA weights must be floating point"
+                        )
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{flag} {path!r} is not a readable .safetensors file: {error}") from None
+    if not keys:
+        raise ValueError(f"{flag} {path!r} holds no tensors")
+
+
+def probe_audio_seconds(path: str) -> float | None:
+    """Duration of the first audio stream from the container header (None when unknown); ValueError naming the
+    file when PyAV cannot open it or it has no audio stream (an image, a silent video)."""
+    import av
+
+    try:
+        container = av.open(path)
+    except (av.error.FFmpegError, OSError, EOFError) as error:
+        raise ValueError(f"--audio-path {path!r} is not a media file PyAV can read: {error}") from None
+    with container:
+        streams = container.streams.audio
+        if not streams:
+            kinds = sorted({stream.type for stream in container.streams}) or ["nothing"]
+            raise ValueError(f"--audio-path {path!r} has no audio stream (it holds {', '.join(kinds)})")
+        stream = streams[0]
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        if container.duration is not None:
+            return container.duration / 1_000_000
+    return None
+
+
+def preflight(args) -> None:
+    """Cheap checks of the input files' contents, before any model loads or any encoding: safetensors headers
+    (LoRAs: floating point dtypes), an audio stream in `--audio-path` long enough for the video and, with
+    `--num-frames auto`, giving at most `--max-num-frames` frames; decodable condition images. ValueError names
+    the flag and the file."""
+    from .pipelines.image_conditions import _as_rgb
+    from .validation import MAX_NUM_FRAMES
+
+    for flag, path in (
+        ("--checkpoint-path", args.checkpoint_path),
+        ("--spatial-upsampler-path", args.spatial_upsampler_path),
+    ):
+        if path is not None:
+            check_safetensors(flag, path)
+    if args.distilled_lora is not None:
+        check_safetensors("--distilled-lora", args.distilled_lora[0], lora=True)
+    for path, _ in args.lora:
+        check_safetensors("--lora", path, lora=True)
+    for path, _, _, _ in args.images:
+        try:
+            _as_rgb(path)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"--image: {error}") from None
+
+    seconds = probe_audio_seconds(args.audio_path)
+    if seconds is None:
+        return  # the pipeline checks the decoded length (and bounds a derived frame count while decoding)
+    available = seconds - args.audio_start_time
+    if args.audio_max_duration is not None:
+        available = min(available, args.audio_max_duration)
+    if args.num_frames is None:
+        limit = MAX_NUM_FRAMES if args.max_num_frames is None else args.max_num_frames
+        frames = math.floor(available * args.frame_rate + 1e-9)
+        frames = ((frames - 1) // 8) * 8 + 1
+        if frames > limit:
+            raise ValueError(
+                f"--num-frames auto: {available:.3f} s of --audio-path {args.audio_path!r} at --frame-rate "
+                f"{args.frame_rate:g} would be {frames} frames, above the bound of {limit} (--max-num-frames); pass "
+                "--num-frames, --audio-max-duration or a larger --max-num-frames"
+            )
+    else:
+        span = args.num_frames / args.frame_rate
+        if available < span - max(0.05, 0.02 * span):  # header durations may be slightly off: exact check later
+            raise ValueError(
+                f"--audio-path {args.audio_path!r} covers about {max(available, 0):.3f} s after --audio-start-time "
+                f"{args.audio_start_time:g} but --num-frames {args.num_frames} at {args.frame_rate:g} fps need "
+                f"{span:.3f} s"
+            )
+
+
+def check_values(args) -> None:
+    """Guidance scales, frame rate and size against the documented bounds of `ltx2_diffusers.validation`."""
+    from .validation import check_frame_rate, check_guidance_scale, check_video_size
+
+    scales = [
+        ("--video-cfg-guidance-scale", args.video_cfg_guidance_scale, False),
+        ("--video-stg-guidance-scale", args.video_stg_guidance_scale, False),
+        ("--video-rescale-scale", args.video_rescale_scale, True),
+        ("--a2v-guidance-scale", args.a2v_guidance_scale, False),
+        *(("--modality-scale-sweep", value, False) for value in args.modality_scale_sweep or ()),
+    ]
+    try:
+        for flag, value, rescale in scales:
+            check_guidance_scale(flag, value, rescale=rescale)
+        check_frame_rate(args.frame_rate, "--frame-rate")
+        check_video_size(args.num_frames, args.height, args.width, args.max_num_frames, args.max_video_tokens)
+    except ValueError as error:
+        message = str(error)
+        for name, flag in (("max_num_frames", "--max-num-frames"), ("max_video_tokens", "--max-video-tokens")):
+            message = message.replace(name, flag)
+        raise ValueError(message.replace("num_frames=", "--num-frames ")) from None
+
+
+def check_features(args) -> None:
+    """Flags that need something this installation may lack: prompt enhancement, fp8 scaled matmuls."""
+    import inspect
+
+    from .pipelines.pipeline_ltx2_audio_to_video import LTX2AudioToVideoPipeline
+
+    if args.enhance_prompt and "enhance_prompt" not in inspect.signature(LTX2AudioToVideoPipeline.__call__).parameters:
+        raise ValueError(
+            "--enhance-prompt: prompt enhancement is not implemented in this version of LTX2AudioToVideoPipeline; "
+            "run without it (or enhance the prompt yourself)"
+        )
+    if args.quantization == "fp8-scaled-mm":
+        from .loaders import fp8
+
+        enable = getattr(fp8, "enable_fp8_scaled_mm", None)
+        if enable is None:
+            raise ValueError(
+                "--quantization fp8-scaled-mm is not available in this installation "
+                "(ltx2_diffusers.loaders.fp8.enable_fp8_scaled_mm is missing; it needs CUDA and a Hopper-class GPU); "
+                "use --quantization fp8-cast"
+            )
+        if args.quantization_amax_path is not None and "amax_path" not in inspect.signature(enable).parameters:
+            raise ValueError(
+                "--quantization fp8-scaled-mm AMAX_PATH: this installation's fp8-scaled-mm takes no amax file"
+            )
+
+
+def warn_audio_guidance(args, defaults: dict) -> None:
+    """One warning naming the audio-guidance flags changed from `defaults`: they have no effect."""
+    changed = [
+        f"--{name.replace('_', '-')} {getattr(args, name)}"
+        for name, default in defaults.items()
+        if getattr(args, name) != default
+    ]
+    if changed:
+        logger.warning(
+            f"{', '.join(changed)}: no effect. The audio is an input and stays frozen, so audio guidance is never "
+            "applied (the reference A2Vid pipeline ignores these flags too)."
+        )

@@ -1,0 +1,139 @@
+"""Bounds on what a generation may ask for, checked before any compute.
+
+Pure functions raising `ValueError` / `TypeError` that name the argument and what was expected. The bounds are
+documented here once; the pipeline's `check_inputs`, the LoRA loader and the CLI call these functions.
+
+Bounds (inclusive):
+
+- guidance scales (`cfg_scale`, `stg_scale`, `modality_scale`): finite, `|scale| <= MAX_GUIDANCE_SCALE` (100).
+  ltx-core accepts any float; the released parameter sets use 1..7. A scale of 1e30 overflows the guided
+  prediction to inf/NaN, so it is refused instead of producing NaN frames.
+- `rescale_scale`: finite, in `[0, MAX_RESCALE_SCALE]` (2). 0 disables rescaling and 1 fully rescales to the
+  conditional prediction's std (the released sets use 0.45 .. 1.0); values up to 2 extrapolate, as ltx-core
+  would compute them.
+- LoRA strengths, adapter weights and `distilled_lora_scale`: finite, `|weight| <= MAX_LORA_STRENGTH` (10).
+  The released distilled LoRA runs at 0.8; user LoRAs are used at about 0..2.
+- `num_frames`: at most `MAX_NUM_FRAMES` (1001 = 20 s, the models' temporal positional range, at 50 fps), also
+  when it is derived from the audio (`num_frames=None`); `max_num_frames=` (CLI `--max-num-frames`) raises it.
+- video latent tokens `((F - 1) / 8 + 1) * (H / 32) * (W / 32)` of the final size: at most `MAX_VIDEO_TOKENS`
+  (2**18 = 262144; 121 frames at 1536x1024 are 24576, 1001 frames at that size 193536); `max_video_tokens=`
+  (CLI `--max-video-tokens`) raises it.
+- `frame_rate`: finite, in `(0, MAX_FRAME_RATE]` (240 fps).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+
+__all__ = [
+    "MAX_FRAME_RATE",
+    "MAX_GUIDANCE_SCALE",
+    "MAX_LORA_STRENGTH",
+    "MAX_NUM_FRAMES",
+    "MAX_RESCALE_SCALE",
+    "MAX_VIDEO_TOKENS",
+    "check_adapter_weights",
+    "check_frame_rate",
+    "check_guidance_scale",
+    "check_lora_strength",
+    "check_video_size",
+    "resolve_limit",
+    "video_latent_tokens",
+]
+
+MAX_GUIDANCE_SCALE = 100.0
+MAX_RESCALE_SCALE = 2.0
+MAX_LORA_STRENGTH = 10.0
+MAX_NUM_FRAMES = 1001
+MAX_VIDEO_TOKENS = 2**18
+MAX_FRAME_RATE = 240.0
+
+
+def _real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+def check_guidance_scale(name: str, value, rescale: bool = False) -> float:
+    """`value` as a float: finite and within the documented bound (see the module docstring)."""
+    value = _real(name, value)
+    if rescale:
+        if not 0.0 <= value <= MAX_RESCALE_SCALE:
+            raise ValueError(
+                f"{name} must be in [0, {MAX_RESCALE_SCALE:g}] (0 = off, 1 = full rescale), got {value!r}"
+            )
+    elif abs(value) > MAX_GUIDANCE_SCALE:
+        raise ValueError(f"{name} must be within [-{MAX_GUIDANCE_SCALE:g}, {MAX_GUIDANCE_SCALE:g}], got {value!r}")
+    return value
+
+
+def check_lora_strength(name: str, value) -> float:
+    """A LoRA strength / adapter weight / `distilled_lora_scale`: finite, `|value| <= MAX_LORA_STRENGTH`."""
+    value = _real(name, value)
+    if abs(value) > MAX_LORA_STRENGTH:
+        raise ValueError(f"{name} must be within [-{MAX_LORA_STRENGTH:g}, {MAX_LORA_STRENGTH:g}], got {value!r}")
+    return value
+
+
+def check_adapter_weights(weights: Any, name: str = "adapter_weights") -> None:
+    """Every number inside diffusers' `set_adapters` weights (None, a number, a list of them, or nested dicts of
+    per-component / per-block scales) is a valid LoRA strength; `None` entries mean diffusers' default 1.0."""
+    if weights is None:
+        return
+    if isinstance(weights, dict):
+        for key, value in weights.items():
+            check_adapter_weights(value, f"{name}[{key!r}]")
+    elif isinstance(weights, (list, tuple)):
+        for i, value in enumerate(weights):
+            check_adapter_weights(value, f"{name}[{i}]")
+    else:
+        check_lora_strength(name, weights)
+
+
+def check_frame_rate(frame_rate, name: str = "frame_rate") -> float:
+    """`frame_rate` as a float in `(0, MAX_FRAME_RATE]`."""
+    value = _real(name, frame_rate)
+    if not 0.0 < value <= MAX_FRAME_RATE:
+        raise ValueError(f"{name} must be in (0, {MAX_FRAME_RATE:g}] fps, got {frame_rate!r}")
+    return value
+
+
+def resolve_limit(name: str, value, default: int) -> int:
+    """An override of a size bound (`max_num_frames`, `max_video_tokens`): None -> `default`, else a positive int."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer or None (default {default}), got {value!r}")
+    return int(value)
+
+
+def video_latent_tokens(num_frames: int, height: int, width: int) -> int:
+    """Tokens of a `num_frames x height x width` video in the LTX-2 video latent (x8 in time, x32 in space)."""
+    return ((num_frames - 1) // 8 + 1) * (height // 32) * (width // 32)
+
+
+def check_video_size(num_frames, height: int, width: int, max_num_frames=None, max_video_tokens=None) -> None:
+    """Refuse a frame count above `max_num_frames` and a latent above `max_video_tokens` (defaults in the module
+    docstring); `num_frames=None` (derived from the audio later) checks only the overrides themselves."""
+    frames_limit = resolve_limit("max_num_frames", max_num_frames, MAX_NUM_FRAMES)
+    tokens_limit = resolve_limit("max_video_tokens", max_video_tokens, MAX_VIDEO_TOKENS)
+    if num_frames is None:
+        return
+    if num_frames > frames_limit:
+        raise ValueError(
+            f"num_frames={num_frames} is above the bound of {frames_limit} frames (max_num_frames; the models' "
+            "positional range is 20 s); pass a larger max_num_frames to allow it"
+        )
+    tokens = video_latent_tokens(num_frames, height, width)
+    if tokens > tokens_limit:
+        raise ValueError(
+            f"{num_frames} frames at {width}x{height} are {tokens} video latent tokens, above the bound of "
+            f"{tokens_limit} (max_video_tokens); pass a larger max_video_tokens to allow it"
+        )

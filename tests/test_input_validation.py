@@ -1,0 +1,342 @@
+"""Garbage is refused before compute, naming the argument or file (issue 9, points 3 and 4): non-finite audio
+files, LoRA tensors and adapter weights, guidance scales and sizes outside the documented bounds of
+`ltx2_diffusers.validation`, and high-bit-depth condition images read at their true range."""
+
+import struct
+import zlib
+
+import factories
+import numpy as np
+import PIL.Image
+import pytest
+import soundfile as sf
+import torch
+from diffusers import DiffusionPipeline
+from safetensors.torch import load_file, save_file
+from test_pipeline_parity import contexts
+
+from ltx2_diffusers import LTX2AudioToVideoPipeline, MultiModalGuidance
+from ltx2_diffusers.audio.io import load_audio
+from ltx2_diffusers.loaders.lora import LTX2AVLoraLoaderMixin
+from ltx2_diffusers.models.transformer_ltx2_av import LTX2AudioVideoTransformer
+from ltx2_diffusers.pipelines import pipeline_ltx2_audio_to_video as pipeline_module
+from ltx2_diffusers.pipelines.image_conditions import prepare_condition_image
+from ltx2_diffusers.validation import (
+    MAX_NUM_FRAMES,
+    check_adapter_weights,
+    check_frame_rate,
+    check_guidance_scale,
+    check_lora_strength,
+    check_video_size,
+)
+
+
+# ---------------------------------------------------------------------------------------------------- audio files
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("subtype", ["FLOAT", "DOUBLE"])
+def test_non_finite_samples_in_a_decoded_file(tmp_path, bad, subtype):
+    samples = np.zeros((2, 16000), np.float64)
+    samples[1, 8000] = bad
+    path = tmp_path / "poisoned.wav"
+    sf.write(path, samples.T, 16000, subtype=subtype)
+    with pytest.raises(ValueError, match=r"poisoned\.wav.* 1 NaN or infinite samples \(the first at 0\.500 s\)"):
+        load_audio(path)
+    with open(path, "rb") as handle:  # a file object is named too, and its position restored
+        handle.seek(7)
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            load_audio(handle)
+        assert handle.tell() == 7
+    # Outside the selected window the bad sample is never used: the window decodes.
+    waveform, rate = load_audio(path, max_duration=0.25)
+    assert rate == 16000 and waveform.shape == (2, 4000) and torch.isfinite(waveform).all()
+
+
+# ---------------------------------------------------------------------------------------------------- LoRA files
+class _Pipe(LTX2AVLoraLoaderMixin, DiffusionPipeline):
+    def __init__(self, transformer):
+        super().__init__()
+        self.register_modules(transformer=transformer)
+
+
+@pytest.fixture(scope="module")
+def lora_setup(tmp_path_factory):
+    checkpoint = factories.cached_checkpoint("checkpoint", "2.3", seed=21, components=("transformer", "connectors"))
+    lora = factories.cached_checkpoint("lora", checkpoint_path=checkpoint, seed=22, dtype=torch.float32)
+    pipe = _Pipe(LTX2AudioVideoTransformer.from_single_file(checkpoint, torch_dtype=torch.float32))
+    return pipe, load_file(lora), tmp_path_factory.mktemp("loras")
+
+
+def _poisoned(tensors, change):
+    tensors = dict(tensors)
+    key = sorted(k for k in tensors if k.endswith("lora_B.weight"))[3]
+    tensors[key] = change(tensors[key].clone())
+    return tensors, key
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "error", "match"),
+    [
+        ("nan", lambda t: t.index_fill_(0, torch.tensor([0]), float("nan")), ValueError, "NaN or infinite"),
+        ("inf", lambda t: t.index_fill_(1, torch.tensor([1]), float("inf")), ValueError, "NaN or infinite"),
+        ("int16", lambda t: (t * 1000).to(torch.int16), TypeError, "torch.int16; LoRA weights must be floating"),
+        ("int32", lambda t: t.to(torch.int32), TypeError, "torch.int32"),
+        ("bool", lambda t: t > 0, TypeError, "torch.bool"),
+    ],
+)
+def test_bad_lora_tensors_refused_at_load(lora_setup, name, change, error, match):
+    pipe, tensors, folder = lora_setup
+    bad, key = _poisoned(tensors, change)
+    path = folder / f"{name}.safetensors"
+    save_file(bad, path)
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    for source, label in ((str(path), f"{name}.safetensors"), (bad, "the LoRA state dict")):
+        with pytest.raises(error, match=match) as info:
+            pipe.load_lora_weights(source, adapter_name="user")
+        assert label in str(info.value) and key in str(info.value)
+        assert not getattr(pipe.transformer, "peft_config", None)  # nothing was attached
+    after = pipe.transformer.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_adapter_weights_bounded(lora_setup):
+    pipe, tensors, _ = lora_setup
+    pipe.load_lora_weights(tensors, adapter_name="style")
+    try:
+        for weights in ([float("nan")], [float("inf")], [1e30], [-11.0], {"transformer": float("nan")}, [[2.0, 1e9]]):
+            with pytest.raises(ValueError, match="adapter_weights"):
+                pipe.set_adapters(["style"], weights)
+        with pytest.raises(TypeError, match="adapter_weights"):
+            pipe.set_adapters(["style"], ["0.5"])
+        with pytest.raises(ValueError, match="lora_scale"):
+            pipe.fuse_lora(lora_scale=float("nan"))
+        pipe.set_adapters(["style"], [10.0])  # the bound itself is allowed
+        pipe.set_adapters(["style"], [-0.5])
+        pipe.set_adapters(["style"], None)
+    finally:
+        pipe.unload_lora_weights()
+
+
+# ---------------------------------------------------------------------------------------------------- bounds
+@pytest.mark.parametrize("field", ["cfg_scale", "stg_scale", "modality_scale"])
+def test_guidance_scale_bounds(field):
+    for value in (100.0, -100.0, 0.0, 7.0):
+        assert getattr(MultiModalGuidance(**{field: value}), field) == value
+    for value in (100.5, -101, 1e30, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=field):
+            MultiModalGuidance(**{field: value})
+
+
+def test_rescale_bounds():
+    for value in (0.0, 0.45, 1.0, 2.0):
+        assert MultiModalGuidance(rescale_scale=value).rescale_scale == value
+    for value in (-0.1, 2.01, 1e30, float("nan")):
+        with pytest.raises(ValueError, match=r"rescale_scale must be .*\[0, 2\]|rescale_scale must be finite"):
+            MultiModalGuidance(rescale_scale=value)
+
+
+def test_bound_functions():
+    assert check_guidance_scale("x", 3) == 3.0 and check_lora_strength("s", 0.8) == 0.8
+    assert check_frame_rate(24) == 24.0 and check_frame_rate(240) == 240.0
+    for value in (0, -1, 241, 1e6, float("nan")):
+        with pytest.raises(ValueError, match="frame_rate"):
+            check_frame_rate(value)
+    check_adapter_weights({"a": [1.0, None], "b": {"transformer": 0.5}})
+    with pytest.raises(ValueError, match=r"adapter_weights\['b'\]\['transformer'\]"):
+        check_adapter_weights({"a": 1.0, "b": {"transformer": float("inf")}})
+    check_video_size(MAX_NUM_FRAMES, 64, 64)
+    with pytest.raises(ValueError, match="max_num_frames"):
+        check_video_size(MAX_NUM_FRAMES + 8, 64, 64)
+    check_video_size(MAX_NUM_FRAMES + 8, 64, 64, max_num_frames=2000)  # the override
+    with pytest.raises(ValueError, match="262144"):
+        check_video_size(521, 2048, 2048)  # 66 x 64 x 64 latent tokens
+    check_video_size(521, 2048, 2048, max_video_tokens=270336)
+    with pytest.raises(ValueError, match="max_num_frames must be a positive integer"):
+        check_video_size(9, 64, 64, max_num_frames=0)
+
+
+# ---------------------------------------------------------------------------------------------------- pipeline
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("validation")
+    checkpoint = factories.build_checkpoint(root / "tiny.safetensors", "2.3", seed=4)
+    upsampler = factories.build_upsampler(root / "up.safetensors", seed=5)
+    lora = factories.build_lora(root / "lora.safetensors", checkpoint, seed=6, dtype=torch.float32)
+    return LTX2AudioToVideoPipeline.from_single_file(
+        checkpoint, spatial_upsampler_path=upsampler, distilled_lora=(lora, 0.6), torch_dtype=torch.float32
+    )
+
+
+@pytest.fixture
+def no_compute(pipe, monkeypatch):
+    """Fails if the transformer or an audio encoder runs; records how much audio was decoded."""
+    decoded = []
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("compute ran before the input was refused")
+
+    def recording_load_audio(source, start_time=0.0, max_duration=None, sample_rate=None):
+        decoded.append(max_duration)
+        return load_audio(source, start_time=start_time, max_duration=max_duration, sample_rate=sample_rate)
+
+    monkeypatch.setattr(pipe.transformer, "forward", forbidden)
+    monkeypatch.setattr(pipe, "encode_audio_tokens", forbidden)
+    monkeypatch.setattr(pipeline_module, "load_audio", recording_load_audio)
+    return decoded
+
+
+def _call(pipe, audio, **kwargs):
+    args = dict(
+        audio=audio,
+        audio_sample_rate=16000,
+        prompt_contexts=contexts(0, "2.3"),
+        negative_prompt_contexts=contexts(1, "2.3"),
+        height=64,
+        width=64,
+        num_frames=9,
+        num_inference_steps=2,
+        video_guidance=MultiModalGuidance(stg_blocks=[1]),
+        output_type="np",
+    )
+    args.update(kwargs)
+    return pipe(**args)
+
+
+TEN_MINUTES = np.zeros(16000 * 600, np.float32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(num_frames=1009), "num_frames=1009 is above the bound of 1001"),
+        (dict(num_frames=129, height=4096, width=4096), "278528 video latent tokens, above the bound of 262144"),
+        (dict(frame_rate=1e6), "frame_rate must be in"),
+        (dict(frame_rate=float("inf")), "frame_rate must be finite"),
+        (dict(distilled_lora_scale=float("nan")), "distilled_lora_scale must be finite"),
+        (dict(distilled_lora_scale=1e30), "distilled_lora_scale must be within"),
+        (dict(num_frames=None), "num_frames=None: the audio covers more than 1001 frames at 24.0 fps"),
+        (dict(num_frames=None, frame_rate=240.0, audio_max_duration=30.0), "more than 1001 frames at 240.0 fps"),
+        (dict(num_frames=None, max_num_frames=100), "more than 100 frames"),
+        (dict(max_num_frames=-1), "max_num_frames must be a positive integer"),
+    ],
+)
+def test_pipeline_refuses_before_compute(pipe, no_compute, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _call(pipe, TEN_MINUTES, **kwargs)
+    # A frame count derived from the audio reads only the bound's worth of audio (plus 8 frames) to find out.
+    frame_rate = kwargs.get("frame_rate", 24.0)
+    limit = kwargs.get("max_num_frames", MAX_NUM_FRAMES)
+    assert all(d is not None and d <= (limit + 8) / frame_rate + 1e-9 for d in no_compute)
+
+
+def test_pipeline_refuses_a_poisoned_audio_file(pipe, no_compute, tmp_path):
+    samples = np.zeros(16000, np.float32)
+    samples[100] = np.nan
+    sf.write(tmp_path / "nan.wav", samples, 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match=r"nan\.wav.*NaN or infinite samples"):
+        _call(pipe, str(tmp_path / "nan.wav"), audio_sample_rate=None)
+
+
+def test_the_frame_bound_override_admits_long_audio(pipe, monkeypatch):
+    """`max_num_frames` raises the bound: the derived count then passes the checks (stopped at the encoder)."""
+    seen = {}
+
+    def stop(waveform, sample_rate, num_frames, frame_rate, dtype):
+        seen["num_frames"] = num_frames
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipe, "encode_audio_tokens", stop)
+    with pytest.raises(KeyboardInterrupt):
+        _call(pipe, TEN_MINUTES[: 16000 * 50], num_frames=None, max_num_frames=1201, stage_2=False)
+    assert seen["num_frames"] == 1193  # 50 s at 24 fps = 1200 -> 8k + 1
+
+
+# ---------------------------------------------------------------------------------------------------- images
+def _png16(path, pixels):
+    """A 16-bit PNG written by hand (PIL cannot write 16-bit RGB): gray (H, W) or RGB (H, W, 3) uint16."""
+    height, width = pixels.shape[:2]
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    rows = pixels.reshape(height, width * channels).astype(">u2")
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, {1: 0, 3: 2}[channels], 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+STEP = 2 / 255  # one 8-bit quantisation step in the [-1, 1] tensors
+
+
+def _twins(tmp_path, channels):
+    rng = np.random.default_rng(channels)
+    shape = (48, 40) if channels == 1 else (48, 40, 3)
+    pixels16 = rng.integers(0, 65536, shape).astype(np.uint16)
+    pixels8 = np.rint(pixels16 / 257).astype(np.uint8)
+    path8 = tmp_path / f"twin{channels}_8.png"
+    PIL.Image.fromarray(pixels8).save(path8)
+    return _png16(tmp_path / f"twin{channels}_16.png", pixels16), path8, pixels16
+
+
+# With crf > 0 the picture goes through H.264 as 8 bits, which amplifies any one-step difference on noise: there the
+# gray 16-bit image (rounded to 8 bits exactly as its twin) must come out identical.
+@pytest.mark.parametrize(("channels", "crf"), [(1, 0), (3, 0), (1, 33)])
+def test_16_bit_png_matches_its_8_bit_twin(tmp_path, channels, crf):
+    path16, path8, _ = _twins(tmp_path, channels)
+    expected_mode = "I;16" if channels == 1 else "RGB"  # PIL reads 16-bit RGB as 8-bit RGB (high byte)
+    assert PIL.Image.open(path16).mode == expected_mode
+    loaded16 = prepare_condition_image(str(path16), 64, 64, crf=crf)
+    loaded8 = prepare_condition_image(str(path8), 64, 64, crf=crf)
+    delta = (loaded16 - loaded8).abs().max().item()
+    assert delta <= (STEP + 1e-6 if crf == 0 else 0.0), delta / STEP
+    assert abs(loaded16.mean().item() - loaded8.mean().item()) < STEP / 4
+    assert (loaded16 > 0.99).float().mean() < 0.05  # not the 99.6 % white the issue found
+
+
+def test_other_high_bit_depth_modes(tmp_path):
+    _, path8, pixels16 = _twins(tmp_path, 1)
+    expected = prepare_condition_image(str(path8), 64, 64, crf=0)
+    gray16 = PIL.Image.fromarray(pixels16)
+    images = {
+        "I (32-bit integer)": gray16.convert("I"),
+        "F (float TIFF)": None,
+        "I;16 TIFF": None,
+        "uint16 array": pixels16,
+        "float array": pixels16.astype(np.float32) / 65535,
+    }
+    PIL.Image.fromarray(pixels16.astype(np.float32) / 65535).save(tmp_path / "float.tif")
+    images["F (float TIFF)"] = str(tmp_path / "float.tif")
+    gray16.save(tmp_path / "gray16.tif")
+    images["I;16 TIFF"] = str(tmp_path / "gray16.tif")
+    assert PIL.Image.open(images["F (float TIFF)"]).mode == "F"
+    for name, image in images.items():
+        delta = (prepare_condition_image(image, 64, 64, crf=0) - expected).abs().max().item()
+        assert delta <= STEP / 2 + 1e-6, (name, delta / STEP)
+
+
+def test_high_bit_depth_garbage_refused(tmp_path):
+    nan = np.full((8, 8), 0.5, np.float32)
+    nan[2, 2] = np.nan
+    PIL.Image.fromarray(nan).save(tmp_path / "nan.tif")
+    with pytest.raises(ValueError, match=r"nan\.tif.*NaN or infinite"):
+        prepare_condition_image(str(tmp_path / "nan.tif"), 32, 32)
+    negative = PIL.Image.fromarray(np.full((8, 8), -5, np.int32))
+    with pytest.raises(ValueError, match="16-bit"):
+        prepare_condition_image(negative, 32, 32)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        prepare_condition_image(np.full((8, 8, 3), 2.0, np.float32), 32, 32)
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\njunk")
+    with pytest.raises(ValueError, match=r"junk\.png.*cannot be read"):
+        prepare_condition_image(str(tmp_path / "junk.png"), 32, 32)
+
+
+def test_pipeline_reads_condition_images_before_any_audio(pipe, no_compute, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    with pytest.raises(ValueError, match=r"conditions\[0\]: condition image .*broken\.png.* cannot be read"):
+        _call(pipe, TEN_MINUTES[:16000], conditions=[(str(tmp_path / "broken.png"), 0, 1.0)])
+    with pytest.raises(ValueError, match=r"conditions\[0\]\.crf must be an integer in \[0, 51\]"):
+        _call(pipe, TEN_MINUTES[:16000], conditions=[(np.zeros((8, 8, 3), np.uint8), 0, 1.0, 99)])
+    assert no_compute == []  # refused before the audio was even decoded
