@@ -183,7 +183,9 @@ def serve(files: dict[str, VirtualFile]):
     def safe_open(path, framework="pt", device=None):
         path = str(path)
         if path in files:
-            return _Handle(files[path], None if device in (None, "cpu") and files[path].device.type == "cpu" else device)
+            return _Handle(
+                files[path], None if device in (None, "cpu") and files[path].device.type == "cpu" else device
+            )
         return real_open(path, framework=framework, device=device or "cpu")
 
     def check(path):
@@ -300,10 +302,27 @@ def build_ours(files, dtype, device, *, offload: bool = False, compile_blocks: b
     if fp8:
         from ltx2_diffusers.loaders.fp8 import enable_fp8_scaled_mm
 
+        before = one_forward(pipe.transformer, device, dtype)
         enable_fp8_scaled_mm(pipe.transformer)
+        after = one_forward(pipe.transformer, device, dtype)
+        pipe.fp8_forward_rel_err = ((after - before).norm() / before.norm()).item()
+        pipe.fp8_forward_max_abs = (after - before).abs().max().item()
     if compile_blocks:
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
     return pipe
+
+
+def one_forward(transformer, device, dtype, video_tokens=6144):
+    """One batch-1 forward at the stage-1 token count on fixed random inputs (transformer_step's), float32 out."""
+    from transformer_step import _ours_kwargs, make_inputs
+
+    width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    x = make_inputs(video_tokens, 126, 256, device, dtype, seed=3)
+    x["video_context"] = x["video_context"][..., :width]
+    x["audio_context"] = x["audio_context"][..., : transformer.config.audio_num_attention_heads
+                                            * transformer.config.audio_attention_head_dim]  # fmt: skip
+    with torch.no_grad():
+        return transformer(**_ours_kwargs(x, 1, x["video_context"]))[0].float()
 
 
 def run_ours(pipe, inputs, probe: Probe | None, steps: int, extra: dict | None = None):
@@ -372,7 +391,11 @@ def reference_patches(files, inputs, probe: Probe | None, dtype):
             samples = samples[:, : round(max_duration * rate)]
         return Audio(waveform=torch.from_numpy(samples)[None].to(device_), sampling_rate=rate)
 
-    real_decode, real_upsample, real_transformer = a2vid.vae_decode_video, a2vid.upsample_video, ModelLedger.transformer
+    real_decode, real_upsample, real_transformer = (
+        a2vid.vae_decode_video,
+        a2vid.upsample_video,
+        ModelLedger.transformer,
+    )
 
     def decode(latent, decoder, tiling_config, generator):
         if probe is not None:
@@ -563,9 +586,14 @@ def main(argv=None) -> dict:
             row, frames = measure(side, run, device, stage_1_tokens, steps, warmup_steps)
             if pipe is not None:
                 row["build_s"] = build_s
+                for key in ("fp8_forward_rel_err", "fp8_forward_max_abs"):
+                    if hasattr(pipe, key):
+                        row[key] = getattr(pipe, key)
             outputs[side] = frames
         except torch.OutOfMemoryError as e:  # a side that does not fit under the cap is a result, not a crash
             row = {"side": side, "error": f"out of memory: {str(e).splitlines()[0]}"}
+        except ValueError as e:  # e.g. fp8 matmuls refused on this device
+            row = {"side": side, "error": f"refused: {e}"}
         pipe = run = None
         rows.append(row)
         _free(device)
@@ -584,7 +612,13 @@ def main(argv=None) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "dtype": str(dtype).replace("torch.", ""),
-        "size": {"num_frames": num_frames, "height": height, "width": width, "stage_1_steps": steps, "stage_2_steps": 3},
+        "size": {
+            "num_frames": num_frames,
+            "height": height,
+            "width": width,
+            "stage_1_steps": steps,
+            "stage_2_steps": 3,
+        },
         "lora_rank": rank,
         "weights_gib": files[CHECKPOINT].nbytes() / 2**30,
         "recipe_s": recipe_s,
