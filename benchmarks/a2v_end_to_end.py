@@ -29,8 +29,11 @@ import hashlib
 import json
 import math
 import pathlib
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from unittest import mock
 
@@ -253,8 +256,8 @@ class Probe:
         if self.cuda:
             torch.cuda.synchronize()
         phases = {}
-        for (name, wall, _), (_, next_wall, _) in zip(self.marks, self.marks[1:]):
-            phases[name] = phases.get(name, 0.0) + next_wall - wall
+        for (name, _, a), (_, _, b) in zip(self.marks, self.marks[1:]):  # device clock: queued work counts
+            phases[name] = phases.get(name, 0.0) + self._elapsed(a, b)
         forwards = {}
         for phase, a, b in self.forwards:
             forwards.setdefault(phase, []).append(self._elapsed(a, b))
@@ -497,6 +500,42 @@ def measure(name, run, device, stage_1_tokens, steps, warmup_steps):
     return row, frames
 
 
+def run_side(side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_steps, frames_out):
+    try:
+        if side == "reference":
+
+            def run(probe, n):
+                return run_reference(files, inputs, probe, n, dtype)
+
+            pipe = None
+        else:
+            t_build = time.perf_counter()
+            pipe = build_ours(
+                files, dtype, device, offload=side == "ours-offload", compile_blocks="compiled" in side,
+                fp8="fp8" in side,
+            )  # fmt: skip
+            _sync(device)
+            build_s = time.perf_counter() - t_build
+            extra = {"reference_arithmetic": True} if side == "ours-exact" else {}
+
+            def run(probe, n):
+                return run_ours(pipe, inputs, probe, n, extra)
+
+        row, frames = measure(side, run, device, stage_1_tokens, steps, warmup_steps)
+        if pipe is not None:
+            row["build_s"] = build_s
+            for key in ("fp8_forward_rel_err", "fp8_forward_max_abs"):
+                if hasattr(pipe, key):
+                    row[key] = getattr(pipe, key)
+        if frames_out:
+            torch.save(_frames(frames).half(), frames_out)
+    except torch.OutOfMemoryError as e:  # a side that does not fit under the cap is a result, not a crash
+        row = {"side": side, "error": f"out of memory: {str(e).splitlines()[0]}"}
+    except ValueError as e:  # e.g. fp8 matmuls refused on this device
+        row = {"side": side, "error": f"refused: {e}"}
+    return row
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoint on the CPU (smoke test)")
@@ -511,6 +550,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--memory-cap-gib", type=float, default=None, help="torch.cuda per-process memory cap")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, help="also write the JSON line to this path")
+    parser.add_argument("--side", default=None, help=argparse.SUPPRESS)  # child process: run this side only
+    parser.add_argument("--frames-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     tiny = args.tiny
@@ -523,7 +564,7 @@ def main(argv=None) -> dict:
     warmup_steps = args.warmup_steps or 2
     rank = args.lora_rank or (4 if tiny else 384)
     frame_rate = 24.0
-    if args.memory_cap_gib and device.type == "cuda":
+    if args.memory_cap_gib and device.type == "cuda" and args.side is not None:
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib / total), device)
 
@@ -535,8 +576,6 @@ def main(argv=None) -> dict:
     else:
         config, up_config = full_size_config()
         gemma = (GEMMA_HIDDEN, GEMMA_STATES)
-    files = virtual_files(config, up_config, rank, dtype, device, gemma_dims=gemma)
-    recipe_s = time.perf_counter() - t0
 
     section = config["transformer"]
     g = torch.Generator().manual_seed(7)
@@ -560,51 +599,41 @@ def main(argv=None) -> dict:
     latent_frames = (num_frames - 1) // 8 + 1
     stage_1_tokens = latent_frames * (height // 64) * (width // 64)
 
-    rows, outputs = [], {}
+    if args.side is not None:  # child: one side, its row as the last stdout line, its frames to a file
+        files = virtual_files(config, up_config, rank, dtype, device, gemma_dims=gemma)
+        recipe_s = time.perf_counter() - t0
+        row = run_side(args.side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_steps, args.frames_out)
+        row.update(recipe_s=recipe_s, weights_gib=files[CHECKPOINT].nbytes() / 2**30)
+        print("ROW " + json.dumps(row))
+        return row
+
+    # Parent: each side in its own process (clean memory and compile caches), one after the other, same machine.
+    rows, frame_files = [], {}
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="a2v_e2e_"))
     for side in [s.strip() for s in args.sides.split(",") if s.strip()]:
-        _free(device)
-        try:
-            if side == "reference":
-
-                def run(probe, n):
-                    return run_reference(files, inputs, probe, n, dtype)
-
-                pipe = None
-            else:
-                t_build = time.perf_counter()
-                pipe = build_ours(
-                    files, dtype, device, offload=side == "ours-offload", compile_blocks="compiled" in side,
-                    fp8="fp8" in side,
-                )  # fmt: skip
-                _sync(device)
-                build_s = time.perf_counter() - t_build
-                extra = {"reference_arithmetic": True} if side == "ours-exact" else {}
-
-                def run(probe, n, pipe=pipe, extra=extra):
-                    return run_ours(pipe, inputs, probe, n, extra)
-
-            row, frames = measure(side, run, device, stage_1_tokens, steps, warmup_steps)
-            if pipe is not None:
-                row["build_s"] = build_s
-                for key in ("fp8_forward_rel_err", "fp8_forward_max_abs"):
-                    if hasattr(pipe, key):
-                        row[key] = getattr(pipe, key)
-            outputs[side] = frames
-        except torch.OutOfMemoryError as e:  # a side that does not fit under the cap is a result, not a crash
-            row = {"side": side, "error": f"out of memory: {str(e).splitlines()[0]}"}
-        except ValueError as e:  # e.g. fp8 matmuls refused on this device
-            row = {"side": side, "error": f"refused: {e}"}
-        pipe = run = None
+        frame_files[side] = workdir / f"{side}.pt"
+        cmd = [sys.executable, __file__, "--side", side, "--frames-out", str(frame_files[side])]
+        cmd += [a for a in (argv if argv is not None else sys.argv[1:])]
+        child = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [line for line in child.stdout.splitlines() if line.startswith("ROW ")]
+        if child.returncode != 0 or not lines:
+            tail = (child.stderr or child.stdout).strip().splitlines()[-3:]
+            row = {"side": side, "error": f"exit {child.returncode}: " + " | ".join(tail)}
+        else:
+            row = json.loads(lines[-1][4:])
+        print(f"[{side}] " + (row.get("error") or f"{row['total_s']:.2f} s"), file=sys.stderr, flush=True)
         rows.append(row)
-        _free(device)
 
     # Output differences (frames in [0, 1]) against the first side that ran: the same random weights and seed.
-    names = [r["side"] for r in rows if "error" not in r and outputs.get(r["side"]) is not None]
+    names = [r["side"] for r in rows if "error" not in r and frame_files[r["side"]].exists()]
     if names:
-        base = _frames(outputs[names[0]])
+        base = torch.load(frame_files[names[0]]).float()
         for row in rows:
             if row["side"] in names:
-                row["max_abs_diff_vs_" + names[0]] = (_frames(outputs[row["side"]]) - base).abs().max().item()
+                other = torch.load(frame_files[row["side"]]).float()
+                row["max_abs_diff_vs_" + names[0]] = (other - base).abs().max().item()
+                row["mean_abs_diff_vs_" + names[0]] = (other - base).abs().mean().item()
+    shutil.rmtree(workdir, ignore_errors=True)
     _print_table(rows)
     result = {
         "benchmark": "a2v_end_to_end",
@@ -620,8 +649,6 @@ def main(argv=None) -> dict:
             "stage_2_steps": 3,
         },
         "lora_rank": rank,
-        "weights_gib": files[CHECKPOINT].nbytes() / 2**30,
-        "recipe_s": recipe_s,
         "memory_cap_gib": args.memory_cap_gib,
         "rows": rows,
     }
