@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from unittest import mock
 
 import numpy as np
@@ -67,6 +68,7 @@ class VirtualFile:
 
     def __init__(self, metadata: dict, dtype: torch.dtype, device: torch.device, seed: int):
         self.metadata, self.dtype, self.device, self.seed = metadata, dtype, device, seed
+        self.out = device  # where get_tensor hands values out (drawn on `device`)
         self.small: dict[str, torch.Tensor] = {}
         self.large: dict[str, tuple[tuple[int, ...], float]] = {}
 
@@ -78,11 +80,11 @@ class VirtualFile:
 
     def get(self, key: str) -> torch.Tensor:
         if key in self.small:
-            return self.small[key].to(self.device)
+            return self.small[key].to(self.out)
         shape, std = self.large[key]
         generator = torch.Generator(self.device).manual_seed(_seed(self.seed, key))
         value = torch.randn(shape, generator=generator, device=self.device, dtype=self.dtype)
-        return value.mul_(std)
+        return value.mul_(std).to(self.out)
 
     def nbytes(self) -> int:
         size = self.dtype.itemsize
@@ -290,6 +292,8 @@ def attach(model: torch.nn.Module, probe: Probe) -> torch.nn.Module:
 def build_ours(files, dtype, device, *, offload: bool = False, compile_blocks: bool = False, fp8: bool = False):
     from ltx2_diffusers import LTX2AudioToVideoPipeline
 
+    for vf in files.values():  # offloaded weights live on the CPU from the start
+        vf.out = torch.device("cpu") if offload else vf.device
     with serve(files):
         pipe = LTX2AudioToVideoPipeline.from_single_file(
             CHECKPOINT, spatial_upsampler_path=UPSAMPLER, distilled_lora=None, torch_dtype=dtype
@@ -434,6 +438,7 @@ def run_reference(files, inputs, probe: Probe | None, steps: int, dtype):
     import ltx_pipelines.a2vid_two_stage as a2vid
     from ltx_core.loader import LoraPathStrengthAndSDOps
     from ltx_core.loader.sd_ops import LTXV_LORA_COMFY_RENAMING_MAP
+    from ltx_core.model.video_vae import TilingConfig
     from ltx_pipelines.utils.constants import LTX_2_3_PARAMS
 
     device = inputs["device"]
@@ -462,6 +467,7 @@ def run_reference(files, inputs, probe: Probe | None, steps: int, dtype):
             images=[],
             audio_path="unused.wav",
             audio_max_duration=inputs["num_frames"] / inputs["frame_rate"],
+            tiling_config=TilingConfig.default(),  # as its CLI (untiled, the full-size decode runs out of memory)
         )
     frames = torch.cat([c for c in captured["frames"]], dim=0) if captured.get("frames") else None
     return frames
@@ -530,7 +536,11 @@ def run_side(side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_s
         if frames_out:
             torch.save(_frames(frames).half(), frames_out)
     except torch.OutOfMemoryError as e:  # a side that does not fit under the cap is a result, not a crash
-        row = {"side": side, "error": f"out of memory: {str(e).splitlines()[0]}"}
+        where = [f"{f.filename.split('/')[-1]}:{f.lineno} {f.name}" for f in traceback.extract_tb(e.__traceback__)]
+        row = {
+            "side": side,
+            "error": f"out of memory: {str(e).splitlines()[0][:120]} at {' < '.join(where[::-1][:6])}",
+        }
     except ValueError as e:  # e.g. fp8 matmuls refused on this device
         row = {"side": side, "error": f"refused: {e}"}
     return row
@@ -547,7 +557,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="stage-1 steps (default 30; tiny 2)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="stage-1 steps of the warm-up call (2)")
     parser.add_argument("--lora-rank", type=int, default=None)
-    parser.add_argument("--memory-cap-gib", type=float, default=None, help="torch.cuda per-process memory cap")
+    parser.add_argument("--memory-cap-gib", type=float, default=None, help="torch.cuda per-process memory cap (all "
+                        "sides; a side written NAME@GIB gets its own cap)")  # fmt: skip
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, help="also write the JSON line to this path")
     parser.add_argument("--side", default=None, help=argparse.SUPPRESS)  # child process: run this side only
@@ -564,9 +575,12 @@ def main(argv=None) -> dict:
     warmup_steps = args.warmup_steps or 2
     rank = args.lora_rank or (4 if tiny else 384)
     frame_rate = 24.0
-    if args.memory_cap_gib and device.type == "cuda" and args.side is not None:
+    cap = args.memory_cap_gib
+    if args.side is not None and "@" in args.side:  # "ours-offload@24": this side under a 24 GiB cap
+        args.side, cap = args.side.split("@")[0], float(args.side.split("@")[1])
+    if cap and device.type == "cuda" and args.side is not None:
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib / total), device)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
 
     t0 = time.perf_counter()
     if tiny:
@@ -603,7 +617,9 @@ def main(argv=None) -> dict:
         files = virtual_files(config, up_config, rank, dtype, device, gemma_dims=gemma)
         recipe_s = time.perf_counter() - t0
         row = run_side(args.side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_steps, args.frames_out)
-        row.update(recipe_s=recipe_s, weights_gib=files[CHECKPOINT].nbytes() / 2**30)
+        row.update(recipe_s=recipe_s, weights_gib=files[CHECKPOINT].nbytes() / 2**30, memory_cap_gib=cap)
+        if cap:
+            row["side"] = f"{args.side}@{cap:g}GiB"
         print("ROW " + json.dumps(row))
         return row
 
@@ -611,7 +627,7 @@ def main(argv=None) -> dict:
     rows, frame_files = [], {}
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="a2v_e2e_"))
     for side in [s.strip() for s in args.sides.split(",") if s.strip()]:
-        frame_files[side] = workdir / f"{side}.pt"
+        frame_files[side] = workdir / f"{side.replace('@', '_')}.pt"
         cmd = [sys.executable, __file__, "--side", side, "--frames-out", str(frame_files[side])]
         cmd += [a for a in (argv if argv is not None else sys.argv[1:])]
         child = subprocess.run(cmd, capture_output=True, text=True)
@@ -623,6 +639,7 @@ def main(argv=None) -> dict:
             row = json.loads(lines[-1][4:])
         print(f"[{side}] " + (row.get("error") or f"{row['total_s']:.2f} s"), file=sys.stderr, flush=True)
         rows.append(row)
+        frame_files[row["side"]] = frame_files.pop(side)
 
     # Output differences (frames in [0, 1]) against the first side that ran: the same random weights and seed.
     names = [r["side"] for r in rows if "error" not in r and frame_files[r["side"]].exists()]
