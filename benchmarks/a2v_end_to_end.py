@@ -442,7 +442,9 @@ def run_reference(files, inputs, probe: Probe | None, steps: int, dtype):
     from ltx_pipelines.utils.constants import LTX_2_3_PARAMS
 
     device = inputs["device"]
-    with reference_patches(files, inputs, probe, dtype) as captured:
+    # inference mode as its CLI's main(): parameters built by ltx-core require grad, so outside it autograd keeps
+    # every activation of the 48 blocks.
+    with reference_patches(files, inputs, probe, dtype) as captured, torch.inference_mode():
         if probe is not None:
             probe.mark("prepare")
         pipe = a2vid.A2VidPipelineTwoStage(
@@ -580,7 +582,7 @@ def main(argv=None) -> dict:
         args.side, cap = args.side.split("@")[0], float(args.side.split("@")[1])
     if cap and device.type == "cuda" and args.side is not None:
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), torch.cuda.current_device())
 
     t0 = time.perf_counter()
     if tiny:
@@ -638,6 +640,7 @@ def main(argv=None) -> dict:
         else:
             row = json.loads(lines[-1][4:])
         print(f"[{side}] " + (row.get("error") or f"{row['total_s']:.2f} s"), file=sys.stderr, flush=True)
+        print("SIDE " + json.dumps(row), flush=True)  # each side's full row as soon as it ends
         rows.append(row)
         frame_files[row["side"]] = frame_files.pop(side)
 
