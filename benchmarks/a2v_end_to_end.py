@@ -289,7 +289,34 @@ def attach(model: torch.nn.Module, probe: Probe) -> torch.nn.Module:
 # ---------------------------------------------------------------------------------------------------------
 # The two sides
 # ---------------------------------------------------------------------------------------------------------
-def build_ours(files, dtype, device, *, offload: bool = False, compile_blocks: bool = False, fp8: bool = False):
+def share_stg_prefix(transformer) -> None:
+    """Benchmark-side stand-in for the pipeline hook: before each batched forward, items whose inputs equal an
+    earlier item's share that item's blocks up to their first differently perturbed one (`shared_prefix`)."""
+    from ltx2_diffusers.models.perturbations import shared_prefixes
+
+    forward = transformer.forward
+    per_item = ("hidden_states", "audio_hidden_states", "encoder_hidden_states", "audio_encoder_hidden_states",
+                "timestep", "audio_timestep", "sigma", "audio_sigma", "video_coords", "audio_coords")  # fmt: skip
+
+    def with_shared_prefix(*args, perturbations=None, **kwargs):
+        if perturbations is not None and len(perturbations) > 1 and kwargs.get("shared_prefix") is None:
+            tensors = [kwargs[k] for k in per_item if isinstance(kwargs.get(k), torch.Tensor)]
+            sources = {}
+            for j in range(len(perturbations)):
+                for i in range(j):
+                    if i not in sources and all(torch.equal(t[i], t[j]) for t in tensors):
+                        sources[j] = i
+                        break
+            kwargs["shared_prefix"] = shared_prefixes(perturbations, sources, transformer.config.num_layers)
+        return forward(*args, perturbations=perturbations, **kwargs)
+
+    transformer.forward = with_shared_prefix
+
+
+def build_ours(
+    files, dtype, device, *, offload: bool = False, compile_blocks: bool = False, fp8: bool = False,
+    stg_prefix: bool = False,
+):  # fmt: skip
     from ltx2_diffusers import LTX2AudioToVideoPipeline
 
     for vf in files.values():  # offloaded weights live on the CPU from the start
@@ -316,6 +343,8 @@ def build_ours(files, dtype, device, *, offload: bool = False, compile_blocks: b
         pipe.fp8_forward_max_abs = (after - before).abs().max().item()
     if compile_blocks:
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    if stg_prefix:
+        share_stg_prefix(pipe.transformer)
     return pipe
 
 
@@ -520,7 +549,7 @@ def run_side(side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_s
             t_build = time.perf_counter()
             pipe = build_ours(
                 files, dtype, device, offload=side == "ours-offload", compile_blocks="compiled" in side,
-                fp8="fp8" in side,
+                fp8="fp8" in side, stg_prefix="prefix" in side,
             )  # fmt: skip
             _sync(device)
             build_s = time.perf_counter() - t_build
@@ -552,7 +581,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoint on the CPU (smoke test)")
     parser.add_argument("--sides", default="ours,reference", help="comma list of: ours, ours-compiled, ours-fp8, "
-                        "ours-fp8-compiled, ours-offload, ours-exact, reference")  # fmt: skip
+                        "ours-fp8-compiled, ours-stg-prefix, ours-stg-prefix-compiled, ours-offload, ours-exact, reference; NAME@GIB "
+                        "runs that side under a GIB memory cap")  # fmt: skip
     parser.add_argument("--num-frames", type=int, default=None)
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
