@@ -186,6 +186,31 @@ def _scaled_mm_linear_forward(self, x: torch.Tensor) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
+def _scaled_mm_targets(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
+    targets = []
+    for name, module in transformer.named_modules():
+        plain = name[: -len(".base_layer")] if name.endswith(".base_layer") else name
+        if isinstance(module, torch.nn.Linear) and _SCALED_MM_PATTERN.match(plain):
+            targets.append((name, module))
+    return targets
+
+
+def _patch_scaled_mm(targets: list[tuple[str, torch.nn.Linear]], rowwise: bool) -> list[str]:
+    """Quantise each target's weight to float8 (in place) and route its forward through `torch._scaled_mm`."""
+    patched = []
+    for name, module in targets:
+        weight = module.weight.detach()
+        if weight.dtype in FP8_DTYPES:  # fp8-cast weights: the values themselves (times a per-tensor scale, if any)
+            weight = weight.float() * getattr(module, "fp8_weight_scale", torch.ones((), device=weight.device))
+        w_fp8, w_scale = _quantize(weight, rowwise)
+        module.weight = torch.nn.Parameter(w_fp8, requires_grad=False)
+        module.register_buffer("fp8_weight_scale", w_scale.reshape(1, -1) if rowwise else w_scale, persistent=False)
+        module.fp8_rowwise = rowwise
+        module.forward = types.MethodType(_scaled_mm_linear_forward, module)
+        patched.append(name)
+    return patched
+
+
 def enable_fp8_scaled_mm(transformer: torch.nn.Module, granularity: str = "row") -> list[str]:
     """Run the transformer blocks' linears (attention q/k/v/out, feed-forwards) as float8 matmuls on the GPU's
     float8 units through `torch._scaled_mm`: weights are quantised once to `float8_e4m3fn` (in place; the bf16
@@ -200,11 +225,7 @@ def enable_fp8_scaled_mm(transformer: torch.nn.Module, granularity: str = "row")
         raise ValueError(f"granularity must be 'row' or 'tensor', got {granularity!r}")
     if not isinstance(transformer, torch.nn.Module):
         raise TypeError(f"enable_fp8_scaled_mm needs a torch.nn.Module, got {type(transformer).__name__}")
-    targets = []
-    for name, module in transformer.named_modules():
-        plain = name[: -len(".base_layer")] if name.endswith(".base_layer") else name
-        if isinstance(module, torch.nn.Linear) and _SCALED_MM_PATTERN.match(plain):
-            targets.append((name, module))
+    targets = _scaled_mm_targets(transformer)
     if not targets:
         raise ValueError("enable_fp8_scaled_mm found no transformer block linears (transformer_blocks.N...)")
     devices = {module.weight.device for _, module in targets}
@@ -224,18 +245,7 @@ def enable_fp8_scaled_mm(transformer: torch.nn.Module, granularity: str = "row")
     odd = [n for n, m in targets if m.in_features % 16 or m.out_features % 16]
     if odd:
         raise ValueError(f"float8 matmuls need in/out features divisible by 16; not so for {odd[:5]}")
-    rowwise = granularity == "row"
-    patched = []
-    for name, module in targets:
-        weight = module.weight.detach()
-        if weight.dtype in FP8_DTYPES:  # fp8-cast weights: the values themselves (times a per-tensor scale, if any)
-            weight = weight.float() * getattr(module, "fp8_weight_scale", torch.ones((), device=device))
-        w_fp8, w_scale = _quantize(weight, rowwise)
-        module.weight = torch.nn.Parameter(w_fp8, requires_grad=False)
-        module.register_buffer("fp8_weight_scale", w_scale.reshape(1, -1) if rowwise else w_scale, persistent=False)
-        module.fp8_rowwise = rowwise
-        module.forward = types.MethodType(_scaled_mm_linear_forward, module)
-        patched.append(name)
+    patched = _patch_scaled_mm(targets, rowwise=granularity == "row")
     logger.info("float8 scaled matmuls (%s scales) in %d linears", granularity, len(patched))
     return patched
 
