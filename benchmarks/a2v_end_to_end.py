@@ -315,7 +315,7 @@ def share_stg_prefix(transformer) -> None:
 
 def build_ours(
     files, dtype, device, *, offload: bool = False, compile_blocks: bool = False, fp8: bool = False,
-    stg_prefix: bool = False,
+    stg_prefix: bool = False, attention_backend: str | None = None,
 ):  # fmt: skip
     from ltx2_diffusers import LTX2AudioToVideoPipeline
 
@@ -341,6 +341,8 @@ def build_ours(
         after = one_forward(pipe.transformer, device, dtype)
         pipe.fp8_forward_rel_err = ((after - before).norm() / before.norm()).item()
         pipe.fp8_forward_max_abs = (after - before).abs().max().item()
+    if attention_backend:
+        pipe.transformer.set_attention_backend(attention_backend)
     if compile_blocks:
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
     if stg_prefix:
@@ -537,7 +539,7 @@ def measure(name, run, device, stage_1_tokens, steps, warmup_steps):
     return row, frames
 
 
-def run_side(side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_steps, frames_out):
+def run_side(side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_steps, frames_out, attention_backend):
     try:
         if side == "reference":
 
@@ -549,7 +551,7 @@ def run_side(side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_s
             t_build = time.perf_counter()
             pipe = build_ours(
                 files, dtype, device, offload=side == "ours-offload", compile_blocks="compiled" in side,
-                fp8="fp8" in side, stg_prefix="prefix" in side,
+                fp8="fp8" in side, stg_prefix="prefix" in side, attention_backend=attention_backend,
             )  # fmt: skip
             _sync(device)
             build_s = time.perf_counter() - t_build
@@ -592,6 +594,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--memory-cap-gib", type=float, default=None, help="torch.cuda per-process memory cap (all "
                         "sides; a side written NAME@GIB gets its own cap)")  # fmt: skip
     parser.add_argument("--device", default=None)
+    parser.add_argument("--attention-backend", default=None, help="diffusers attention backend for our sides "
+                        "(e.g. _native_cudnn, flash_hub); default: native SDPA")  # fmt: skip
     parser.add_argument("--json", default=None, help="also write the JSON line to this path")
     parser.add_argument("--side", default=None, help=argparse.SUPPRESS)  # child process: run this side only
     parser.add_argument("--frames-out", default=None, help=argparse.SUPPRESS)
@@ -648,7 +652,10 @@ def main(argv=None) -> dict:
     if args.side is not None:  # child: one side, its row as the last stdout line, its frames to a file
         files = virtual_files(config, up_config, rank, dtype, device, gemma_dims=gemma)
         recipe_s = time.perf_counter() - t0
-        row = run_side(args.side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_steps, args.frames_out)
+        row = run_side(
+            args.side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_steps, args.frames_out,
+            args.attention_backend,
+        )  # fmt: skip
         row.update(recipe_s=recipe_s, weights_gib=files[CHECKPOINT].nbytes() / 2**30, memory_cap_gib=cap)
         if cap:
             row["side"] = f"{args.side}@{cap:g}GiB"
@@ -700,6 +707,7 @@ def main(argv=None) -> dict:
         },
         "lora_rank": rank,
         "memory_cap_gib": args.memory_cap_gib,
+        "attention_backend": args.attention_backend,
         "rows": rows,
     }
     line = json.dumps(result)
