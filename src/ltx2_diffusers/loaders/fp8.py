@@ -33,6 +33,7 @@ __all__ = [
     "FP8_CAST_PATTERN",
     "Fp8CheckpointPlan",
     "check_fp8_conversion",
+    "enable_fp8_scaled_mm",
     "enable_fp8_upcast",
     "fp8_cast_state_dict",
     "is_fp8_cast_target",
@@ -153,6 +154,99 @@ def enable_fp8_upcast(model: torch.nn.Module, scales: Mapping[str, torch.Tensor]
             patched.append(name)
     if scales:
         raise ValueError(f"scales given for modules without float8 weights: {sorted(scales)[:10]}")
+    return patched
+
+
+FP8_E4M3_MAX = 448.0
+#: Block linears (our names, PEFT's `.base_layer` stripped) whose matmuls `enable_fp8_scaled_mm` runs in float8.
+_SCALED_MM_PATTERN = re.compile(
+    r"^transformer_blocks\.\d+\..*(?:\.to_q|\.to_k|\.to_v|\.to_out\.0|ff\.net\.0\.proj|ff\.net\.2)$"
+)
+
+
+def _quantize(x: torch.Tensor, rowwise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(x_fp8, scale)` with `x ≈ x_fp8.float() * scale`: per row (`(rows, 1)` scales) or per tensor (scalar)."""
+    x = x.float()
+    amax = x.abs().amax(dim=-1, keepdim=True) if rowwise else x.abs().amax()
+    scale = amax.clamp(min=1e-12) / FP8_E4M3_MAX
+    return (x / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn), scale
+
+
+def _scaled_mm_linear_forward(self, x: torch.Tensor) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1])
+    x_fp8, x_scale = _quantize(rows, self.fp8_rowwise)
+    out = torch._scaled_mm(
+        x_fp8,
+        self.weight.t(),
+        scale_a=x_scale,
+        scale_b=self.fp8_weight_scale,
+        bias=None if self.bias is None else self.bias.to(x.dtype),
+        out_dtype=x.dtype,
+    )
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def _scaled_mm_targets(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
+    targets = []
+    for name, module in transformer.named_modules():
+        plain = name[: -len(".base_layer")] if name.endswith(".base_layer") else name
+        if isinstance(module, torch.nn.Linear) and _SCALED_MM_PATTERN.match(plain):
+            targets.append((name, module))
+    return targets
+
+
+def _patch_scaled_mm(targets: list[tuple[str, torch.nn.Linear]], rowwise: bool) -> list[str]:
+    """Quantise each target's weight to float8 (in place) and route its forward through `torch._scaled_mm`."""
+    patched = []
+    for name, module in targets:
+        weight = module.weight.detach()
+        if weight.dtype in FP8_DTYPES:  # fp8-cast weights: the values themselves (times a per-tensor scale, if any)
+            weight = weight.float() * getattr(module, "fp8_weight_scale", torch.ones((), device=weight.device))
+        w_fp8, w_scale = _quantize(weight, rowwise)
+        module.weight = torch.nn.Parameter(w_fp8, requires_grad=False)
+        module.register_buffer("fp8_weight_scale", w_scale.reshape(1, -1) if rowwise else w_scale, persistent=False)
+        module.fp8_rowwise = rowwise
+        module.forward = types.MethodType(_scaled_mm_linear_forward, module)
+        patched.append(name)
+    return patched
+
+
+def enable_fp8_scaled_mm(transformer: torch.nn.Module, granularity: str = "row") -> list[str]:
+    """Run the transformer blocks' linears (attention q/k/v/out, feed-forwards) as float8 matmuls on the GPU's
+    float8 units through `torch._scaled_mm`: weights are quantised once to `float8_e4m3fn` (in place; the bf16
+    weights are freed), activations at every call, each with `granularity` scales (`"row"`: one per output channel
+    and one per token; `"tensor"`: one per tensor). Other layers stay in their dtype. A LoRA held by PEFT keeps
+    working (its base layer is the patched linear); fusing a LoRA into float8 weights is not supported.
+
+    Needs the model on a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper); anything else is refused with a
+    `ValueError` before any weight is touched. Returns the names of the patched linears.
+    """
+    if granularity not in ("row", "tensor"):
+        raise ValueError(f"granularity must be 'row' or 'tensor', got {granularity!r}")
+    if not isinstance(transformer, torch.nn.Module):
+        raise TypeError(f"enable_fp8_scaled_mm needs a torch.nn.Module, got {type(transformer).__name__}")
+    targets = _scaled_mm_targets(transformer)
+    if not targets:
+        raise ValueError("enable_fp8_scaled_mm found no transformer block linears (transformer_blocks.N...)")
+    devices = {module.weight.device for _, module in targets}
+    device = next(iter(devices))
+    if len(devices) != 1 or device.type != "cuda":
+        raise ValueError(
+            "enable_fp8_scaled_mm needs the transformer's weights on one CUDA GPU (float8 matmuls run on the GPU's "
+            f"float8 units), but they are on {sorted(str(d) for d in devices)}; move the model first (offloaded or "
+            "CPU models cannot use it: use fp8 upcast instead)"
+        )
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (8, 9):
+        raise ValueError(
+            f"enable_fp8_scaled_mm needs a GPU with float8 matrix units (compute capability 8.9+, e.g. Ada or "
+            f"Hopper); {torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}"
+        )
+    odd = [n for n, m in targets if m.in_features % 16 or m.out_features % 16]
+    if odd:
+        raise ValueError(f"float8 matmuls need in/out features divisible by 16; not so for {odd[:5]}")
+    patched = _patch_scaled_mm(targets, rowwise=granularity == "row")
+    logger.info("float8 scaled matmuls (%s scales) in %d linears", granularity, len(patched))
     return patched
 
 

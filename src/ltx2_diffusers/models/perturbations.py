@@ -91,3 +91,75 @@ def block_perturbation(
         return BlockPerturbation(True, None)
     keep = torch.tensor([0.0 if s else 1.0 for s in skipped], device=device, dtype=dtype).view(-1, 1, 1)
     return BlockPerturbation(False, keep)
+
+
+@dataclass(frozen=True)
+class SharedPrefix:
+    """Batch item `item` has the same inputs (latents, contexts, timesteps, positions) as item `source` and the
+    same perturbations in blocks `0 .. until-1`: the transformer computes those blocks for `source` only and starts
+    `item` from a copy of `source`'s hidden states at block `until` (the STG pass of a guidance step shares the
+    conditional pass's prefix up to its perturbed block). The caller vouches that the inputs are equal; the
+    perturbation condition is checked."""
+
+    item: int
+    source: int
+    until: int
+
+
+def _differs(a: tuple[LTX2Perturbation, ...], b: tuple[LTX2Perturbation, ...], block: int) -> bool:
+    return any(any(p.applies(kind, block) for p in a) != any(p.applies(kind, block) for p in b) for kind in
+               PERTURBATION_KINDS)  # fmt: skip
+
+
+def first_divergent_block(
+    perturbations: Sequence[Iterable[LTX2Perturbation]] | None, item: int, source: int, num_layers: int
+) -> int:
+    """The first block where items `item` and `source` are perturbed differently (`num_layers` if never)."""
+    if perturbations is None:
+        return num_layers
+    a, b = tuple(perturbations[item] or ()), tuple(perturbations[source] or ())
+    return next((block for block in range(num_layers) if _differs(a, b, block)), num_layers)
+
+
+def shared_prefixes(
+    perturbations: Sequence[Iterable[LTX2Perturbation]] | None, sources: dict[int, int], num_layers: int
+) -> tuple[SharedPrefix, ...]:
+    """`SharedPrefix` entries for `{item: source}` pairs of equal inputs, each sharing as many blocks as their
+    perturbations allow; pairs that diverge at block 0 share nothing and are left out."""
+    shared = (SharedPrefix(i, s, first_divergent_block(perturbations, i, s, num_layers)) for i, s in sources.items())
+    return tuple(p for p in shared if p.until > 0)
+
+
+def validate_shared_prefix(
+    shared: Sequence[SharedPrefix] | None,
+    batch_size: int,
+    num_layers: int,
+    perturbations: list[tuple[LTX2Perturbation, ...]] | None,
+) -> tuple[SharedPrefix, ...]:
+    """Checked `shared_prefix` entries (`ValueError`/`TypeError` naming the entry and what is wrong)."""
+    if not shared:
+        return ()
+    entries = tuple(shared)
+    items = [p.item for p in entries if isinstance(p, SharedPrefix)]
+    for p in entries:
+        if not isinstance(p, SharedPrefix):
+            raise TypeError(f"shared_prefix must hold SharedPrefix entries, got {type(p).__name__}")
+        for name in ("item", "source", "until"):
+            value = getattr(p, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"shared_prefix {p}: {name} must be an integer")
+        if not (0 <= p.item < batch_size and 0 <= p.source < batch_size) or p.item == p.source:
+            raise ValueError(f"shared_prefix {p}: item and source must be two different items of the batch "
+                             f"(0..{batch_size - 1})")  # fmt: skip
+        if p.source in items:
+            raise ValueError(f"shared_prefix {p}: the source is itself a sharing item (no chains)")
+        if not 0 <= p.until <= num_layers:
+            raise ValueError(f"shared_prefix {p}: until must lie in 0..{num_layers}")
+        limit = first_divergent_block(perturbations, p.item, p.source, num_layers)
+        if p.until > limit:
+            raise ValueError(
+                f"shared_prefix {p}: items {p.item} and {p.source} are perturbed differently from block {limit}"
+            )
+    if len(set(items)) != len(items):
+        raise ValueError("shared_prefix names an item twice")
+    return tuple(p for p in entries if p.until > 0)

@@ -29,7 +29,14 @@ from ..parallel import (
     shard_video_tokens,
 )
 from .modulation import AdaLayerNormSingle
-from .perturbations import BlockPerturbation, LTX2Perturbation, block_perturbation, validate_perturbations
+from .perturbations import (
+    BlockPerturbation,
+    LTX2Perturbation,
+    SharedPrefix,
+    block_perturbation,
+    validate_perturbations,
+    validate_shared_prefix,
+)
 from .rope import ROPE_TYPES, rope_frequencies
 from .rope import audio_coords as build_audio_coords
 from .rope import video_coords as build_video_coords
@@ -355,6 +362,7 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
         video_keyframes_mask: torch.Tensor | None = None,
         return_dict: bool = True,
         perturbations: Sequence[Iterable[LTX2Perturbation]] | None = None,
+        shared_prefix: Sequence[SharedPrefix] | None = None,
     ):
         r"""Predict video and audio velocities.
 
@@ -370,6 +378,10 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
         audio self-attention in those blocks; `isolate_modalities` skips all audio<->video cross-attention.
         `perturbations`: one collection of `LTX2Perturbation` per batch item (the reference's
         `BatchedPerturbationConfig`).
+        `shared_prefix`: `SharedPrefix(item, source, until)` entries declaring that batch item `item` has the same
+        inputs as item `source` and the same perturbations before block `until`: those blocks run once for both
+        (e.g. the STG pass shares the conditional pass's blocks before the perturbed one; `shared_prefixes` builds
+        the entries from the perturbations).
 
         Returns `AudioVisualModelOutput(sample, audio_sample)` or a tuple.
         """
@@ -494,36 +506,30 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
         block_perturbations = self._block_perturbations(
             perturbations, stg_blocks, perturbation_mask, isolate_modalities, device, dtype
         )
-        for block, perturb in zip(self.transformer_blocks, block_perturbations):
-            args = (
-                vx,
-                ax,
-                encoder_hidden_states,
-                audio_encoder_hidden_states,
-                temb,
-                temb_audio,
-                temb_ca_scale_shift,
-                temb_ca_audio_scale_shift,
-                temb_ca_gate,
-                temb_ca_audio_gate,
-                temb_prompt,
-                temb_prompt_audio,
-                video_rotary_emb,
-                audio_rotary_emb,
-                ca_video_rotary_emb,
-                ca_audio_rotary_emb,
-                text_mask,
-                audio_text_mask,
-                self_mask,
-                perturb["video_self_perturbation"],
-                perturb["audio_self_perturbation"],
-                perturb["a2v_perturbation"],
-                perturb["v2a_perturbation"],
-            )
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
-                vx, ax = self._gradient_checkpointing_func(block, *args)
-            else:
-                vx, ax = block(*args)
+        per_item = (
+            encoder_hidden_states,
+            audio_encoder_hidden_states,
+            temb,
+            temb_audio,
+            temb_ca_scale_shift,
+            temb_ca_audio_scale_shift,
+            temb_ca_gate,
+            temb_ca_audio_gate,
+            temb_prompt,
+            temb_prompt_audio,
+            video_rotary_emb,
+            audio_rotary_emb,
+            ca_video_rotary_emb,
+            ca_audio_rotary_emb,
+            text_mask,
+            audio_text_mask,
+            self_mask,
+        )
+        shared = validate_shared_prefix(shared_prefix, batch_size, config.num_layers, perturbations)
+        if not shared:
+            vx, ax = self._run_blocks(0, config.num_layers, vx, ax, per_item, block_perturbations)
+        else:
+            vx, ax = self._run_blocks_shared(shared, vx, ax, per_item, block_perturbations)
 
         # 6. Output modulation and projection.
         output = self.video_output(self._output(vx, embedded_timestep, self.scale_shift_table, self.proj_out))
@@ -532,7 +538,72 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
             return output, audio_output
         return AudioVisualModelOutput(sample=output, audio_sample=audio_output)
 
+    def _run_blocks(self, start, end, vx, ax, per_item, block_perturbations):
+        """Blocks `start .. end-1` on the batch of `vx`/`ax` (`per_item`: the blocks' other per-item inputs)."""
+        for idx in range(start, end):
+            perturb = block_perturbations[idx]
+            args = (
+                vx,
+                ax,
+                *per_item,
+                perturb["video_self_perturbation"],
+                perturb["audio_self_perturbation"],
+                perturb["a2v_perturbation"],
+                perturb["v2a_perturbation"],
+            )
+            block = self.transformer_blocks[idx]
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                vx, ax = self._gradient_checkpointing_func(block, *args)
+            else:
+                vx, ax = block(*args)
+        return vx, ax
+
+    def _run_blocks_shared(self, shared, vx, ax, per_item, block_perturbations):
+        """The blocks with shared prefixes: an item waits (is not computed) until its `until` block, where it starts
+        from a copy of its source's hidden states; between join points the blocks run on the items not waiting."""
+        batch, num_layers = vx.shape[0], self.config.num_layers
+        bounds = sorted({0, num_layers, *(p.until for p in shared)})
+        for start, end in zip(bounds, bounds[1:] + [None]):
+            joining = [p for p in shared if p.until == start]
+            if joining:  # each joining item takes its source's state before block `start`
+                gather = list(range(batch))
+                for p in joining:
+                    gather[p.item] = p.source
+                index = torch.tensor(gather, device=vx.device)
+                vx, ax = vx.index_select(0, index), ax.index_select(0, index)
+            if end is None:
+                break
+            active = [i for i in range(batch) if not any(p.item == i and p.until > start for p in shared)]
+            if len(active) == batch:
+                vx, ax = self._run_blocks(start, end, vx, ax, per_item, block_perturbations)
+                continue
+            index = torch.tensor(active, device=vx.device)
+            sub_vx, sub_ax = self._run_blocks(
+                start,
+                end,
+                vx.index_select(0, index),
+                ax.index_select(0, index),
+                _take(per_item, index, batch),
+                _take(block_perturbations, index, batch),
+            )
+            vx, ax = vx.index_copy(0, index, sub_vx), ax.index_copy(0, index, sub_ax)
+        return vx, ax
+
     def _output(self, x, embedded_timestep, table, proj):
         shift, scale = (table[None, None].to(dtype=x.dtype) + embedded_timestep[:, :, None]).unbind(dim=2)
         x = F.layer_norm(x, (x.shape[-1],), eps=self.config.norm_eps)
         return proj(x * (1 + scale) + shift)
+
+
+def _take(x, index: torch.Tensor, batch: int):
+    """`x` (tensors, tuples, dicts, `BlockPerturbation`s, None) restricted to the batch items `index`: tensors whose
+    first dimension is the batch are indexed, broadcast ones (first dimension 1) are kept."""
+    if isinstance(x, torch.Tensor):
+        return x.index_select(0, index) if x.ndim and x.shape[0] == batch else x
+    if isinstance(x, BlockPerturbation):
+        return BlockPerturbation(x.skip_all, _take(x.keep, index, batch))
+    if isinstance(x, dict):
+        return {k: _take(v, index, batch) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_take(v, index, batch) for v in x)
+    return x
