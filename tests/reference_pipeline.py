@@ -46,8 +46,9 @@ def run_reference_a2vid(
     audio_max_duration=None,
     dtype=torch.float32,
     device="cpu",
+    loras=(),
 ):
-    """`dtype=torch.bfloat16` runs the reference unpatched in its native precision. Returns `(frames (1, 3, F, H, W) in [0, 1], final latent, original audio waveform, sample rate)`."""
+    """`loras`: `(path, strength)` LoRAs of both stages (the reference's `--lora`). `dtype=torch.bfloat16` runs the reference unpatched in its native precision. Returns `(frames (1, 3, F, H, W) in [0, 1], final latent, original audio waveform, sample rate)`."""
     captured = {}
 
     def fake_encode_prompts(prompts, ledger, **kwargs):
@@ -77,7 +78,7 @@ def run_reference_a2vid(
             ],
             spatial_upsampler_path=str(upsampler),
             gemma_root=None,
-            loras=[],
+            loras=[LoraPathStrengthAndSDOps(str(p), s, LTXV_LORA_COMFY_RENAMING_MAP) for p, s in loras],
             device=torch.device(device),
         )
         pipe.dtype = dtype

@@ -19,6 +19,7 @@ from ..loaders.lora import LTX2AVLoraLoaderMixin
 from ..loaders.lora_fusion import reference_lora_arithmetic
 from ..schedules import STAGE_2_DISTILLED_SIGMAS, euler_step, ltx2_sigmas
 from . import ltx2_stages as stages
+from .call_guard import exclusive_call
 from .image_conditions import LTX2ImageCondition, normalize_conditions, prepare_condition_image
 from .pipeline_loading import LTX2A2VLoadingMixin, load_gemma  # noqa: F401  (load_gemma: public helper)
 
@@ -41,7 +42,8 @@ DEFAULT_NEGATIVE_PROMPT = (
 
 @dataclass
 class LTX2AudioToVideoPipelineOutput(BaseOutput):
-    """`frames`: PIL lists, `(B, F, H, W, 3)` floats in [0, 1] (`"np"`/`"pt"`) or latents; `audio`: the ORIGINAL
+    """`frames`: PIL lists, `(B, F, H, W, 3)` numpy floats in [0, 1] (`"np"`), `(B, F, 3, H, W)` tensors (`"pt"`)
+    or latents; `audio`: the ORIGINAL
     input samples covering the video, `[channels, samples]` float32, at `audio_sample_rate`."""
 
     frames: Any
@@ -54,11 +56,13 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
 
     Stage 1 denoises the video at half resolution with the audio latents frozen, under multimodal guidance
     (cfg, stg, modality, rescale). Stage 2 upsamples x2 with `latent_upsampler` and refines on the distilled
-    sigma table with the `"distilled"` LoRA adapter active. Numerically the reference `A2VidPipelineTwoStage`.
+    sigma table with the pipeline-owned distilled LoRA (`distilled_lora`, an `LTX2DistilledLoRA`, never a PEFT
+    adapter) applied at `distilled_lora_scale`. Numerically the reference `A2VidPipelineTwoStage`.
     """
 
     model_cpu_offload_seq = "text_encoder->connectors->audio_vae->vae->latent_upsampler->transformer"
-    _optional_components = ["tokenizer", "text_encoder", "vocoder", "latent_upsampler"]
+    _optional_components = ["tokenizer", "text_encoder", "vocoder", "latent_upsampler", "distilled_lora"]
+    _exclude_from_cpu_offload = ["distilled_lora"]  # a few small tensors, moved to each weight's device on use
     _callback_tensor_inputs = ["latents"]
 
     def __init__(
@@ -72,6 +76,7 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
         tokenizer=None,
         vocoder=None,
         latent_upsampler=None,
+        distilled_lora=None,
         model_version: str = "2.3.0",
         distilled_lora_scale: float = 0.8,
     ):
@@ -86,6 +91,7 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
             tokenizer=tokenizer,
             vocoder=vocoder,
             latent_upsampler=latent_upsampler,
+            distilled_lora=distilled_lora,
         )
         self.register_to_config(model_version=model_version, distilled_lora_scale=distilled_lora_scale)
 
@@ -242,7 +248,7 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
                 )
         if stage_2 and self.latent_upsampler is None:
             raise ValueError("stage_2=True needs a latent_upsampler (or pass stage_2=False)")
-        if stage_2 and "distilled" not in self._adapter_names():
+        if stage_2 and self.distilled_lora is None:
             raise ValueError(
                 "stage_2=True needs the distilled LoRA: load it with load_lora_weights(path, adapter_name='distilled')"
             )
@@ -445,10 +451,10 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
             latents = noise.to(latents.device) * self.DECODE_NOISE_SCALE + (1.0 - self.DECODE_NOISE_SCALE) * latents
             temb = torch.full((latents.shape[0],), self.DECODE_TIMESTEP, device=latents.device, dtype=latents.dtype)
         video = self.vae.decode(self.denormalize_latents(latents), temb=temb, return_dict=False)[0]
-        frames = ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)  # (B, F, H, W, 3)
+        frames = ((video.float() + 1) / 2).clamp(0, 1)  # (B, 3, F, H, W)
         if output_type == "pt":
-            return frames
-        frames = frames.cpu().numpy()
+            return frames.permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W), as diffusers' video pipelines
+        frames = frames.permute(0, 2, 3, 4, 1).cpu().numpy()  # (B, F, H, W, 3)
         if output_type == "np":
             return frames
         return [[PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in batch] for batch in frames]
@@ -463,6 +469,7 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
 
     # ------------------------------------------------------------------------------------------------ call
     @torch.no_grad()
+    @exclusive_call
     def __call__(
         self,
         prompt: str | None = None,
@@ -569,7 +576,6 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
         scale = 2 if stage_2 else 1
         h1, w1 = height // scale, width // scale
         size = stages.video_latent_size(num_frames, h1, w1)
-        self._activate_distilled(False, None)
         video = self.conditioned_video_state(conditions, size, h1, w1, frame_rate, dtype)
         video = stages.add_noise(video, generator, 1.0, noise=self.stage_1_noise(latents, video, size, generator))
         frozen = stages.frozen_audio_state(audio_tokens, dtype)
@@ -591,16 +597,15 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
         if stage_2:
             latent = self.upsample(latent)
             size = stages.video_latent_size(num_frames, height, width)
-            self._activate_distilled(True, distilled_lora_scale)
             video = self.conditioned_video_state(
                 conditions, size, height, width, frame_rate, dtype, initial_latent=latent
             )
             sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMAS, dtype=torch.float32, device=device)
             video = stages.add_noise(video, generator, sigmas[0])
             stages.add_noise(frozen, generator, 0.0)
-            video = self.denoise(video, frozen, sigmas, contexts, None, callback_on_step_end, ("latents",))
+            with self.distilled_lora_applied(distilled_lora_scale):
+                video = self.denoise(video, frozen, sigmas, contexts, None, callback_on_step_end, ("latents",))
             latent = stages.unpatchify_video(video.latent[:, : video.num_tokens], size)
-            self._activate_distilled(False, None)
 
         # 5. Decode.
         frames = latent if output_type == "latent" else self.decode(latent, generator, output_type)

@@ -1,0 +1,148 @@
+"""The stage-2 distilled LoRA is pipeline-owned: the user's PEFT adapter operations behave as on any diffusers
+pipeline, and stage 2 still applies the distilled LoRA. Every step runs a full (tiny) call and compares with
+ltx-pipelines' A2VidPipelineTwoStage given the same user LoRA (its `loras`, both stages) and distilled LoRA."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from factories import build_checkpoint, build_lora, build_upsampler
+from ltx_core.components.guiders import MultiModalGuiderParams
+from reference_pipeline import run_reference_a2vid
+from test_pipeline_parity import contexts
+
+from ltx2_diffusers import LTX2AudioToVideoPipeline, MultiModalGuidance
+
+
+SIZE, FRAMES, FPS, STEPS, SEED = 128, 9, 24.0, 2, 3
+DISTILLED, USER_WEIGHT = 0.7, 0.6
+GUIDANCE = MultiModalGuidance(cfg_scale=2.0, stg_scale=1.0, rescale_scale=0.5, modality_scale=2.0, stg_blocks=[1])
+TOL = 5e-6  # frames in [0, 1]; PEFT's unfused user LoRA vs ltx-core's fused weights (fp32 rounding)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ownership")
+    checkpoint = build_checkpoint(root / "ltx-2.3-tiny.safetensors", "2.3", seed=31)
+    upsampler = build_upsampler(root / "upsampler.safetensors", seed=32)
+    distilled = build_lora(root / "distilled.safetensors", checkpoint, seed=33, dtype=torch.float32)
+    user = build_lora(root / "user.safetensors", checkpoint, seed=34, dtype=torch.float32, scale=1.0)
+    rate = 16000
+    t = np.arange(int(rate * 0.6)) / rate
+    sf.write(root / "a.wav", np.stack([np.sin(2 * np.pi * 200 * t), np.sin(2 * np.pi * 3 * t)], 1) * 0.4, rate)
+    files = dict(checkpoint=checkpoint, upsampler=upsampler, distilled=distilled, user=user, audio=root / "a.wav")
+    files["expected"] = {
+        name: reference(files, loras) for name, loras in (("base", ()), ("user", ((user, USER_WEIGHT),)))
+    }
+    assert (files["expected"]["base"] - files["expected"]["user"]).abs().max() > 100 * TOL  # the user LoRA matters
+    return files
+
+
+def reference(files, loras):
+    frames, *_ = run_reference_a2vid(
+        checkpoint=files["checkpoint"],
+        upsampler=files["upsampler"],
+        distilled_lora=files["distilled"],
+        distilled_strength=DISTILLED,
+        audio_path=files["audio"],
+        positive=contexts(0, "2.3"),
+        negative=contexts(1, "2.3"),
+        seed=SEED,
+        height=SIZE,
+        width=SIZE,
+        num_frames=FRAMES,
+        frame_rate=FPS,
+        num_inference_steps=STEPS,
+        guider_params=MultiModalGuiderParams(
+            cfg_scale=2.0, stg_scale=1.0, rescale_scale=0.5, modality_scale=2.0, stg_blocks=[1]
+        ),
+        loras=loras,
+    )
+    return frames.permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W)
+
+
+def frames(pipe, files, **kwargs):
+    out = pipe(
+        audio=files["audio"],
+        prompt_contexts=contexts(0, "2.3"),
+        negative_prompt_contexts=contexts(1, "2.3"),
+        height=SIZE,
+        width=SIZE,
+        num_frames=FRAMES,
+        frame_rate=FPS,
+        num_inference_steps=STEPS,
+        video_guidance=GUIDANCE,
+        generator=torch.Generator().manual_seed(SEED),
+        **{"output_type": "pt", **kwargs},
+    )
+    return out.frames
+
+
+def check(pipe, files, expected, what):
+    diff = (frames(pipe, files) - files["expected"][expected]).abs().max().item()
+    print(f"{what}: max |Δ| {diff:.3g} vs reference ({expected})")
+    assert diff <= TOL, f"{what}: max |Δ| {diff} against the reference with {expected!r} LoRAs"
+    assert "distilled" not in (getattr(pipe.transformer, "peft_config", None) or {}), what
+
+
+@pytest.fixture()
+def pipe(files):
+    return LTX2AudioToVideoPipeline.from_single_file(
+        files["checkpoint"],
+        spatial_upsampler_path=files["upsampler"],
+        distilled_lora=(files["distilled"], DISTILLED),
+        torch_dtype=torch.float32,
+    )
+
+
+def test_user_adapter_operations_between_calls(pipe, files):
+    check(pipe, files, "base", "no user LoRA")
+    pipe.load_lora_weights(files["user"], adapter_name="user")
+    pipe.set_adapters("user", USER_WEIGHT)
+    assert pipe.get_active_adapters() == ["user"]
+    check(pipe, files, "user", "set_adapters")
+    pipe.fuse_lora()
+    check(pipe, files, "user", "fuse_lora")
+    pipe.unfuse_lora()
+    check(pipe, files, "user", "unfuse_lora")
+    pipe.disable_lora()
+    check(pipe, files, "base", "disable_lora")
+    pipe.enable_lora()
+    check(pipe, files, "user", "enable_lora")
+    pipe.delete_adapters("user")
+    assert not getattr(pipe.transformer, "peft_config", None)
+    check(pipe, files, "base", "delete_adapters")
+    pipe.load_lora_weights(files["user"], adapter_name="user")
+    pipe.set_adapters("user", USER_WEIGHT)
+    pipe.unload_lora_weights()
+    check(pipe, files, "base", "unload_lora_weights")
+
+
+def test_fuse_then_unload_keeps_the_fused_user_lora(pipe, files):
+    pipe.load_lora_weights(files["user"], adapter_name="user")
+    pipe.set_adapters("user", USER_WEIGHT)
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()  # diffusers' way to bake a LoRA in: the fused weights stay
+    check(pipe, files, "user", "fuse_lora + unload_lora_weights")
+
+
+def test_the_distilled_lora_is_not_an_adapter(pipe, files):
+    assert pipe.distilled_lora is not None
+    with pytest.raises(ValueError):
+        pipe.set_adapters("distilled")
+    # only stage 2 sees it, and only during the call: the weights read back unchanged afterwards
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    frames(pipe, files, output_type="latent")
+    after = pipe.transformer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and before.keys() == after.keys()
+
+
+def test_distilled_lora_scale_zero_is_no_lora(pipe, files):
+    """`distilled_lora_scale=0` against the same pipeline with the distilled LoRA's B zeroed."""
+    zero = frames(pipe, files, distilled_lora_scale=0.0)
+    default = frames(pipe, files)
+    for name in list(pipe.distilled_lora.pairs()):
+        i = pipe.distilled_lora._targets.index(name)
+        getattr(pipe.distilled_lora, f"lora_B_{i}").zero_()
+    assert torch.equal(frames(pipe, files), zero)
+    assert (default - zero).abs().max() > 100 * TOL
