@@ -1,0 +1,109 @@
+"""One pipeline, two threads: the second call is refused with a clear RuntimeError while the first runs, and the
+first call's frames are unaffected. Concurrent loads leave no patched function behind."""
+
+import threading
+
+import diffusers
+import pytest
+import torch
+from diffusers.pipelines import pipeline_loading_utils, pipeline_utils
+from test_pipeline import call
+from test_pipeline import setup as pipeline_setup  # noqa: F401  (module fixture reused)
+
+from ltx2_diffusers import LTX2AudioToVideoPipeline
+from ltx2_diffusers.convert import convert_checkpoint
+
+
+@pytest.fixture(scope="module")
+def setup(pipeline_setup):  # noqa: F811
+    return pipeline_setup
+
+
+def test_a_concurrent_call_is_refused_and_the_running_one_is_exact(setup):
+    pipe = setup["pipe"]
+    expected = call(pipe, setup["audio"], output_type="latent").frames
+    inside, release, result, errors = threading.Event(), threading.Event(), {}, []
+
+    def wait_in_callback(p, i, t, kwargs):
+        if not inside.is_set():
+            inside.set()
+            release.wait(timeout=120)
+        return kwargs
+
+    def first():
+        result["frames"] = call(
+            pipe, setup["audio"], output_type="latent", callback_on_step_end=wait_in_callback
+        ).frames
+
+    def second():
+        try:
+            call(pipe, setup["audio"], output_type="latent")
+        except RuntimeError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert inside.wait(timeout=300)
+    other = threading.Thread(target=second)
+    other.start()
+    other.join(timeout=300)
+    release.set()
+    thread.join(timeout=300)
+    assert len(errors) == 1 and "already running" in str(errors[0])
+    assert torch.equal(result["frames"], expected)
+    # and afterwards the pipeline is free again
+    assert torch.equal(call(pipe, setup["audio"], output_type="latent").frames, expected)
+
+
+def test_a_callback_calling_the_pipeline_is_refused(setup):
+    pipe = setup["pipe"]
+    errors = []
+
+    def reenter(p, i, t, kwargs):
+        try:
+            call(p, setup["audio"], output_type="latent")
+        except RuntimeError as error:
+            errors.append(error)
+        return kwargs
+
+    call(pipe, setup["audio"], output_type="latent", num_inference_steps=2, callback_on_step_end=reenter)
+    assert errors and all("already running" in str(e) for e in errors)
+
+
+def test_concurrent_loads_patch_nothing(setup, tmp_path):
+    out = tmp_path / "converted"
+    convert_checkpoint(
+        setup["checkpoint"], out, spatial_upsampler_path=setup["upsampler"], distilled_lora=setup["lora"]
+    )
+    watched = {
+        (pipeline_utils, "_resolve_custom_pipeline_and_cls"): pipeline_utils._resolve_custom_pipeline_and_cls,
+        (pipeline_loading_utils, "_resolve_custom_pipeline_and_cls"): (
+            pipeline_loading_utils._resolve_custom_pipeline_and_cls
+        ),
+        (pipeline_loading_utils, "_get_pipeline_class"): pipeline_loading_utils._get_pipeline_class,
+        (diffusers.DiffusionPipeline, "from_pretrained"): diffusers.DiffusionPipeline.__dict__["from_pretrained"],
+        (diffusers.DiffusionPipeline, "_dict_from_json_file"): diffusers.DiffusionPipeline._dict_from_json_file,
+    }
+    loaded, errors = [], []
+
+    def load(generic):
+        try:
+            if generic:
+                loaded.append(diffusers.DiffusionPipeline.from_pretrained(out, trust_remote_code=True))
+            else:
+                loaded.append(LTX2AudioToVideoPipeline.from_pretrained(out))
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=load, args=(i % 2 == 0,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not errors, errors
+    assert len(loaded) == 4 and all(
+        type(p) is LTX2AudioToVideoPipeline and p.distilled_lora is not None for p in loaded
+    )
+    for (owner, name), original in watched.items():
+        current = owner.__dict__[name] if name == "from_pretrained" else getattr(owner, name)
+        assert current is original or current == original, name
