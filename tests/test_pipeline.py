@@ -201,15 +201,16 @@ def test_callback_and_interrupt(setup):
     pipe = setup["pipe"]
     seen = []
 
-    def callback(pipeline, step, sigma, tensors):
-        seen.append((step, float(sigma), tuple(tensors["latents"].shape)))
+    def callback(pipeline, step, timestep, tensors):
+        seen.append((step, float(timestep), pipeline.stage_index, tuple(tensors["latents"].shape)))
         if len(seen) == 3:
             pipeline._interrupt = True
         return {}
 
     call(pipe, setup["audio"], callback_on_step_end=callback, output_type="latent")
-    assert [s[0] for s in seen] == [0, 1, 0]  # stage 1 (2 steps), then stage 2 stops after its first step
-    assert seen[0][1] > 0.99 and seen[2][1] == pytest.approx(0.909375)
+    # stage 1 (2 steps), then stage 2 (step indices continue) stops after its first step
+    assert [s[0] for s in seen] == [0, 1, 2] and [s[2] for s in seen] == [0, 0, 1]
+    assert seen[0][1] > 990 and seen[2][1] == pytest.approx(909.375)  # timesteps = sigma * 1000
 
 
 def test_tiled_decode_runs(setup):

@@ -137,6 +137,15 @@ class LTX2A2VLoadingMixin:
             pipe.load_lora_weights(lora_path, adapter_name="distilled")
         return pipe
 
+    def enable_vae_tiling(self, **kwargs):
+        """Decode (and encode) the video in overlapping tiles to save memory: the video VAE's `enable_tiling`
+        (its keyword arguments: tile sizes and strides)."""
+        self.vae.enable_tiling(**kwargs)
+
+    def disable_vae_tiling(self):
+        """Back to decoding the video in one piece."""
+        self.vae.disable_tiling()
+
     def enable_group_offload(
         self,
         onload_device: torch.device,
