@@ -146,3 +146,56 @@ def test_distilled_lora_scale_zero_is_no_lora(pipe, files):
         getattr(pipe.distilled_lora, f"lora_B_{i}").zero_()
     assert torch.equal(frames(pipe, files), zero)
     assert (default - zero).abs().max() > 100 * TOL
+
+
+def test_bfloat16_reference_arithmetic_with_a_user_lora_is_bit_exact(tmp_path):
+    """bf16 with bf16 LoRAs as released: stage 1 fuses the user LoRA, stage 2 the user and distilled LoRAs summed,
+    exactly as ltx-core fuses them (`reference_arithmetic=True`)."""
+    checkpoint = build_checkpoint(tmp_path / "ckpt.safetensors", "2.3", seed=51)
+    upsampler = build_upsampler(tmp_path / "ups.safetensors", seed=52)
+    distilled = build_lora(tmp_path / "distilled.safetensors", checkpoint, seed=53)
+    user = build_lora(tmp_path / "user.safetensors", checkpoint, seed=54, scale=1.0)
+    rate = 32000
+    t = np.arange(int(rate * 0.5)) / rate
+    sf.write(tmp_path / "a.wav", np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 7 * t)], 1) * 0.5, rate)
+    files = dict(checkpoint=checkpoint, upsampler=upsampler, distilled=distilled, audio=tmp_path / "a.wav")
+    expected, *_ = run_reference_a2vid(
+        checkpoint=checkpoint,
+        upsampler=upsampler,
+        distilled_lora=distilled,
+        distilled_strength=DISTILLED,
+        audio_path=files["audio"],
+        positive=contexts(0, "2.3"),
+        negative=contexts(1, "2.3"),
+        seed=SEED,
+        height=SIZE,
+        width=SIZE,
+        num_frames=FRAMES,
+        frame_rate=FPS,
+        num_inference_steps=STEPS,
+        guider_params=MultiModalGuiderParams(
+            cfg_scale=2.0, stg_scale=1.0, rescale_scale=0.5, modality_scale=2.0, stg_blocks=[1]
+        ),
+        loras=((user, USER_WEIGHT),),
+        dtype=torch.bfloat16,
+    )
+    pipe = LTX2AudioToVideoPipeline.from_single_file(
+        checkpoint, spatial_upsampler_path=upsampler, distilled_lora=(distilled, DISTILLED), torch_dtype=torch.bfloat16
+    )
+    pipe.load_lora_weights(user, adapter_name="user")
+    pipe.set_adapters("user", USER_WEIGHT)
+    out = pipe(
+        audio=files["audio"],
+        prompt_contexts=tuple(c.to(torch.bfloat16) for c in contexts(0, "2.3")),
+        negative_prompt_contexts=tuple(c.to(torch.bfloat16) for c in contexts(1, "2.3")),
+        height=SIZE,
+        width=SIZE,
+        num_frames=FRAMES,
+        frame_rate=FPS,
+        num_inference_steps=STEPS,
+        video_guidance=GUIDANCE,
+        generator=torch.Generator().manual_seed(SEED),
+        output_type="pt",
+        reference_arithmetic=True,
+    ).frames.permute(0, 2, 1, 3, 4)
+    assert torch.equal(out.float(), expected.float())

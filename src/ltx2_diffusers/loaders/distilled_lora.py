@@ -32,7 +32,7 @@ logger = logging.get_logger(__name__)
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
-_DELTA_ATTRIBUTE = "_ltx2_distilled_delta"
+DELTA_ATTRIBUTE = "_ltx2_distilled_delta"
 _SUBCLASSES: dict[type, type] = {}
 
 
@@ -43,7 +43,7 @@ class _WeightWithDelta:
         value = super().__getattr__(name)
         if name != "weight":
             return value
-        a, b, scale = self.__dict__[_DELTA_ATTRIBUTE]
+        a, b, scale = self.__dict__[DELTA_ATTRIBUTE]
         delta = torch.matmul(b.to(value.device, value.dtype) * scale, a.to(value.device, value.dtype))
         return delta + value
 
@@ -164,14 +164,14 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
                 if linear.weight.dtype in _FP8:
                     hooks.append(linear.register_forward_hook(_output_delta_hook(a, b, scale)))
                     continue
-                linear.__dict__[_DELTA_ATTRIBUTE] = (a, b, float(scale))
+                linear.__dict__[DELTA_ATTRIBUTE] = (a, b, float(scale))
                 swapped.append((linear, type(linear)))
                 linear.__class__ = _with_delta_class(type(linear))
             yield
         finally:
             for linear, cls in swapped:
                 linear.__class__ = cls
-                del linear.__dict__[_DELTA_ATTRIBUTE]
+                del linear.__dict__[DELTA_ATTRIBUTE]
             for hook in hooks:
                 hook.remove()
 
