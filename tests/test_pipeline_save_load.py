@@ -138,3 +138,24 @@ def test_save_refuses_fused_loras_and_a_foreign_pipeline_py(setup, tmp_path):
         pipe.save_pretrained(target)
     assert hashlib.sha256((target / "pipeline.py").read_bytes()).hexdigest() == digest
     assert sorted(p.name for p in target.iterdir()) == ["pipeline.py"]
+
+
+def test_a_converted_folder_listing_the_distilled_lora_component(setup, tmp_path):
+    """What the converter should write: `"distilled_lora": ["ltx2_diffusers", "LTX2DistilledLoRA"]` in
+    model_index.json (the `distilled_lora/` folder as today, no config.json needed): both routes load it as a
+    component, with the same frames as the folder without the entry."""
+    import shutil
+
+    folder = tmp_path / "listed"
+    shutil.copytree(setup["converted"], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["distilled_lora"] = ["ltx2_diffusers", "LTX2DistilledLoRA"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    assert not (folder / "distilled_lora" / "config.json").exists()
+    expected = latents(LTX2AudioToVideoPipeline.from_pretrained(setup["converted"]), setup)
+    for pipe in (
+        LTX2AudioToVideoPipeline.from_pretrained(folder),
+        DiffusionPipeline.from_pretrained(folder, trust_remote_code=True),
+    ):
+        assert type(pipe.distilled_lora).__name__ == "LTX2DistilledLoRA"
+        assert torch.equal(latents(pipe, setup), expected)
