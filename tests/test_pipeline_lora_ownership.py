@@ -199,3 +199,46 @@ def test_bfloat16_reference_arithmetic_with_a_user_lora_is_bit_exact(tmp_path):
         reference_arithmetic=True,
     ).frames.permute(0, 2, 1, 3, 4)
     assert torch.equal(out.float(), expected.float())
+
+
+def test_store_applies_ltx_core_arithmetic_and_restores_on_error():
+    import torch.nn.functional as F
+
+    from ltx2_diffusers import LTX2DistilledLoRA
+    from ltx2_diffusers.loaders.fp8 import enable_fp8_upcast
+
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Linear(6, 4))
+    a0, b0 = torch.randn(2, 8, generator=g), torch.randn(6, 2, generator=g)
+    a1, b1 = torch.randn(2, 6, generator=g), torch.randn(4, 2, generator=g)
+    store = LTX2DistilledLoRA.from_state_dict({
+        "transformer.0.lora_A.weight": a0, "transformer.0.lora_B.weight": b0,
+        "transformer.1.lora_A.weight": a1, "transformer.1.lora_B.weight": b1,
+    })  # fmt: skip
+    x = torch.randn(3, 8, generator=g)
+    w0, w1 = model[0].weight, model[1].weight
+    hidden = F.linear(x, torch.matmul(b0 * 0.7, a0) + w0, model[0].bias)
+    expected = F.linear(hidden, torch.matmul(b1 * 0.7, a1) + w1, model[1].bias)
+    plain = model(x)
+    with store.applied(model, 0.7):
+        assert torch.equal(model(x), expected)
+    assert type(model[0]) is torch.nn.Linear and not hasattr(model[0], "_ltx2_distilled_delta")
+    assert torch.equal(model(x), plain) and model[0].weight is w0
+    with pytest.raises(RuntimeError, match="inside"):
+        with store.applied(model, 0.7):
+            raise RuntimeError("inside")
+    assert type(model[1]) is torch.nn.Linear and torch.equal(model(x), plain)
+
+    # float8 weights (upcast at compute): the LoRA output is added to the upcast linear's output
+    fp8 = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Linear(6, 4))
+    fp8[0].weight.data = fp8[0].weight.data.to(torch.float8_e4m3fn)
+    enable_fp8_upcast(fp8)
+    base = fp8[0](x)
+    with store.applied(fp8, 0.5):
+        out = fp8[0](x)
+    assert torch.allclose(out, base + F.linear(F.linear(x, a0), b0) * 0.5, atol=1e-5)
+    assert torch.equal(fp8[0](x), base)
+    with pytest.raises(ValueError, match="non-finite"):
+        LTX2DistilledLoRA.from_state_dict(
+            {"transformer.0.lora_A.weight": a0 * float("nan"), "transformer.0.lora_B.weight": b0}
+        )
