@@ -4,12 +4,19 @@ the Hub), the original single files, the distilled LoRA's stage switch, and grou
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 from diffusers.utils import logging
 
 
 logger = logging.get_logger(__name__)
+
+# diffusers' and transformers' loaders swap process-wide functions while they build models (accelerate's
+# `init_empty_weights` replaces `nn.Module.register_parameter`, `no_init_weights` the `torch.nn.init` functions)
+# and restore them afterwards; two loads interleaved in threads can restore each other's replacement and leave
+# it behind. This package's loaders therefore run one at a time.
+LOAD_LOCK = threading.RLock()
 
 
 class LTX2A2VLoadingMixin:
@@ -36,9 +43,10 @@ class LTX2A2VLoadingMixin:
         """diffusers' `from_pretrained`. The distilled LoRA is the `distilled_lora` component; folders written
         before that component was listed in `model_index.json` get it from their `distilled_lora/` subfolder
         (also on the Hub)."""
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        if isinstance(pipe, LTX2A2VLoadingMixin) and pipe.distilled_lora is None:
-            pipe._load_distilled_lora_from(os.fspath(pretrained_model_name_or_path), kwargs)
+        with LOAD_LOCK:
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            if isinstance(pipe, LTX2A2VLoadingMixin) and pipe.distilled_lora is None:
+                pipe._load_distilled_lora_from(os.fspath(pretrained_model_name_or_path), kwargs)
         return pipe
 
     def register_to_config(self, **kwargs):
@@ -98,6 +106,13 @@ class LTX2A2VLoadingMixin:
     ):
         """Build the pipeline from the original files: the single-file checkpoint, the spatial upsampler, the
         distilled LoRA (`path` or `(path, strength)`, default strength 0.8) and an optional Gemma 3 folder."""
+        with LOAD_LOCK:
+            return cls._from_single_file(
+                checkpoint_path, spatial_upsampler_path, distilled_lora, gemma_root, torch_dtype
+            )
+
+    @classmethod
+    def _from_single_file(cls, checkpoint_path, spatial_upsampler_path, distilled_lora, gemma_root, torch_dtype):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         from ..loaders.single_file import read_checkpoint_config
