@@ -136,3 +136,18 @@ def test_condition_image_objects_pass_the_checks(setup):
     image = np.full((40, 60, 3), 128, dtype=np.uint8)
     out = call(pipe, setup["audio"], output_type="latent", conditions=[LTX2ImageCondition(image, 0, 1.0)])
     assert torch.isfinite(out.frames).all()
+
+
+def test_pipeline_callback_objects(setup):
+    from diffusers.callbacks import PipelineCallback
+
+    class Record(PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            seen.append((step_index, pipeline.stage_index, tuple(callback_kwargs)))
+            return callback_kwargs
+
+    seen = []
+    call(setup["pipe"], setup["audio"], output_type="latent", callback_on_step_end=Record())
+    assert [s[0] for s in seen] == list(range(len(seen))) and seen[-1][1] == 1 and seen[0][2] == ("latents",)

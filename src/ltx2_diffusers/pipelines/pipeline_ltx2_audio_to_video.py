@@ -10,6 +10,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 
 from ..audio.io import load_audio
@@ -487,6 +488,8 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, Diffusio
             `LTX2AudioToVideoPipelineOutput`: `frames`, and `audio`: the original input samples covering the video
             `[channels, samples]` at `audio_sample_rate`.
         """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         default_steps, default_guidance = self.version_defaults()
         num_inference_steps = default_steps if num_inference_steps is None else num_inference_steps
         video_guidance = resolve_guidance(
