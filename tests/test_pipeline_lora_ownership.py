@@ -242,3 +242,9 @@ def test_store_applies_ltx_core_arithmetic_and_restores_on_error():
         LTX2DistilledLoRA.from_state_dict(
             {"transformer.0.lora_A.weight": a0 * float("nan"), "transformer.0.lora_B.weight": b0}
         )
+
+
+def test_default_stage_2_uses_ltx_cores_fused_weights(pipe, files):
+    """Without batching the guidance passes, the default path (no reference_arithmetic) is bit-exact in fp32:
+    the stage-2 weights are `W + (B * s) @ A` exactly as ltx-core fuses them (PEFT's unfused path was not)."""
+    assert torch.equal(frames(pipe, files, guidance_batch_size=1), files["expected"]["base"])
