@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 
 import torch
 from diffusers.utils import logging
@@ -200,12 +201,13 @@ class LTX2A2VLoadingMixin:
         from ..loaders.distilled_lora import LTX2DistilledLoRA
         from ..loaders.lora import convert_lora_state_dict
 
-        if isinstance(pretrained_model_name_or_path_or_dict, dict):
-            state_dict = pretrained_model_name_or_path_or_dict
+        if isinstance(pretrained_model_name_or_path_or_dict, Mapping):
+            state_dict = dict(pretrained_model_name_or_path_or_dict)
         else:
             if isinstance(pretrained_model_name_or_path_or_dict, os.PathLike):
                 pretrained_model_name_or_path_or_dict = os.fspath(pretrained_model_name_or_path_or_dict)
-            kwargs.pop("hotswap", None), kwargs.pop("low_cpu_mem_usage", None)
+            for peft_option in ("hotswap", "low_cpu_mem_usage"):  # no PEFT adapter is made here
+                kwargs.pop(peft_option, None)
             state_dict = self.lora_state_dict(pretrained_model_name_or_path_or_dict, **kwargs)
         converted = convert_lora_state_dict(state_dict, self._lora_targets())
         dropped = [k for k in converted if not k.startswith("transformer.")]
