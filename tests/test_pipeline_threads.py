@@ -122,3 +122,19 @@ def test_concurrent_loads_patch_nothing(setup, tmp_path):
     changed = [name for name in before if after[name] is not before[name]]
     assert not changed, changed
     assert not any(t.is_meta for p in loaded for t in p.transformer.state_dict().values())
+
+
+def test_save_pretrained_during_a_call_is_refused(setup, tmp_path):
+    pipe = setup["pipe"]
+    errors = []
+
+    def save_inside(p, i, t, kwargs):
+        try:
+            p.save_pretrained(tmp_path / "saved")
+        except RuntimeError as error:
+            errors.append(error)
+        return kwargs
+
+    call(pipe, setup["audio"], output_type="latent", callback_on_step_end=save_inside)
+    assert errors and "save_pretrained cannot start" in str(errors[0])
+    assert not (tmp_path / "saved").exists()

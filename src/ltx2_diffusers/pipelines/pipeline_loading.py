@@ -69,13 +69,15 @@ class LTX2A2VLoadingMixin:
         """diffusers' `save_pretrained` with clean base weights (PEFT layers taken out for the save; fused LoRAs
         refused), the distilled LoRA (`distilled_lora/`, diffusers LoRA format), the user adapters
         (`user_loras/`), and the custom-pipeline shim (`pipeline.py`) named in `model_index.json`."""
+        from .call_guard import exclusive
         from .pipeline_saving import LORA_COMPONENT_NAMES, check_saveable, peft_layers_removed, write_extras
 
-        check_saveable(self, save_directory)
-        components = {name: getattr(self, name, None) for name in LORA_COMPONENT_NAMES}
-        with peft_layers_removed(components):
-            super().save_pretrained(save_directory, *args, **kwargs)
-        write_extras(self, save_directory)
+        with exclusive(self, "save_pretrained"):
+            check_saveable(self, save_directory)
+            components = {name: getattr(self, name, None) for name in LORA_COMPONENT_NAMES}
+            with peft_layers_removed(components):
+                super().save_pretrained(save_directory, *args, **kwargs)
+            write_extras(self, save_directory)
 
     def _load_distilled_lora_from(self, source, kwargs) -> None:
         """The converted folder's (or Hub repo's) `distilled_lora/`, as the `distilled_lora` component, if present."""
