@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
                 num_inference_steps=3, video_guidance=guidance, generator=torch.Generator(device).manual_seed(10),
                 output_type="pt", reference_arithmetic=exact,
             )  # fmt: skip
-            diff = (out.frames.permute(0, 4, 1, 2, 3).float().cpu() - reference.float().cpu()).abs()
+            diff = (out.frames.permute(0, 2, 1, 3, 4).float().cpu() - reference.float().cpu()).abs()
             rows.append(
                 {
                     "version": version,

@@ -104,8 +104,9 @@ def run_reference_a2vid(
     audio_max_duration=None,
     dtype=torch.float32,
     device="cpu",
+    loras=(),
 ):
-    """`dtype=torch.bfloat16` runs the reference unpatched in its native precision. Returns `(frames (1, 3, F, H, W) in [0, 1], final latent, original audio waveform, sample rate)`."""
+    """`loras`: `(path, strength)` LoRAs of both stages (the reference's `--lora`). `dtype=torch.bfloat16` runs the reference unpatched in its native precision. Returns `(frames (1, 3, F, H, W) in [0, 1], final latent, original audio waveform, sample rate)`."""
     captured = {}
     float32_functions = ("denoise_video_only", "combined_image_conditionings")
     with reference_patches(
@@ -123,7 +124,7 @@ def run_reference_a2vid(
             ],
             spatial_upsampler_path=str(upsampler),
             gemma_root=None,
-            loras=[],
+            loras=[LoraPathStrengthAndSDOps(str(p), s, LTXV_LORA_COMFY_RENAMING_MAP) for p, s in loras],
             device=torch.device(device),
         )
         set_pipeline_dtype(pipe, (pipe.stage_1_model_ledger, pipe.stage_2_model_ledger), dtype)

@@ -130,7 +130,7 @@ def test_seed_parity_with_reference(files, guidance, with_images):
         generator=torch.Generator().manual_seed(SEED),
         output_type="pt",
     )
-    frames = out.frames.permute(0, 4, 1, 2, 3)  # (B, 3, F, H, W) like the reference decoder output
+    frames = out.frames.permute(0, 2, 1, 3, 4)  # (B, 3, F, H, W) like the reference decoder output
     assert frames.shape == reference_frames.shape
     diff = (frames - reference_frames).abs().max().item()
     assert diff <= 1e-4, diff
@@ -179,7 +179,7 @@ def test_seed_parity_sizes_rates_and_audio_windows(files, case):
         output_type="pt",
         **case,
     )
-    frames = out.frames.permute(0, 4, 1, 2, 3)
+    frames = out.frames.permute(0, 2, 1, 3, 4)
     assert frames.shape == reference_frames.shape
     assert (frames - reference_frames).abs().max().item() <= 1e-4
     # the returned audio covers exactly the video (the reference returns the whole window it read)
@@ -229,7 +229,7 @@ def test_bfloat16_reference_arithmetic_is_bit_exact(tmp_path, version):
             output_type="pt",
             **common,
             **kwargs,
-        ).frames.permute(0, 4, 1, 2, 3)
+        ).frames.permute(0, 2, 1, 3, 4)
 
     assert torch.equal(ours(reference_arithmetic=True).float(), reference.float())
     # The default (batched passes, PEFT LoRA) is close but not bit-identical in bf16.

@@ -9,6 +9,7 @@ __version__ = "0.1.0.dev0"
 # Public name -> module that defines it. Imported lazily so `import ltx2_diffusers` stays cheap.
 _EXPORTS = {
     "LTX2AudioVideoTransformer": "models.transformer_ltx2_av",
+    "LTX2DistilledLoRA": "loaders.distilled_lora",
     "LTX2Perturbation": "models.perturbations",
     "AutoencoderAudioMel": "models.autoencoder_audio_mel",
     "LTX2HiFiGANVocoder": "models.vocoder_hifigan",

@@ -564,9 +564,7 @@ def load_pipeline(args):
         pipe.register_modules(latent_upsampler=upsampler)
     if args.distilled_lora is not None:
         path, strength = args.distilled_lora
-        if "distilled" in (getattr(pipe.transformer, "peft_config", None) or {}):
-            pipe.delete_adapters("distilled")
-        pipe.load_lora_weights(path, adapter_name="distilled")
+        pipe.load_lora_weights(path, adapter_name="distilled")  # replaces the pipeline-owned distilled LoRA
         pipe.register_to_config(distilled_lora_scale=float(strength))
     load_user_loras(pipe, args.lora)
     return pipe
@@ -574,7 +572,7 @@ def load_pipeline(args):
 
 def load_user_loras(pipe, loras) -> list[str]:
     """`--lora PATH STRENGTH` files as adapters `cli_lora_0`, `cli_lora_1`, ... through `load_lora_weights`,
-    weighted by `set_adapters` (active in both stages, the distilled LoRA's stage switch keeps them)."""
+    weighted by `set_adapters` (active in both stages; the pipeline-owned distilled LoRA never touches them)."""
     names = []
     for i, (path, _) in enumerate(loras):
         name = f"cli_lora_{i}"

@@ -14,12 +14,17 @@ import types
 import torch
 import torch.nn.functional as F
 
+from .distilled_lora import DELTA_ATTRIBUTE as DISTILLED_DELTA_ATTRIBUTE
+
 
 def _fused_forward(self, x, *args, **kwargs):
     base = self.base_layer
     if self.disable_adapters or self.merged:
         return base(x, *args, **kwargs)
-    weight = base.weight
+    # During stage 2 the base linear also carries the pipeline's distilled LoRA (`distilled_lora.py`); ltx-core
+    # sums every LoRA's delta (user LoRAs first, the distilled one last) before adding the sum to `W`.
+    distilled = base.__dict__.get(DISTILLED_DELTA_ATTRIBUTE)
+    weight = base._parameters["weight"] if distilled is not None else base.weight
     deltas = []
     for name in self.active_adapters:
         if name not in self.lora_A:
@@ -27,6 +32,9 @@ def _fused_forward(self, x, *args, **kwargs):
         a = self.lora_A[name].weight.to(weight.dtype)
         b = self.lora_B[name].weight.to(weight.dtype)
         deltas.append(torch.matmul(b * self.scaling[name], a))
+    if distilled is not None and deltas:
+        a, b, scale = distilled
+        deltas.append(torch.matmul(b.to(weight.device, weight.dtype) * scale, a.to(weight.device, weight.dtype)))
     if not deltas:
         return base(x, *args, **kwargs)
     delta = deltas[0] if len(deltas) == 1 else torch.sum(torch.stack(deltas), dim=0)

@@ -4,6 +4,8 @@ the Hub), the original single files, the distilled LoRA's stage switch, and grou
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Mapping
 
 import torch
 from diffusers.utils import logging
@@ -13,6 +15,12 @@ from ..validation import check_adapter_weights
 
 logger = logging.get_logger(__name__)
 
+# diffusers' and transformers' loaders swap process-wide functions while they build models (accelerate's
+# `init_empty_weights` replaces `nn.Module.register_parameter`, `no_init_weights` the `torch.nn.init` functions)
+# and restore them afterwards; two loads interleaved in threads can restore each other's replacement and leave
+# it behind. This package's loaders therefore run one at a time.
+LOAD_LOCK = threading.RLock()
+
 
 class LTX2A2VLoadingMixin:
     """Mixed into `LTX2AudioToVideoPipeline` (before `DiffusionPipeline`)."""
@@ -21,33 +29,60 @@ class LTX2A2VLoadingMixin:
     DISTILLED_LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
     @classmethod
+    def _dict_from_json_file(cls, json_file):
+        """diffusers reads `model_index.json` through this (local folders and Hub downloads alike). A converted
+        folder names its pipeline through the Hub custom-pipeline shim (`_class_name: ["pipeline", "<ours>"]`,
+        `pipeline.py` only imports this class); loading with this class itself reads that entry as this class, so
+        the shim is never executed and no remote code runs. `DiffusionPipeline.from_pretrained` is untouched."""
+        config = super()._dict_from_json_file(json_file)
+        name = config.get("_class_name")
+        ours = {c.__name__ for c in cls.__mro__}
+        if isinstance(name, list) and len(name) == 2 and name[0] == "pipeline" and name[1] in ours:
+            config["_class_name"] = name[1]
+        return config
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' `from_pretrained`, plus the converted folder's distilled LoRA as the adapter `"distilled"`.
-
-        Converted folders name their pipeline through the Hub custom-pipeline shim (`pipeline.py`, which only
-        imports this class); loading with this class directly never executes that file, so no remote code runs.
-        """
-        from diffusers.pipelines import pipeline_utils
-
-        resolve = pipeline_utils._resolve_custom_pipeline_and_cls
-
-        def resolve_without_shim(folder, config, custom_pipeline):
-            names_us = config.get("_class_name") == ["pipeline", cls.__name__]
-            if custom_pipeline is None and names_us:
-                return None, None
-            return resolve(folder=folder, config=config, custom_pipeline=custom_pipeline)
-
-        pipeline_utils._resolve_custom_pipeline_and_cls = resolve_without_shim
-        try:
+        """diffusers' `from_pretrained`. The distilled LoRA is the `distilled_lora` component; folders written
+        before that component was listed in `model_index.json` get it from their `distilled_lora/` subfolder
+        (also on the Hub)."""
+        with LOAD_LOCK:
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        finally:
-            pipeline_utils._resolve_custom_pipeline_and_cls = resolve
-        if isinstance(pipe, cls):
-            pipe._load_distilled_lora_from(pretrained_model_name_or_path, kwargs)
+            if isinstance(pipe, LTX2A2VLoadingMixin) and pipe.distilled_lora is None:
+                pipe._load_distilled_lora_from(os.fspath(pretrained_model_name_or_path), kwargs)
         return pipe
 
+    def register_to_config(self, **kwargs):
+        """ConfigMixin's. When diffusers records the folder a pipeline was loaded from (`_name_or_path`, right after
+        construction, on every loading route including `DiffusionPipeline.from_pretrained`), a local folder's
+        `distilled_lora/` is loaded if `model_index.json` did not list it as a component, and the user adapters a
+        `save_pretrained` wrote (`user_loras/`) are restored."""
+        super().register_to_config(**kwargs)
+        source = kwargs.get("_name_or_path")
+        if source is None or not os.path.isdir(source):
+            return
+        from .pipeline_saving import restore_user_adapters
+
+        if getattr(self, "distilled_lora", None) is None:
+            self._load_distilled_lora_from(os.fspath(source), {})
+        restore_user_adapters(self, os.fspath(source))
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """diffusers' `save_pretrained` with clean base weights (PEFT layers taken out for the save; fused LoRAs
+        refused), the distilled LoRA (`distilled_lora/`, diffusers LoRA format), the user adapters
+        (`user_loras/`), and the custom-pipeline shim (`pipeline.py`) named in `model_index.json`."""
+        from .call_guard import exclusive
+        from .pipeline_saving import LORA_COMPONENT_NAMES, check_saveable, peft_layers_removed, write_extras
+
+        with exclusive(self, "save_pretrained"):
+            check_saveable(self, save_directory)
+            components = {name: getattr(self, name, None) for name in LORA_COMPONENT_NAMES}
+            with peft_layers_removed(components):
+                super().save_pretrained(save_directory, *args, **kwargs)
+            write_extras(self, save_directory)
+
     def _load_distilled_lora_from(self, source, kwargs) -> None:
-        """The converted folder's (or Hub repo's) `distilled_lora/`, as the adapter `"distilled"`, if present."""
+        """The converted folder's (or Hub repo's) `distilled_lora/`, as the `distilled_lora` component, if present."""
         weight = self.DISTILLED_LORA_WEIGHT_NAME
         if os.path.isdir(source):
             folder = os.path.join(source, self.DISTILLED_LORA_SUBFOLDER)
@@ -76,6 +111,13 @@ class LTX2A2VLoadingMixin:
     ):
         """Build the pipeline from the original files: the single-file checkpoint, the spatial upsampler, the
         distilled LoRA (`path` or `(path, strength)`, default strength 0.8) and an optional Gemma 3 folder."""
+        with LOAD_LOCK:
+            return cls._from_single_file(
+                checkpoint_path, spatial_upsampler_path, distilled_lora, gemma_root, torch_dtype
+            )
+
+    @classmethod
+    def _from_single_file(cls, checkpoint_path, spatial_upsampler_path, distilled_lora, gemma_root, torch_dtype):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         from ..loaders.single_file import read_checkpoint_config
@@ -115,18 +157,19 @@ class LTX2A2VLoadingMixin:
             pipe.load_lora_weights(lora_path, adapter_name="distilled")
         return pipe
 
-    def _adapter_names(self) -> list[str]:
-        peft_config = getattr(self.transformer, "peft_config", None) or {}
-        return list(peft_config)
+    def enable_vae_tiling(self, **kwargs):
+        """Decode (and encode) the video in overlapping tiles to save memory: the video VAE's `enable_tiling`
+        (its keyword arguments: tile sizes and strides)."""
+        self.vae.enable_tiling(**kwargs)
 
     def set_adapters(self, adapter_names, adapter_weights=None):
-        """diffusers' `set_adapters`; the weights given for adapters other than `"distilled"` are remembered so
-        that the stage switches keep them."""
-        check_adapter_weights(adapter_weights)  # before anything is remembered
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        weights = adapter_weights if isinstance(adapter_weights, (list, tuple)) else [adapter_weights] * len(names)
-        self._user_adapter_weights = {n: (1.0 if w is None else w) for n, w in zip(names, weights) if n != "distilled"}
+        """diffusers' `set_adapters`, with the adapter weights checked (finite, bounded) before anything changes."""
+        check_adapter_weights(adapter_weights)
         return super().set_adapters(adapter_names, adapter_weights)
+
+    def disable_vae_tiling(self):
+        """Back to decoding the video in one piece."""
+        self.vae.disable_tiling()
 
     def enable_group_offload(
         self,
@@ -142,7 +185,7 @@ class LTX2A2VLoadingMixin:
         from diffusers.hooks import apply_group_offloading
 
         for name, component in self.components.items():
-            if not isinstance(component, torch.nn.Module):
+            if not isinstance(component, torch.nn.Module) or name in self._exclude_from_cpu_offload:
                 continue
             blocks = offload_type == "block_level" and name == "transformer"
             options = dict(onload_device=onload_device, offload_device=offload_device, **kwargs)
@@ -156,28 +199,39 @@ class LTX2A2VLoadingMixin:
                 apply_group_offloading(module=component, **options)
 
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name=None, **kwargs):
-        """The mixin's `load_lora_weights`; for the `"distilled"` adapter only the transformer part is kept: the
+        """The mixin's `load_lora_weights` (user adapters, through PEFT). `adapter_name="distilled"` is kept for
+        backward compatibility and does NOT create a PEFT adapter: it loads the stage-2 distilled LoRA into the
+        pipeline-owned `distilled_lora` component (replacing any loaded one), transformer part only: the
         reference applies the distilled LoRA to the stage-2 transformer and never to the text connectors."""
-        super().load_lora_weights(pretrained_model_name_or_path_or_dict, adapter_name=adapter_name, **kwargs)
-        connectors_config = getattr(self.connectors, "peft_config", None) or {}
-        if adapter_name == "distilled" and "distilled" in connectors_config:
-            logger.info("the distilled LoRA's connector weights are not used (the reference ignores them)")
-            self.connectors.delete_adapters("distilled")
+        if adapter_name != "distilled":
+            return super().load_lora_weights(
+                pretrained_model_name_or_path_or_dict, adapter_name=adapter_name, **kwargs
+            )
+        from ..loaders.distilled_lora import LTX2DistilledLoRA
+        from ..loaders.lora import convert_lora_state_dict
 
-    def _activate_distilled(self, active: bool, scale: float | None) -> None:
-        """Stage switch of the `"distilled"` adapter; other loaded adapters stay active with their weights."""
-        names = self._adapter_names()
-        if "distilled" not in names:
-            return
-        user = getattr(self, "_user_adapter_weights", None)
-        others = [n for n in names if n != "distilled" and (user is None or n in user)]
-        weights = [1.0 if user is None else user[n] for n in others]
+        if isinstance(pretrained_model_name_or_path_or_dict, Mapping):
+            state_dict = dict(pretrained_model_name_or_path_or_dict)
+        else:
+            if isinstance(pretrained_model_name_or_path_or_dict, os.PathLike):
+                pretrained_model_name_or_path_or_dict = os.fspath(pretrained_model_name_or_path_or_dict)
+            for peft_option in ("hotswap", "low_cpu_mem_usage"):  # no PEFT adapter is made here
+                kwargs.pop(peft_option, None)
+            state_dict = self.lora_state_dict(pretrained_model_name_or_path_or_dict, **kwargs)
+        converted = convert_lora_state_dict(state_dict, self._lora_targets())
+        dropped = [k for k in converted if not k.startswith("transformer.")]
+        if dropped:
+            logger.info(
+                f"the distilled LoRA's {len(dropped)} connector tensors are not used (the reference ignores them)"
+            )
+        store = LTX2DistilledLoRA.from_state_dict({k: v for k, v in converted.items() if k.startswith("transformer.")})
+        self.register_modules(distilled_lora=store)
+
+    def distilled_lora_applied(self, scale: float | None = None):
+        """Context manager of stage 2: the pipeline-owned distilled LoRA applied to the transformer at `scale`
+        (default `config.distilled_lora_scale`) as ltx-core fuses it; user adapters are left as they are."""
         scale = self.config.distilled_lora_scale if scale is None else scale
-        if not others and not active:
-            self.transformer.disable_adapters()
-            return
-        self.transformer.enable_adapters()
-        self.transformer.set_adapters(others + ["distilled"], weights + [scale if active else 0.0])
+        return self.distilled_lora.applied(self.transformer, scale)
 
 
 def load_gemma(gemma_root, torch_dtype=None):

@@ -11,16 +11,19 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.utils import BaseOutput, logging
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.utils import BaseOutput, logging, replace_example_docstring
 
 from ..audio.io import load_audio
 from ..guidance import MultiModalGuidance, combine_guidance, guidance_passes
 from ..loaders.lora import LTX2AVLoraLoaderMixin
 from ..loaders.lora_fusion import reference_lora_arithmetic
 from ..schedules import STAGE_2_DISTILLED_SIGMAS, euler_step, ltx2_sigmas
-from ..validation import MAX_NUM_FRAMES, check_frame_rate, check_lora_strength, check_video_size, resolve_limit
+from ..validation import MAX_NUM_FRAMES, check_video_size, resolve_limit
 from . import ltx2_stages as stages
+from .call_guard import exclusive_call
 from .image_conditions import LTX2ImageCondition, normalize_conditions, prepare_condition_image
+from .pipeline_checks import LTX2A2VChecksMixin, resolve_guidance, single_generator
 from .pipeline_loading import LTX2A2VLoadingMixin, load_gemma  # noqa: F401  (load_gemma: public helper)
 
 
@@ -42,7 +45,8 @@ DEFAULT_NEGATIVE_PROMPT = (
 
 @dataclass
 class LTX2AudioToVideoPipelineOutput(BaseOutput):
-    """`frames`: PIL lists, `(B, F, H, W, 3)` floats in [0, 1] (`"np"`/`"pt"`) or latents; `audio`: the ORIGINAL
+    """`frames`: PIL lists, `(B, F, H, W, 3)` numpy floats in [0, 1] (`"np"`), `(B, F, 3, H, W)` tensors (`"pt"`)
+    or latents; `audio`: the ORIGINAL
     input samples covering the video, `[channels, samples]` float32, at `audio_sample_rate`."""
 
     frames: Any
@@ -50,16 +54,40 @@ class LTX2AudioToVideoPipelineOutput(BaseOutput):
     audio_sample_rate: int
 
 
-class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLoraLoaderMixin):
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from ltx2_diffusers import LTX2AudioToVideoPipeline, export_to_video_with_audio
+
+        >>> pipe = LTX2AudioToVideoPipeline.from_pretrained("ltx-2.3-22b-dev-diffusers", torch_dtype=torch.bfloat16)
+        >>> pipe.enable_model_cpu_offload()
+        >>> pipe.enable_vae_tiling()
+        >>> out = pipe(
+        ...     prompt="A singer on a small stage, warm spotlight, handheld camera",
+        ...     audio="song.wav",
+        ...     height=512,
+        ...     width=768,
+        ...     generator=torch.Generator().manual_seed(42),
+        ... )
+        >>> export_to_video_with_audio(out.frames[0], out.audio, out.audio_sample_rate, "song.mp4", fps=24)
+        ```
+"""
+
+
+class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipeline, LTX2AVLoraLoaderMixin):
     r"""Audio-to-video with LTX-2 / LTX-2.3: a video whose motion follows the given audio, which it carries.
 
     Stage 1 denoises the video at half resolution with the audio latents frozen, under multimodal guidance
     (cfg, stg, modality, rescale). Stage 2 upsamples x2 with `latent_upsampler` and refines on the distilled
-    sigma table with the `"distilled"` LoRA adapter active. Numerically the reference `A2VidPipelineTwoStage`.
+    sigma table with the pipeline-owned distilled LoRA (`distilled_lora`, an `LTX2DistilledLoRA`, never a PEFT
+    adapter) applied at `distilled_lora_scale`. Numerically the reference `A2VidPipelineTwoStage`.
     """
 
-    model_cpu_offload_seq = "text_encoder->connectors->audio_vae->vae->latent_upsampler->transformer"
-    _optional_components = ["tokenizer", "text_encoder", "vocoder", "latent_upsampler"]
+    # Model offload: loading a model offloads the one before it; the VAE last, so the decode frees the transformer.
+    model_cpu_offload_seq = "text_encoder->connectors->audio_vae->latent_upsampler->transformer->vae"
+    _optional_components = ["tokenizer", "text_encoder", "vocoder", "latent_upsampler", "distilled_lora"]
+    _exclude_from_cpu_offload = ["distilled_lora"]  # a few small tensors, moved to each weight's device on use
     _callback_tensor_inputs = ["latents"]
 
     def __init__(
@@ -73,6 +101,7 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
         tokenizer=None,
         vocoder=None,
         latent_upsampler=None,
+        distilled_lora=None,
         model_version: str = "2.3.0",
         distilled_lora_scale: float = 0.8,
     ):
@@ -87,6 +116,7 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
             tokenizer=tokenizer,
             vocoder=vocoder,
             latent_upsampler=latent_upsampler,
+            distilled_lora=distilled_lora,
         )
         self.register_to_config(model_version=model_version, distilled_lora_scale=distilled_lora_scale)
 
@@ -169,112 +199,6 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
         if str(self.config.model_version).startswith("2.3"):
             return 30, MultiModalGuidance()
         return 40, MultiModalGuidance(stg_blocks=[29])
-
-    # ------------------------------------------------------------------------------------------------ checks
-    def default_num_frames(self, audio_seconds: float, frame_rate: float) -> int:
-        """Largest `8k + 1` frame count whose duration the audio covers."""
-        frames = int(math.floor(audio_seconds * frame_rate + 1e-9))
-        return ((frames - 1) // 8) * 8 + 1
-
-    def check_inputs(
-        self,
-        prompt,
-        height,
-        width,
-        num_frames,
-        frame_rate,
-        num_inference_steps,
-        stage_2,
-        conditions,
-        video_guidance,
-        prompt_embeds,
-        prompt_contexts,
-        output_type,
-        audio_start_time,
-        audio_max_duration,
-        guidance_batch_size=None,
-        negative_prompt=None,
-        negative_prompt_embeds=None,
-        negative_prompt_contexts=None,
-        callback_on_step_end_tensor_inputs=("latents",),
-        distilled_lora_scale=None,
-        max_num_frames=None,
-        max_video_tokens=None,
-    ):
-        multiple = 64 if stage_2 else 32
-        for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value <= 0 or value % multiple:
-                raise ValueError(
-                    f"{name} must be a positive multiple of {multiple} "
-                    f"({'two stages' if stage_2 else 'one stage'}), got {value!r}"
-                )
-        if num_frames is not None and (not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % 8):
-            raise ValueError(f"num_frames must be 8k + 1 (1, 9, 17, ..., 121), got {num_frames!r}")
-        if not (isinstance(frame_rate, (int, float)) and frame_rate > 0):
-            raise ValueError(f"frame_rate must be a positive number, got {frame_rate!r}")
-        check_frame_rate(frame_rate)  # bounds: ltx2_diffusers.validation
-        check_video_size(num_frames, height, width, max_num_frames, max_video_tokens)
-        check_lora_strength(
-            "distilled_lora_scale",
-            self.config.distilled_lora_scale if distilled_lora_scale is None else distilled_lora_scale,
-        )
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 2:
-            raise ValueError(f"num_inference_steps must be an integer >= 2, got {num_inference_steps!r}")
-        if prompt is None and prompt_embeds is None and prompt_contexts is None:
-            raise ValueError("pass prompt, prompt_embeds or prompt_contexts")
-        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            if value is not None and not isinstance(value, str) and not (isinstance(value, list) and len(value) == 1):
-                raise ValueError(
-                    f"{name} must be one string (this pipeline generates one video per call), got {value!r}"
-                )
-        for name, value in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
-            if value is not None and (not isinstance(value, torch.Tensor) or value.ndim != 3 or value.shape[0] != 1):
-                raise ValueError(f"{name} must be a (1, tokens, features) tensor (batch size 1)")
-        for name, value in (
-            ("prompt_contexts", prompt_contexts),
-            ("negative_prompt_contexts", negative_prompt_contexts),
-        ):
-            if value is not None and (len(value) != 2 or any(c.ndim != 3 or c.shape[0] != 1 for c in value)):
-                raise ValueError(f"{name} must be (video_context, audio_context), each (1, tokens, dim)")
-        bad = [n for n in callback_on_step_end_tensor_inputs if n not in self._callback_tensor_inputs]
-        if bad:
-            raise ValueError(
-                f"callback_on_step_end_tensor_inputs has {bad}; this pipeline offers {self._callback_tensor_inputs}"
-            )
-        if not isinstance(video_guidance, MultiModalGuidance):
-            raise TypeError(f"video_guidance must be a MultiModalGuidance, got {type(video_guidance).__name__}")
-        if video_guidance.stg_blocks is not None:
-            bad = [b for b in video_guidance.stg_blocks if b >= self.transformer.config.num_layers]
-            if bad:
-                raise ValueError(
-                    f"video_guidance.stg_blocks: block {bad[0]} out of range for "
-                    f"{self.transformer.config.num_layers} blocks"
-                )
-        if stage_2 and self.latent_upsampler is None:
-            raise ValueError("stage_2=True needs a latent_upsampler (or pass stage_2=False)")
-        if stage_2 and "distilled" not in self._adapter_names():
-            raise ValueError(
-                "stage_2=True needs the distilled LoRA: load it with load_lora_weights(path, adapter_name='distilled')"
-            )
-        if guidance_batch_size is not None and (not isinstance(guidance_batch_size, int) or guidance_batch_size < 1):
-            raise ValueError(f"guidance_batch_size must be None or a positive integer, got {guidance_batch_size!r}")
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
-        if (
-            not isinstance(audio_start_time, (int, float))
-            or not math.isfinite(audio_start_time)
-            or audio_start_time < 0
-        ):
-            raise ValueError(f"audio_start_time must be a finite number >= 0 (seconds), got {audio_start_time!r}")
-        if audio_max_duration is not None and (
-            not isinstance(audio_max_duration, (int, float)) or not audio_max_duration > 0
-        ):
-            raise ValueError(f"audio_max_duration must be None or a number > 0 (seconds), got {audio_max_duration!r}")
-        if audio_max_duration is not None and num_frames is not None and audio_max_duration < num_frames / frame_rate:
-            raise ValueError(
-                f"audio_max_duration={audio_max_duration} s is shorter than the video ({num_frames} frames at "
-                f"{frame_rate} fps = {num_frames / frame_rate:.3f} s)"
-            )
 
     # ------------------------------------------------------------------------------------------------ stages
     def prepare_audio(
@@ -410,11 +334,13 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
         return dict(zip(passes, x0.split(1)))
 
     def denoise(
-        self, video, audio, sigmas, contexts, guidance, callback_on_step_end, callback_inputs, guidance_batch_size=None
-    ):
-        """Euler loop over `sigmas` on the video tokens; the audio stays frozen."""
+        self, video, audio, sigmas, contexts, guidance, callback_on_step_end, callback_inputs, guidance_batch_size=None,
+        *, stage: int = 0, step_offset: int = 0,
+    ):  # fmt: skip
+        """Euler loop over `sigmas` on the video tokens; the audio stays frozen. The callback gets the step index
+        `step_offset + i` and the timestep `sigma * 1000`; `self.stage_index` is `stage` meanwhile."""
         last = None
-        self._num_timesteps = len(sigmas) - 1
+        self._stage_index = stage
         exact = getattr(self, "_reference_arithmetic", False)
         with (
             self.progress_bar(total=len(sigmas) - 1) as progress_bar,
@@ -441,7 +367,8 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
                 video = stages.replace(video, latent=euler_step(video.latent, denoised, sigma, sigmas[i + 1]))
                 if callback_on_step_end is not None:
                     values = {"latents": video.latent}
-                    outputs = callback_on_step_end(self, i, sigma, {k: values[k] for k in callback_inputs})
+                    kwargs = {k: values[k] for k in callback_inputs}
+                    outputs = callback_on_step_end(self, step_offset + i, sigma * 1000, kwargs)
                     if outputs and "latents" in outputs:
                         video = stages.replace(video, latent=outputs["latents"])
                 progress_bar.update()
@@ -466,10 +393,10 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
             latents = noise.to(latents.device) * self.DECODE_NOISE_SCALE + (1.0 - self.DECODE_NOISE_SCALE) * latents
             temb = torch.full((latents.shape[0],), self.DECODE_TIMESTEP, device=latents.device, dtype=latents.dtype)
         video = self.vae.decode(self.denormalize_latents(latents), temb=temb, return_dict=False)[0]
-        frames = ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)  # (B, F, H, W, 3)
+        frames = ((video.float() + 1) / 2).clamp(0, 1)  # (B, 3, F, H, W)
         if output_type == "pt":
-            return frames
-        frames = frames.cpu().numpy()
+            return frames.permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W), as diffusers' video pipelines
+        frames = frames.permute(0, 2, 3, 4, 1).cpu().numpy()  # (B, F, H, W, 3)
         if output_type == "np":
             return frames
         return [[PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in batch] for batch in frames]
@@ -480,10 +407,18 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
 
     @property
     def num_timesteps(self):
+        """Steps of the current call, both stages."""
         return self._num_timesteps
+
+    @property
+    def stage_index(self):
+        """0 during stage 1, 1 during stage 2 (for callbacks)."""
+        return getattr(self, "_stage_index", 0)
 
     # ------------------------------------------------------------------------------------------------ call
     @torch.no_grad()
+    @exclusive_call
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         prompt: str | None = None,
@@ -499,9 +434,13 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
         frame_rate: float = 24.0,
         num_inference_steps: int | None = None,
         video_guidance: MultiModalGuidance | None = None,
+        guidance_scale: float | None = None,
+        stg_scale: float | None = None,
+        modality_scale: float | None = None,
+        rescale_scale: float | None = None,
         stage_2: bool = True,
         distilled_lora_scale: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
@@ -519,46 +458,75 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
         max_num_frames: int | None = None,
         max_video_tokens: int | None = None,
     ):
-        r"""Generate a video that follows `audio` (a path, file object, or `[channels, samples]` array with
-        `audio_sample_rate`). `conditions` pins images to frames (`LTX2ImageCondition` or
-        `(image, frame_index, strength)`). `num_frames=None` takes the largest `8k + 1` count the audio covers.
-        `num_inference_steps` / `video_guidance` default to the reference's values for the checkpoint's version
-        (`version_defaults`).
-        `latents`: pre-drawn stage-1 noise `(1, 128, F', H', W')` used instead of drawing it.
-        `guidance_batch_size`: guidance passes per transformer forward (None: all of a step's passes in one batched
-        forward, fastest; 1: one pass at a time, least memory). `reference_arithmetic=True` runs one pass per forward
-        and applies LoRAs as ltx-core fuses them (`W + s·B·A` formed in the weight dtype): bit-identical to
-        ltx-pipelines' A2VidPipelineTwoStage in bfloat16 for the same seed on the same device.
-        `max_num_frames` / `max_video_tokens`: raise the size bounds of `ltx2_diffusers.validation` (1001 frames,
-        2**18 video latent tokens), which also bound a `num_frames=None` derived from the audio."""
+        r"""Generate a video whose motion follows `audio`, which it carries.
+
+        Args:
+            prompt (`str`): the text; or pass `prompt_embeds` (text-encoder features) or `prompt_contexts`.
+            audio: a path, file object, or `[channels, samples]` array (then `audio_sample_rate` is required).
+            negative_prompt (`str`, *optional*): defaults to the reference's negative prompt.
+            audio_start_time, audio_max_duration (`float`): the audio window in seconds (default: from 0, the video
+                span); the window read is what the audio VAE encodes, as in the reference.
+            conditions: images pinned to frames: `LTX2ImageCondition` or `(image, frame_index, strength[, crf])`.
+            height, width (`int`): output size, multiples of 64 (32 with `stage_2=False`).
+            num_frames (`int`, *optional*): `8k + 1`; None takes the largest such count the audio covers.
+            frame_rate (`float`): frames per second.
+            num_inference_steps (`int`, *optional*): stage-1 steps; default from `version_defaults()`.
+            video_guidance (`MultiModalGuidance`, *optional*): stage-1 guidance; default from `version_defaults()`.
+            guidance_scale, stg_scale, modality_scale, rescale_scale (`float`, *optional*): flat aliases of
+                `video_guidance.cfg_scale` / `.stg_scale` / `.modality_scale` / `.rescale_scale` (diffusers style);
+                with `video_guidance` given they must agree with it.
+            stage_2 (`bool`): upsample x2 and refine with the distilled LoRA (default); False renders one stage.
+            distilled_lora_scale (`float`, *optional*): stage-2 LoRA strength (default `config.distilled_lora_scale`).
+            generator (`torch.Generator` or a list of one): the seed; one video per call.
+            latents (`torch.Tensor`, *optional*): pre-drawn stage-1 noise `(1, 128, F', H', W')`.
+            prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask: text-encoder
+                features (`encode_prompt`), used instead of the text.
+            prompt_contexts, negative_prompt_contexts: `(video_context, audio_context)` after the connectors.
+            max_sequence_length (`int`): text tokens.
+            guidance_batch_size (`int`, *optional*): guidance passes per transformer forward (None: all of a step's
+                passes in one batched forward, fastest; 1: one pass at a time, least memory).
+            reference_arithmetic (`bool`): one pass per forward and user LoRAs as ltx-core fuses them
+                (`W + s·B·A` in the weight dtype): bit-identical to ltx-pipelines' A2VidPipelineTwoStage in
+                bfloat16 for the same seed on the same device.
+            output_type (`str`): `"pil"` (lists of PIL images), `"np"` `(B, F, H, W, 3)`, `"pt"` `(B, F, 3, H, W)`,
+                floats in [0, 1], or `"latent"` (normalised video latents `(B, 128, F', H', W')`).
+            return_dict (`bool`): an `LTX2AudioToVideoPipelineOutput` (else `(frames, audio, audio_sample_rate)`).
+            callback_on_step_end (`Callable`, *optional*): `callback_on_step_end(pipe, i, t, callback_kwargs)` after
+                every step of both stages: `i` counts on across the stages (stage 2 starts at stage 1's step count),
+                `t` is the timestep (`sigma * 1000`, as diffusers' schedulers), `pipe.stage_index` is 0 (stage 1) or
+                1 (stage 2); it may return `{"latents": ...}`. Set `pipe._interrupt = True` to stop.
+            callback_on_step_end_tensor_inputs (`list[str]`): tensors given to the callback (`"latents"`).
+            max_num_frames, max_video_tokens (`int`, *optional*): raise the size bounds of
+                `ltx2_diffusers.validation` (1001 frames, 2**18 video latent tokens), which also bound a
+                `num_frames=None` derived from the audio.
+
+        Examples:
+
+        Returns:
+            `LTX2AudioToVideoPipelineOutput`: `frames`, and `audio`: the original input samples covering the video
+            `[channels, samples]` at `audio_sample_rate`.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         default_steps, default_guidance = self.version_defaults()
         num_inference_steps = default_steps if num_inference_steps is None else num_inference_steps
-        video_guidance = default_guidance if video_guidance is None else video_guidance
+        video_guidance = resolve_guidance(
+            video_guidance, default_guidance, guidance_scale=guidance_scale, stg_scale=stg_scale,
+            modality_scale=modality_scale, rescale_scale=rescale_scale,
+        )  # fmt: skip
         conditions = normalize_conditions(conditions, num_frames)
         self.check_inputs(
-            prompt,
-            height,
-            width,
-            num_frames,
-            frame_rate,
-            num_inference_steps,
-            stage_2,
-            conditions,
-            video_guidance,
-            prompt_embeds,
-            prompt_contexts,
-            output_type,
-            audio_start_time,
-            audio_max_duration,
-            guidance_batch_size,
-            negative_prompt,
-            negative_prompt_embeds,
-            negative_prompt_contexts,
-            callback_on_step_end_tensor_inputs,
-            distilled_lora_scale=distilled_lora_scale,
-            max_num_frames=max_num_frames,
+            prompt=prompt, height=height, width=width, num_frames=num_frames, frame_rate=frame_rate,
+            num_inference_steps=num_inference_steps, stage_2=stage_2, conditions=conditions,
+            video_guidance=video_guidance, prompt_embeds=prompt_embeds, prompt_contexts=prompt_contexts,
+            output_type=output_type, audio_start_time=audio_start_time, audio_max_duration=audio_max_duration,
+            guidance_batch_size=guidance_batch_size, negative_prompt=negative_prompt,
+            negative_prompt_embeds=negative_prompt_embeds, negative_prompt_contexts=negative_prompt_contexts,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, audio=audio, generator=generator,
+            distilled_lora_scale=distilled_lora_scale, max_num_frames=max_num_frames,
             max_video_tokens=max_video_tokens,
-        )
+        )  # fmt: skip
+        generator = single_generator(generator)
         self._interrupt = False
         self._reference_arithmetic = reference_arithmetic
         if reference_arithmetic:
@@ -598,38 +566,31 @@ class LTX2AudioToVideoPipeline(LTX2A2VLoadingMixin, DiffusionPipeline, LTX2AVLor
         scale = 2 if stage_2 else 1
         h1, w1 = height // scale, width // scale
         size = stages.video_latent_size(num_frames, h1, w1)
-        self._activate_distilled(False, None)
         video = self.conditioned_video_state(conditions, size, h1, w1, frame_rate, dtype)
         video = stages.add_noise(video, generator, 1.0, noise=self.stage_1_noise(latents, video, size, generator))
         frozen = stages.frozen_audio_state(audio_tokens, dtype)
         stages.add_noise(frozen, generator, 0.0)  # drawn and discarded, as in the reference
         sigmas = ltx2_sigmas(num_inference_steps, device=device)
-        video = self.denoise(
-            video,
-            frozen,
-            sigmas,
-            contexts,
-            video_guidance,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            guidance_batch_size,
-        )
+        self._num_timesteps = num_inference_steps + (len(STAGE_2_DISTILLED_SIGMAS) - 1 if stage_2 else 0)
+        callback = (callback_on_step_end, callback_on_step_end_tensor_inputs)
+        video = self.denoise(video, frozen, sigmas, contexts, video_guidance, *callback, guidance_batch_size, stage=0)
         latent = stages.unpatchify_video(video.latent[:, : video.num_tokens], size)
 
         # 4. Stage 2: x2 upsampling, re-noising to the distilled table's first sigma, distilled-LoRA refinement.
         if stage_2:
             latent = self.upsample(latent)
             size = stages.video_latent_size(num_frames, height, width)
-            self._activate_distilled(True, distilled_lora_scale)
             video = self.conditioned_video_state(
                 conditions, size, height, width, frame_rate, dtype, initial_latent=latent
             )
             sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMAS, dtype=torch.float32, device=device)
             video = stages.add_noise(video, generator, sigmas[0])
             stages.add_noise(frozen, generator, 0.0)
-            video = self.denoise(video, frozen, sigmas, contexts, None, callback_on_step_end, ("latents",))
+            with self.distilled_lora_applied(distilled_lora_scale):
+                video = self.denoise(
+                    video, frozen, sigmas, contexts, None, *callback, stage=1, step_offset=num_inference_steps
+                )
             latent = stages.unpatchify_video(video.latent[:, : video.num_tokens], size)
-            self._activate_distilled(False, None)
 
         # 5. Decode.
         frames = latent if output_type == "latent" else self.decode(latent, generator, output_type)

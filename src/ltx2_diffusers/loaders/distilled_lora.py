@@ -1,0 +1,184 @@
+"""The stage-2 distilled LoRA, owned by the pipeline and kept OUTSIDE PEFT.
+
+`LTX2DistilledLoRA` holds one `(A, B)` pair per target linear of the transformer (our module names) and is a
+pipeline component (`distilled_lora`), saved as a diffusers-format LoRA file (`pytorch_lora_weights.safetensors`,
+keys `transformer.<module>.lora_A.weight` / `.lora_B.weight`). It never becomes a PEFT adapter, so the user's
+adapters (`set_adapters`, `fuse_lora`, `disable_lora`, `delete_adapters`, `unload_lora_weights`) are untouched.
+
+Inside `store.applied(transformer, scale)` every target linear computes `F.linear(x, W + delta, b)` with
+`delta = (B * scale) @ A` formed in the weight's dtype, as ltx-core fuses a LoRA at load time, without keeping a
+second copy of the weights: the target linear's class is swapped for the block to a subclass whose `weight`
+attribute returns `W + delta`. This works whether the linear is plain or the `base_layer` of a user's PEFT LoRA
+layer (PEFT then adds the user's adapters on top, or has merged them into `W`), and under accelerate / diffusers
+offload hooks (they wrap `forward`, which reads `self.weight` after the weights are on the device). float8 linears
+(upcast at compute) get `scale * B(A(x))` added to their output instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+_FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+DELTA_ATTRIBUTE = "_ltx2_distilled_delta"
+_SUBCLASSES: dict[type, type] = {}
+
+
+class _WeightWithDelta:
+    """Mixed in front of a linear's class while the distilled LoRA is applied: `weight` reads as `W + delta`."""
+
+    def __getattr__(self, name):
+        value = super().__getattr__(name)
+        if name != "weight":
+            return value
+        a, b, scale = self.__dict__[DELTA_ATTRIBUTE]
+        delta = torch.matmul(b.to(value.device, value.dtype) * scale, a.to(value.device, value.dtype))
+        return delta + value
+
+
+def _with_delta_class(cls: type) -> type:
+    if cls not in _SUBCLASSES:
+        _SUBCLASSES[cls] = type(f"{cls.__name__}WithDistilledLoRA", (_WeightWithDelta, cls), {})
+    return _SUBCLASSES[cls]
+
+
+def _target_linear(model: torch.nn.Module, name: str) -> torch.nn.Linear:
+    """The linear computing `name`: the module itself, or the base layer of a PEFT LoRA layer wrapped around it."""
+    module = model.get_submodule(name)
+    while hasattr(module, "base_layer"):
+        module = module.base_layer
+    if not isinstance(module, torch.nn.Linear):
+        raise ValueError(f"distilled LoRA target {name!r} is a {type(module).__name__}, not a linear layer")
+    return module
+
+
+class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
+    """The distilled LoRA's `(A, B)` pairs `A [rank, in]`, `B [out, rank]` per transformer linear (our names)."""
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, targets: list[str] | tuple[str, ...] = ()):
+        super().__init__()
+        self._targets = list(targets)
+        for i, name in enumerate(self._targets):
+            self.register_buffer(f"lora_A_{i}", torch.empty(0), persistent=False)
+            self.register_buffer(f"lora_B_{i}", torch.empty(0), persistent=False)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> "LTX2DistilledLoRA":
+        """From diffusers-format keys `transformer.<module>.lora_A.weight` / `.lora_B.weight` (others refused)."""
+        pairs: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in state_dict.items():
+            for part in ("lora_A", "lora_B"):
+                suffix = f".{part}.weight"
+                if key.startswith("transformer.") and key.endswith(suffix):
+                    pairs.setdefault(key[len("transformer.") : -len(suffix)], {})[part] = value
+                    break
+            else:
+                raise ValueError(f"distilled LoRA key {key!r} is not a transformer lora_A/lora_B weight")
+        incomplete = sorted(name for name, pair in pairs.items() if len(pair) != 2)
+        if incomplete:
+            raise ValueError(f"distilled LoRA modules without both lora_A and lora_B: {incomplete[:10]}")
+        for name, pair in pairs.items():
+            for part, tensor in pair.items():
+                if not tensor.is_floating_point():
+                    raise ValueError(f"distilled LoRA {name}.{part} has dtype {tensor.dtype}, expected a float dtype")
+                if not torch.isfinite(tensor.float()).all():
+                    raise ValueError(f"distilled LoRA {name}.{part} holds non-finite values")
+        store = cls(targets=sorted(pairs))
+        for i, name in enumerate(store._targets):
+            setattr(store, f"lora_A_{i}", pairs[name]["lora_A"].detach().clone())
+            setattr(store, f"lora_B_{i}", pairs[name]["lora_B"].detach().clone())
+        return store
+
+    def pairs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {
+            name: (getattr(self, f"lora_A_{i}"), getattr(self, f"lora_B_{i}")) for i, name in enumerate(self._targets)
+        }
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """diffusers-format LoRA keys (what `save_pretrained` writes)."""
+        out = {}
+        for name, (a, b) in self.pairs().items():
+            out[f"transformer.{name}.lora_A.weight"] = a.contiguous()
+            out[f"transformer.{name}.lora_B.weight"] = b.contiguous()
+        return out
+
+    # -------------------------------------------------------------------------------------------- files
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "LTX2DistilledLoRA":
+        """A `distilled_lora/` folder (or the safetensors file itself): `pytorch_lora_weights.safetensors`; its
+        `config.json` is optional (converted folders before this component existed have none). diffusers'
+        loading options (`torch_dtype`, `device_map`, ...) are accepted and ignored: the tensors keep their
+        file dtype, and are cast to each weight's dtype when the delta is formed (ltx-core's arithmetic)."""
+        from safetensors.torch import load_file
+
+        path = os.fspath(pretrained_model_name_or_path)
+        subfolder = kwargs.get("subfolder")
+        if subfolder:
+            path = os.path.join(path, subfolder)
+        if os.path.isdir(path):
+            path = os.path.join(path, WEIGHT_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"distilled LoRA file {path!r} not found")
+        return cls.from_state_dict(load_file(path))
+
+    def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs) -> None:
+        """`save_directory/pytorch_lora_weights.safetensors` (diffusers LoRA format) and `config.json`."""
+        from safetensors.torch import save_file
+
+        if not is_main_process:
+            return
+        os.makedirs(save_directory, exist_ok=True)
+        tensors = {k: v.detach().cpu() for k, v in self.lora_state_dict().items()}
+        save_file(tensors, os.path.join(save_directory, WEIGHT_NAME), metadata={"format": "pt"})
+        with open(os.path.join(save_directory, self.config_name), "w") as f:
+            json.dump({"_class_name": type(self).__name__, "targets": self._targets}, f, indent=2)
+
+    # -------------------------------------------------------------------------------------------- compute
+    @contextlib.contextmanager
+    def applied(self, transformer: torch.nn.Module, scale: float):
+        """Within the block, every target linear of `transformer` computes with `W + (B * scale) @ A`."""
+        swapped, hooks = [], []
+        try:
+            for name, (a, b) in self.pairs().items():
+                linear = _target_linear(transformer, name)
+                if tuple(a.shape[1:]) != tuple(linear.weight.shape[1:]) or b.shape[0] != linear.weight.shape[0]:
+                    raise ValueError(
+                        f"distilled LoRA {name}: A{list(a.shape)} B{list(b.shape)} do not fit the weight "
+                        f"{list(linear.weight.shape)}"
+                    )
+                if linear.weight.dtype in _FP8:
+                    hooks.append(linear.register_forward_hook(_output_delta_hook(a, b, scale)))
+                    continue
+                linear.__dict__[DELTA_ATTRIBUTE] = (a, b, float(scale))
+                swapped.append((linear, type(linear)))
+                linear.__class__ = _with_delta_class(type(linear))
+            yield
+        finally:
+            for linear, cls in swapped:
+                linear.__class__ = cls
+                del linear.__dict__[DELTA_ATTRIBUTE]
+            for hook in hooks:
+                hook.remove()
+
+
+def _output_delta_hook(a: torch.Tensor, b: torch.Tensor, scale: float):
+    def hook(module, args, output):
+        x = args[0].to(output.device, output.dtype)
+        return output + F.linear(F.linear(x, a.to(x)), b.to(x)) * scale
+
+    return hook

@@ -1,0 +1,177 @@
+"""Input checks of `LTX2AudioToVideoPipeline` (one `check_inputs`, run before any model) and the resolution of
+diffusers' conventional arguments: flat guidance aliases and generator lists."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from ..guidance import MultiModalGuidance
+from ..validation import check_frame_rate, check_lora_strength, check_video_size
+
+
+GUIDANCE_ALIASES = {
+    "guidance_scale": "cfg_scale",
+    "stg_scale": "stg_scale",
+    "modality_scale": "modality_scale",
+    "rescale_scale": "rescale_scale",
+}
+
+
+def resolve_guidance(video_guidance, default: MultiModalGuidance, **aliases) -> MultiModalGuidance:
+    """`video_guidance` (default: `default`) with the flat diffusers-style aliases applied: `guidance_scale` ->
+    `cfg_scale`, `stg_scale`, `modality_scale`, `rescale_scale`. An alias that contradicts an explicitly given
+    `video_guidance` is refused (`ValueError`); one that repeats it is accepted."""
+    from dataclasses import replace
+
+    given = {GUIDANCE_ALIASES[k]: v for k, v in aliases.items() if v is not None}
+    if video_guidance is None:
+        return replace(default, **given)
+    if not isinstance(video_guidance, MultiModalGuidance):
+        raise TypeError(f"video_guidance must be a MultiModalGuidance, got {type(video_guidance).__name__}")
+    for alias, value in aliases.items():
+        field = GUIDANCE_ALIASES[alias]
+        if value is not None and value != getattr(video_guidance, field):
+            raise ValueError(
+                f"{alias}={value!r} contradicts video_guidance.{field}={getattr(video_guidance, field)!r}: "
+                "pass one of them"
+            )
+    return video_guidance
+
+
+def single_generator(generator):
+    """One `torch.Generator` (or None) for the one video a call makes; a list must hold exactly one (diffusers
+    passes one generator per batch item)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != 1:
+            raise ValueError(
+                f"generator: this pipeline makes one video per call, so a list must hold 1 generator, got "
+                f"{len(generator)}"
+            )
+        generator = generator[0]
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, a list of one, or None, got {type(generator).__name__}")
+    return generator
+
+
+def generator_device(generator):
+    generator = single_generator(generator)
+    return None if generator is None else generator.device
+
+
+class LTX2A2VChecksMixin:
+    """Mixed into `LTX2AudioToVideoPipeline`."""
+
+    def default_num_frames(self, audio_seconds: float, frame_rate: float) -> int:
+        """Largest `8k + 1` frame count whose duration the audio covers."""
+        frames = int(math.floor(audio_seconds * frame_rate + 1e-9))
+        return ((frames - 1) // 8) * 8 + 1
+
+    def check_inputs(
+        self,
+        prompt,
+        height,
+        width,
+        num_frames,
+        frame_rate,
+        num_inference_steps,
+        stage_2,
+        conditions,
+        video_guidance,
+        prompt_embeds,
+        prompt_contexts,
+        output_type,
+        audio_start_time,
+        audio_max_duration,
+        guidance_batch_size=None,
+        negative_prompt=None,
+        negative_prompt_embeds=None,
+        negative_prompt_contexts=None,
+        callback_on_step_end_tensor_inputs=("latents",),
+        audio=None,
+        generator=None,
+        distilled_lora_scale=None,
+        max_num_frames=None,
+        max_video_tokens=None,
+    ):
+        """Every check that needs no model, before any model runs: sizes, counts, texts and embeddings, guidance,
+        the audio file's presence, the condition images (read here), generators, output type."""
+        multiple = 64 if stage_2 else 32
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0 or value % multiple:
+                raise ValueError(
+                    f"{name} must be a positive multiple of {multiple} "
+                    f"({'two stages' if stage_2 else 'one stage'}), got {value!r}"
+                )
+        if num_frames is not None and (not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % 8):
+            raise ValueError(f"num_frames must be 8k + 1 (1, 9, 17, ..., 121), got {num_frames!r}")
+        if not (isinstance(frame_rate, (int, float)) and frame_rate > 0):
+            raise ValueError(f"frame_rate must be a positive number, got {frame_rate!r}")
+        check_frame_rate(frame_rate)  # bounds: ltx2_diffusers.validation
+        check_video_size(num_frames, height, width, max_num_frames, max_video_tokens)
+        check_lora_strength(
+            "distilled_lora_scale",
+            self.config.distilled_lora_scale if distilled_lora_scale is None else distilled_lora_scale,
+        )
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 2:
+            raise ValueError(f"num_inference_steps must be an integer >= 2, got {num_inference_steps!r}")
+        if prompt is None and prompt_embeds is None and prompt_contexts is None:
+            raise ValueError("pass prompt, prompt_embeds or prompt_contexts")
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if value is not None and not isinstance(value, str) and not (isinstance(value, list) and len(value) == 1):
+                raise ValueError(
+                    f"{name} must be one string (this pipeline generates one video per call), got {value!r}"
+                )
+        for name, value in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if value is not None and (not isinstance(value, torch.Tensor) or value.ndim != 3 or value.shape[0] != 1):
+                raise ValueError(f"{name} must be a (1, tokens, features) tensor (batch size 1)")
+        for name, value in (
+            ("prompt_contexts", prompt_contexts),
+            ("negative_prompt_contexts", negative_prompt_contexts),
+        ):
+            if value is not None and (len(value) != 2 or any(c.ndim != 3 or c.shape[0] != 1 for c in value)):
+                raise ValueError(f"{name} must be (video_context, audio_context), each (1, tokens, dim)")
+        bad = [n for n in callback_on_step_end_tensor_inputs if n not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs has {bad}; this pipeline offers {self._callback_tensor_inputs}"
+            )
+        if not isinstance(video_guidance, MultiModalGuidance):
+            raise TypeError(f"video_guidance must be a MultiModalGuidance, got {type(video_guidance).__name__}")
+        if video_guidance.stg_blocks is not None:
+            bad = [b for b in video_guidance.stg_blocks if b >= self.transformer.config.num_layers]
+            if bad:
+                raise ValueError(
+                    f"video_guidance.stg_blocks: block {bad[0]} out of range for "
+                    f"{self.transformer.config.num_layers} blocks"
+                )
+        if stage_2 and self.latent_upsampler is None:
+            raise ValueError("stage_2=True needs a latent_upsampler (or pass stage_2=False)")
+        if stage_2 and self.distilled_lora is None:
+            raise ValueError(
+                "stage_2=True needs the distilled LoRA: load it with load_lora_weights(path, adapter_name='distilled')"
+            )
+        if guidance_batch_size is not None and (not isinstance(guidance_batch_size, int) or guidance_batch_size < 1):
+            raise ValueError(f"guidance_batch_size must be None or a positive integer, got {guidance_batch_size!r}")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        if (
+            not isinstance(audio_start_time, (int, float))
+            or not math.isfinite(audio_start_time)
+            or audio_start_time < 0
+        ):
+            raise ValueError(f"audio_start_time must be a finite number >= 0 (seconds), got {audio_start_time!r}")
+        if audio_max_duration is not None and (
+            not isinstance(audio_max_duration, (int, float)) or not audio_max_duration > 0
+        ):
+            raise ValueError(f"audio_max_duration must be None or a number > 0 (seconds), got {audio_max_duration!r}")
+        if audio_max_duration is not None and num_frames is not None and audio_max_duration < num_frames / frame_rate:
+            raise ValueError(
+                f"audio_max_duration={audio_max_duration} s is shorter than the video ({num_frames} frames at "
+                f"{frame_rate} fps = {num_frames / frame_rate:.3f} s)"
+            )
+        if isinstance(audio, (str, os.PathLike)) and not os.path.isfile(audio):
+            raise ValueError(f"audio {os.fspath(audio)!r} is not a readable file")
+        generator_device(generator)

@@ -1,0 +1,161 @@
+"""save_pretrained -> from_pretrained round trips (our class and DiffusionPipeline with the shim), and the
+DiffusionPipeline route on a converted folder gives the same pipeline as our class."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from diffusers import DiffusionPipeline
+from factories import build_checkpoint, build_lora, build_upsampler
+from safetensors import safe_open
+from test_pipeline import call
+
+from ltx2_diffusers import LTX2AudioToVideoPipeline
+from ltx2_diffusers.convert import PIPELINE_SHIM_SOURCE, convert_checkpoint
+
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("saveload")
+    checkpoint = build_checkpoint(root / "ltx-2.3.safetensors", "2.3", seed=41, dtype=torch.float32)
+    upsampler = build_upsampler(root / "upsampler.safetensors", seed=42, dtype=torch.float32)
+    distilled = build_lora(root / "distilled.safetensors", checkpoint, seed=43, dtype=torch.float32)
+    user = build_lora(root / "user.safetensors", checkpoint, seed=44, dtype=torch.float32, include_connectors=True)
+    rate = 16000
+    t = np.arange(int(rate * 0.5)) / rate
+    sf.write(root / "a.wav", np.stack([np.sin(2 * np.pi * 250 * t), np.cos(2 * np.pi * 4 * t)], 1) * 0.3, rate)
+    converted = root / "converted"
+    convert_checkpoint(
+        checkpoint, converted, spatial_upsampler_path=upsampler, distilled_lora=distilled, distilled_lora_scale=0.7
+    )
+    return dict(
+        root=root, checkpoint=checkpoint, upsampler=upsampler, distilled=distilled, user=user,
+        audio=root / "a.wav", converted=converted,
+    )  # fmt: skip
+
+
+def single_file(setup):
+    return LTX2AudioToVideoPipeline.from_single_file(
+        setup["checkpoint"],
+        spatial_upsampler_path=setup["upsampler"],
+        distilled_lora=(setup["distilled"], 0.7),
+        torch_dtype=torch.float32,
+    )
+
+
+def latents(pipe, setup):
+    return call(pipe, setup["audio"], output_type="latent").frames
+
+
+def assert_clean_folder(folder):
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline", "LTX2AudioToVideoPipeline"]
+    assert (folder / "pipeline.py").read_text() == PIPELINE_SHIM_SOURCE
+    assert (folder / "distilled_lora" / "pytorch_lora_weights.safetensors").is_file()
+    for component in ("transformer", "connectors"):
+        for path in (folder / component).glob("*.safetensors"):
+            with safe_open(path, "pt") as f:
+                bad = [k for k in f.keys() if "base_layer" in k or "lora_" in k]
+            assert not bad, bad[:5]
+
+
+def assert_nothing_on_meta(pipe):
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            meta = [n for n, p in component.state_dict().items() if p.is_meta]
+            assert not meta, (name, meta[:5])
+
+
+def test_round_trip_with_a_user_adapter(setup, tmp_path):
+    pipe = single_file(setup)
+    pipe.load_lora_weights(setup["user"], adapter_name="user")
+    pipe.set_adapters("user", 0.6)
+    expected = latents(pipe, setup)
+    pipe.save_pretrained(tmp_path / "saved")
+    assert_clean_folder(tmp_path / "saved")
+    with safe_open(tmp_path / "saved" / "user_loras" / "user" / "pytorch_lora_weights.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith(("transformer.", "connectors.")) for k in keys)
+    assert any(k.startswith("connectors.") for k in keys)
+    assert (latents(pipe, setup) - expected).abs().max() == 0  # saving left the pipeline as it was
+
+    for load in (
+        lambda d: LTX2AudioToVideoPipeline.from_pretrained(d),
+        lambda d: DiffusionPipeline.from_pretrained(d, trust_remote_code=True),
+    ):
+        loaded = load(tmp_path / "saved")
+        assert type(loaded) is LTX2AudioToVideoPipeline
+        assert_nothing_on_meta(loaded)
+        assert loaded.distilled_lora is not None and loaded.config.distilled_lora_scale == 0.7
+        assert loaded.get_active_adapters() == ["user"]
+        diff = (latents(loaded, setup) - expected).abs().max().item()
+        assert diff <= TOL, diff
+        # the stage-2 delta is there: without it the result moves by far more than the tolerance
+        assert (
+            call(loaded, setup["audio"], output_type="latent", distilled_lora_scale=0.0).frames - expected
+        ).abs().max() > 100 * TOL
+
+    # and a second save of the reloaded pipeline is again a clean folder
+    loaded.save_pretrained(tmp_path / "again")
+    assert_clean_folder(tmp_path / "again")
+
+
+def test_round_trip_of_a_converted_folder_and_diffusion_pipeline_route(setup, tmp_path):
+    ours = LTX2AudioToVideoPipeline.from_pretrained(setup["converted"])
+    generic = DiffusionPipeline.from_pretrained(setup["converted"], trust_remote_code=True)
+    assert type(generic) is LTX2AudioToVideoPipeline and generic.distilled_lora is not None
+    expected = latents(ours, setup)
+    assert torch.equal(latents(generic, setup), expected)
+    reference = latents(single_file(setup), setup)
+    assert (expected - reference).abs().max().item() <= TOL
+    ours.save_pretrained(tmp_path / "saved")
+    assert_clean_folder(tmp_path / "saved")
+    assert not (tmp_path / "saved" / "user_loras").exists()
+    reloaded = DiffusionPipeline.from_pretrained(tmp_path / "saved", trust_remote_code=True)
+    assert_nothing_on_meta(reloaded)
+    assert (latents(reloaded, setup) - expected).abs().max().item() <= TOL
+
+
+def test_save_refuses_fused_loras_and_a_foreign_pipeline_py(setup, tmp_path):
+    pipe = single_file(setup)
+    pipe.load_lora_weights(setup["user"], adapter_name="user")
+    pipe.fuse_lora()
+    with pytest.raises(ValueError, match="unfuse_lora"):
+        pipe.save_pretrained(tmp_path / "fused")
+    assert not (tmp_path / "fused").exists()
+    pipe.unfuse_lora()
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "pipeline.py").write_text("print('my own file')\n")
+    digest = hashlib.sha256((target / "pipeline.py").read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="pipeline.py"):
+        pipe.save_pretrained(target)
+    assert hashlib.sha256((target / "pipeline.py").read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in target.iterdir()) == ["pipeline.py"]
+
+
+def test_a_converted_folder_listing_the_distilled_lora_component(setup, tmp_path):
+    """What the converter should write: `"distilled_lora": ["ltx2_diffusers", "LTX2DistilledLoRA"]` in
+    model_index.json (the `distilled_lora/` folder as today, no config.json needed): both routes load it as a
+    component, with the same frames as the folder without the entry."""
+    import shutil
+
+    folder = tmp_path / "listed"
+    shutil.copytree(setup["converted"], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["distilled_lora"] = ["ltx2_diffusers", "LTX2DistilledLoRA"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    assert not (folder / "distilled_lora" / "config.json").exists()
+    expected = latents(LTX2AudioToVideoPipeline.from_pretrained(setup["converted"]), setup)
+    for pipe in (
+        LTX2AudioToVideoPipeline.from_pretrained(folder),
+        DiffusionPipeline.from_pretrained(folder, trust_remote_code=True),
+    ):
+        assert type(pipe.distilled_lora).__name__ == "LTX2DistilledLoRA"
+        assert torch.equal(latents(pipe, setup), expected)
