@@ -1,5 +1,5 @@
 """The two-modality guided step (pipelines/ltx2_denoise.py) against ltx-pipelines' guider denoising function and
-Euler loop on a tiny random transformer (fp32, CPU), and against today's video-only audio-to-video step."""
+Euler loop on a tiny random transformer (fp32, CPU); the pipelines' loop is this step."""
 
 import contextlib
 import dataclasses
@@ -28,6 +28,7 @@ from ltx_pipelines.utils.samplers import euler_denoising_loop
 from ltx2_diffusers import LTX2AudioVideoTransformer, MultiModalGuidance
 from ltx2_diffusers.models.rope import audio_coords, video_coords
 from ltx2_diffusers.pipelines import ltx2_stages as stages
+from ltx2_diffusers.pipelines.ltx2_base import LTX2PipelineBase
 from ltx2_diffusers.pipelines.ltx2_denoise import (
     PassX0,
     PromptContexts,
@@ -36,7 +37,6 @@ from ltx2_diffusers.pipelines.ltx2_denoise import (
     guided_x0,
     predict_pass_x0,
 )
-from ltx2_diffusers.pipelines.pipeline_ltx2_audio_to_video import LTX2AudioToVideoPipeline
 
 
 TOL = 1e-5
@@ -235,18 +235,20 @@ def test_missing_negative_context_is_refused(models):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Reduction to today's video-only audio-to-video step: same passes, same arithmetic, bit for bit.
+# The pipelines' loop (LTX2PipelineBase.denoise) is this module's step: the same states, bit for bit; the STG
+# pass's shared prefix (batched forwards outside reference_arithmetic) within TOL of the reference.
 
 
-class _TodayA2V:
-    """Just what ``LTX2AudioToVideoPipeline.denoise`` / ``predict_x0`` (today's video-only code) read from self."""
+class _Denoiser:
+    """Just what ``LTX2PipelineBase.denoise`` reads from self."""
 
-    predict_x0 = LTX2AudioToVideoPipeline.predict_x0
-    denoise = LTX2AudioToVideoPipeline.denoise
+    denoise = LTX2PipelineBase.denoise
+    _step_callback = LTX2PipelineBase._step_callback
     interrupt = False
 
-    def __init__(self, transformer):
+    def __init__(self, transformer, reference_arithmetic):
         self.transformer = transformer
+        self._reference_arithmetic = reference_arithmetic
 
     def progress_bar(self, total):
         return contextlib.nullcontext(types.SimpleNamespace(update=lambda: None))
@@ -262,22 +264,57 @@ A2V_VIDEO_CASES = {
 
 @pytest.mark.parametrize("batch_size", [None, 1])
 @pytest.mark.parametrize("case", list(A2V_VIDEO_CASES))
-def test_reduces_to_todays_video_only_step_exactly(models, case, batch_size):
+def test_pipeline_loop_is_the_step_and_keeps_frozen_audio(models, case, batch_size):
+    """Audio-to-video's loop (video guidance only, audio frozen): under reference_arithmetic exactly the pure
+    loop (no shared prefix); by default within TOL of it (the STG pass reuses the conditional pass's prefix)."""
     ours, _ = models
     video_guidance = A2V_VIDEO_CASES[case]
     if video_guidance is not None and video_guidance.stg_blocks is not None:
         video_guidance = dataclasses.replace(video_guidance, stg_blocks=[1])
     (video, audio), _ = make_states(ours, seed=5, audio_frozen=True)
-    contexts = make_contexts(ours, seed=6)
-    contexts = dataclasses.replace(contexts, negative_audio=None)  # the A2V audio guider has no negative context
-    today_contexts = dict.fromkeys(("cond", "perturbed", "isolated"), (contexts.video, contexts.audio))
-    today_contexts["uncond"] = (contexts.negative_video, contexts.audio)
+    contexts = dataclasses.replace(make_contexts(ours, seed=6), negative_audio=None)
     sigmas = torch.tensor([1.0, 0.85, 0.6, 0.3, 0.0])
+    guidance = StepGuidance(video_guidance)
     with torch.no_grad():
-        today = _TodayA2V(ours).denoise(video, audio, sigmas, today_contexts, video_guidance, None, (), batch_size)
-        video_out, audio_out = run_loop(ours, video, audio, sigmas, contexts, StepGuidance(video_guidance), batch_size)
-    assert max_diff(video_out.latent, today.latent) == 0.0
-    assert torch.equal(audio_out.latent, audio.latent)
+        exact = _Denoiser(ours, True).denoise(video, audio, sigmas, contexts, guidance, None, (), batch_size)
+        shared = _Denoiser(ours, False).denoise(video, audio, sigmas, contexts, guidance, None, (), batch_size)
+        expected = run_loop(ours, video, audio, sigmas, contexts, guidance, batch_size)
+    assert max_diff(exact[0].latent, expected[0].latent) == 0.0
+    assert exact[1] is audio and shared[1] is audio  # a frozen state is never stepped
+    assert max_diff(shared[0].latent, expected[0].latent) <= TOL
+
+
+@pytest.mark.parametrize("case", ["ti2vid_defaults", "video_stg_all_blocks_audio_none"])
+def test_shared_prefix_step_matches_reference(models, case):
+    ours, reference = models
+    guidance = STEP_CASES[case]
+    (video, audio), (ref_video, ref_audio) = make_states(ours, seed=12)
+    contexts = make_contexts(ours, seed=13)
+    sigmas = torch.tensor([0.7, 0.0])
+    with torch.no_grad():
+        x0 = guided_x0(ours, video, audio, sigmas[0], 0, contexts, guidance, share_prefix=True)
+        ref = reference_denoise_fn(reference, contexts, guidance)(ref_video, ref_audio, sigmas, 0)
+    assert max_diff(x0.video, ref[0]) <= TOL
+    assert max_diff(x0.audio, ref[1]) <= TOL
+
+
+def test_timestep_scale_multiplier_is_the_transformers(tmp_path):
+    """Timesteps are scaled by the checkpoint's ``timestep_scale_multiplier`` (the reference model scales inside),
+    not by a fixed 1000."""
+    path = build_checkpoint(
+        tmp_path / "m.safetensors", "2.3", seed=3, components=("transformer",), num_layers=NUM_LAYERS,
+        timestep_scale_multiplier=400,
+    )  # fmt: skip
+    ours = LTX2AudioVideoTransformer.from_single_file(path, torch_dtype=torch.float32)
+    assert ours.config.timestep_scale_multiplier == 400
+    reference = X0Model(load_reference(path, "transformer", dtype=torch.float32))
+    (video, audio), (ref_video, ref_audio) = make_states(ours, seed=14)
+    contexts = make_contexts(ours, seed=15)
+    sigmas = torch.tensor([0.6, 0.0])
+    with torch.no_grad():
+        x0 = guided_x0(ours, video, audio, sigmas[0], 0, contexts, TI2VID, batch_size=1)
+        ref = reference_denoise_fn(reference, contexts, TI2VID)(ref_video, ref_audio, sigmas, 0)
+    assert max_diff(x0.video, ref[0]) == 0.0 and max_diff(x0.audio, ref[1]) == 0.0
 
 
 _REF_KIND = {

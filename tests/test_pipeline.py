@@ -248,14 +248,22 @@ def test_defaults_follow_the_checkpoint_version(setup):
     from ltx_pipelines.utils.constants import LTX_2_3_PARAMS, LTX_2_PARAMS
 
     pipe = setup["pipe"]
-    steps, guidance = pipe.version_defaults()
+    defaults = pipe.version_defaults()
+    steps, guidance = defaults.num_inference_steps, defaults.video_guidance
     assert (
         steps == LTX_2_3_PARAMS.num_inference_steps
         and guidance.stg_blocks == LTX_2_3_PARAMS.video_guider_params.stg_blocks
     )
+    audio = LTX_2_3_PARAMS.audio_guider_params
+    assert (defaults.audio_guidance.cfg_scale, defaults.audio_guidance.stg_blocks) == (
+        audio.cfg_scale,
+        audio.stg_blocks,
+    )
+    assert defaults.sigmas is None and defaults.stage_2_lora
     pipe.register_to_config(model_version="2.0.0")
     try:
-        steps, guidance = pipe.version_defaults()
+        defaults = pipe.version_defaults()
+        steps, guidance = defaults.num_inference_steps, defaults.video_guidance
         assert steps == LTX_2_PARAMS.num_inference_steps
         assert guidance.stg_blocks == LTX_2_PARAMS.video_guider_params.stg_blocks
         assert guidance.cfg_scale == LTX_2_PARAMS.video_guider_params.cfg_scale

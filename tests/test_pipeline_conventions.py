@@ -10,6 +10,7 @@ from test_pipeline import call
 from test_pipeline import setup as pipeline_setup  # noqa: F401  (module fixture reused)
 
 from ltx2_diffusers import LTX2AudioToVideoPipeline, LTX2ImageCondition, MultiModalGuidance
+from ltx2_diffusers.pipelines.ltx2_base import VersionDefaults
 from ltx2_diffusers.schedules import STAGE_2_DISTILLED_SIGMAS, ltx2_sigmas
 
 
@@ -60,7 +61,8 @@ def test_flat_guidance_aliases_map_onto_multimodal_guidance(setup, monkeypatch):
     explicit = MultiModalGuidance(cfg_scale=2.5, stg_scale=0.5, rescale_scale=0.3, modality_scale=1.5, stg_blocks=[1])
     expected = call(pipe, setup["audio"], output_type="latent", video_guidance=explicit).frames
     # aliases start from the version defaults; the tiny model has 2 blocks, so its defaults name block 1
-    monkeypatch.setattr(pipe, "version_defaults", lambda: (2, MultiModalGuidance(stg_blocks=[1])))
+    defaults = VersionDefaults(2, MultiModalGuidance(stg_blocks=[1]), None)
+    monkeypatch.setattr(pipe, "version_defaults", lambda: defaults)
     aliased = call(
         pipe, setup["audio"], output_type="latent", video_guidance=None, guidance_scale=2.5, stg_scale=0.5,
         rescale_scale=0.3, modality_scale=1.5,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..guidance import MultiModalGuidance, combine_guidance, guidance_passes
-from ..models.perturbations import LTX2Perturbation
+from ..models.perturbations import LTX2Perturbation, shared_prefixes
 from ..schedules import euler_step
 from .ltx2_stages import LatentState, blend_with_clean, x0_from_velocity
 
@@ -130,10 +130,15 @@ def predict_pass_x0(
     guidance: StepGuidance,
     *,
     batch_size: int | None = None,
+    share_prefix: bool = False,
 ) -> dict[str, PassX0]:
     """x0 of both modalities for each of ``passes`` at ``sigma``, ``batch_size`` passes per forward (None: all in
     ONE batched forward; 1: one forward per pass, as the reference runs them). Passes whose texts differ in
-    length run one per forward. Each modality's timesteps are ``denoise_mask * sigma``; both share ``sigma``."""
+    length run one per forward. Each modality's timesteps are ``denoise_mask * sigma``; both share ``sigma``,
+    scaled by the transformer's ``timestep_scale_multiplier`` (the reference model scales inside).
+
+    ``share_prefix``: in a batched forward, passes with the conditional pass's inputs (``"perturbed"``) reuse its
+    blocks before their first perturbed one (``SharedPrefix``; equal up to float reassociation, not bitwise)."""
     if not passes:
         return {}
     pass_contexts = {name: guidance.contexts(name, contexts) for name in passes}
@@ -143,24 +148,33 @@ def predict_pass_x0(
         x0 = {}
         for start in range(0, len(passes), batch_size):
             chunk = passes[start : start + batch_size]
-            x0.update(predict_pass_x0(transformer, video, audio, sigma, chunk, contexts, guidance))
+            x0.update(
+                predict_pass_x0(transformer, video, audio, sigma, chunk, contexts, guidance, share_prefix=share_prefix)
+            )
         return x0
     n = len(passes)
+    scale = transformer.config.timestep_scale_multiplier
     video_t, audio_t = video.timesteps(sigma), audio.timesteps(sigma)
-    sigmas = sigma.reshape(1).expand(n) * 1000
+    sigmas = sigma.reshape(1).expand(n) * scale
+    perturbations = [guidance.perturbations(name) for name in passes]
+    shared = None
+    if share_prefix and "cond" in passes:
+        same_inputs = {i: passes.index("cond") for i, name in enumerate(passes) if name in ("perturbed", "isolated")}
+        shared = shared_prefixes(perturbations, same_inputs, transformer.config.num_layers) or None
     video_velocity, audio_velocity = transformer(
         hidden_states=video.latent.expand(n, -1, -1),
         audio_hidden_states=audio.latent.expand(n, -1, -1),
         encoder_hidden_states=torch.cat([pass_contexts[name][0] for name in passes]),
         audio_encoder_hidden_states=torch.cat([pass_contexts[name][1] for name in passes]),
-        timestep=(video_t * 1000).expand(n, -1, -1).squeeze(-1),
-        audio_timestep=(audio_t * 1000).expand(n, -1, -1).squeeze(-1),
+        timestep=(video_t * scale).expand(n, -1, -1).squeeze(-1),
+        audio_timestep=(audio_t * scale).expand(n, -1, -1).squeeze(-1),
         sigma=sigmas,
         audio_sigma=sigmas,
         video_coords=video.coords.expand(n, -1, -1, -1),
         audio_coords=audio.coords.expand(n, -1, -1, -1),
         use_cross_timestep=True,
-        perturbations=[guidance.perturbations(name) for name in passes],
+        perturbations=perturbations,
+        shared_prefix=shared,
         return_dict=False,
     )
     video_x0 = x0_from_velocity(video.latent.expand(n, -1, -1), video_velocity, video_t).split(1)
@@ -179,6 +193,7 @@ def guided_x0(
     previous: PassX0 | None = None,
     *,
     batch_size: int | None = None,
+    share_prefix: bool = False,
 ) -> PassX0:
     """Both modalities' guided x0 at ``step_index`` (the reference's guider denoising step).
 
@@ -205,7 +220,9 @@ def guided_x0(
         return PassX0(video.clean, previous.audio)
 
     passes = guidance.passes(step_index)
-    x0 = predict_pass_x0(transformer, video, audio, sigma, passes, contexts, guidance, batch_size=batch_size)
+    x0 = predict_pass_x0(
+        transformer, video, audio, sigma, passes, contexts, guidance, batch_size=batch_size, share_prefix=share_prefix
+    )
     if guidance.unguided:
         return x0["cond"]
     guided = []

@@ -1,4 +1,4 @@
-"""Stage helpers shared by the LTX-2 pipelines: latent token states, conditioning, noise, the guided x0 step.
+"""Stage helpers shared by the LTX-2 pipelines: latent token states, conditioning, noise.
 
 States hold PATCHIFIED tokens `(B, T, C)` as the reference does (noise is drawn in this layout), plus the clean
 latent, a float32 denoise mask `(B, T, 1)` (1 = generate, 0 = keep) and the RoPE coordinates of every token.
@@ -10,7 +10,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..models.perturbations import LTX2Perturbation
 from ..models.rope import audio_coords, video_coords
 
 
@@ -69,12 +68,17 @@ def video_state(
     return LatentState(tokens, tokens.clone(), mask, coords, tokens.shape[1])
 
 
-def frozen_audio_state(tokens: torch.Tensor, dtype: torch.dtype) -> LatentState:
-    """Audio tokens `(B, T, 128)` that are never denoised (timesteps 0); their sigma still follows the step."""
-    tokens = tokens.to(dtype)
+def audio_state(tokens: torch.Tensor, *, frozen: bool) -> LatentState:
+    """Audio tokens `(B, T, 128)`, all generated (mask 1) or all kept (`frozen`: mask 0, timesteps 0 while its
+    sigma still follows the step)."""
     coords = audio_coords(tokens.shape[0], tokens.shape[1], device=tokens.device)
-    mask = torch.zeros(*tokens.shape[:2], 1, dtype=torch.float32, device=tokens.device)
+    mask = torch.full((*tokens.shape[:2], 1), 0.0 if frozen else 1.0, dtype=torch.float32, device=tokens.device)
     return LatentState(tokens, tokens.clone(), mask, coords, tokens.shape[1])
+
+
+def frozen_audio_state(tokens: torch.Tensor, dtype: torch.dtype) -> LatentState:
+    """Audio tokens `(B, T, 128)` that are never denoised (audio-to-video's given audio)."""
+    return audio_state(tokens.to(dtype), frozen=True)
 
 
 def condition_latent_frame(state: LatentState, latent: torch.Tensor, frame: int, strength: float) -> LatentState:
@@ -127,22 +131,6 @@ def add_noise(
 def blend_with_clean(denoised: torch.Tensor, state: LatentState) -> torch.Tensor:
     """Keep conditioned tokens clean: `denoised * mask + clean * (1 - mask)` in float32, back to the input dtype."""
     return (denoised * state.denoise_mask + state.clean.float() * (1 - state.denoise_mask)).to(denoised.dtype)
-
-
-PASS_PERTURBATIONS = {
-    "cond": lambda stg_blocks: (),
-    "uncond": lambda stg_blocks: (),
-    "perturbed": lambda stg_blocks: (LTX2Perturbation("skip_video_self_attn", stg_blocks),),
-    "isolated": lambda stg_blocks: (
-        LTX2Perturbation("skip_a2v_cross_attn"),
-        LTX2Perturbation("skip_v2a_cross_attn"),
-    ),
-}
-
-
-def pass_perturbations(passes: tuple[str, ...], stg_blocks) -> list[tuple[LTX2Perturbation, ...]]:
-    blocks = None if stg_blocks is None else tuple(stg_blocks)
-    return [PASS_PERTURBATIONS[name](blocks) for name in passes]
 
 
 def x0_from_velocity(latent: torch.Tensor, velocity: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Input checks of `LTX2AudioToVideoPipeline` (one `check_inputs`, run before any model) and the resolution of
+"""Input checks of the LTX-2 pipelines (one `check_inputs`, run before any model) and the resolution of
 diffusers' conventional arguments: flat guidance aliases and generator lists."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import os
 import torch
 
 from ..guidance import MultiModalGuidance
+from ..schedules import check_scheduler
 from ..validation import check_frame_rate, check_lora_strength, check_video_size
 
 
@@ -95,6 +96,8 @@ class LTX2A2VChecksMixin:
         distilled_lora_scale=None,
         max_num_frames=None,
         max_video_tokens=None,
+        stage_2_lora=True,
+        audio_guidance=None,
     ):
         """Every check that needs no model, before any model runs: sizes, counts, texts and embeddings, guidance,
         the audio file's presence, the condition images (read here), generators, output type."""
@@ -138,18 +141,20 @@ class LTX2A2VChecksMixin:
             raise ValueError(
                 f"callback_on_step_end_tensor_inputs has {bad}; this pipeline offers {self._callback_tensor_inputs}"
             )
-        if not isinstance(video_guidance, MultiModalGuidance):
-            raise TypeError(f"video_guidance must be a MultiModalGuidance, got {type(video_guidance).__name__}")
-        if video_guidance.stg_blocks is not None:
-            bad = [b for b in video_guidance.stg_blocks if b >= self.transformer.config.num_layers]
+        for name, guidance in (("video_guidance", video_guidance), ("audio_guidance", audio_guidance)):
+            if guidance is None:
+                continue
+            if not isinstance(guidance, MultiModalGuidance):
+                raise TypeError(f"{name} must be a MultiModalGuidance or None, got {type(guidance).__name__}")
+            bad = [b for b in guidance.stg_blocks or () if b >= self.transformer.config.num_layers]
             if bad:
                 raise ValueError(
-                    f"video_guidance.stg_blocks: block {bad[0]} out of range for "
-                    f"{self.transformer.config.num_layers} blocks"
+                    f"{name}.stg_blocks: block {bad[0]} out of range for {self.transformer.config.num_layers} blocks"
                 )
+        check_scheduler(self.scheduler)
         if stage_2 and self.latent_upsampler is None:
             raise ValueError("stage_2=True needs a latent_upsampler (or pass stage_2=False)")
-        if stage_2 and self.distilled_lora is None:
+        if stage_2 and stage_2_lora and self.distilled_lora is None:
             raise ValueError(
                 "stage_2=True needs the distilled LoRA: load it with load_lora_weights(path, adapter_name='distilled')"
             )
