@@ -182,6 +182,28 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         negative_video, negative_audio = (c.to(device=device, dtype=dtype) for c in negative_prompt_contexts)
         return PromptContexts(video, audio, negative_video, negative_audio)
 
+    ENHANCE_PROMPT_SEED = 42  # ltx-pipelines' default, which its distilled pipeline keeps
+
+    def enhanced_prompt(self, prompt: str, conditions, generator) -> str:
+        """`prompt` rewritten by the pipeline's Gemma (`prompt_enhancement.enhance_prompt`, the text-to-video
+        system prompt), seeded as the reference seeds it: the generator's initial seed (ltx-pipelines' two-stage
+        pipeline passes its `seed`), 42 on a distilled checkpoint or without a generator."""
+        from .prompt_enhancement import enhance_prompt
+
+        if conditions:
+            raise ValueError(
+                "enhance_prompt=True with image conditions needs the image-to-video enhancement (a Gemma3Processor), "
+                "which this pipeline does not hold; enhance the prompt without conditions or pass it as is"
+            )
+        seed = self.ENHANCE_PROMPT_SEED
+        if generator is not None and not self.is_distilled:
+            seed = generator.initial_seed()
+        enhanced = enhance_prompt(
+            self.text_encoder, self.tokenizer, prompt[0] if isinstance(prompt, list) else prompt, seed=seed
+        )
+        logger.info(f"enhanced prompt: {enhanced}")
+        return enhanced
+
     # ------------------------------------------------------------------------------------------------ recipe
     @property
     def is_distilled(self) -> bool:

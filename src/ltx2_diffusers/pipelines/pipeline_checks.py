@@ -98,6 +98,7 @@ class LTX2A2VChecksMixin:
         max_video_tokens=None,
         stage_2_lora=True,
         audio_guidance=None,
+        enhance_prompt=False,
     ):
         """Every check that needs no model, before any model runs: sizes, counts, texts and embeddings, guidance,
         the audio file's presence, the condition images (read here), generators, output type."""
@@ -152,6 +153,10 @@ class LTX2A2VChecksMixin:
                     f"{name}.stg_blocks: block {bad[0]} out of range for {self.transformer.config.num_layers} blocks"
                 )
         check_scheduler(self.scheduler)
+        if not isinstance(enhance_prompt, bool):
+            raise TypeError(f"enhance_prompt must be a bool, got {enhance_prompt!r}")
+        if enhance_prompt and (prompt is None or self.text_encoder is None or self.tokenizer is None):
+            raise ValueError("enhance_prompt=True needs a text prompt and the pipeline's text_encoder and tokenizer")
         if stage_2 and self.latent_upsampler is None:
             raise ValueError("stage_2=True needs a latent_upsampler (or pass stage_2=False)")
         if stage_2 and stage_2_lora and self.distilled_lora is None:

@@ -249,7 +249,7 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
         contexts = self.prepare_contexts(
             prompt, negative_prompt, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
             negative_prompt_attention_mask, prompt_contexts, negative_prompt_contexts, max_sequence_length,
-            dtype=dtype, negative=video_guidance is not None,
+            dtype=dtype, negative=video_guidance is not None and video_guidance.needs_negative,
         )  # fmt: skip
         contexts = replace(contexts, negative_audio=None)
         audio_tokens = self.encode_audio_tokens(encoded_waveform, sample_rate, num_frames, frame_rate, dtype)

@@ -1,0 +1,249 @@
+"""`LTX2AudioVideoPipeline` (text, optionally image conditions -> video + audio; ltx-pipelines'
+`TI2VidTwoStagesPipeline`, or its `DistilledPipeline` on a distilled checkpoint) and `LTX2ImageToAudioVideoPipeline`
+(the same with the image pinned at frame 0)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.utils import BaseOutput, replace_example_docstring
+
+from ..guidance import MultiModalGuidance
+from ..schedules import STAGE_2_DISTILLED_SIGMAS
+from . import ltx2_stages as stages
+from .call_guard import exclusive_call
+from .image_conditions import LTX2ImageCondition, normalize_conditions
+from .ltx2_base import LTX2PipelineBase
+from .ltx2_denoise import StepGuidance
+from .pipeline_checks import single_generator
+
+
+@dataclass
+class LTX2AudioVideoPipelineOutput(BaseOutput):
+    """`frames`: PIL lists, `(B, F, H, W, 3)` numpy floats in [0, 1] (`"np"`), `(B, F, 3, H, W)` tensors (`"pt"`)
+    or normalised video latents (`"latent"`); `audio`: the generated waveform `[channels, samples]` float32 at
+    `audio_sample_rate` (the vocoder's rate), or the normalised audio latent tokens `(B, T, 128)` (`"latent"`)."""
+
+    frames: Any
+    audio: torch.Tensor
+    audio_sample_rate: int | None
+
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from ltx2_diffusers import LTX2AudioVideoPipeline, export_to_video_with_audio
+
+        >>> pipe = LTX2AudioVideoPipeline.from_pretrained("ltx-2.3-22b-dev-diffusers", torch_dtype=torch.bfloat16)
+        >>> pipe.enable_model_cpu_offload()
+        >>> out = pipe(
+        ...     prompt="A street musician plays a trumpet at dusk, the crowd claps",
+        ...     height=512,
+        ...     width=768,
+        ...     num_frames=121,
+        ...     generator=torch.Generator().manual_seed(42),
+        ... )
+        >>> export_to_video_with_audio(out.frames[0], out.audio, out.audio_sample_rate, "trumpet.mp4", fps=24)
+        ```
+"""
+
+
+class LTX2AudioVideoPipeline(LTX2PipelineBase):
+    r"""Text (and optional images pinned to frames) to video with its audio, LTX-2 / LTX-2.3.
+
+    Stage 1 denoises video and audio together at half resolution under both modalities' multimodal guidance
+    (`video_guidance`, `audio_guidance`). Stage 2 upsamples the video x2, re-noises video and audio to the
+    distilled table's first sigma and refines both without guidance, with the pipeline-owned distilled LoRA.
+    The audio is decoded by the audio VAE and the vocoder. Numerically ltx-pipelines' `TI2VidTwoStagesPipeline`;
+    on a distilled checkpoint (`model_variant="distilled"`) its `DistilledPipeline` (8 distilled sigmas, no
+    guidance, no LoRA).
+    """
+
+    model_cpu_offload_seq = "text_encoder->connectors->latent_upsampler->transformer->vae->audio_vae->vocoder"
+    _callback_tensor_inputs = ["latents", "audio_latents"]
+
+    @torch.no_grad()
+    @exclusive_call
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        conditions: list[LTX2ImageCondition | tuple] | None = None,
+        height: int = 1024,
+        width: int = 1536,
+        num_frames: int = 121,
+        frame_rate: float = 24.0,
+        num_inference_steps: int | None = None,
+        sigmas: list[float] | None = None,
+        video_guidance: MultiModalGuidance | None = None,
+        audio_guidance: MultiModalGuidance | None = None,
+        guidance_scale: float | None = None,
+        stg_scale: float | None = None,
+        modality_scale: float | None = None,
+        rescale_scale: float | None = None,
+        stage_2: bool = True,
+        distilled_lora_scale: float | None = None,
+        enhance_prompt: bool = False,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        prompt_contexts: tuple[torch.Tensor, torch.Tensor] | None = None,
+        negative_prompt_contexts: tuple[torch.Tensor, torch.Tensor] | None = None,
+        max_sequence_length: int = 1024,
+        guidance_batch_size: int | None = None,
+        reference_arithmetic: bool = False,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        max_num_frames: int | None = None,
+        max_video_tokens: int | None = None,
+    ):
+        r"""Generate a video and its audio from `prompt`.
+
+        Args:
+            prompt (`str`): the text; or pass `prompt_embeds` (text-encoder features) or `prompt_contexts`.
+            negative_prompt (`str`, *optional*): defaults to the reference's negative prompt.
+            conditions: images pinned to frames: `LTX2ImageCondition` or `(image, frame_index, strength[, crf])`;
+                frame 0 replaces the first latent frame, other frames are keyframes.
+            height, width (`int`): output size, multiples of 64 (32 with `stage_2=False`).
+            num_frames (`int`): `8k + 1`. frame_rate (`float`): frames per second.
+            num_inference_steps (`int`, *optional*): stage-1 steps; default from `version_defaults()`.
+            sigmas (`list[float]`, *optional*): the stage-1 sigma table, through the registered `scheduler`.
+            video_guidance, audio_guidance (`MultiModalGuidance`, *optional*): stage-1 guidance of each modality
+                (default from `version_defaults()`: video cfg 3, audio cfg 7, STG, modality 3, rescale 0.7; none on
+                a distilled checkpoint). `MultiModalGuidance.disabled()` switches a modality's guidance off.
+            guidance_scale, stg_scale, modality_scale, rescale_scale (`float`, *optional*): flat aliases of the
+                video guidance's fields.
+            stage_2 (`bool`): upsample x2 and refine (default); False renders one stage at the full size.
+            distilled_lora_scale (`float`, *optional*): stage-2 LoRA strength (default `config.distilled_lora_scale`).
+            enhance_prompt (`bool`): rewrite `prompt` with the text encoder first (the reference's system prompts;
+                seeded from `generator`'s initial seed).
+            generator (`torch.Generator` or a list of one): the seed; one video per call.
+            latents (`torch.Tensor`, *optional*): pre-drawn stage-1 video noise `(1, 128, F', H', W')`.
+            prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask: text-encoder
+                features (`encode_prompt`), used instead of the text.
+            prompt_contexts, negative_prompt_contexts: `(video_context, audio_context)` after the connectors.
+            max_sequence_length (`int`): text tokens.
+            guidance_batch_size (`int`, *optional*): guidance passes per transformer forward (None: all at once).
+            reference_arithmetic (`bool`): one pass per forward and LoRAs fused as ltx-core fuses them
+                (bit-identical to the reference for the same seed on the same device).
+            output_type (`str`): `"pil"`, `"np"`, `"pt"` or `"latent"` (then the audio is its latent tokens).
+            return_dict (`bool`): an `LTX2AudioVideoPipelineOutput` (else `(frames, audio, audio_sample_rate)`).
+            callback_on_step_end (`Callable`, *optional*): `callback_on_step_end(pipe, i, t, callback_kwargs)` after
+                every step of both stages (`pipe.stage_index` 0 or 1); it may return `{"latents": ...}` and/or
+                `{"audio_latents": ...}`. Set `pipe._interrupt = True` to stop.
+            callback_on_step_end_tensor_inputs (`list[str]`): `"latents"`, `"audio_latents"`.
+            max_num_frames, max_video_tokens (`int`, *optional*): raise the size bounds of `validation`.
+
+        Examples:
+
+        Returns:
+            `LTX2AudioVideoPipelineOutput`: `frames`, `audio` `[channels, samples]` at `audio_sample_rate`.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        num_inference_steps, table, video_guidance, audio_guidance, stage_2_lora = self.stage_1_recipe(
+            num_inference_steps, sigmas, video_guidance, audio_guidance, guidance_scale=guidance_scale,
+            stg_scale=stg_scale, modality_scale=modality_scale, rescale_scale=rescale_scale,
+        )  # fmt: skip
+        conditions = normalize_conditions(conditions, num_frames)
+        self.check_inputs(
+            prompt=prompt, height=height, width=width, num_frames=num_frames, frame_rate=frame_rate,
+            num_inference_steps=num_inference_steps, stage_2=stage_2, conditions=conditions,
+            video_guidance=video_guidance, audio_guidance=audio_guidance, prompt_embeds=prompt_embeds,
+            prompt_contexts=prompt_contexts, output_type=output_type, audio_start_time=0.0, audio_max_duration=None,
+            guidance_batch_size=guidance_batch_size, negative_prompt=negative_prompt,
+            negative_prompt_embeds=negative_prompt_embeds, negative_prompt_contexts=negative_prompt_contexts,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, generator=generator,
+            distilled_lora_scale=distilled_lora_scale, max_num_frames=max_num_frames,
+            max_video_tokens=max_video_tokens, stage_2_lora=stage_2_lora, enhance_prompt=enhance_prompt,
+        )  # fmt: skip
+        if num_frames is None:
+            raise ValueError("num_frames must be 8k + 1 (1, 9, 17, ..., 121), got None")
+        if output_type != "latent" and self.vocoder is None:
+            raise ValueError("this pipeline has no vocoder: it cannot render audio (pass output_type='latent')")
+        stage_1_sigmas = self.stage_sigmas(num_inference_steps, table)
+        generator = single_generator(generator)
+        self._interrupt = False
+        self._reference_arithmetic = reference_arithmetic
+        if reference_arithmetic:
+            guidance_batch_size = 1
+        dtype = self.transformer.dtype
+
+        # 1. Text contexts of both modalities (the prompt rewritten first with `enhance_prompt`).
+        if enhance_prompt:
+            prompt = self.enhanced_prompt(prompt, conditions, generator)
+        guided = video_guidance is not None or audio_guidance is not None
+        needs_negative = any(g is not None and g.needs_negative for g in (video_guidance, audio_guidance))
+        contexts = self.prepare_contexts(
+            prompt, negative_prompt, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
+            negative_prompt_attention_mask, prompt_contexts, negative_prompt_contexts, max_sequence_length,
+            dtype=dtype, negative=needs_negative,
+        )  # fmt: skip
+
+        # 2. Stage 1: video and audio from noise at half resolution (the full size without stage 2), guided.
+        video, size = self.stage_1_video(
+            conditions, num_frames, height, width, frame_rate, latents, generator, dtype, stage_2
+        )
+        audio = self.noised_audio_state(num_frames, frame_rate, generator, 1.0, dtype)
+        self._num_timesteps = num_inference_steps + (len(STAGE_2_DISTILLED_SIGMAS) - 1 if stage_2 else 0)
+        callback = (callback_on_step_end, callback_on_step_end_tensor_inputs)
+        guidance = StepGuidance(video_guidance, audio_guidance) if guided else StepGuidance()
+        video, audio = self.denoise(
+            video, audio, stage_1_sigmas, contexts, guidance, *callback, guidance_batch_size, stage=0
+        )
+        latent = stages.unpatchify_video(self.final_tokens(video), size)
+
+        # 3. Stage 2: x2 upsampling; video and audio re-noised to the distilled table's first sigma and refined.
+        if stage_2:
+            audio = stages.audio_state(self.final_tokens(audio), frozen=False)
+            video, audio = self.stage_2_refine(
+                latent, audio, conditions, num_frames, height, width, frame_rate, contexts, generator, callback,
+                lora=stage_2_lora, lora_scale=distilled_lora_scale, step_offset=num_inference_steps, dtype=dtype,
+            )  # fmt: skip
+            latent = stages.unpatchify_video(
+                self.final_tokens(video), stages.video_latent_size(num_frames, height, width)
+            )
+
+        # 4. Decode: frames, then the waveform at the vocoder's rate.
+        if output_type == "latent":
+            frames, waveform, sample_rate = latent, self.final_tokens(audio), None
+        else:
+            frames = self.decode(latent, generator, output_type)
+            waveform, sample_rate = self.decode_audio(self.final_tokens(audio))
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return frames, waveform, sample_rate
+        return LTX2AudioVideoPipelineOutput(frames=frames, audio=waveform, audio_sample_rate=sample_rate)
+
+
+class LTX2ImageToAudioVideoPipeline(LTX2AudioVideoPipeline):
+    r"""`LTX2AudioVideoPipeline` with diffusers' `image=` habit: `image` is pinned at frame 0 with
+    `image_strength`; further `conditions` may pin other frames."""
+
+    @torch.no_grad()
+    def __call__(self, image=None, prompt: str | None = None, *, image_strength: float = 1.0, **kwargs):
+        r"""Generate a video starting at `image`, and its audio.
+
+        Args:
+            image: a path, PIL image or array: the first frame.
+            prompt (`str`): the text.
+            image_strength (`float`): how strongly frame 0 keeps the image (1: exactly).
+            **kwargs: `LTX2AudioVideoPipeline.__call__`'s arguments (`conditions` adds frames after 0).
+
+        Returns:
+            `LTX2AudioVideoPipelineOutput`.
+        """
+        if image is None:
+            raise ValueError("image is required (the first frame); use LTX2AudioVideoPipeline for text only")
+        conditions = [LTX2ImageCondition(image, 0, image_strength), *(kwargs.pop("conditions", None) or ())]
+        return super().__call__(prompt=prompt, conditions=conditions, **kwargs)
