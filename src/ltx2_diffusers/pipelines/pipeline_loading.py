@@ -1,5 +1,6 @@
 """Loading, LoRA-adapter and offloading behaviour of `LTX2AudioToVideoPipeline`: converted folders (local or on
-the Hub), the original single files, the distilled LoRA's stage switch, and group offloading."""
+the Hub), the original single files, the distilled LoRA's stage switch, and group offloading; shared by every
+pipeline of the family (`LTX2PipelineBase`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ logger = logging.get_logger(__name__)
 # it behind. This package's loaders therefore run one at a time.
 LOAD_LOCK = threading.RLock()
 
+# The pipelines of one converted folder (same components): any of them loads a folder whose shim names another.
+FAMILY = frozenset(
+    {"LTX2AudioToVideoPipeline", "LTX2AudioVideoPipeline", "LTX2ImageToAudioVideoPipeline", "LTX2PipelineBase"}
+)
+
 
 class LTX2A2VLoadingMixin:
     """Mixed into `LTX2AudioToVideoPipeline` (before `DiffusionPipeline`)."""
@@ -33,12 +39,12 @@ class LTX2A2VLoadingMixin:
         """diffusers reads `model_index.json` through this (local folders and Hub downloads alike). A converted
         folder names its pipeline through the Hub custom-pipeline shim (`_class_name: ["pipeline", "<ours>"]`,
         `pipeline.py` only imports this class); loading with this class itself reads that entry as this class, so
-        the shim is never executed and no remote code runs. `DiffusionPipeline.from_pretrained` is untouched."""
+        the shim is never executed and no remote code runs; a folder converted for one pipeline of the family
+        (same components) loads into any other. `DiffusionPipeline.from_pretrained` is untouched."""
         config = super()._dict_from_json_file(json_file)
         name = config.get("_class_name")
-        ours = {c.__name__ for c in cls.__mro__}
-        if isinstance(name, list) and len(name) == 2 and name[0] == "pipeline" and name[1] in ours:
-            config["_class_name"] = name[1]
+        if isinstance(name, list) and len(name) == 2 and name[0] == "pipeline" and name[1] in FAMILY:
+            config["_class_name"] = name[1] if name[1] in {c.__name__ for c in cls.__mro__} else cls.__name__
         return config
 
     @classmethod
@@ -108,16 +114,24 @@ class LTX2A2VLoadingMixin:
         distilled_lora=None,
         gemma_root=None,
         torch_dtype: torch.dtype | None = torch.bfloat16,
+        model_variant: str = "dev",
     ):
         """Build the pipeline from the original files: the single-file checkpoint, the spatial upsampler, the
-        distilled LoRA (`path` or `(path, strength)`, default strength 0.8) and an optional Gemma 3 folder."""
+        distilled LoRA (`path` or `(path, strength)`, default strength 0.8) and an optional Gemma 3 folder.
+        `model_variant`: `"dev"` or `"distilled"` (a distilled checkpoint: the distilled recipe, no LoRA)."""
+        from .ltx2_base import MODEL_VARIANTS
+
+        if model_variant not in MODEL_VARIANTS:
+            raise ValueError(f"model_variant must be one of {MODEL_VARIANTS}, got {model_variant!r}")
         with LOAD_LOCK:
             return cls._from_single_file(
-                checkpoint_path, spatial_upsampler_path, distilled_lora, gemma_root, torch_dtype
+                checkpoint_path, spatial_upsampler_path, distilled_lora, gemma_root, torch_dtype, model_variant
             )
 
     @classmethod
-    def _from_single_file(cls, checkpoint_path, spatial_upsampler_path, distilled_lora, gemma_root, torch_dtype):
+    def _from_single_file(
+        cls, checkpoint_path, spatial_upsampler_path, distilled_lora, gemma_root, torch_dtype, model_variant
+    ):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         from ..loaders.single_file import read_checkpoint_config
@@ -152,6 +166,7 @@ class LTX2A2VLoadingMixin:
             else load_latent_upsampler_from_single_file(spatial_upsampler_path, torch_dtype=torch_dtype),
             model_version=model_version or "2.3.0",
             distilled_lora_scale=float(lora_scale),
+            model_variant=model_variant,
         )
         if lora_path is not None:
             pipe.load_lora_weights(lora_path, adapter_name="distilled")
