@@ -182,25 +182,20 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         negative_video, negative_audio = (c.to(device=device, dtype=dtype) for c in negative_prompt_contexts)
         return PromptContexts(video, audio, negative_video, negative_audio)
 
-    ENHANCE_PROMPT_SEED = 42  # ltx-pipelines' default, which its distilled pipeline keeps
+    ENHANCE_PROMPT_SEED = 42  # ltx-pipelines' default (its audio-to-video and distilled pipelines keep it)
 
-    def enhanced_prompt(self, prompt: str, conditions, generator) -> str:
-        """`prompt` rewritten by the pipeline's Gemma (`prompt_enhancement.enhance_prompt`, the text-to-video
-        system prompt), seeded as the reference seeds it: the generator's initial seed (ltx-pipelines' two-stage
-        pipeline passes its `seed`), 42 on a distilled checkpoint or without a generator."""
+    def enhanced_prompt(self, prompt, conditions, seed: int = ENHANCE_PROMPT_SEED) -> str:
+        """`prompt` rewritten by the pipeline's Gemma (`prompt_enhancement.enhance_prompt` with the reference's
+        text-to-video system prompt), sampling seeded with `seed`."""
         from .prompt_enhancement import enhance_prompt
 
         if conditions:
             raise ValueError(
                 "enhance_prompt=True with image conditions needs the image-to-video enhancement (a Gemma3Processor), "
-                "which this pipeline does not hold; enhance the prompt without conditions or pass it as is"
+                "which this pipeline does not hold; enhance without conditions or pass the prompt as is"
             )
-        seed = self.ENHANCE_PROMPT_SEED
-        if generator is not None and not self.is_distilled:
-            seed = generator.initial_seed()
-        enhanced = enhance_prompt(
-            self.text_encoder, self.tokenizer, prompt[0] if isinstance(prompt, list) else prompt, seed=seed
-        )
+        text = prompt[0] if isinstance(prompt, list) else prompt
+        enhanced = enhance_prompt(self.text_encoder, self.tokenizer, text, seed=seed)
         logger.info(f"enhanced prompt: {enhanced}")
         return enhanced
 

@@ -143,6 +143,7 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
         rescale_scale: float | None = None,
         stage_2: bool = True,
         distilled_lora_scale: float | None = None,
+        enhance_prompt: bool = False,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
@@ -183,6 +184,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
                 with `video_guidance` given they must agree with it.
             stage_2 (`bool`): upsample x2 and refine with the distilled LoRA (default); False renders one stage.
             distilled_lora_scale (`float`, *optional*): stage-2 LoRA strength (default `config.distilled_lora_scale`).
+            enhance_prompt (`bool`): rewrite `prompt` with the text encoder first (the reference's text-to-video
+                system prompt, seed 42 as the reference's A2Vid). Not with image `conditions`.
             generator (`torch.Generator` or a list of one): the seed; one video per call.
             latents (`torch.Tensor`, *optional*): pre-drawn stage-1 noise `(1, 128, F', H', W')`.
             prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask: text-encoder
@@ -228,7 +231,7 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             negative_prompt_embeds=negative_prompt_embeds, negative_prompt_contexts=negative_prompt_contexts,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, audio=audio, generator=generator,
             distilled_lora_scale=distilled_lora_scale, max_num_frames=max_num_frames,
-            max_video_tokens=max_video_tokens, stage_2_lora=stage_2_lora,
+            max_video_tokens=max_video_tokens, stage_2_lora=stage_2_lora, enhance_prompt=enhance_prompt,
         )  # fmt: skip
         stage_1_sigmas = self.stage_sigmas(num_inference_steps, table)
         generator = single_generator(generator)
@@ -246,6 +249,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
         check_video_size(num_frames, height, width, max_num_frames, max_video_tokens)  # a derived count too
 
         # 2. Text contexts (the audio has no negative context, as the reference's audio guider).
+        if enhance_prompt:
+            prompt = self.enhanced_prompt(prompt, conditions)
         contexts = self.prepare_contexts(
             prompt, negative_prompt, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
             negative_prompt_attention_mask, prompt_contexts, negative_prompt_contexts, max_sequence_length,

@@ -125,8 +125,9 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
                 video guidance's fields.
             stage_2 (`bool`): upsample x2 and refine (default); False renders one stage at the full size.
             distilled_lora_scale (`float`, *optional*): stage-2 LoRA strength (default `config.distilled_lora_scale`).
-            enhance_prompt (`bool`): rewrite `prompt` with the text encoder first (the reference's system prompts;
-                seeded from `generator`'s initial seed).
+            enhance_prompt (`bool`): rewrite `prompt` with the text encoder first (the reference's text-to-video
+                system prompt; sampling seeded as the reference: `generator`'s initial seed, 42 on a distilled
+                checkpoint or without a generator). Not with image `conditions`.
             generator (`torch.Generator` or a list of one): the seed; one video per call.
             latents (`torch.Tensor`, *optional*): pre-drawn stage-1 video noise `(1, 128, F', H', W')`.
             prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask: text-encoder
@@ -180,8 +181,9 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
         dtype = self.transformer.dtype
 
         # 1. Text contexts of both modalities (the prompt rewritten first with `enhance_prompt`).
-        if enhance_prompt:
-            prompt = self.enhanced_prompt(prompt, conditions, generator)
+        if enhance_prompt:  # seeded as the reference: its seed (the generator's), 42 in its distilled pipeline
+            seed = None if generator is None or self.is_distilled else generator.initial_seed()
+            prompt = self.enhanced_prompt(prompt, conditions, *([] if seed is None else [seed]))
         guided = video_guidance is not None or audio_guidance is not None
         needs_negative = any(g is not None and g.needs_negative for g in (video_guidance, audio_guidance))
         contexts = self.prepare_contexts(
