@@ -74,3 +74,17 @@ def test_model_variant_from_the_folder_and_the_single_file(converted, tmp_path):
     assert diff <= 1e-5, diff  # the same recipe from either source (converted weights: float rounding)
     with pytest.raises(ValueError, match="model_variant"):
         LTX2AudioVideoPipeline.from_single_file(converted["checkpoint"], model_variant="turbo")
+
+
+def test_save_pretrained_round_trip_keeps_the_class_and_variant(converted, tmp_path):
+    pipe = LTX2AudioVideoPipeline.from_pretrained(converted["out"])
+    pipe.register_to_config(model_variant="distilled")
+    pipe.save_pretrained(tmp_path / "saved")
+    index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline", "LTX2AudioVideoPipeline"] and index["model_variant"] == "distilled"
+    again = LTX2AudioVideoPipeline.from_pretrained(tmp_path / "saved")
+    assert type(again) is LTX2AudioVideoPipeline and again.config.model_variant == "distilled"
+    assert again.distilled_lora is not None
+    kwargs = dict(negative_prompt_contexts=None, video_guidance=None, audio_guidance=None, num_inference_steps=None)
+    diff = (call(again, **kwargs).frames - call(pipe, **kwargs).frames).abs().max().item()
+    assert diff <= 1e-5, diff  # equal weights; CPU kernels round differently on differently aligned buffers
