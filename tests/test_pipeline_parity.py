@@ -141,6 +141,13 @@ def test_seed_parity_with_reference(files, guidance, with_images):
     source, rate = sf.read(files["audio"], dtype="float32", always_2d=True)
     n = round(NUM_FRAMES / FPS * rate)
     assert torch.equal(out.audio, torch.from_numpy(source[:n].T.copy()))
+    exact = pipe(
+        audio=files["audio"], prompt_contexts=positive, negative_prompt_contexts=negative, height=HEIGHT,
+        width=WIDTH, num_frames=NUM_FRAMES, frame_rate=FPS, num_inference_steps=STEPS, video_guidance=guidance,
+        conditions=[LTX2ImageCondition(*image) for image in images], generator=torch.Generator().manual_seed(SEED),
+        output_type="pt", reference_arithmetic=True,
+    ).frames.permute(0, 2, 1, 3, 4)  # fmt: skip
+    assert torch.equal(exact, reference_frames)  # one pass per forward, ltx-core's LoRA fusion: bit for bit
 
 
 @pytest.mark.parametrize(
