@@ -174,3 +174,41 @@ def test_distilled_checkpoint_is_the_distilled_pipeline(files, case):
             generator=torch.Generator().manual_seed(SEED),
         )  # fmt: skip
         check(out, reference)
+
+
+def test_seed_parity_other_size_rate_and_negative_length(files):
+    """Non-square, 17 frames at 25 fps, a negative text of another length (its passes run one by one), audio
+    guidance without STG."""
+    version = files["version"]
+    video_params, audio_params = reference_params(files)
+    audio_params = dataclasses.replace(audio_params, stg_scale=0.0, cfg_scale=4.0, modality_scale=2.0)
+    positive = contexts(8, version)
+    negative = tuple(c[:, :11] for c in contexts(9, version))
+    size = dict(height=192, width=128, num_frames=17, frame_rate=25.0)
+    reference = run_reference_ti2vid(
+        checkpoint=files["checkpoint"], upsampler=files["upsampler"], distilled_lora=files["lora"],
+        distilled_strength=LORA_STRENGTH, positive=positive, negative=negative, seed=SEED + 2,
+        num_inference_steps=2, video_guider_params=video_params, audio_guider_params=audio_params, **size,
+    )  # fmt: skip
+    out = pipeline(files)(
+        prompt_contexts=positive, negative_prompt_contexts=negative, num_inference_steps=2,
+        video_guidance=to_guidance(video_params), audio_guidance=to_guidance(audio_params),
+        generator=torch.Generator().manual_seed(SEED + 2), output_type="pt", **size,
+    )  # fmt: skip
+    check(out, reference)
+
+
+def test_different_skip_steps_are_refused_before_any_model(files, monkeypatch):
+    pipe = pipeline(files)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model ran before the checks")
+
+    monkeypatch.setattr(pipe.transformer, "forward", forbidden)
+    guidance = MultiModalGuidance(stg_blocks=[0])
+    with pytest.raises(ValueError, match="skip_step must be equal"):
+        pipe(
+            prompt_contexts=contexts(0, files["version"]), negative_prompt_contexts=contexts(1, files["version"]),
+            height=HEIGHT, width=WIDTH, num_frames=NUM_FRAMES, video_guidance=dataclasses.replace(guidance, skip_step=1),
+            audio_guidance=guidance,
+        )  # fmt: skip

@@ -170,6 +170,12 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
         )  # fmt: skip
         if num_frames is None:
             raise ValueError("num_frames must be 8k + 1 (1, 9, 17, ..., 121), got None")
+        skips = {g.skip_step if g is not None else 0 for g in (video_guidance, audio_guidance)}
+        if (video_guidance is not None or audio_guidance is not None) and len(skips) > 1:
+            raise ValueError(
+                "video_guidance.skip_step and audio_guidance.skip_step must be equal when both modalities are "
+                f"generated, got {sorted(skips)}"
+            )
         if output_type != "latent" and self.vocoder is None:
             raise ValueError("this pipeline has no vocoder: it cannot render audio (pass output_type='latent')")
         stage_1_sigmas = self.stage_sigmas(num_inference_steps, table)
