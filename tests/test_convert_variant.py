@@ -11,6 +11,7 @@ import shutil
 
 import factories
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -134,7 +135,7 @@ def test_distilled_lora_is_a_listed_component(tmp_path):
     from ltx2_diffusers import LTX2AudioToVideoPipeline
 
     source = factories.cached_checkpoint("checkpoint", "2.3", seed=41)
-    lora = factories.cached_checkpoint("lora", checkpoint_path=source, seed=43)
+    lora = factories.cached_checkpoint("lora", checkpoint_path=source, seed=43, include_connectors=True)
     checkpoint = _checkpoint(tmp_path, "ltx-tiny-dev.safetensors")
     with_lora, without = tmp_path / "with", tmp_path / "without"
     convert_checkpoint(checkpoint, with_lora, distilled_lora=lora, distilled_lora_scale=0.6)
@@ -154,3 +155,15 @@ def test_distilled_lora_is_a_listed_component(tmp_path):
         if "model_variant" in inspect.signature(type(pipe).__init__).parameters:
             assert pipe.config.model_variant == "dev"
     assert LTX2AudioToVideoPipeline.from_pretrained(without).distilled_lora is None
+    # The same pairs as a folder without the entry (the subfolder fallback through `load_lora_weights`); the
+    # source LoRA's connector part is kept in the file but never loaded, on either route.
+    stored = load_file(with_lora / "distilled_lora" / "pytorch_lora_weights.safetensors")
+    assert any(k.startswith("connectors.") for k in stored)
+    legacy = tmp_path / "legacy"
+    shutil.copytree(with_lora, legacy)
+    index.pop("distilled_lora")
+    (legacy / "model_index.json").write_text(json.dumps(index))
+    listed = LTX2AudioToVideoPipeline.from_pretrained(with_lora).distilled_lora.lora_state_dict()
+    fallback = LTX2AudioToVideoPipeline.from_pretrained(legacy).distilled_lora.lora_state_dict()
+    assert sorted(listed) == sorted(fallback) == sorted(k for k in stored if k.startswith("transformer."))
+    assert all(torch.equal(listed[k], fallback[k]) for k in listed)
