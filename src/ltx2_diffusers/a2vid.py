@@ -26,7 +26,7 @@ from pathlib import Path
 
 from diffusers.utils import logging
 
-from . import cli_common
+from . import cli_common, cli_running
 from .cli_common import (  # noqa: F401  (the shared flags' defaults and helpers stay importable from here)
     DEFAULT_AUDIO_GUIDANCE,
     DEFAULT_CFG_SCALE,
@@ -50,16 +50,13 @@ from .cli_common import (  # noqa: F401  (the shared flags' defaults and helpers
     _finite,
     _non_negative,
     _positive,
-    fp8_cast,
-    is_main_process,
-    load_user_loras,
-    prepare_pipeline,
 )
-from .cli_common import aac_compatible as _aac_compatible
-from .cli_common import conditions_from_args as _conditions
-from .cli_common import device_of as _device
-from .cli_common import peak_memory as _peak_memory
-from .cli_common import text_writer as _write_text
+from .cli_running import aac_compatible as _aac_compatible
+from .cli_running import conditions_from_args as _conditions
+from .cli_running import device_of as _device
+from .cli_running import fp8_cast, is_main_process, load_user_loras, prepare_pipeline  # noqa: F401
+from .cli_running import peak_memory as _peak_memory
+from .cli_running import text_writer as _write_text
 from .cli_safety import (  # noqa: F401  (sweep_path, sync_report_paths, planned_outputs: public helpers)
     OUTPUT_EXTENSIONS,
     check_features,
@@ -190,7 +187,7 @@ def load_pipeline(args):
     """The pipeline from `--checkpoint-path` or `--model`, with the optional component overrides and `--lora`."""
     from .pipelines.pipeline_ltx2_audio_to_video import LTX2AudioToVideoPipeline
 
-    pipe = cli_common.load_pipeline_from_args(LTX2AudioToVideoPipeline, args)
+    pipe = cli_running.load_pipeline_from_args(LTX2AudioToVideoPipeline, args)
     load_user_loras(pipe, args.lora)
     return pipe
 
@@ -209,7 +206,7 @@ def _guidance(args, modality_scale: float):
 
 
 def _generate(pipe, args, device, modality_scale, text):
-    generator = cli_common.make_generator(args, device)
+    generator = cli_running.make_generator(args, device)
     result = pipe(
         audio=args.audio_path,
         audio_start_time=args.audio_start_time,

@@ -28,16 +28,9 @@ from pathlib import Path
 
 from diffusers.utils import logging
 
-from . import cli_common
-from .cli_common import (
-    AUDIO_GUIDANCE_FLAGS,
-    DEFAULT_NUM_FRAMES,
-    VIDEO_GUIDANCE_FLAGS,
-    device_of,
-    is_main_process,
-    load_user_loras,
-    prepare_pipeline,
-)
+from . import cli_common, cli_running
+from .cli_common import AUDIO_GUIDANCE_FLAGS, DEFAULT_NUM_FRAMES, VIDEO_GUIDANCE_FLAGS
+from .cli_running import device_of, is_main_process, load_user_loras, prepare_pipeline
 from .cli_safety import check_features, check_outputs, check_values, preflight
 
 
@@ -162,7 +155,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 def load_pipeline(args):
     """The pipeline from `--checkpoint-path` or `--model`, the component overrides, and the adapters: `--lora`,
     and with `--distilled` on a dev model the distilled LoRA as adapter `distilled_stage_1` (both stages)."""
-    pipe = cli_common.load_pipeline_from_args(pipeline_class(), args, distilled_lora_as_component=not args.distilled)
+    pipe = cli_running.load_pipeline_from_args(pipeline_class(), args, distilled_lora_as_component=not args.distilled)
     loras, names = list(args.lora), [f"cli_lora_{i}" for i in range(len(args.lora))]
     stage_1 = distilled_stage_1_lora(pipe, args) if args.distilled else None
     if stage_1 is not None:
@@ -196,16 +189,16 @@ def call_arguments(args, generator) -> dict:
     kwargs = {
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt,
-        "conditions": cli_common.conditions_from_args(args),
+        "conditions": cli_running.conditions_from_args(args),
         "height": args.height,
         "width": args.width,
         "num_frames": args.num_frames,
         "frame_rate": args.frame_rate,
         "num_inference_steps": args.num_inference_steps,
         "sigmas": None if args.sigmas is None else list(args.sigmas),
-        "video_guidance": cli_common.guidance_from_flags(args, VIDEO_GUIDANCE_FLAGS),
-        "audio_guidance": cli_common.guidance_from_flags(
-            args, AUDIO_GUIDANCE_FLAGS, cli_common.default_audio_guidance()
+        "video_guidance": cli_running.guidance_from_flags(args, VIDEO_GUIDANCE_FLAGS),
+        "audio_guidance": cli_running.guidance_from_flags(
+            args, AUDIO_GUIDANCE_FLAGS, cli_running.default_audio_guidance()
         ),
         "stage_2": args.stage_2,
         "generator": generator,
@@ -246,11 +239,11 @@ def run(args) -> str | None:
     device = prepare_pipeline(pipe, args, device_of(args)) or device_of(args)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result = pipe(**call_arguments(args, cli_common.make_generator(args, device)))
+    result = pipe(**call_arguments(args, cli_running.make_generator(args, device)))
     if not is_main_process():  # with --context-parallel only rank 0 writes
         return None
     frames = result.frames[0]
-    audio, sample_rate = cli_common.aac_compatible(_waveform(result.audio), int(result.audio_sample_rate))
+    audio, sample_rate = cli_running.aac_compatible(_waveform(result.audio), int(result.audio_sample_rate))
     Path(os.path.dirname(os.path.abspath(args.output_path))).mkdir(parents=True, exist_ok=True)
     export_to_video_with_audio(frames, audio, sample_rate, args.output_path, fps=args.frame_rate)
     num_frames, height, width = frames.shape[:3]
@@ -258,7 +251,7 @@ def run(args) -> str | None:
         f"wrote {args.output_path}: {num_frames} frames, {width}x{height}, {args.frame_rate:g} fps, "
         f"{audio.shape[-1] / sample_rate:.2f} s of audio at {sample_rate} Hz"
     )
-    print(f"done in {time.perf_counter() - start:.1f} s on {device}, {cli_common.peak_memory(device)}")
+    print(f"done in {time.perf_counter() - start:.1f} s on {device}, {cli_running.peak_memory(device)}")
     return args.output_path
 
 
