@@ -402,3 +402,28 @@ def test_module_and_console_script_help():
         assert flag in result.stdout
     setup = open(os.path.join(os.path.dirname(__file__), "..", "setup.py")).read()
     assert '"ltx2-av=ltx2_diffusers.av_cli:main"' in setup
+
+
+def test_distilled_stage_1_adapter_on_a_real_converted_folder(tmp_path):
+    """The preset's route on real loaders (the A2V pipeline shares them): the folder's distilled LoRA becomes the
+    PEFT adapter `distilled_stage_1` at the folder's strength, with the stored weights."""
+    import factories
+
+    from ltx2_diffusers import LTX2AudioToVideoPipeline
+    from ltx2_diffusers.convert import convert_checkpoint
+
+    checkpoint = factories.cached_checkpoint("checkpoint", "2.3", seed=4)
+    lora = factories.cached_checkpoint("lora", checkpoint_path=checkpoint, seed=6, dtype=torch.float32)
+    convert_checkpoint(checkpoint, tmp_path / "folder", distilled_lora=lora, distilled_lora_scale=0.6, dtype="float32")
+    pipe = LTX2AudioToVideoPipeline.from_pretrained(tmp_path / "folder")
+    args = SimpleNamespace(checkpoint_variant=None, distilled_lora=None, model=str(tmp_path / "folder"))
+    source, strength = av_cli.distilled_stage_1_lora(pipe, args)
+    assert strength == 0.6
+    av_cli.load_user_loras(pipe, [(source, strength)], [av_cli.DISTILLED_ADAPTER])
+    assert set(pipe.transformer.peft_config) == {av_cli.DISTILLED_ADAPTER}
+    layer = pipe.transformer.transformer_blocks[0].attn1.to_q
+    assert layer.scaling[av_cli.DISTILLED_ADAPTER] == pytest.approx(
+        0.6 * layer.lora_alpha[av_cli.DISTILLED_ADAPTER] / layer.r[av_cli.DISTILLED_ADAPTER]
+    )
+    stored = source["transformer.transformer_blocks.0.attn1.to_q.lora_A.weight"]
+    assert torch.equal(layer.lora_A[av_cli.DISTILLED_ADAPTER].weight, stored)
