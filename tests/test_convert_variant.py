@@ -58,8 +58,10 @@ def _sha(path):
 def test_model_variant_is_recorded(tmp_path, name, metadata, requested, expected):
     checkpoint = _checkpoint(tmp_path, name, **metadata)
     out = tmp_path / "out"
-    convert_checkpoint(checkpoint, out, model_variant=requested)
-    assert _index(out)["model_variant"] == expected
+    report = convert_checkpoint(checkpoint, out, model_variant=requested)
+    assert _index(out)["model_variant"] == expected == report.model_variant
+    source = "metadata" if metadata else "argument" if requested else "file name"
+    assert f"model_variant {expected} (from the {source})" in report.summary()
     card = (out / "README.md").read_text()
     other = "dev" if expected == "distilled" else "distilled"
     assert f"tiny test/demo {expected}" in card and f"tiny test/demo {other}" not in card

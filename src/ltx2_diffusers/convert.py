@@ -254,6 +254,8 @@ class ConversionReport:
     output_checksum: str
     seconds: float
     distilled_lora: str | None = None
+    model_variant: str | None = None
+    model_variant_source: str | None = None  # "metadata", "argument" or "file name"
 
     def summary(self) -> str:
         lines = [f"{'component':<18}{'tensors':>9}{'MB':>12}{'shards':>8}"]
@@ -264,6 +266,8 @@ class ConversionReport:
             f"{' ' + str(self.ignored) if self.ignored else ''}"
             + (f" + folded into their weights {len(self.folded)}" if self.folded else "")
         )
+        if self.model_variant is not None:
+            lines.append(f"model_variant {self.model_variant} (from the {self.model_variant_source})")
         lines.append(f"source checksum {self.source_checksum}")
         lines.append(f"output checksum {self.output_checksum} (re-read and verified)")
         gbs = self.source_bytes / 1e9 / self.seconds if self.seconds > 0 else float("inf")
@@ -626,7 +630,8 @@ def convert_checkpoint(
     # 1. Plan everything from the headers.
     checkpoint = _SafetensorsFile(checkpoint_path)
     config, file_version = read_checkpoint_config(checkpoint_path)
-    model_variant = resolve_model_variant(read_metadata(checkpoint_path), model_variant, checkpoint_path).name
+    resolved_variant = resolve_model_variant(read_metadata(checkpoint_path), model_variant, checkpoint_path)
+    model_variant = resolved_variant.name
     if file_version is None and model_version is None:
         raise ValueError(
             f"{os.fspath(checkpoint_path)!r} has no 'model_version' in its metadata; pass model_version "
@@ -779,6 +784,8 @@ def convert_checkpoint(
         output_checksum=_combined_checksum(ledger.written),
         seconds=time.perf_counter() - started,
         distilled_lora=lora_rel,
+        model_variant=model_variant,
+        model_variant_source=resolved_variant.source,
     )
 
 
