@@ -45,7 +45,17 @@ class FakeAudioVideoPipeline:
         return cls()
 
     @classmethod
-    def from_single_file(cls, path, **kwargs):
+    def from_single_file(
+        cls,
+        path,
+        spatial_upsampler_path=None,
+        distilled_lora=None,
+        gemma_root=None,
+        torch_dtype=None,
+        model_variant="dev",
+    ):
+        kwargs = dict(locals())
+        del kwargs["cls"], kwargs["path"]
         cls.loads.append(("from_single_file", path, kwargs))
         return cls()
 
@@ -237,7 +247,7 @@ def test_distilled_preset_on_a_dev_checkpoint_matches_the_reference_recipe(files
     pipe, call = _call(fake)
     (how, path, kwargs) = fake.loads[0]
     assert (how, path) == ("from_single_file", "ltx-2.3-dev.safetensors")
-    assert kwargs["distilled_lora"] is None  # not the stage-2 component: an adapter active in both stages
+    assert kwargs["distilled_lora"] == ("lora.safetensors", 0.6) and kwargs["model_variant"] == "dev"
     assert pipe.adapters == [("lora.safetensors", "distilled_stage_1"), ("style.safetensors", "cli_lora_0")]
     assert pipe.weights == (["distilled_stage_1", "cli_lora_0"], [0.6, 1.0])
     assert call["sigmas"] == list(DISTILLED_SIGMA_VALUES)  # distilled.py's stage-1 table
@@ -260,7 +270,8 @@ def test_distilled_preset_uses_the_folders_lora(files, fake):
 def test_distilled_preset_on_a_distilled_model_adds_nothing(files, fake, capsys):
     assert av_cli.main(_argv("--distilled", "--device", "cpu", model=DISTILLED)) == 0
     pipe, call = _call(fake)
-    assert fake.loads[0][2]["distilled_lora"] is None and pipe.adapters == [] and pipe.weights is None
+    assert fake.loads[0][2]["distilled_lora"] is None and fake.loads[0][2]["model_variant"] == "distilled"
+    assert pipe.adapters == [] and pipe.weights is None
     assert "distilled_lora_scale" in call and call["distilled_lora_scale"] is None
     assert call["sigmas"] is not None and call["video_guidance"].cfg_scale == 1.0
     # a converted distilled folder with --distilled-lora: refused after loading, nothing written

@@ -10,9 +10,10 @@ the LTX-2.3 guidance (video: cfg 3, STG 1 on block 28, rescale 0.7, a2v 3; audio
 
 `--distilled` is ltx-pipelines' `distilled.py` recipe: 8 fixed stage-1 sigmas (`DISTILLED_SIGMAS`), no guidance
 (and so no negative prompt), stage 2 on the same weights. On a dev checkpoint the distilled LoRA (`--distilled-lora
-PATH [STRENGTH]`, else the converted folder's own) is applied to BOTH stages, as the reference does when it is
-passed to the distilled pipeline as `--lora`; it is not added again at stage 2. On a distilled checkpoint nothing
-is added. The preset fixes the schedule and guidance, so those flags are refused with it.
+PATH [STRENGTH]`, else the converted folder's own) is applied to BOTH stages as the adapter `distilled_stage_1`, as
+the reference does when it is passed to the distilled pipeline as `--lora`; the pipeline's own stage-2 LoRA runs at
+strength 0 (it stays loaded, as the pipeline's stage 2 expects it), so the LoRA is not added twice. On a distilled
+checkpoint nothing is added. The preset fixes the schedule and guidance, so those flags are refused with it.
 
 Nothing is loaded before the cheap checks pass (flags, files, safetensors headers, images, the output path never
 one of the inputs); the mp4 is written under a temporary name and renamed when complete.
@@ -100,11 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _checkpoint_variant(parser, path) -> str:
-    from .loaders.model_variant import resolve_model_variant
-    from .loaders.single_file import read_metadata
-
     try:
-        return resolve_model_variant(read_metadata(path), None, path).name
+        return cli_running.checkpoint_variant(path)
     except ValueError as error:
         parser.error(f"--checkpoint-path: {error}")
 
@@ -155,7 +153,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 def load_pipeline(args):
     """The pipeline from `--checkpoint-path` or `--model`, the component overrides, and the adapters: `--lora`,
     and with `--distilled` on a dev model the distilled LoRA as adapter `distilled_stage_1` (both stages)."""
-    pipe = cli_running.load_pipeline_from_args(pipeline_class(), args, distilled_lora_as_component=not args.distilled)
+    pipe = cli_running.load_pipeline_from_args(pipeline_class(), args)
     loras, names = list(args.lora), [f"cli_lora_{i}" for i in range(len(args.lora))]
     stage_1 = distilled_stage_1_lora(pipe, args) if args.distilled else None
     if stage_1 is not None:

@@ -27,24 +27,31 @@ def device_of(args):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_pipeline_from_args(pipeline_class, args, distilled_lora_as_component: bool = True):
-    """`pipeline_class` from `--checkpoint-path` or `--model`, with the optional component overrides and the
-    `--lora` adapters. `distilled_lora_as_component=False` leaves `--distilled-lora` to the caller."""
+def load_pipeline_from_args(pipeline_class, args):
+    """`pipeline_class` from `--checkpoint-path` or `--model`, with the optional component overrides (`--lora`
+    adapters are the caller's). From original files, the checkpoint's `model_variant` (its metadata, else its file
+    name: `loaders/model_variant.py`) is passed on where `from_single_file` takes one."""
+    import inspect
+
     import torch
 
     from .pipelines.pipeline_ltx2_audio_to_video import load_gemma
 
     dtype = getattr(torch, args.dtype)
-    distilled = args.distilled_lora if distilled_lora_as_component else None
     if args.checkpoint_path is not None:
-        pipe = pipeline_class.from_single_file(
+        options = {}
+        if "model_variant" in inspect.signature(pipeline_class.from_single_file).parameters:
+            options["model_variant"] = getattr(args, "checkpoint_variant", None) or checkpoint_variant(
+                args.checkpoint_path
+            )
+        return pipeline_class.from_single_file(
             args.checkpoint_path,
             spatial_upsampler_path=args.spatial_upsampler_path,
-            distilled_lora=distilled,
+            distilled_lora=args.distilled_lora,
             gemma_root=args.gemma_root,
             torch_dtype=dtype,
+            **options,
         )
-        return pipe
     pipe = pipeline_class.from_pretrained(args.model, dtype=dtype)
     if args.gemma_root is not None:
         text_encoder, tokenizer = load_gemma(args.gemma_root, dtype)
@@ -54,11 +61,21 @@ def load_pipeline_from_args(pipeline_class, args, distilled_lora_as_component: b
 
         upsampler = load_latent_upsampler_from_single_file(args.spatial_upsampler_path, torch_dtype=dtype)
         pipe.register_modules(latent_upsampler=upsampler)
-    if distilled is not None:
-        path, strength = distilled
+    if args.distilled_lora is not None:
+        if dict(pipe.config).get("model_variant") == "distilled":
+            raise ValueError(f"--distilled-lora: {args.model!r} is already a distilled model (it takes no such LoRA)")
+        path, strength = args.distilled_lora
         pipe.load_lora_weights(path, adapter_name="distilled")  # replaces the pipeline-owned distilled LoRA
         pipe.register_to_config(distilled_lora_scale=float(strength))
     return pipe
+
+
+def checkpoint_variant(path) -> str:
+    """The variant ("dev" or "distilled") of an original checkpoint: its metadata, else its file name."""
+    from .loaders.model_variant import resolve_model_variant
+    from .loaders.single_file import read_metadata
+
+    return resolve_model_variant(read_metadata(path), None, path).name
 
 
 def load_user_loras(pipe, loras, names=None) -> list[str]:
