@@ -38,6 +38,7 @@ setup(
     entry_points={
         "console_scripts": [
             "ltx2-a2v=ltx2_diffusers.a2vid:main",
+            "ltx2-av=ltx2_diffusers.av_cli:main",
             "ltx2-sync-report=ltx2_diffusers.sync:main",
         ]
     },

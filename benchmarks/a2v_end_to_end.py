@@ -150,6 +150,13 @@ def virtual_files(config, upsampler_config, lora_rank, dtype, device, seed=0, ge
     return {CHECKPOINT: checkpoint, UPSAMPLER: upsampler, LORA: lora}
 
 
+_SAFETENSORS_DTYPE_NAMES = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
 class _Handle:
     def __init__(self, vf: VirtualFile, device):
         self.vf, self.device = vf, device
@@ -168,7 +175,9 @@ class _Handle:
 
     def get_slice(self, key):
         shape = self.vf.shape(key)
-        return type("Slice", (), {"get_shape": lambda self: list(shape)})()
+        dtype = self.vf.small[key].dtype if key in self.vf.small else self.vf.dtype
+        name = _SAFETENSORS_DTYPE_NAMES[dtype]
+        return type("Slice", (), {"get_shape": lambda self: list(shape), "get_dtype": lambda self: name})()
 
     def get_tensor(self, key):
         value = self.vf.get(key)
@@ -720,8 +729,8 @@ def main(argv=None) -> dict:
 def _frames(frames) -> torch.Tensor:
     """(F, H, W, 3) float in [0, 1] on the CPU from either side's output."""
     x = frames.float().cpu()
-    if x.dim() == 5 and x.shape[-1] == 3:  # ours: (B, F, H, W, 3)
-        return x[0]
+    if x.dim() == 5 and x.shape[2] == 3:  # ours, output_type="pt": (B, F, 3, H, W)
+        return x[0].permute(0, 2, 3, 1)
     if x.dim() == 4 and x.shape[-1] == 3:  # reference chunks: (F, H, W, 3), uint8 or float
         return x / 255.0 if frames.dtype == torch.uint8 else x
     raise ValueError(f"unexpected frame layout {tuple(x.shape)}")

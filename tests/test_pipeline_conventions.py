@@ -114,7 +114,7 @@ def test_offload_order_frees_the_transformer_before_decoding():
     "kwargs, match",
     [
         (dict(conditions=[("missing.png", 0, 1.0)]), "does not exist"),
-        (dict(conditions=[(__file__, 0, 1.0)]), r"conditions\[0\].image cannot be read"),
+        (dict(conditions=[(__file__, 0, 1.0)]), r"conditions\[0\].*cannot be read as an image"),
         (dict(audio="no-such-audio.wav"), "not a readable file"),
         (dict(generator=[1, 2]), "generator"),
     ],

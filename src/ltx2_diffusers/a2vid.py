@@ -2,7 +2,9 @@
 
 The flags and their defaults are those of ltx-pipelines' `a2vid_two_stage` (LTX-2.3 parameters; every one of its
 flags is accepted), plus model loading from a converted folder (`--model`), offloading, `--stage-2/--no-stage-2`,
-`--sync-report`, `--modality-scale-sweep` and the size bounds `--max-num-frames` / `--max-video-tokens`.
+`--sync-report`, `--modality-scale-sweep`, the size bounds `--max-num-frames` / `--max-video-tokens` and
+`--context-parallel N` (under `torchrun --nproc-per-node N`; rank 0 writes). The flags shared with `ltx2-av` live
+in `cli_common`.
 Deviations: `--distilled-lora PATH` without a strength uses 0.8 (the strength the converter and `from_single_file`
 use; the reference CLI uses 1.0). The audio-guidance flags (`--audio-*`, `--v2a-guidance-scale`) are accepted and
 have no effect, as in the reference A2Vid pipeline: the audio is frozen (a warning says so when one is changed).
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -25,6 +26,37 @@ from pathlib import Path
 
 from diffusers.utils import logging
 
+from . import cli_common, cli_running
+from .cli_common import (  # noqa: F401  (the shared flags' defaults and helpers stay importable from here)
+    DEFAULT_AUDIO_GUIDANCE,
+    DEFAULT_CFG_SCALE,
+    DEFAULT_DISTILLED_LORA_STRENGTH,
+    DEFAULT_FRAME_RATE,
+    DEFAULT_HEIGHT,
+    DEFAULT_IMAGE_CRF,
+    DEFAULT_LORA_STRENGTH,
+    DEFAULT_MODALITY_SCALE,
+    DEFAULT_NUM_FRAMES,
+    DEFAULT_NUM_INFERENCE_STEPS,
+    DEFAULT_RESCALE_SCALE,
+    DEFAULT_SEED,
+    DEFAULT_SKIP_STEP,
+    DEFAULT_STG_BLOCKS,
+    DEFAULT_STG_SCALE,
+    DEFAULT_WIDTH,
+    DTYPES,
+    OFFLOAD_MODES,
+    QUANTIZATION_POLICIES,
+    _finite,
+    _non_negative,
+    _positive,
+)
+from .cli_running import aac_compatible as _aac_compatible
+from .cli_running import conditions_from_args as _conditions
+from .cli_running import device_of as _device
+from .cli_running import fp8_cast, is_main_process, load_user_loras, prepare_pipeline  # noqa: F401
+from .cli_running import peak_memory as _peak_memory
+from .cli_running import text_writer as _write_text
 from .cli_safety import (  # noqa: F401  (sweep_path, sync_report_paths, planned_outputs: public helpers)
     OUTPUT_EXTENSIONS,
     check_features,
@@ -43,105 +75,6 @@ logger = logging.get_logger(__name__)
 
 PROG = "ltx2-a2v"
 
-# ltx-pipelines' A2Vid defaults (LTX_2_3_PARAMS with the two-stage output size).
-DEFAULT_SEED = 10
-DEFAULT_HEIGHT = 1024
-DEFAULT_WIDTH = 1536
-DEFAULT_NUM_FRAMES = 121
-DEFAULT_FRAME_RATE = 24.0
-DEFAULT_NUM_INFERENCE_STEPS = 30
-DEFAULT_CFG_SCALE = 3.0
-DEFAULT_STG_SCALE = 1.0
-DEFAULT_RESCALE_SCALE = 0.7
-DEFAULT_MODALITY_SCALE = 3.0
-DEFAULT_STG_BLOCKS = (28,)
-DEFAULT_SKIP_STEP = 0
-DEFAULT_DISTILLED_LORA_STRENGTH = 0.8  # as the converter and from_single_file (the reference CLI: 1.0)
-DEFAULT_LORA_STRENGTH = 1.0  # `--lora PATH` without a strength, as the reference CLI
-# ltx-pipelines' LTX-2.3 audio guider: its CLI accepts these flags but A2Vid never uses them (the audio is frozen).
-DEFAULT_AUDIO_GUIDANCE = {
-    "audio_cfg_guidance_scale": 7.0,
-    "audio_stg_guidance_scale": 1.0,
-    "audio_rescale_scale": 0.7,
-    "v2a_guidance_scale": 3.0,
-    "audio_skip_step": 0,
-    "audio_stg_blocks": [28],
-}
-DEFAULT_IMAGE_CRF = 33
-OFFLOAD_MODES = ("none", "model", "sequential", "group")
-QUANTIZATION_POLICIES = ("fp8-cast", "fp8-scaled-mm")
-DTYPES = ("bfloat16", "float16", "float32")
-
-
-class _ImageAction(argparse.Action):
-    """`--image PATH FRAME STRENGTH [CRF]`, repeatable; appends `(path, frame, strength, crf)`."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if len(values) not in (3, 4):
-            raise argparse.ArgumentError(self, f"expects PATH FRAME STRENGTH [CRF], got {len(values)} values")
-        path, frame, strength = values[:3]
-        frame = _parse(self, int, frame, "FRAME", "an integer")
-        strength = _parse(self, float, strength, "STRENGTH", "a number")
-        crf = _parse(self, int, values[3], "CRF", "an integer") if len(values) == 4 else DEFAULT_IMAGE_CRF
-        if frame < 0:
-            raise argparse.ArgumentError(self, f"FRAME must be >= 0, got {frame}")
-        if not 0.0 <= strength <= 1.0:
-            raise argparse.ArgumentError(self, f"STRENGTH must be in [0, 1], got {strength}")
-        if not 0 <= crf <= 51:
-            raise argparse.ArgumentError(self, f"CRF must be in [0, 51] (0 = no H.264 round trip), got {crf}")
-        items = list(getattr(namespace, self.dest, None) or [])
-        items.append((path, frame, strength, crf))
-        setattr(namespace, self.dest, items)
-
-
-class _LoraAction(argparse.Action):
-    """`--distilled-lora PATH [STRENGTH]` (stores `(path, strength)`) and `--lora PATH [STRENGTH]` (repeatable:
-    appends)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        from .validation import check_lora_strength
-
-        if len(values) not in (1, 2):
-            raise argparse.ArgumentError(self, f"expects PATH [STRENGTH], got {len(values)} values")
-        strength = _parse(self, float, values[1], "STRENGTH", "a number") if len(values) == 2 else None
-        if strength is not None:
-            try:
-                check_lora_strength("STRENGTH", strength)
-            except ValueError as error:
-                raise argparse.ArgumentError(self, str(error)) from None
-        if self.dest == "lora":
-            items = list(getattr(namespace, self.dest, None) or [])
-            items.append((values[0], DEFAULT_LORA_STRENGTH if strength is None else strength))
-            setattr(namespace, self.dest, items)
-        else:
-            setattr(
-                namespace, self.dest, (values[0], DEFAULT_DISTILLED_LORA_STRENGTH if strength is None else strength)
-            )
-
-
-class _QuantizationAction(argparse.Action):
-    """`--quantization POLICY [AMAX_PATH]` (as the reference): stores the policy; the amax calibration file of
-    `fp8-scaled-mm` goes to `quantization_amax_path`."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if len(values) not in (1, 2):
-            raise argparse.ArgumentError(self, f"expects POLICY [AMAX_PATH], got {len(values)} values")
-        if values[0] not in QUANTIZATION_POLICIES:
-            raise argparse.ArgumentError(
-                self, f"invalid choice: {values[0]!r} (choose from {', '.join(QUANTIZATION_POLICIES)})"
-            )
-        if len(values) == 2 and values[0] != "fp8-scaled-mm":
-            raise argparse.ArgumentError(self, f"{values[0]} takes no AMAX_PATH")
-        setattr(namespace, self.dest, values[0])
-        setattr(namespace, "quantization_amax_path", values[1] if len(values) == 2 else None)
-
-
-def _parse(action, kind, text, name, what):
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentError(action, f"{name} must be {what}, got {text!r}") from None
-
 
 def _num_frames(text: str):
     """An `8k + 1` frame count, or `auto` (None): the largest count the audio covers."""
@@ -153,47 +86,6 @@ def _num_frames(text: str):
         raise argparse.ArgumentTypeError(f"expected 8k + 1 (9, 17, ..., 121) or 'auto', got {text!r}") from None
     if value < 1 or (value - 1) % 8:
         raise argparse.ArgumentTypeError(f"must be 8k + 1 (9, 17, ..., 121), got {value}")
-    return value
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = _finite(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = _finite(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be >= 1, got 0")
     return value
 
 
@@ -217,48 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="LTX-2 / LTX-2.3 audio-to-video: an mp4 whose motion follows the audio, carrying that audio. "
         "Flags and defaults follow ltx-pipelines' a2vid_two_stage (LTX-2.3 parameters).",
     )
-    model = parser.add_argument_group("model")
-    source = model.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint-path", help="original single-file LTX-2 / LTX-2.3 checkpoint (.safetensors)")
-    source.add_argument("--model", help="converted diffusers folder or Hugging Face Hub id")
-    model.add_argument(
-        "--distilled-lora",
-        action=_LoraAction,
-        nargs="+",
-        metavar=("PATH", "STRENGTH"),
-        help="distilled LoRA for stage 2 and its strength (default strength "
-        f"{DEFAULT_DISTILLED_LORA_STRENGTH}, as the converter); needed with --checkpoint-path; with --model it "
-        "replaces the folder's LoRA",
-    )
-    model.add_argument(
-        "--lora",
-        dest="lora",
-        action=_LoraAction,
-        nargs="+",
-        metavar=("PATH", "STRENGTH"),
-        default=[],
-        help=f"user LoRA and its strength (default {DEFAULT_LORA_STRENGTH}), active in both stages; repeatable",
-    )
-    model.add_argument(
-        "--spatial-upsampler-path",
-        help="x2 spatial latent upsampler file; needed with --checkpoint-path; with --model it replaces the folder's",
-    )
-    model.add_argument(
-        "--gemma-root",
-        help="folder holding the Gemma 3 text encoder and tokenizer; needed with --checkpoint-path; "
-        "with --model it replaces the folder's",
-    )
-    model.add_argument(
-        "--quantization",
-        action=_QuantizationAction,
-        nargs="+",
-        metavar=("POLICY", "AMAX_PATH"),
-        default=None,
-        help="fp8-cast (as ltx-core): store the transformer blocks' linear weights in float8 and upcast them "
-        "at every call; fp8-scaled-mm [AMAX_PATH]: float8 scaled matmuls (CUDA, Hopper-class GPU)",
-    )
-    model.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="compute dtype (default: bfloat16)")
-
+    cli_common.add_model_arguments(parser)
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--audio-path", required=True, help="audio file that drives the video (any format PyAV reads)")
     inputs.add_argument(
@@ -270,166 +121,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds of audio to encode (default: the video duration, num-frames / frame-rate)",
     )
-    inputs.add_argument("--prompt", required=True, help="text describing the video")
-    inputs.add_argument(
-        "--negative-prompt",
-        default=DEFAULT_NEGATIVE_PROMPT,
-        help="what the video should not show (default: the reference's long negative prompt)",
+    cli_common.add_prompt_arguments(
+        inputs,
+        DEFAULT_NEGATIVE_PROMPT,
+        "rewrite the prompt with the text encoder before encoding (as the reference; refused if this pipeline "
+        "version has no prompt enhancement)",
     )
-    inputs.add_argument(
-        "--enhance-prompt",
-        action="store_true",
-        help="rewrite the prompt with the text encoder before encoding (as the reference; refused if this "
-        "pipeline version has no prompt enhancement)",
+    cli_common.add_video_arguments(
+        parser,
+        _num_frames,
+        f"8k + 1, or 'auto' for the largest count the audio covers (default: {DEFAULT_NUM_FRAMES})",
     )
-    inputs.add_argument(
-        "--image",
-        dest="images",
-        action=_ImageAction,
-        nargs="+",
-        metavar="ARG",
-        default=[],
-        help="image pinned to a frame: PATH FRAME STRENGTH [CRF] (CRF default "
-        f"{DEFAULT_IMAGE_CRF}, 0 = none); repeatable",
+    cli_common.add_video_guidance_arguments(parser)
+    cli_common.add_audio_guidance_arguments(
+        parser,
+        "audio guidance (accepted as the reference CLI accepts them; no effect: the audio is frozen)",
+        "; no effect on frozen audio",
     )
-
-    video = parser.add_argument_group("video")
-    video.add_argument(
-        "--height",
-        type=int,
-        default=DEFAULT_HEIGHT,
-        help=f"multiple of 64 (32 with --no-stage-2) (default: {DEFAULT_HEIGHT})",
-    )
-    video.add_argument(
-        "--width",
-        type=int,
-        default=DEFAULT_WIDTH,
-        help=f"multiple of 64 (32 with --no-stage-2) (default: {DEFAULT_WIDTH})",
-    )
-    video.add_argument(
-        "--num-frames",
-        type=_num_frames,
-        default=DEFAULT_NUM_FRAMES,
-        help=f"8k + 1, or 'auto' for the largest count the audio covers (default: {DEFAULT_NUM_FRAMES})",
-    )
-    video.add_argument(
-        "--frame-rate", type=_positive, default=DEFAULT_FRAME_RATE, help=f"fps (default: {DEFAULT_FRAME_RATE})"
-    )
-    video.add_argument(
-        "--num-inference-steps",
-        type=int,
-        default=DEFAULT_NUM_INFERENCE_STEPS,
-        help=f"stage-1 denoising steps (default: {DEFAULT_NUM_INFERENCE_STEPS})",
-    )
-    video.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default: {DEFAULT_SEED})")
-    video.add_argument(
-        "--stage-2",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="upsample x2 and refine with the distilled LoRA (default: on); --no-stage-2 renders one stage at "
-        "the requested size",
-    )
-
-    guidance = parser.add_argument_group("video guidance")
-    guidance.add_argument(
-        "--video-cfg-guidance-scale",
-        type=_finite,
-        default=DEFAULT_CFG_SCALE,
-        help=f"classifier-free guidance; 1 = off (default: {DEFAULT_CFG_SCALE})",
-    )
-    guidance.add_argument(
-        "--video-stg-guidance-scale",
-        type=_finite,
-        default=DEFAULT_STG_SCALE,
-        help=f"spatio-temporal guidance; 0 = off (default: {DEFAULT_STG_SCALE})",
-    )
-    guidance.add_argument(
-        "--video-rescale-scale",
-        type=_finite,
-        default=DEFAULT_RESCALE_SCALE,
-        help=f"rescale of the guided prediction; 0 = off (default: {DEFAULT_RESCALE_SCALE})",
-    )
-    guidance.add_argument(
-        "--a2v-guidance-scale",
-        type=_finite,
-        default=DEFAULT_MODALITY_SCALE,
-        help=f"audio-to-video (modality) guidance; 1 = off (default: {DEFAULT_MODALITY_SCALE})",
-    )
-    guidance.add_argument(
-        "--video-stg-blocks",
-        type=_non_negative_int,
-        nargs="*",
-        default=list(DEFAULT_STG_BLOCKS),
-        help=f"transformer blocks perturbed by STG (default: {' '.join(map(str, DEFAULT_STG_BLOCKS))})",
-    )
-    guidance.add_argument(
-        "--video-skip-step",
-        type=_non_negative_int,
-        default=DEFAULT_SKIP_STEP,
-        help=f"guide only steps with index %% (N + 1) == 0 (default: {DEFAULT_SKIP_STEP})",
-    )
-
-    audio_guidance = parser.add_argument_group(
-        "audio guidance (accepted as the reference CLI accepts them; no effect: the audio is frozen)"
-    )
-    for flag, kind, what in (
-        ("--audio-cfg-guidance-scale", _finite, "audio classifier-free guidance"),
-        ("--audio-stg-guidance-scale", _finite, "audio STG"),
-        ("--audio-rescale-scale", _finite, "audio rescale"),
-        ("--v2a-guidance-scale", _finite, "video-to-audio (modality) guidance"),
-        ("--audio-skip-step", _non_negative_int, "audio skip step"),
-    ):
-        default = DEFAULT_AUDIO_GUIDANCE[flag[2:].replace("-", "_")]
-        audio_guidance.add_argument(
-            flag, type=kind, default=default, help=f"{what}; no effect on frozen audio (default: {default})"
-        )
-    audio_guidance.add_argument(
-        "--audio-stg-blocks",
-        type=_non_negative_int,
-        nargs="*",
-        default=list(DEFAULT_AUDIO_GUIDANCE["audio_stg_blocks"]),
-        help="blocks of audio STG; no effect on frozen audio (default: 28)",
-    )
-
-    run = parser.add_argument_group("run and output")
-    run.add_argument(
-        "--offload",
-        choices=OFFLOAD_MODES,
-        default="none",
-        help="none: everything on --device; model / sequential / group: diffusers' CPU offloading (default: none)",
-    )
-    run.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    run.add_argument("--vae-tiling", action="store_true", help="decode the video in tiles (less memory)")
-    run.add_argument(
-        "--guidance-batch-size",
-        type=_positive_int,
-        default=None,
-        help="guidance passes per transformer forward (default: all of a step's passes in one batched forward)",
-    )
-    run.add_argument(
-        "--reference-arithmetic",
-        action="store_true",
-        help="one pass per forward and LoRAs fused as ltx-core fuses them: bit-identical to ltx-pipelines' A2Vid",
-    )
-    run.add_argument(
-        "--output-path",
-        required=True,
-        help=f"output video ({', '.join(OUTPUT_EXTENSIONS)}); never one of the inputs; written under a temporary "
-        "name and renamed when complete",
-    )
-    run.add_argument(
-        "--max-num-frames",
-        type=_positive_int,
-        default=None,
-        help="raise the bound on the frame count (default 1001, ltx2_diffusers.validation.MAX_NUM_FRAMES), also "
-        "for --num-frames auto",
-    )
-    run.add_argument(
-        "--max-video-tokens",
-        type=_positive_int,
-        default=None,
-        help="raise the bound on the video latent tokens ((F-1)/8+1)*(H/32)*(W/32) (default 262144)",
-    )
+    run = cli_common.add_run_arguments(parser)
     run.add_argument(
         "--sync-report",
         action="store_true",
@@ -443,7 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="render one clip per a2v guidance scale (same seed; replaces --a2v-guidance-scale) and write a "
         "side-by-side sync table (<output>_modality_sweep.json / .md)",
     )
-    parser.set_defaults(quantization_amax_path=None)
     return parser
 
 
@@ -456,64 +164,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    multiple = 64 if args.stage_2 else 32
-    for flag, value in (("--height", args.height), ("--width", args.width)):
-        if value <= 0 or value % multiple:
-            stages = "two stages" if args.stage_2 else "--no-stage-2"
-            parser.error(f"{flag} must be a positive multiple of {multiple} with {stages}, got {value}")
-    if args.num_inference_steps < 2:
-        parser.error(f"--num-inference-steps must be >= 2, got {args.num_inference_steps}")
+    cli_common.check_size_and_steps(parser, args)
     try:
         check_values(args)
     except ValueError as error:
         parser.error(str(error))
-    if args.checkpoint_path is not None:
-        _require_file(parser, "--checkpoint-path", args.checkpoint_path)
-        if args.gemma_root is None:
-            parser.error("--gemma-root is required with --checkpoint-path")
-        if args.stage_2:
-            for flag, value in (
-                ("--spatial-upsampler-path", args.spatial_upsampler_path),
-                ("--distilled-lora", args.distilled_lora),
-            ):
-                if value is None:
-                    parser.error(f"{flag} is required with --checkpoint-path for two stages (or pass --no-stage-2)")
-    elif os.path.exists(args.model) and not os.path.isdir(args.model):
-        parser.error(f"--model must be a converted folder or a Hub id, got the file {args.model!r}")
-    if args.spatial_upsampler_path is not None:
-        _require_file(parser, "--spatial-upsampler-path", args.spatial_upsampler_path)
-    if args.distilled_lora is not None:
-        _require_file(parser, "--distilled-lora", args.distilled_lora[0])
-    for path, _ in args.lora:
-        _require_file(parser, "--lora", path)
-    if args.quantization_amax_path is not None:
-        _require_file(parser, "--quantization fp8-scaled-mm AMAX_PATH", args.quantization_amax_path)
-    if args.gemma_root is not None and not os.path.isdir(args.gemma_root):
-        parser.error(f"--gemma-root: no such folder {args.gemma_root!r}")
-    _require_file(parser, "--audio-path", args.audio_path)
-    for path, frame, _, _ in args.images:
-        _require_file(parser, "--image", path)
-        if args.num_frames is not None and frame >= args.num_frames:
-            parser.error(f"--image {path}: FRAME {frame} is out of range for --num-frames {args.num_frames}")
+    cli_common.check_model_files(parser, args)
+    cli_common.require_file(parser, "--audio-path", args.audio_path)
     if (args.sync_report or args.modality_scale_sweep) and args.num_frames is not None and args.num_frames < 9:
         parser.error("--sync-report and --modality-scale-sweep need --num-frames >= 9")
-    if args.device is not None:
-        import torch
-
-        try:
-            device = torch.device(args.device)
-        except RuntimeError as error:
-            parser.error(f"--device {args.device!r}: {error}")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            parser.error(f"--device {args.device}: CUDA is not available")
-    if args.offload == "sequential" and _device(args).type == "cpu":
-        # accelerate's per-weight hooks cannot round-trip weights when the onload device is the CPU itself.
-        parser.error("--offload sequential needs an accelerator device; on cpu there is nothing to offload to")
-    output_dir = os.path.dirname(os.path.abspath(args.output_path))
-    if os.path.isdir(args.output_path):
-        parser.error(f"--output-path {args.output_path!r} is a folder; give a file name such as out.mp4")
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        parser.error(f"--output-path: {output_dir!r} is not a folder")
+    cli_common.check_run_args(parser, args)
     try:
         check_outputs(args)
         check_features(args)
@@ -522,110 +182,14 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     warn_audio_guidance(args, DEFAULT_AUDIO_GUIDANCE)
 
 
-def _require_file(parser, flag, path):
-    if not os.path.isfile(path):
-        parser.error(f"{flag}: no such file {path!r}")
-
-
 # ---------------------------------------------------------------------------------------------------- running
-def _device(args):
-    import torch
-
-    if args.device is not None:
-        return torch.device(args.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load_pipeline(args):
-    """The pipeline from `--checkpoint-path` or `--model`, with the optional component overrides."""
-    import torch
+    """The pipeline from `--checkpoint-path` or `--model`, with the optional component overrides and `--lora`."""
+    from .pipelines.pipeline_ltx2_audio_to_video import LTX2AudioToVideoPipeline
 
-    from .pipelines.pipeline_ltx2_audio_to_video import LTX2AudioToVideoPipeline, load_gemma
-
-    dtype = getattr(torch, args.dtype)
-    if args.checkpoint_path is not None:
-        pipe = LTX2AudioToVideoPipeline.from_single_file(
-            args.checkpoint_path,
-            spatial_upsampler_path=args.spatial_upsampler_path,
-            distilled_lora=args.distilled_lora,
-            gemma_root=args.gemma_root,
-            torch_dtype=dtype,
-        )
-        load_user_loras(pipe, args.lora)
-        return pipe
-    pipe = LTX2AudioToVideoPipeline.from_pretrained(args.model, dtype=dtype)
-    if args.gemma_root is not None:
-        text_encoder, tokenizer = load_gemma(args.gemma_root, dtype)
-        pipe.register_modules(text_encoder=text_encoder, tokenizer=tokenizer)
-    if args.spatial_upsampler_path is not None:
-        from .models.upsampler_single_file import load_latent_upsampler_from_single_file
-
-        upsampler = load_latent_upsampler_from_single_file(args.spatial_upsampler_path, torch_dtype=dtype)
-        pipe.register_modules(latent_upsampler=upsampler)
-    if args.distilled_lora is not None:
-        path, strength = args.distilled_lora
-        pipe.load_lora_weights(path, adapter_name="distilled")  # replaces the pipeline-owned distilled LoRA
-        pipe.register_to_config(distilled_lora_scale=float(strength))
+    pipe = cli_running.load_pipeline_from_args(LTX2AudioToVideoPipeline, args)
     load_user_loras(pipe, args.lora)
     return pipe
-
-
-def load_user_loras(pipe, loras) -> list[str]:
-    """`--lora PATH STRENGTH` files as adapters `cli_lora_0`, `cli_lora_1`, ... through `load_lora_weights`,
-    weighted by `set_adapters` (active in both stages; the pipeline-owned distilled LoRA never touches them)."""
-    names = []
-    for i, (path, _) in enumerate(loras):
-        name = f"cli_lora_{i}"
-        pipe.load_lora_weights(path, adapter_name=name)
-        names.append(name)
-    if names:
-        pipe.set_adapters(names, [float(strength) for _, strength in loras])
-    return names
-
-
-def fp8_cast(transformer) -> list[str]:
-    """ltx-core's fp8-cast on a loaded transformer: the block linears' weights and biases are stored as
-    float8_e4m3fn and upcast to the input dtype at every call. LoRA layers stay as they are. Returns the linears."""
-    import torch
-
-    from .loaders.fp8 import FP8_DTYPES, enable_fp8_upcast, is_fp8_cast_target
-
-    for name, module in transformer.named_modules():
-        if not isinstance(module, torch.nn.Linear) or module.weight.dtype in FP8_DTYPES:
-            continue
-        if is_fp8_cast_target(name.replace(".base_layer", "") + ".weight"):  # PEFT wraps targets as `.base_layer`
-            module.weight.data = module.weight.data.to(torch.float8_e4m3fn)
-            if module.bias is not None:
-                module.bias.data = module.bias.data.to(torch.float8_e4m3fn)
-    return enable_fp8_upcast(transformer)
-
-
-def prepare_pipeline(pipe, args, device) -> None:
-    """Quantization, VAE tiling and placement / offloading as the flags ask."""
-    import torch
-
-    if args.quantization == "fp8-cast":
-        fp8_cast(pipe.transformer)
-    elif args.quantization == "fp8-scaled-mm":
-        from .loaders.fp8 import enable_fp8_scaled_mm
-
-        options = {} if args.quantization_amax_path is None else {"amax_path": args.quantization_amax_path}
-        enable_fp8_scaled_mm(pipe.transformer, **options)
-    if args.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
-        pipe.vae.enable_tiling()
-    if args.offload == "none":
-        pipe.to(device)
-    elif args.offload == "model":
-        pipe.enable_model_cpu_offload(device=device)
-    elif args.offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=device)
-    else:
-        pipe.enable_group_offload(
-            onload_device=device,
-            offload_device=torch.device("cpu"),
-            offload_type="leaf_level",
-            use_stream=device.type == "cuda",
-        )
 
 
 def _guidance(args, modality_scale: float):
@@ -641,16 +205,8 @@ def _guidance(args, modality_scale: float):
     )
 
 
-def _conditions(args):
-    from .pipelines.image_conditions import LTX2ImageCondition
-
-    return [LTX2ImageCondition(path, frame, strength, crf) for path, frame, strength, crf in args.images]
-
-
 def _generate(pipe, args, device, modality_scale, text):
-    import torch
-
-    generator = torch.Generator(device).manual_seed(args.seed)
+    generator = cli_running.make_generator(args, device)
     result = pipe(
         audio=args.audio_path,
         audio_start_time=args.audio_start_time,
@@ -690,38 +246,6 @@ def sweep_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _aac_compatible(audio, sample_rate: int):
-    """The audio unchanged, or resampled to 48 kHz when AAC cannot carry its rate."""
-    from .video_io import AAC_SAMPLE_RATES
-
-    if sample_rate in AAC_SAMPLE_RATES:
-        return audio, sample_rate
-    import librosa
-
-    logger.warning(f"AAC has no {sample_rate} Hz mode; the mp4's audio is resampled to 48000 Hz.")
-    return librosa.resample(audio, orig_sr=sample_rate, target_sr=48000, res_type="soxr_hq"), 48000
-
-
-def _peak_memory(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return f"peak CUDA memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return f"peak RSS {rss / 2**30:.2f} GiB"
-
-
-def _write_text(text: str):
-    def write(path):
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
-
-    return write
-
-
 def run(args) -> list[str]:
     """Check the input files, load, generate, write; returns the written paths."""
     import torch
@@ -730,12 +254,13 @@ def run(args) -> list[str]:
 
     preflight(args)
     start = time.perf_counter()
-    device = _device(args)
+    pipe = load_pipeline(args)
+    device = prepare_pipeline(pipe, args, _device(args)) or _device(args)
+    main_process = is_main_process()  # with --context-parallel only rank 0 writes and reports
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    Path(os.path.dirname(os.path.abspath(args.output_path))).mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args)
-    prepare_pipeline(pipe, args, device)
+    if main_process:
+        Path(os.path.dirname(os.path.abspath(args.output_path))).mkdir(parents=True, exist_ok=True)
 
     scales = args.modality_scale_sweep or (args.a2v_guidance_scale,)
     text = {"prompt": args.prompt, "negative_prompt": args.negative_prompt}
@@ -753,6 +278,8 @@ def run(args) -> list[str]:
         clip_start = time.perf_counter()
         path = args.output_path if args.modality_scale_sweep is None else sweep_path(args.output_path, scale)
         frames, audio, sample_rate = _generate(pipe, args, device, scale, text)
+        if not main_process:
+            continue
         audio, sample_rate = _aac_compatible(audio.numpy(), sample_rate)
         export_to_video_with_audio(frames, audio, sample_rate, path, fps=args.frame_rate)
         written.append(path)
@@ -783,6 +310,8 @@ def run(args) -> list[str]:
                 }
             )
 
+    if not main_process:
+        return written
     if args.modality_scale_sweep is not None:
         stem = os.path.splitext(args.output_path)[0]
         table = sweep_table(rows)

@@ -1,4 +1,4 @@
-"""`ltx2-a2v`'s protection of the user's files and its cheap checks, run before any model loads.
+"""`ltx2-a2v`'s and `ltx2-av`'s protection of the user's files and its cheap checks, run before any model loads.
 
 - `check_outputs`: every file the run will write (`planned_outputs`: the video or sweep clips, sync reports,
   sweep tables) has a container that can carry H.264 + AAC, is not a folder or special file, and is not one of the
@@ -65,16 +65,13 @@ def sync_report_paths(video_path: str) -> tuple[str, str]:
 
 def planned_outputs(args) -> list[str]:
     """Every file the run writes: the video(s), the sync reports and the sweep tables."""
-    videos = (
-        [args.output_path]
-        if args.modality_scale_sweep is None
-        else [sweep_path(args.output_path, scale) for scale in args.modality_scale_sweep]
-    )
+    sweep = getattr(args, "modality_scale_sweep", None)
+    videos = [args.output_path] if sweep is None else [sweep_path(args.output_path, scale) for scale in sweep]
     paths = list(videos)
-    if args.sync_report:
+    if getattr(args, "sync_report", False):
         for video in videos:
             paths += sync_report_paths(video)
-    if args.modality_scale_sweep is not None:
+    if sweep is not None:
         stem = os.path.splitext(args.output_path)[0]
         paths += [f"{stem}_modality_sweep.md", f"{stem}_modality_sweep.json"]
     return paths
@@ -82,7 +79,8 @@ def planned_outputs(args) -> list[str]:
 
 def input_paths(args) -> list[tuple[str, str]]:
     """`(flag, path)` of every input file and folder."""
-    inputs = [("--audio-path", args.audio_path)]
+    audio = getattr(args, "audio_path", None)
+    inputs = [("--audio-path", audio)] if audio is not None else []
     inputs += [("--image", path) for path, _, _, _ in args.images]
     inputs += [("--lora", path) for path, _ in args.lora]
     for flag, value in (
@@ -209,6 +207,8 @@ def preflight(args) -> None:
         except (TypeError, ValueError) as error:
             raise ValueError(f"--image: {error}") from None
 
+    if getattr(args, "audio_path", None) is None:
+        return  # ltx2-av: no input audio
     seconds = probe_audio_seconds(args.audio_path)
     if seconds is None:
         return  # the pipeline checks the decoded length (and bounds a derived frame count while decoding)
@@ -235,8 +235,9 @@ def preflight(args) -> None:
             )
 
 
-def check_values(args) -> None:
-    """Guidance scales, frame rate and size against the documented bounds of `ltx2_diffusers.validation`."""
+def check_values(args, audio_guidance: bool = False) -> None:
+    """Guidance scales, frame rate and size against the documented bounds of `ltx2_diffusers.validation`; the
+    audio guidance scales too with `audio_guidance` (where they apply). Flags left None are the pipeline's."""
     from .validation import check_frame_rate, check_guidance_scale, check_video_size
 
     scales = [
@@ -244,11 +245,19 @@ def check_values(args) -> None:
         ("--video-stg-guidance-scale", args.video_stg_guidance_scale, False),
         ("--video-rescale-scale", args.video_rescale_scale, True),
         ("--a2v-guidance-scale", args.a2v_guidance_scale, False),
-        *(("--modality-scale-sweep", value, False) for value in args.modality_scale_sweep or ()),
+        *(("--modality-scale-sweep", value, False) for value in getattr(args, "modality_scale_sweep", None) or ()),
     ]
+    if audio_guidance:
+        scales += [
+            ("--audio-cfg-guidance-scale", args.audio_cfg_guidance_scale, False),
+            ("--audio-stg-guidance-scale", args.audio_stg_guidance_scale, False),
+            ("--audio-rescale-scale", args.audio_rescale_scale, True),
+            ("--v2a-guidance-scale", args.v2a_guidance_scale, False),
+        ]
     try:
         for flag, value, rescale in scales:
-            check_guidance_scale(flag, value, rescale=rescale)
+            if value is not None:
+                check_guidance_scale(flag, value, rescale=rescale)
         check_frame_rate(args.frame_rate, "--frame-rate")
         check_video_size(args.num_frames, args.height, args.width, args.max_num_frames, args.max_video_tokens)
     except ValueError as error:
@@ -258,15 +267,16 @@ def check_values(args) -> None:
         raise ValueError(message.replace("num_frames=", "--num-frames ")) from None
 
 
-def check_features(args) -> None:
-    """Flags that need something this installation may lack: prompt enhancement, fp8 scaled matmuls."""
+def check_features(args, pipeline_class=None) -> None:
+    """Flags that need something this installation may lack: prompt enhancement (`pipeline_class.__call__`
+    takes `enhance_prompt`; default class `LTX2AudioToVideoPipeline`), fp8 scaled matmuls."""
     import inspect
 
-    from .pipelines.pipeline_ltx2_audio_to_video import LTX2AudioToVideoPipeline
-
-    if args.enhance_prompt and "enhance_prompt" not in inspect.signature(LTX2AudioToVideoPipeline.__call__).parameters:
+    if args.enhance_prompt and pipeline_class is None:
+        from .pipelines.pipeline_ltx2_audio_to_video import LTX2AudioToVideoPipeline as pipeline_class
+    if args.enhance_prompt and "enhance_prompt" not in inspect.signature(pipeline_class.__call__).parameters:
         raise ValueError(
-            "--enhance-prompt: prompt enhancement is not implemented in this version of LTX2AudioToVideoPipeline; "
+            f"--enhance-prompt: prompt enhancement is not implemented in this version of {pipeline_class.__name__}; "
             "run without it (or enhance the prompt yourself)"
         )
     if args.quantization == "fp8-scaled-mm":

@@ -15,6 +15,12 @@ its CRC-32 compared, and the run reports counts and checksums.
 Nothing the converter did not write is deleted or replaced (`loaders/output_folder.py`): inputs inside the output
 folder (or an output inside an input folder) are refused, `--overwrite` replaces only a previous conversion (its
 marker lists exactly the files present), and the final move refuses a target that changed meanwhile.
+
+`model_index.json` records the pipeline config: `model_version` (from the metadata), `distilled_lora_scale`, and
+`model_variant` ("dev" | "distilled": the metadata key `model_variant` where the file states it, else
+`--model-variant`, else "distilled" in the checkpoint's file name; `loaders/model_variant.py`). A converted
+distilled LoRA is the `distilled_lora` component (`["ltx2_diffusers", "LTX2DistilledLoRA"]`, weights in
+`distilled_lora/pytorch_lora_weights.safetensors`). The model card names the variant.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from diffusers.utils import logging
 # MODEL_CARDS_DIR, parse_size and the card/shard helpers stay importable from here.
 from .loaders import output_folder
 from .loaders.model_cards import MODEL_CARDS_DIR, _card_fields, _model_card_kind, render_model_card  # noqa: F401
+from .loaders.model_variant import check_model_variant, resolve_model_variant
 from .loaders.shards import (
     _Buffer,
     _combined_checksum,
@@ -49,7 +56,7 @@ from .loaders.shards import (
     parse_dtype,
     parse_size,
 )
-from .loaders.single_file import KeyTable, check_model_version, read_checkpoint_config
+from .loaders.single_file import KeyTable, check_model_version, read_checkpoint_config, read_metadata
 
 
 logger = logging.get_logger(__name__)
@@ -69,6 +76,8 @@ PIPELINE_CLASS_NAME = "LTX2AudioToVideoPipeline"
 #: Where the distilled LoRA lands in a converted folder (diffusers format, adapter "distilled").
 DISTILLED_LORA_SUBFOLDER = "distilled_lora"
 DISTILLED_LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+#: Its model_index entry (`LTX2DistilledLoRA.from_pretrained` reads the subfolder; no config.json needed).
+DISTILLED_LORA_ENTRY = ("ltx2_diffusers", "LTX2DistilledLoRA")
 DEFAULT_DISTILLED_LORA_SCALE = 0.8
 #: `distilled_lora_scale` must be finite and in [0, MAX_DISTILLED_LORA_SCALE] (the bound of every LoRA strength).
 MAX_DISTILLED_LORA_SCALE = 10.0
@@ -245,6 +254,8 @@ class ConversionReport:
     output_checksum: str
     seconds: float
     distilled_lora: str | None = None
+    model_variant: str | None = None
+    model_variant_source: str | None = None  # "metadata", "argument" or "file name"
 
     def summary(self) -> str:
         lines = [f"{'component':<18}{'tensors':>9}{'MB':>12}{'shards':>8}"]
@@ -255,6 +266,8 @@ class ConversionReport:
             f"{' ' + str(self.ignored) if self.ignored else ''}"
             + (f" + folded into their weights {len(self.folded)}" if self.folded else "")
         )
+        if self.model_variant is not None:
+            lines.append(f"model_variant {self.model_variant} (from the {self.model_variant_source})")
         lines.append(f"source checksum {self.source_checksum}")
         lines.append(f"output checksum {self.output_checksum} (re-read and verified)")
         gbs = self.source_bytes / 1e9 / self.seconds if self.seconds > 0 else float("inf")
@@ -568,6 +581,7 @@ def convert_checkpoint(
     dtype: str | torch.dtype | None = None,
     max_shard_size: int | str = "10GB",
     model_version: str | None = None,
+    model_variant: str | None = None,
     variant: str | None = None,
     repo_id: str | None = None,
     overwrite: bool = False,
@@ -576,8 +590,10 @@ def convert_checkpoint(
     """Convert the original files into a diffusers folder at `output_dir` (see the module docstring).
 
     `dtype` None keeps every tensor's source dtype; float32 upcasts exactly. `model_version` is read from the
-    metadata (pass it only for files that lack it). `variant` ("dev" / "distilled") and `repo_id` only fill the
-    model card. float8 sources: cast-only weights are kept (or upcast to `dtype`), scaled ones need `dtype` and are
+    metadata (pass it only for files that lack it). `model_variant` ("dev" / "distilled", `variant` is its older
+    name) is recorded in model_index.json and the model card; it must agree with the metadata key `model_variant`
+    where the file has one, and defaults to the file name (`loaders/model_variant.py`). `repo_id` fills the card.
+    float8 sources: cast-only weights are kept (or upcast to `dtype`), scaled ones need `dtype` and are
     dequantised; `fp8_cast` stores the transformer's block linears as float8 like ltx-core's fp8-cast policy (refused
     for files that are already float8). `overwrite` replaces only a previous conversion by this converter whose files
     are untouched (`loaders/output_folder.py`); `distilled_lora_scale` is finite, in [0, 10]. Raises `ValueError` /
@@ -595,8 +611,12 @@ def convert_checkpoint(
             f"distilled_lora_scale (--distilled-lora STRENGTH) must be finite and in [0, {MAX_DISTILLED_LORA_SCALE:g}], "
             f"got {distilled_lora_scale!r}"
         )
-    if variant not in (None, "dev", "distilled"):
-        raise ValueError(f"variant must be 'dev' or 'distilled', got {variant!r}")
+    if variant is not None:
+        if model_variant is not None and model_variant != variant:
+            raise ValueError(f"model_variant {model_variant!r} and its older name variant {variant!r} disagree")
+        model_variant = variant
+    if model_variant is not None:
+        check_model_variant(model_variant, "model_variant (--model-variant)")
     inputs = {
         "checkpoint_path": checkpoint_path,
         "spatial_upsampler_path": spatial_upsampler_path,
@@ -610,6 +630,8 @@ def convert_checkpoint(
     # 1. Plan everything from the headers.
     checkpoint = _SafetensorsFile(checkpoint_path)
     config, file_version = read_checkpoint_config(checkpoint_path)
+    resolved_variant = resolve_model_variant(read_metadata(checkpoint_path), model_variant, checkpoint_path)
+    model_variant = resolved_variant.name
     if file_version is None and model_version is None:
         raise ValueError(
             f"{os.fspath(checkpoint_path)!r} has no 'model_version' in its metadata; pass model_version "
@@ -634,8 +656,6 @@ def convert_checkpoint(
         lora_items, lora_dropped = _plan_lora(lora, plans, dtype)
     if gemma_root is not None:
         _gemma_files(Path(os.fspath(gemma_root)))
-    if variant is None:
-        variant = "distilled" if "distilled" in checkpoint_path.name.lower() else "dev"
 
     # 2. Write under a temporary name beside the output, then rename.
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -692,19 +712,23 @@ def convert_checkpoint(
                 "shards": 1,
             }
             lora_rel = f"{DISTILLED_LORA_SUBFOLDER}/{DISTILLED_LORA_WEIGHT_NAME}"
+            model_index[DISTILLED_LORA_SUBFOLDER] = list(DISTILLED_LORA_ENTRY)
+        else:
+            model_index[DISTILLED_LORA_SUBFOLDER] = [None, None]
 
         if gemma_root is not None:
             model_index.update(_copy_gemma(Path(os.fspath(gemma_root)), tmp))
         else:
             model_index.update({"text_encoder": [None, None], "tokenizer": [None, None]})
         model_index["model_version"] = model_version
+        model_index["model_variant"] = model_variant
         model_index["distilled_lora_scale"] = float(distilled_lora_scale)
         (tmp / "model_index.json").write_text(json.dumps(model_index, indent=2, allow_nan=False) + "\n")
         (tmp / "pipeline.py").write_text(PIPELINE_SHIM_SOURCE)
 
         fields = _card_fields(
             model_version,
-            variant,
+            model_variant,
             repo_id or output_dir.name,
             checkpoint_path,
             distilled_lora,
@@ -717,7 +741,7 @@ def convert_checkpoint(
                 math.prod(i.shape) for p in plans if p.component.name == "transformer" for i in p.items
             ),
         )
-        card_kind = _model_card_kind(model_version, variant, fp8_info is not None and fp8_info.output_is_fp8)
+        card_kind = _model_card_kind(model_version, model_variant, fp8_info is not None and fp8_info.output_is_fp8)
         (tmp / "README.md").write_text(render_model_card(card_kind, fields), encoding="utf-8")
 
         folded = []
@@ -760,6 +784,8 @@ def convert_checkpoint(
         output_checksum=_combined_checksum(ledger.written),
         seconds=time.perf_counter() - started,
         distilled_lora=lora_rel,
+        model_variant=model_variant,
+        model_variant_source=resolved_variant.source,
     )
 
 
@@ -815,7 +841,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: the source's dtypes")
     parser.add_argument("--max-shard-size", default="10GB", help="e.g. 10GB, 500MB (default 10GB)")
     parser.add_argument("--model-version", help="only for files whose metadata lacks model_version")
-    parser.add_argument("--variant", choices=["dev", "distilled"], help="for the model card (default: from file name)")
+    parser.add_argument(
+        "--model-variant",
+        "--variant",
+        dest="model_variant",
+        choices=["dev", "distilled"],
+        help="recorded as model_variant in model_index.json and the model card (default: the checkpoint metadata's "
+        "model_variant, else 'distilled' if the file name says so, else 'dev'); must agree with the metadata",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -855,7 +888,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dtype=args.dtype,
             max_shard_size=args.max_shard_size,
             model_version=args.model_version,
-            variant=args.variant,
+            model_variant=args.model_variant,
             repo_id=args.push_to_hub,
             overwrite=args.overwrite,
             fp8_cast=args.fp8_cast,

@@ -121,9 +121,10 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "LTX2DistilledLoRA":
         """A `distilled_lora/` folder (or the safetensors file itself): `pytorch_lora_weights.safetensors`; its
-        `config.json` is optional (converted folders before this component existed have none). diffusers'
-        loading options (`torch_dtype`, `device_map`, ...) are accepted and ignored: the tensors keep their
-        file dtype, and are cast to each weight's dtype when the delta is formed (ltx-core's arithmetic)."""
+        `config.json` is optional (converted folders before this component existed have none); its `connectors.*`
+        tensors (the converter keeps them) are skipped. diffusers' loading options (`torch_dtype`, `device_map`,
+        ...) are accepted and ignored: the tensors keep their file dtype, and are cast to each weight's dtype when
+        the delta is formed (ltx-core's arithmetic)."""
         from safetensors.torch import load_file
 
         path = os.fspath(pretrained_model_name_or_path)
@@ -134,7 +135,15 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
             path = os.path.join(path, WEIGHT_NAME)
         if not os.path.isfile(path):
             raise ValueError(f"distilled LoRA file {path!r} not found")
-        return cls.from_state_dict(load_file(path))
+        state_dict = load_file(path)
+        # The converter keeps the source LoRA's text-connector part (`connectors.*`); the reference applies the
+        # distilled LoRA to the transformer only, so that part is not loaded (as `load_lora_weights` does).
+        unused = [k for k in state_dict if k.startswith("connectors.")]
+        if unused:
+            logger.info(
+                f"the distilled LoRA's {len(unused)} connector tensors are not used (the reference ignores them)"
+            )
+        return cls.from_state_dict({k: v for k, v in state_dict.items() if not k.startswith("connectors.")})
 
     def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs) -> None:
         """`save_directory/pytorch_lora_weights.safetensors` (diffusers LoRA format) and `config.json`."""

@@ -1,0 +1,512 @@
+"""What the command lines `ltx2-a2v` and `ltx2-av` share: flags, their checks, loading, placement, output helpers.
+
+Flag groups (each an `add_*_arguments(parser)`): model loading (`--checkpoint-path` | `--model`, `--distilled-lora`,
+`--lora`, `--spatial-upsampler-path`, `--gemma-root`, `--quantization`, `--dtype`), prompts and images
+(`--prompt`, `--negative-prompt`, `--enhance-prompt`, `--image`), video size and steps, video guidance, audio
+guidance, and run/output (`--offload`, `--device`, `--vae-tiling`, `--guidance-batch-size`,
+`--reference-arithmetic`, `--output-path`, size bounds, `--context-parallel`). The flags keep ltx-pipelines' names
+and defaults (LTX-2.3 parameters); the `check_*` functions check the files and devices they name before anything
+loads. Loading, placement and the other run-time helpers are in `cli_running`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+from diffusers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+# ltx-pipelines' LTX_2_3_PARAMS with the two-stage output size.
+DEFAULT_SEED = 10
+DEFAULT_HEIGHT = 1024
+DEFAULT_WIDTH = 1536
+DEFAULT_NUM_FRAMES = 121
+DEFAULT_FRAME_RATE = 24.0
+DEFAULT_NUM_INFERENCE_STEPS = 30
+DEFAULT_CFG_SCALE = 3.0
+DEFAULT_STG_SCALE = 1.0
+DEFAULT_RESCALE_SCALE = 0.7
+DEFAULT_MODALITY_SCALE = 3.0
+DEFAULT_STG_BLOCKS = (28,)
+DEFAULT_SKIP_STEP = 0
+DEFAULT_DISTILLED_LORA_STRENGTH = 0.8  # as the converter and from_single_file (the reference CLI: 1.0)
+DEFAULT_LORA_STRENGTH = 1.0  # `--lora PATH` without a strength, as the reference CLI
+# ltx-pipelines' LTX-2.3 audio guider.
+DEFAULT_AUDIO_GUIDANCE = {
+    "audio_cfg_guidance_scale": 7.0,
+    "audio_stg_guidance_scale": 1.0,
+    "audio_rescale_scale": 0.7,
+    "v2a_guidance_scale": 3.0,
+    "audio_skip_step": 0,
+    "audio_stg_blocks": [28],
+}
+DEFAULT_IMAGE_CRF = 33
+OFFLOAD_MODES = ("none", "model", "sequential", "group")
+QUANTIZATION_POLICIES = ("fp8-cast", "fp8-scaled-mm")
+DTYPES = ("bfloat16", "float16", "float32")
+VIDEO_GUIDANCE_FLAGS = {  # attribute -> MultiModalGuidance field
+    "video_cfg_guidance_scale": "cfg_scale",
+    "video_stg_guidance_scale": "stg_scale",
+    "video_rescale_scale": "rescale_scale",
+    "a2v_guidance_scale": "modality_scale",
+    "video_stg_blocks": "stg_blocks",
+    "video_skip_step": "skip_step",
+}
+AUDIO_GUIDANCE_FLAGS = {
+    "audio_cfg_guidance_scale": "cfg_scale",
+    "audio_stg_guidance_scale": "stg_scale",
+    "audio_rescale_scale": "rescale_scale",
+    "v2a_guidance_scale": "modality_scale",
+    "audio_stg_blocks": "stg_blocks",
+    "audio_skip_step": "skip_step",
+}
+
+
+# ---------------------------------------------------------------------------------------------------- values
+def _parse(action, kind, text, name, what):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentError(action, f"{name} must be {what}, got {text!r}") from None
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be >= 1, got 0")
+    return value
+
+
+def _frame_count(text: str) -> int:
+    """An `8k + 1` frame count."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 8k + 1 (9, 17, ..., 121), got {text!r}") from None
+    if value < 1 or (value - 1) % 8:
+        raise argparse.ArgumentTypeError(f"must be 8k + 1 (9, 17, ..., 121), got {value}")
+    return value
+
+
+def _sigmas(text: str) -> tuple:
+    """`1,0.9,0.7,0` -> a falling sigma table of finite numbers in [0, 1] ending in 0."""
+    parts = [part.strip() for part in text.split(",")]
+    if not text.strip() or any(not part for part in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated sigmas such as 1,0.725,0.42,0, got {text!r}")
+    values = tuple(_finite(part) for part in parts)
+    if len(values) < 2 or values[-1] != 0.0:
+        raise argparse.ArgumentTypeError(f"expected at least two sigmas ending in 0, got {text!r}")
+    if any(not 0.0 <= v <= 1.0 for v in values) or any(a <= b for a, b in zip(values, values[1:])):
+        raise argparse.ArgumentTypeError(f"sigmas must fall strictly from at most 1 to 0, got {text!r}")
+    return values
+
+
+class _ImageAction(argparse.Action):
+    """`--image PATH FRAME STRENGTH [CRF]`, repeatable; appends `(path, frame, strength, crf)`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) not in (3, 4):
+            raise argparse.ArgumentError(self, f"expects PATH FRAME STRENGTH [CRF], got {len(values)} values")
+        path, frame, strength = values[:3]
+        frame = _parse(self, int, frame, "FRAME", "an integer")
+        strength = _parse(self, float, strength, "STRENGTH", "a number")
+        crf = _parse(self, int, values[3], "CRF", "an integer") if len(values) == 4 else DEFAULT_IMAGE_CRF
+        if frame < 0:
+            raise argparse.ArgumentError(self, f"FRAME must be >= 0, got {frame}")
+        if not 0.0 <= strength <= 1.0:
+            raise argparse.ArgumentError(self, f"STRENGTH must be in [0, 1], got {strength}")
+        if not 0 <= crf <= 51:
+            raise argparse.ArgumentError(self, f"CRF must be in [0, 51] (0 = no H.264 round trip), got {crf}")
+        items = list(getattr(namespace, self.dest, None) or [])
+        items.append((path, frame, strength, crf))
+        setattr(namespace, self.dest, items)
+
+
+class _LoraAction(argparse.Action):
+    """`--distilled-lora PATH [STRENGTH]` (stores `(path, strength)`) and `--lora PATH [STRENGTH]` (repeatable:
+    appends)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .validation import check_lora_strength
+
+        if len(values) not in (1, 2):
+            raise argparse.ArgumentError(self, f"expects PATH [STRENGTH], got {len(values)} values")
+        strength = _parse(self, float, values[1], "STRENGTH", "a number") if len(values) == 2 else None
+        if strength is not None:
+            try:
+                check_lora_strength("STRENGTH", strength)
+            except ValueError as error:
+                raise argparse.ArgumentError(self, str(error)) from None
+        if self.dest == "lora":
+            items = list(getattr(namespace, self.dest, None) or [])
+            items.append((values[0], DEFAULT_LORA_STRENGTH if strength is None else strength))
+            setattr(namespace, self.dest, items)
+        else:
+            setattr(
+                namespace, self.dest, (values[0], DEFAULT_DISTILLED_LORA_STRENGTH if strength is None else strength)
+            )
+
+
+class _QuantizationAction(argparse.Action):
+    """`--quantization POLICY [AMAX_PATH]` (as the reference): stores the policy; the amax calibration file of
+    `fp8-scaled-mm` goes to `quantization_amax_path`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) not in (1, 2):
+            raise argparse.ArgumentError(self, f"expects POLICY [AMAX_PATH], got {len(values)} values")
+        if values[0] not in QUANTIZATION_POLICIES:
+            raise argparse.ArgumentError(
+                self, f"invalid choice: {values[0]!r} (choose from {', '.join(QUANTIZATION_POLICIES)})"
+            )
+        if len(values) == 2 and values[0] != "fp8-scaled-mm":
+            raise argparse.ArgumentError(self, f"{values[0]} takes no AMAX_PATH")
+        setattr(namespace, self.dest, values[0])
+        setattr(namespace, "quantization_amax_path", values[1] if len(values) == 2 else None)
+
+
+# ---------------------------------------------------------------------------------------------------- flags
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--checkpoint-path` | `--model`, the optional component files, `--lora`, `--quantization`, `--dtype`."""
+    model = parser.add_argument_group("model")
+    source = model.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint-path", help="original single-file LTX-2 / LTX-2.3 checkpoint (.safetensors)")
+    source.add_argument("--model", help="converted diffusers folder or Hugging Face Hub id")
+    model.add_argument(
+        "--distilled-lora",
+        action=_LoraAction,
+        nargs="+",
+        metavar=("PATH", "STRENGTH"),
+        help="distilled LoRA for stage 2 and its strength (default strength "
+        f"{DEFAULT_DISTILLED_LORA_STRENGTH}, as the converter); needed with --checkpoint-path; with --model it "
+        "replaces the folder's LoRA",
+    )
+    model.add_argument(
+        "--lora",
+        dest="lora",
+        action=_LoraAction,
+        nargs="+",
+        metavar=("PATH", "STRENGTH"),
+        default=[],
+        help=f"user LoRA and its strength (default {DEFAULT_LORA_STRENGTH}), active in both stages; repeatable",
+    )
+    model.add_argument(
+        "--spatial-upsampler-path",
+        help="x2 spatial latent upsampler file; needed with --checkpoint-path; with --model it replaces the folder's",
+    )
+    model.add_argument(
+        "--gemma-root",
+        help="folder holding the Gemma 3 text encoder and tokenizer; needed with --checkpoint-path; "
+        "with --model it replaces the folder's",
+    )
+    model.add_argument(
+        "--quantization",
+        action=_QuantizationAction,
+        nargs="+",
+        metavar=("POLICY", "AMAX_PATH"),
+        default=None,
+        help="fp8-cast (as ltx-core): store the transformer blocks' linear weights in float8 and upcast them "
+        "at every call; fp8-scaled-mm [AMAX_PATH]: float8 scaled matmuls (CUDA, Hopper-class GPU)",
+    )
+    model.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="compute dtype (default: bfloat16)")
+    parser.set_defaults(quantization_amax_path=None)
+
+
+def add_prompt_arguments(
+    group,
+    default_negative_prompt: str | None,
+    enhance_help: str,
+    negative_help: str = "what the video should not show (default: the reference's long negative prompt)",
+) -> None:
+    """`--prompt`, `--negative-prompt`, `--enhance-prompt` and the repeatable `--image PATH FRAME STRENGTH [CRF]`."""
+    group.add_argument("--prompt", required=True, help="text describing the video")
+    group.add_argument(
+        "--negative-prompt",
+        default=default_negative_prompt,
+        help=negative_help,
+    )
+    group.add_argument("--enhance-prompt", action="store_true", help=enhance_help)
+    group.add_argument(
+        "--image",
+        dest="images",
+        action=_ImageAction,
+        nargs="+",
+        metavar="ARG",
+        default=[],
+        help="image pinned to a frame: PATH FRAME STRENGTH [CRF] (CRF default "
+        f"{DEFAULT_IMAGE_CRF}, 0 = none); repeatable",
+    )
+
+
+def add_video_arguments(
+    parser, num_frames_type, num_frames_help: str, num_inference_steps=DEFAULT_NUM_INFERENCE_STEPS
+):
+    """Size, frame count and rate, steps, seed, `--stage-2/--no-stage-2`; returns the group."""
+    video = parser.add_argument_group("video")
+    for flag, default in (("--height", DEFAULT_HEIGHT), ("--width", DEFAULT_WIDTH)):
+        video.add_argument(
+            flag, type=int, default=default, help=f"multiple of 64 (32 with --no-stage-2) (default: {default})"
+        )
+    video.add_argument("--num-frames", type=num_frames_type, default=DEFAULT_NUM_FRAMES, help=num_frames_help)
+    video.add_argument(
+        "--frame-rate", type=_positive, default=DEFAULT_FRAME_RATE, help=f"fps (default: {DEFAULT_FRAME_RATE})"
+    )
+    steps = "the pipeline's: 30 for LTX-2.3, 40 for LTX-2, 8 for distilled" if num_inference_steps is None else None
+    video.add_argument(
+        "--num-inference-steps",
+        type=int,
+        default=num_inference_steps,
+        help=f"stage-1 denoising steps (default: {steps or num_inference_steps})",
+    )
+    video.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default: {DEFAULT_SEED})")
+    video.add_argument(
+        "--stage-2",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="upsample x2 and refine with the distilled LoRA (default: on); --no-stage-2 renders one stage at "
+        "the requested size",
+    )
+    return video
+
+
+def add_video_guidance_arguments(parser, defaults: bool = True) -> None:
+    """The video guider's flags; `defaults=False` leaves them None (the pipeline's default guidance)."""
+    guidance = parser.add_argument_group("video guidance")
+
+    def default(value):
+        return value if defaults else None
+
+    def shown(value):
+        return value if defaults else f"the pipeline's, {value} for LTX-2.3"
+
+    for flag, kind, value, what in (
+        ("--video-cfg-guidance-scale", _finite, DEFAULT_CFG_SCALE, "classifier-free guidance; 1 = off"),
+        ("--video-stg-guidance-scale", _finite, DEFAULT_STG_SCALE, "spatio-temporal guidance; 0 = off"),
+        ("--video-rescale-scale", _finite, DEFAULT_RESCALE_SCALE, "rescale of the guided prediction; 0 = off"),
+        ("--a2v-guidance-scale", _finite, DEFAULT_MODALITY_SCALE, "audio-to-video (modality) guidance; 1 = off"),
+    ):
+        guidance.add_argument(flag, type=kind, default=default(value), help=f"{what} (default: {shown(value)})")
+    blocks = " ".join(map(str, DEFAULT_STG_BLOCKS))
+    guidance.add_argument(
+        "--video-stg-blocks",
+        type=_non_negative_int,
+        nargs="*",
+        default=default(list(DEFAULT_STG_BLOCKS)),
+        help=f"transformer blocks perturbed by STG (default: {shown(blocks)})",
+    )
+    guidance.add_argument(
+        "--video-skip-step",
+        type=_non_negative_int,
+        default=default(DEFAULT_SKIP_STEP),
+        help=f"guide only steps with index %% (N + 1) == 0 (default: {shown(DEFAULT_SKIP_STEP)})",
+    )
+
+
+def add_audio_guidance_arguments(parser, title: str, effect: str, defaults: bool = True) -> None:
+    """The audio guider's flags (`--audio-*`, `--v2a-guidance-scale`); `effect` ends each help text."""
+    audio = parser.add_argument_group(title)
+    for flag, kind, what in (
+        ("--audio-cfg-guidance-scale", _finite, "audio classifier-free guidance"),
+        ("--audio-stg-guidance-scale", _finite, "audio STG"),
+        ("--audio-rescale-scale", _finite, "audio rescale"),
+        ("--v2a-guidance-scale", _finite, "video-to-audio (modality) guidance"),
+        ("--audio-skip-step", _non_negative_int, "audio skip step"),
+    ):
+        value = DEFAULT_AUDIO_GUIDANCE[flag[2:].replace("-", "_")]
+        shown = value if defaults else f"the pipeline's, {value} for LTX-2.3"
+        audio.add_argument(
+            flag, type=kind, default=value if defaults else None, help=f"{what}{effect} (default: {shown})"
+        )
+    audio.add_argument(
+        "--audio-stg-blocks",
+        type=_non_negative_int,
+        nargs="*",
+        default=list(DEFAULT_AUDIO_GUIDANCE["audio_stg_blocks"]) if defaults else None,
+        help=f"blocks of audio STG{effect} (default: {28 if defaults else 'the pipeline' + chr(39) + 's, 28 for LTX-2.3'})",
+    )
+
+
+def add_run_arguments(parser):
+    """Placement, batching, output path, size bounds and `--context-parallel`; returns the group."""
+    from .cli_safety import OUTPUT_EXTENSIONS
+
+    run = parser.add_argument_group("run and output")
+    run.add_argument(
+        "--offload",
+        choices=OFFLOAD_MODES,
+        default="none",
+        help="none: everything on --device; model / sequential / group: diffusers' CPU offloading (default: none)",
+    )
+    run.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    run.add_argument("--vae-tiling", action="store_true", help="decode the video in tiles (less memory)")
+    run.add_argument(
+        "--guidance-batch-size",
+        type=_positive_int,
+        default=None,
+        help="guidance passes per transformer forward (default: all of a step's passes in one batched forward)",
+    )
+    run.add_argument(
+        "--reference-arithmetic",
+        action="store_true",
+        help="one pass per forward and LoRAs fused as ltx-core fuses them: bit-identical to ltx-pipelines",
+    )
+    run.add_argument(
+        "--context-parallel",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="run the transformer sequence-parallel over N processes: launch with torchrun --nproc-per-node N "
+        "(one GPU each, or gloo on CPU); rank 0 writes the outputs",
+    )
+    run.add_argument(
+        "--output-path",
+        required=True,
+        help=f"output video ({', '.join(OUTPUT_EXTENSIONS)}); never one of the inputs; written under a temporary "
+        "name and renamed when complete",
+    )
+    run.add_argument(
+        "--max-num-frames",
+        type=_positive_int,
+        default=None,
+        help="raise the bound on the frame count (default 1001, ltx2_diffusers.validation.MAX_NUM_FRAMES)",
+    )
+    run.add_argument(
+        "--max-video-tokens",
+        type=_positive_int,
+        default=None,
+        help="raise the bound on the video latent tokens ((F-1)/8+1)*(H/32)*(W/32) (default 262144)",
+    )
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+def require_file(parser, flag, path):
+    if not os.path.isfile(path):
+        parser.error(f"{flag}: no such file {path!r}")
+
+
+def check_size_and_steps(parser, args) -> None:
+    multiple = 64 if args.stage_2 else 32
+    for flag, value in (("--height", args.height), ("--width", args.width)):
+        if value <= 0 or value % multiple:
+            stages = "two stages" if args.stage_2 else "--no-stage-2"
+            parser.error(f"{flag} must be a positive multiple of {multiple} with {stages}, got {value}")
+    if args.num_inference_steps is not None and args.num_inference_steps < 2:
+        parser.error(f"--num-inference-steps must be >= 2, got {args.num_inference_steps}")
+
+
+def check_model_files(parser, args, need_distilled_lora: bool = True) -> None:
+    """The model flags' files and folders exist; `--checkpoint-path` comes with what two stages need."""
+    if args.checkpoint_path is not None:
+        require_file(parser, "--checkpoint-path", args.checkpoint_path)
+        if args.gemma_root is None:
+            parser.error("--gemma-root is required with --checkpoint-path")
+        if args.stage_2:
+            needed = [("--spatial-upsampler-path", args.spatial_upsampler_path)]
+            if need_distilled_lora:
+                needed.append(("--distilled-lora", args.distilled_lora))
+            for flag, value in needed:
+                if value is None:
+                    parser.error(f"{flag} is required with --checkpoint-path for two stages (or pass --no-stage-2)")
+    elif os.path.exists(args.model) and not os.path.isdir(args.model):
+        parser.error(f"--model must be a converted folder or a Hub id, got the file {args.model!r}")
+    if args.spatial_upsampler_path is not None:
+        require_file(parser, "--spatial-upsampler-path", args.spatial_upsampler_path)
+    if args.distilled_lora is not None:
+        require_file(parser, "--distilled-lora", args.distilled_lora[0])
+    for path, _ in args.lora:
+        require_file(parser, "--lora", path)
+    if args.quantization_amax_path is not None:
+        require_file(parser, "--quantization fp8-scaled-mm AMAX_PATH", args.quantization_amax_path)
+    if args.gemma_root is not None and not os.path.isdir(args.gemma_root):
+        parser.error(f"--gemma-root: no such folder {args.gemma_root!r}")
+    for path, frame, _, _ in args.images:
+        require_file(parser, "--image", path)
+        if args.num_frames is not None and frame >= args.num_frames:
+            parser.error(f"--image {path}: FRAME {frame} is out of range for --num-frames {args.num_frames}")
+
+
+def check_run_args(parser, args) -> None:
+    """`--device`, `--offload`, `--context-parallel` (torchrun's environment) and the output path's folder."""
+    if args.device is not None:
+        import torch
+
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as error:
+            parser.error(f"--device {args.device!r}: {error}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: CUDA is not available")
+    from .cli_running import device_of
+
+    if args.offload == "sequential" and device_of(args).type == "cpu":
+        # accelerate's per-weight hooks cannot round-trip weights when the onload device is the CPU itself.
+        parser.error("--offload sequential needs an accelerator device; on cpu there is nothing to offload to")
+    check_context_parallel(parser, args)
+    output_dir = os.path.dirname(os.path.abspath(args.output_path))
+    if os.path.isdir(args.output_path):
+        parser.error(f"--output-path {args.output_path!r} is a folder; give a file name such as out.mp4")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        parser.error(f"--output-path: {output_dir!r} is not a folder")
+
+
+def check_context_parallel(parser, args) -> None:
+    """`--context-parallel N`: N >= 2, launched by torchrun with N processes, everything on the rank's device."""
+    n = getattr(args, "context_parallel", None)
+    if n is None:
+        return
+    if n < 2:
+        parser.error(f"--context-parallel must be >= 2 (the number of processes), got {n}")
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        parser.error(
+            f"--context-parallel {n} needs torchrun's environment (RANK, WORLD_SIZE): launch as "
+            f"torchrun --nproc-per-node {n} -m ltx2_diffusers.<cli> ... --context-parallel {n}"
+        )
+    if os.environ["WORLD_SIZE"] != str(n):
+        parser.error(
+            f"--context-parallel {n} but torchrun launched WORLD_SIZE={os.environ['WORLD_SIZE']} processes; "
+            "they must be equal"
+        )
+    if args.offload != "none":
+        parser.error(
+            f"--context-parallel cannot be combined with --offload {args.offload}: every rank holds the model"
+        )
+    if args.device is not None:
+        parser.error("--context-parallel picks each rank's device (LOCAL_RANK's GPU, else cpu); drop --device")
