@@ -16,6 +16,7 @@ from diffusers.utils import logging
 from ..guidance import MultiModalGuidance
 from ..loaders.lora import LTX2AVLoraLoaderMixin
 from ..loaders.lora_fusion import reference_lora_arithmetic
+from ..loaders.model_variant import check_model_variant
 from ..schedules import DISTILLED_SIGMAS, STAGE_2_DISTILLED_SIGMAS, _check_table, ltx2_sigmas, set_scheduler_sigmas
 from . import ltx2_stages as stages
 from .image_conditions import prepare_condition_image
@@ -38,9 +39,6 @@ DEFAULT_NEGATIVE_PROMPT = (
     "speech, jittery movement, awkward pauses, incorrect timing, unnatural transitions, inconsistent framing, tilted "
     "camera, flat lighting, inconsistent tone, cinematic oversaturation, stylized filters, or AI artifacts."
 )
-
-MODEL_VARIANTS = ("dev", "distilled")
-
 
 @dataclass(frozen=True)
 class VersionDefaults:
@@ -82,8 +80,7 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         model_variant: str = "dev",
     ):
         super().__init__()
-        if model_variant not in MODEL_VARIANTS:
-            raise ValueError(f"model_variant must be one of {MODEL_VARIANTS}, got {model_variant!r}")
+        check_model_variant(model_variant, "model_variant")
         self.register_modules(
             scheduler=scheduler,
             vae=vae,

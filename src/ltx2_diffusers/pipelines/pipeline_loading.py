@@ -119,10 +119,9 @@ class LTX2A2VLoadingMixin:
         """Build the pipeline from the original files: the single-file checkpoint, the spatial upsampler, the
         distilled LoRA (`path` or `(path, strength)`, default strength 0.8) and an optional Gemma 3 folder.
         `model_variant`: `"dev"` or `"distilled"` (a distilled checkpoint: the distilled recipe, no LoRA)."""
-        from .ltx2_base import MODEL_VARIANTS
+        from ..loaders.model_variant import check_model_variant
 
-        if model_variant not in MODEL_VARIANTS:
-            raise ValueError(f"model_variant must be one of {MODEL_VARIANTS}, got {model_variant!r}")
+        check_model_variant(model_variant, "model_variant")
         with LOAD_LOCK:
             return cls._from_single_file(
                 checkpoint_path, spatial_upsampler_path, distilled_lora, gemma_root, torch_dtype, model_variant
