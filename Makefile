@@ -29,7 +29,8 @@ $(STAMP): setup.py
 test: install
 	$(PY) -m pytest -n 2 tests
 
-# Tiny random-weight LTX-2.3 checkpoint -> converted folder -> audio-to-video CLI -> demo.mp4 (CPU, minutes).
+# Tiny random-weight LTX-2.3 checkpoint -> converted folder -> audio-to-video CLI -> demo.mp4, and ltx2-av ->
+# demo-text-to-audio-video.mp4 (CPU, minutes).
 demo: install
 	$(PY) scripts/demo.py --output demo.mp4
 

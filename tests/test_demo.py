@@ -90,6 +90,17 @@ def test_the_demo_command_line_parses(tmp_path):
     assert parsed.sync_report and parsed.stage_2 and parsed.model == str(model)
 
 
+def test_av_command_parses():
+    from ltx2_diffusers import av_cli
+
+    args = demo.demo_args([])
+    command = demo.av_command(REPO / "model", REPO / "av.mp4", args)
+    assert command[1:3] == ["-m", "ltx2_diffusers.av_cli"]
+    parsed = av_cli.parse_args(command[3:])
+    assert (parsed.height, parsed.width, parsed.num_frames, parsed.num_inference_steps) == (128, 128, 17, 3)
+    assert parsed.stage_2 and parsed.model == str(REPO / "model")
+
+
 @pytest.mark.skipif(
     not (_have("ltx_core") and _have("ltx2_diffusers.convert")), reason="needs ltx-core and the converter"
 )
@@ -118,3 +129,7 @@ def test_demo_end_to_end(tmp_path):
     assert media.frames.shape == (65, 128, 128, 3) and media.fps == 24 and media.sample_rate == 44100
     assert abs(media.audio.shape[-1] / media.sample_rate - 65 / 24) <= 1 / 24
     assert (tmp_path / "demo_sync.png").is_file() and (tmp_path / "demo_sync.json").is_file()
+    # the text-to-audio+video clip: 17 frames with the model's generated audio at the vocoder's rate
+    av = read_video_with_audio(tmp_path / "demo-text-to-audio-video.mp4", require_audio=True)
+    assert av.frames.shape == (demo.AV_NUM_FRAMES, 128, 128, 3) and av.fps == 24
+    assert abs(av.audio.shape[-1] / av.sample_rate - demo.AV_NUM_FRAMES / 24) <= 2 / 24
