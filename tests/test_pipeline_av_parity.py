@@ -212,3 +212,31 @@ def test_different_skip_steps_are_refused_before_any_model(files, monkeypatch):
             height=HEIGHT, width=WIDTH, num_frames=NUM_FRAMES, video_guidance=dataclasses.replace(guidance, skip_step=1),
             audio_guidance=guidance,
         )  # fmt: skip
+
+
+def test_bfloat16_reference_arithmetic_is_bit_exact(files, tmp_path):
+    """In bf16 (the reference's native precision) with a bf16 LoRA as released, `reference_arithmetic=True`
+    reproduces TI2VidTwoStagesPipeline's frames and waveform bit for bit, image conditions included."""
+    version = files["version"]
+    lora = build_lora(tmp_path / "lora-bf16.safetensors", files["checkpoint"], seed=34)  # bf16, like the release
+    video_params, audio_params = reference_params(files)
+    positive, negative = contexts(10, version), contexts(11, version)
+    images = [(str(files["image"]), 0, 1.0, 33), (str(files["image"]), 8, 0.7, 33)]
+    reference = run_reference_ti2vid(
+        checkpoint=files["checkpoint"], upsampler=files["upsampler"], distilled_lora=lora,
+        distilled_strength=LORA_STRENGTH, positive=positive, negative=negative, seed=SEED, height=HEIGHT,
+        width=WIDTH, num_frames=NUM_FRAMES, frame_rate=FPS, num_inference_steps=2,
+        video_guider_params=video_params, audio_guider_params=audio_params, images=images, dtype=torch.bfloat16,
+    )  # fmt: skip
+    pipe = LTX2AudioVideoPipeline.from_single_file(
+        files["checkpoint"], spatial_upsampler_path=files["upsampler"], distilled_lora=(lora, LORA_STRENGTH),
+        torch_dtype=torch.bfloat16,
+    )  # fmt: skip
+    out = pipe(
+        prompt_contexts=tuple(c.to(torch.bfloat16) for c in positive),
+        negative_prompt_contexts=tuple(c.to(torch.bfloat16) for c in negative), conditions=images, height=HEIGHT,
+        width=WIDTH, num_frames=NUM_FRAMES, frame_rate=FPS, num_inference_steps=2,
+        video_guidance=to_guidance(video_params), audio_guidance=to_guidance(audio_params),
+        generator=torch.Generator().manual_seed(SEED), output_type="pt", reference_arithmetic=True,
+    )  # fmt: skip
+    check(out, reference, exact=True)
