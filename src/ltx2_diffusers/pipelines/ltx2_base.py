@@ -40,6 +40,7 @@ DEFAULT_NEGATIVE_PROMPT = (
     "camera, flat lighting, inconsistent tone, cinematic oversaturation, stylized filters, or AI artifacts."
 )
 
+
 @dataclass(frozen=True)
 class VersionDefaults:
     """The reference recipe of a checkpoint (ltx-pipelines' `detect_params` and its distilled pipeline).
