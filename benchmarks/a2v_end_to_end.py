@@ -189,8 +189,7 @@ def serve(files: dict[str, VirtualFile]):
     """Answer `safe_open` (safetensors' and the names our loaders imported) for the virtual paths."""
     import safetensors
 
-    from ltx2_diffusers.loaders import single_file
-    from ltx2_diffusers.models import connectors_single_file
+    from ltx2_diffusers.loaders import single_file, single_file_connectors
 
     real_open, real_check = safetensors.safe_open, single_file._check_safetensors_file
 
@@ -209,7 +208,7 @@ def serve(files: dict[str, VirtualFile]):
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(safetensors, "safe_open", safe_open))
         stack.enter_context(mock.patch.object(single_file, "safe_open", safe_open))
-        stack.enter_context(mock.patch.object(connectors_single_file, "safe_open", safe_open))
+        stack.enter_context(mock.patch.object(single_file_connectors, "safe_open", safe_open))
         stack.enter_context(mock.patch.object(single_file, "_check_safetensors_file", check))
         yield
 

@@ -22,7 +22,7 @@ def build_models(layers: int, device: torch.device, dtype: torch.dtype, seed: in
     from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
 
     from ltx2_diffusers import LTX2AudioVideoTransformer
-    from ltx2_diffusers.models.transformer_single_file import TRANSFORMER_KEY_TABLE, transformer_config_from_original
+    from ltx2_diffusers.loaders.single_file_transformer import TRANSFORMER_KEY_TABLE, transformer_config_from_original
 
     section = dict(
         num_layers=layers,

@@ -14,7 +14,7 @@ from ltx_core.types import Audio
 
 from ltx2_diffusers import AutoencoderAudioMel
 from ltx2_diffusers.loaders.single_file import read_checkpoint_config
-from ltx2_diffusers.models.autoencoder_audio_mel import AUDIO_VAE_KEY_TABLE, audio_vae_config_from_original
+from ltx2_diffusers.loaders.single_file_audio_vae import AUDIO_VAE_KEY_TABLE, audio_vae_config_from_original
 
 
 KEYS = REFERENCE_KEYS

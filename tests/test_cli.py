@@ -322,8 +322,8 @@ needs_single_file = pytest.mark.skipif(
         _have(m)
         for m in (
             "ltx_core",
-            "ltx2_diffusers.models.upsampler_single_file",
-            "ltx2_diffusers.models.video_vae_single_file",
+            "ltx2_diffusers.loaders.single_file_upsampler",
+            "ltx2_diffusers.loaders.single_file_video_vae",
             "ltx2_diffusers.utils.tiny_text_encoder",
         )
     ),

@@ -132,7 +132,7 @@ VAE_EQUAL_TO_DEFAULT += ("latent_log_var", "causal_decoder")
 def test_video_vae_missing_keys_take_ltx_core_defaults(tmp_path, drop):
     from test_video_vae_single_file import _decode_like_ltx_core, _norm
 
-    from ltx2_diffusers.models.video_vae_single_file import load_video_vae_from_single_file
+    from ltx2_diffusers.loaders.single_file_video_vae import load_video_vae_from_single_file
 
     config = checkpoint_config("2.3")
     assert all(config["vae"][k] == v for k, v in VAE_NON_DEFAULT.items())

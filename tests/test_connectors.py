@@ -21,12 +21,12 @@ from factories import (
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ltx2_diffusers.models.connectors_single_file import (
+from ltx2_diffusers.loaders.single_file_connectors import (
     CONNECTORS_KEY_TABLE,
     connectors_config_from_original,
     load_connectors_from_single_file,
 )
-from ltx2_diffusers.models.transformer_single_file import TRANSFORMER_KEY_TABLE
+from ltx2_diffusers.loaders.single_file_transformer import TRANSFORMER_KEY_TABLE
 
 
 KEYS = REFERENCE_KEYS

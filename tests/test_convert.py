@@ -27,12 +27,12 @@ from ltx2_diffusers.convert import (
     main,
     parse_size,
 )
+from ltx2_diffusers.loaders.single_file_connectors import load_connectors_from_single_file
+from ltx2_diffusers.loaders.single_file_upsampler import load_latent_upsampler_from_single_file
+from ltx2_diffusers.loaders.single_file_video_vae import load_video_vae_from_single_file
 from ltx2_diffusers.models.autoencoder_audio_mel import AutoencoderAudioMel
-from ltx2_diffusers.models.connectors_single_file import load_connectors_from_single_file
 from ltx2_diffusers.models.rope import audio_coords, video_coords
 from ltx2_diffusers.models.transformer_ltx2_av import LTX2AudioVideoTransformer
-from ltx2_diffusers.models.upsampler_single_file import load_latent_upsampler_from_single_file
-from ltx2_diffusers.models.video_vae_single_file import load_video_vae_from_single_file
 from ltx2_diffusers.models.vocoder_hifigan import LTX2HiFiGANVocoder
 from ltx2_diffusers.schedules import DISTILLED_SIGMAS, flow_match_scheduler_config
 
@@ -253,7 +253,7 @@ def test_float32_is_exact_and_default_keeps_source_dtype(converted, tmp_path):
     transformer = {}
     for f in (out / "transformer").glob("*.safetensors"):
         transformer.update(load_file(f))
-    from ltx2_diffusers.models.transformer_single_file import TRANSFORMER_KEY_TABLE
+    from ltx2_diffusers.loaders.single_file_transformer import TRANSFORMER_KEY_TABLE
 
     for key, value in source.items():
         if TRANSFORMER_KEY_TABLE.owns(key):

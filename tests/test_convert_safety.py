@@ -435,10 +435,10 @@ def test_integer_lora_and_upsampler_refused_by_converter(tmp_path):
 
 
 def _loaders():
+    from ltx2_diffusers.loaders.single_file_connectors import load_connectors_from_single_file
+    from ltx2_diffusers.loaders.single_file_video_vae import load_video_vae_from_single_file
     from ltx2_diffusers.models.autoencoder_audio_mel import AutoencoderAudioMel
-    from ltx2_diffusers.models.connectors_single_file import load_connectors_from_single_file
     from ltx2_diffusers.models.transformer_ltx2_av import LTX2AudioVideoTransformer
-    from ltx2_diffusers.models.video_vae_single_file import load_video_vae_from_single_file
     from ltx2_diffusers.models.vocoder_hifigan import LTX2HiFiGANVocoder
 
     return {
@@ -460,7 +460,7 @@ def _loaders():
 def test_integer_tensor_refused_by_single_file_loaders(tmp_path, component):
     checkpoint, upsampler, _ = _sources()
     if component == "latent_upsampler":
-        from ltx2_diffusers.models.upsampler_single_file import load_latent_upsampler_from_single_file
+        from ltx2_diffusers.loaders.single_file_upsampler import load_latent_upsampler_from_single_file
 
         load, source, key = load_latent_upsampler_from_single_file, upsampler, next(iter(load_file(upsampler)))
     else:

@@ -18,9 +18,9 @@ from ltx2_diffusers.loaders.lora import (
     lora_key_format,
     plan_lora_conversion,
 )
-from ltx2_diffusers.models.connectors_single_file import load_connectors_from_single_file
+from ltx2_diffusers.loaders.single_file_connectors import load_connectors_from_single_file
+from ltx2_diffusers.loaders.single_file_transformer import TRANSFORMER_KEY_TABLE
 from ltx2_diffusers.models.transformer_ltx2_av import LTX2AudioVideoTransformer
-from ltx2_diffusers.models.transformer_single_file import TRANSFORMER_KEY_TABLE
 
 
 TOL = 1e-5

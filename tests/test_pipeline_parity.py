@@ -58,8 +58,8 @@ def contexts(seed, version):
 
 
 def our_pipeline(files):
-    from ltx2_diffusers.models.upsampler_single_file import load_latent_upsampler_from_single_file
-    from ltx2_diffusers.models.video_vae_single_file import load_video_vae_from_single_file
+    from ltx2_diffusers.loaders.single_file_upsampler import load_latent_upsampler_from_single_file
+    from ltx2_diffusers.loaders.single_file_video_vae import load_video_vae_from_single_file
 
     checkpoint = files["checkpoint"]
     pipe = LTX2AudioToVideoPipeline(

@@ -12,7 +12,7 @@ from ltx_core.text_encoders.gemma.encoders.base_encoder import GemmaTextEncoder
 from ltx_core.text_encoders.gemma.tokenizer import LTXVGemmaTokenizer
 from transformers import AutoTokenizer, Gemma3ForConditionalGeneration, GemmaTokenizer
 
-from ltx2_diffusers.models.connectors_single_file import load_connectors_from_single_file
+from ltx2_diffusers.loaders.single_file_connectors import load_connectors_from_single_file
 from ltx2_diffusers.pipelines.text_encoding import connect_prompt, encode_prompt_features
 from ltx2_diffusers.utils.tiny_text_encoder import build_tiny_gemma3, build_tiny_gemma_tokenizer, tiny_gemma3_dims
 

@@ -13,7 +13,7 @@ from factories import build_checkpoint, load_reference, read_metadata
 from ltx_core.model.video_vae.tiling import SpatialTilingConfig, TemporalTilingConfig, TilingConfig
 from safetensors.torch import load_file, save_file
 
-from ltx2_diffusers.models.video_vae_single_file import load_video_vae_from_single_file
+from ltx2_diffusers.loaders.single_file_video_vae import load_video_vae_from_single_file
 
 
 TOL = 1e-5

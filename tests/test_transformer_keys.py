@@ -7,7 +7,7 @@ import torch
 from factories import REFERENCE_KEYS, needs_reference_keys
 
 from ltx2_diffusers import LTX2AudioVideoTransformer
-from ltx2_diffusers.models.transformer_single_file import TRANSFORMER_KEY_TABLE, transformer_config_from_original
+from ltx2_diffusers.loaders.single_file_transformer import TRANSFORMER_KEY_TABLE, transformer_config_from_original
 
 
 KEYS = REFERENCE_KEYS

@@ -9,7 +9,7 @@ from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 from factories import REFERENCE_KEYS, needs_reference_keys
 from safetensors.torch import load_file, save_file
 
-from ltx2_diffusers.models.upsampler_single_file import (
+from ltx2_diffusers.loaders.single_file_upsampler import (
     UPSAMPLER_KEY_TABLE,
     latent_upsampler_config_from_original,
     load_latent_upsampler_from_single_file,

@@ -10,7 +10,7 @@ from diffusers import AutoencoderKLLTX2Video
 from factories import REFERENCE_KEYS, RELEASED_VAE_BLOCKS, needs_reference_keys
 
 from ltx2_diffusers.loaders.single_file import load_state_dict_strict
-from ltx2_diffusers.models.video_vae_single_file import (
+from ltx2_diffusers.loaders.single_file_video_vae import (
     VIDEO_VAE_KEY_TABLE,
     load_video_vae_from_single_file,
     video_vae_config_from_original,

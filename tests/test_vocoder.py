@@ -12,7 +12,7 @@ from factories import REFERENCE_KEYS, needs_reference_keys
 from ltx_core.model.audio_vae import VocoderConfigurator
 
 from ltx2_diffusers import LTX2HiFiGANVocoder
-from ltx2_diffusers.models.vocoder_hifigan import VOCODER_KEY_TABLE, vocoder_config_from_original
+from ltx2_diffusers.loaders.single_file_vocoder import VOCODER_KEY_TABLE, vocoder_config_from_original
 
 
 KEYS = REFERENCE_KEYS

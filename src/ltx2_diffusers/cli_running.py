@@ -57,7 +57,7 @@ def load_pipeline_from_args(pipeline_class, args):
         text_encoder, tokenizer = load_gemma(args.gemma_root, dtype)
         pipe.register_modules(text_encoder=text_encoder, tokenizer=tokenizer)
     if args.spatial_upsampler_path is not None:
-        from .models.upsampler_single_file import load_latent_upsampler_from_single_file
+        from .loaders.single_file_upsampler import load_latent_upsampler_from_single_file
 
         upsampler = load_latent_upsampler_from_single_file(args.spatial_upsampler_path, torch_dtype=dtype)
         pipe.register_modules(latent_upsampler=upsampler)

@@ -110,8 +110,8 @@ class _Component:
 
 
 def _transformer(config, shapes):
+    from .loaders.single_file_transformer import transformer_config_from_original
     from .models.transformer_ltx2_av import LTX2AudioVideoTransformer
-    from .models.transformer_single_file import transformer_config_from_original
 
     return LTX2AudioVideoTransformer.from_config(transformer_config_from_original(config["transformer"]))
 
@@ -119,7 +119,7 @@ def _transformer(config, shapes):
 def _connectors(config, shapes):
     from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
 
-    from .models.connectors_single_file import connectors_config_from_original
+    from .loaders.single_file_connectors import connectors_config_from_original
 
     return LTX2TextConnectors(**connectors_config_from_original(config, shapes))
 
@@ -127,19 +127,21 @@ def _connectors(config, shapes):
 def _vae(config, shapes):
     from diffusers import AutoencoderKLLTX2Video
 
-    from .models.video_vae_single_file import video_vae_config_from_original
+    from .loaders.single_file_video_vae import video_vae_config_from_original
 
     return AutoencoderKLLTX2Video(**video_vae_config_from_original(config["vae"]))
 
 
 def _audio_vae(config, shapes):
-    from .models.autoencoder_audio_mel import AutoencoderAudioMel, audio_vae_config_from_original
+    from .loaders.single_file_audio_vae import audio_vae_config_from_original
+    from .models.autoencoder_audio_mel import AutoencoderAudioMel
 
     return AutoencoderAudioMel(**audio_vae_config_from_original(config["audio_vae"]))
 
 
 def _vocoder(config, shapes):
-    from .models.vocoder_hifigan import LTX2HiFiGANVocoder, vocoder_config_from_original
+    from .loaders.single_file_vocoder import vocoder_config_from_original
+    from .models.vocoder_hifigan import LTX2HiFiGANVocoder
 
     return LTX2HiFiGANVocoder(**vocoder_config_from_original(config["vocoder"]))
 
@@ -147,7 +149,7 @@ def _vocoder(config, shapes):
 def _upsampler(config, shapes):
     from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 
-    from .models.upsampler_single_file import latent_upsampler_config_from_original
+    from .loaders.single_file_upsampler import latent_upsampler_config_from_original
 
     return LTX2LatentUpsamplerModel(**latent_upsampler_config_from_original(config))
 
@@ -170,7 +172,7 @@ COMPONENTS: tuple[_Component, ...] = (
         "checkpoint",
         "transformer",
         True,
-        _table("models.transformer_single_file", "TRANSFORMER_KEY_TABLE"),
+        _table("loaders.single_file_transformer", "TRANSFORMER_KEY_TABLE"),
         _transformer,
     ),
     _Component(
@@ -179,7 +181,7 @@ COMPONENTS: tuple[_Component, ...] = (
         "checkpoint",
         "transformer",
         True,
-        _table("models.connectors_single_file", "CONNECTORS_KEY_TABLE"),
+        _table("loaders.single_file_connectors", "CONNECTORS_KEY_TABLE"),
         _connectors,
     ),
     _Component(
@@ -188,7 +190,7 @@ COMPONENTS: tuple[_Component, ...] = (
         "checkpoint",
         "vae",
         True,
-        _table("models.video_vae_single_file", "video_vae_key_table_for", from_config=True),
+        _table("loaders.single_file_video_vae", "video_vae_key_table_for", from_config=True),
         _vae,
     ),
     _Component(
@@ -197,7 +199,7 @@ COMPONENTS: tuple[_Component, ...] = (
         "checkpoint",
         "audio_vae",
         True,
-        _table("models.autoencoder_audio_mel", "AUDIO_VAE_KEY_TABLE"),
+        _table("loaders.single_file_audio_vae", "AUDIO_VAE_KEY_TABLE"),
         _audio_vae,
     ),
     _Component(
@@ -206,7 +208,7 @@ COMPONENTS: tuple[_Component, ...] = (
         "checkpoint",
         "vocoder",
         False,
-        _table("models.vocoder_hifigan", "VOCODER_KEY_TABLE"),
+        _table("loaders.single_file_vocoder", "VOCODER_KEY_TABLE"),
         _vocoder,
     ),
     _Component(
@@ -215,7 +217,7 @@ COMPONENTS: tuple[_Component, ...] = (
         "upsampler",
         None,
         False,
-        _table("models.upsampler_single_file", "UPSAMPLER_KEY_TABLE"),
+        _table("loaders.single_file_upsampler", "UPSAMPLER_KEY_TABLE"),
         _upsampler,
     ),
 )

@@ -275,7 +275,7 @@ def load_transformer_from_single_file(
     """
     from ..convert import _SafetensorsFile
     from ..models.transformer_ltx2_av import LTX2AudioVideoTransformer
-    from ..models.transformer_single_file import TRANSFORMER_KEY_TABLE, transformer_config_from_original
+    from .single_file_transformer import TRANSFORMER_KEY_TABLE, transformer_config_from_original
 
     if fp8 not in ("upcast", "dequantize"):
         raise ValueError(f"fp8 must be 'upcast' or 'dequantize', got {fp8!r}")

@@ -17,9 +17,9 @@ import torch
 from diffusers.loaders import LTX2LoraLoaderMixin
 from diffusers.utils import logging
 
-from ..models.connectors_single_file import CONNECTORS_KEY_TABLE
-from ..models.transformer_single_file import TRANSFORMER_KEY_TABLE
 from ..validation import check_adapter_weights, check_lora_strength
+from .single_file_connectors import CONNECTORS_KEY_TABLE
+from .single_file_transformer import TRANSFORMER_KEY_TABLE
 
 
 logger = logging.get_logger(__name__)

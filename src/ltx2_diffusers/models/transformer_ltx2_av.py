@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -16,7 +15,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.transformers.transformer_ltx2 import AudioVisualModelOutput
 from diffusers.utils import apply_lora_scale, logging
 
-from ..loaders.single_file import build_from_state_dict
+from ..loaders.single_file_model import FromOriginalCheckpointMixin
 from ..parallel import (
     TRANSFORMER_CP_PLAN,
     VideoOutput,
@@ -41,17 +40,14 @@ from .rope import ROPE_TYPES, rope_frequencies
 from .rope import audio_coords as build_audio_coords
 from .rope import video_coords as build_video_coords
 from .transformer_block import LTX2AVTransformerBlock
-from .transformer_single_file import (
-    read_transformer_config,
-    transformer_config_from_original,
-    transformer_state_dict_from_single_file,
-)
 
 
 logger = logging.get_logger(__name__)
 
 
-class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin, CacheMixin):
+class LTX2AudioVideoTransformer(
+    ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin, CacheMixin, FromOriginalCheckpointMixin
+):
     r"""The LTX-2 (19B) / LTX-2.3 (22B) audio-video transformer, numerically identical to ltx-core's `LTXModel`.
 
     A drop-in for diffusers' `LTX2VideoTransformer3DModel` (same config keys and defaults, state-dict names and
@@ -184,21 +180,6 @@ class LTX2AudioVideoTransformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAda
         self.video_output = VideoOutput()  # no weights: where context parallelism gathers the video output
         self.audio_proj_out = torch.nn.Linear(audio_inner_dim, audio_out_channels)
         self.gradient_checkpointing = False
-
-    # ------------------------------------------------------------------ loading
-    @classmethod
-    def from_single_file(
-        cls, path: str | os.PathLike, torch_dtype: torch.dtype | None = None
-    ) -> "LTX2AudioVideoTransformer":
-        """Load the transformer of an original LTX-2 / LTX-2.3 single-file checkpoint (config from its metadata).
-
-        Other components in the file (VAEs, vocoder, text connectors) are ignored; keys are checked strictly.
-        """
-        config = read_transformer_config(path)
-        state_dict = transformer_state_dict_from_single_file(path, config, dtype=torch_dtype)
-        return build_from_state_dict(cls.from_config, {"config": config}, state_dict, "transformer")
-
-    config_from_original = staticmethod(transformer_config_from_original)
 
     # ------------------------------------------------------------------ context parallelism
     def enable_parallelism(self, *, config, cp_plan=None):

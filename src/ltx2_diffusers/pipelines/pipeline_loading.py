@@ -134,11 +134,11 @@ class LTX2A2VLoadingMixin:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         from ..loaders.single_file import read_checkpoint_config
+        from ..loaders.single_file_connectors import load_connectors_from_single_file
+        from ..loaders.single_file_upsampler import load_latent_upsampler_from_single_file
+        from ..loaders.single_file_video_vae import load_video_vae_from_single_file
         from ..models.autoencoder_audio_mel import AutoencoderAudioMel
-        from ..models.connectors_single_file import load_connectors_from_single_file
         from ..models.transformer_ltx2_av import LTX2AudioVideoTransformer
-        from ..models.upsampler_single_file import load_latent_upsampler_from_single_file
-        from ..models.video_vae_single_file import load_video_vae_from_single_file
         from ..models.vocoder_hifigan import LTX2HiFiGANVocoder
         from ..schedules import flow_match_scheduler_config
 

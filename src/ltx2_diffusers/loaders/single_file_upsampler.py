@@ -13,7 +13,7 @@ import torch
 from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 from diffusers.utils import logging
 
-from ..loaders.single_file import KeyTable, load_component_state_dict, load_state_dict_strict, read_checkpoint_config
+from .single_file import KeyTable, load_component_state_dict, load_state_dict_strict, read_checkpoint_config
 
 
 logger = logging.get_logger(__name__)

@@ -15,7 +15,7 @@ from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
 from diffusers.utils import logging
 from safetensors import safe_open
 
-from ..loaders.single_file import (
+from .single_file import (
     KeyTable,
     build_from_state_dict,
     check_torch_dtype,

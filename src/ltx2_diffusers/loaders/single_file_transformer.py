@@ -1,4 +1,4 @@
-"""Original-checkpoint layout of the LTX-2 transformer: key table and metadata -> config mapping."""
+"""Original-checkpoint layout of the LTX-2 transformer: key table, metadata -> config mapping and loading function."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ..loaders.single_file import KeyTable, load_component_state_dict, read_checkpoint_config
+from .single_file import KeyTable, build_from_state_dict, load_component_state_dict, read_checkpoint_config
 
 
 TRANSFORMER_KEY_TABLE = KeyTable(
@@ -130,3 +130,14 @@ def transformer_state_dict_from_single_file(
     path: str | os.PathLike, config: dict | None = None, dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
     return load_component_state_dict(path, TRANSFORMER_KEY_TABLE, dtype=dtype)
+
+
+def transformer_from_single_file(model_cls, path: str | os.PathLike, torch_dtype: torch.dtype | None = None):
+    """`model_cls` (`LTX2AudioVideoTransformer`) built from the transformer of an original single-file checkpoint.
+
+    Config from its metadata; other components in the file (VAEs, vocoder, text connectors) are ignored; keys are
+    checked strictly.
+    """
+    config = read_transformer_config(path)
+    state_dict = transformer_state_dict_from_single_file(path, config, dtype=torch_dtype)
+    return build_from_state_dict(model_cls.from_config, {"config": config}, state_dict, "transformer")

@@ -16,7 +16,7 @@ import torch
 from diffusers import AutoencoderKLLTX2Video
 from diffusers.utils import logging
 
-from ..loaders.single_file import (
+from .single_file import (
     KeyTable,
     build_from_state_dict,
     check_torch_dtype,
