@@ -171,8 +171,9 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
-def run_case(case: HeldoutCase, root: str | pathlib.Path) -> dict:
-    """Run ours and the reference on ``case``; returns max |Δ| of frames and waveform and the output stds."""
+def run_case(case: HeldoutCase, root: str | pathlib.Path, ours_overrides: dict | None = None) -> dict:
+    """Run ours and the reference on ``case``; returns max |Δ| of frames and waveform and the output stds.
+    ``ours_overrides``: call arguments changed on our side only (a negative control of the comparison)."""
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
     config = _config(case)
@@ -232,7 +233,8 @@ def run_case(case: HeldoutCase, root: str | pathlib.Path) -> dict:
         kwargs.update(image=PIL.Image.open(image), image_strength=strength, conditions=images[1:])
     else:
         kwargs["conditions"] = images
-    out = pipe(**kwargs, **size, generator=torch.Generator().manual_seed(seed), output_type="pt")
+    kwargs.update(size, generator=torch.Generator().manual_seed(seed), output_type="pt")
+    out = pipe(**{**kwargs, **(ours_overrides or {})})
     frames, _, waveform, rate = reference
     ours = out.frames.permute(0, 2, 1, 3, 4)
     if ours.shape != frames.shape or out.audio.shape != waveform.shape or out.audio_sample_rate != rate:
