@@ -111,14 +111,20 @@ def draw_case(seed: int) -> HeldoutCase:
         skip_step = rng.choice((0, 0, 1, 2))
         video_guidance = _guidance(rng, num_layers, skip_step)
         audio_guidance = _guidance(rng, num_layers, skip_step)
+    # The audio<->video cross attention runs its RoPE at the audio width split over the VIDEO heads (ltx-core's
+    # and ours): the audio width / 2 must divide by the video head count, or neither model can run.
+    video_heads = rng.choice(_VIDEO_HEADS)
+    audio_heads = rng.choice(_AUDIO_HEADS)
+    while (audio_heads[0] * audio_heads[1] // 2) % video_heads[0]:
+        audio_heads = rng.choice(_AUDIO_HEADS)
     return HeldoutCase(
         seed=seed,
         version=version,
         variant=variant,
         pipeline=pipeline,
         num_layers=num_layers,
-        video_heads=rng.choice(_VIDEO_HEADS),
-        audio_heads=rng.choice(_AUDIO_HEADS),
+        video_heads=video_heads,
+        audio_heads=audio_heads,
         height=height,
         width=width,
         num_frames=num_frames,
