@@ -48,6 +48,7 @@ def main(argv=None) -> dict:
             row["sigmas"] = case.sigmas
             row["conditions"] = case.conditions
             rows.append(row)
+            print(f"[{len(rows)}/{args.cases}] seed {seed}: {row['case']} ok={row['ok']}", file=sys.stderr, flush=True)
     print(f"{'seed':>4s}  {'case':62s} {'frames max|d|':>13s} {'wave max|d|':>12s} {'ok':>3s} {'s':>5s}")
     for row in rows:
         frames = f"{row['frames_max_abs_diff']:.3g}" if "frames_max_abs_diff" in row else "-"
