@@ -162,3 +162,17 @@ def test_single_file_without_transformer_keys_or_config(tmp_path):
     )
     with pytest.raises(ValueError, match="qk_norm='layer_norm'"):
         LTX2AudioVideoTransformer.from_single_file(bad_layout)
+
+
+def test_split_rope_head_layouts_that_cannot_run_are_refused():
+    """Half the audio cross-attention width must divide by the VIDEO heads (ltx-core fails inside its RoPE)."""
+    from ltx2_diffusers import LTX2AudioVideoTransformer
+
+    with pytest.raises(
+        ValueError, match=r"audio->video cross-attention .* width 32 halved \(16\) must divide by its 3"
+    ):
+        LTX2AudioVideoTransformer(
+            num_attention_heads=3, attention_head_dim=32, cross_attention_dim=96, audio_num_attention_heads=1,
+            audio_attention_head_dim=32, audio_cross_attention_dim=32, num_layers=1, caption_channels=16,
+            rope_type="split",
+        )  # fmt: skip

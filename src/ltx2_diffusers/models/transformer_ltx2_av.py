@@ -127,6 +127,17 @@ class LTX2AudioVideoTransformer(
         audio_out_channels = audio_out_channels or audio_in_channels
         inner_dim = num_attention_heads * attention_head_dim
         audio_inner_dim = audio_num_attention_heads * audio_attention_head_dim
+        if rope_type == "split":  # split RoPE gives each head dim / (2 heads) frequencies
+            for name, dim, heads in (
+                ("video self-attention (num_attention_heads * attention_head_dim)", inner_dim, num_attention_heads),
+                ("audio self-attention", audio_inner_dim, audio_num_attention_heads),
+                ("audio->video cross-attention (audio_cross_attention_dim)", audio_cross_attention_dim, num_attention_heads),
+                ("video->audio cross-attention (audio_cross_attention_dim)", audio_cross_attention_dim, audio_num_attention_heads),
+            ):  # fmt: skip
+                if (dim // 2) % heads:
+                    raise ValueError(
+                        f"split RoPE: the {name} width {dim} halved ({dim // 2}) must divide by its {heads} heads"
+                    )
 
         self.video_tokens = VideoTokens()  # no weights: where context parallelism shards the video tokens
         self.proj_in = torch.nn.Linear(in_channels, inner_dim)
