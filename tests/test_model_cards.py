@@ -58,3 +58,9 @@ def test_converted_card_parses_and_its_snippet_runs(tmp_path):
     pipe = namespace["pipe"]
     assert type(pipe).__name__ == "LTX2AudioToVideoPipeline"
     assert pipe.config.model_version == "2.3.0" and pipe.transformer.dtype == torch.bfloat16
+    snippets = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
+    av_snippet = next(s for s in snippets if "LTX2AudioVideoPipeline.from_pretrained" in s)
+    assert str(out) in av_snippet
+    exec(compile(av_snippet, "model card text-to-audio+video snippet", "exec"), namespace)
+    av = namespace["av"]
+    assert type(av).__name__ == "LTX2AudioVideoPipeline" and av.config.model_variant == "distilled"
