@@ -159,3 +159,22 @@ def test_a_converted_folder_listing_the_distilled_lora_component(setup, tmp_path
     ):
         assert type(pipe.distilled_lora).__name__ == "LTX2DistilledLoRA"
         assert torch.equal(latents(pipe, setup), expected)
+
+
+def test_from_pipe_keeps_the_users_adapter_state(setup, tmp_path):
+    """`from_pipe` records the source folder again (`_name_or_path`): the saved `user_loras/` state must not be
+    re-applied over the adapters the shared transformer already carries (the user's weights and enabled flag)."""
+    pipe = single_file(setup)
+    pipe.load_lora_weights(setup["user"], adapter_name="user")
+    pipe.set_adapters("user", 0.6)
+    pipe.save_pretrained(tmp_path / "saved")
+    loaded = LTX2AudioToVideoPipeline.from_pretrained(tmp_path / "saved")
+    layers = [m for m in loaded.transformer.modules() if "user" in getattr(m, "scaling", {})]
+    base = layers[0].scaling["user"] / 0.6  # lora_alpha / r
+    loaded.set_adapters("user", 0.1)
+    loaded.disable_lora()
+    shared = {k: getattr(loaded, k) for k in ("vae", "audio_vae", "connectors", "transformer", "vocoder")}
+    other = LTX2AudioToVideoPipeline.from_pipe(loaded, **shared)
+    assert other.transformer is loaded.transformer
+    assert all(layer.scaling["user"] == pytest.approx(0.1 * base) for layer in layers)
+    assert all(layer.disable_adapters for layer in layers)

@@ -151,19 +151,23 @@ def write_extras(pipe, save_directory) -> None:
 
 
 def restore_user_adapters(pipe, folder: str) -> None:
-    """Load `user_loras/` of a saved folder (adapters not already loaded) and restore their weights/state."""
+    """Load `user_loras/` of a saved folder and restore their weights/state, unless the components already carry
+    PEFT adapters (a live pipeline's components, e.g. through `from_pipe`): those and their state are the user's
+    and are left as they are."""
     root = os.path.join(folder, USER_LORAS_SUBFOLDER)
     state_path = os.path.join(root, ADAPTERS_FILE)
     if not os.path.isfile(state_path):
         return
-    with open(state_path) as f:
-        state = json.load(f)
     loaded = set()
     for component in LORA_COMPONENT_NAMES:
         loaded |= set(getattr(getattr(pipe, component, None), "peft_config", None) or {})
+    if loaded:
+        logger.info(f"{state_path} not restored: the components already carry adapters {sorted(loaded)}")
+        return
+    with open(state_path) as f:
+        state = json.load(f)
     for adapter in state["weights"]:
-        if adapter not in loaded:
-            pipe.load_lora_weights(os.path.join(root, adapter), weight_name=LORA_WEIGHT_NAME, adapter_name=adapter)
+        pipe.load_lora_weights(os.path.join(root, adapter), weight_name=LORA_WEIGHT_NAME, adapter_name=adapter)
     if state["active"]:
         pipe.set_adapters(state["active"], [state["weights"][a] for a in state["active"]])
     if not state["enabled"]:
