@@ -163,6 +163,8 @@ class LTX2A2VChecksMixin:
             raise ValueError(
                 "stage_2=True needs the distilled LoRA: load it with load_lora_weights(path, adapter_name='distilled')"
             )
+        if stage_2 and stage_2_lora:
+            self.distilled_lora.check_fits(self.transformer)
         if guidance_batch_size is not None and (not isinstance(guidance_batch_size, int) or guidance_batch_size < 1):
             raise ValueError(f"guidance_batch_size must be None or a positive integer, got {guidance_batch_size!r}")
         if output_type not in ("pil", "np", "pt", "latent"):
