@@ -178,3 +178,13 @@ def test_from_pipe_keeps_the_users_adapter_state(setup, tmp_path):
     assert other.transformer is loaded.transformer
     assert all(layer.scaling["user"] == pytest.approx(0.1 * base) for layer in layers)
     assert all(layer.disable_adapters for layer in layers)
+
+
+def test_an_explicit_distilled_lora_none_is_honoured(setup):
+    """`from_pretrained(folder, distilled_lora=None)` drops the folder's distilled LoRA, as for any component."""
+    assert LTX2AudioToVideoPipeline.from_pretrained(setup["converted"]).distilled_lora is not None
+    pipe = LTX2AudioToVideoPipeline.from_pretrained(setup["converted"], distilled_lora=None)
+    assert pipe.distilled_lora is None
+    assert pipe.config.distilled_lora == (None, None)
+    with pytest.raises(ValueError, match="stage_2=True needs the distilled LoRA"):
+        call(pipe, setup["audio"], output_type="latent")
