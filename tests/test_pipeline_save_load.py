@@ -188,3 +188,23 @@ def test_an_explicit_distilled_lora_none_is_honoured(setup):
     assert pipe.config.distilled_lora == (None, None)
     with pytest.raises(ValueError, match="stage_2=True needs the distilled LoRA"):
         call(pipe, setup["audio"], output_type="latent")
+
+
+def test_adapter_names_that_are_paths_are_refused(setup, tmp_path):
+    """An adapter's name becomes the folder `user_loras/<adapter>/`: a name holding a path separator (or `..`)
+    would write outside the saved folder, so save_pretrained refuses it before writing anything, and loading
+    refuses such a name read from a folder's adapters.json."""
+    from ltx2_diffusers.pipelines.pipeline_saving import restore_user_adapters
+
+    pipe = single_file(setup)
+    outside = tmp_path / "outside"
+    pipe.load_lora_weights(setup["user"], adapter_name=str(outside))
+    with pytest.raises(ValueError, match="adapter name .* without path separators"):
+        pipe.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved").exists() and not outside.exists()
+
+    crafted = tmp_path / "crafted" / "user_loras"
+    crafted.mkdir(parents=True)
+    (crafted / "adapters.json").write_text(json.dumps({"weights": {"..": 1.0}, "active": [".."], "enabled": True}))
+    with pytest.raises(ValueError, match=r"adapter name '\.\.' cannot be saved"):
+        restore_user_adapters(single_file(setup), str(tmp_path / "crafted"))

@@ -112,8 +112,11 @@ def user_adapter_files(pipe) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
 
 
 def check_saveable(pipe, save_directory) -> None:
-    """Refuse before writing anything: fused LoRA layers, a foreign `pipeline.py`."""
+    """Refuse before writing anything: fused LoRA layers, a foreign `pipeline.py`, an adapter name that is not a
+    plain folder name (it names `user_loras/<adapter>/`: a separator or `..` would write outside the folder)."""
     for component in LORA_COMPONENT_NAMES:
+        for adapter in getattr(getattr(pipe, component, None), "peft_config", None) or {}:
+            _check_adapter_folder_name(adapter)
         merged = [n for n, layer in _lora_layers(getattr(pipe, component, None)) if layer.merged]
         if merged:
             raise ValueError(
@@ -125,6 +128,15 @@ def check_saveable(pipe, save_directory) -> None:
         with open(shim) as f:
             if f.read() != shim_source(type(pipe)):
                 raise ValueError(f"{shim} exists and is not this pipeline's shim: refusing to replace it")
+
+
+def _check_adapter_folder_name(adapter) -> None:
+    separators = [sep for sep in (os.sep, os.altsep, "/", "\\") if sep]
+    if not isinstance(adapter, str) or adapter in ("", ".", "..") or any(sep in adapter for sep in separators):
+        raise ValueError(
+            f"adapter name {adapter!r} cannot be saved: it names the folder user_loras/<adapter>/, so it must be a "
+            "plain name without path separators (rename the adapter)"
+        )
 
 
 def write_extras(pipe, save_directory) -> None:
@@ -166,6 +178,8 @@ def restore_user_adapters(pipe, folder: str) -> None:
         return
     with open(state_path) as f:
         state = json.load(f)
+    for adapter in state["weights"]:
+        _check_adapter_folder_name(adapter)
     for adapter in state["weights"]:
         pipe.load_lora_weights(os.path.join(root, adapter), weight_name=LORA_WEIGHT_NAME, adapter_name=adapter)
     if state["active"]:
