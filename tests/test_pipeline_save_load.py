@@ -208,3 +208,24 @@ def test_adapter_names_that_are_paths_are_refused(setup, tmp_path):
     (crafted / "adapters.json").write_text(json.dumps({"weights": {"..": 1.0}, "active": [".."], "enabled": True}))
     with pytest.raises(ValueError, match=r"adapter name '\.\.' cannot be saved"):
         restore_user_adapters(single_file(setup), str(tmp_path / "crafted"))
+
+
+def test_a_failed_adapter_write_leaves_no_temporary_file(setup, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    pipe = single_file(setup)
+    pipe.load_lora_weights(setup["user"], adapter_name="user")
+
+    real_save_file = safetensors.torch.save_file
+
+    def full_disk(tensors, path, metadata=None):
+        if "user_loras" not in str(path):  # the components save as usual
+            return real_save_file(tensors, path, metadata=metadata)
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        pipe.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved" / "user_loras" / "user").iterdir()) == []

@@ -150,8 +150,13 @@ def write_extras(pipe, save_directory) -> None:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".lora.", dir=folder)
         os.close(fd)
-        save_file(part, tmp, metadata={"format": "pt"})
-        os.replace(tmp, os.path.join(folder, LORA_WEIGHT_NAME))
+        try:
+            save_file(part, tmp, metadata={"format": "pt"})
+            os.replace(tmp, os.path.join(folder, LORA_WEIGHT_NAME))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     if tensors:
         _write_atomic(os.path.join(save_directory, USER_LORAS_SUBFOLDER, ADAPTERS_FILE), json.dumps(state, indent=2))
     index_path = os.path.join(save_directory, "model_index.json")
