@@ -342,7 +342,7 @@ def test_pipeline_reads_condition_images_before_any_audio(pipe, no_compute, tmp_
     assert no_compute == []  # refused before the audio was even decoded
 
 
-def _poisoned(index):
+def _nan_contexts(index):
     video, audio = contexts(index, "2.3")
     video = video.clone()
     video[0, 0, 0] = float("nan")
@@ -352,8 +352,8 @@ def _poisoned(index):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(prompt_contexts=_poisoned(0)), ValueError, "prompt_contexts holds NaN or infinite values"),
-        (dict(negative_prompt_contexts=_poisoned(1)), ValueError, "negative_prompt_contexts holds NaN"),
+        (dict(prompt_contexts=_nan_contexts(0)), ValueError, "prompt_contexts holds NaN or infinite values"),
+        (dict(negative_prompt_contexts=_nan_contexts(1)), ValueError, "negative_prompt_contexts holds NaN"),
         (
             dict(prompt_contexts=None, prompt_embeds=torch.full((1, 4, 8), float("inf"))),
             ValueError,
