@@ -61,3 +61,21 @@ def test_a_misfit_distilled_lora_is_refused_before_any_compute(tmp_path):
     with pytest.raises(ValueError, match=f"distilled LoRA {name}: .* do not fit the weight"):
         call(pipe, tmp_path / "a.wav", stage_2=True)
     assert forwards == []
+
+
+def test_one_linear_twice_is_refused_and_left_clean():
+    """Two targets resolving to one linear (a name and its `.base_layer`-free twin), or `applied` nested, would
+    overwrite the delta and break the restore (the class left swapped, every `weight` read a KeyError)."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6))
+    store = LTX2DistilledLoRA.from_state_dict(
+        {"transformer.0.lora_A.weight": torch.randn(2, 4), "transformer.0.lora_B.weight": torch.randn(6, 2)}
+    )
+    x = torch.randn(3, 4)
+    plain = model(x)
+    with store.applied(model, 0.5):
+        with pytest.raises(ValueError, match="already carries a distilled LoRA"):
+            with store.applied(model, 0.5):
+                pass
+        inside = model(x)
+    assert not torch.equal(inside, plain)
+    assert type(model[0]) is torch.nn.Linear and torch.equal(model(x), plain)

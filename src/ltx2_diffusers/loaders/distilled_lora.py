@@ -181,10 +181,16 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
     def applied(self, transformer: torch.nn.Module, scale: float):
         """Within the block, every target linear of `transformer` computes with `W + (B * scale) @ A`."""
         self.check_fits(transformer)
-        swapped, hooks = [], []
+        swapped, hooks, hooked = [], [], set()
         try:
             for name, (a, b) in self.pairs().items():
                 linear = _target_linear(transformer, name)
+                if DELTA_ATTRIBUTE in linear.__dict__ or id(linear) in hooked:
+                    raise ValueError(
+                        f"distilled LoRA {name}: the layer already carries a distilled LoRA (two targets naming one "
+                        "linear, or applied() nested)"
+                    )
+                hooked.add(id(linear))
                 if linear.weight.dtype in _FP8:
                     hooks.append(linear.register_forward_hook(_output_delta_hook(a, b, scale)))
                     continue
