@@ -340,3 +340,33 @@ def test_pipeline_reads_condition_images_before_any_audio(pipe, no_compute, tmp_
     with pytest.raises(ValueError, match=r"conditions\[0\]\.crf must be an integer in \[0, 51\]"):
         _call(pipe, TEN_MINUTES[:16000], conditions=[(np.zeros((8, 8, 3), np.uint8), 0, 1.0, 99)])
     assert no_compute == []  # refused before the audio was even decoded
+
+
+def _nan_contexts(index):
+    video, audio = contexts(index, "2.3")
+    video = video.clone()
+    video[0, 0, 0] = float("nan")
+    return video, audio
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(prompt_contexts=_nan_contexts(0)), ValueError, "prompt_contexts holds NaN or infinite values"),
+        (dict(negative_prompt_contexts=_nan_contexts(1)), ValueError, "negative_prompt_contexts holds NaN"),
+        (
+            dict(prompt_contexts=None, prompt_embeds=torch.full((1, 4, 8), float("inf"))),
+            ValueError,
+            "^prompt_embeds holds NaN",
+        ),
+        (
+            dict(prompt_contexts=tuple(c.to(torch.int64) for c in contexts(0, "2.3"))),
+            TypeError,
+            "prompt_contexts must be floating point",
+        ),
+        (dict(prompt_contexts=("a", "b")), ValueError, r"prompt_contexts must be \(video_context, audio_context\)"),
+    ],
+)
+def test_non_finite_or_wrong_text_conditioning_refused_before_compute(pipe, no_compute, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        _call(pipe, np.zeros(16000, np.float32), **kwargs)

@@ -159,3 +159,73 @@ def test_a_converted_folder_listing_the_distilled_lora_component(setup, tmp_path
     ):
         assert type(pipe.distilled_lora).__name__ == "LTX2DistilledLoRA"
         assert torch.equal(latents(pipe, setup), expected)
+
+
+def test_from_pipe_keeps_the_users_adapter_state(setup, tmp_path):
+    """`from_pipe` records the source folder again (`_name_or_path`): the saved `user_loras/` state must not be
+    re-applied over the adapters the shared transformer already carries (the user's weights and enabled flag)."""
+    pipe = single_file(setup)
+    pipe.load_lora_weights(setup["user"], adapter_name="user")
+    pipe.set_adapters("user", 0.6)
+    pipe.save_pretrained(tmp_path / "saved")
+    loaded = LTX2AudioToVideoPipeline.from_pretrained(tmp_path / "saved")
+    layers = [m for m in loaded.transformer.modules() if "user" in getattr(m, "scaling", {})]
+    base = layers[0].scaling["user"] / 0.6  # lora_alpha / r
+    loaded.set_adapters("user", 0.1)
+    loaded.disable_lora()
+    shared = {k: getattr(loaded, k) for k in ("vae", "audio_vae", "connectors", "transformer", "vocoder")}
+    other = LTX2AudioToVideoPipeline.from_pipe(loaded, **shared)
+    assert other.transformer is loaded.transformer
+    assert all(layer.scaling["user"] == pytest.approx(0.1 * base) for layer in layers)
+    assert all(layer.disable_adapters for layer in layers)
+
+
+def test_an_explicit_distilled_lora_none_is_honoured(setup):
+    """`from_pretrained(folder, distilled_lora=None)` drops the folder's distilled LoRA, as for any component."""
+    assert LTX2AudioToVideoPipeline.from_pretrained(setup["converted"]).distilled_lora is not None
+    pipe = LTX2AudioToVideoPipeline.from_pretrained(setup["converted"], distilled_lora=None)
+    assert pipe.distilled_lora is None
+    assert pipe.config.distilled_lora == (None, None)
+    with pytest.raises(ValueError, match="stage_2=True needs the distilled LoRA"):
+        call(pipe, setup["audio"], output_type="latent")
+
+
+def test_adapter_names_that_are_paths_are_refused(setup, tmp_path):
+    """An adapter's name becomes the folder `user_loras/<adapter>/`: a name holding a path separator (or `..`)
+    would write outside the saved folder, so save_pretrained refuses it before writing anything, and loading
+    refuses such a name read from a folder's adapters.json."""
+    from ltx2_diffusers.pipelines.pipeline_saving import restore_user_adapters
+
+    pipe = single_file(setup)
+    outside = tmp_path / "outside"
+    pipe.load_lora_weights(setup["user"], adapter_name=str(outside))
+    with pytest.raises(ValueError, match="adapter name .* without path separators"):
+        pipe.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved").exists() and not outside.exists()
+
+    crafted = tmp_path / "crafted" / "user_loras"
+    crafted.mkdir(parents=True)
+    (crafted / "adapters.json").write_text(json.dumps({"weights": {"..": 1.0}, "active": [".."], "enabled": True}))
+    with pytest.raises(ValueError, match=r"adapter name '\.\.' cannot be saved"):
+        restore_user_adapters(single_file(setup), str(tmp_path / "crafted"))
+
+
+def test_a_failed_adapter_write_leaves_no_temporary_file(setup, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    pipe = single_file(setup)
+    pipe.load_lora_weights(setup["user"], adapter_name="user")
+
+    real_save_file = safetensors.torch.save_file
+
+    def full_disk(tensors, path, metadata=None):
+        if "user_loras" not in str(path):  # the components save as usual
+            return real_save_file(tensors, path, metadata=metadata)
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        pipe.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved" / "user_loras" / "user").iterdir()) == []

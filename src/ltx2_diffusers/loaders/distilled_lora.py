@@ -98,6 +98,12 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
                     raise ValueError(f"distilled LoRA {name}.{part} has dtype {tensor.dtype}, expected a float dtype")
                 if not torch.isfinite(tensor.float()).all():
                     raise ValueError(f"distilled LoRA {name}.{part} holds non-finite values")
+            a, b = pair["lora_A"], pair["lora_B"]
+            if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+                raise ValueError(
+                    f"distilled LoRA {name}: lora_A {list(a.shape)} and lora_B {list(b.shape)} are not a "
+                    "[rank, in] / [out, rank] pair"
+                )
         store = cls(targets=sorted(pairs))
         for i, name in enumerate(store._targets):
             setattr(store, f"lora_A_{i}", pairs[name]["lora_A"].detach().clone())
@@ -158,18 +164,33 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
             json.dump({"_class_name": type(self).__name__, "targets": self._targets}, f, indent=2)
 
     # -------------------------------------------------------------------------------------------- compute
+    def check_fits(self, transformer: torch.nn.Module) -> None:
+        """`ValueError` naming the module if a target is not a linear of `transformer` whose weight the pair fits."""
+        for name, (a, b) in self.pairs().items():
+            try:
+                linear = _target_linear(transformer, name)
+            except AttributeError:
+                raise ValueError(f"distilled LoRA target {name!r} is not a module of the transformer") from None
+            if tuple(a.shape[1:]) != tuple(linear.weight.shape[1:]) or b.shape[0] != linear.weight.shape[0]:
+                raise ValueError(
+                    f"distilled LoRA {name}: A{list(a.shape)} B{list(b.shape)} do not fit the weight "
+                    f"{list(linear.weight.shape)}"
+                )
+
     @contextlib.contextmanager
     def applied(self, transformer: torch.nn.Module, scale: float):
         """Within the block, every target linear of `transformer` computes with `W + (B * scale) @ A`."""
-        swapped, hooks = [], []
+        self.check_fits(transformer)
+        swapped, hooks, hooked = [], [], set()
         try:
             for name, (a, b) in self.pairs().items():
                 linear = _target_linear(transformer, name)
-                if tuple(a.shape[1:]) != tuple(linear.weight.shape[1:]) or b.shape[0] != linear.weight.shape[0]:
+                if DELTA_ATTRIBUTE in linear.__dict__ or id(linear) in hooked:
                     raise ValueError(
-                        f"distilled LoRA {name}: A{list(a.shape)} B{list(b.shape)} do not fit the weight "
-                        f"{list(linear.weight.shape)}"
+                        f"distilled LoRA {name}: the layer already carries a distilled LoRA (two targets naming one "
+                        "linear, or applied() nested)"
                     )
+                hooked.add(id(linear))
                 if linear.weight.dtype in _FP8:
                     hooks.append(linear.register_forward_hook(_output_delta_hook(a, b, scale)))
                     continue

@@ -17,6 +17,9 @@ import torch.nn.functional as F
 from .distilled_lora import DELTA_ATTRIBUTE as DISTILLED_DELTA_ATTRIBUTE
 
 
+_FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
 def _fused_forward(self, x, *args, **kwargs):
     base = self.base_layer
     if self.disable_adapters or self.merged:
@@ -47,6 +50,12 @@ def reference_lora_arithmetic(model: torch.nn.Module):
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     patched = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    fp8 = [n for n, m in model.named_modules() if isinstance(m, LoraLinear) and m.base_layer.weight.dtype in _FP8]
+    if fp8:
+        raise ValueError(
+            f"reference_arithmetic=True: LoRA layers on float8 weights ({fp8[0]}, ...; {len(fp8)} in all) cannot be "
+            "computed as ltx-core fuses them (it re-quantises the fused weight); run without reference_arithmetic"
+        )
     for module in patched:
         module.forward = types.MethodType(_fused_forward, module)
     try:

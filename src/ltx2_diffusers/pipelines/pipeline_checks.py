@@ -135,8 +135,25 @@ class LTX2A2VChecksMixin:
             ("prompt_contexts", prompt_contexts),
             ("negative_prompt_contexts", negative_prompt_contexts),
         ):
-            if value is not None and (len(value) != 2 or any(c.ndim != 3 or c.shape[0] != 1 for c in value)):
-                raise ValueError(f"{name} must be (video_context, audio_context), each (1, tokens, dim)")
+            if value is not None and (
+                not isinstance(value, (list, tuple))
+                or len(value) != 2
+                or any(not isinstance(c, torch.Tensor) or c.ndim != 3 or c.shape[0] != 1 for c in value)
+            ):
+                raise ValueError(f"{name} must be (video_context, audio_context), each a (1, tokens, dim) tensor")
+        for name, tensors in (
+            ("prompt_embeds", [prompt_embeds]),
+            ("negative_prompt_embeds", [negative_prompt_embeds]),
+            ("prompt_contexts", prompt_contexts or []),
+            ("negative_prompt_contexts", negative_prompt_contexts or []),
+        ):
+            for tensor in tensors:
+                if tensor is None:
+                    continue
+                if not tensor.is_floating_point():
+                    raise TypeError(f"{name} must be floating point, got dtype {tensor.dtype}")
+                if not torch.isfinite(tensor).all():
+                    raise ValueError(f"{name} holds NaN or infinite values")
         bad = [n for n in callback_on_step_end_tensor_inputs if n not in self._callback_tensor_inputs]
         if bad:
             raise ValueError(
@@ -163,6 +180,8 @@ class LTX2A2VChecksMixin:
             raise ValueError(
                 "stage_2=True needs the distilled LoRA: load it with load_lora_weights(path, adapter_name='distilled')"
             )
+        if stage_2 and stage_2_lora:
+            self.distilled_lora.check_fits(self.transformer)
         if guidance_batch_size is not None and (not isinstance(guidance_batch_size, int) or guidance_batch_size < 1):
             raise ValueError(f"guidance_batch_size must be None or a positive integer, got {guidance_batch_size!r}")
         if output_type not in ("pil", "np", "pt", "latent"):

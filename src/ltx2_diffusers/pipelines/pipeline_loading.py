@@ -51,10 +51,17 @@ class LTX2A2VLoadingMixin:
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """diffusers' `from_pretrained`. The distilled LoRA is the `distilled_lora` component; folders written
         before that component was listed in `model_index.json` get it from their `distilled_lora/` subfolder
-        (also on the Hub)."""
+        (also on the Hub). An explicit `distilled_lora=None` is honoured: no distilled LoRA is loaded."""
         with LOAD_LOCK:
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-            if isinstance(pipe, LTX2A2VLoadingMixin) and pipe.distilled_lora is None:
+            if (
+                isinstance(pipe, LTX2A2VLoadingMixin)
+                and "distilled_lora" in kwargs
+                and kwargs["distilled_lora"] is None
+            ):
+                if pipe.distilled_lora is not None:  # taken from the folder by `register_to_config`
+                    pipe.register_modules(distilled_lora=None)
+            elif isinstance(pipe, LTX2A2VLoadingMixin) and pipe.distilled_lora is None:
                 pipe._load_distilled_lora_from(os.fspath(pretrained_model_name_or_path), kwargs)
         return pipe
 

@@ -112,8 +112,11 @@ def user_adapter_files(pipe) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
 
 
 def check_saveable(pipe, save_directory) -> None:
-    """Refuse before writing anything: fused LoRA layers, a foreign `pipeline.py`."""
+    """Refuse before writing anything: fused LoRA layers, a foreign `pipeline.py`, an adapter name that is not a
+    plain folder name (it names `user_loras/<adapter>/`: a separator or `..` would write outside the folder)."""
     for component in LORA_COMPONENT_NAMES:
+        for adapter in getattr(getattr(pipe, component, None), "peft_config", None) or {}:
+            _check_adapter_folder_name(adapter)
         merged = [n for n, layer in _lora_layers(getattr(pipe, component, None)) if layer.merged]
         if merged:
             raise ValueError(
@@ -127,6 +130,15 @@ def check_saveable(pipe, save_directory) -> None:
                 raise ValueError(f"{shim} exists and is not this pipeline's shim: refusing to replace it")
 
 
+def _check_adapter_folder_name(adapter) -> None:
+    separators = [sep for sep in (os.sep, os.altsep, "/", "\\") if sep]
+    if not isinstance(adapter, str) or adapter in ("", ".", "..") or any(sep in adapter for sep in separators):
+        raise ValueError(
+            f"adapter name {adapter!r} cannot be saved: it names the folder user_loras/<adapter>/, so it must be a "
+            "plain name without path separators (rename the adapter)"
+        )
+
+
 def write_extras(pipe, save_directory) -> None:
     """The user adapters, the shim and the custom-pipeline `_class_name`, after diffusers saved the components."""
     from safetensors.torch import save_file
@@ -138,8 +150,13 @@ def write_extras(pipe, save_directory) -> None:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".lora.", dir=folder)
         os.close(fd)
-        save_file(part, tmp, metadata={"format": "pt"})
-        os.replace(tmp, os.path.join(folder, LORA_WEIGHT_NAME))
+        try:
+            save_file(part, tmp, metadata={"format": "pt"})
+            os.replace(tmp, os.path.join(folder, LORA_WEIGHT_NAME))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     if tensors:
         _write_atomic(os.path.join(save_directory, USER_LORAS_SUBFOLDER, ADAPTERS_FILE), json.dumps(state, indent=2))
     index_path = os.path.join(save_directory, "model_index.json")
@@ -151,19 +168,25 @@ def write_extras(pipe, save_directory) -> None:
 
 
 def restore_user_adapters(pipe, folder: str) -> None:
-    """Load `user_loras/` of a saved folder (adapters not already loaded) and restore their weights/state."""
+    """Load `user_loras/` of a saved folder and restore their weights/state, unless the components already carry
+    PEFT adapters (a live pipeline's components, e.g. through `from_pipe`): those and their state are the user's
+    and are left as they are."""
     root = os.path.join(folder, USER_LORAS_SUBFOLDER)
     state_path = os.path.join(root, ADAPTERS_FILE)
     if not os.path.isfile(state_path):
         return
-    with open(state_path) as f:
-        state = json.load(f)
     loaded = set()
     for component in LORA_COMPONENT_NAMES:
         loaded |= set(getattr(getattr(pipe, component, None), "peft_config", None) or {})
+    if loaded:
+        logger.info(f"{state_path} not restored: the components already carry adapters {sorted(loaded)}")
+        return
+    with open(state_path) as f:
+        state = json.load(f)
     for adapter in state["weights"]:
-        if adapter not in loaded:
-            pipe.load_lora_weights(os.path.join(root, adapter), weight_name=LORA_WEIGHT_NAME, adapter_name=adapter)
+        _check_adapter_folder_name(adapter)
+    for adapter in state["weights"]:
+        pipe.load_lora_weights(os.path.join(root, adapter), weight_name=LORA_WEIGHT_NAME, adapter_name=adapter)
     if state["active"]:
         pipe.set_adapters(state["active"], [state["weights"][a] for a in state["active"]])
     if not state["enabled"]:
