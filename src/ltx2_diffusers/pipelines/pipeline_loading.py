@@ -121,23 +121,50 @@ class LTX2A2VLoadingMixin:
         distilled_lora=None,
         gemma_root=None,
         torch_dtype: torch.dtype | None = torch.bfloat16,
-        model_variant: str = "dev",
+        model_variant: str | None = None,
+        model_version: str | None = None,
     ):
         """Build the pipeline from the original files: the single-file checkpoint, the spatial upsampler, the
         distilled LoRA (`path` or `(path, strength)`, default strength 0.8) and an optional Gemma 3 folder.
-        `model_variant`: `"dev"` or `"distilled"` (a distilled checkpoint: the distilled recipe, no LoRA)."""
-        from ..loaders.model_variant import check_model_variant
+        `model_variant`: `"dev"` or `"distilled"` (a distilled checkpoint: the distilled recipe, no LoRA); None
+        decides it as the converter does (the metadata, else "distilled" in the file name).
+        `model_version`: needed only when the file's metadata has none (as the converter)."""
+        from ..loaders.model_variant import resolve_model_variant
+        from ..loaders.single_file import check_model_version, read_metadata
+        from ..validation import check_lora_strength
 
-        check_model_variant(model_variant, "model_variant")
+        metadata = read_metadata(checkpoint_path)
+        model_variant = resolve_model_variant(metadata, model_variant, checkpoint_path).name
+        file_version = metadata.get("model_version")
+        if file_version is None and model_version is None:
+            raise ValueError(
+                f"{os.fspath(checkpoint_path)!r} has no 'model_version' in its metadata; pass model_version "
+                "('2.0.0' for LTX-2, '2.3.0' for LTX-2.3)"
+            )
+        if file_version is not None and model_version is not None and file_version != model_version:
+            raise ValueError(f"model_version {model_version!r} contradicts the file's metadata {file_version!r}")
+        model_version = file_version or model_version
+        check_model_version(model_version, "model_version")
+        if isinstance(distilled_lora, (tuple, list)):
+            if len(distilled_lora) != 2:
+                raise ValueError(f"distilled_lora must be a path or (path, strength), got {distilled_lora!r}")
+            check_lora_strength("distilled_lora strength", distilled_lora[1])
         with LOAD_LOCK:
             return cls._from_single_file(
-                checkpoint_path, spatial_upsampler_path, distilled_lora, gemma_root, torch_dtype, model_variant
+                checkpoint_path,
+                spatial_upsampler_path,
+                distilled_lora,
+                gemma_root,
+                torch_dtype,
+                model_variant,
+                model_version,
             )
 
     @classmethod
     def _from_single_file(
-        cls, checkpoint_path, spatial_upsampler_path, distilled_lora, gemma_root, torch_dtype, model_variant
-    ):
+        cls, checkpoint_path, spatial_upsampler_path, distilled_lora, gemma_root, torch_dtype, model_variant,
+        model_version,
+    ):  # fmt: skip
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         from ..loaders.single_file import read_checkpoint_config
@@ -149,7 +176,7 @@ class LTX2A2VLoadingMixin:
         from ..models.vocoder_hifigan import LTX2HiFiGANVocoder
         from ..schedules import flow_match_scheduler_config
 
-        config, model_version = read_checkpoint_config(checkpoint_path)
+        config, _ = read_checkpoint_config(checkpoint_path)
         lora_path, lora_scale = (
             (distilled_lora, 0.8) if not isinstance(distilled_lora, (tuple, list)) else distilled_lora
         )
@@ -170,7 +197,7 @@ class LTX2A2VLoadingMixin:
             latent_upsampler=None
             if spatial_upsampler_path is None
             else load_latent_upsampler_from_single_file(spatial_upsampler_path, torch_dtype=torch_dtype),
-            model_version=model_version or "2.3.0",
+            model_version=model_version,
             distilled_lora_scale=float(lora_scale),
             model_variant=model_variant,
         )
