@@ -80,13 +80,9 @@ def _num_frames(text: str):
     """An `8k + 1` frame count, or `auto` (None): the largest count the audio covers."""
     if text.strip().lower() == "auto":
         return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 8k + 1 (9, 17, ..., 121) or 'auto', got {text!r}") from None
-    if value < 1 or (value - 1) % 8:
-        raise argparse.ArgumentTypeError(f"must be 8k + 1 (9, 17, ..., 121), got {value}")
-    return value
+    if not text.strip().lstrip("+-").isdigit():
+        raise argparse.ArgumentTypeError(f"expected 8k + 1 (9, 17, ..., 121) or 'auto', got {text!r}")
+    return cli_common._frame_count(text)
 
 
 def _sweep(text: str) -> tuple:
