@@ -54,6 +54,7 @@ CHECKPOINT = "/virtual/ltx-2.3-random.safetensors"
 UPSAMPLER = "/virtual/ltx-2.3-spatial-upscaler-random.safetensors"
 LORA = "/virtual/ltx-2.3-distilled-lora-random.safetensors"
 LARGE = 1 << 20  # tensors above this many elements are drawn on the generation device, in the target dtype
+LATENT: dict[str, torch.Tensor] = {}  # the final video latent each side handed to its decoder (normalised space)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -374,6 +375,13 @@ def one_forward(transformer, device, dtype, video_tokens=6144):
 def run_ours(pipe, inputs, probe: Probe | None, steps: int, extra: dict | None = None):
     from ltx2_diffusers import MultiModalGuidance
 
+    real_decode = type(pipe).decode.__get__(pipe)
+
+    def capture(latents, *args, **kwargs):
+        LATENT["video"] = latents.detach().float().cpu()
+        return real_decode(latents, *args, **kwargs)
+
+    pipe.decode = capture
     handles = []
     if probe is not None:
         handles = [
@@ -383,7 +391,7 @@ def run_ours(pipe, inputs, probe: Probe | None, steps: int, extra: dict | None =
             pipe.transformer.register_forward_hook(lambda m, a, o: probe.forward_post()),
         ]
         pipe.upsample = probe.wrap(type(pipe).upsample.__get__(pipe), "upsample")
-        pipe.decode = probe.wrap(type(pipe).decode.__get__(pipe), "decode")
+        pipe.decode = probe.wrap(capture, "decode")
         probe.mark("prepare")
     try:
         out = pipe(
@@ -446,6 +454,7 @@ def reference_patches(files, inputs, probe: Probe | None, dtype):
     def decode(latent, decoder, tiling_config, generator):
         if probe is not None:
             probe.mark("decode")
+        LATENT["video"] = latent.detach().float().cpu()
         chunks = list(real_decode(latent, decoder, tiling_config, generator))
         captured["frames"] = chunks
         if probe is not None:
@@ -575,7 +584,7 @@ def run_side(side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_s
                 if hasattr(pipe, key):
                     row[key] = getattr(pipe, key)
         if frames_out:
-            torch.save(_frames(frames).half(), frames_out)
+            torch.save({"frames": _frames(frames).half(), "latent": LATENT.get("video")}, frames_out)
     except torch.OutOfMemoryError as e:  # a side that does not fit under the cap is a result, not a crash
         where = [f"{f.filename.split('/')[-1]}:{f.lineno} {f.name}" for f in traceback.extract_tb(e.__traceback__)]
         row = {
@@ -692,12 +701,17 @@ def main(argv=None) -> dict:
     # Output differences (frames in [0, 1]) against the first side that ran: the same random weights and seed.
     names = [r["side"] for r in rows if "error" not in r and frame_files[r["side"]].exists()]
     if names:
-        base = torch.load(frame_files[names[0]]).float()
+        base = torch.load(frame_files[names[0]])
         for row in rows:
             if row["side"] in names:
-                other = torch.load(frame_files[row["side"]]).float()
-                row["max_abs_diff_vs_" + names[0]] = (other - base).abs().max().item()
-                row["mean_abs_diff_vs_" + names[0]] = (other - base).abs().mean().item()
+                other = torch.load(frame_files[row["side"]])
+                delta = other["frames"].float() - base["frames"].float()
+                row["max_abs_diff_vs_" + names[0]] = delta.abs().max().item()
+                row["mean_abs_diff_vs_" + names[0]] = delta.abs().mean().item()
+                if other["latent"] is not None and base["latent"] is not None:  # the denoiser, without the decode
+                    d = other["latent"] - base["latent"]
+                    row["latent_max_abs_diff_vs_" + names[0]] = d.abs().max().item()
+                    row["latent_rel_l2_vs_" + names[0]] = (d.norm() / base["latent"].norm()).item()
     shutil.rmtree(workdir, ignore_errors=True)
     _print_table(rows)
     result = {
