@@ -37,6 +37,7 @@ allocator's fragmentation and what the estimates leave out (text-encoder, audio-
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -50,8 +51,6 @@ GIB = 2**30
 MEMORY_MARGIN = 0.1
 OFFLOAD_KINDS = ("none", "model", "group-block", "group-leaf")
 LORA_LOCATIONS = ("device", "host")
-# Transformer activations, in hidden-width tensors per token (see `transformer_activation_bytes`).
-TRANSFORMER_LIVE_WIDTHS = 23
 # Video decoder activations, in tensors of its largest stage (see `decoder_activation_bytes`).
 DECODER_LIVE_TENSORS = 7
 FLOAT32_BYTES = 4
@@ -182,32 +181,45 @@ def check_memory_budget(memory_budget_gib, name: str = "memory_budget_gib") -> i
     return int(value * GIB)
 
 
+def check_count(name: str, value) -> int:
+    """A positive int (TypeError / ValueError naming `name`)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return int(value)
+
+
 # ---------------------------------------------------------------------------------------------------- estimates
 def transformer_activation_bytes(config, batch: int, video_tokens: int, audio_tokens: int, text_tokens: int,
                                  dtype_bytes: int) -> int:  # fmt: skip
-    """Activation bytes of one transformer forward (memory-efficient attention: no T x T scores).
+    """Activation bytes of one transformer forward as the pipeline runs it (per-token timesteps, per-item
+    cross-modal timesteps: `use_cross_timestep=True`; memory-efficient attention: no T x T scores).
 
-    Per video token `D * (k + 23) + 2 * F + C` values, where `D = num_attention_heads * attention_head_dim`,
-    `k` the modulation rows of the timestep embedding (9 with `cross_attn_mod`, else 6), `F = 4 * D` the
-    feed-forward width and `C = audio_cross_attention_dim`; the same per audio token with the audio widths; plus
-    `3 * text_tokens * (D + D_audio)` for the contexts. Traced at the peak (the feed-forward activation of a
-    block, per-token timesteps): the timestep embedding (k), the cross-modal scale/shift and gate embeddings (5),
-    the block's modulation rows (6) and cross-modal rows (5), the feed-forward input projection and activation
-    (2F), six hidden-width tensors (input projection, residual stream, norms, modulated input, the previous
-    block's output) and the rotary tables (D + C). Times `batch * dtype_bytes`."""
+    Per video token `b * D * (k + r + 13) + b * C + max(12 * D, 2 * b * F)` bytes, with `b = dtype_bytes`,
+    `D = num_attention_heads * attention_head_dim`, `k` the rows of the per-token timestep embedding (9 with
+    `cross_attn_mod`, else 6), `r` the text cross-attention modulation rows (3 with `cross_attn_mod`), `F = 4 * D`
+    the feed-forward width and `C = audio_cross_attention_dim`. Traced at the peak: the timestep embedding (k
+    rows), the block's modulation (6 rows) and text cross-attention modulation (r rows), six hidden-width tensors
+    (input projection, embedded timestep, residual stream, attention output, modulated input, query projection),
+    the rotary tables (D, and C for the cross-modal ones), and the larger of the float32 RMS-norm temporaries of
+    a query (3 x D x 4 bytes) and the feed-forward projection and activation (2F). The same per audio token with
+    the audio widths (`audio_num_attention_heads * audio_attention_head_dim`, `audio_cross_attn_mod`); the text
+    contexts `3 * text_tokens * (D + D_audio) * b`. Times `batch`."""
 
     def per_token(width, cross_mod, cross_width):
-        rows = 9 if cross_mod else 6
-        return width * (rows + TRANSFORMER_LIVE_WIDTHS) + 2 * 4 * width + cross_width
+        rows = (9 + 3) if cross_mod else 6
+        return dtype_bytes * (width * (rows + 13) + cross_width) + max(12 * width, 2 * dtype_bytes * 4 * width)
 
     video_width = config.num_attention_heads * config.attention_head_dim
     audio_width = config.audio_num_attention_heads * config.audio_attention_head_dim
-    values = (
-        video_tokens * per_token(video_width, config.cross_attn_mod, config.audio_cross_attention_dim)
-        + audio_tokens * per_token(audio_width, config.audio_cross_attn_mod, config.audio_cross_attention_dim)
-        + 3 * text_tokens * (video_width + audio_width)
+    cross = config.audio_cross_attention_dim
+    per_item = (
+        video_tokens * per_token(video_width, config.cross_attn_mod, cross)
+        + audio_tokens * per_token(audio_width, config.audio_cross_attn_mod, cross)
+        + 3 * text_tokens * (video_width + audio_width) * dtype_bytes
     )
-    return batch * values * dtype_bytes
+    return batch * per_item
 
 
 def _decoder_stages(config, frames: int, height: int, width: int):

@@ -258,22 +258,19 @@ class LTX2A2VLoadingMixin:
         to come (`guidance_batch_size` as passed to them). Refused: a budget that is not a finite number > 0, a
         budget no tier fits (ValueError with the smallest that does), and a pipeline that already carries
         offload hooks (the user's placement is left as it is). Returns the `MemoryTier` applied."""
-        from ..validation import _real, check_frame_rate
-        from .memory import check_memory_budget, choose_memory_tier, guidance_pass_count, measure_memory_sizes
+        from ..validation import check_frame_rate
+        from . import memory
 
-        budget = check_memory_budget(memory_budget_gib)
+        budget = memory.check_memory_budget(memory_budget_gib)
         for name, value in (("height", height), ("width", width), ("num_frames", num_frames)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        passes = guidance_pass_count(self)
-        if guidance_batch_size is not None:
-            passes = min(passes, int(_real("guidance_batch_size", guidance_batch_size)))
-        sizes = measure_memory_sizes(
+            memory.check_count(name, value)
+        batch = 4 if guidance_batch_size is None else memory.check_count("guidance_batch_size", guidance_batch_size)
+        sizes = memory.measure_memory_sizes(
             self, height=height, width=width, num_frames=num_frames, frame_rate=check_frame_rate(frame_rate),
-            stage_2=bool(stage_2), passes_per_forward=max(1, passes),
+            stage_2=bool(stage_2), passes_per_forward=min(memory.guidance_pass_count(self), batch),
         )  # fmt: skip
         self._check_no_offload_hooks()
-        tier = choose_memory_tier(budget, sizes)
+        tier = memory.choose_memory_tier(budget, sizes)
         self.enable_memory_tier(tier, device)
         return tier
 
