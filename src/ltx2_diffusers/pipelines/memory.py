@@ -21,7 +21,7 @@ Tiers, fastest first (`TIERS`):
 Estimated peaks (`estimated_peak`; W = weight bytes, A = activation bytes, L = the LoRA factors when on the
 device, T = `lora_transient`):
 
-- resident: `W_transformer + W_others + L + max(A_stage_1, A_stage_2 + T, A_decode)`;
+- resident: `W_transformer + W_others + W_unchained + L + max(A_stage_1, A_stage_2 + T, A_decode)`;
 - model: `L + W_unchained + max(largest chained W_other, W_transformer + max(A_stage_1, A_stage_2 + T,
   W_upsampler), W_vae + A_decode_tiled)` (each model of `model_cpu_offload_seq` is on the device only while it
   runs, except that the upsampler runs before the transformer leaves; models outside the chain stay once used);
@@ -32,6 +32,8 @@ device, T = `lora_transient`):
 
 A tier fits when its peak is at most `(1 - MEMORY_MARGIN)` of the budget: the margin covers the caching
 allocator's fragmentation and what the estimates leave out (text-encoder, audio-VAE and upsampler activations).
+Every tier computes the same frames, except that a tiled decode (diffusers' `tiled_decode`, 512 px tiles) blends
+overlapping tiles and so differs from the whole decode near the tile seams when the video is larger than a tile.
 """
 
 from __future__ import annotations
