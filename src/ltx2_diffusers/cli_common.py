@@ -3,7 +3,7 @@
 Flag groups (each an `add_*_arguments(parser)`): model loading (`--checkpoint-path` | `--model`, `--distilled-lora`,
 `--lora`, `--spatial-upsampler-path`, `--gemma-root`, `--quantization`, `--dtype`), prompts and images
 (`--prompt`, `--negative-prompt`, `--enhance-prompt`, `--image`), video size and steps, video guidance, audio
-guidance, and run/output (`--offload`, `--device`, `--vae-tiling`, `--guidance-batch-size`,
+guidance, and run/output (`--offload`, `--memory-budget-gib`, `--device`, `--vae-tiling`, `--guidance-batch-size`,
 `--reference-arithmetic`, `--output-path`, size bounds, `--context-parallel`). The flags keep ltx-pipelines' names
 and defaults (LTX-2.3 parameters); the `check_*` functions check the files and devices they name before anything
 loads. Loading, placement and the other run-time helpers are in `cli_running`.
@@ -372,10 +372,12 @@ def add_run_arguments(parser):
         "--offload",
         choices=OFFLOAD_MODES,
         default="none",
-        help="none: everything on --device; model / sequential / group: diffusers' CPU offloading (default: none)",
+        help="none: everything on --device; model / sequential / group: diffusers' CPU offloading (default: the "
+        "memory tier, see --memory-budget-gib)",
     )
     run.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     run.add_argument("--vae-tiling", action="store_true", help="decode the video in tiles (less memory)")
+    add_memory_arguments(run)
     run.add_argument(
         "--guidance-batch-size",
         type=_positive_int,
@@ -414,6 +416,45 @@ def add_run_arguments(parser):
         help="raise the bound on the video latent tokens ((F-1)/8+1)*(H/32)*(W/32) (default 262144)",
     )
     return run
+
+
+class _OffloadDefault(str):
+    """`--offload`'s default, equal to "none" but told apart from an explicit `--offload none`."""
+
+
+def add_memory_arguments(group) -> None:
+    """`--memory-budget-gib`: the memory tier (`pipelines/memory.py`) for a budget; `--offload`'s default becomes
+    "the tier" (on CUDA the free GPU memory is the budget). An explicit `--offload` places the pipeline as asked."""
+    group.add_argument(
+        "--memory-budget-gib",
+        type=_positive,
+        default=None,
+        metavar="GIB",
+        help="GPU memory the run may use: picks the fastest placement whose estimated peak fits (everything "
+        "resident; model offload; block, then leaf group offload with a CUDA stream; tiled decode). Default on "
+        "CUDA without --offload: the free GPU memory. Not with --offload, --context-parallel or a CPU device",
+    )
+    group.set_defaults(offload=_OffloadDefault("none"))
+
+
+def offload_given(args) -> bool:
+    """Whether `--offload` was given (its default is the memory tier)."""
+    return not isinstance(args.offload, _OffloadDefault)
+
+
+def check_memory_args(parser, args) -> None:
+    """`--memory-budget-gib` chooses the offloading itself: refused with `--offload`, `--context-parallel` or
+    a device that is not CUDA."""
+    if getattr(args, "memory_budget_gib", None) is None:
+        return
+    from .cli_running import device_of
+
+    if offload_given(args):
+        parser.error(f"--memory-budget-gib chooses the offloading itself; drop --offload {args.offload} or the budget")
+    if getattr(args, "context_parallel", None) is not None:
+        parser.error("--memory-budget-gib cannot be combined with --context-parallel: every rank holds the model")
+    if device_of(args).type != "cuda":
+        parser.error(f"--memory-budget-gib needs a CUDA device, got {device_of(args)} (no GPU memory to budget)")
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -480,6 +521,7 @@ def check_run_args(parser, args) -> None:
         # accelerate's per-weight hooks cannot round-trip weights when the onload device is the CPU itself.
         parser.error("--offload sequential needs an accelerator device; on cpu there is nothing to offload to")
     check_context_parallel(parser, args)
+    check_memory_args(parser, args)
     output_dir = os.path.dirname(os.path.abspath(args.output_path))
     if os.path.isdir(args.output_path):
         parser.error(f"--output-path {args.output_path!r} is a folder; give a file name such as out.mp4")

@@ -9,6 +9,7 @@ device), and only rank 0 shows progress and writes files.
 
 from __future__ import annotations
 
+import math
 import sys
 
 from diffusers.utils import logging
@@ -123,6 +124,8 @@ def prepare_pipeline(pipe, args, device):
         pipe.vae.enable_tiling()
     if getattr(args, "context_parallel", None) is not None:
         device = enable_context_parallel(pipe, args.context_parallel)
+    if apply_memory_tier(pipe, args, device):
+        return device
     if args.offload == "none":
         pipe.to(device)
     elif args.offload == "model":
@@ -137,6 +140,56 @@ def prepare_pipeline(pipe, args, device):
             use_stream=device.type == "cuda",
         )
     return device
+
+
+def apply_memory_tier(pipe, args, device) -> bool:
+    """The memory tier for `--memory-budget-gib`, or on CUDA without `--offload` (and without
+    `--context-parallel`) for the free GPU memory, applied by `pipe.enable_memory_budget` for this run's size and
+    printed; False when neither applies (the `--offload` placement follows)."""
+    from .cli_common import offload_given
+    from .pipelines.memory import GIB
+
+    budget, free = getattr(args, "memory_budget_gib", None), None
+    if budget is None:
+        if offload_given(args) or device.type != "cuda" or getattr(args, "context_parallel", None) is not None:
+            return False
+        import torch
+
+        free = torch.cuda.mem_get_info(device)[0]
+        budget = free / GIB
+    try:
+        tier = pipe.enable_memory_budget(
+            budget, device, height=args.height, width=args.width, num_frames=planned_num_frames(args),
+            frame_rate=args.frame_rate, stage_2=args.stage_2,
+            guidance_batch_size=1 if args.reference_arithmetic else args.guidance_batch_size,
+        )  # fmt: skip
+    except ValueError as error:
+        if free is None:
+            raise ValueError(f"--memory-budget-gib: {error}") from None
+        raise ValueError(
+            f"{device} has {budget:.2f} GiB free: {error}; free GPU memory, or pass --offload sequential"
+        ) from None
+    source = "--memory-budget-gib" if free is None else f"free memory of {device}"
+    print(f"memory tier: {tier} for {budget:.2f} GiB ({source})")
+    return True
+
+
+def planned_num_frames(args) -> int:
+    """`--num-frames`, or with `--num-frames auto` the count the audio gives (as `preflight` computes it; the
+    bound `--max-num-frames` when the container does not tell its duration)."""
+    if args.num_frames is not None:
+        return args.num_frames
+    from .cli_safety import probe_audio_seconds
+    from .validation import MAX_NUM_FRAMES
+
+    seconds = probe_audio_seconds(args.audio_path)
+    if seconds is None:
+        return args.max_num_frames or MAX_NUM_FRAMES
+    available = seconds - args.audio_start_time
+    if args.audio_max_duration is not None:
+        available = min(available, args.audio_max_duration)
+    frames = math.floor(available * args.frame_rate + 1e-9)
+    return max(1, ((frames - 1) // 8) * 8 + 1)
 
 
 def enable_context_parallel(pipe, degree: int):

@@ -10,7 +10,9 @@ Inside `store.applied(transformer, scale)` every target linear computes `F.linea
 second copy of the weights: the target linear's class is swapped for the block to a subclass whose `weight`
 attribute returns `W + delta`. This works whether the linear is plain or the `base_layer` of a user's PEFT LoRA
 layer (PEFT then adds the user's adapters on top, or has merged them into `W`), and under accelerate / diffusers
-offload hooks (they wrap `forward`, which reads `self.weight` after the weights are on the device). float8 linears
+offload hooks (they wrap `forward`, which reads `self.weight` after the weights are on the device; the factors
+follow the weight's device at each use, copied asynchronously when they are kept in pinned host memory, as the
+offloading memory tiers keep them). float8 linears
 (upcast at compute) get `scale * B(A(x))` added to their output instead.
 """
 
@@ -44,8 +46,15 @@ class _WeightWithDelta:
         if name != "weight":
             return value
         a, b, scale = self.__dict__[DELTA_ATTRIBUTE]
-        delta = torch.matmul(b.to(value.device, value.dtype) * scale, a.to(value.device, value.dtype))
+        delta = torch.matmul(_on_weight(b, value) * scale, _on_weight(a, value))
         return delta + value
+
+
+def _on_weight(factor: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`factor` on the weight's device, then in its dtype. Factors kept on the host (offloading memory tiers) are
+    copied without blocking the host (asynchronous from pinned memory); the cast is done on the weight's device."""
+    non_blocking = factor.device.type == "cpu" and weight.device.type != "cpu"
+    return factor.to(weight.device, non_blocking=non_blocking).to(weight.dtype)
 
 
 def _with_delta_class(cls: type) -> type:

@@ -246,6 +246,77 @@ class LTX2A2VLoadingMixin:
             else:
                 apply_group_offloading(module=component, **options)
 
+    def enable_memory_budget(
+        self, memory_budget_gib: float, device: torch.device | str = "cuda", *, height: int = 1024,
+        width: int = 1536, num_frames: int = 121, frame_rate: float = 24.0, stage_2: bool = True,
+        guidance_batch_size: int | None = None,
+    ):  # fmt: skip
+        """Place the components so that a call of this size peaks within `memory_budget_gib` GiB of `device`:
+        the fastest `memory.TIERS` entry whose estimated peak fits (everything resident; model CPU offload; group
+        offload by block, then by leaf layer, with a CUDA stream; tiled decode and the distilled LoRA in pinned
+        host memory where needed), applied with `enable_memory_tier`. The size arguments are those of the calls
+        to come (`guidance_batch_size` as passed to them). Refused: a budget that is not a finite number > 0, a
+        budget no tier fits (ValueError with the smallest that does), and a pipeline that already carries
+        offload hooks (the user's placement is left as it is). Returns the `MemoryTier` applied."""
+        from ..validation import check_frame_rate
+        from . import memory
+
+        budget = memory.check_memory_budget(memory_budget_gib)
+        for name, value in (("height", height), ("width", width), ("num_frames", num_frames)):
+            memory.check_count(name, value)
+        batch = 4 if guidance_batch_size is None else memory.check_count("guidance_batch_size", guidance_batch_size)
+        sizes = memory.measure_memory_sizes(
+            self, height=height, width=width, num_frames=num_frames, frame_rate=check_frame_rate(frame_rate),
+            stage_2=bool(stage_2), passes_per_forward=min(memory.guidance_pass_count(self), batch),
+        )  # fmt: skip
+        self._check_no_offload_hooks()
+        tier = memory.choose_memory_tier(budget, sizes)
+        self.enable_memory_tier(tier, device)
+        return tier
+
+    def enable_memory_tier(self, tier, device: torch.device | str = "cuda"):
+        """Apply a `memory.MemoryTier` with diffusers' mechanisms: `to(device)`, `enable_model_cpu_offload` or
+        `enable_group_offload` (block or leaf level; a CUDA stream on CUDA), `enable_vae_tiling` (never turned off
+        here), and the distilled LoRA's factors on the device or in pinned host memory. A pipeline that already
+        carries offload hooks is refused (ValueError naming the components)."""
+        from .memory import MemoryTier, place_distilled_lora
+
+        if not isinstance(tier, MemoryTier):
+            raise TypeError(f"tier must be a memory.MemoryTier, got {type(tier).__name__}")
+        device = torch.device(device)
+        self._check_no_offload_hooks()
+        if tier.tiled_decode:
+            self.enable_vae_tiling()
+        if tier.offload == "none":
+            self.to(device)
+        elif tier.offload == "model":
+            if tier.lora_location == "host":  # hooked like a model outside the chain: it stays on the host
+                self._exclude_from_cpu_offload = [n for n in self._exclude_from_cpu_offload if n != "distilled_lora"]
+            self.enable_model_cpu_offload(device=device)
+        else:
+            self.enable_group_offload(
+                onload_device=device,
+                offload_device=torch.device("cpu"),
+                offload_type="block_level" if tier.offload == "group-block" else "leaf_level",
+                num_blocks_per_group=1,
+                use_stream=device.type == "cuda",
+            )
+        place_distilled_lora(self.distilled_lora, tier.lora_location, device)
+        self._memory_tier = tier
+
+    def _check_no_offload_hooks(self) -> None:
+        from .memory import has_offload_hooks
+
+        hooked = has_offload_hooks(self)
+        if hooked:
+            applied = getattr(self, "_memory_tier", None)
+            by = f"memory tier {applied}" if applied is not None else "the user"
+            raise ValueError(
+                f"the components {hooked} already carry offload hooks (set by {by}); a memory budget does not "
+                "replace them: load the pipeline again, or remove them first (`remove_all_hooks()` for model or "
+                "sequential offload)"
+            )
+
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name=None, **kwargs):
         """The mixin's `load_lora_weights` (user adapters, through PEFT). `adapter_name="distilled"` is kept for
         backward compatibility and does NOT create a PEFT adapter: it loads the stage-2 distilled LoRA into the

@@ -1,0 +1,417 @@
+"""Memory tiers: where the pipeline's components live for a given accelerator memory budget.
+
+A `MemoryTier` names one placement, with diffusers' own mechanisms: everything resident (`pipe.to`), model CPU
+offload (`enable_model_cpu_offload`: the transformer leaves the device before the decode, the VAE and the others
+during denoising), group offload by transformer block or by leaf layer with CUDA streams (`enable_group_offload`),
+plus whether the video VAE decodes in tiles (`enable_vae_tiling`) and where the distilled LoRA's factors live (on
+the device, or in pinned host memory, copied to each weight's device as stage 2 uses them).
+
+`measure_memory_sizes(pipe, ...)` measures what a call needs (the bytes of every component's parameters and
+buffers, and activation estimates for the call's shape from the transformer and VAE configs);
+`choose_memory_tier(budget_bytes, sizes)` (pure) returns the fastest tier whose estimated peak fits the budget.
+Tiers, fastest first (`TIERS`):
+
+| tier | offload | decode | distilled LoRA |
+|---|---|---|---|
+| resident | none | whole | device |
+| model | `enable_model_cpu_offload` | tiled | device, then host |
+| group-block | block-level group offload, one block per group, CUDA stream | tiled | device, then host |
+| group-leaf | leaf-level group offload, CUDA stream | tiled | device, then host |
+
+Estimated peaks (`estimated_peak`; W = weight bytes, A = activation bytes, L = the LoRA factors when on the
+device, T = `lora_transient`):
+
+- resident: `W_transformer + W_others + W_unchained + L + max(A_stage_1, A_stage_2 + T, A_decode)`;
+- model: `L + W_unchained + max(largest chained W_other, W_transformer + max(A_stage_1, A_stage_2 + T,
+  W_upsampler), W_vae + A_decode_tiled)` (each model of `model_cpu_offload_seq` is on the device only while it
+  runs, except that the upsampler runs before the transformer leaves; models outside the chain stay once used);
+- group-block: `L + max(W_transformer_outside_blocks + 2 * W_largest_block + max(A_stage_1, A_stage_2 + T),
+  W_others_held_by_parents + 2 * W_largest_other_leaf + A_decode_tiled)` (with a stream one group computes while
+  the next is copied);
+- group-leaf: as group-block with `W_transformer_held_by_parents + 2 * W_largest_transformer_leaf`.
+
+A tier fits when its peak is at most `(1 - MEMORY_MARGIN)` of the budget: the margin covers the caching
+allocator's fragmentation and what the estimates leave out (text-encoder, audio-VAE and upsampler activations).
+Every tier computes the same frames, except that a tiled decode (diffusers' `tiled_decode`, 512 px tiles) blends
+overlapping tiles and so differs from the whole decode near the tile seams when the video is larger than a tile.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from ..validation import _real
+from . import ltx2_stages as stages
+
+
+GIB = 2**30
+MEMORY_MARGIN = 0.1
+OFFLOAD_KINDS = ("none", "model", "group-block", "group-leaf")
+LORA_LOCATIONS = ("device", "host")
+# Video decoder activations, in tensors of its largest stage (see `decoder_activation_bytes`).
+DECODER_LIVE_TENSORS = 7
+FLOAT32_BYTES = 4
+
+
+@dataclass(frozen=True)
+class MemoryTier:
+    """One placement of the pipeline's components.
+
+    `offload`: "none" (everything on the device), "model" (diffusers' model CPU offload), "group-block" /
+    "group-leaf" (diffusers' group offload by transformer block or by leaf layer, with a CUDA stream on CUDA);
+    `tiled_decode`: the video VAE decodes in tiles; `lora_location`: the distilled LoRA's factors on the "device"
+    or on the "host" (pinned, copied to each weight's device when stage 2 forms `W + delta`)."""
+
+    name: str
+    offload: str
+    tiled_decode: bool
+    lora_location: str = "device"
+
+    def __post_init__(self):
+        if self.offload not in OFFLOAD_KINDS:
+            raise ValueError(f"offload must be one of {OFFLOAD_KINDS}, got {self.offload!r}")
+        if self.lora_location not in LORA_LOCATIONS:
+            raise ValueError(f"lora_location must be one of {LORA_LOCATIONS}, got {self.lora_location!r}")
+
+    def __str__(self) -> str:
+        decode = "tiled decode" if self.tiled_decode else "whole decode"
+        return f"{self.name} ({decode}, distilled LoRA on the {self.lora_location})"
+
+
+TIERS = (
+    MemoryTier("resident", "none", tiled_decode=False),
+    MemoryTier("model", "model", tiled_decode=True),
+    MemoryTier("model", "model", tiled_decode=True, lora_location="host"),
+    MemoryTier("group-block", "group-block", tiled_decode=True),
+    MemoryTier("group-block", "group-block", tiled_decode=True, lora_location="host"),
+    MemoryTier("group-leaf", "group-leaf", tiled_decode=True),
+    MemoryTier("group-leaf", "group-leaf", tiled_decode=True, lora_location="host"),
+)
+
+
+@dataclass(frozen=True)
+class MemorySizes:
+    """Bytes one call needs on the accelerator, by part (`measure_memory_sizes`).
+
+    Weights: `transformer` (all of it), `transformer_block` (its largest block), `transformer_outside_blocks`
+    (what a block-level offload keeps on the device for the whole forward), `transformer_leaf` (its largest
+    leaf layer), `transformer_held_by_parents` (parameters of non-leaf modules); `others`: the other components
+    of `model_cpu_offload_seq` by name; `unchained`: the components outside it (the distilled LoRA excluded);
+    `others_leaf` / `others_held_by_parents`: largest leaf and non-leaf parameters of all non-transformer
+    components; `lora`: the distilled LoRA's factors;
+    `lora_transient`: the largest `W + delta` pair stage 2 forms at once. Activations: `stage_1`, `stage_2`,
+    `decode` (whole) and `decode_tiled`."""
+
+    transformer: int
+    transformer_block: int
+    transformer_outside_blocks: int
+    transformer_leaf: int
+    transformer_held_by_parents: int
+    others: Mapping[str, int] = field(default_factory=dict)
+    others_leaf: int = 0
+    others_held_by_parents: int = 0
+    unchained: int = 0
+    lora: int = 0
+    lora_transient: int = 0
+    stage_1: int = 0
+    stage_2: int = 0
+    decode: int = 0
+    decode_tiled: int = 0
+
+    def __post_init__(self):
+        for name, value in vars(self).items():
+            values = value.values() if isinstance(value, Mapping) else [value]
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise ValueError(f"MemorySizes.{name} must hold byte counts (ints >= 0), got {value!r}")
+
+
+def estimated_peak(tier: MemoryTier, sizes: MemorySizes) -> int:
+    """Peak accelerator bytes of one call under `tier` (the formulas in the module docstring)."""
+    lora = sizes.lora if tier.lora_location == "device" else 0
+    stages_peak = max(sizes.stage_1, sizes.stage_2 + sizes.lora_transient)
+    decode = sizes.decode_tiled if tier.tiled_decode else sizes.decode
+    others = dict(sizes.others)
+    if tier.offload == "none":
+        weights = sizes.transformer + sum(others.values()) + sizes.unchained
+        return weights + lora + max(stages_peak, decode)
+    if tier.offload == "model":
+        chained = [v for k, v in others.items() if k not in ("vae", "latent_upsampler")]
+        return (
+            lora
+            + sizes.unchained
+            + max(
+                max(chained, default=0),
+                sizes.transformer + max(stages_peak, others.get("latent_upsampler", 0)),
+                others.get("vae", 0) + decode,
+            )
+        )
+    if tier.offload == "group-block":
+        transformer = sizes.transformer_outside_blocks + 2 * sizes.transformer_block
+    else:
+        transformer = sizes.transformer_held_by_parents + 2 * sizes.transformer_leaf
+    return lora + max(transformer + stages_peak, sizes.others_held_by_parents + 2 * sizes.others_leaf + decode)
+
+
+def choose_memory_tier(budget_bytes: int, sizes: MemorySizes, margin: float = MEMORY_MARGIN) -> MemoryTier:
+    """The first of `TIERS` (fastest first) whose `estimated_peak` is at most `(1 - margin) * budget_bytes`.
+    ValueError naming `memory_budget_gib` and the smallest budget that fits when none does."""
+    usable = budget_bytes * (1 - margin)
+    for tier in TIERS:
+        if estimated_peak(tier, sizes) <= usable:
+            return tier
+    smallest = min(TIERS, key=lambda tier: estimated_peak(tier, sizes))
+    needed = estimated_peak(smallest, sizes) / (1 - margin)
+    raise ValueError(
+        f"memory_budget_gib={budget_bytes / GIB:.4g} fits no memory tier: the smallest, {smallest}, needs "
+        f"memory_budget_gib >= {math.ceil(needed / GIB * 100) / 100:.2f} for this call (its estimated peak "
+        f"{estimated_peak(smallest, sizes) / GIB:.2f} GiB plus a {margin:.0%} margin); lower height, width, "
+        "num_frames or guidance_batch_size"
+    )
+
+
+def check_memory_budget(memory_budget_gib, name: str = "memory_budget_gib") -> int:
+    """The budget in bytes: a finite real number of GiB > 0 (TypeError / ValueError naming `name`)."""
+    value = _real(name, memory_budget_gib)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0 GiB, got {memory_budget_gib!r}")
+    return int(value * GIB)
+
+
+def check_count(name: str, value) -> int:
+    """A positive int (TypeError / ValueError naming `name`)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------------------- estimates
+def transformer_activation_bytes(config, batch: int, video_tokens: int, audio_tokens: int, text_tokens: int,
+                                 dtype_bytes: int) -> int:  # fmt: skip
+    """Activation bytes of one transformer forward as the pipeline runs it (per-token timesteps, per-item
+    cross-modal timesteps: `use_cross_timestep=True`; memory-efficient attention: no T x T scores).
+
+    Per video token `b * D * (k + r + 13) + b * C + max(12 * D, 2 * b * F)` bytes, with `b = dtype_bytes`,
+    `D = num_attention_heads * attention_head_dim`, `k` the rows of the per-token timestep embedding (9 with
+    `cross_attn_mod`, else 6), `r` the text cross-attention modulation rows (3 with `cross_attn_mod`), `F = 4 * D`
+    the feed-forward width and `C = audio_cross_attention_dim`. Traced at the peak: the timestep embedding (k
+    rows), the block's modulation (6 rows) and text cross-attention modulation (r rows), six hidden-width tensors
+    (input projection, embedded timestep, residual stream, attention output, modulated input, query projection),
+    the rotary tables (D, and C for the cross-modal ones), and the larger of the float32 RMS-norm temporaries of
+    a query (3 x D x 4 bytes) and the feed-forward projection and activation (2F). The same per audio token with
+    the audio widths (`audio_num_attention_heads * audio_attention_head_dim`, `audio_cross_attn_mod`); the text
+    contexts `3 * text_tokens * (D + D_audio) * b`. Times `batch`."""
+
+    def per_token(width, cross_mod, cross_width):
+        rows = (9 + 3) if cross_mod else 6
+        return dtype_bytes * (width * (rows + 13) + cross_width) + max(12 * width, 2 * dtype_bytes * 4 * width)
+
+    video_width = config.num_attention_heads * config.attention_head_dim
+    audio_width = config.audio_num_attention_heads * config.audio_attention_head_dim
+    cross = config.audio_cross_attention_dim
+    per_item = (
+        video_tokens * per_token(video_width, config.cross_attn_mod, cross)
+        + audio_tokens * per_token(audio_width, config.audio_cross_attn_mod, cross)
+        + 3 * text_tokens * (video_width + audio_width) * dtype_bytes
+    )
+    return batch * per_item
+
+
+def _decoder_stages(config, frames: int, height: int, width: int):
+    """`(channels, frames, height, width)` of every stage of diffusers' LTX-2 video decoder for a latent of that
+    size: conv_in / mid block, then each up block after its upsampler (x2 in space for "spatial" and
+    "spatiotemporal", `2f - 1` frames for "temporal" and "spatiotemporal"), then the unpatchified output."""
+    channels = tuple(reversed(config.decoder_block_out_channels))
+    factors = tuple(reversed(config.upsample_factor))
+    scaling = config.decoder_spatio_temporal_scaling
+    scaling = tuple(reversed(scaling)) if isinstance(scaling, (tuple, list)) else (scaling,) * len(channels)
+    shapes = [(channels[0], frames, height, width)]
+    for i, kind in enumerate(config.upsample_type[: len(channels)]):
+        if scaling[i]:
+            if kind in ("spatial", "spatiotemporal"):
+                height, width = 2 * height, 2 * width
+            if kind in ("temporal", "spatiotemporal"):
+                frames = 2 * frames - 1
+        shapes.append((channels[i] // factors[i], frames, height, width))
+    patch = config.patch_size
+    shapes.append((config.out_channels, frames, height * patch, width * patch))
+    return shapes
+
+
+def decoder_activation_bytes(config, frames: int, height: int, width: int, dtype_bytes: int) -> tuple[int, int]:
+    """`(peak, output)` bytes of one whole decode of a `(frames, height, width)` latent.
+
+    `peak = DECODER_LIVE_TENSORS * S * dtype_bytes` with `S` the element count of the largest decoder stage
+    (`_decoder_stages`): at a resnet of that stage its input (the residual), the normalised activation, the
+    padded convolution input and the convolution output are live with part of the stage before (traced: 4.5 S for
+    LTX-2.3's decoder, 5.3 S for LTX-2's reflect-padded one), plus the convolutions' workspace (measured on an
+    H200: 18.6 GiB = 6.6 S at 121 x 1024 x 1536 with LTX-2.3). `output`: the decoded video's elements."""
+    shapes = _decoder_stages(config, frames, height, width)
+    largest = max(c * f * h * w for c, f, h, w in shapes[:-1])
+    c, f, h, w = shapes[-1]
+    return DECODER_LIVE_TENSORS * largest * dtype_bytes, c * f * h * w
+
+
+def decode_bytes(vae, frames: int, height: int, width: int, tiled: bool) -> int:
+    """Activation bytes of `LTX2PipelineBase.decode` for a `(frames, height, width)` latent: the decoder's peak
+    (whole, or per tile of the VAE's own tile settings, with the decoded tiles kept until they are blended and
+    the blended rows and video concatenated: diffusers' `tiled_decode`), or the rescaling of the output
+    (the video in the VAE dtype and two float32 copies), whichever is larger."""
+    config, size = vae.config, vae.dtype.itemsize
+    peak, output = decoder_activation_bytes(config, frames, height, width, size)
+    rescale = output * (size + 2 * FLOAT32_BYTES)
+    ratio = vae.spatial_compression_ratio
+    tile_h, tile_w = vae.tile_sample_min_height // ratio, vae.tile_sample_min_width // ratio
+    if not tiled or (height <= tile_h and width <= tile_w):
+        return max(peak, rescale)
+    stride_h, stride_w = vae.tile_sample_stride_height // ratio, vae.tile_sample_stride_width // ratio
+    tiles, tile_peak = 0, 0
+    for i in range(0, height, stride_h):
+        for j in range(0, width, stride_w):
+            h, w = min(tile_h, height - i), min(tile_w, width - j)
+            peak, out = decoder_activation_bytes(config, frames, h, w, size)
+            tiles, tile_peak = tiles + out * size, max(tile_peak, peak)
+    return max(tile_peak + tiles, tiles + 2 * output * size, rescale)
+
+
+# ---------------------------------------------------------------------------------------------------- measuring
+def module_bytes(module: torch.nn.Module | None) -> int:
+    """Bytes of a module's parameters and buffers (0 for None or a non-module)."""
+    if not isinstance(module, torch.nn.Module):
+        return 0
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _own_bytes(module: torch.nn.Module) -> int:
+    tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _leaf_sizes(modules) -> tuple[int, int]:
+    """`(largest leaf layer, bytes held by modules with children)` over `modules`."""
+    leaf = held = 0
+    for module in modules:
+        for sub in module.modules():
+            if any(True for _ in sub.children()):
+                held += _own_bytes(sub)
+            else:
+                leaf = max(leaf, _own_bytes(sub))
+    return leaf, held
+
+
+def _block_sizes(transformer: torch.nn.Module) -> tuple[int, int]:
+    """`(largest block, bytes outside the block lists)`: diffusers' block-level groups are the entries of the
+    module's direct `ModuleList` / `Sequential` children."""
+    blocks = [
+        block
+        for child in transformer.children()
+        if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential))
+        for block in child
+    ]
+    largest = max((module_bytes(block) for block in blocks), default=0)
+    return largest, module_bytes(transformer) - sum(module_bytes(block) for block in blocks)
+
+
+def _lora_transient(store, dtype_bytes: int) -> int:
+    """Bytes of the largest `delta` and `W + delta` pair, plus its factors copied in the weight dtype."""
+    largest = 0
+    for a, b in store.pairs().values():
+        out_features, rank, in_features = b.shape[0], a.shape[0], a.shape[1]
+        largest = max(largest, (2 * out_features * in_features + rank * (in_features + out_features)) * dtype_bytes)
+    return largest
+
+
+def guidance_pass_count(pipe) -> int:
+    """Passes of a stage-1 step of the pipeline's default recipe (`version_defaults`)."""
+    from ..guidance import guidance_passes
+
+    defaults = pipe.version_defaults()
+    if defaults.video_guidance is None and defaults.audio_guidance is None:
+        return 1
+    from ..guidance import MultiModalGuidance
+
+    video = defaults.video_guidance or MultiModalGuidance.disabled()
+    return len(guidance_passes(video, defaults.audio_guidance, step_index=0))
+
+
+def measure_memory_sizes(
+    pipe, *, height: int, width: int, num_frames: int, frame_rate: float = 24.0, stage_2: bool = True,
+    passes_per_forward: int = 4, text_tokens: int = 1024,
+) -> MemorySizes:  # fmt: skip
+    """`MemorySizes` of a call of `pipe` at this output size: its components' bytes as they are now (dtype,
+    quantization, user adapters included) and the activation estimates (stage 1 at half size with `stage_2`,
+    `passes_per_forward` guidance passes batched; stage 2 one pass at full size)."""
+    transformer, vae = pipe.transformer, pipe.vae
+    act_bytes = max(2, transformer.dtype.itemsize)  # float8 weights compute in bfloat16
+    audio_tokens = stages.audio_latent_frames(num_frames / frame_rate)
+    full = stages.video_latent_size(num_frames, height, width)
+    first = stages.video_latent_size(num_frames, height // 2, width // 2) if stage_2 else full
+    config = transformer.config
+    stage_1 = transformer_activation_bytes(
+        config, passes_per_forward, math.prod(first), audio_tokens, text_tokens, act_bytes
+    )
+    stage_2_bytes = transformer_activation_bytes(config, 1, math.prod(full), audio_tokens, text_tokens, act_bytes)
+    lora = pipe.distilled_lora if stage_2 else None
+    chain = set(pipe.model_cpu_offload_seq.split("->"))
+    other_modules = {
+        name: module
+        for name, module in pipe.components.items()
+        if isinstance(module, torch.nn.Module) and name not in ("transformer", "distilled_lora")
+    }
+    others_leaf, others_held = _leaf_sizes(other_modules.values())
+    block, outside = _block_sizes(transformer)
+    leaf, held = _leaf_sizes([transformer])
+    return MemorySizes(
+        transformer=module_bytes(transformer),
+        transformer_block=block,
+        transformer_outside_blocks=outside,
+        transformer_leaf=leaf,
+        transformer_held_by_parents=held,
+        others={name: module_bytes(m) for name, m in other_modules.items() if name in chain},
+        others_leaf=others_leaf,
+        others_held_by_parents=others_held,
+        unchained=sum(module_bytes(m) for name, m in other_modules.items() if name not in chain),
+        lora=module_bytes(pipe.distilled_lora),
+        lora_transient=0 if lora is None else _lora_transient(lora, act_bytes),
+        stage_1=stage_1,
+        stage_2=stage_2_bytes if stage_2 else 0,
+        decode=decode_bytes(vae, *full, tiled=False),
+        decode_tiled=decode_bytes(vae, *full, tiled=True),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- placing
+def has_offload_hooks(pipe) -> list[str]:
+    """Names of the components that carry accelerate or diffusers offload hooks (model, sequential, group)."""
+    from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+    hooked = []
+    for name, module in pipe.components.items():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        if any(hasattr(sub, "_hf_hook") for sub in module.modules()) or _is_group_offload_enabled(module):
+            hooked.append(name)
+    return hooked
+
+
+def place_distilled_lora(store, location: str, device: torch.device) -> None:
+    """The distilled LoRA's factors on `device`, or on the host (pinned when `device` is CUDA, so that their
+    copies to each weight's device are asynchronous)."""
+    if store is None:
+        return
+    if location == "device":
+        store.to(device)
+        return
+    store.to("cpu")
+    if device.type == "cuda":
+        for name, tensor in list(store.named_buffers()):
+            if not tensor.is_pinned():
+                setattr(store, name, tensor.pin_memory())
