@@ -115,15 +115,16 @@ def prepare_pipeline(pipe, args, device):
 
     if args.quantization == "fp8-cast":
         fp8_cast(pipe.transformer)
-    elif args.quantization == "fp8-scaled-mm":
-        from .loaders.fp8 import enable_fp8_scaled_mm
-
-        options = {} if args.quantization_amax_path is None else {"amax_path": args.quantization_amax_path}
-        enable_fp8_scaled_mm(pipe.transformer, **options)
     if args.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
         pipe.vae.enable_tiling()
     if getattr(args, "context_parallel", None) is not None:
         device = enable_context_parallel(pipe, args.context_parallel)
+    if args.quantization == "fp8-scaled-mm":  # quantised on this rank's GPU: the weights must be there first
+        from .loaders.fp8 import enable_fp8_scaled_mm
+
+        options = {} if args.quantization_amax_path is None else {"amax_path": args.quantization_amax_path}
+        pipe.transformer.to(device)
+        enable_fp8_scaled_mm(pipe.transformer, **options)
     if apply_memory_tier(pipe, args, device):
         return device
     if args.offload == "none":

@@ -12,8 +12,9 @@ attribute returns `W + delta`. This works whether the linear is plain or the `ba
 layer (PEFT then adds the user's adapters on top, or has merged them into `W`), and under accelerate / diffusers
 offload hooks (they wrap `forward`, which reads `self.weight` after the weights are on the device; the factors
 follow the weight's device at each use, copied asynchronously when they are kept in pinned host memory, as the
-offloading memory tiers keep them). float8 linears
-(upcast at compute) get `scale * B(A(x))` added to their output instead.
+offloading memory tiers keep them). Linears running float8 scaled matmuls (`enable_fp8_scaled_mm`) compute with the
+delta fused into a requantised float8 weight formed at every call (`fp8.attach_fused_lora`, ltx-core's scaled-fp8
+fuse); other float8 linears (upcast at compute) get `scale * B(A(x))` added to their output instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import logging
+
+from .fp8 import attach_fused_lora, detach_fused_lora, is_scaled_mm_linear
 
 
 logger = logging.get_logger(__name__)
@@ -190,16 +193,25 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
     def applied(self, transformer: torch.nn.Module, scale: float):
         """Within the block, every target linear of `transformer` computes with `W + (B * scale) @ A`."""
         self.check_fits(transformer)
-        swapped, hooks, hooked = [], [], set()
+        swapped, hooks, hooked, fused = [], [], set(), []
         try:
             for name, (a, b) in self.pairs().items():
                 linear = _target_linear(transformer, name)
-                if DELTA_ATTRIBUTE in linear.__dict__ or id(linear) in hooked:
+                scaled_mm = is_scaled_mm_linear(linear)
+                if (
+                    DELTA_ATTRIBUTE in linear.__dict__
+                    or id(linear) in hooked
+                    or (scaled_mm and linear.fp8_fused_lora is not None)
+                ):
                     raise ValueError(
                         f"distilled LoRA {name}: the layer already carries a distilled LoRA (two targets naming one "
                         "linear, or applied() nested)"
                     )
                 hooked.add(id(linear))
+                if scaled_mm:
+                    attach_fused_lora(linear, a, b, float(scale))
+                    fused.append(linear)
+                    continue
                 if linear.weight.dtype in _FP8:
                     hooks.append(linear.register_forward_hook(_output_delta_hook(a, b, scale)))
                     continue
@@ -213,6 +225,8 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
                 del linear.__dict__[DELTA_ATTRIBUTE]
             for hook in hooks:
                 hook.remove()
+            for linear in fused:
+                detach_fused_lora(linear)
 
 
 def _output_delta_hook(a: torch.Tensor, b: torch.Tensor, scale: float):

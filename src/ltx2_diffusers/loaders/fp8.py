@@ -14,6 +14,7 @@ silently computes with the wrong weights.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import types
@@ -32,11 +33,15 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "FP8_CAST_PATTERN",
     "Fp8CheckpointPlan",
+    "attach_fused_lora",
     "check_fp8_conversion",
+    "detach_fused_lora",
     "enable_fp8_scaled_mm",
     "enable_fp8_upcast",
     "fp8_cast_state_dict",
+    "fused_lora_fp8_weight",
     "is_fp8_cast_target",
+    "is_scaled_mm_linear",
     "load_fp8_transformer",
     "load_transformer_from_single_file",
 ]
@@ -165,25 +170,72 @@ _SCALED_MM_PATTERN = re.compile(
 
 
 def _quantize(x: torch.Tensor, rowwise: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(x_fp8, scale)` with `x ≈ x_fp8.float() * scale`: per row (`(rows, 1)` scales) or per tensor (scalar)."""
+    """`(x_fp8, scale)` with `x ≈ x_fp8.float() * scale`: per row (`(rows, 1)` scales) or per tensor (scalar).
+    ltx-core's quantiser (`quantize_weight_to_fp8_per_tensor`): `clamp(x * (448 / amax)).to(float8_e4m3fn)`, the
+    scale being `(448 / amax).reciprocal()`; per row, the same with each row's amax. An all-zero row or tensor gets
+    a finite scale (its amax is taken as 1e-12)."""
     x = x.float()
-    amax = x.abs().amax(dim=-1, keepdim=True) if rowwise else x.abs().amax()
-    scale = amax.clamp(min=1e-12) / FP8_E4M3_MAX
-    return (x / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn), scale
+    low, high = torch.aminmax(x, dim=-1, keepdim=True) if rowwise else torch.aminmax(x)
+    amax = torch.maximum(high, -low)  # max |x| in one pass over x (no |x| temporary)
+    inverse = FP8_E4M3_MAX / amax.clamp(min=1e-12)
+    scaled = x * inverse
+    return scaled.clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn), inverse.reciprocal()
+
+
+def fused_lora_fp8_weight(
+    linear: torch.nn.Linear, a: torch.Tensor, b: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(W'_fp8, W'_scale)` of a linear patched by `enable_fp8_scaled_mm` with the LoRA `(A, B)` at `scale` fused
+    in, as ltx-core fuses a LoRA into scaled float8 weights (`_fp8_scaled_mm_fuse` in 1.2.0, the same arithmetic
+    in 1.0): `delta = (B * scale) @ A` in bfloat16 (the factors cast first), `W = W_fp8.float() * W_scale +
+    delta` in float32, then requantised with fresh scales of the layer's granularity (`_quantize`; ltx-core has
+    per-tensor scales only). The layer's own weight and scale are not touched; the result is a temporary."""
+    weight, weight_scale, rowwise = linear.weight, linear.fp8_weight_scale, linear.fp8_rowwise
+    delta = torch.matmul(b.to(weight.device, torch.bfloat16) * scale, a.to(weight.device, torch.bfloat16))
+    fused = weight.float().mul_(weight_scale.reshape(-1, 1) if rowwise else weight_scale).add_(delta)
+    del delta
+    fused_fp8, fused_scale = _quantize(fused, rowwise)
+    return fused_fp8, fused_scale.reshape(1, -1) if rowwise else fused_scale
 
 
 def _scaled_mm_linear_forward(self, x: torch.Tensor) -> torch.Tensor:
     rows = x.reshape(-1, x.shape[-1])
     x_fp8, x_scale = _quantize(rows, self.fp8_rowwise)
+    weight, weight_scale = self.weight, self.fp8_weight_scale
+    if self.fp8_fused_lora is not None:  # the pipeline's distilled LoRA (stage 2), fused per call
+        weight, weight_scale = fused_lora_fp8_weight(self, *self.fp8_fused_lora)
     out = torch._scaled_mm(
         x_fp8,
-        self.weight.t(),
+        weight.t(),
         scale_a=x_scale,
-        scale_b=self.fp8_weight_scale,
+        scale_b=weight_scale,
         bias=None if self.bias is None else self.bias.to(x.dtype),
         out_dtype=x.dtype,
     )
     return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def is_scaled_mm_linear(module: torch.nn.Module) -> bool:
+    """Whether `module` is a linear patched by `enable_fp8_scaled_mm`."""
+    return isinstance(module, torch.nn.Linear) and "fp8_rowwise" in module.__dict__
+
+
+def attach_fused_lora(linear: torch.nn.Linear, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
+    """Until `detach_fused_lora`, the scaled-mm `linear` computes with `fused_lora_fp8_weight(linear, a, b, scale)`
+    formed at every call (no second copy of the weights is kept). `ValueError` if it is not a scaled-mm linear,
+    already carries a LoRA, or `scale` is not a finite number."""
+    if not is_scaled_mm_linear(linear):
+        raise ValueError(f"attach_fused_lora needs a linear patched by enable_fp8_scaled_mm, got {linear!r}")
+    if linear.fp8_fused_lora is not None:
+        raise ValueError("the float8 scaled-mm linear already carries a fused LoRA (applied twice?)")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"the fused LoRA scale must be a finite number, got {scale!r}")
+    linear.fp8_fused_lora = (a, b, float(scale))
+
+
+def detach_fused_lora(linear: torch.nn.Linear) -> None:
+    """The scaled-mm `linear` computes with its own float8 weight again."""
+    linear.fp8_fused_lora = None
 
 
 def _scaled_mm_targets(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
@@ -206,6 +258,7 @@ def _patch_scaled_mm(targets: list[tuple[str, torch.nn.Linear]], rowwise: bool) 
         module.weight = torch.nn.Parameter(w_fp8, requires_grad=False)
         module.register_buffer("fp8_weight_scale", w_scale.reshape(1, -1) if rowwise else w_scale, persistent=False)
         module.fp8_rowwise = rowwise
+        module.fp8_fused_lora = None  # (A, B, scale) while a LoRA is attached (attach_fused_lora)
         module.forward = types.MethodType(_scaled_mm_linear_forward, module)
         patched.append(name)
     return patched
@@ -216,7 +269,8 @@ def enable_fp8_scaled_mm(transformer: torch.nn.Module, granularity: str = "row")
     float8 units through `torch._scaled_mm`: weights are quantised once to `float8_e4m3fn` (in place; the bf16
     weights are freed), activations at every call, each with `granularity` scales (`"row"`: one per output channel
     and one per token; `"tensor"`: one per tensor). Other layers stay in their dtype. A LoRA held by PEFT keeps
-    working (its base layer is the patched linear); fusing a LoRA into float8 weights is not supported.
+    working (its base layer is the patched linear); the pipeline's distilled LoRA is fused into a requantised
+    float8 weight at every stage-2 call (`attach_fused_lora`), the stored weights staying as they are.
 
     Needs the model on a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper); anything else is refused with a
     `ValueError` before any weight is touched. Returns the names of the patched linears.
