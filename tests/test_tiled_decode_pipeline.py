@@ -191,3 +191,16 @@ def test_enable_vae_tiling_switches_and_refuses_garbage(files):
         assert pipe.vae_tiling == before  # a refused call changes nothing
     pipe.disable_vae_tiling()
     assert pipe.vae_tiling is None and not pipe.vae.use_tiling
+
+
+def test_cli_vae_tiling_flag_is_the_reference_cli_tiling(files):
+    """`--vae-tiling` (a2vid and av) sets the tiling the reference CLI decodes with."""
+    from types import SimpleNamespace
+
+    from ltx2_diffusers.cli_running import prepare_pipeline
+
+    pipe = _pipeline(files)
+    for flag in (False, True):
+        args = SimpleNamespace(quantization=None, vae_tiling=flag, offload="none")
+        prepare_pipeline(pipe, args, torch.device("cpu"))
+        assert pipe.vae_tiling == (VideoTilingConfig() if flag else None)

@@ -119,8 +119,8 @@ def prepare_pipeline(pipe, args, device):
 
         options = {} if args.quantization_amax_path is None else {"amax_path": args.quantization_amax_path}
         enable_fp8_scaled_mm(pipe.transformer, **options)
-    if args.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
-        pipe.vae.enable_tiling()
+    if args.vae_tiling:
+        pipe.enable_vae_tiling()  # ltx-core's TilingConfig.default(), as the reference CLI decodes
     if getattr(args, "context_parallel", None) is not None:
         device = enable_context_parallel(pipe, args.context_parallel)
     if args.offload == "none":
