@@ -1,7 +1,7 @@
 """Run ltx-pipelines' A2VidPipelineTwoStage on CPU in float32 with test-side patches only (LTX2_REFERENCE.md §15).
 
 Text encoding is bypassed with fixed post-connector contexts; the final video is the decoder output mapped to
-[0, 1] without tiling or uint8 rounding.
+[0, 1] without uint8 rounding (untiled unless a ``tiling_config`` is passed).
 """
 
 from __future__ import annotations
@@ -40,12 +40,16 @@ def fake_encode_prompts(contexts, *, device, dtype):
 
 
 def capturing_video_decode(captured):
-    """Stand-in for ``vae_decode_video``: stores the final latent and the decoder output mapped to [0, 1] (no
-    tiling, no uint8 rounding) in ``captured``; yields no chunks."""
+    """Stand-in for ``vae_decode_video``: stores the final latent and the decoder output mapped to [0, 1] (no uint8
+    rounding) in ``captured``; yields no chunks. A ``tiling_config`` decodes through ltx-core's ``tiled_decode``."""
 
     def decode(latent, decoder, tiling_config, generator):
         captured["latent"] = latent
-        captured["frames"] = ((decoder(latent, generator=generator).float() + 1) / 2).clamp(0, 1)
+        if tiling_config is None:
+            video = decoder(latent, generator=generator)
+        else:
+            video = torch.cat(list(decoder.tiled_decode(latent, tiling_config, generator=generator)), dim=2)
+        captured["frames"] = ((video.float() + 1) / 2).clamp(0, 1)
         return iter(())
 
     return decode
@@ -105,8 +109,10 @@ def run_reference_a2vid(
     dtype=torch.float32,
     device="cpu",
     loras=(),
+    tiling_config=None,
 ):
-    """`loras`: `(path, strength)` LoRAs of both stages (the reference's `--lora`). `dtype=torch.bfloat16` runs the reference unpatched in its native precision. Returns `(frames (1, 3, F, H, W) in [0, 1], final latent, original audio waveform, sample rate)`."""
+    """`loras`: `(path, strength)` LoRAs of both stages (the reference's `--lora`). `tiling_config`: ltx-core's
+    `TilingConfig` of the video decode (None: one piece). `dtype=torch.bfloat16` runs the reference unpatched in its native precision. Returns `(frames (1, 3, F, H, W) in [0, 1], final latent, original audio waveform, sample rate)`."""
     captured = {}
     float32_functions = ("denoise_video_only", "combined_image_conditionings")
     with reference_patches(
@@ -142,5 +148,6 @@ def run_reference_a2vid(
             audio_path=str(audio_path),
             audio_start_time=audio_start_time,
             audio_max_duration=audio_max_duration if audio_max_duration is not None else num_frames / frame_rate,
+            tiling_config=tiling_config,
         )
     return captured["frames"], captured["latent"], audio.waveform, audio.sampling_rate

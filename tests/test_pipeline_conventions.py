@@ -91,15 +91,14 @@ def test_docs_example_and_signature():
 def test_vae_tiling_switches(setup):
     pipe = setup["pipe"]
     full = call(pipe, setup["audio"], output_type="pt").frames
-    pipe.enable_vae_tiling(
-        tile_sample_min_height=64, tile_sample_min_width=64, tile_sample_stride_height=32, tile_sample_stride_width=32
-    )
+    # ltx-core's tiling (its parity with the reference: test_tiled_decode_pipeline)
+    pipe.enable_vae_tiling(tile_size_in_pixels=64, tile_overlap_in_pixels=32)
     try:
-        assert pipe.vae.use_tiling
+        assert pipe.vae_tiling.tile_size_in_pixels == 64 and not pipe.vae.use_tiling
         tiled = call(pipe, setup["audio"], output_type="pt").frames
     finally:
         pipe.disable_vae_tiling()
-    assert not pipe.vae.use_tiling
+    assert pipe.vae_tiling is None and not pipe.vae.use_tiling
     assert tiled.shape == full.shape and torch.isfinite(tiled).all()
     assert torch.equal(call(pipe, setup["audio"], output_type="pt").frames, full)
 

@@ -115,8 +115,8 @@ def prepare_pipeline(pipe, args, device):
 
     if args.quantization == "fp8-cast":
         fp8_cast(pipe.transformer)
-    if args.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
-        pipe.vae.enable_tiling()
+    if args.vae_tiling:
+        pipe.enable_vae_tiling()  # ltx-core's TilingConfig.default(), as the reference CLI decodes
     if getattr(args, "context_parallel", None) is not None:
         device = enable_context_parallel(pipe, args.context_parallel)
     if args.quantization == "fp8-scaled-mm":  # quantised on this rank's GPU: the weights must be there first

@@ -17,6 +17,7 @@ from ..guidance import MultiModalGuidance
 from ..loaders.lora import LTX2AVLoraLoaderMixin
 from ..loaders.lora_fusion import reference_lora_arithmetic
 from ..loaders.model_variant import check_model_variant
+from ..models.video_vae_tiling import tiled_decode
 from ..schedules import DISTILLED_SIGMAS, STAGE_2_DISTILLED_SIGMAS, _check_table, ltx2_sigmas, set_scheduler_sigmas
 from . import ltx2_stages as stages
 from .image_conditions import prepare_condition_image
@@ -398,15 +399,13 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
 
     def decode(self, latents: torch.Tensor, generator, output_type: str):
         """Frames from normalised video latents, as the reference decoder: timestep-conditioned VAEs first mix
-        `DECODE_NOISE_SCALE` of noise (drawn from `generator`) into the latent and decode at `DECODE_TIMESTEP`."""
+        `DECODE_NOISE_SCALE` of noise (drawn from `generator`) into the latent and decode at `DECODE_TIMESTEP`.
+        With `enable_vae_tiling`, tile by tile (each tile its own noise draw) as ltx-core's tiled decode."""
         latents = latents.to(self.vae.dtype)
-        temb = None
-        if getattr(self.vae.config, "timestep_conditioning", False):
-            device = generator.device if generator is not None else latents.device
-            noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-            latents = noise.to(latents.device) * self.DECODE_NOISE_SCALE + (1.0 - self.DECODE_NOISE_SCALE) * latents
-            temb = torch.full((latents.shape[0],), self.DECODE_TIMESTEP, device=latents.device, dtype=latents.dtype)
-        video = self.vae.decode(self.denormalize_latents(latents), temb=temb, return_dict=False)[0]
+        if self.vae_tiling is None:
+            video = self._decode_tile(latents, generator)
+        else:
+            video = tiled_decode(lambda tile: self._decode_tile(tile, generator), latents, self.vae_tiling)
         frames = ((video.float() + 1) / 2).clamp(0, 1)  # (B, 3, F, H, W)
         if output_type == "pt":
             return frames.permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W), as diffusers' video pipelines
@@ -414,6 +413,15 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         if output_type == "np":
             return frames
         return [[PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in batch] for batch in frames]
+
+    def _decode_tile(self, latents: torch.Tensor, generator) -> torch.Tensor:
+        temb = None
+        if getattr(self.vae.config, "timestep_conditioning", False):
+            device = generator.device if generator is not None else latents.device
+            noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+            latents = noise.to(latents.device) * self.DECODE_NOISE_SCALE + (1.0 - self.DECODE_NOISE_SCALE) * latents
+            temb = torch.full((latents.shape[0],), self.DECODE_TIMESTEP, device=latents.device, dtype=latents.dtype)
+        return self.vae.decode(self.denormalize_latents(latents), temb=temb, return_dict=False)[0]
 
     def decode_audio(self, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
         """`(waveform [channels, samples] float32 on CPU, sample rate)` of normalised audio latent tokens: the

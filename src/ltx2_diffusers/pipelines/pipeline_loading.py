@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import torch
 from diffusers.utils import logging
 
+from ..models.video_vae_tiling import VideoTilingConfig
 from ..validation import check_adapter_weights
 
 
@@ -205,10 +206,48 @@ class LTX2A2VLoadingMixin:
             pipe.load_lora_weights(lora_path, adapter_name="distilled")
         return pipe
 
-    def enable_vae_tiling(self, **kwargs):
-        """Decode (and encode) the video in overlapping tiles to save memory: the video VAE's `enable_tiling`
-        (its keyword arguments: tile sizes and strides)."""
-        self.vae.enable_tiling(**kwargs)
+    def enable_vae_tiling(
+        self,
+        *,
+        tile_size_in_pixels: int | None = VideoTilingConfig.tile_size_in_pixels,
+        tile_overlap_in_pixels: int = VideoTilingConfig.tile_overlap_in_pixels,
+        tile_size_in_frames: int | None = VideoTilingConfig.tile_size_in_frames,
+        tile_overlap_in_frames: int = VideoTilingConfig.tile_overlap_in_frames,
+        **unknown,
+    ):
+        """Decode the video in overlapping tiles, in space and time, as ltx-core does (`VideoDecoder.tiled_decode`):
+        the decoder's memory is bounded by the tile instead of the video. Without arguments, the reference CLI's
+        tiling (ltx-core's `TilingConfig.default()`: 512-pixel tiles overlapping by 64, 64-frame tiles overlapping
+        by 24), so the frames equal its output. A size of None leaves that axis in one piece. This replaces the
+        video VAE's own (diffusers') tiling, which `enable_vae_tiling` switches off.
+
+        Args:
+            tile_size_in_pixels: tile size along the longer side (the other side scales with the aspect ratio), a
+                multiple of 32, at least 64.
+            tile_overlap_in_pixels: overlap of neighbouring tiles, a multiple of 32, smaller than the tile.
+            tile_size_in_frames: tile length, a multiple of 8, at least 16.
+            tile_overlap_in_frames: overlap of consecutive tiles, a multiple of 8, smaller than the tile.
+        """
+        if unknown:
+            raise TypeError(
+                f"enable_vae_tiling got unexpected arguments {sorted(unknown)}; it takes tile_size_in_pixels, "
+                "tile_overlap_in_pixels, tile_size_in_frames, tile_overlap_in_frames (diffusers' own tiling, with "
+                "tile_sample_* arguments, is pipe.vae.enable_tiling)"
+            )
+        tiling = VideoTilingConfig(
+            tile_size_in_pixels=tile_size_in_pixels,
+            tile_overlap_in_pixels=tile_overlap_in_pixels,
+            tile_size_in_frames=tile_size_in_frames,
+            tile_overlap_in_frames=tile_overlap_in_frames,
+        )
+        self.vae.disable_tiling()
+        self._vae_tiling = tiling
+
+    @property
+    def vae_tiling(self) -> VideoTilingConfig | None:
+        """The tiling `enable_vae_tiling` set, or None (the video is decoded in one piece, or by the video VAE's own
+        tiling where `pipe.vae.enable_tiling()` turned it on)."""
+        return getattr(self, "_vae_tiling", None)
 
     def set_adapters(self, adapter_names, adapter_weights=None):
         """diffusers' `set_adapters`, with the adapter weights checked (finite, bounded) before anything changes."""
@@ -216,7 +255,8 @@ class LTX2A2VLoadingMixin:
         return super().set_adapters(adapter_names, adapter_weights)
 
     def disable_vae_tiling(self):
-        """Back to decoding the video in one piece."""
+        """Back to decoding the video in one piece (also turns the video VAE's own tiling off)."""
+        self._vae_tiling = None
         self.vae.disable_tiling()
 
     def enable_group_offload(
