@@ -3,8 +3,6 @@ and `--context-parallel`, and the tier `prepare_pipeline` applies (the CUDA free
 has no GPU). Decision: without `--offload` on CUDA the free GPU memory is the budget; an explicit `--offload`
 (also `--offload none`) places the pipeline as asked and cannot be combined with `--memory-budget-gib`."""
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -97,7 +95,9 @@ class SpyPipe:
 
     def __init__(self):
         self.calls = []
-        self.vae = SimpleNamespace(enable_tiling=lambda: self.calls.append(("vae tiling",)))
+
+    def enable_vae_tiling(self):
+        self.calls.append(("vae tiling",))
 
     def enable_memory_budget(self, budget, device, **kwargs):
         self.calls.append(("budget", budget, device, kwargs))

@@ -23,6 +23,7 @@ from ltx2_diffusers.loaders.distilled_lora import LTX2DistilledLoRA
 from ltx2_diffusers.loaders.single_file_video_vae import video_vae_config_from_original
 from ltx2_diffusers.models.rope import audio_coords, video_coords
 from ltx2_diffusers.models.transformer_ltx2_av import LTX2AudioVideoTransformer
+from ltx2_diffusers.models.video_vae_tiling import VideoTilingConfig
 from ltx2_diffusers.pipelines import memory
 from ltx2_diffusers.pipelines.ltx2_base import LTX2PipelineBase
 from ltx2_diffusers.pipelines.memory import GIB, TIERS, MemorySizes, choose_memory_tier, estimated_peak
@@ -280,10 +281,12 @@ def _traced_decode(pipe_like_decode, latents):
     return trace.peak
 
 
-def _pipeline_decode(vae):
-    """`LTX2PipelineBase.decode` (the VAE, then the rescaling to [0, 1] in float32) with `vae` as the pipeline's."""
-    pipe = SimpleNamespace(vae=vae)
+def _pipeline_decode(vae, tiling=None):
+    """`LTX2PipelineBase.decode` (the VAE, then the rescaling to [0, 1] in float32) with `vae` as the pipeline's
+    and `tiling` as what `enable_vae_tiling` set."""
+    pipe = SimpleNamespace(vae=vae, vae_tiling=tiling)
     pipe.denormalize_latents = lambda z: LTX2PipelineBase.denormalize_latents(pipe, z)
+    pipe._decode_tile = lambda z, g: LTX2PipelineBase._decode_tile(pipe, z, g)
     return lambda z: LTX2PipelineBase.decode(pipe, z, None, "pt")
 
 
@@ -300,6 +303,18 @@ def test_decode_estimate_bounds_the_full_size_trace(tiled):
         assert estimate <= 1.1 * traced
     else:  # the live tensors (12.9 GiB) plus the convolution workspace measured on an H200 (18.6 GiB in all)
         assert 18.6 * GIB <= estimate <= 1.6 * traced
+
+
+def test_ltx_tiled_decode_estimate_bounds_the_full_size_trace():
+    """`enable_vae_tiling()` (ltx-core's tiles: 48 at 121 x 1024 x 1536): the estimate covers the traced live
+    bytes of the pipeline's tiled decode and stays close to them."""
+    vae = _full_vae()
+    latents = torch.empty(1, 128, 16, 32, 48, device="meta", dtype=torch.bfloat16)
+    tiling = VideoTilingConfig()
+    traced = _traced_decode(_pipeline_decode(vae, tiling), latents)
+    estimate = memory.ltx_tiled_decode_bytes(vae, 16, 32, 48, tiling)
+    assert traced <= estimate <= 1.25 * traced, (traced / GIB, estimate / GIB)
+    assert estimate < memory.decode_bytes(vae, 16, 32, 48, tiled=False) / 2
 
 
 @pytest.mark.parametrize("tiled", [False, True])

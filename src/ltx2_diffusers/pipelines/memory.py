@@ -32,7 +32,7 @@ device, T = `lora_transient`):
 
 A tier fits when its peak is at most `(1 - MEMORY_MARGIN)` of the budget: the margin covers the caching
 allocator's fragmentation and what the estimates leave out (text-encoder, audio-VAE and upsampler activations).
-Every tier computes the same frames, except that a tiled decode (diffusers' `tiled_decode`, 512 px tiles) blends
+Every tier computes the same frames, except that a tiled decode (ltx-core's, `enable_vae_tiling`) blends
 overlapping tiles and so differs from the whole decode near the tile seams when the video is larger than a tile.
 """
 
@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..models.video_vae_tiling import VideoTilingConfig
 from ..validation import _real
 from . import ltx2_stages as stages
 
@@ -259,6 +260,30 @@ def decoder_activation_bytes(config, frames: int, height: int, width: int, dtype
     return DECODER_LIVE_TENSORS * largest * dtype_bytes, c * f * h * w
 
 
+def ltx_tiled_decode_bytes(vae, frames: int, height: int, width: int, tiling) -> int:
+    """Activation bytes of `LTX2PipelineBase.decode` under `enable_vae_tiling` (ltx-core's tiled decode,
+    `models.video_vae_tiling.tiled_decode`) for a `(frames, height, width)` latent and a `VideoTilingConfig`: the
+    decoder's peak on the plan's largest tile, while the blend buffers are live (the video and its weights, one
+    temporal row and its weights, all in the VAE dtype; the tile times its mask), or the rescaling of the output
+    (the video in the VAE dtype and two float32 copies), whichever is larger."""
+    from ..models.video_vae_tiling import plan_tiles
+
+    config, size = vae.config, vae.dtype.itemsize
+    plan = plan_tiles((frames, height, width), tiling)
+    whole_peak, output = decoder_activation_bytes(config, frames, height, width, size)
+    rescale = output * (size + 2 * FLOAT32_BYTES)
+    if len(plan) == 1:
+        return max(whole_peak, rescale)
+    tile_peak, tile_out = decoder_activation_bytes(config, *plan.largest_tile, size)
+    out_frames, out_height, out_width = plan.output_size
+    pixels = out_frames * out_height * out_width
+    row_frames = max(t.out_stop - t.out_start for t in plan.frames)
+    row = row_frames * out_height * out_width
+    channels = output // pixels
+    buffers = (pixels + row) * (channels + 1) * size + 2 * tile_out * size
+    return max(tile_peak + buffers, rescale)
+
+
 def decode_bytes(vae, frames: int, height: int, width: int, tiled: bool) -> int:
     """Activation bytes of `LTX2PipelineBase.decode` for a `(frames, height, width)` latent: the decoder's peak
     (whole, or per tile of the VAE's own tile settings, with the decoded tiles kept until they are blended and
@@ -384,7 +409,7 @@ def measure_memory_sizes(
         stage_1=stage_1,
         stage_2=stage_2_bytes if stage_2 else 0,
         decode=decode_bytes(vae, *full, tiled=False),
-        decode_tiled=decode_bytes(vae, *full, tiled=True),
+        decode_tiled=ltx_tiled_decode_bytes(vae, *full, getattr(pipe, "vae_tiling", None) or VideoTilingConfig()),
     )
 
 
