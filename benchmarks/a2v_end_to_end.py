@@ -2,7 +2,7 @@
 
     python benchmarks/a2v_end_to_end.py                       # H200: full-size LTX-2.3, 121 x 1024 x 1536, 30 + 3
     python benchmarks/a2v_end_to_end.py --tiny                # CPU, tiny checkpoint, under a minute
-    python benchmarks/a2v_end_to_end.py --memory-cap-gib 24 --sides ours-offload,reference
+    python benchmarks/a2v_end_to_end.py --sides reference,ours,ours-eager,ours-tiled,ours-budget@24
 
 Both sides read one *virtual* checkpoint: the original single-file key names and shapes come from ltx-core's own
 models built on the meta device (tests/factories.py, benchmarks/convert_memory.py); every tensor is drawn when a
@@ -298,38 +298,30 @@ def attach(model: torch.nn.Module, probe: Probe) -> torch.nn.Module:
 # ---------------------------------------------------------------------------------------------------------
 # The two sides
 # ---------------------------------------------------------------------------------------------------------
-def share_stg_prefix(transformer) -> None:
-    """Benchmark-side stand-in for the pipeline hook: before each batched forward, items whose inputs equal an
-    earlier item's share that item's blocks up to their first differently perturbed one (`shared_prefix`)."""
-    from ltx2_diffusers.models.perturbations import shared_prefixes
-
-    forward = transformer.forward
-    per_item = ("hidden_states", "audio_hidden_states", "encoder_hidden_states", "audio_encoder_hidden_states",
-                "timestep", "audio_timestep", "sigma", "audio_sigma", "video_coords", "audio_coords")  # fmt: skip
-
-    def with_shared_prefix(*args, perturbations=None, **kwargs):
-        if perturbations is not None and len(perturbations) > 1 and kwargs.get("shared_prefix") is None:
-            tensors = [kwargs[k] for k in per_item if isinstance(kwargs.get(k), torch.Tensor)]
-            sources = {}
-            for j in range(len(perturbations)):
-                for i in range(j):
-                    if i not in sources and all(torch.equal(t[i], t[j]) for t in tensors):
-                        sources[j] = i
-                        break
-            kwargs["shared_prefix"] = shared_prefixes(perturbations, sources, transformer.config.num_layers)
-        return forward(*args, perturbations=perturbations, **kwargs)
-
-    transformer.forward = with_shared_prefix
+OUR_OPTIONS = ("eager", "compiled", "tiled", "fp8", "budget", "offload", "exact")
 
 
-def build_ours(
-    files, dtype, device, *, offload: bool = False, compile_blocks: bool = False, fp8: bool = False,
-    stg_prefix: bool = False, attention_backend: str | None = None,
-):  # fmt: skip
+def side_options(side: str) -> set[str]:
+    """`ours-fp8-tiled` -> {"fp8", "tiled"}: our side's options (OUR_OPTIONS), checked."""
+    options = set(side.split("-")[1:])
+    unknown = options - set(OUR_OPTIONS)
+    if side.split("-")[0] != "ours" or unknown:
+        raise ValueError(f"unknown side {side!r}: ours[-{'|-'.join(OUR_OPTIONS)}]... or reference")
+    return options
+
+
+def build_ours(files, dtype, device, options: set[str], attention_backend: str | None = None, budget_gib=None,
+               shape: dict | None = None):  # fmt: skip
+    """Our pipeline as a user builds it: from the single file, the distilled LoRA through `load_lora_weights`,
+    then the side's options: `eager` (no regional compile; the default compiles on CUDA), `compiled` (the
+    user compiles the blocks themselves), `tiled` (`enable_vae_tiling()`: ltx-core's tiles, as the reference CLI),
+    `fp8` (float8 scaled matmuls), `budget` (`enable_memory_budget` at the side's cap), `offload` (group offload,
+    block level, stream)."""
     from ltx2_diffusers import LTX2AudioToVideoPipeline
 
+    on_host = bool({"budget", "offload"} & options)
     for vf in files.values():  # offloaded weights live on the CPU from the start
-        vf.out = torch.device("cpu") if offload else vf.device
+        vf.out = torch.device("cpu") if on_host else vf.device
     with serve(files):
         pipe = LTX2AudioToVideoPipeline.from_single_file(
             CHECKPOINT, spatial_upsampler_path=UPSAMPLER, distilled_lora=None, torch_dtype=dtype
@@ -338,24 +330,29 @@ def build_ours(
         pipe.load_lora_weights({k: lora.get(k) for k in lora.keys()}, adapter_name="distilled")
     pipe.set_progress_bar_config(disable=True)
     pipe.connectors.to("cpu")  # Gemma and the connectors are bypassed: contexts are given
-    if offload:
-        pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), use_stream=True)
-    else:
-        pipe.to(device)
-    if fp8:
+    if "eager" in options:
+        pipe.set_transformer_acceleration(compile=False)
+    if "fp8" in options:
         from ltx2_diffusers.loaders.fp8 import enable_fp8_scaled_mm
 
+        pipe.transformer.to(device)
         before = one_forward(pipe.transformer, device, dtype)
         enable_fp8_scaled_mm(pipe.transformer)
         after = one_forward(pipe.transformer, device, dtype)
         pipe.fp8_forward_rel_err = ((after - before).norm() / before.norm()).item()
         pipe.fp8_forward_max_abs = (after - before).abs().max().item()
+    if "budget" in options:
+        pipe.memory_tier = str(pipe.enable_memory_budget(budget_gib, device, **shape))
+    elif "offload" in options:
+        pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), use_stream=True)
+    else:
+        pipe.to(device)
+    if "tiled" in options:
+        pipe.enable_vae_tiling()
     if attention_backend:
         pipe.transformer.set_attention_backend(attention_backend)
-    if compile_blocks:
+    if "compiled" in options:
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
-    if stg_prefix:
-        share_stg_prefix(pipe.transformer)
     return pipe
 
 
@@ -556,7 +553,9 @@ def measure(name, run, device, stage_1_tokens, steps, warmup_steps):
     return row, frames
 
 
-def run_side(side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_steps, frames_out, attention_backend):
+def run_side(
+    side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_steps, frames_out, attention_backend, cap=None
+):
     try:
         if side == "reference":
 
@@ -566,13 +565,12 @@ def run_side(side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_s
             pipe = None
         else:
             t_build = time.perf_counter()
-            pipe = build_ours(
-                files, dtype, device, offload=side == "ours-offload", compile_blocks="compiled" in side,
-                fp8="fp8" in side, stg_prefix="prefix" in side, attention_backend=attention_backend,
-            )  # fmt: skip
+            options = side_options(side)
+            shape = {k: inputs[k] for k in ("height", "width", "num_frames")}
+            pipe = build_ours(files, dtype, device, options, attention_backend, cap, shape)
             _sync(device)
             build_s = time.perf_counter() - t_build
-            extra = {"reference_arithmetic": True} if side == "ours-exact" else {}
+            extra = {"reference_arithmetic": True} if "exact" in options else {}
 
             def run(probe, n):
                 return run_ours(pipe, inputs, probe, n, extra)
@@ -580,7 +578,7 @@ def run_side(side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_s
         row, frames = measure(side, run, device, stage_1_tokens, steps, warmup_steps)
         if pipe is not None:
             row["build_s"] = build_s
-            for key in ("fp8_forward_rel_err", "fp8_forward_max_abs"):
+            for key in ("fp8_forward_rel_err", "fp8_forward_max_abs", "memory_tier"):
                 if hasattr(pipe, key):
                     row[key] = getattr(pipe, key)
         if frames_out:
@@ -599,9 +597,9 @@ def run_side(side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_s
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoint on the CPU (smoke test)")
-    parser.add_argument("--sides", default="ours,reference", help="comma list of: ours, ours-compiled, ours-fp8, "
-                        "ours-fp8-compiled, ours-stg-prefix, ours-stg-prefix-compiled, ours-offload, ours-exact, reference; NAME@GIB "
-                        "runs that side under a GIB memory cap")  # fmt: skip
+    parser.add_argument("--sides", default="ours,reference", help="comma list of: reference, ours, ours-OPTION[-OPTION]"
+                        f" with OPTION in {', '.join(OUR_OPTIONS)} (see build_ours); NAME@GIB runs that side under a "
+                        "GIB memory cap (and `budget` budgets that)")  # fmt: skip
     parser.add_argument("--num-frames", type=int, default=None)
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
@@ -671,7 +669,7 @@ def main(argv=None) -> dict:
         recipe_s = time.perf_counter() - t0
         row = run_side(
             args.side, files, inputs, dtype, device, stage_1_tokens, steps, warmup_steps, args.frames_out,
-            args.attention_backend,
+            args.attention_backend, cap,
         )  # fmt: skip
         row.update(recipe_s=recipe_s, weights_gib=files[CHECKPOINT].nbytes() / 2**30, memory_cap_gib=cap)
         if cap:
