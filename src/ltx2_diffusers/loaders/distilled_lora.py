@@ -33,7 +33,7 @@ logger = logging.get_logger(__name__)
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 DELTA_ATTRIBUTE = "_ltx2_distilled_delta"
-_SUBCLASSES: dict[type, type] = {}
+_SUBCLASSES: dict[tuple[type, bool], type] = {}
 
 
 class _WeightWithDelta:
@@ -48,10 +48,15 @@ class _WeightWithDelta:
         return delta + value
 
 
-def _with_delta_class(cls: type) -> type:
-    if cls not in _SUBCLASSES:
-        _SUBCLASSES[cls] = type(f"{cls.__name__}WithDistilledLoRA", (_WeightWithDelta, cls), {})
-    return _SUBCLASSES[cls]
+def _with_delta_class(cls: type, hooked: bool = False) -> type:
+    """`cls` with `_WeightWithDelta` in front; `hooked`: a subclass adding nothing (float8 linears get the delta
+    from a forward hook; the class change is what makes `torch.compile`d blocks recompile, as dynamo does not
+    guard on hooks)."""
+    if (cls, hooked) not in _SUBCLASSES:
+        bases = (cls,) if hooked else (_WeightWithDelta, cls)
+        suffix = "WithDistilledLoRAHook" if hooked else "WithDistilledLoRA"
+        _SUBCLASSES[cls, hooked] = type(f"{cls.__name__}{suffix}", bases, {})
+    return _SUBCLASSES[cls, hooked]
 
 
 def _target_linear(model: torch.nn.Module, name: str) -> torch.nn.Linear:
@@ -185,7 +190,7 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
         try:
             for name, (a, b) in self.pairs().items():
                 linear = _target_linear(transformer, name)
-                if DELTA_ATTRIBUTE in linear.__dict__ or id(linear) in hooked:
+                if type(linear) in _SUBCLASSES.values() or id(linear) in hooked:
                     raise ValueError(
                         f"distilled LoRA {name}: the layer already carries a distilled LoRA (two targets naming one "
                         "linear, or applied() nested)"
@@ -193,6 +198,9 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
                 hooked.add(id(linear))
                 if linear.weight.dtype in _FP8:
                     hooks.append(linear.register_forward_hook(_output_delta_hook(a, b, scale)))
+                    # torch.compile does not guard on hooks: the class change makes compiled blocks recompile.
+                    swapped.append((linear, type(linear)))
+                    linear.__class__ = _with_delta_class(type(linear), hooked=True)
                     continue
                 linear.__dict__[DELTA_ATTRIBUTE] = (a, b, float(scale))
                 swapped.append((linear, type(linear)))
@@ -201,7 +209,7 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
         finally:
             for linear, cls in swapped:
                 linear.__class__ = cls
-                del linear.__dict__[DELTA_ATTRIBUTE]
+                linear.__dict__.pop(DELTA_ATTRIBUTE, None)
             for hook in hooks:
                 hook.remove()
 
