@@ -11,7 +11,8 @@ second copy of the weights: the target linear's class is swapped for the block t
 attribute returns `W + delta`. This works whether the linear is plain or the `base_layer` of a user's PEFT LoRA
 layer (PEFT then adds the user's adapters on top, or has merged them into `W`), and under accelerate / diffusers
 offload hooks (they wrap `forward`, which reads `self.weight` after the weights are on the device). float8 linears
-(upcast at compute) get `scale * B(A(x))` added to their output instead.
+(upcast at compute) get `scale * B(A(x))` added to their output by a forward hook instead, and a marker subclass:
+`torch.compile` does not guard on hooks, the class change is what makes compiled blocks recompile.
 """
 
 from __future__ import annotations
