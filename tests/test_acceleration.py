@@ -14,7 +14,14 @@ from test_pipeline_parity import contexts
 from test_transformer_diffusers_interop import forward_kwargs, randomize_, tiny_diffusers_config
 from torch._dynamo.utils import counters
 
-from ltx2_diffusers import LTX2AudioToVideoPipeline, LTX2AudioVideoTransformer, MultiModalGuidance, a2vid, av_cli
+from ltx2_diffusers import (
+    LTX2AudioToVideoPipeline,
+    LTX2AudioVideoTransformer,
+    MultiModalGuidance,
+    a2vid,
+    av_cli,
+    cli_common,
+)
 from ltx2_diffusers.cli_running import apply_acceleration_flags, fp8_cast
 from ltx2_diffusers.loaders.distilled_lora import LTX2DistilledLoRA
 from ltx2_diffusers.pipelines import acceleration
@@ -395,6 +402,16 @@ def test_cli_flags_reach_the_pipeline(cli, capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(base + argv)
         assert f"argument {flag}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("offload", ["sequential", "group"])
+def test_cli_compile_on_with_block_offload_is_refused_before_loading(offload, capsys):
+    parser = a2vid.build_parser()
+    base = ["--model", "m", "--prompt", "p", "--output-path", "o.mp4", "--audio-path", "a.wav", "--offload", offload]
+    cli_common.check_acceleration(parser, parser.parse_args([*base, "--compile", "auto"]))  # eager there: fine
+    with pytest.raises(SystemExit):
+        cli_common.check_acceleration(parser, parser.parse_args([*base, "--compile", "on"]))
+    assert f"--compile on cannot compile the transformer blocks under --offload {offload}" in capsys.readouterr().err
 
 
 def test_cli_flags_on_a_pipeline_without_the_setting_are_refused():

@@ -450,6 +450,15 @@ def add_acceleration_arguments(parser) -> None:
     )
 
 
+def check_acceleration(parser, args) -> None:
+    """`--compile on` cannot compile blocks that carry offload hooks (`--offload sequential` / `group`)."""
+    if getattr(args, "compile", "auto") == "on" and args.offload in ("sequential", "group"):
+        parser.error(
+            f"--compile on cannot compile the transformer blocks under --offload {args.offload} (its hooks sit "
+            "inside the blocks); use --compile auto (eager there) or --offload model"
+        )
+
+
 # ---------------------------------------------------------------------------------------------------- checks
 def require_file(parser, flag, path):
     if not os.path.isfile(path):
@@ -514,6 +523,7 @@ def check_run_args(parser, args) -> None:
         # accelerate's per-weight hooks cannot round-trip weights when the onload device is the CPU itself.
         parser.error("--offload sequential needs an accelerator device; on cpu there is nothing to offload to")
     check_context_parallel(parser, args)
+    check_acceleration(parser, args)
     output_dir = os.path.dirname(os.path.abspath(args.output_path))
     if os.path.isdir(args.output_path):
         parser.error(f"--output-path {args.output_path!r} is a folder; give a file name such as out.mp4")
