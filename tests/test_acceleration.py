@@ -31,7 +31,7 @@ from ltx2_diffusers.pipelines.acceleration import (
     apply_compile,
     backend_set_by_user,
     compiled_by_user,
-    hooked_blocks,
+    has_offload_hooks,
     resolve_acceleration,
 )
 
@@ -166,9 +166,9 @@ def test_the_users_attention_backend_is_never_overridden():
 
 def test_offload_hooks_in_the_blocks_are_seen():
     model = tiny_transformer(num_layers=1)
-    assert not hooked_blocks(model)
+    assert not has_offload_hooks(model)
     model.enable_group_offload(onload_device=CPU, offload_type="block_level", num_blocks_per_group=1)
-    assert hooked_blocks(model)
+    assert has_offload_hooks(model)
 
 
 # ------------------------------------------------------------------------------------------------ the pipeline
@@ -296,6 +296,20 @@ def test_users_compiled_blocks_are_left_alone_and_bypassed_for_reference_arithme
     latents(pipe, files)  # a default call runs the user's compiled blocks; the pipeline compiles nothing more
     assert dynamo() > 0 and mock_cuda == user_calls
     assert compiled_blocks(pipe.transformer) == [0, 1] and compiled_by_user(pipe.transformer)
+
+
+def test_block_offload_stays_eager_and_compile_true_is_refused(files, dynamo, mock_cuda):
+    eager = make_pipe(files)
+    eager.set_transformer_acceleration(compile=False)
+    expected = latents(eager, files, stage_2=False, height=64, width=64)
+    pipe = make_pipe(files)
+    pipe.transformer.enable_group_offload(onload_device=CPU, offload_type="block_level", num_blocks_per_group=1)
+    out = latents(pipe, files, stage_2=False, height=64, width=64)  # auto on "CUDA": hooks in the blocks, eager
+    assert torch.equal(out, expected) and mock_cuda == [] and dynamo() == 0
+    pipe.set_transformer_acceleration(compile=True)
+    with pytest.raises(ValueError, match="compile=True: the transformer blocks carry offload hooks"):
+        latents(pipe, files, stage_2=False, height=64, width=64)
+    assert mock_cuda == [] and compiled_blocks(pipe.transformer) == []
 
 
 def test_explicit_backend_is_set_on_the_processors_and_garbage_refused(files):
