@@ -191,7 +191,7 @@ def test_flags_become_call_arguments_and_the_mp4_carries_the_audio(files, fake, 
     assert call["audio_guidance"] == MultiModalGuidance(
         cfg_scale=6.0, modality_scale=2.0, stg_blocks=[1, 2], skip_step=1
     )
-    assert call["generator"].initial_seed() == 5 and call["output_type"] == "np"
+    assert call["generator"].initial_seed() == 5 and call["output_type"] == "pt"
     assert call["enhance_prompt"] is False and call["distilled_lora_scale"] is None
     assert pipe.moved == [torch.device("cpu")] and pipe.adapters == []
     media = read_video_with_audio("out.mp4", require_audio=True)

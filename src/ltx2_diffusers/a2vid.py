@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="render one clip per a2v guidance scale (same seed; replaces --a2v-guidance-scale) and write a "
         "side-by-side sync table (<output>_modality_sweep.json / .md)",
     )
+    cli_common.add_acceleration_arguments(parser)
     return parser
 
 
@@ -202,6 +203,8 @@ def _guidance(args, modality_scale: float):
 
 
 def _generate(pipe, args, device, modality_scale, text):
+    from .video_io import frames_to_uint8
+
     generator = cli_running.make_generator(args, device)
     result = pipe(
         audio=args.audio_path,
@@ -220,11 +223,11 @@ def _generate(pipe, args, device, modality_scale, text):
         reference_arithmetic=args.reference_arithmetic,
         max_num_frames=args.max_num_frames,
         max_video_tokens=args.max_video_tokens,
-        output_type="np",
+        output_type="pt",  # frames stay on the device until frames_to_uint8 (no float video on the host)
         **({"enhance_prompt": True} if args.enhance_prompt else {}),
         **text,
     )
-    return result.frames[0], result.audio, result.audio_sample_rate
+    return frames_to_uint8(result.frames[0]), result.audio, result.audio_sample_rate
 
 
 def sweep_table(rows: list[dict]) -> str:

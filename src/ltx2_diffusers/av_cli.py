@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "distilled LoRA (--distilled-lora, else the folder's) runs in both stages",
     )
     cli_common.add_run_arguments(parser)
+    cli_common.add_acceleration_arguments(parser)
     return parser
 
 
@@ -200,7 +201,7 @@ def call_arguments(args, generator) -> dict:
         ),
         "stage_2": args.stage_2,
         "generator": generator,
-        "output_type": "np",
+        "output_type": "pt",  # frames stay on the device until frames_to_uint8 (no float video on the host)
     }
     if args.distilled:
         from .schedules import DISTILLED_SIGMAS
@@ -229,7 +230,7 @@ def run(args) -> str | None:
     """Check the input files, load, generate, write (rank 0); returns the written path (None on other ranks)."""
     import torch
 
-    from .video_io import export_to_video_with_audio
+    from .video_io import export_to_video_with_audio, frames_to_uint8
 
     preflight(args)
     start = time.perf_counter()
@@ -240,7 +241,7 @@ def run(args) -> str | None:
     result = pipe(**call_arguments(args, cli_running.make_generator(args, device)))
     if not is_main_process():  # with --context-parallel only rank 0 writes
         return None
-    frames = result.frames[0]
+    frames = frames_to_uint8(result.frames[0])
     audio, sample_rate = cli_running.aac_compatible(_waveform(result.audio), int(result.audio_sample_rate))
     Path(os.path.dirname(os.path.abspath(args.output_path))).mkdir(parents=True, exist_ok=True)
     export_to_video_with_audio(frames, audio, sample_rate, args.output_path, fps=args.frame_rate)

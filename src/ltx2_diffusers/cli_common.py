@@ -4,7 +4,8 @@ Flag groups (each an `add_*_arguments(parser)`): model loading (`--checkpoint-pa
 `--lora`, `--spatial-upsampler-path`, `--gemma-root`, `--quantization`, `--dtype`), prompts and images
 (`--prompt`, `--negative-prompt`, `--enhance-prompt`, `--image`), video size and steps, video guidance, audio
 guidance, and run/output (`--offload`, `--memory-budget-gib`, `--device`, `--vae-tiling`, `--guidance-batch-size`,
-`--reference-arithmetic`, `--output-path`, size bounds, `--context-parallel`). The flags keep ltx-pipelines' names
+`--reference-arithmetic`, `--output-path`, size bounds, `--context-parallel`), speed (`--compile`,
+`--attention-backend`). The flags keep ltx-pipelines' names
 and defaults (LTX-2.3 parameters); the `check_*` functions check the files and devices they name before anything
 loads. Loading, placement and the other run-time helpers are in `cli_running`.
 """
@@ -457,6 +458,48 @@ def check_memory_args(parser, args) -> None:
         parser.error(f"--memory-budget-gib needs a CUDA device, got {device_of(args)} (no GPU memory to budget)")
 
 
+COMPILE_MODES = {"auto": "auto", "on": True, "off": False}  # --compile -> set_transformer_acceleration(compile=)
+
+
+def _attention_backend(text: str) -> str:
+    from .pipelines.acceleration import TransformerAcceleration, check_attention_backend
+
+    try:
+        check_attention_backend(TransformerAcceleration(attention_backend=text).attention_backend)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def add_acceleration_arguments(parser) -> None:
+    """`--compile {auto,on,off}` and `--attention-backend NAME` (`pipe.set_transformer_acceleration`)."""
+    speed = parser.add_argument_group("speed")
+    speed.add_argument(
+        "--compile",
+        choices=tuple(COMPILE_MODES),
+        default="auto",
+        help="regional torch.compile of the transformer blocks: auto (on CUDA, not with --reference-arithmetic, "
+        "sequential/group offload or --context-parallel), on (any device), off (default: auto)",
+    )
+    speed.add_argument(
+        "--attention-backend",
+        type=_attention_backend,
+        default="auto",
+        metavar="NAME",
+        help="diffusers attention backend of the transformer (e.g. native, flash, _native_cudnn), or auto: the one "
+        "measured fastest for the GPU (default: auto)",
+    )
+
+
+def check_acceleration(parser, args) -> None:
+    """`--compile on` cannot compile blocks that carry offload hooks (`--offload sequential` / `group`)."""
+    if getattr(args, "compile", "auto") == "on" and args.offload in ("sequential", "group"):
+        parser.error(
+            f"--compile on cannot compile the transformer blocks under --offload {args.offload} (its hooks sit "
+            "inside the blocks); use --compile auto (eager there) or --offload model"
+        )
+
+
 # ---------------------------------------------------------------------------------------------------- checks
 def require_file(parser, flag, path):
     if not os.path.isfile(path):
@@ -522,6 +565,7 @@ def check_run_args(parser, args) -> None:
         parser.error("--offload sequential needs an accelerator device; on cpu there is nothing to offload to")
     check_context_parallel(parser, args)
     check_memory_args(parser, args)
+    check_acceleration(parser, args)
     output_dir = os.path.dirname(os.path.abspath(args.output_path))
     if os.path.isdir(args.output_path):
         parser.error(f"--output-path {args.output_path!r} is a folder; give a file name such as out.mp4")

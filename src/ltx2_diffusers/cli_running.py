@@ -125,6 +125,7 @@ def prepare_pipeline(pipe, args, device):
         options = {} if args.quantization_amax_path is None else {"amax_path": args.quantization_amax_path}
         pipe.transformer.to(device)
         enable_fp8_scaled_mm(pipe.transformer, **options)
+    apply_acceleration_flags(pipe, args)
     if apply_memory_tier(pipe, args, device):
         return device
     if args.offload == "none":
@@ -141,6 +142,17 @@ def prepare_pipeline(pipe, args, device):
             use_stream=device.type == "cuda",
         )
     return device
+
+
+def apply_acceleration_flags(pipe, args) -> None:
+    """`--compile` / `--attention-backend` as `pipe.set_transformer_acceleration(...)` (applied at the call)."""
+    from .cli_common import COMPILE_MODES
+
+    compile, backend = COMPILE_MODES[getattr(args, "compile", "auto")], getattr(args, "attention_backend", "auto")
+    if hasattr(pipe, "set_transformer_acceleration"):
+        pipe.set_transformer_acceleration(compile=compile, attention_backend=backend)
+    elif (compile, backend) != ("auto", "auto"):
+        raise ValueError(f"--compile/--attention-backend: {type(pipe).__name__} has no set_transformer_acceleration")
 
 
 def apply_memory_tier(pipe, args, device) -> bool:

@@ -8,6 +8,7 @@ audio is accepted and written as a mono AAC track (it is not duplicated to stere
 offset between the first audio sample and the first video frame, which timing analyses need.
 """
 
+import math
 import os
 import uuid
 from fractions import Fraction
@@ -40,7 +41,8 @@ def frames_to_uint8(frames, name: str = "frames") -> np.ndarray:
     """Normalise video frames to a (F, H, W, 3) uint8 array.
 
     Accepts a list of PIL images or of (H, W, 3) arrays, or an array/tensor shaped (F, H, W, 3), (F, 3, H, W)
-    or either with a leading batch dimension of 1. Floats are taken as [0, 1] (clipped); uint8 is used as is.
+    or either with a leading batch dimension of 1. Floats are taken as [0, 1] (clipped); uint8 is used as is. A
+    float torch tensor is converted on its device before the host copy (a pipeline's `output_type="pt"` frames).
     """
     if isinstance(frames, (list, tuple)):
         if len(frames) == 0:
@@ -58,6 +60,8 @@ def frames_to_uint8(frames, name: str = "frames") -> np.ndarray:
         if len(dtypes) != 1:
             raise ValueError(f"`{name}` holds frames of different dtypes: {sorted(map(str, dtypes))}")
         array = np.stack(items)
+    elif type(frames).__module__.startswith("torch") and frames.dtype.is_floating_point:
+        array = _tensor_to_uint8(frames, name)
     else:
         array = _to_numpy(frames, name)
 
@@ -81,6 +85,33 @@ def frames_to_uint8(frames, name: str = "frames") -> np.ndarray:
     if array.min() < -0.01:
         logger.warning(f"`{name}` has negative values (min {array.min():.3f}); float frames are read as [0, 1].")
     return np.ascontiguousarray(np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8))
+
+
+def _tensor_to_uint8(frames, name: str, chunk_elements: int = 2**24) -> np.ndarray:
+    """A float tensor of frames in [0, 1] as uint8 on its own device, a few frames at a time (no float copy of the
+    video on the host, nor a second one on the device), channels last: `round(clip(x, 0, 1) * 255)` in float32
+    (float64 kept), rounded half to even, as the numpy path; the same refusals (non-finite values) and warning."""
+    import torch
+
+    frames = frames.detach()
+    if frames.ndim not in (4, 5):
+        raise ValueError(f"`{name}` must be shaped (frames, height, width, 3); got shape {tuple(frames.shape)}")
+    if frames.shape[-1] != 3 and frames.shape[-3] == 3:
+        frames = frames.movedim(-3, -1)  # (..., 3, H, W) -> (..., H, W, 3), a view
+    axis = frames.ndim - 4  # the frame axis
+    out = torch.empty(frames.shape, dtype=torch.uint8)
+    step = max(1, chunk_elements // max(1, math.prod(frames.shape[axis + 1 :])))
+    low = None
+    for start in range(0, frames.shape[axis], step):
+        chunk = frames.narrow(axis, start, min(step, frames.shape[axis] - start))
+        chunk = chunk.float() if chunk.dtype.itemsize < 4 else chunk
+        if not bool(torch.isfinite(chunk).all()):
+            raise ValueError(f"`{name}` contains NaN or infinite values")
+        low = min(low, float(chunk.min())) if low is not None else float(chunk.min())
+        out.narrow(axis, start, chunk.shape[axis]).copy_(chunk.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8))
+    if low is not None and low < -0.01:
+        logger.warning(f"`{name}` has negative values (min {low:.3f}); float frames are read as [0, 1].")
+    return out.numpy()
 
 
 def audio_to_float32(audio, name: str = "audio") -> np.ndarray:

@@ -14,7 +14,9 @@ offload hooks (they wrap `forward`, which reads `self.weight` after the weights 
 follow the weight's device at each use, copied asynchronously when they are kept in pinned host memory, as the
 offloading memory tiers keep them). Linears running float8 scaled matmuls (`enable_fp8_scaled_mm`) compute with the
 delta fused into a requantised float8 weight formed at every call (`fp8.attach_fused_lora`, ltx-core's scaled-fp8
-fuse); other float8 linears (upcast at compute) get `scale * B(A(x))` added to their output instead.
+fuse); other float8 linears (upcast at compute) get `scale * B(A(x))` added to their output by a forward hook
+instead, and a marker subclass: `torch.compile` does not guard on hooks, the class change is what makes compiled
+blocks recompile.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ logger = logging.get_logger(__name__)
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 DELTA_ATTRIBUTE = "_ltx2_distilled_delta"
-_SUBCLASSES: dict[type, type] = {}
+_SUBCLASSES: dict[tuple[type, bool], type] = {}
 
 
 class _WeightWithDelta:
@@ -60,10 +62,15 @@ def _on_weight(factor: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return factor.to(weight.device, non_blocking=non_blocking).to(weight.dtype)
 
 
-def _with_delta_class(cls: type) -> type:
-    if cls not in _SUBCLASSES:
-        _SUBCLASSES[cls] = type(f"{cls.__name__}WithDistilledLoRA", (_WeightWithDelta, cls), {})
-    return _SUBCLASSES[cls]
+def _with_delta_class(cls: type, hooked: bool = False) -> type:
+    """`cls` with `_WeightWithDelta` in front; `hooked`: a subclass adding nothing (float8 linears get the delta
+    from a forward hook; the class change is what makes `torch.compile`d blocks recompile, as dynamo does not
+    guard on hooks)."""
+    if (cls, hooked) not in _SUBCLASSES:
+        bases = (cls,) if hooked else (_WeightWithDelta, cls)
+        suffix = "WithDistilledLoRAHook" if hooked else "WithDistilledLoRA"
+        _SUBCLASSES[cls, hooked] = type(f"{cls.__name__}{suffix}", bases, {})
+    return _SUBCLASSES[cls, hooked]
 
 
 def _target_linear(model: torch.nn.Module, name: str) -> torch.nn.Linear:
@@ -199,7 +206,7 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
                 linear = _target_linear(transformer, name)
                 scaled_mm = is_scaled_mm_linear(linear)
                 if (
-                    DELTA_ATTRIBUTE in linear.__dict__
+                    type(linear) in _SUBCLASSES.values()
                     or id(linear) in hooked
                     or (scaled_mm and linear.fp8_fused_lora is not None)
                 ):
@@ -214,6 +221,9 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
                     continue
                 if linear.weight.dtype in _FP8:
                     hooks.append(linear.register_forward_hook(_output_delta_hook(a, b, scale)))
+                    # torch.compile does not guard on hooks: the class change makes compiled blocks recompile.
+                    swapped.append((linear, type(linear)))
+                    linear.__class__ = _with_delta_class(type(linear), hooked=True)
                     continue
                 linear.__dict__[DELTA_ATTRIBUTE] = (a, b, float(scale))
                 swapped.append((linear, type(linear)))
@@ -222,7 +232,7 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
         finally:
             for linear, cls in swapped:
                 linear.__class__ = cls
-                del linear.__dict__[DELTA_ATTRIBUTE]
+                linear.__dict__.pop(DELTA_ATTRIBUTE, None)
             for hook in hooks:
                 hook.remove()
             for linear in fused:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
@@ -20,6 +19,7 @@ from ..loaders.model_variant import check_model_variant
 from ..models.video_vae_tiling import tiled_decode
 from ..schedules import DISTILLED_SIGMAS, STAGE_2_DISTILLED_SIGMAS, _check_table, ltx2_sigmas, set_scheduler_sigmas
 from . import ltx2_stages as stages
+from .acceleration import TransformerAcceleration, accelerated, check_attention_backend
 from .image_conditions import prepare_condition_image
 from .ltx2_denoise import PromptContexts, StepGuidance, advance, guided_x0, is_frozen
 from .pipeline_checks import GUIDANCE_ALIASES, LTX2A2VChecksMixin, resolve_guidance
@@ -98,6 +98,21 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         self.register_to_config(
             model_version=model_version, distilled_lora_scale=distilled_lora_scale, model_variant=model_variant
         )
+
+    # ------------------------------------------------------------------------------------------------ speed
+    def set_transformer_acceleration(self, compile: bool | str = "auto", attention_backend: str | None = "auto"):
+        """The transformer's speed settings (`acceleration.TransformerAcceleration`), applied from the next call:
+        `compile` "auto" (default: `compile_repeated_blocks(fullgraph=True)` on the first CUDA call), True or
+        False; `attention_backend` "auto" (per GPU, `AUTO_ATTENTION_BACKENDS`), a diffusers backend name or None.
+        What the user compiled or set on the transformer is never overridden; `reference_arithmetic` calls run
+        eager."""
+        setting = TransformerAcceleration(compile, attention_backend)
+        check_attention_backend(setting.attention_backend)
+        self._transformer_acceleration = setting
+
+    @property
+    def transformer_acceleration(self) -> TransformerAcceleration:
+        return getattr(self, "_transformer_acceleration", None) or TransformerAcceleration()
 
     # ------------------------------------------------------------------------------------------------ text
     def encode_prompt(
@@ -357,6 +372,7 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         with (
             self.progress_bar(total=len(sigmas) - 1) as progress_bar,
             reference_lora_arithmetic(self.transformer) if exact else nullcontext(),
+            accelerated(self.transformer, self.transformer_acceleration, self._execution_device, exact),
         ):
             if hasattr(progress_bar, "set_description"):
                 progress_bar.set_description(f"stage {stage + 1}")
@@ -409,10 +425,11 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         frames = ((video.float() + 1) / 2).clamp(0, 1)  # (B, 3, F, H, W)
         if output_type == "pt":
             return frames.permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W), as diffusers' video pipelines
-        frames = frames.permute(0, 2, 3, 4, 1).cpu().numpy()  # (B, F, H, W, 3)
         if output_type == "np":
-            return frames
-        return [[PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in batch] for batch in frames]
+            return frames.permute(0, 2, 3, 4, 1).cpu().numpy()  # (B, F, H, W, 3)
+        # PIL: uint8 on the device (round half to even, as numpy), so the host copy is a quarter of the floats.
+        pixels = frames.mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous().cpu().numpy()
+        return [[PIL.Image.fromarray(f) for f in batch] for batch in pixels]
 
     def _decode_tile(self, latents: torch.Tensor, generator) -> torch.Tensor:
         temb = None
