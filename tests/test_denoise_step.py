@@ -244,6 +244,8 @@ class _Denoiser:
 
     denoise = LTX2PipelineBase.denoise
     _step_callback = LTX2PipelineBase._step_callback
+    transformer_acceleration = LTX2PipelineBase.transformer_acceleration
+    _execution_device = torch.device("cpu")
     interrupt = False
 
     def __init__(self, transformer, reference_arithmetic):
