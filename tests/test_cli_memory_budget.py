@@ -126,6 +126,15 @@ def test_default_on_cuda_budgets_the_free_memory(cli, audio, cuda, capsys):
     assert f"memory tier: {TIERS[3]} for 30.00 GiB (free memory of cuda)" in capsys.readouterr().out
 
 
+def test_default_budget_counts_what_this_process_already_holds(audio, cuda, monkeypatch):
+    """`--quantization fp8-scaled-mm` quantises the transformer on the GPU before the tier is chosen: its weights
+    (and the bf16 blocks the caching allocator keeps) are not free, yet they are this pipeline's, which the
+    estimates count themselves. The budget is the free memory plus what PyTorch holds on the device."""
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 12 * GIB)
+    ((kind, budget, _, _),) = prepare(parse(a2vid, audio), torch.device("cuda"))
+    assert (kind, budget) == ("budget", 42.0)
+
+
 @CLIS
 def test_explicit_budget_is_used_and_free_memory_not_queried(cli, audio, cuda):
     args = parse(cli, audio, "--memory-budget-gib", "24", "--reference-arithmetic", "--no-stage-2")

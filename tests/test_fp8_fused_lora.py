@@ -261,3 +261,15 @@ def test_pipeline_stage_2_with_fp8_scaled_mm_and_the_distilled_lora(tmp_path, mo
     )
     assert diff.mean() <= FRAME_MEAN_TOL and diff.max() <= FRAME_MAX_TOL
     assert diff.mean() < 0.5 * lora_effect.mean()
+
+
+def test_save_pretrained_refuses_scaled_mm_weights(tmp_path):
+    """The float8 scaled-mm weights are saved without their scales (a run-time setting, non-persistent buffers):
+    a folder saved so would load as silently wrong weights. Refused before anything is written."""
+    checkpoint = build_checkpoint(tmp_path / "ltx-2.3-tiny.safetensors", "2.3", seed=41)
+    pipe = LTX2AudioToVideoPipeline.from_single_file(checkpoint, torch_dtype=torch.float32)
+    fp8._patch_scaled_mm(fp8._scaled_mm_targets(pipe.transformer), rowwise=True)
+    target = tmp_path / "saved"
+    with pytest.raises(ValueError, match="enable_fp8_scaled_mm"):
+        pipe.save_pretrained(target)
+    assert not target.exists()

@@ -464,3 +464,66 @@ def test_place_distilled_lora(monkeypatch):
     pinned.clear()
     memory.place_distilled_lora(store, "host", torch.device("cpu"))
     assert pinned == []
+
+
+# ------------------------------------------------------------------------------------------------ seams
+def test_compile_true_with_a_budget_only_group_offload_fits_is_refused_before_placing(setup):
+    """`compile=True` cannot compile blocks that carry group-offload hooks (refused at the call); a budget whose
+    only fitting tiers are group offload is refused up front, naming both settings, and nothing is placed. With a
+    budget the model tier fits, that tier is applied (model offload keeps the blocks compilable)."""
+    pipe = load(setup)
+    pipe.set_transformer_acceleration(compile=True)
+    peaks = {tier: estimated_peak(tier, tiny_sizes(pipe)) for tier in TIERS}
+    group = min(peaks[t] for t in TIERS if t.offload.startswith("group"))
+    model = min(peaks[t] for t in TIERS if t.offload == "model")
+    assert group < model
+    budget = (group + model) / 2 / 0.9 / GIB
+    with pytest.raises(ValueError, match=r"memory_budget_gib=.* compile=True"):
+        pipe.enable_memory_budget(budget, "cpu", height=SIZE, width=SIZE, num_frames=FRAMES)
+    assert memory.has_offload_hooks(pipe) == [] and not hasattr(pipe, "_memory_tier") and pipe.vae_tiling is None
+    tier = pipe.enable_memory_budget(model / 0.9 * 1.0001 / GIB, "cpu", height=SIZE, width=SIZE, num_frames=FRAMES)
+    assert tier.offload == "model"
+
+
+def test_a_tier_keeps_the_users_vae_tiling(setup):
+    pipe = load(setup)
+    pipe.enable_vae_tiling(tile_size_in_pixels=64, tile_overlap_in_pixels=32)
+    users = pipe.vae_tiling
+    pipe.enable_memory_tier(TIERS[1], "cpu")  # a tiled-decode tier
+    assert pipe.vae_tiling is users
+
+
+@pytest.mark.parametrize("tiling", ["ltx", "diffusers"])
+def test_the_resident_estimate_decodes_as_the_user_set_it(setup, tiling):
+    """With tiling the user turned on, the resident tier's decode is tiled too: its estimate is the tiled one (at
+    this tiny size, 64-pixel tiles, more than the whole decode's: the blend buffers dominate)."""
+    pipe = load(setup)
+    whole = tiny_sizes(pipe).decode
+    if tiling == "ltx":
+        pipe.enable_vae_tiling(tile_size_in_pixels=64, tile_overlap_in_pixels=32)
+        expected = tiny_sizes(pipe).decode_tiled
+    else:
+        pipe.vae.enable_tiling(tile_sample_min_height=64, tile_sample_min_width=64, tile_sample_stride_height=32,
+                               tile_sample_stride_width=32)  # fmt: skip
+        expected = memory.decode_bytes(pipe.vae, *memory.stages.video_latent_size(FRAMES, SIZE, SIZE), tiled=True)
+    sizes = tiny_sizes(pipe)
+    assert sizes.decode == expected != whole
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"device": "nonsense"}, ValueError, "device must be a torch device"),
+        ({"device": 1.5}, TypeError, "device must be a torch device"),
+        ({"stage_2": "no"}, TypeError, "stage_2 must be a bool"),
+    ],
+)
+def test_garbage_device_and_stage_2_refused(setup, kwargs, error, match):
+    pipe = setup["pipe"]
+    with pytest.raises(error, match=match):
+        pipe.enable_memory_budget(**{"memory_budget_gib": 24, "device": "cpu", "height": SIZE, "width": SIZE,
+                                     "num_frames": FRAMES, **kwargs})  # fmt: skip
+    if "device" in kwargs:
+        with pytest.raises(error, match=match):
+            pipe.enable_memory_tier(TIERS[0], kwargs["device"])
+    assert memory.has_offload_hooks(pipe) == [] and not hasattr(pipe, "_memory_tier")

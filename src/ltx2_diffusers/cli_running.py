@@ -157,7 +157,7 @@ def apply_acceleration_flags(pipe, args) -> None:
 
 def apply_memory_tier(pipe, args, device) -> bool:
     """The memory tier for `--memory-budget-gib`, or on CUDA without `--offload` (and without
-    `--context-parallel`) for the free GPU memory, applied by `pipe.enable_memory_budget` for this run's size and
+    `--context-parallel`) for the free GPU memory (plus what PyTorch already holds there), applied by `pipe.enable_memory_budget` for this run's size and
     printed; False when neither applies (the `--offload` placement follows)."""
     from .cli_common import offload_given
     from .pipelines.memory import GIB
@@ -168,7 +168,9 @@ def apply_memory_tier(pipe, args, device) -> bool:
             return False
         import torch
 
-        free = torch.cuda.mem_get_info(device)[0]
+        # What PyTorch already holds is this pipeline's (e.g. the fp8-scaled-mm transformer quantised on the
+        # device, and the blocks its caching allocator kept), which the estimates count themselves.
+        free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
         budget = free / GIB
     try:
         tier = pipe.enable_memory_budget(

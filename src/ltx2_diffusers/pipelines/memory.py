@@ -106,7 +106,7 @@ class MemorySizes:
     `others_leaf` / `others_held_by_parents`: largest leaf and non-leaf parameters of all non-transformer
     components; `lora`: the distilled LoRA's factors;
     `lora_transient`: the largest `W + delta` pair stage 2 forms at once. Activations: `stage_1`, `stage_2`,
-    `decode` (whole) and `decode_tiled`."""
+    `decode` (as the user set the VAE up: whole, or tiled where they turned tiling on) and `decode_tiled`."""
 
     transformer: int
     transformer_block: int
@@ -159,12 +159,22 @@ def estimated_peak(tier: MemoryTier, sizes: MemorySizes) -> int:
     return lora + max(transformer + stages_peak, sizes.others_held_by_parents + 2 * sizes.others_leaf + decode)
 
 
-def choose_memory_tier(budget_bytes: int, sizes: MemorySizes, margin: float = MEMORY_MARGIN) -> MemoryTier:
+def choose_memory_tier(
+    budget_bytes: int, sizes: MemorySizes, margin: float = MEMORY_MARGIN, *, compile_blocks: bool = False
+) -> MemoryTier:
     """The first of `TIERS` (fastest first) whose `estimated_peak` is at most `(1 - margin) * budget_bytes`.
-    ValueError naming `memory_budget_gib` and the smallest budget that fits when none does."""
+    ValueError naming `memory_budget_gib` and the smallest budget that fits when none does; with
+    `compile_blocks` (`compile=True`: group offload's hooks inside the blocks cannot be compiled) also when only a
+    group-offload tier fits."""
     usable = budget_bytes * (1 - margin)
     for tier in TIERS:
         if estimated_peak(tier, sizes) <= usable:
+            if compile_blocks and tier.offload.startswith("group"):
+                raise ValueError(
+                    f"memory_budget_gib={budget_bytes / GIB:.4g} fits only group offload ({tier}), whose hooks sit "
+                    "inside the transformer blocks, which compile=True cannot compile; use "
+                    "set_transformer_acceleration(compile='auto') (eager there) or a larger budget"
+                )
             return tier
     smallest = min(TIERS, key=lambda tier: estimated_peak(tier, sizes))
     needed = estimated_peak(smallest, sizes) / (1 - margin)
@@ -182,6 +192,16 @@ def check_memory_budget(memory_budget_gib, name: str = "memory_budget_gib") -> i
     if value <= 0:
         raise ValueError(f"{name} must be > 0 GiB, got {memory_budget_gib!r}")
     return int(value * GIB)
+
+
+def check_device(device, name: str = "device") -> torch.device:
+    """A `torch.device` from a device or its name (TypeError / ValueError naming `name`)."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{name} must be a torch device or its name such as 'cuda', got {type(device).__name__}")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"{name} must be a torch device or its name such as 'cuda', got {device!r}") from None
 
 
 def check_count(name: str, value) -> int:
@@ -394,6 +414,13 @@ def measure_memory_sizes(
     others_leaf, others_held = _leaf_sizes(other_modules.values())
     block, outside = _block_sizes(transformer)
     leaf, held = _leaf_sizes([transformer])
+    user_tiling = getattr(pipe, "vae_tiling", None)
+    tiled_decode = ltx_tiled_decode_bytes(vae, *full, user_tiling or VideoTilingConfig())
+    # A tier without a tiled decode of its own decodes as the user set it up (tiled, if they turned tiling on).
+    if user_tiling is not None:
+        whole_decode = tiled_decode
+    else:
+        whole_decode = decode_bytes(vae, *full, tiled=bool(getattr(vae, "use_tiling", False)))
     return MemorySizes(
         transformer=module_bytes(transformer),
         transformer_block=block,
@@ -408,8 +435,8 @@ def measure_memory_sizes(
         lora_transient=0 if lora is None else _lora_transient(lora, act_bytes),
         stage_1=stage_1,
         stage_2=stage_2_bytes if stage_2 else 0,
-        decode=decode_bytes(vae, *full, tiled=False),
-        decode_tiled=ltx_tiled_decode_bytes(vae, *full, getattr(pipe, "vae_tiling", None) or VideoTilingConfig()),
+        decode=whole_decode,
+        decode_tiled=tiled_decode,
     )
 
 

@@ -296,36 +296,48 @@ class LTX2A2VLoadingMixin:
         offload by block, then by leaf layer, with a CUDA stream; tiled decode and the distilled LoRA in pinned
         host memory where needed), applied with `enable_memory_tier`. The size arguments are those of the calls
         to come (`guidance_batch_size` as passed to them). Refused: a budget that is not a finite number > 0, a
-        budget no tier fits (ValueError with the smallest that does), and a pipeline that already carries
-        offload hooks (the user's placement is left as it is). Returns the `MemoryTier` applied."""
+        budget no tier fits (ValueError with the smallest that does), a budget only group offload fits with
+        `compile=True` (`set_transformer_acceleration`), and a pipeline that already carries offload hooks (the
+        user's placement is left as it is). Returns the `MemoryTier` applied.
+
+        Example:
+
+        ```py
+        >>> pipe = LTX2AudioToVideoPipeline.from_pretrained("path/to/converted", torch_dtype=torch.bfloat16)
+        >>> pipe.enable_memory_budget(24, "cuda", height=1024, width=1536, num_frames=121)
+        MemoryTier(name='model', offload='model', tiled_decode=True, lora_location='device')
+        ```"""
         from ..validation import check_frame_rate
         from . import memory
 
         budget = memory.check_memory_budget(memory_budget_gib)
+        device = memory.check_device(device)
         for name, value in (("height", height), ("width", width), ("num_frames", num_frames)):
             memory.check_count(name, value)
+        if not isinstance(stage_2, bool):
+            raise TypeError(f"stage_2 must be a bool, got {stage_2!r}")
         batch = 4 if guidance_batch_size is None else memory.check_count("guidance_batch_size", guidance_batch_size)
         sizes = memory.measure_memory_sizes(
             self, height=height, width=width, num_frames=num_frames, frame_rate=check_frame_rate(frame_rate),
-            stage_2=bool(stage_2), passes_per_forward=min(memory.guidance_pass_count(self), batch),
+            stage_2=stage_2, passes_per_forward=min(memory.guidance_pass_count(self), batch),
         )  # fmt: skip
         self._check_no_offload_hooks()
-        tier = memory.choose_memory_tier(budget, sizes)
+        tier = memory.choose_memory_tier(budget, sizes, compile_blocks=self.transformer_acceleration.compile is True)
         self.enable_memory_tier(tier, device)
         return tier
 
     def enable_memory_tier(self, tier, device: torch.device | str = "cuda"):
         """Apply a `memory.MemoryTier` with diffusers' mechanisms: `to(device)`, `enable_model_cpu_offload` or
         `enable_group_offload` (block or leaf level; a CUDA stream on CUDA), `enable_vae_tiling` (never turned off
-        here), and the distilled LoRA's factors on the device or in pinned host memory. A pipeline that already
+        here; tiling the user set is kept as it is), and the distilled LoRA's factors on the device or in pinned host memory. A pipeline that already
         carries offload hooks is refused (ValueError naming the components)."""
-        from .memory import MemoryTier, place_distilled_lora
+        from .memory import MemoryTier, check_device, place_distilled_lora
 
         if not isinstance(tier, MemoryTier):
             raise TypeError(f"tier must be a memory.MemoryTier, got {type(tier).__name__}")
-        device = torch.device(device)
+        device = check_device(device)
         self._check_no_offload_hooks()
-        if tier.tiled_decode:
+        if tier.tiled_decode and self.vae_tiling is None:  # the user's own tile sizes are kept
             self.enable_vae_tiling()
         if tier.offload == "none":
             self.to(device)

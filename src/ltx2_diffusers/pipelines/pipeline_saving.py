@@ -112,8 +112,18 @@ def user_adapter_files(pipe) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
 
 
 def check_saveable(pipe, save_directory) -> None:
-    """Refuse before writing anything: fused LoRA layers, a foreign `pipeline.py`, an adapter name that is not a
-    plain folder name (it names `user_loras/<adapter>/`: a separator or `..` would write outside the folder)."""
+    """Refuse before writing anything: fused LoRA layers, float8 scaled-mm linears (their scales are run-time
+    buffers that are not saved), a foreign `pipeline.py`, an adapter name that is not a plain folder name (it
+    names `user_loras/<adapter>/`: a separator or `..` would write outside the folder)."""
+    from ..loaders.fp8 import is_scaled_mm_linear
+
+    transformer = getattr(pipe, "transformer", None)
+    scaled = [n for n, m in transformer.named_modules() if is_scaled_mm_linear(m)] if transformer is not None else []
+    if scaled:
+        raise ValueError(
+            f"transformer runs float8 scaled matmuls (enable_fp8_scaled_mm: {scaled[0]}, ...), whose weight scales "
+            "are not saved; save the pipeline before enable_fp8_scaled_mm, and apply it again after loading"
+        )
     for component in LORA_COMPONENT_NAMES:
         for adapter in getattr(getattr(pipe, component, None), "peft_config", None) or {}:
             _check_adapter_folder_name(adapter)
