@@ -19,21 +19,12 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 
-from factories import build_checkpoint, build_lora, build_upsampler, checkpoint_config  # noqa: E402
+from factories import build_checkpoint, build_lora, build_upsampler  # noqa: E402
 from ltx_core.components.guiders import MultiModalGuiderParams  # noqa: E402
+from prompt_contexts import contexts  # noqa: E402
 from reference_pipeline import run_reference_a2vid  # noqa: E402
 
 from ltx2_diffusers import LTX2AudioToVideoPipeline, MultiModalGuidance  # noqa: E402
-
-
-def contexts(seed: int, version: str):
-    g = torch.Generator().manual_seed(seed)
-    section = checkpoint_config(version)["transformer"]
-    video = section["num_attention_heads"] * section["attention_head_dim"]
-    audio = section["audio_num_attention_heads"] * section["audio_attention_head_dim"]
-    if version == "2.0":
-        video = audio = section["caption_channels"]
-    return torch.randn(1, 32, video, generator=g), torch.randn(1, 32, audio, generator=g)
 
 
 def main(argv=None) -> dict:

@@ -10,14 +10,13 @@ import soundfile as sf
 import torch
 from diffusers.models.attention_dispatch import AttentionBackendName, attention_backend
 from factories import build_checkpoint, build_lora, build_upsampler
-from test_pipeline_parity import contexts
+from test_pipeline import call
 from test_transformer_diffusers_interop import forward_kwargs, randomize_, tiny_diffusers_config
 from torch._dynamo.utils import counters
 
 from ltx2_diffusers import (
     LTX2AudioToVideoPipeline,
     LTX2AudioVideoTransformer,
-    MultiModalGuidance,
     a2vid,
     av_cli,
     cli_common,
@@ -172,9 +171,6 @@ def test_offload_hooks_in_the_blocks_are_seen():
 
 
 # ------------------------------------------------------------------------------------------------ the pipeline
-GUIDANCE = MultiModalGuidance(stg_blocks=[1])  # cfg, STG at block 1 of 2, modality guidance, rescale
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("acceleration")
@@ -200,19 +196,8 @@ def make_pipe(files):
 
 
 def latents(pipe, files, **kwargs):
-    args = dict(
-        audio=files["audio"],
-        prompt_contexts=contexts(0, "2.3"),
-        negative_prompt_contexts=contexts(1, "2.3"),
-        height=128,
-        width=128,
-        num_frames=9,
-        num_inference_steps=2,
-        video_guidance=GUIDANCE,
-        generator=torch.Generator().manual_seed(0),
-        output_type="latent",
-    )
-    return pipe(**{**args, **kwargs}).frames
+    """test_pipeline's call (128 x 128, 9 frames, 2 steps, cfg + STG at block 1 + modality + rescale), as latents."""
+    return call(pipe, files["audio"], **{"output_type": "latent", **kwargs}).frames
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from factories import build_checkpoint, build_lora, build_upsampler
 from ltx_core.loader.fuse_loras import apply_loras
 from ltx_core.loader.primitives import LoraStateDictWithStrength, StateDict
 from ltx_core.quantization.fp8_scaled_mm import quantize_weight_to_fp8_per_tensor
-from test_pipeline_parity import contexts
+from test_pipeline_lora_ownership import frames as ownership_frames
 
-from ltx2_diffusers import LTX2AudioToVideoPipeline, LTX2DistilledLoRA, MultiModalGuidance
+from ltx2_diffusers import LTX2AudioToVideoPipeline, LTX2DistilledLoRA
 from ltx2_diffusers.loaders import fp8
 from ltx2_diffusers.loaders.distilled_lora import _target_linear
 
@@ -197,8 +197,7 @@ def test_garbage_is_refused_before_compute():
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
-SIZE, FRAMES, FPS, STEPS, SEED, STRENGTH = 128, 9, 24.0, 2, 3, 0.8
-GUIDANCE = MultiModalGuidance(cfg_scale=2.0, stg_scale=1.0, rescale_scale=0.5, modality_scale=2.0, stg_blocks=[1])
+STRENGTH = 0.8
 # Stated before measuring: frames in [0, 1]; float8 (3 mantissa bits) in every block linear of both stages.
 FRAME_MEAN_TOL, FRAME_MAX_TOL = 0.02, 0.2
 
@@ -217,21 +216,8 @@ def test_pipeline_stage_2_with_fp8_scaled_mm_and_the_distilled_lora(tmp_path, mo
         checkpoint, spatial_upsampler_path=upsampler, distilled_lora=(lora, STRENGTH), torch_dtype=torch.bfloat16
     )
 
-    def frames(**kwargs):
-        return pipe(
-            audio=tmp_path / "a.wav",
-            prompt_contexts=contexts(0, "2.3"),
-            negative_prompt_contexts=contexts(1, "2.3"),
-            height=SIZE,
-            width=SIZE,
-            num_frames=FRAMES,
-            frame_rate=FPS,
-            num_inference_steps=STEPS,
-            video_guidance=GUIDANCE,
-            generator=torch.Generator().manual_seed(SEED),
-            output_type="pt",
-            **kwargs,
-        ).frames.float()
+    def frames(**kwargs):  # the ownership tests' call: 128 x 128, 9 frames, 2 steps, cfg + STG + modality + rescale
+        return ownership_frames(pipe, {"audio": tmp_path / "a.wav"}, **kwargs).float()
 
     reference, without_lora = frames(), frames(distilled_lora_scale=0.0)
     targets = fp8._scaled_mm_targets(pipe.transformer)

@@ -7,8 +7,9 @@ import pytest
 import soundfile as sf
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from factories import build_checkpoint, build_lora, build_upsampler, checkpoint_config
+from factories import build_checkpoint, build_lora, build_upsampler
 from ltx_core.components.guiders import MultiModalGuiderParams
+from prompt_contexts import contexts  # noqa: F401  (imported from here by other test modules)
 from reference_pipeline import run_reference_a2vid
 
 from ltx2_diffusers import (
@@ -44,17 +45,6 @@ def files(request, tmp_path_factory):
     rng = np.random.default_rng(0)
     PIL.Image.fromarray(rng.integers(0, 255, (96, 160, 3), dtype=np.uint8)).save(image)
     return dict(checkpoint=checkpoint, upsampler=upsampler, lora=lora, audio=audio, image=image, version=version)
-
-
-def contexts(seed, version):
-    """Post-connector contexts: LTX-2.3 (4096/2048-like) or LTX-2 (caption_channels, projected inside)."""
-    g = torch.Generator().manual_seed(seed)
-    section = checkpoint_config(version)["transformer"]
-    video_dim = section["num_attention_heads"] * section["attention_head_dim"]
-    audio_dim = section["audio_num_attention_heads"] * section["audio_attention_head_dim"]
-    if version == "2.0":
-        video_dim = audio_dim = section["caption_channels"]
-    return torch.randn(1, 32, video_dim, generator=g), torch.randn(1, 32, audio_dim, generator=g)
 
 
 def our_pipeline(files):

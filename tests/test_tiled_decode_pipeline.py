@@ -7,22 +7,20 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
-from factories import build_checkpoint, build_lora, build_upsampler, checkpoint_config
+from factories import build_checkpoint, build_lora, build_upsampler
 from ltx_core.components.guiders import MultiModalGuiderParams
 from ltx_core.model.video_vae.tiling import SpatialTilingConfig, TemporalTilingConfig, TilingConfig
+from prompt_contexts import contexts
 from reference_pipeline import run_reference_a2vid
+from test_pipeline_parity import LORA_STRENGTH, our_pipeline
 
-from ltx2_diffusers import AutoencoderAudioMel, LTX2AudioToVideoPipeline, LTX2AudioVideoTransformer, MultiModalGuidance
-from ltx2_diffusers.loaders.single_file_upsampler import load_latent_upsampler_from_single_file
-from ltx2_diffusers.loaders.single_file_video_vae import load_video_vae_from_single_file
+from ltx2_diffusers import LTX2AudioToVideoPipeline, MultiModalGuidance
 from ltx2_diffusers.models.video_vae_tiling import VideoTilingConfig, plan_tiles
-from ltx2_diffusers.schedules import flow_match_scheduler_config
 
 
 TOL = 1e-5
 SIZE = dict(height=128, width=192, num_frames=17, frame_rate=24.0, num_inference_steps=2)
-SEED, LORA_STRENGTH = 3, 0.8
+SEED = 3
 TILES = dict(tile_size_in_pixels=96, tile_overlap_in_pixels=32, tile_size_in_frames=16, tile_overlap_in_frames=8)
 
 
@@ -43,39 +41,11 @@ def files(request, tmp_path_factory):
     )
 
 
-def _contexts(seed, version):
-    g = torch.Generator().manual_seed(seed)
-    section = checkpoint_config(version)["transformer"]
-    video = section["num_attention_heads"] * section["attention_head_dim"]
-    audio = section["audio_num_attention_heads"] * section["audio_attention_head_dim"]
-    if version == "2.0":
-        video = audio = section["caption_channels"]
-    return torch.randn(1, 16, video, generator=g), torch.randn(1, 16, audio, generator=g)
-
-
-def _pipeline(files):
-    checkpoint = files["checkpoint"]
-    pipe = LTX2AudioToVideoPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**flow_match_scheduler_config()),
-        vae=load_video_vae_from_single_file(checkpoint, torch_dtype=torch.float32),
-        audio_vae=AutoencoderAudioMel.from_single_file(checkpoint, torch_dtype=torch.float32),
-        connectors=None,
-        transformer=LTX2AudioVideoTransformer.from_single_file(checkpoint, torch_dtype=torch.float32),
-        latent_upsampler=load_latent_upsampler_from_single_file(files["upsampler"], torch_dtype=torch.float32),
-        distilled_lora_scale=LORA_STRENGTH,
-    )
-    pipe.load_lora_weights(files["lora"], adapter_name="distilled")
-    return pipe
-
-
-def test_tiled_pipeline_equals_reference_tiled(files):
-    version = files["version"]
-    positive, negative = _contexts(0, version), _contexts(1, version)
-    guidance = MultiModalGuidance(stg_blocks=[0])
-    reference, latent, *_ = run_reference_a2vid(
+def _reference(files, positive, negative, **kwargs):
+    """A2VidPipelineTwoStage with the tests' guidance, decoding with `TILES` as ltx-core's `TilingConfig`."""
+    return run_reference_a2vid(
         checkpoint=files["checkpoint"],
         upsampler=files["upsampler"],
-        distilled_lora=files["lora"],
         distilled_strength=LORA_STRENGTH,
         audio_path=files["audio"],
         positive=positive,
@@ -86,8 +56,16 @@ def test_tiled_pipeline_equals_reference_tiled(files):
         ),
         tiling_config=TilingConfig(SpatialTilingConfig(96, 32), TemporalTilingConfig(16, 8)),
         **SIZE,
+        **kwargs,
     )
-    pipe = _pipeline(files)
+
+
+def test_tiled_pipeline_equals_reference_tiled(files):
+    version = files["version"]
+    positive, negative = contexts(0, version), contexts(1, version)
+    guidance = MultiModalGuidance(stg_blocks=[0])
+    reference, latent, *_ = _reference(files, positive, negative, distilled_lora=files["lora"])
+    pipe = our_pipeline(files)
     pipe.enable_vae_tiling(**TILES)
     calls = []
     hook = pipe.vae.decoder.register_forward_hook(lambda module, args, output: calls.append(output.shape))
@@ -127,23 +105,8 @@ def test_tiled_bfloat16_reference_arithmetic_is_bit_exact(files, tmp_path):
     """In bf16 (the reference's precision, where its tiled decode sums in bf16) with a bf16 LoRA as released."""
     version = files["version"]
     lora = build_lora(tmp_path / "lora.safetensors", files["checkpoint"], seed=8)
-    positive, negative = _contexts(2, version), _contexts(3, version)
-    reference, *_ = run_reference_a2vid(
-        checkpoint=files["checkpoint"],
-        upsampler=files["upsampler"],
-        distilled_lora=lora,
-        distilled_strength=LORA_STRENGTH,
-        audio_path=files["audio"],
-        positive=positive,
-        negative=negative,
-        seed=SEED,
-        guider_params=MultiModalGuiderParams(
-            cfg_scale=3.0, stg_scale=1.0, rescale_scale=0.7, modality_scale=3.0, stg_blocks=[0]
-        ),
-        tiling_config=TilingConfig(SpatialTilingConfig(96, 32), TemporalTilingConfig(16, 8)),
-        dtype=torch.bfloat16,
-        **SIZE,
-    )
+    positive, negative = contexts(2, version), contexts(3, version)
+    reference, *_ = _reference(files, positive, negative, distilled_lora=lora, dtype=torch.bfloat16)
     pipe = LTX2AudioToVideoPipeline.from_single_file(
         files["checkpoint"],
         spatial_upsampler_path=files["upsampler"],
@@ -165,7 +128,7 @@ def test_tiled_bfloat16_reference_arithmetic_is_bit_exact(files, tmp_path):
 
 
 def test_enable_vae_tiling_switches_and_refuses_garbage(files):
-    pipe = _pipeline(files)
+    pipe = our_pipeline(files)
     assert pipe.vae_tiling is None
     pipe.vae.enable_tiling()  # diffusers' own tiling is switched off: one tiling at a time
     pipe.enable_vae_tiling()
@@ -199,7 +162,7 @@ def test_cli_vae_tiling_flag_is_the_reference_cli_tiling(files):
 
     from ltx2_diffusers.cli_running import prepare_pipeline
 
-    pipe = _pipeline(files)
+    pipe = our_pipeline(files)
     for flag in (False, True):
         args = SimpleNamespace(quantization=None, vae_tiling=flag, offload="none")
         prepare_pipeline(pipe, args, torch.device("cpu"))
