@@ -105,7 +105,13 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         `compile` "auto" (default: `compile_repeated_blocks(fullgraph=True)` on the first CUDA call), True or
         False; `attention_backend` "auto" (per GPU, `AUTO_ATTENTION_BACKENDS`), a diffusers backend name or None.
         What the user compiled or set on the transformer is never overridden; `reference_arithmetic` calls run
-        eager."""
+        eager.
+
+        Example:
+
+        ```py
+        >>> pipe.set_transformer_acceleration(compile=False, attention_backend=None)  # eager, native SDPA
+        ```"""
         setting = TransformerAcceleration(compile, attention_backend)
         check_attention_backend(setting.attention_backend)
         self._transformer_acceleration = setting

@@ -227,6 +227,13 @@ class LTX2A2VLoadingMixin:
             tile_overlap_in_pixels: overlap of neighbouring tiles, a multiple of 32, smaller than the tile.
             tile_size_in_frames: tile length, a multiple of 8, at least 16.
             tile_overlap_in_frames: overlap of consecutive tiles, a multiple of 8, smaller than the tile.
+
+        Example:
+
+        ```py
+        >>> pipe.enable_vae_tiling()  # ltx-core's TilingConfig.default()
+        >>> pipe.enable_vae_tiling(tile_size_in_pixels=256, tile_size_in_frames=None)  # space only
+        ```
         """
         if unknown:
             raise TypeError(
