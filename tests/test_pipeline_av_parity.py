@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import PIL.Image
+import prompt_contexts
 import pytest
 import torch
 from factories import build_checkpoint, build_lora, build_upsampler, checkpoint_config, vocoder_config
@@ -42,13 +43,7 @@ def files(request, tmp_path_factory):
 
 
 def contexts(seed, version):
-    g = torch.Generator().manual_seed(seed)
-    section = checkpoint_config(version)["transformer"]
-    video_dim = section["num_attention_heads"] * section["attention_head_dim"]
-    audio_dim = section["audio_num_attention_heads"] * section["audio_attention_head_dim"]
-    if version == "2.0":
-        video_dim = audio_dim = section["caption_channels"]
-    return torch.randn(1, 16, video_dim, generator=g), torch.randn(1, 16, audio_dim, generator=g)
+    return prompt_contexts.contexts(seed, version, tokens=16)
 
 
 def reference_params(files):
