@@ -290,8 +290,7 @@ def child_reference(checkpoint: str, upsampler: str, lora: str) -> dict:
 
 
 def run_child(args: list[str]) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, env=env)
+    result = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"child {args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
