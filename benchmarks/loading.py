@@ -407,8 +407,13 @@ def main(argv=None) -> dict:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
+    import torch
+
     med = result["median_s"]
     result.update(
+        benchmark="loading",
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        torch=torch.__version__,
         size="tiny" if args.tiny else f"full width, {args.layers} blocks, {args.connector_layers} connector blocks",
         layers=None if args.tiny else args.layers,
         connector_layers=None if args.tiny else args.connector_layers,
