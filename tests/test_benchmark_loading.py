@@ -23,7 +23,8 @@ def test_tiny_loading_benchmark_reports_positive_figures(tmp_path):
     line = json.loads(result.stdout.strip().splitlines()[-1])
     assert json.loads(out.read_text()) == line
     for key in ("folder_bytes", "single_file_bytes", "cold_gb_per_s", "warm_gb_per_s", "ours_ratio_to_read",
-                "reference_ratio_to_read", "reference_ratio_to_single_file_read"):  # fmt: skip
+                "reference_ratio_to_read", "reference_ratio_to_single_file_read",
+                "ours_ratio_to_read_paired", "reference_ratio_to_read_paired"):  # fmt: skip
         assert line[key] > 0, key
     for key in ("read_folder", "read_folder_warm", "read_single_file", "ours_load", "ours_forward_start",
                 "ours_forward_end", "reference_forward_start", "reference_forward_end"):  # fmt: skip
