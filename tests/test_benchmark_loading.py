@@ -35,6 +35,8 @@ def test_tiny_loading_benchmark_reports_positive_figures(tmp_path):
     assert med["ours_load"] < med["ours_forward_start"] < med["ours_forward_end"]
     assert med["reference_forward_start"] < med["reference_forward_end"]
     assert 0.0 <= line["max_resident_after_eviction"] < 0.01
+    for side in ("ours", "reference"):
+        assert line["source_bytes"][side] > 0 and 0.0 < line["read_share_at_first_step"][side] <= 1.0, side
     assert line["size"] == "tiny" and line["device"] == "cpu"
     # the temporary files are removed
     assert not list(tmp_path.glob("ltx2_loading_bench_*"))
