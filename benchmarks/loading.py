@@ -1,6 +1,6 @@
 """Loading: from files on disk to the first stage-1 transformer forward, against the time to read the bytes.
 
-    python benchmarks/loading.py                   # full-width LTX-2.3, 4 blocks, 1 connector block (~9 GB bf16)
+    python benchmarks/loading.py                   # full width, 4 blocks, 1 connector block: 8.6 GB file, 10.1 GB folder
     python benchmarks/loading.py --layers 2 --repeats 2 --sides ours
     python benchmarks/loading.py --tiny            # tests/factories.py's tiny checkpoint, seconds
 
