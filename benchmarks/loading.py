@@ -1,0 +1,516 @@
+"""Loading: from files on disk to the first stage-1 transformer forward, against the time to read the bytes.
+
+    python benchmarks/loading.py                   # full width, 4 blocks, 1 connector block: 8.6 GB file, 10.1 GB folder
+    python benchmarks/loading.py --layers 2 --repeats 2 --sides ours
+    python benchmarks/loading.py --tiny            # tests/factories.py's tiny checkpoint, seconds
+
+Builds, in a temporary folder on local disk (removed afterwards unless `--keep`), an LTX-2.3 single-file checkpoint
+at the released widths for every component (benchmarks/convert_memory.py's `full_width_config`: 32 x 128 heads, text
+projection 188160 -> 4096 + 2048, the released VAE, audio VAE and vocoder) with only `--layers` transformer blocks,
+a released-size spatial upsampler (1024 mid channels) and a ComfyUI-format distilled LoRA (`--lora-rank`); the
+weights are random bf16. Our converter (`ltx2_diffusers.convert.convert_checkpoint`) turns them into a diffusers
+folder. Then, `--repeats` times, each measurement after `os.sync()` and `posix_fadvise(DONTNEED)` on every file
+(eviction checked with `mincore`: the share of the files' pages still resident is reported):
+
+- read: every byte of the folder's `.safetensors` files, 64 MiB `readinto` chunks into one preallocated buffer
+  (the floor); the same for the original single file (the reference's source);
+- ours: a child process, imports done, times `LTX2AudioToVideoPipeline.from_pretrained(folder,
+  torch_dtype=torch.bfloat16)` and then the call (64 x 64, 9 frames: a few tokens; random post-connector contexts
+  instead of Gemma, a 0.5 s waveform) until the transformer's first stage-1 forward starts and ends (forward pre-hook
+  and forward hook; the hook then stops the call);
+- reference: a child process runs ltx-pipelines 1.0's `A2VidPipelineTwoStage` from the single file (Gemma bypassed
+  with the same contexts, the audio file read replaced by the same waveform, tests/reference_pipeline.py's
+  patches) until ltx-core's `LTXModel` first forward starts and ends. Before its first step it reads the audio
+  encoder, the video encoder and the transformer; it rebuilds the transformer from disk again for stage 2 (not
+  timed here).
+
+"To the first step" is the END of the first forward: ltx-core keeps safetensors' memory-mapped tensors, so its bytes
+are read from disk only when the first forward touches them; ending at the forward's start would not count them.
+The forward itself is cheap at this size (a few tokens; weight-bound).
+
+Reported: medians over the repeats, ratios to the read floor (ours / folder read, reference / folder read and
+reference / single-file read). Prints a table and one JSON line (`--json PATH` also writes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+CHUNK = 64 << 20
+HEIGHT, WIDTH, NUM_FRAMES, FRAME_RATE, RATE, CONTEXT_TOKENS = 64, 64, 9, 24.0, 16000, 32
+SIDES = ("ours", "reference")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Page cache: evict, check, read
+# ---------------------------------------------------------------------------------------------------------
+def files_under(*paths: pathlib.Path) -> list[pathlib.Path]:
+    out = []
+    for path in paths:
+        out += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return out
+
+
+def evict(paths: list[pathlib.Path]) -> None:
+    """Write back dirty pages, then drop every page of `paths` from the page cache."""
+    os.sync()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def resident_fraction(paths: list[pathlib.Path]) -> float:
+    """Share of the files' pages in the page cache (`mincore` on a read-only shared mapping of each file)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    page = os.sysconf("SC_PAGE_SIZE")
+    resident = total = 0
+    for path in paths:
+        size = path.stat().st_size
+        if not size:
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            addr = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+            if addr in (None, ctypes.c_void_p(-1).value):
+                raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
+            pages = (size + page - 1) // page
+            vec = (ctypes.c_ubyte * pages)()
+            try:
+                if libc.mincore(addr, size, vec):
+                    raise OSError(ctypes.get_errno(), f"mincore of {path} failed")
+            finally:
+                libc.munmap(addr, size)
+            resident += sum(b & 1 for b in bytes(vec))
+            total += pages
+        finally:
+            os.close(fd)
+    return resident / max(total, 1)
+
+
+def read_all(paths: list[pathlib.Path], buffer: bytearray) -> tuple[int, float]:
+    """(bytes, seconds) to read every byte of `paths` in `CHUNK` pieces into `buffer`."""
+    view = memoryview(buffer)
+    total = 0
+    start = time.perf_counter()
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(view):
+                total += n
+    return total, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------------------
+def estimate_bytes(layers: int, connector_layers: int) -> int:
+    import math
+
+    from convert_memory import file_shapes, full_width_config
+
+    return sum(2 * math.prod(s) for s in file_shapes(full_width_config(layers, connector_layers)).values())
+
+
+def build_files(workdir: pathlib.Path, args) -> dict[str, pathlib.Path]:
+    """The original files (checkpoint, upsampler, distilled LoRA) and our converted folder."""
+    import torch
+    from factories import build_checkpoint, build_lora, build_upsampler
+
+    from ltx2_diffusers.convert import convert_checkpoint
+
+    checkpoint = workdir / "ltx-2.3-random.safetensors"
+    if args.tiny:
+        build_checkpoint(checkpoint, "2.3", seed=0, dtype=torch.bfloat16)
+        upsampler = build_upsampler(workdir / "upsampler.safetensors", seed=1, dtype=torch.bfloat16)
+    else:
+        from convert_memory import file_shapes, full_width_config, write_synthetic
+
+        config = full_width_config(args.layers, args.connector_layers)
+        write_synthetic(checkpoint, config, file_shapes(config))
+        upsampler = build_upsampler(workdir / "upsampler.safetensors", seed=1, dtype=torch.bfloat16, mid_channels=1024)
+    lora = build_lora(workdir / "distilled-lora.safetensors", checkpoint, rank=args.lora_rank, seed=2)
+    folder = workdir / "converted"
+    convert_checkpoint(checkpoint, folder, spatial_upsampler_path=upsampler, distilled_lora=lora)
+    return dict(checkpoint=checkpoint, upsampler=upsampler, lora=lora, folder=folder)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Children: one load each, in its own process (its memory is returned when it exits)
+# ---------------------------------------------------------------------------------------------------------
+class FirstStep(Exception):
+    """Raised by the transformer's forward hook: the first stage-1 forward has run."""
+
+
+def _marking_hooks(marks: dict, applies=lambda module: True):
+    """A forward pre-hook and a forward hook: the first marks `forward_start`, the second `forward_end` and
+    stops the call. Ending at the forward's end (not its start) counts weights that are read lazily (memory-mapped
+    files) when the forward first touches them."""
+
+    def pre(module, args):
+        if applies(module):
+            marks.setdefault("forward_start", time.perf_counter())
+
+    def post(module, args, output):
+        if applies(module):
+            marks["forward_end"] = time.perf_counter()
+            raise FirstStep
+
+    return pre, post
+
+
+def _inputs(video_dim: int, audio_dim: int):
+    import numpy as np
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    positive = (torch.randn(1, CONTEXT_TOKENS, video_dim, generator=g), torch.randn(1, CONTEXT_TOKENS, audio_dim, generator=g))  # fmt: skip
+    negative = (torch.randn(1, CONTEXT_TOKENS, video_dim, generator=g), torch.randn(1, CONTEXT_TOKENS, audio_dim, generator=g))  # fmt: skip
+    t = np.arange(RATE // 2) / RATE
+    waveform = (np.stack([np.sin(2 * np.pi * 300 * t), np.cos(2 * np.pi * 5 * t)]) * 0.3).astype(np.float32)
+    return positive, negative, waveform
+
+
+def _dims(transformer_config: dict) -> tuple[int, int]:
+    """Post-connector context widths (video, audio): the transformer's inner widths (same key names in the
+    original `transformer` metadata section and in our converted `transformer/config.json`)."""
+    c = transformer_config
+    return c["num_attention_heads"] * c["attention_head_dim"], c["audio_num_attention_heads"] * c[
+        "audio_attention_head_dim"
+    ]
+
+
+def child_ours(folder: str) -> dict:
+    import torch
+
+    from ltx2_diffusers import LTX2AudioToVideoPipeline, MultiModalGuidance
+
+    config = json.loads((pathlib.Path(folder) / "transformer" / "config.json").read_text())
+    positive, negative, waveform = _inputs(*_dims(config))
+    marks = {}
+
+    pre, post = _marking_hooks(marks)
+    start = time.perf_counter()
+    pipe = LTX2AudioToVideoPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16)
+    marks["loaded"] = time.perf_counter()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.transformer.register_forward_pre_hook(pre)
+    pipe.transformer.register_forward_hook(post)
+    try:
+        pipe(
+            audio=waveform,
+            audio_sample_rate=RATE,
+            prompt_contexts=positive,
+            negative_prompt_contexts=negative,
+            height=HEIGHT,
+            width=WIDTH,
+            num_frames=NUM_FRAMES,
+            frame_rate=FRAME_RATE,
+            num_inference_steps=2,
+            video_guidance=MultiModalGuidance(stg_blocks=[config["num_layers"] - 1]),  # few blocks: STG on the last
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+        )
+    except FirstStep:
+        pass
+    if "forward_end" not in marks:
+        raise RuntimeError("the pipeline returned without a transformer forward")
+    return {
+        "load_s": marks["loaded"] - start,
+        "forward_start_s": marks["forward_start"] - start,
+        "forward_end_s": marks["forward_end"] - start,
+    }
+
+
+def child_reference(checkpoint: str, upsampler: str, lora: str) -> dict:
+    import contextlib
+    import dataclasses
+    from unittest import mock
+
+    import ltx_pipelines.a2vid_two_stage as a2vid
+    import torch
+    from factories import read_config
+    from ltx_core.loader import LoraPathStrengthAndSDOps
+    from ltx_core.loader.sd_ops import LTXV_LORA_COMFY_RENAMING_MAP
+    from ltx_core.model.transformer.model import LTXModel
+    from ltx_core.types import Audio
+    from ltx_pipelines.utils.constants import LTX_2_3_PARAMS
+    from reference_pipeline import fake_encode_prompts
+
+    section = read_config(checkpoint)["transformer"]
+    positive, negative, waveform = _inputs(*_dims(section))
+    guider = dataclasses.replace(LTX_2_3_PARAMS.video_guider_params, stg_blocks=[section["num_layers"] - 1])
+    marks = {}
+
+    pre, post = _marking_hooks(marks, lambda module: isinstance(module, LTXModel))
+
+    def decode_audio(path, device, start_time=0.0, max_duration=None):
+        samples = torch.from_numpy(waveform)
+        if max_duration is not None:
+            samples = samples[:, : round(max_duration * RATE)]
+        return Audio(waveform=samples[None].to(device), sampling_rate=RATE)
+
+    cpu = torch.device("cpu")
+    with contextlib.ExitStack() as stack:
+        encode = fake_encode_prompts((positive, negative), device=cpu, dtype=torch.bfloat16)
+        stack.enter_context(mock.patch.object(a2vid, "encode_prompts", encode))
+        stack.enter_context(mock.patch.object(a2vid, "decode_audio_from_file", decode_audio))
+        stack.enter_context(mock.patch.object(torch.cuda, "synchronize", lambda *a, **k: None))
+        stack.enter_context(torch.inference_mode())  # as its CLI's main()
+        for hook in (
+            torch.nn.modules.module.register_module_forward_pre_hook(pre),
+            torch.nn.modules.module.register_module_forward_hook(post),
+        ):
+            stack.callback(hook.remove)
+        start = time.perf_counter()
+        pipe = a2vid.A2VidPipelineTwoStage(
+            checkpoint_path=checkpoint,
+            distilled_lora=[LoraPathStrengthAndSDOps(lora, 0.8, LTXV_LORA_COMFY_RENAMING_MAP)],
+            spatial_upsampler_path=upsampler,
+            gemma_root=None,
+            loras=[],
+            device=cpu,
+        )
+        try:
+            pipe(
+                prompt="unused",
+                negative_prompt="unused",
+                seed=0,
+                height=HEIGHT,
+                width=WIDTH,
+                num_frames=NUM_FRAMES,
+                frame_rate=FRAME_RATE,
+                num_inference_steps=2,
+                video_guider_params=guider,
+                images=[],
+                audio_path="unused.wav",
+                audio_max_duration=NUM_FRAMES / FRAME_RATE,
+            )
+        except FirstStep:
+            pass
+    if "forward_end" not in marks:
+        raise RuntimeError("the reference returned without a transformer forward")
+    return {"forward_start_s": marks["forward_start"] - start, "forward_end_s": marks["forward_end"] - start}
+
+
+def run_child(args: list[str]) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"child {args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------------------
+def measure(files: dict[str, pathlib.Path], sides: list[str], repeats: int) -> dict:
+    folder_weights = sorted(files["folder"].rglob("*.safetensors"))
+    every_file = files_under(files["folder"], files["checkpoint"], files["upsampler"], files["lora"])
+    buffer = bytearray(CHUNK)
+    buffer[:] = bytes(CHUNK)  # touched: no page faults inside the timed reads
+    runs: dict[str, list[float]] = {"read_folder": [], "read_folder_warm": [], "read_single_file": []}
+    for side in sides:
+        runs.update({f"{side}_forward_start": [], f"{side}_forward_end": []})
+    runs["ours_load"] = [] if "ours" in sides else None
+    residency: list[float] = []
+    sources = {"ours": folder_weights, "reference": [files["checkpoint"], files["upsampler"], files["lora"]]}
+    read_share: dict[str, list[float]] = {side: [] for side in sides}
+    folder_bytes = single_bytes = 0
+    for _ in range(repeats):
+        evict(every_file)
+        residency.append(resident_fraction(every_file))
+        folder_bytes, seconds = read_all(folder_weights, buffer)
+        runs["read_folder"].append(seconds)
+        runs["read_folder_warm"].append(read_all(folder_weights, buffer)[1])
+        evict(every_file)
+        residency.append(resident_fraction(every_file))
+        single_bytes, seconds = read_all([files["checkpoint"]], buffer)
+        runs["read_single_file"].append(seconds)
+        for side in sides:
+            evict(every_file)
+            residency.append(resident_fraction(every_file))
+            if side == "ours":
+                out = run_child(["ours", str(files["folder"])])
+                runs["ours_load"].append(out["load_s"])
+            else:
+                out = run_child(["reference", str(files["checkpoint"]), str(files["upsampler"]), str(files["lora"])])
+            runs[f"{side}_forward_start"].append(out["forward_start_s"])
+            runs[f"{side}_forward_end"].append(out["forward_end_s"])
+            # pages of the side's files in the page cache once its first forward has ended (it exits there):
+            # the share of its bytes it read from disk (with read-ahead) before the first step
+            read_share[side].append(resident_fraction(sources[side]))
+    medians = {k: statistics.median(v) for k, v in runs.items() if v}
+    return {
+        "folder_bytes": folder_bytes,
+        "single_file_bytes": single_bytes,
+        "runs_s": {k: [round(x, 3) for x in v] for k, v in runs.items() if v},
+        "median_s": {k: round(v, 3) for k, v in medians.items()},
+        "max_resident_after_eviction": round(max(residency), 4),
+        "source_bytes": {side: sum(p.stat().st_size for p in sources[side]) for side in sides},
+        "read_share_at_first_step": {side: round(statistics.median(v), 3) for side, v in read_share.items()},
+        "cold_gb_per_s": round(folder_bytes / 1e9 / medians["read_folder"], 3),
+        "warm_gb_per_s": round(folder_bytes / 1e9 / medians["read_folder_warm"], 3),
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=4, help="full-width transformer blocks (release: 48)")
+    parser.add_argument("--connector-layers", type=int, default=1, help="text-connector blocks (release: 8)")
+    parser.add_argument("--lora-rank", type=int, default=None, help="distilled LoRA rank (default 384; tiny 4)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sides", default="ours,reference", help="comma-separated: ours, reference")
+    parser.add_argument("--tiny", action="store_true", help="tests/factories.py's tiny checkpoint")
+    parser.add_argument("--workdir", help="parent of the temporary folder (default: the system's temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the files")
+    parser.add_argument("--json", help="also write the JSON line here")
+    args = parser.parse_args(argv)
+    sides = [s for s in args.sides.split(",") if s]
+    if not sides or set(sides) - set(SIDES):
+        parser.error(f"--sides: comma-separated from {SIDES}, got {args.sides!r}")
+    if args.repeats < 1 or args.layers < 1 or args.connector_layers < 1:
+        parser.error("--repeats, --layers and --connector-layers must be at least 1")
+    if args.lora_rank is None:
+        args.lora_rank = 4 if args.tiny else 384
+
+    parent = pathlib.Path(args.workdir or tempfile.gettempdir())
+    if not args.tiny:
+        estimate = estimate_bytes(args.layers, args.connector_layers)
+        need = int(2.4 * estimate)  # the originals + the converted folder, the upsampler and LoRA, a margin
+        free = shutil.disk_usage(parent).free
+        if free < need:
+            raise SystemExit(
+                f"not enough free disk in {parent}: {free / 1e9:.1f} GB free, about {need / 1e9:.1f} GB needed for "
+                f"{args.layers} full-width blocks; use --layers 1 or --workdir elsewhere"
+            )
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="ltx2_loading_bench_", dir=parent))
+    try:
+        start = time.perf_counter()
+        files = build_files(workdir, args)
+        build_s = time.perf_counter() - start
+        result = measure(files, sides, args.repeats)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    import torch
+
+    med = result["median_s"]
+    result.update(
+        benchmark="loading",
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        torch=torch.__version__,
+        size="tiny" if args.tiny else f"full width, {args.layers} blocks, {args.connector_layers} connector blocks",
+        layers=None if args.tiny else args.layers,
+        connector_layers=None if args.tiny else args.connector_layers,
+        lora_rank=args.lora_rank,
+        repeats=args.repeats,
+        build_s=round(build_s, 1),
+        cpu_count=os.cpu_count(),
+        device="cpu",
+        eviction_ok=result["max_resident_after_eviction"] < 0.01 and result["cold_gb_per_s"] < 0.8 * result["warm_gb_per_s"],
+    )  # fmt: skip
+    runs = result["runs_s"]
+    for side in sides:  # each repeat's load over the same repeat's read, just before it (the disk's speed drifts)
+        paired = [end / read for end, read in zip(runs[f"{side}_forward_end"], runs["read_folder"])]
+        result[f"{side}_ratio_to_read_paired"] = round(statistics.median(paired), 3)
+    if "ours" in sides:
+        result["ours_ratio_to_read"] = round(med["ours_forward_end"] / med["read_folder"], 3)
+    if "reference" in sides:
+        result["reference_ratio_to_read"] = round(med["reference_forward_end"] / med["read_folder"], 3)
+        result["reference_ratio_to_single_file_read"] = round(
+            med["reference_forward_end"] / med["read_single_file"], 3
+        )
+
+    gb = 1e9
+    rows = [
+        ("size", result["size"]),
+        ("folder weights", f"{result['folder_bytes'] / gb:.2f} GB (.safetensors of the converted folder)"),
+        ("single file", f"{result['single_file_bytes'] / gb:.2f} GB (the reference's checkpoint)"),
+        ("read folder, cold", f"{med['read_folder']:.2f} s ({result['cold_gb_per_s']:.2f} GB/s)"),
+        ("read folder, warm", f"{med['read_folder_warm']:.2f} s ({result['warm_gb_per_s']:.2f} GB/s, page cache)"),
+        ("read single file, cold", f"{med['read_single_file']:.2f} s"),
+    ]
+    if "ours" in sides:
+        rows += [
+            ("ours: from_pretrained", f"{med['ours_load']:.2f} s"),
+            ("ours: first forward starts", f"{med['ours_forward_start']:.2f} s"),
+            (
+                "ours: first forward ends",
+                f"{med['ours_forward_end']:.2f} s = {result['ours_ratio_to_read']:.2f} x read",
+            ),
+        ]
+    if "reference" in sides:
+        rows.append(("reference: first forward starts", f"{med['reference_forward_start']:.2f} s"))
+        rows.append(
+            (
+                "reference: first forward ends",
+                f"{med['reference_forward_end']:.2f} s = {result['reference_ratio_to_read']:.2f} x folder read, "
+                f"{result['reference_ratio_to_single_file_read']:.2f} x single-file read",
+            )
+        )
+    rows.append(
+        (
+            "read before the first step",
+            ", ".join(
+                f"{side} {100 * result['read_share_at_first_step'][side]:.0f}% of "
+                f"{result['source_bytes'][side] / gb:.2f} GB"
+                for side in sides
+            )
+            + " (pages cached when the first forward ended: weights are memory-mapped, read when touched)",
+        )
+    )
+    rows.append(
+        (
+            "paired ratios",
+            ", ".join(f"{side} {result[f'{side}_ratio_to_read_paired']:.2f} x" for side in sides)
+            + " (median over repeats of load / folder read of the same repeat)",
+        )
+    )
+    rows.append(
+        (
+            "eviction",
+            f"max {100 * result['max_resident_after_eviction']:.2f}% of pages resident after DONTNEED; "
+            + ("ok" if result["eviction_ok"] else "PROBABLY FAILED (cold read as fast as warm, or pages resident)"),
+        )
+    )
+    rows.append(("medians of", f"{args.repeats} runs each, {os.cpu_count()} CPU cores, bf16"))
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    line = json.dumps(result)
+    print(line)
+    if args.json:
+        pathlib.Path(args.json).write_text(line + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        kind, rest = sys.argv[2], sys.argv[3:]
+        out = child_ours(*rest) if kind == "ours" else child_reference(*rest)
+        print(json.dumps(out))
+        sys.exit(0)
+    main()
+    sys.exit(0)

@@ -1,0 +1,42 @@
+"""benchmarks/loading.py --tiny: the tiny checkpoint is converted, its page cache evicted, and both sides load it up
+to the end of their first stage-1 transformer forward; the JSON line carries every figure."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_tiny_loading_benchmark_reports_positive_figures(tmp_path):
+    out = tmp_path / "result.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "loading.py"), "--tiny", "--repeats", "1", "--workdir",
+         str(tmp_path), "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert json.loads(out.read_text()) == line
+    for key in ("folder_bytes", "single_file_bytes", "cold_gb_per_s", "warm_gb_per_s", "ours_ratio_to_read",
+                "reference_ratio_to_read", "reference_ratio_to_single_file_read",
+                "ours_ratio_to_read_paired", "reference_ratio_to_read_paired"):  # fmt: skip
+        assert line[key] > 0, key
+    for key in ("read_folder", "read_folder_warm", "read_single_file", "ours_load", "ours_forward_start",
+                "ours_forward_end", "reference_forward_start", "reference_forward_end"):  # fmt: skip
+        assert line["median_s"][key] > 0, key
+        assert len(line["runs_s"][key]) == 1, key
+    # loading, then the pre-step work, then the forward; eviction left at most 1% of the pages resident
+    med = line["median_s"]
+    assert med["ours_load"] < med["ours_forward_start"] < med["ours_forward_end"]
+    assert med["reference_forward_start"] < med["reference_forward_end"]
+    assert 0.0 <= line["max_resident_after_eviction"] < 0.01
+    for side in ("ours", "reference"):
+        assert line["source_bytes"][side] > 0 and 0.0 < line["read_share_at_first_step"][side] <= 1.0, side
+    assert line["size"] == "tiny" and line["device"] == "cpu"
+    # the temporary files are removed
+    assert not list(tmp_path.glob("ltx2_loading_bench_*"))
