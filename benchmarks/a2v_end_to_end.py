@@ -615,6 +615,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--side", default=None, help=argparse.SUPPRESS)  # child process: run this side only
     parser.add_argument("--frames-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for flag in ("steps", "warmup_steps"):  # the pipeline takes at least 2 stage-1 steps; refuse before any build
+        if getattr(args, flag) is not None and getattr(args, flag) < 2:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 2 (the pipeline's num_inference_steps >= 2)")
 
     tiny = args.tiny
     device = torch.device(args.device or ("cpu" if tiny or not torch.cuda.is_available() else "cuda"))
