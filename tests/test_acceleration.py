@@ -29,8 +29,8 @@ from ltx2_diffusers.pipelines.acceleration import (
     apply_attention_backend,
     apply_compile,
     backend_set_by_user,
+    blocks_carry_offload_hooks,
     compiled_by_user,
-    has_offload_hooks,
     resolve_acceleration,
 )
 
@@ -165,9 +165,9 @@ def test_the_users_attention_backend_is_never_overridden():
 
 def test_offload_hooks_in_the_blocks_are_seen():
     model = tiny_transformer(num_layers=1)
-    assert not has_offload_hooks(model)
+    assert not blocks_carry_offload_hooks(model)
     model.enable_group_offload(onload_device=CPU, offload_type="block_level", num_blocks_per_group=1)
-    assert has_offload_hooks(model)
+    assert blocks_carry_offload_hooks(model)
 
 
 # ------------------------------------------------------------------------------------------------ the pipeline

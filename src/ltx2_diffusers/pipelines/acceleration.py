@@ -180,7 +180,7 @@ def backend_set_by_user(transformer) -> bool:
     return any(p._attention_backend is not None and not _backend_is_ours(p) for p in _processors(transformer))
 
 
-def has_offload_hooks(transformer) -> bool:
+def blocks_carry_offload_hooks(transformer) -> bool:
     """Whether offload hooks (diffusers' hook registry, accelerate's `_hf_hook`) sit on or inside the blocks."""
     for block in _blocks(transformer):
         for module in block.modules():
@@ -250,7 +250,7 @@ def accelerated(transformer, setting: TransformerAcceleration, device, reference
     user_backend = backend_set_by_user(transformer)
     compile, backend = resolve_acceleration(
         setting, device, reference_arithmetic, cuda_capability(device), compiled, user_backend,
-        hooked_blocks=has_offload_hooks(transformer), context_parallel=is_context_parallel(transformer),
+        hooked_blocks=blocks_carry_offload_hooks(transformer), context_parallel=is_context_parallel(transformer),
     )  # fmt: skip
     if not compiled and not reference_arithmetic:
         apply_compile(transformer, compile)
