@@ -298,7 +298,7 @@ def attach(model: torch.nn.Module, probe: Probe) -> torch.nn.Module:
 # ---------------------------------------------------------------------------------------------------------
 # The two sides
 # ---------------------------------------------------------------------------------------------------------
-OUR_OPTIONS = ("eager", "compiled", "tiled", "fp8", "budget", "offload", "exact")
+OUR_OPTIONS = ("eager", "compiled", "tiled", "fp8", "budget", "default", "offload", "exact")
 
 
 def side_options(side: str) -> set[str]:
@@ -315,11 +315,12 @@ def build_ours(files, dtype, device, options: set[str], attention_backend: str |
     """Our pipeline as a user builds it: from the single file, the distilled LoRA through `load_lora_weights`,
     then the side's options: `eager` (no regional compile; the default compiles on CUDA), `compiled` (the
     user compiles the blocks themselves), `tiled` (`enable_vae_tiling()`: ltx-core's tiles, as the reference CLI),
-    `fp8` (float8 scaled matmuls), `budget` (`enable_memory_budget` at the side's cap), `offload` (group offload,
-    block level, stream)."""
+    `fp8` (float8 scaled matmuls), `budget` (`enable_memory_budget` at the side's cap), `default` (the CLI's
+    default placement: `enable_memory_budget` at the free memory, at most `DEFAULT_MEMORY_BUDGET_GIB`), `offload`
+    (group offload, block level, stream)."""
     from ltx2_diffusers import LTX2AudioToVideoPipeline
 
-    on_host = bool({"budget", "offload"} & options)
+    on_host = bool({"budget", "default", "offload"} & options)
     for vf in files.values():  # offloaded weights live on the CPU from the start
         vf.out = torch.device("cpu") if on_host else vf.device
     with serve(files):
@@ -341,7 +342,13 @@ def build_ours(files, dtype, device, options: set[str], attention_backend: str |
         after = one_forward(pipe.transformer, device, dtype)
         pipe.fp8_forward_rel_err = ((after - before).norm() / before.norm()).item()
         pipe.fp8_forward_max_abs = (after - before).abs().max().item()
-    if "budget" in options:
+    if "default" in options:
+        from ltx2_diffusers.pipelines.memory import DEFAULT_MEMORY_BUDGET_GIB
+
+        free = torch.cuda.mem_get_info(device)[0] / 2**30 if device.type == "cuda" else DEFAULT_MEMORY_BUDGET_GIB
+        budget_gib = min(free, DEFAULT_MEMORY_BUDGET_GIB)
+        pipe.memory_tier = str(pipe.enable_memory_budget(budget_gib, device, **shape))
+    elif "budget" in options:
         pipe.memory_tier = str(pipe.enable_memory_budget(budget_gib, device, **shape))
     elif "offload" in options:
         pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), use_stream=True)

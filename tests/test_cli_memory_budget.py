@@ -3,6 +3,8 @@ and `--context-parallel`, and the tier `prepare_pipeline` applies (the CUDA free
 has no GPU). Decision: without `--offload` on CUDA the free GPU memory is the budget; an explicit `--offload`
 (also `--offload none`) places the pipeline as asked and cannot be combined with `--memory-budget-gib`."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -123,16 +125,27 @@ def test_default_on_cuda_budgets_the_free_memory(cli, audio, cuda, capsys):
     shape = dict(height=512, width=768, num_frames=97, frame_rate=24.0, stage_2=True, guidance_batch_size=None)
     assert calls == [("vae tiling",), ("budget", 30.0, torch.device("cuda"), shape)]
     assert cuda == [torch.device("cuda")]
-    assert f"memory tier: {TIERS[3]} for 30.00 GiB (free memory of cuda)" in capsys.readouterr().out
+    assert f"memory tier: {TIERS[3]} for 30.00 GiB (default, 30.00 GiB free on cuda)" in capsys.readouterr().out
 
 
 def test_default_budget_counts_what_this_process_already_holds(audio, cuda, monkeypatch):
     """`--quantization fp8-scaled-mm` quantises the transformer on the GPU before the tier is chosen: its weights
     (and the bf16 blocks the caching allocator keeps) are not free, yet they are this pipeline's, which the
     estimates count themselves. The budget is the free memory plus what PyTorch holds on the device."""
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 12 * GIB)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 6 * GIB)
     ((kind, budget, _, _),) = prepare(parse(a2vid, audio), torch.device("cuda"))
-    assert (kind, budget) == ("budget", 42.0)
+    assert (kind, budget) == ("budget", 36.0)
+
+
+def test_default_budget_is_at_most_the_default_cap(audio, cuda, monkeypatch, capsys):
+    """On a GPU with more free memory than `DEFAULT_MEMORY_BUDGET_GIB` (40), the default budget is 40 GiB: block
+    streaming keeps the speed, so the default holds the peak to the reference's; `--memory-budget-gib` raises it."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (139 * GIB, 141 * GIB))
+    ((kind, budget, _, _),) = prepare(parse(a2vid, audio), torch.device("cuda"))
+    assert (kind, budget) == ("budget", memory.DEFAULT_MEMORY_BUDGET_GIB) == ("budget", 40.0)
+    assert "for 40.00 GiB (default, 139.00 GiB free on cuda)" in capsys.readouterr().out
+    ((kind, budget, _, _),) = prepare(parse(a2vid, audio, "--memory-budget-gib", "100"), torch.device("cuda"))
+    assert (kind, budget) == ("budget", 100.0)
 
 
 @CLIS
@@ -188,7 +201,8 @@ def test_free_memory_picks_the_tier_the_estimates_allow(pipe, audio, cuda, monke
     monkeypatch.setattr(type(pipe), "enable_memory_tier", lambda self, tier, device: applied.append((tier, device)))
     args = parse(a2vid, audio, "--height", "128", "--width", "128", "--num-frames", "9")
     sizes = memory.measure_memory_sizes(pipe, height=128, width=128, num_frames=9)
-    for tier in (TIERS[0], TIERS[1], TIERS[3]):
+    stream = replace(TIERS[1], resident_blocks=0)
+    for tier in (TIERS[0], stream, TIERS[3]):
         monkeypatch.setattr(
             torch.cuda, "mem_get_info", lambda device=None, t=tier: (memory.estimated_peak(t, sizes) / 0.9 + 64, 0)
         )

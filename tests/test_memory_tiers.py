@@ -4,6 +4,7 @@ built on the meta device, the same frames in every tier, garbage budgets and the
 the distilled LoRA's factors following each weight's device."""
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -29,6 +30,16 @@ from ltx2_diffusers.pipelines.ltx2_base import LTX2PipelineBase
 from ltx2_diffusers.pipelines.memory import GIB, TIERS, MemorySizes, choose_memory_tier, estimated_peak
 
 
+def tier(offload, lora="device", tiled=True):
+    """The `TIERS` entry by placement."""
+    return next(t for t in TIERS if (t.offload, t.lora_location, t.tiled_decode) == (offload, lora, tiled))
+
+
+STREAM_WHOLE, STREAM_TILED = tier("stream", "host", False), tier("stream", "host", True)
+# Streaming tiers with blocks actually streamed (the templates keep all blocks resident when applied as they are).
+STREAMING = [replace(STREAM_WHOLE, resident_blocks=0), replace(STREAM_TILED, resident_blocks=1)]
+
+
 TOL = 1e-5
 SIZE, FRAMES = 128, 9
 
@@ -47,6 +58,7 @@ FULL = MemorySizes(
     transformer_outside_blocks=gib(0.8),
     transformer_leaf=gib(0.28),
     transformer_held_by_parents=gib(0.01),
+    transformer_blocks=48,
     others={"connectors": gib(2.5), "audio_vae": gib(0.2), "latent_upsampler": gib(1.0), "vae": gib(0.78)},
     others_leaf=gib(0.14),
     others_held_by_parents=gib(0.01),
@@ -60,36 +72,42 @@ FULL = MemorySizes(
 )
 # Peaks by hand (GiB; stages = max(6.49, 6.33 + 0.265) = 6.595; budget needed = peak / 0.9):
 #   resident           40 + 4.48 + 0.2 + 6.19 + max(6.595, 18.6)                 = 69.47 -> 77.19
+#   stream, K resident 0.8 + K x 0.8333 + max(2 x (0.8333 + 6.19 / 48) + 6.595, 4.48 + 0.2,
+#                      0.78 + 0.2 + 0.2 + decode): whole decode 20.58 + 0.8333 K, tiled 9.32 + 0.8333 K
 #   model, LoRA dev    6.19 + 0.2 + max(2.5, 40 + max(6.595, 1.0), 0.78 + 5.32)  = 52.99 -> 58.87
 #   model, LoRA host   0.2 + 46.595                                              = 46.80 -> 51.99
 #   group-block, dev   6.19 + max(0.8 + 2 x 0.8333 + 6.595, 0.01 + 0.28 + 5.32)  = 15.25 -> 16.95
 #   group-block, host  9.06                                                      ->  10.07
 #   group-leaf, dev    6.19 + max(0.01 + 0.56 + 6.595, 5.61)                     = 13.36 -> 14.84
 #   group-leaf, host   7.165                                                     ->   7.97
+# Streaming: K = floor((0.9 budget - base) / 0.8333), at most 48; whole decode first.
 FULL_TABLE = [
-    (139, "resident", "device"),  # an H200's free memory
-    (80, "resident", "device"),
-    (70, "model", "device"),
-    (55, "model", "host"),
-    (48, "group-block", "device"),
-    (24, "group-block", "device"),
-    (16, "group-block", "host"),
-    (10, "group-leaf", "host"),
-    (7.97, "group-leaf", "host"),
+    (139, "resident", "device", None, False),  # an H200's free memory
+    (80, "resident", "device", None, False),
+    (70, "stream", "host", 48, False),  # (63 - 20.58) / 0.8333 = 50.9 -> all 48
+    (55, "stream", "host", 34, False),  # 28.92 / 0.8333 = 34.7
+    (48, "stream", "host", 27, False),  # 22.62 / 0.8333 = 27.1
+    (40, "stream", "host", 18, False),  # 15.42 / 0.8333 = 18.5
+    (24, "stream", "host", 1, False),  # 1.02 / 0.8333 = 1.2
+    (16, "stream", "host", 6, True),  # whole decode does not fit: (14.4 - 9.32) / 0.8333 = 6.1
+    (10, "group-leaf", "host", None, True),  # 9.0 < 9.32 (stream), 9.06 (group-block)
+    (7.97, "group-leaf", "host", None, True),
 ]
 
 
-@pytest.mark.parametrize("budget, name, lora", FULL_TABLE)
-def test_tier_table_full_size(budget, name, lora):
+@pytest.mark.parametrize("budget, name, lora, resident, tiled", FULL_TABLE)
+def test_tier_table_full_size(budget, name, lora, resident, tiled):
     tier = choose_memory_tier(gib(budget), FULL)
-    assert (tier.name, tier.lora_location) == (name, lora)
-    assert tier.tiled_decode == (name != "resident")
+    assert (tier.name, tier.lora_location, tier.resident_blocks, tier.tiled_decode) == (name, lora, resident, tiled)
 
 
 def test_tier_peaks_full_size():
     peaks = [estimated_peak(tier, FULL) / GIB for tier in TIERS]
-    assert peaks == pytest.approx([69.47, 52.99, 46.80, 15.25, 9.06, 13.36, 7.17], abs=0.01)
-    assert {tier.offload for tier in TIERS} == {"none", "model", "group-block", "group-leaf"}
+    assert peaks == pytest.approx([69.47, 20.58, 9.32, 52.99, 46.80, 15.25, 9.06, 13.36, 7.17], abs=0.01)
+    assert {tier.offload for tier in TIERS} == {"none", "stream", "model", "group-block", "group-leaf"}
+    stream = choose_memory_tier(gib(40), FULL)
+    assert estimated_peak(stream, FULL) / GIB == pytest.approx(20.58 + 18 * 40 / 48, abs=0.01)
+    assert estimated_peak(stream, FULL) <= 0.9 * gib(40)
 
 
 def test_no_tier_fits_names_the_argument_and_the_smallest_budget():
@@ -331,11 +349,14 @@ def test_decode_estimate_bounds_the_tiny_trace(setup, tiled):
     assert traced <= estimate <= 1.6 * traced, (traced, estimate)
 
 
-@pytest.mark.parametrize("tier", TIERS, ids=str)
+@pytest.mark.parametrize("tier", [*TIERS, *STREAMING], ids=str)
 def test_every_tier_gives_the_same_frames(setup, tier):
     pipe = load(setup)
     pipe.enable_memory_tier(tier, "cpu")
     assert pipe._memory_tier == tier
+    if tier.resident_blocks is not None:
+        streamer = pipe.transformer._block_streamer
+        assert len(streamer.streamed) == pipe.transformer.config.num_layers - tier.resident_blocks
     if tier.offload != "none":
         assert memory.has_offload_hooks(pipe)
     for _ in range(2):  # the second call runs on the hooks diffusers re-applies after the first
@@ -346,9 +367,11 @@ def test_every_tier_gives_the_same_frames(setup, tier):
 def test_budget_picks_the_fastest_tier_that_fits(setup):
     sizes = tiny_sizes(setup["pipe"])
     peaks = {tier: estimated_peak(tier, sizes) for tier in TIERS}
-    resident, model = TIERS[0], TIERS[1]
-    assert peaks[resident] > peaks[model]
-    for budget, expected in ((peaks[resident] / 0.9 * 1.0001, resident), (peaks[resident] / 0.9 * 0.9999, model)):
+    resident = TIERS[0]
+    below = peaks[resident] * 0.9999
+    stream = replace(STREAM_WHOLE, resident_blocks=memory.stream_resident_blocks(below, sizes, False))
+    assert peaks[resident] > estimated_peak(stream, sizes)
+    for budget, expected in ((peaks[resident] / 0.9 * 1.0001, resident), (below / 0.9, stream)):
         pipe = load(setup)
         tier = pipe.enable_memory_budget(budget / GIB, "cpu", height=SIZE, width=SIZE, num_frames=FRAMES)
         assert tier == expected == pipe._memory_tier
@@ -385,8 +408,12 @@ def test_user_offload_hooks_are_not_replaced(setup, user):
 
 def test_a_second_budget_is_refused(setup):
     pipe = load(setup)
-    pipe.enable_memory_tier(TIERS[3], "cpu")
+    pipe.enable_memory_tier(tier("group-block"), "cpu")
     with pytest.raises(ValueError, match=r"set by memory tier group-block"):
+        pipe.enable_memory_budget(1000, "cpu", height=SIZE, width=SIZE, num_frames=FRAMES)
+    pipe = load(setup)
+    pipe.enable_memory_tier(STREAMING[0], "cpu")
+    with pytest.raises(ValueError, match=r"set by memory tier stream \(0 blocks resident"):
         pipe.enable_memory_budget(1000, "cpu", height=SIZE, width=SIZE, num_frames=FRAMES)
 
 
@@ -489,7 +516,7 @@ def test_a_tier_keeps_the_users_vae_tiling(setup):
     pipe = load(setup)
     pipe.enable_vae_tiling(tile_size_in_pixels=64, tile_overlap_in_pixels=32)
     users = pipe.vae_tiling
-    pipe.enable_memory_tier(TIERS[1], "cpu")  # a tiled-decode tier
+    pipe.enable_memory_tier(tier("model"), "cpu")  # a tiled-decode tier
     assert pipe.vae_tiling is users
 
 

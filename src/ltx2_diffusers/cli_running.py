@@ -160,7 +160,7 @@ def apply_memory_tier(pipe, args, device) -> bool:
     `--context-parallel`) for the free GPU memory (plus what PyTorch already holds there), applied by `pipe.enable_memory_budget` for this run's size and
     printed; False when neither applies (the `--offload` placement follows)."""
     from .cli_common import offload_given
-    from .pipelines.memory import GIB
+    from .pipelines.memory import DEFAULT_MEMORY_BUDGET_GIB, GIB
 
     budget, free = getattr(args, "memory_budget_gib", None), None
     if budget is None:
@@ -171,7 +171,7 @@ def apply_memory_tier(pipe, args, device) -> bool:
         # What PyTorch already holds is this pipeline's (e.g. the fp8-scaled-mm transformer quantised on the
         # device, and the blocks its caching allocator kept), which the estimates count themselves.
         free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
-        budget = free / GIB
+        budget = min(free / GIB, DEFAULT_MEMORY_BUDGET_GIB)
     try:
         tier = pipe.enable_memory_budget(
             budget, device, height=args.height, width=args.width, num_frames=planned_num_frames(args),
@@ -182,9 +182,9 @@ def apply_memory_tier(pipe, args, device) -> bool:
         if free is None:
             raise ValueError(f"--memory-budget-gib: {error}") from None
         raise ValueError(
-            f"{device} has {budget:.2f} GiB free: {error}; free GPU memory, or pass --offload sequential"
+            f"{device} has {free / GIB:.2f} GiB free: {error}; free GPU memory, or pass --offload sequential"
         ) from None
-    source = "--memory-budget-gib" if free is None else f"free memory of {device}"
+    source = "--memory-budget-gib" if free is None else f"default, {free / GIB:.2f} GiB free on {device}"
     print(f"memory tier: {tier} for {budget:.2f} GiB ({source})")
     return True
 

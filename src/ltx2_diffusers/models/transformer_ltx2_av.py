@@ -62,6 +62,8 @@ class LTX2AudioVideoTransformer(
     _no_split_modules = ["LTX2AVTransformerBlock"]
     _repeated_blocks = ["LTX2AVTransformerBlock"]
     _skip_layerwise_casting_patterns = ["norm", "scale_shift_table"]
+    #: `pipelines.block_streaming.BlockStreamer` while some blocks stream from host memory (a memory tier).
+    _block_streamer = None
     _cp_plan = TRANSFORMER_CP_PLAN  # video tokens sharded, audio replicated: see parallel.py
 
     @register_to_config
@@ -382,6 +384,8 @@ class LTX2AudioVideoTransformer(
         num_audio_tokens = audio_hidden_states.shape[1]
         dtype, device = hidden_states.dtype, hidden_states.device
         config = self.config
+        if self._block_streamer is not None:
+            self._block_streamer.begin_forward()
 
         perturbations = validate_perturbations(perturbations, batch_size, config.num_layers)
         if perturbations is not None and (spatio_temporal_guidance_blocks or perturbation_mask is not None):
@@ -544,11 +548,21 @@ class LTX2AudioVideoTransformer(
                 perturb["v2a_perturbation"],
             )
             block = self.transformer_blocks[idx]
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
+            if self._block_streamer is not None:
+                with self._block_streamer.block(idx):
+                    vx, ax = block(*args)
+            elif torch.is_grad_enabled() and self.gradient_checkpointing:
                 vx, ax = self._gradient_checkpointing_func(block, *args)
             else:
                 vx, ax = block(*args)
         return vx, ax
+
+    def _apply(self, fn, recurse=True):
+        # `to(...)` while blocks stream (a memory tier) moves everything but the streamed blocks.
+        if self._block_streamer is None or not recurse:
+            return super()._apply(fn, recurse)
+        with self._block_streamer.hidden_blocks():
+            return super()._apply(fn, recurse)
 
     def _run_blocks_shared(self, shared, vx, ax, per_item, block_perturbations):
         """The blocks with shared prefixes: an item waits (is not computed) until its `until` block, where it starts

@@ -20,6 +20,7 @@ from ..models.video_vae_tiling import tiled_decode
 from ..schedules import DISTILLED_SIGMAS, STAGE_2_DISTILLED_SIGMAS, _check_table, ltx2_sigmas, set_scheduler_sigmas
 from . import ltx2_stages as stages
 from .acceleration import TransformerAcceleration, accelerated, check_attention_backend
+from .block_streaming import slots_released_after
 from .image_conditions import prepare_condition_image
 from .ltx2_denoise import PromptContexts, StepGuidance, advance, guided_x0, is_frozen
 from .pipeline_checks import GUIDANCE_ALIASES, LTX2A2VChecksMixin, resolve_guidance
@@ -379,6 +380,7 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
             self.progress_bar(total=len(sigmas) - 1) as progress_bar,
             reference_lora_arithmetic(self.transformer) if exact else nullcontext(),
             accelerated(self.transformer, self.transformer_acceleration, self._execution_device, exact),
+            slots_released_after(self.transformer),
         ):
             if hasattr(progress_bar, "set_description"):
                 progress_bar.set_description(f"stage {stage + 1}")

@@ -14,6 +14,7 @@ Tiers, fastest first (`TIERS`):
 | tier | offload | decode | distilled LoRA |
 |---|---|---|---|
 | resident | none | whole | device |
+| stream | `BlockStreamer`: K blocks resident, the others streamed from pinned host memory; the other components on the device only from their use to the next transformer forward | whole, else tiled | host, streamed with its block |
 | model | `enable_model_cpu_offload` | tiled | device, then host |
 | group-block | block-level group offload, one block per group, CUDA stream | tiled | device, then host |
 | group-leaf | leaf-level group offload, CUDA stream | tiled | device, then host |
@@ -22,6 +23,11 @@ Estimated peaks (`estimated_peak`; W = weight bytes, A = activation bytes, L = t
 device, T = `lora_transient`):
 
 - resident: `W_transformer + W_others + W_unchained + L + max(A_stage_1, A_stage_2 + T, A_decode)`;
+- stream with K resident blocks: `W_transformer_outside_blocks + K * W_block + max(STREAM_SLOTS * (W_block + L / N)
+  + max(A_stage_1, A_stage_2 + T), W_others + W_unchained, W_vae + W_audio_vae + W_unchained + A_decode)` (N
+  blocks; the slots are freed at the end of each stage); K is the largest that fits (`stream_resident_blocks`).
+  Streaming costs about nothing on an H200 (the copy of a block, 15 ms at 49 GiB/s, hides under its 26 ms of
+  stage-1 compute: `benchmarks/block_streaming.py`), so the tier with a whole decode comes first;
 - model: `L + W_unchained + max(largest chained W_other, W_transformer + max(A_stage_1, A_stage_2 + T,
   W_upsampler), W_vae + A_decode_tiled)` (each model of `model_cpu_offload_seq` is on the device only while it
   runs, except that the upsampler runs before the transformer leaves; models outside the chain stay once used);
@@ -41,7 +47,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -52,7 +58,12 @@ from . import ltx2_stages as stages
 
 GIB = 2**30
 MEMORY_MARGIN = 0.1
-OFFLOAD_KINDS = ("none", "model", "group-block", "group-leaf")
+#: The CLI's budget on CUDA without `--memory-budget-gib` / `--offload`: at most this, or the free memory if less.
+#: Streaming blocks costs about nothing (module docstring), so the default holds the peak to the reference's
+#: (ltx-pipelines 1.0 peaks at 40.4 GiB) instead of filling the GPU.
+DEFAULT_MEMORY_BUDGET_GIB = 40.0
+OFFLOAD_KINDS = ("none", "stream", "model", "group-block", "group-leaf")
+STREAM_SLOTS = 2  # device slots of a streaming transformer (one computes while the next is copied)
 LORA_LOCATIONS = ("device", "host")
 # Video decoder activations, in tensors of its largest stage (see `decoder_activation_bytes`).
 DECODER_LIVE_TENSORS = 7
@@ -72,20 +83,33 @@ class MemoryTier:
     offload: str
     tiled_decode: bool
     lora_location: str = "device"
+    resident_blocks: int | None = None
 
     def __post_init__(self):
         if self.offload not in OFFLOAD_KINDS:
             raise ValueError(f"offload must be one of {OFFLOAD_KINDS}, got {self.offload!r}")
         if self.lora_location not in LORA_LOCATIONS:
             raise ValueError(f"lora_location must be one of {LORA_LOCATIONS}, got {self.lora_location!r}")
+        if self.offload == "stream" and self.lora_location != "host":
+            raise ValueError("a streaming tier keeps the distilled LoRA on the host (streamed with its block)")
+        if self.resident_blocks is not None and (
+            self.offload != "stream" or isinstance(self.resident_blocks, bool)
+            or not isinstance(self.resident_blocks, int) or self.resident_blocks < 0
+        ):  # fmt: skip
+            raise ValueError(f"resident_blocks is a count >= 0 of a streaming tier, got {self.resident_blocks!r}")
 
     def __str__(self) -> str:
         decode = "tiled decode" if self.tiled_decode else "whole decode"
+        if self.offload == "stream":
+            kept = "as many blocks as fit" if self.resident_blocks is None else f"{self.resident_blocks} blocks"
+            return f"{self.name} ({kept} resident, the others streamed; {decode}, distilled LoRA streamed)"
         return f"{self.name} ({decode}, distilled LoRA on the {self.lora_location})"
 
 
 TIERS = (
     MemoryTier("resident", "none", tiled_decode=False),
+    MemoryTier("stream", "stream", tiled_decode=False, lora_location="host"),
+    MemoryTier("stream", "stream", tiled_decode=True, lora_location="host"),
     MemoryTier("model", "model", tiled_decode=True),
     MemoryTier("model", "model", tiled_decode=True, lora_location="host"),
     MemoryTier("group-block", "group-block", tiled_decode=True),
@@ -100,7 +124,8 @@ class MemorySizes:
     """Bytes one call needs on the accelerator, by part (`measure_memory_sizes`).
 
     Weights: `transformer` (all of it), `transformer_block` (its largest block), `transformer_outside_blocks`
-    (what a block-level offload keeps on the device for the whole forward), `transformer_leaf` (its largest
+    (what a block-level offload keeps on the device for the whole forward), `transformer_blocks` (how many),
+    `transformer_leaf` (its largest
     leaf layer), `transformer_held_by_parents` (parameters of non-leaf modules); `others`: the other components
     of `model_cpu_offload_seq` by name; `unchained`: the components outside it (the distilled LoRA excluded);
     `others_leaf` / `others_held_by_parents`: largest leaf and non-leaf parameters of all non-transformer
@@ -113,6 +138,7 @@ class MemorySizes:
     transformer_outside_blocks: int
     transformer_leaf: int
     transformer_held_by_parents: int
+    transformer_blocks: int = 0
     others: Mapping[str, int] = field(default_factory=dict)
     others_leaf: int = 0
     others_held_by_parents: int = 0
@@ -132,12 +158,38 @@ class MemorySizes:
                     raise ValueError(f"MemorySizes.{name} must hold byte counts (ints >= 0), got {value!r}")
 
 
+def _stream_base(sizes: MemorySizes, tiled_decode: bool) -> int:
+    """Peak bytes of a streaming tier besides its resident blocks (module docstring)."""
+    stages_peak = max(sizes.stage_1, sizes.stage_2 + sizes.lora_transient)
+    decode = sizes.decode_tiled if tiled_decode else sizes.decode
+    others = dict(sizes.others)
+    slot = sizes.transformer_block + -(-sizes.lora // max(sizes.transformer_blocks, 1))
+    return sizes.transformer_outside_blocks + max(
+        STREAM_SLOTS * slot + stages_peak,
+        sum(others.values()) + sizes.unchained,
+        others.get("vae", 0) + others.get("audio_vae", 0) + sizes.unchained + decode,
+    )
+
+
+def stream_resident_blocks(budget_bytes: float, sizes: MemorySizes, tiled_decode: bool) -> int | None:
+    """The most blocks a streaming tier keeps resident within `budget_bytes` (None: not even with none)."""
+    room = budget_bytes - _stream_base(sizes, tiled_decode)
+    if room < 0:
+        return None
+    if sizes.transformer_block == 0:
+        return sizes.transformer_blocks
+    return min(sizes.transformer_blocks, int(room // sizes.transformer_block))
+
+
 def estimated_peak(tier: MemoryTier, sizes: MemorySizes) -> int:
-    """Peak accelerator bytes of one call under `tier` (the formulas in the module docstring)."""
+    """Peak accelerator bytes of one call under `tier` (the formulas in the module docstring; a streaming tier
+    without `resident_blocks` counts none)."""
     lora = sizes.lora if tier.lora_location == "device" else 0
     stages_peak = max(sizes.stage_1, sizes.stage_2 + sizes.lora_transient)
     decode = sizes.decode_tiled if tier.tiled_decode else sizes.decode
     others = dict(sizes.others)
+    if tier.offload == "stream":
+        return _stream_base(sizes, tier.tiled_decode) + (tier.resident_blocks or 0) * sizes.transformer_block
     if tier.offload == "none":
         weights = sizes.transformer + sum(others.values()) + sizes.unchained
         return weights + lora + max(stages_peak, decode)
@@ -168,6 +220,11 @@ def choose_memory_tier(
     group-offload tier fits."""
     usable = budget_bytes * (1 - margin)
     for tier in TIERS:
+        if tier.offload == "stream" and tier.resident_blocks is None:
+            resident = stream_resident_blocks(usable, sizes, tier.tiled_decode)
+            if resident is not None:
+                return replace(tier, resident_blocks=resident)
+            continue
         if estimated_peak(tier, sizes) <= usable:
             if compile_blocks and tier.offload.startswith("group"):
                 raise ValueError(
@@ -427,6 +484,7 @@ def measure_memory_sizes(
         transformer_outside_blocks=outside,
         transformer_leaf=leaf,
         transformer_held_by_parents=held,
+        transformer_blocks=len(transformer.transformer_blocks),
         others={name: module_bytes(m) for name, m in other_modules.items() if name in chain},
         others_leaf=others_leaf,
         others_held_by_parents=others_held,

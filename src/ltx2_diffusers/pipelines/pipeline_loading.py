@@ -338,6 +338,7 @@ class LTX2A2VLoadingMixin:
         `enable_group_offload` (block or leaf level; a CUDA stream on CUDA), `enable_vae_tiling` (never turned off
         here; tiling the user set is kept as it is), and the distilled LoRA's factors on the device or in pinned host memory. A pipeline that already
         carries offload hooks is refused (ValueError naming the components)."""
+        from .block_streaming import enable_block_streaming
         from .memory import MemoryTier, check_device, place_distilled_lora
 
         if not isinstance(tier, MemoryTier):
@@ -348,6 +349,9 @@ class LTX2A2VLoadingMixin:
             self.enable_vae_tiling()
         if tier.offload == "none":
             self.to(device)
+        elif tier.offload == "stream":
+            place_distilled_lora(self.distilled_lora, tier.lora_location, device)
+            enable_block_streaming(self, device, tier.resident_blocks)
         elif tier.offload == "model":
             if tier.lora_location == "host":  # hooked like a model outside the chain: it stays on the host
                 self._exclude_from_cpu_offload = [n for n in self._exclude_from_cpu_offload if n != "distilled_lora"]
@@ -362,6 +366,13 @@ class LTX2A2VLoadingMixin:
             )
         place_distilled_lora(self.distilled_lora, tier.lora_location, device)
         self._memory_tier = tier
+
+    @property
+    def _execution_device(self):
+        # A streaming transformer (memory tier "stream") computes on its streamer's device; the other components
+        # carry offload hooks naming the same device.
+        streamer = getattr(getattr(self, "transformer", None), "_block_streamer", None)
+        return streamer.device if streamer is not None else super()._execution_device
 
     def _check_no_offload_hooks(self) -> None:
         from .memory import has_offload_hooks
