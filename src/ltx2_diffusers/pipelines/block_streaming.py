@@ -294,10 +294,13 @@ def slots_released_after(transformer: torch.nn.Module):
 
 def enable_block_streaming(pipe, device, resident_blocks: int | None = None, slots: int = 2) -> BlockStreamer:
     """The memory tier "stream" on `pipe`: its transformer keeps `resident_blocks` blocks (spread evenly; None:
-    all) and the transformer outside the blocks on `device` and streams the others from pinned host memory; every
-    other component (the distilled LoRA aside, which the caller places) gets an accelerate offload hook that brings
-    it to `device` when it runs, and goes back to the host when the transformer's next forward starts."""
+    all) and the transformer outside the blocks on `device` and streams the others from pinned host memory; the
+    text encoder and connectors (`memory.TEXT_COMPONENTS`, used once per call) get an accelerate offload hook that
+    brings them to `device` when they run, and back to the host when the transformer's next forward starts; the
+    other components (the distilled LoRA aside, which the caller places) go to `device`."""
     from accelerate import cpu_offload_with_hook
+
+    from .memory import TEXT_COMPONENTS
 
     device = torch.device(device)
     transformer = pipe.transformer
@@ -309,8 +312,12 @@ def enable_block_streaming(pipe, device, resident_blocks: int | None = None, slo
     streamer = BlockStreamer(transformer, device, [i for i in range(num_blocks) if i not in streamed], slots=slots)
     hooks = []
     for name, component in pipe.components.items():
-        if isinstance(component, torch.nn.Module) and name not in ("transformer", "distilled_lora"):
+        if not isinstance(component, torch.nn.Module) or name in ("transformer", "distilled_lora"):
+            continue
+        if name in TEXT_COMPONENTS:
             hooks.append(cpu_offload_with_hook(component, device)[1])
+        else:
+            component.to(device)
     streamer.attach()
     streamer.offload_before_forward = hooks
     return streamer

@@ -14,7 +14,7 @@ Tiers, fastest first (`TIERS`):
 | tier | offload | decode | distilled LoRA |
 |---|---|---|---|
 | resident | none | whole | device |
-| stream | `BlockStreamer`: K blocks resident, the others streamed from pinned host memory; the other components on the device only from their use to the next transformer forward | whole, else tiled | host, streamed with its block |
+| stream | `BlockStreamer`: K blocks resident, the others streamed from pinned host memory; the text encoder and connectors on the device only from their use to the next transformer forward | whole, else tiled | host, streamed with its block |
 | model | `enable_model_cpu_offload` | tiled | device, then host |
 | group-block | block-level group offload, one block per group, CUDA stream | tiled | device, then host |
 | group-leaf | leaf-level group offload, CUDA stream | tiled | device, then host |
@@ -23,9 +23,11 @@ Estimated peaks (`estimated_peak`; W = weight bytes, A = activation bytes, L = t
 device, T = `lora_transient`):
 
 - resident: `W_transformer + W_others + W_unchained + L + max(A_stage_1, A_stage_2 + T, A_decode)`;
-- stream with K resident blocks: `W_transformer_outside_blocks + K * W_block + max(STREAM_SLOTS * (W_block + L / N)
-  + max(A_stage_1, A_stage_2 + T), W_others + W_unchained, W_vae + W_audio_vae + W_unchained + A_decode)` (N
-  blocks; the slots are freed at the end of each stage); K is the largest that fits (`stream_resident_blocks`).
+- stream with K resident blocks: `W_transformer_outside_blocks + K * W_block + W_kept + max(STREAM_SLOTS *
+  (W_block + L / N) + max(A_stage_1, A_stage_2 + T), W_text, A_decode)` (N blocks; `W_text`: the text encoder and
+  connectors, on the device only from their use to the next transformer forward; `W_kept`: the other components
+  and `W_unchained`, resident; the slots are freed at the end of each stage); K is the largest that fits
+  (`stream_resident_blocks`).
   Streaming costs about nothing on an H200 (the copy of a block, 15 ms at 49 GiB/s, hides under its 26 ms of
   stage-1 compute: `benchmarks/block_streaming.py`), so the tier with a whole decode comes first;
 - model: `L + W_unchained + max(largest chained W_other, W_transformer + max(A_stage_1, A_stage_2 + T,
@@ -64,6 +66,8 @@ MEMORY_MARGIN = 0.1
 DEFAULT_MEMORY_BUDGET_GIB = 40.0
 OFFLOAD_KINDS = ("none", "stream", "model", "group-block", "group-leaf")
 STREAM_SLOTS = 2  # device slots of a streaming transformer (one computes while the next is copied)
+#: Used once per call, before the denoising: a streaming tier brings them to the device for that only.
+TEXT_COMPONENTS = ("text_encoder", "connectors")
 LORA_LOCATIONS = ("device", "host")
 # Video decoder activations, in tensors of its largest stage (see `decoder_activation_bytes`).
 DECODER_LIVE_TENSORS = 7
@@ -162,13 +166,10 @@ def _stream_base(sizes: MemorySizes, tiled_decode: bool) -> int:
     """Peak bytes of a streaming tier besides its resident blocks (module docstring)."""
     stages_peak = max(sizes.stage_1, sizes.stage_2 + sizes.lora_transient)
     decode = sizes.decode_tiled if tiled_decode else sizes.decode
-    others = dict(sizes.others)
+    text = sum(v for k, v in sizes.others.items() if k in TEXT_COMPONENTS)
+    kept = sum(v for k, v in sizes.others.items() if k not in TEXT_COMPONENTS) + sizes.unchained
     slot = sizes.transformer_block + -(-sizes.lora // max(sizes.transformer_blocks, 1))
-    return sizes.transformer_outside_blocks + max(
-        STREAM_SLOTS * slot + stages_peak,
-        sum(others.values()) + sizes.unchained,
-        others.get("vae", 0) + others.get("audio_vae", 0) + sizes.unchained + decode,
-    )
+    return sizes.transformer_outside_blocks + kept + max(STREAM_SLOTS * slot + stages_peak, text, decode)
 
 
 def stream_resident_blocks(budget_bytes: float, sizes: MemorySizes, tiled_decode: bool) -> int | None:
