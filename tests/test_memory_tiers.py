@@ -417,6 +417,12 @@ def test_a_second_budget_is_refused(setup):
     pipe.enable_memory_tier(STREAMING[0], "cpu")
     with pytest.raises(ValueError, match=r"set by memory tier stream \(0 blocks resident"):
         pipe.enable_memory_budget(1000, "cpu", height=SIZE, width=SIZE, num_frames=FRAMES)
+    pipe = load(setup)
+    pipe.register_modules(connectors=None)  # no hooked component left: the streaming transformer is what refuses
+    pipe.enable_memory_tier(STREAMING[0], "cpu")
+    assert memory.has_offload_hooks(pipe) == []
+    with pytest.raises(ValueError, match=r"\['transformer'\] already carry offload hooks \(set by memory tier stream"):
+        pipe.enable_memory_tier(TIERS[0], "cpu")
 
 
 @pytest.mark.parametrize("location", ["device", "host"])

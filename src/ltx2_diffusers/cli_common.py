@@ -425,15 +425,17 @@ class _OffloadDefault(str):
 
 def add_memory_arguments(group) -> None:
     """`--memory-budget-gib`: the memory tier (`pipelines/memory.py`) for a budget; `--offload`'s default becomes
-    "the tier" (on CUDA the free GPU memory is the budget). An explicit `--offload` places the pipeline as asked."""
+    "the tier" (on CUDA the free GPU memory, at most `memory.DEFAULT_MEMORY_BUDGET_GIB`, is the budget). An
+    explicit `--offload` places the pipeline as asked."""
     group.add_argument(
         "--memory-budget-gib",
         type=_positive,
         default=None,
         metavar="GIB",
         help="GPU memory the run may use: picks the fastest placement whose estimated peak fits (everything "
-        "resident; model offload; block, then leaf group offload with a CUDA stream; tiled decode). Default on "
-        "CUDA without --offload: the free GPU memory. Not with --offload, --context-parallel or a CPU device",
+        "resident; transformer blocks streamed from pinned host memory, as many kept resident as fit; model "
+        "offload; block, then leaf group offload with a CUDA stream; tiled decode). Default on CUDA without "
+        "--offload: the free GPU memory, at most 40 GiB. Not with --offload, --context-parallel or a CPU device",
     )
     group.set_defaults(offload=_OffloadDefault("none"))
 

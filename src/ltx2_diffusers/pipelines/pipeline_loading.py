@@ -299,9 +299,11 @@ class LTX2A2VLoadingMixin:
         guidance_batch_size: int | None = None,
     ):  # fmt: skip
         """Place the components so that a call of this size peaks within `memory_budget_gib` GiB of `device`:
-        the fastest `memory.TIERS` entry whose estimated peak fits (everything resident; model CPU offload; group
-        offload by block, then by leaf layer, with a CUDA stream; tiled decode and the distilled LoRA in pinned
-        host memory where needed), applied with `enable_memory_tier`. The size arguments are those of the calls
+        the fastest `memory.TIERS` entry whose estimated peak fits (everything resident; the stream tier: as many
+        transformer blocks resident as fit, the others streamed from pinned host memory with their distilled LoRA
+        factors, the text encoder and connectors offloaded between uses; model CPU offload; group offload by block,
+        then by leaf layer, with a CUDA stream; tiled decode and the distilled LoRA in pinned host memory where
+        needed), applied with `enable_memory_tier`. The size arguments are those of the calls
         to come (`guidance_batch_size` as passed to them). Refused: a budget that is not a finite number > 0, a
         budget no tier fits (ValueError with the smallest that does), a budget only group offload fits with
         `compile=True` (`set_transformer_acceleration`), and a pipeline that already carries offload hooks (the
@@ -311,8 +313,9 @@ class LTX2A2VLoadingMixin:
 
         ```py
         >>> pipe = LTX2AudioToVideoPipeline.from_pretrained("path/to/converted", torch_dtype=torch.bfloat16)
-        >>> pipe.enable_memory_budget(24, "cuda", height=1024, width=1536, num_frames=121)
-        MemoryTier(name='model', offload='model', tiled_decode=True, lora_location='device')
+        >>> tier = pipe.enable_memory_budget(24, "cuda", height=1024, width=1536, num_frames=121)
+        >>> tier.offload, tier.tiled_decode  # LTX-2.3 bf16: a dozen blocks resident, the others streamed
+        ('stream', True)
         ```"""
         from ..validation import check_frame_rate
         from . import memory
@@ -334,8 +337,9 @@ class LTX2A2VLoadingMixin:
         return tier
 
     def enable_memory_tier(self, tier, device: torch.device | str = "cuda"):
-        """Apply a `memory.MemoryTier` with diffusers' mechanisms: `to(device)`, `enable_model_cpu_offload` or
-        `enable_group_offload` (block or leaf level; a CUDA stream on CUDA), `enable_vae_tiling` (never turned off
+        """Apply a `memory.MemoryTier` with diffusers' mechanisms: `to(device)`, block streaming
+        (`block_streaming.enable_block_streaming`), `enable_model_cpu_offload` or `enable_group_offload` (block or
+        leaf level; a CUDA stream on CUDA), `enable_vae_tiling` (never turned off
         here; tiling the user set is kept as it is), and the distilled LoRA's factors on the device or in pinned host memory. A pipeline that already
         carries offload hooks is refused (ValueError naming the components)."""
         from .block_streaming import enable_block_streaming
@@ -378,6 +382,8 @@ class LTX2A2VLoadingMixin:
         from .memory import has_offload_hooks
 
         hooked = has_offload_hooks(self)
+        if getattr(getattr(self, "transformer", None), "_block_streamer", None) is not None:
+            hooked = sorted({*hooked, "transformer"})  # its blocks stream (memory tier "stream")
         if hooked:
             applied = getattr(self, "_memory_tier", None)
             by = f"memory tier {applied}" if applied is not None else "the user"
