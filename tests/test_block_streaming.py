@@ -126,3 +126,74 @@ def test_compiled_blocks_run_from_the_slots_without_recompiling(dynamo):  # noqa
         with lora.applied(model, 0.8):
             assert all(torch.equal(a, b) for a, b in zip(run(model), with_lora))
     assert dynamo() == 2
+
+
+def count_copies(streamer):
+    calls = []
+    original = streamer._copy
+
+    def counting(slot, idx, manifest, key):
+        calls.append(idx)
+        return original(slot, idx, manifest, key)
+
+    streamer._copy = counting
+    return calls
+
+
+def test_each_streamed_block_is_copied_once_per_forward():
+    """Prefetched slots are used, not copied again: a forward copies each streamed block once (the first two of the
+    next forward are prefetched at the end of this one)."""
+    model = tiny(num_layers=6)
+    streamer = BlockStreamer(model, "cpu", {0, 3}).attach()
+    copies = count_copies(streamer)
+    for _ in range(3):
+        run(model)
+    assert sorted(copies) == sorted([1, 2, 4, 5] * 3 + [1, 2])  # + the next forward's, prefetched at the end
+
+
+def test_weights_changed_in_place_between_forwards_are_copied_again():
+    """`load_state_dict` between two forwards (in place: same storage, new values) invalidates the slots prefetched
+    with the old values; the output is the new weights' output."""
+    model, other = tiny(seed=0), tiny(seed=1)
+    expected = run(other)
+    streamer = BlockStreamer(model, "cpu", {1}).attach()
+    run(model)
+    model.load_state_dict(other.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(run(model), expected))
+    streamer.detach()
+
+
+def test_user_peft_adapters_in_streamed_blocks():
+    """A user's PEFT adapter on the blocks (its A/B weights are parameters of the streamed blocks) streams with
+    them, and the user's adapter weights apply: the same outputs as the plain model with the adapter."""
+    from peft import LoraConfig
+
+    def with_adapter():
+        model = tiny()
+        torch.manual_seed(3)
+        model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"], init_lora_weights=False))
+        return model
+
+    plain, model = with_adapter(), with_adapter()
+    BlockStreamer(model, "cpu", {0}).attach()
+    for weight in (1.0, 0.5):
+        plain.set_adapters(["default"], weights=[weight])
+        model.set_adapters(["default"], weights=[weight])
+        expected = run(plain)
+        assert all(torch.equal(a, b) for a, b in zip(run(model), expected))
+    assert not torch.equal(run(tiny())[0], expected[0])  # the adapter matters
+
+
+def test_shared_prefix_forward_streams_bit_exact():
+    """The batched guidance forward with the STG pass joining at its perturbed block (`shared_prefix`: blocks run
+    in segments on part of the batch) streams like the plain one."""
+    from ltx2_diffusers import LTX2Perturbation
+    from ltx2_diffusers.models.perturbations import shared_prefixes
+
+    model = tiny()
+    passes = [(), (LTX2Perturbation("skip_video_self_attn", (2,)),), ()]
+    extra = dict(perturbations=passes, shared_prefix=shared_prefixes(passes, {1: 0}, 4))
+    expected = run(model, **extra)
+    BlockStreamer(model, "cpu", {2}).attach()
+    for _ in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(run(model, **extra), expected))

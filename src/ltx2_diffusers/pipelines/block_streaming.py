@@ -40,6 +40,13 @@ def spread_blocks(num_blocks: int, count: int) -> list[int]:
     return sorted({(i * num_blocks) // count for i in range(count)}) if count else []
 
 
+def _version(tensor: torch.Tensor) -> int:
+    try:
+        return tensor._version
+    except RuntimeError:  # inference tensors keep no version counter
+        return -1
+
+
 def _aligned(nbytes: int) -> int:
     return -(-nbytes // ALIGNMENT) * ALIGNMENT
 
@@ -209,7 +216,9 @@ class BlockStreamer:
 
     @staticmethod
     def _key(manifest) -> tuple:
-        return tuple((t.data_ptr(), t.dtype, tuple(t.shape)) for _, _, t in manifest)
+        """What a slot copied: each source's storage, layout and version (an in-place change, as
+        `load_state_dict` makes, bumps the version and so invalidates a prefetched copy)."""
+        return tuple((t.data_ptr(), t.dtype, tuple(t.shape), _version(t)) for _, _, t in manifest)
 
     def _load(self, idx: int, manifest, wait: bool) -> _Slot:
         """A slot holding block `idx`'s manifest (copied now unless a prefetch already did); with `wait` the
