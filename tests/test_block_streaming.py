@@ -197,3 +197,40 @@ def test_shared_prefix_forward_streams_bit_exact():
     BlockStreamer(model, "cpu", {2}).attach()
     for _ in range(2):
         assert all(torch.equal(a, b) for a, b in zip(run(model, **extra), expected))
+
+
+@pytest.mark.parametrize("image", [False, True])
+def test_stream_tier_on_the_audio_video_pipelines(tmp_path_factory, image):
+    """Text/image -> audio + video under the stream tier (no block resident, the text side hooked, the rest
+    resident): the same frames and waveform as the pipeline placed as loaded, over two calls."""
+    from dataclasses import replace
+
+    import PIL.Image
+    from factories import cached_checkpoint
+    from test_pipeline_av_pretrained import call
+
+    from ltx2_diffusers import LTX2AudioVideoPipeline, LTX2ImageToAudioVideoPipeline
+    from ltx2_diffusers.pipelines import memory
+
+    checkpoint = cached_checkpoint("checkpoint", "2.3", seed=17, dtype=torch.float32)
+    upsampler = cached_checkpoint("upsampler", seed=18, dtype=torch.float32)
+    lora = cached_checkpoint("lora", checkpoint_path=checkpoint, seed=19, dtype=torch.float32)
+    cls = LTX2ImageToAudioVideoPipeline if image else LTX2AudioVideoPipeline
+    extra = {"output_type": "pt"}
+    if image:
+        path = tmp_path_factory.mktemp("image") / "image.png"
+        PIL.Image.new("RGB", (96, 64), (200, 40, 90)).save(path)
+        extra["image"] = path
+
+    def load():
+        return cls.from_single_file(checkpoint, spatial_upsampler_path=upsampler, distilled_lora=(lora, 0.7),
+                                    torch_dtype=torch.float32)  # fmt: skip
+
+    expected = call(load(), **extra)
+    pipe = load()
+    tier = replace(next(t for t in memory.TIERS if t.offload == "stream" and not t.tiled_decode), resident_blocks=0)
+    pipe.enable_memory_tier(tier, "cpu")
+    assert len(pipe.transformer._block_streamer.streamed) == pipe.transformer.config.num_layers
+    for _ in range(2):
+        out = call(pipe, **extra)
+        assert torch.equal(out.frames, expected.frames) and torch.equal(out.audio, expected.audio)
