@@ -91,6 +91,13 @@ def test_to_moves_everything_but_the_streamed_blocks_and_a_dtype_change_is_refus
         run(model)
 
 
+def test_a_transformer_moved_off_the_streamers_device_is_refused():
+    model = tiny()
+    BlockStreamer(model, "cpu", {0}).attach()._transformer._block_streamer.device = torch.device("meta")
+    with pytest.raises(ValueError, match="streams its blocks to meta but was moved to cpu"):
+        run(model)
+
+
 def test_bad_arguments_are_refused():
     model = tiny()
     with pytest.raises(ValueError, match=r"resident block indices \[4\] out of range for 4 blocks"):
@@ -234,3 +241,22 @@ def test_stream_tier_on_the_audio_video_pipelines(tmp_path_factory, image):
     for _ in range(2):
         out = call(pipe, **extra)
         assert torch.equal(out.frames, expected.frames) and torch.equal(out.audio, expected.audio)
+
+
+def test_fp8_cast_blocks_stream_with_the_distilled_lora_hook():
+    """float8-stored linears (ltx-core's fp8-cast: upcast at each call, the distilled LoRA added by a forward hook)
+    stream their float8 bytes: the same outputs as the plain fp8 model, with and without the LoRA."""
+    from ltx2_diffusers.cli_running import fp8_cast
+
+    model = tiny()
+    fp8_cast(model)
+    lora = random_distilled_lora(model)
+    plain = run(model)
+    with lora.applied(model, 0.8):
+        with_lora = run(model)
+    assert model.transformer_blocks[1].ff.net[2].weight.dtype == torch.float8_e4m3fn
+    BlockStreamer(model, "cpu", {0, 3}).attach()
+    for _ in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(run(model), plain))
+        with lora.applied(model, 0.8):
+            assert all(torch.equal(a, b) for a, b in zip(run(model), with_lora))

@@ -146,10 +146,17 @@ class BlockStreamer:
 
     # ------------------------------------------------------------------------------------------- forward
     def begin_forward(self) -> None:
-        """Called by the transformer at the start of a forward: the registered other components leave the device,
-        and a dtype changed under the streamed blocks is refused."""
+        """Called by the transformer at the start of a forward: the registered other components leave the device;
+        a transformer moved off the streamer's device, or whose dtype changed under the streamed blocks, is
+        refused."""
         for hook in self.offload_before_forward:
             hook.offload()
+        here = self._transformer.device
+        if here.type != self.device.type or (here.index or 0) != (self.device.index or 0):
+            raise ValueError(
+                f"the transformer streams its blocks to {self.device} but was moved to {here} (to() after the "
+                "memory tier): call its BlockStreamer's detach() before moving it, or load the pipeline again"
+            )
         dtype = self._transformer.dtype
         for idx in self.streamed[:1]:
             for tensor in self._tensors(self._blocks[idx]):
