@@ -260,3 +260,70 @@ def test_fp8_cast_blocks_stream_with_the_distilled_lora_hook():
         assert all(torch.equal(a, b) for a, b in zip(run(model), plain))
         with lora.applied(model, 0.8):
             assert all(torch.equal(a, b) for a, b in zip(run(model), with_lora))
+
+
+def test_grad_mode_is_refused():
+    model = tiny()
+    BlockStreamer(model, "cpu", {0}).attach()
+    with pytest.raises(ValueError, match="block streaming computes without autograd"):
+        model(**forward_kwargs(model, batch=1))
+
+
+class _Recording(torch.nn.Linear):
+    def __init__(self, log, name):
+        super().__init__(2, 2)
+        self.log, self.name = log, name
+
+    def to(self, *args, **kwargs):
+        self.log.append((self.name, str(args[0])))
+        return super().to(*args, **kwargs)
+
+
+def test_text_component_hooks_take_turns_and_leave_at_the_transformer_forward():
+    """The stream tier's text components: each comes to the device when it runs and sends the other home first;
+    the transformer's next forward sends both home. Not accelerate's CpuOffload (diffusers would take it for model
+    offload)."""
+    from accelerate.hooks import CpuOffload, add_hook_to_module
+
+    from ltx2_diffusers.pipelines.block_streaming import TextComponentHook
+
+    log, group = [], []
+    encoder, connectors = _Recording(log, "encoder"), _Recording(log, "connectors")
+    for module in (encoder, connectors):
+        add_hook_to_module(module, TextComponentHook(torch.device("cpu"), group))
+    assert not isinstance(encoder._hf_hook, CpuOffload)
+    log.clear()
+    encoder(torch.ones(2))
+    assert log == [("connectors", "cpu"), ("encoder", "cpu")]  # the other home, then itself to the device
+    log.clear()
+    connectors(torch.ones(2))
+    assert log == [("encoder", "cpu"), ("connectors", "cpu")]
+    model = tiny()
+    streamer = BlockStreamer(model, "cpu", {0}).attach()
+    streamer.offload_before_forward = group
+    log.clear()
+    run(model)
+    assert log == [("encoder", "cpu"), ("connectors", "cpu")]
+
+
+def test_user_lora_loaded_after_the_stream_tier_keeps_the_placement():
+    """`load_lora_weights` after the stream tier: diffusers does not mistake the text hooks for model CPU offload
+    (it would remove them and re-apply model offload to every component); the adapter streams with its blocks."""
+    from dataclasses import replace
+
+    from factories import cached_checkpoint
+
+    from ltx2_diffusers import LTX2AudioToVideoPipeline
+    from ltx2_diffusers.pipelines import memory
+    from ltx2_diffusers.pipelines.block_streaming import TextComponentHook
+
+    checkpoint = cached_checkpoint("checkpoint", "2.3", seed=4)
+    user_lora = cached_checkpoint("lora", checkpoint_path=checkpoint, seed=8, dtype=torch.float32)
+    pipe = LTX2AudioToVideoPipeline.from_single_file(checkpoint, torch_dtype=torch.float32)
+    tier = replace(next(t for t in memory.TIERS if t.offload == "stream"), resident_blocks=1)
+    pipe.enable_memory_tier(tier, "cpu")
+    pipe.load_lora_weights(str(user_lora), adapter_name="user")
+    assert isinstance(pipe.connectors._hf_hook, TextComponentHook)
+    assert pipe.transformer._block_streamer is not None and pipe._memory_tier == tier
+    streamed = pipe.transformer._block_streamer.streamed[0]
+    assert any("lora_A" in name for name, _ in pipe.transformer.transformer_blocks[streamed].named_parameters())

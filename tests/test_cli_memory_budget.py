@@ -137,6 +137,27 @@ def test_default_budget_counts_what_this_process_already_holds(audio, cuda, monk
     assert (kind, budget) == ("budget", 36.0)
 
 
+def test_default_budget_falls_back_to_the_free_memory_when_the_cap_fits_no_tier(audio, cuda, monkeypatch):
+    """A run too large for the 40 GiB default but not for the GPU: the whole free memory is budgeted instead."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (139 * GIB, 141 * GIB))
+
+    class Large(SpyPipe):
+        def enable_memory_budget(self, budget, device, **kwargs):
+            self.calls.append(("budget", budget))
+            if budget < 100:
+                raise ValueError("memory_budget_gib=40 fits no memory tier")
+            return TIERS[0]
+
+    pipe = Large()
+    cli_running.prepare_pipeline(pipe, parse(a2vid, audio), torch.device("cuda"))
+    assert pipe.calls == [("budget", 40.0), ("budget", 139.0)]
+    pipe = Large()
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * GIB, 141 * GIB))
+    with pytest.raises(ValueError, match=r"cuda has 60.00 GiB free: memory_budget_gib=40 fits no memory tier"):
+        cli_running.prepare_pipeline(pipe, parse(a2vid, audio), torch.device("cuda"))
+    assert pipe.calls == [("budget", 40.0), ("budget", 60.0)]
+
+
 def test_default_budget_is_at_most_the_default_cap(audio, cuda, monkeypatch, capsys):
     """On a GPU with more free memory than `DEFAULT_MEMORY_BUDGET_GIB` (40), the default budget is 40 GiB: block
     streaming keeps the speed, so the default holds the peak to the reference's; `--memory-budget-gib` raises it."""

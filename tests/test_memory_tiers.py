@@ -350,7 +350,7 @@ def test_decode_estimate_bounds_the_tiny_trace(setup, tiled):
     assert traced <= estimate <= 1.6 * traced, (traced, estimate)
 
 
-@pytest.mark.parametrize("tier", [*TIERS, *STREAMING], ids=str)
+@pytest.mark.parametrize("tier", [*(t for t in TIERS if t.offload != "stream"), *STREAMING], ids=str)
 def test_every_tier_gives_the_same_frames(setup, tier):
     pipe = load(setup)
     pipe.enable_memory_tier(tier, "cpu")
@@ -378,6 +378,13 @@ def test_budget_picks_the_fastest_tier_that_fits(setup):
         tier = pipe.enable_memory_budget(budget / GIB, "cpu", height=SIZE, width=SIZE, num_frames=FRAMES)
         assert tier == expected == pipe._memory_tier
         assert (call(pipe, setup["audio"]) - setup["expected"]).abs().max().item() <= TOL
+
+
+def test_a_stream_tier_without_its_resident_count_is_refused(setup):
+    pipe = load(setup)
+    with pytest.raises(ValueError, match=r"tier.resident_blocks is None: a stream tier needs its count"):
+        pipe.enable_memory_tier(STREAM_WHOLE, "cpu")
+    assert memory.has_offload_hooks(pipe) == [] and pipe.transformer._block_streamer is None
 
 
 def test_budget_too_small_refused_and_nothing_changes(setup):

@@ -157,8 +157,10 @@ def apply_acceleration_flags(pipe, args) -> None:
 
 def apply_memory_tier(pipe, args, device) -> bool:
     """The memory tier for `--memory-budget-gib`, or on CUDA without `--offload` (and without
-    `--context-parallel`) for the free GPU memory (plus what PyTorch already holds there), applied by `pipe.enable_memory_budget` for this run's size and
-    printed; False when neither applies (the `--offload` placement follows)."""
+    `--context-parallel`) for the free GPU memory (plus what PyTorch already holds there) capped at
+    `DEFAULT_MEMORY_BUDGET_GIB` (the whole free memory when no tier fits the cap), applied by
+    `pipe.enable_memory_budget` for this run's size and printed; False when neither applies (the `--offload`
+    placement follows)."""
     from .cli_common import offload_given
     from .pipelines.memory import DEFAULT_MEMORY_BUDGET_GIB, GIB
 
@@ -172,12 +174,18 @@ def apply_memory_tier(pipe, args, device) -> bool:
         # device, and the blocks its caching allocator kept), which the estimates count themselves.
         free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
         budget = min(free / GIB, DEFAULT_MEMORY_BUDGET_GIB)
+    size = dict(
+        height=args.height, width=args.width, num_frames=planned_num_frames(args), frame_rate=args.frame_rate,
+        stage_2=args.stage_2, guidance_batch_size=1 if args.reference_arithmetic else args.guidance_batch_size,
+    )  # fmt: skip
     try:
-        tier = pipe.enable_memory_budget(
-            budget, device, height=args.height, width=args.width, num_frames=planned_num_frames(args),
-            frame_rate=args.frame_rate, stage_2=args.stage_2,
-            guidance_batch_size=1 if args.reference_arithmetic else args.guidance_batch_size,
-        )  # fmt: skip
+        try:
+            tier = pipe.enable_memory_budget(budget, device, **size)
+        except ValueError:
+            if free is None or budget >= free / GIB:
+                raise
+            budget = free / GIB  # the default cap fits no tier for this size: the free memory may
+            tier = pipe.enable_memory_budget(budget, device, **size)
     except ValueError as error:
         if free is None:
             raise ValueError(f"--memory-budget-gib: {error}") from None

@@ -10,7 +10,11 @@ streamed block's tensors (`tensor.data`) to its slot for the block's call and ba
 What a block streams (`_manifest`): all its parameters and buffers when it is streamed, and for every block the
 distilled LoRA factors attached to its linears while stage 2 applies them (`LORA_FACTOR_ATTRIBUTES`) when they are
 not on the device (the memory tiers keep them in pinned host memory). A prefetched slot whose manifest changed
-before its block ran (the LoRA applied or removed between two forwards) is copied again.
+before its block ran (the LoRA applied or removed between two forwards) is copied again, and so is one whose
+tensors changed in place through autograd-visible operations (`load_state_dict`, `copy_`: their version counter).
+Changes through `.data` (PEFT's `fuse_lora`, for one) are invisible to that check: the pipelines free the slots at
+the end of every stage (`slots_released_after`), so such changes between pipeline calls are safe; between two
+forwards of the transformer called directly, call `release_slots()` after changing the weights.
 
 The transformer calls `streamer.begin_forward()` at the start of each forward (which first moves the components
 registered with `offload_before_forward` back to the host: the memory tier's other components) and runs each
@@ -24,6 +28,8 @@ import contextlib
 from collections.abc import Iterable
 
 import torch
+from accelerate.hooks import ModelHook
+from accelerate.utils import send_to_device
 
 
 #: Attributes of a linear holding `(A, B, scale)` while a LoRA is applied to it: the distilled LoRA's
@@ -79,7 +85,10 @@ class BlockStreamer:
             raise ValueError(f"resident block indices {bad} out of range for {len(blocks)} blocks")
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be an int >= 1, got {slots!r}")
-        self.device = torch.device(device)
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.device = device
         self.resident = frozenset(resident)
         self.streamed = tuple(i for i in range(len(blocks)) if i not in resident)
         self.offload_before_forward: list = []
@@ -152,10 +161,18 @@ class BlockStreamer:
         for hook in self.offload_before_forward:
             hook.offload()
         here = self._transformer.device
-        if here.type != self.device.type or (here.index or 0) != (self.device.index or 0):
+        if here != self.device:
             raise ValueError(
                 f"the transformer streams its blocks to {self.device} but was moved to {here} (to() after the "
                 "memory tier): call its BlockStreamer's detach() before moving it, or load the pipeline again"
+            )
+        if torch.is_grad_enabled() and any(
+            p.requires_grad for idx in self.streamed[:1] for p in self._blocks[idx].parameters()
+        ):
+            raise ValueError(
+                "block streaming computes without autograd (a streamed block's weights are on the device only "
+                "during its call): run the transformer under torch.no_grad() / torch.inference_mode(), or "
+                "BlockStreamer.detach() to train"
             )
         dtype = self._transformer.dtype
         for idx in self.streamed[:1]:
@@ -250,9 +267,12 @@ class BlockStreamer:
     def _copy(self, slot: _Slot, idx: int, manifest, key) -> None:
         sizes = [_aligned(t.numel() * t.element_size()) for _, _, t in manifest]
         needed = sum(sizes)
+        compute = torch.cuda.current_stream(self.device) if self._cuda else None
         fresh = slot.buffer is None or slot.buffer.numel() < needed
         if fresh:  # allocated on the compute stream, which the copy stream then waits for
-            slot.buffer = None
+            if self._cuda and slot.buffer is not None and slot.loaded is not None:
+                compute.wait_event(slot.loaded)  # no copy still writes the old buffer once its memory is reused
+            slot.buffer, slot.views = None, []
             slot.buffer = torch.empty(needed, dtype=torch.uint8, device=self.device)
         views, offset = [], 0
         for (_, _, t), size in zip(manifest, sizes):
@@ -263,7 +283,7 @@ class BlockStreamer:
         with context:
             if self._cuda:
                 if fresh or slot.released is None:
-                    self._copy_stream.wait_stream(torch.cuda.current_stream(self.device))
+                    self._copy_stream.wait_stream(compute)
                 else:
                     self._copy_stream.wait_event(slot.released)
             for view, (_, _, t) in zip(views, manifest):
@@ -308,13 +328,42 @@ def slots_released_after(transformer: torch.nn.Module):
             streamer.release_slots()
 
 
+class TextComponentHook(ModelHook):
+    """Where a text component (`memory.TEXT_COMPONENTS`) of the stream tier lives: on the device from its use (its
+    forward, or a method under diffusers' `apply_forward_hook`) until the transformer's next forward or the use of
+    another text component of its group, on the host otherwise. An accelerate `ModelHook`, but not its
+    `CpuOffload`: diffusers would take that for model CPU offload (and re-apply model offload to the whole pipeline
+    around `load_lora_weights`)."""
+
+    def __init__(self, device: torch.device, group: list):
+        self.execution_device = device
+        self.group = group
+        self.module = None
+        group.append(self)
+
+    def init_hook(self, module):
+        self.module = module
+        return module.to("cpu")
+
+    def pre_forward(self, module, *args, **kwargs):
+        for other in self.group:
+            if other is not self:
+                other.offload()
+        module.to(self.execution_device)
+        return send_to_device(args, self.execution_device), send_to_device(kwargs, self.execution_device)
+
+    def offload(self) -> None:
+        if self.module is not None:
+            self.module.to("cpu")
+
+
 def enable_block_streaming(pipe, device, resident_blocks: int | None = None, slots: int = 2) -> BlockStreamer:
     """The memory tier "stream" on `pipe`: its transformer keeps `resident_blocks` blocks (spread evenly; None:
     all) and the transformer outside the blocks on `device` and streams the others from pinned host memory; the
-    text encoder and connectors (`memory.TEXT_COMPONENTS`, used once per call) get an accelerate offload hook that
-    brings them to `device` when they run, and back to the host when the transformer's next forward starts; the
-    other components (the distilled LoRA aside, which the caller places) go to `device`."""
-    from accelerate import cpu_offload_with_hook
+    text encoder and connectors (`memory.TEXT_COMPONENTS`, used once per call) get a `TextComponentHook` that brings
+    each to `device` when it runs (sending the other one home) and back to the host when the transformer's next
+    forward starts; the other components (the distilled LoRA aside, which the caller places) go to `device`."""
+    from accelerate.hooks import add_hook_to_module
 
     from .memory import TEXT_COMPONENTS
 
@@ -331,7 +380,7 @@ def enable_block_streaming(pipe, device, resident_blocks: int | None = None, slo
         if not isinstance(component, torch.nn.Module) or name in ("transformer", "distilled_lora"):
             continue
         if name in TEXT_COMPONENTS:
-            hooks.append(cpu_offload_with_hook(component, device)[1])
+            add_hook_to_module(component, TextComponentHook(device, hooks))
         else:
             component.to(device)
     streamer.attach()

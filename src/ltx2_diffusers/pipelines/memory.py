@@ -24,12 +24,13 @@ device, T = `lora_transient`):
 
 - resident: `W_transformer + W_others + W_unchained + L + max(A_stage_1, A_stage_2 + T, A_decode)`;
 - stream with K resident blocks: `W_transformer_outside_blocks + K * W_block + W_kept + max(STREAM_SLOTS *
-  (W_block + L / N) + max(A_stage_1, A_stage_2 + T), W_text, A_decode)` (N blocks; `W_text`: the text encoder and
-  connectors, on the device only from their use to the next transformer forward; `W_kept`: the other components
-  and `W_unchained`, resident; the slots are freed at the end of each stage); K is the largest that fits
-  (`stream_resident_blocks`).
-  Streaming costs about nothing on an H200 (the copy of a block, 15 ms at 49 GiB/s, hides under its 26 ms of
-  stage-1 compute: `benchmarks/block_streaming.py`), so the tier with a whole decode comes first;
+  (W_block + L / N) + max(A_stage_1, A_stage_2 + T), W_text, A_decode)`. N is the number of blocks; `W_text` the
+  larger of the text encoder and the connectors (each on the device only from its use to the other's, or to the
+  next transformer forward); `W_kept` the other components and `W_unchained` (resident). The slots are freed at
+  the end of each stage. K is the largest count that fits (`stream_resident_blocks`). Streaming costs at most
+  3.2 % per forward on an H200: a block's copy (15 ms at 49 GiB/s) hides under its 26 ms of stage-1 compute
+  (`benchmarks/block_streaming.py`). So the stream tier with a whole decode, even with no block resident, comes
+  before its tiled-decode variant and before the offloading tiers;
 - model: `L + W_unchained + max(largest chained W_other, W_transformer + max(A_stage_1, A_stage_2 + T,
   W_upsampler), W_vae + A_decode_tiled)` (each model of `model_cpu_offload_seq` is on the device only while it
   runs, except that the upsampler runs before the transformer leaves; models outside the chain stay once used);
@@ -61,7 +62,7 @@ from . import ltx2_stages as stages
 GIB = 2**30
 MEMORY_MARGIN = 0.1
 #: The CLI's budget on CUDA without `--memory-budget-gib` / `--offload`: at most this, or the free memory if less.
-#: Streaming blocks costs about nothing (module docstring), so the default holds the peak to the reference's
+#: Streaming blocks costs at most 3.2 % per forward (module docstring), so the default holds the peak to the reference's
 #: (ltx-pipelines 1.0 peaks at 40.4 GiB) instead of filling the GPU.
 DEFAULT_MEMORY_BUDGET_GIB = 40.0
 OFFLOAD_KINDS = ("none", "stream", "model", "group-block", "group-leaf")
@@ -105,7 +106,7 @@ class MemoryTier:
     def __str__(self) -> str:
         decode = "tiled decode" if self.tiled_decode else "whole decode"
         if self.offload == "stream":
-            kept = "as many blocks as fit" if self.resident_blocks is None else f"{self.resident_blocks} blocks"
+            kept = "K blocks (to choose)" if self.resident_blocks is None else f"{self.resident_blocks} blocks"
             return f"{self.name} ({kept} resident, the others streamed; {decode}, distilled LoRA streamed)"
         return f"{self.name} ({decode}, distilled LoRA on the {self.lora_location})"
 
@@ -166,7 +167,7 @@ def _stream_base(sizes: MemorySizes, tiled_decode: bool) -> int:
     """Peak bytes of a streaming tier besides its resident blocks (module docstring)."""
     stages_peak = max(sizes.stage_1, sizes.stage_2 + sizes.lora_transient)
     decode = sizes.decode_tiled if tiled_decode else sizes.decode
-    text = sum(v for k, v in sizes.others.items() if k in TEXT_COMPONENTS)
+    text = max((v for k, v in sizes.others.items() if k in TEXT_COMPONENTS), default=0)  # one at a time
     kept = sum(v for k, v in sizes.others.items() if k not in TEXT_COMPONENTS) + sizes.unchained
     slot = sizes.transformer_block + -(-sizes.lora // max(sizes.transformer_blocks, 1))
     return sizes.transformer_outside_blocks + kept + max(STREAM_SLOTS * slot + stages_peak, text, decode)

@@ -314,7 +314,7 @@ class LTX2A2VLoadingMixin:
         ```py
         >>> pipe = LTX2AudioToVideoPipeline.from_pretrained("path/to/converted", torch_dtype=torch.bfloat16)
         >>> tier = pipe.enable_memory_budget(24, "cuda", height=1024, width=1536, num_frames=121)
-        >>> tier.offload, tier.tiled_decode  # LTX-2.3 bf16: a dozen blocks resident, the others streamed
+        >>> tier.offload, tier.tiled_decode  # LTX-2.3 bf16, no text encoder: about a dozen blocks resident
         ('stream', True)
         ```"""
         from ..validation import check_frame_rate
@@ -347,6 +347,12 @@ class LTX2A2VLoadingMixin:
 
         if not isinstance(tier, MemoryTier):
             raise TypeError(f"tier must be a memory.MemoryTier, got {type(tier).__name__}")
+        if tier.offload == "stream" and tier.resident_blocks is None:
+            raise ValueError(
+                "tier.resident_blocks is None: a stream tier needs its count of resident blocks "
+                "(enable_memory_budget / memory.choose_memory_tier choose it, or dataclasses.replace(tier, "
+                "resident_blocks=K))"
+            )
         device = check_device(device)
         self._check_no_offload_hooks()
         if tier.tiled_decode and self.vae_tiling is None:  # the user's own tile sizes are kept
