@@ -6,6 +6,8 @@ compiled blocks run from the slots without recompiling per block."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from test_acceleration import dynamo, random_distilled_lora  # noqa: F401  (fixture)
@@ -327,3 +329,69 @@ def test_user_lora_loaded_after_the_stream_tier_keeps_the_placement():
     assert pipe.transformer._block_streamer is not None and pipe._memory_tier == tier
     streamed = pipe.transformer._block_streamer.streamed[0]
     assert any("lora_A" in name for name, _ in pipe.transformer.transformer_blocks[streamed].named_parameters())
+
+
+def test_stream_ordering_with_recorded_cuda_streams(monkeypatch):
+    """The CUDA ordering, recorded with stand-in streams and events on the CPU: a new slot's copy waits for the
+    compute stream (whose memory pool the slot comes from); a block waits for its slot's copy; a copy into a used
+    slot waits for the block that read it; freeing the slots waits for the copies in flight."""
+    log = []
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            log.append(("wait_stream", self.name, other.name))
+
+        def wait_event(self, event):
+            log.append(("wait_event", self.name, event.name))
+
+        def synchronize(self):
+            pass
+
+    class Event:
+        count = 0
+
+        def __init__(self):
+            Event.count += 1
+            self.name = f"event{Event.count}"
+
+        def record(self, stream):
+            log.append(("record", self.name, stream.name))
+
+    compute, copy = Stream("compute"), Stream("copy")
+    current = [compute]
+
+    @contextlib.contextmanager
+    def stream(s):
+        current[0], old = s, current[0]
+        try:
+            yield
+        finally:
+            current[0] = old
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[0])
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    model = tiny(num_layers=6)
+    expected = run(model)
+    streamer = BlockStreamer(model, "cpu", {0, 3}).attach()
+    streamer._cuda, streamer._copy_stream = True, copy
+    for _ in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(run(model), expected))
+    streamer.release_slots()
+
+    assert ("wait_stream", "copy", "copy") not in log
+    recorded = {name: stream for kind, name, stream in log if kind == "record"}
+    loaded = [name for name, s in recorded.items() if s == "copy"]
+    released = [name for name, s in recorded.items() if s == "compute"]
+    # the first copy into each of the two new slots waits for the compute stream
+    assert [entry for entry in log if entry[0] == "wait_stream"][:2] == [("wait_stream", "copy", "compute")] * 2
+    # every block reading a slot waited for that slot's copy (the last two copies prefetch the next forward)
+    waited = [name for kind, who, name in log if kind == "wait_event" and who == "compute"]
+    assert set(loaded[:-2]) <= set(waited)
+    # copies into used slots wait for the block that last read them, recorded on the compute stream
+    copy_waits = [name for kind, who, name in log if kind == "wait_event" and who == "copy"]
+    assert copy_waits and set(copy_waits) <= set(released)
+    assert log[-1] == ("wait_stream", "compute", "copy")  # release_slots: the copies in flight first
