@@ -357,7 +357,7 @@ class TextComponentHook(ModelHook):
             self.module.to("cpu")
 
 
-def enable_block_streaming(pipe, device, resident_blocks: int | None = None, slots: int = 2) -> BlockStreamer:
+def enable_block_streaming(pipe, device, resident_blocks: int | None = None) -> BlockStreamer:
     """The memory tier "stream" on `pipe`: its transformer keeps `resident_blocks` blocks (spread evenly; None:
     all) and the transformer outside the blocks on `device` and streams the others from pinned host memory; the
     text encoder and connectors (`memory.TEXT_COMPONENTS`, used once per call) get a `TextComponentHook` that brings
@@ -365,7 +365,7 @@ def enable_block_streaming(pipe, device, resident_blocks: int | None = None, slo
     forward starts; the other components (the distilled LoRA aside, which the caller places) go to `device`."""
     from accelerate.hooks import add_hook_to_module
 
-    from .memory import TEXT_COMPONENTS
+    from .memory import STREAM_SLOTS, TEXT_COMPONENTS
 
     device = torch.device(device)
     transformer = pipe.transformer
@@ -374,7 +374,8 @@ def enable_block_streaming(pipe, device, resident_blocks: int | None = None, slo
     if isinstance(kept, bool) or not isinstance(kept, int) or not 0 <= kept <= num_blocks:
         raise ValueError(f"resident_blocks must be an int in [0, {num_blocks}], got {resident_blocks!r}")
     streamed = set(spread_blocks(num_blocks, num_blocks - kept))
-    streamer = BlockStreamer(transformer, device, [i for i in range(num_blocks) if i not in streamed], slots=slots)
+    kept_blocks = [i for i in range(num_blocks) if i not in streamed]
+    streamer = BlockStreamer(transformer, device, kept_blocks, slots=STREAM_SLOTS)  # what the estimate counts
     hooks = []
     for name, component in pipe.components.items():
         if not isinstance(component, torch.nn.Module) or name in ("transformer", "distilled_lora"):
