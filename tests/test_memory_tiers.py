@@ -37,7 +37,11 @@ def tier(offload, lora="device", tiled=True):
 
 STREAM_WHOLE, STREAM_TILED = tier("stream", "host", False), tier("stream", "host", True)
 # Streaming tiers with blocks actually streamed (the templates keep all blocks resident when applied as they are).
-STREAMING = [replace(STREAM_WHOLE, resident_blocks=0), replace(STREAM_TILED, resident_blocks=1)]
+STREAMING = [
+    replace(STREAM_WHOLE, resident_blocks=0),
+    replace(STREAM_TILED, resident_blocks=1),
+    replace(STREAM_WHOLE, resident_blocks=1, text_offload="layers"),
+]
 
 
 TOL = 1e-5
@@ -102,9 +106,34 @@ def test_tier_table_full_size(budget, name, lora, resident, tiled):
     assert (tier.name, tier.lora_location, tier.resident_blocks, tier.tiled_decode) == (name, lora, resident, tiled)
 
 
+# With Gemma 3 as the text encoder (23 GiB in bf16; its largest leaf, the 262,144 x 3,840 embedding, 1.875 GiB):
+#   stream, text hooks   0.8 + 2.18 + max(8.52, 23, decode) = 25.98 + 0.8333 K (whole or tiled decode)
+#   stream, text layers  text = 0.01 + 2 x 1.875 = 3.76: whole 21.58 + 0.8333 K, tiled 11.50 + 0.8333 K
+FULL_GEMMA = replace(FULL, others={**FULL.others, "text_encoder": gib(23)}, others_leaf=gib(1.875))
+GEMMA_TABLE = [
+    (40, 12, False, "hook"),  # (36 - 25.98) / 0.8333 = 12.02
+    (30, 1, False, "hook"),  # 1.02 / 0.8333 = 1.2
+    (25, 1, False, "layers"),  # hooks: 22.5 < 25.98; layers: 0.92 / 0.8333 = 1.1 (before: group-block)
+    (16, 3, True, "layers"),  # 2.90 / 0.8333 = 3.5
+]
+
+
+@pytest.mark.parametrize("budget, resident, tiled, text", GEMMA_TABLE)
+def test_tier_table_with_a_text_encoder(budget, resident, tiled, text):
+    tier = choose_memory_tier(gib(budget), FULL_GEMMA)
+    assert (tier.offload, tier.resident_blocks, tier.tiled_decode, tier.text_offload) == (
+        "stream",
+        resident,
+        tiled,
+        text,
+    )
+
+
 def test_tier_peaks_full_size():
     peaks = [estimated_peak(tier, FULL) / GIB for tier in TIERS]
-    assert peaks == pytest.approx([69.47, 21.58, 11.50, 52.99, 46.80, 15.25, 9.06, 13.36, 7.17], abs=0.01)
+    assert peaks == pytest.approx(
+        [69.47, 21.58, 11.50, 21.58, 11.50, 52.99, 46.80, 15.25, 9.06, 13.36, 7.17], abs=0.01
+    )
     assert {tier.offload for tier in TIERS} == {"none", "stream", "model", "group-block", "group-leaf"}
     stream = choose_memory_tier(gib(40), FULL)
     assert estimated_peak(stream, FULL) / GIB == pytest.approx(21.58 + 17 * 40 / 48, abs=0.01)
@@ -359,6 +388,7 @@ def test_every_tier_gives_the_same_frames(setup, tier):
         streamer = pipe.transformer._block_streamer
         assert len(streamer.streamed) == pipe.transformer.config.num_layers - tier.resident_blocks
         assert set(memory.has_offload_hooks(pipe)) <= set(memory.TEXT_COMPONENTS)  # the others stay resident
+        assert _is_group_offload_enabled(pipe.connectors) == (tier.text_offload == "layers")
     if tier.offload != "none":
         assert memory.has_offload_hooks(pipe)
     for _ in range(2):  # the second call runs on the hooks diffusers re-applies after the first

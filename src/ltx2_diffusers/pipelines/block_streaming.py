@@ -357,15 +357,22 @@ class TextComponentHook(ModelHook):
             self.module.to("cpu")
 
 
-def enable_block_streaming(pipe, device, resident_blocks: int | None = None) -> BlockStreamer:
+def enable_block_streaming(
+    pipe, device, resident_blocks: int | None = None, text_offload: str = "hook"
+) -> BlockStreamer:
     """The memory tier "stream" on `pipe`: its transformer keeps `resident_blocks` blocks (spread evenly; None:
     all) and the transformer outside the blocks on `device` and streams the others from pinned host memory; the
     text encoder and connectors (`memory.TEXT_COMPONENTS`, used once per call) get a `TextComponentHook` that brings
     each to `device` when it runs (sending the other one home) and back to the host when the transformer's next
-    forward starts; the other components (the distilled LoRA aside, which the caller places) go to `device`."""
+    forward starts (`text_offload="layers"`: diffusers' leaf-level group offload instead, with a CUDA stream on
+    CUDA); the other components (the distilled LoRA aside, which the caller places) go to `device`."""
     from accelerate.hooks import add_hook_to_module
+    from diffusers.hooks import apply_group_offloading
 
-    from .memory import STREAM_SLOTS, TEXT_COMPONENTS
+    from .memory import STREAM_SLOTS, TEXT_COMPONENTS, TEXT_OFFLOADS
+
+    if text_offload not in TEXT_OFFLOADS:
+        raise ValueError(f"text_offload must be one of {TEXT_OFFLOADS}, got {text_offload!r}")
 
     device = torch.device(device)
     transformer = pipe.transformer
@@ -380,7 +387,13 @@ def enable_block_streaming(pipe, device, resident_blocks: int | None = None) -> 
     for name, component in pipe.components.items():
         if not isinstance(component, torch.nn.Module) or name in ("transformer", "distilled_lora"):
             continue
-        if name in TEXT_COMPONENTS:
+        if name in TEXT_COMPONENTS and text_offload == "layers":
+            component.to("cpu")
+            apply_group_offloading(
+                component, onload_device=device, offload_device=torch.device("cpu"), offload_type="leaf_level",
+                use_stream=device.type == "cuda",
+            )  # fmt: skip
+        elif name in TEXT_COMPONENTS:
             add_hook_to_module(component, TextComponentHook(device, hooks))
         else:
             component.to(device)

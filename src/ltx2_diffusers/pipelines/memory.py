@@ -14,7 +14,7 @@ Tiers, fastest first (`TIERS`):
 | tier | offload | decode | distilled LoRA |
 |---|---|---|---|
 | resident | none | whole | device |
-| stream | `BlockStreamer`: K blocks resident, the others streamed from pinned host memory; the text encoder and connectors on the device only from their use to the next transformer forward | whole, else tiled | host, streamed with its block |
+| stream | `BlockStreamer`: K blocks resident, the others streamed from pinned host memory; the text encoder and connectors on the device only from their use to the next transformer forward (or layer by layer) | whole, else tiled | host, streamed with its block |
 | model | `enable_model_cpu_offload` | tiled | device, then host |
 | group-block | block-level group offload, one block per group, CUDA stream | tiled | device, then host |
 | group-leaf | leaf-level group offload, CUDA stream | tiled | device, then host |
@@ -30,7 +30,9 @@ device, T = `lora_transient`):
   the end of each stage. K is the largest count that fits (`stream_resident_blocks`). Streaming costs at most
   3.2 % per forward on an H200: a block's copy (15 ms at 49 GiB/s) hides under its 26 ms of stage-1 compute
   (`benchmarks/block_streaming.py`). So the stream tier with a whole decode, even with no block resident, comes
-  before its tiled-decode variant and before the offloading tiers;
+  before its tiled-decode variant and before the offloading tiers. Its variants with `text_offload="layers"` count
+  `W_text = W_others_held_by_parents + 2 * W_largest_other_leaf` (leaf-level group offload of the text encoder and
+  connectors: for a text encoder, such as Gemma's 23 GiB, larger than the budget leaves);
 - model: `L + W_unchained + max(largest chained W_other, W_transformer + max(A_stage_1, A_stage_2 + T,
   W_upsampler), W_vae + A_decode_tiled)` (each model of `model_cpu_offload_seq` is on the device only while it
   runs, except that the upsampler runs before the transformer leaves; models outside the chain stay once used);
@@ -69,6 +71,9 @@ OFFLOAD_KINDS = ("none", "stream", "model", "group-block", "group-leaf")
 STREAM_SLOTS = 2  # device slots of a streaming transformer (one computes while the next is copied)
 #: Used once per call, before the denoising: a streaming tier brings them to the device for that only.
 TEXT_COMPONENTS = ("text_encoder", "connectors")
+#: How a stream tier places them: "hook" (each whole on the device from its use to the other's or the next
+#: transformer forward), "layers" (diffusers' leaf-level group offload: for a text encoder larger than the room).
+TEXT_OFFLOADS = ("hook", "layers")
 LORA_LOCATIONS = ("device", "host")
 # Video decoder activations, in tensors of its largest stage (see `decoder_activation_bytes`).
 DECODER_LIVE_TENSORS = 7
@@ -89,6 +94,7 @@ class MemoryTier:
     tiled_decode: bool
     lora_location: str = "device"
     resident_blocks: int | None = None
+    text_offload: str = "hook"
 
     def __post_init__(self):
         if self.offload not in OFFLOAD_KINDS:
@@ -102,12 +108,17 @@ class MemoryTier:
             or not isinstance(self.resident_blocks, int) or self.resident_blocks < 0
         ):  # fmt: skip
             raise ValueError(f"resident_blocks is a count >= 0 of a streaming tier, got {self.resident_blocks!r}")
+        if self.text_offload not in TEXT_OFFLOADS or (self.text_offload != "hook" and self.offload != "stream"):
+            raise ValueError(
+                f"text_offload is one of {TEXT_OFFLOADS} (layers: stream tiers only), got {self.text_offload!r}"
+            )
 
     def __str__(self) -> str:
         decode = "tiled decode" if self.tiled_decode else "whole decode"
         if self.offload == "stream":
             kept = "K blocks (to choose)" if self.resident_blocks is None else f"{self.resident_blocks} blocks"
-            return f"{self.name} ({kept} resident, the others streamed; {decode}, distilled LoRA streamed)"
+            text = "; text encoder and connectors offloaded layer by layer" if self.text_offload == "layers" else ""
+            return f"{self.name} ({kept} resident, the others streamed; {decode}, distilled LoRA streamed{text})"
         return f"{self.name} ({decode}, distilled LoRA on the {self.lora_location})"
 
 
@@ -115,6 +126,8 @@ TIERS = (
     MemoryTier("resident", "none", tiled_decode=False),
     MemoryTier("stream", "stream", tiled_decode=False, lora_location="host"),
     MemoryTier("stream", "stream", tiled_decode=True, lora_location="host"),
+    MemoryTier("stream", "stream", tiled_decode=False, lora_location="host", text_offload="layers"),
+    MemoryTier("stream", "stream", tiled_decode=True, lora_location="host", text_offload="layers"),
     MemoryTier("model", "model", tiled_decode=True),
     MemoryTier("model", "model", tiled_decode=True, lora_location="host"),
     MemoryTier("group-block", "group-block", tiled_decode=True),
@@ -163,19 +176,23 @@ class MemorySizes:
                     raise ValueError(f"MemorySizes.{name} must hold byte counts (ints >= 0), got {value!r}")
 
 
-def _stream_base(sizes: MemorySizes, tiled_decode: bool) -> int:
+def _stream_base(sizes: MemorySizes, tiled_decode: bool, text_layers: bool = False) -> int:
     """Peak bytes of a streaming tier besides its resident blocks (module docstring)."""
     stages_peak = max(sizes.stage_1, sizes.stage_2 + sizes.lora_transient)
     decode = sizes.decode_tiled if tiled_decode else sizes.decode
     text = max((v for k, v in sizes.others.items() if k in TEXT_COMPONENTS), default=0)  # one at a time
+    if text_layers:  # leaf-level group offload: two leaves (one computes, the next is copied) and the parents
+        text = sizes.others_held_by_parents + 2 * sizes.others_leaf
     kept = sum(v for k, v in sizes.others.items() if k not in TEXT_COMPONENTS) + sizes.unchained
     slot = sizes.transformer_block + -(-sizes.lora // max(sizes.transformer_blocks, 1))
     return sizes.transformer_outside_blocks + kept + max(STREAM_SLOTS * slot + stages_peak, text, decode)
 
 
-def stream_resident_blocks(budget_bytes: float, sizes: MemorySizes, tiled_decode: bool) -> int | None:
+def stream_resident_blocks(
+    budget_bytes: float, sizes: MemorySizes, tiled_decode: bool, text_layers: bool = False
+) -> int | None:
     """The most blocks a streaming tier keeps resident within `budget_bytes` (None: not even with none)."""
-    room = budget_bytes - _stream_base(sizes, tiled_decode)
+    room = budget_bytes - _stream_base(sizes, tiled_decode, text_layers)
     if room < 0:
         return None
     if sizes.transformer_block == 0:
@@ -191,7 +208,8 @@ def estimated_peak(tier: MemoryTier, sizes: MemorySizes) -> int:
     decode = sizes.decode_tiled if tier.tiled_decode else sizes.decode
     others = dict(sizes.others)
     if tier.offload == "stream":
-        return _stream_base(sizes, tier.tiled_decode) + (tier.resident_blocks or 0) * sizes.transformer_block
+        base = _stream_base(sizes, tier.tiled_decode, tier.text_offload == "layers")
+        return base + (tier.resident_blocks or 0) * sizes.transformer_block
     if tier.offload == "none":
         weights = sizes.transformer + sum(others.values()) + sizes.unchained
         return weights + lora + max(stages_peak, decode)
@@ -223,7 +241,7 @@ def choose_memory_tier(
     usable = budget_bytes * (1 - margin)
     for tier in TIERS:
         if tier.offload == "stream" and tier.resident_blocks is None:
-            resident = stream_resident_blocks(usable, sizes, tier.tiled_decode)
+            resident = stream_resident_blocks(usable, sizes, tier.tiled_decode, tier.text_offload == "layers")
             if resident is not None:
                 return replace(tier, resident_blocks=resident)
             continue

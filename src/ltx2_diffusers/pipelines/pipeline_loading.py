@@ -361,7 +361,7 @@ class LTX2A2VLoadingMixin:
             self.to(device)
         elif tier.offload == "stream":
             place_distilled_lora(self.distilled_lora, tier.lora_location, device)
-            enable_block_streaming(self, device, tier.resident_blocks)
+            enable_block_streaming(self, device, tier.resident_blocks, tier.text_offload)
         elif tier.offload == "model":
             if tier.lora_location == "host":  # hooked like a model outside the chain: it stays on the host
                 self._exclude_from_cpu_offload = [n for n in self._exclude_from_cpu_offload if n != "distilled_lora"]
