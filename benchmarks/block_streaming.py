@@ -67,7 +67,6 @@ def main(argv=None):
     parser.add_argument("--slots", default="2", help="slot counts to time (comma-separated)")
     parser.add_argument("--lora-rank", type=int, default=384)
     args = parser.parse_args(argv)
-    from ltx2_diffusers.models.perturbations import shared_prefixes  # noqa: F401  (import check)
     from ltx2_diffusers.pipelines.block_streaming import BlockStreamer, spread_blocks
     from ltx2_diffusers.pipelines.memory import place_distilled_lora
 
