@@ -1,0 +1,182 @@
+"""Where the GPU time of one transformer forward and of one video decode goes: kernels by category.
+
+Random full-width LTX-2.3 blocks (`--layers`, default 8), bf16 and (with `--fp8`) fp8 scaled matmuls, compiled
+regionally as the pipeline does on CUDA. Stage 1: one batched forward of the four guidance passes at 6,144 video
+tokens (STG sharing the conditional prefix); stage 2: one batch-1 forward at 24,576 tokens with a random rank-384
+distilled LoRA. Each forward runs under `torch.profiler`; kernels are summed by category (matmul, attention,
+fused elementwise, copies, other) and the largest are listed. With `--decode`, the full-size video VAE decodes a
+121 x 1024 x 1536 latent in its default layout and in `channels_last_3d`, each with and without
+`torch.backends.cudnn.benchmark` (time, peak, max |Δ| against the default).
+Prints tables and one JSON line.
+
+    python benchmarks/profile_forward.py --layers 8 --fp8 --decode
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import pathlib
+import sys
+
+import torch
+
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from attention_backends import event_median, stage_1, stage_2  # noqa: E402
+from block_streaming import random_lora  # noqa: E402
+from transformer_step import build_models, make_inputs  # noqa: E402
+
+
+CATEGORIES = (  # first match wins; lower-case substrings of the kernel name
+    ("attention", ("fmha", "flash", "attention", "cudnn", "sdpa")),
+    ("matmul", ("gemm", "xmma", "cutlass", "nvjet", "scaled_mm", "f8f8", "sm90")),
+    ("copy", ("memcpy", "memset", "copy_")),
+    ("fused elementwise", ("triton",)),
+)
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    for label, needles in CATEGORIES:
+        if any(n in low for n in needles):
+            return label
+    return "other"
+
+
+def profile(fn, top: int) -> dict:
+    """GPU kernel time of one call of `fn` (after a warm-up call), by category and the `top` largest kernels."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    fn()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kernels: dict[str, float] = collections.Counter()
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[event.name] += event.device_time_total / 1000  # ms
+    by_category: dict[str, float] = collections.Counter()
+    for name, ms in kernels.items():
+        by_category[category(name)] += ms
+    largest = sorted(kernels.items(), key=lambda kv: -kv[1])[:top]
+    return {"total_ms": sum(kernels.values()), "by_category": dict(by_category),
+            "largest": [(name[:110], ms) for name, ms in largest]}  # fmt: skip
+
+
+def print_profile(label: str, row: dict) -> None:
+    total = row["total_ms"]
+    print(f"\n{label}: wall {row['wall_ms']:.1f} ms, kernels {total:.1f} ms")
+    for name, ms in sorted(row["by_category"].items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<18s} {ms:9.2f} ms {100 * ms / total:5.1f} %")
+    for name, ms in row["largest"]:
+        print(f"    {ms:8.2f} ms  {name}")
+
+
+def transformer_rows(args) -> dict:
+    from ltx2_diffusers.loaders.fp8 import enable_fp8_scaled_mm
+    from ltx2_diffusers.pipelines.memory import place_distilled_lora
+
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    stg_block = args.layers // 2
+    reference, model, theirs = build_models(args.layers, device, dtype, seed=0)
+    del reference, theirs
+    torch.cuda.empty_cache()
+    model.eval()
+    lora = random_lora(model, 384, device)
+    place_distilled_lora(lora, "device", device)
+    shapes = {
+        "stage_1": make_inputs(6144, 126, 1024, device, dtype, seed=1),
+        "stage_2": make_inputs(24576, 126, 1024, device, dtype, seed=2),
+    }
+    model.compile_repeated_blocks(fullgraph=True)
+
+    def forward(shape):
+        if shape == "stage_1":
+            return stage_1(model, shapes[shape], stg_block)
+        with lora.applied(model, 1.0):
+            return stage_2(model, shapes[shape])
+
+    rows = {}
+    for mode in ("bf16", "fp8") if args.fp8 else ("bf16",):
+        if mode == "fp8":
+            enable_fp8_scaled_mm(model, granularity="row")
+        for shape in shapes:
+            with torch.no_grad():
+                row = profile(lambda shape=shape: forward(shape), args.top)
+                row["wall_ms"] = event_median(lambda shape=shape: forward(shape), args.repeats)
+            rows[f"{mode}_{shape}"] = row
+            print_profile(f"{mode} {shape} ({args.layers} blocks)", row)
+    return rows
+
+
+def decode_rows(args) -> dict:
+    from convert_memory import full_width_config
+    from diffusers import AutoencoderKLLTX2Video
+
+    from ltx2_diffusers.loaders.single_file_video_vae import video_vae_config_from_original
+
+    config = video_vae_config_from_original(full_width_config(1, 1))
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        vae = AutoencoderKLLTX2Video(**config).to(torch.bfloat16).eval()
+    latent = torch.randn(1, 128, 16, 32, 48, device="cuda", dtype=torch.bfloat16)
+    temb = torch.full((1,), 0.05, device="cuda", dtype=torch.bfloat16)
+    rows, base = {}, None
+    for layout in ("default", "cudnn_benchmark", "channels_last_3d", "channels_last_3d+cudnn_benchmark"):
+        z = latent
+        torch.backends.cudnn.benchmark = layout.endswith("cudnn_benchmark")
+        if layout.startswith("channels_last_3d"):
+            vae.to(memory_format=torch.channels_last_3d)
+            z = latent.contiguous(memory_format=torch.channels_last_3d)
+
+        def decode(z=z):
+            return vae.decode(z, temb=temb, return_dict=False)[0]
+
+        with torch.no_grad():
+            out = decode().float()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            row = profile(decode, args.top)
+            row["wall_ms"] = event_median(decode, max(args.repeats // 2, 2), warmup=1)
+            row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        base = out if base is None else base
+        row["max_abs_vs_default"] = (out - base).abs().max().item()
+        del out
+        rows[f"decode_{layout}"] = row
+        print_profile(f"decode {layout} (peak {row['peak_gib']:.2f} GiB, max|d| {row['max_abs_vs_default']:.3g})", row)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--top", type=int, default=14, help="largest kernels listed per profile")
+    parser.add_argument("--fp8", action="store_true", help="also profile fp8 scaled matmuls")
+    parser.add_argument("--decode", action="store_true", help="also profile the full-size video decode")
+    parser.add_argument("--no-transformer", action="store_true")
+    args = parser.parse_args(argv)
+    rows = {} if args.no_transformer else transformer_rows(args)
+    if args.decode:
+        rows.update(decode_rows(args))
+    print("\n| profile | wall ms | kernels ms | " + " | ".join(c for c, _ in CATEGORIES) + " | other |")
+    for label, row in rows.items():
+        cats = [row["by_category"].get(c, 0.0) for c, _ in CATEGORIES] + [row["by_category"].get("other", 0.0)]
+        print(
+            f"| {label} | {row['wall_ms']:.1f} | {row['total_ms']:.1f} | "
+            + " | ".join(f"{c:.1f}" for c in cats)
+            + " |"
+        )
+    result = {"benchmark": "profile_forward", "layers": args.layers, "device": torch.cuda.get_device_name(),
+              "torch": torch.__version__, "rows": rows}  # fmt: skip
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
