@@ -5,8 +5,8 @@ regionally as the pipeline does on CUDA. Stage 1: one batched forward of the fou
 tokens (STG sharing the conditional prefix); stage 2: one batch-1 forward at 24,576 tokens with a random rank-384
 distilled LoRA. Each forward runs under `torch.profiler`; kernels are summed by category (matmul, attention,
 fused elementwise, copies, other) and the largest are listed. With `--decode`, the full-size video VAE decodes a
-121 x 1024 x 1536 latent in its default layout and in `channels_last_3d`, each with and without
-`torch.backends.cudnn.benchmark` (time, peak, max |Δ| against the default).
+121 x 1024 x 1536 latent through `vae.decode` and through the channels-last walk of `models.video_vae_decode`
+(`--decode-layouts`; time, peak, max |Δ| against the first).
 Prints tables and one JSON line.
 
     python benchmarks/profile_forward.py --layers 8 --fp8 --decode
@@ -119,6 +119,7 @@ def decode_rows(args) -> dict:
     from diffusers import AutoencoderKLLTX2Video
 
     from ltx2_diffusers.loaders.single_file_video_vae import video_vae_config_from_original
+    from ltx2_diffusers.models.video_vae_decode import decode_channels_last
 
     config = video_vae_config_from_original(full_width_config(1, 1))
     torch.manual_seed(0)
@@ -127,28 +128,31 @@ def decode_rows(args) -> dict:
     latent = torch.randn(1, 128, 16, 32, 48, device="cuda", dtype=torch.bfloat16)
     temb = torch.full((1,), 0.05, device="cuda", dtype=torch.bfloat16)
     rows, base = {}, None
-    for layout in ("default", "cudnn_benchmark", "channels_last_3d", "channels_last_3d+cudnn_benchmark"):
-        z = latent
-        torch.backends.cudnn.benchmark = layout.endswith("cudnn_benchmark")
-        if layout.startswith("channels_last_3d"):
+    for layout in args.decode_layouts.split(","):
+        torch.backends.cudnn.benchmark = layout.endswith("+cudnn_benchmark")
+        if layout.startswith("module_channels_last_3d"):  # the modules' own forwards on channels-last tensors
             vae.to(memory_format=torch.channels_last_3d)
-            z = latent.contiguous(memory_format=torch.channels_last_3d)
+        else:
+            vae.to(memory_format=torch.contiguous_format)
+        z = latent.contiguous(memory_format=torch.channels_last_3d) if layout.startswith("module_") else latent
 
-        def decode(z=z):
+        def decode(z=z, walk=layout.startswith("walk")):
+            if walk:
+                return decode_channels_last(vae, z, temb)
             return vae.decode(z, temb=temb, return_dict=False)[0]
 
         with torch.no_grad():
-            out = decode().float()
+            out = decode().float().cpu()  # on the host: not in the next layout's peak
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             row = profile(decode, args.top)
             row["wall_ms"] = event_median(decode, max(args.repeats // 2, 2), warmup=1)
             row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         base = out if base is None else base
-        row["max_abs_vs_default"] = (out - base).abs().max().item()
+        row["max_abs_vs_first"] = (out - base).abs().max().item()
         del out
         rows[f"decode_{layout}"] = row
-        print_profile(f"decode {layout} (peak {row['peak_gib']:.2f} GiB, max|d| {row['max_abs_vs_default']:.3g})", row)
+        print_profile(f"decode {layout} (peak {row['peak_gib']:.2f} GiB, max|d| {row['max_abs_vs_first']:.3g})", row)
     return rows
 
 
@@ -159,6 +163,9 @@ def main(argv=None):
     parser.add_argument("--top", type=int, default=14, help="largest kernels listed per profile")
     parser.add_argument("--fp8", action="store_true", help="also profile fp8 scaled matmuls")
     parser.add_argument("--decode", action="store_true", help="also profile the full-size video decode")
+    parser.add_argument("--decode-layouts", default="default,walk", help="comma list of: default (vae.decode), walk "
+                        "(models.video_vae_decode), module_channels_last_3d (vae.decode on channels-last modules); "
+                        "each may end in +cudnn_benchmark")  # fmt: skip
     parser.add_argument("--no-transformer", action="store_true")
     args = parser.parse_args(argv)
     rows = {} if args.no_transformer else transformer_rows(args)

@@ -16,6 +16,7 @@ from ..guidance import MultiModalGuidance
 from ..loaders.lora import LTX2AVLoraLoaderMixin
 from ..loaders.lora_fusion import reference_lora_arithmetic
 from ..loaders.model_variant import check_model_variant
+from ..models.video_vae_decode import channels_last_decode_supported, decode_channels_last
 from ..models.video_vae_tiling import tiled_decode
 from ..schedules import DISTILLED_SIGMAS, STAGE_2_DISTILLED_SIGMAS, _check_table, ltx2_sigmas, set_scheduler_sigmas
 from . import ltx2_stages as stages
@@ -446,7 +447,21 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
             noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
             latents = noise.to(latents.device) * self.DECODE_NOISE_SCALE + (1.0 - self.DECODE_NOISE_SCALE) * latents
             temb = torch.full((latents.shape[0],), self.DECODE_TIMESTEP, device=latents.device, dtype=latents.dtype)
-        return self.vae.decode(self.denormalize_latents(latents), temb=temb, return_dict=False)[0]
+        latents = self.denormalize_latents(latents)
+        if self._channels_last_decode(latents):
+            return decode_channels_last(self.vae, latents, temb)
+        return self.vae.decode(latents, temb=temb, return_dict=False)[0]
+
+    #: Devices where the decode walks the VAE's decoder channels-last (`models.video_vae_decode`: the same modules
+    #: and ops without cuDNN's layout transposes; measured on CUDA only). Not under `reference_arithmetic`.
+    CHANNELS_LAST_DECODE_DEVICES = ("cuda",)
+
+    def _channels_last_decode(self, latents: torch.Tensor) -> bool:
+        return (
+            latents.device.type in self.CHANNELS_LAST_DECODE_DEVICES
+            and not getattr(self, "_reference_arithmetic", False)
+            and channels_last_decode_supported(self.vae)
+        )
 
     def decode_audio(self, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
         """`(waveform [channels, samples] float32 on CPU, sample rate)` of normalised audio latent tokens: the
