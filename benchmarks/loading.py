@@ -3,7 +3,7 @@
     python benchmarks/loading.py                   # full width, 4 blocks, 1 connector block: 8.6 GB file, 10.1 GB folder
     python benchmarks/loading.py --layers 2 --repeats 2 --sides ours
     python benchmarks/loading.py --tiny            # tests/factories.py's tiny checkpoint, seconds
-    python benchmarks/loading.py --device cuda     # 8 blocks, 2 repeats: 11.7 GB file, 13.2 GB folder
+    python benchmarks/loading.py --device cuda     # 8 blocks, 2 repeats: 11.7 GB file, 13.8 GB folder
 
 Builds, in a temporary folder on local disk (removed afterwards unless `--keep`), an LTX-2.3 single-file checkpoint
 at the released widths for every component (benchmarks/convert_memory.py's `full_width_config`: 32 x 128 heads, text
@@ -66,10 +66,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 CHUNK = 64 << 20
 HEIGHT, WIDTH, NUM_FRAMES, FRAME_RATE, RATE, CONTEXT_TOKENS = 64, 64, 9, 24.0, 16000, 32
 SIDES = ("ours", "ours-resident", "reference")  # and "ours@GIB": ours placed for a budget of GIB
-DEFAULTS = {  # per --device: layers, repeats, sides
-    "cpu": (4, 3, "ours,reference"),
-    "cuda": (8, 2, "ours,ours-resident,reference"),
-}
+DEFAULTS = {"cpu": (4, 3, "ours,reference"), "cuda": (8, 2, "ours,ours-resident,reference")}  # layers, repeats, sides
 
 
 def log(message: str) -> None:
@@ -128,6 +125,16 @@ def resident_fraction(paths: list[pathlib.Path]) -> float:
         finally:
             os.close(fd)
     return resident / max(total, 1)
+
+
+def filesystem_type(path: pathlib.Path) -> str:
+    """The type of the file system holding `path` (the longest mount point above it in /proc/mounts)."""
+    path, best = str(path.resolve()).rstrip("/") + "/", ("", "")
+    for line in pathlib.Path("/proc/mounts").read_text().splitlines():
+        _, mount, kind = line.split()[:3]
+        if path.startswith(mount.rstrip("/") + "/") and len(mount) >= len(best[0]):
+            best = (mount, kind)
+    return best[1]
 
 
 def read_all(paths: list[pathlib.Path], buffer: bytearray) -> tuple[int, float]:
@@ -481,7 +488,7 @@ def main(argv=None) -> dict:
     args.repeats = repeats if args.repeats is None else args.repeats
     sides = [s for s in (args.sides or default_sides).split(",") if s]
     if not sides or not all(s in SIDES or re.fullmatch(r"ours@\d+(\.\d+)?", s) and budget_of(s) > 0 for s in sides):
-        parser.error(f"--sides: comma-separated from {SIDES}, got {args.sides!r}")
+        parser.error(f"--sides: comma-separated from {SIDES} or ours@GIB (GIB > 0), got {args.sides!r}")
     if args.repeats < 1 or args.layers < 1 or args.connector_layers < 1:
         parser.error("--repeats, --layers and --connector-layers must be at least 1")
     if args.lora_rank is None:
@@ -492,6 +499,8 @@ def main(argv=None) -> dict:
         parser.error("--device cuda: torch sees no CUDA device")
 
     parent = pathlib.Path(args.workdir or tempfile.gettempdir())
+    if filesystem_type(parent) in ("tmpfs", "ramfs"):
+        raise SystemExit(f"{parent} is in memory ({filesystem_type(parent)}): no eviction there; --workdir on a disk")
     if not args.tiny:
         estimate = estimate_bytes(args.layers, args.connector_layers)
         need = int(2.4 * estimate)  # the originals + the converted folder, the upsampler and LoRA, a margin
@@ -561,33 +570,17 @@ def main(argv=None) -> dict:
         if side == "reference":
             ends += f", {result['reference_ratio_to_single_file_read']:.2f} x single-file read"
         rows.append((f"{side}: first forward ends", ends))
+    shares = (f"{s} {100 * result['read_share_at_first_step'][s]:.0f}% of {result['source_bytes'][s] / gb:.2f} GB"
+              for s in sides)  # fmt: skip
+    mapped = "" if cuda else ": weights are memory-mapped, read when touched"
     rows.append(
-        (
-            "read before the first step",
-            ", ".join(
-                f"{side} {100 * result['read_share_at_first_step'][side]:.0f}% of "
-                f"{result['source_bytes'][side] / gb:.2f} GB"
-                for side in sides
-            )
-            + " (pages cached when the first forward ended"
-            + ("" if cuda else ": weights are memory-mapped, read when touched")
-            + ")",
-        )
+        ("read before the first step", f"{', '.join(shares)} (pages cached when the first forward ended{mapped})")
     )
-    rows.append(
-        (
-            "paired ratios",
-            ", ".join(f"{side} {result[f'{side}_ratio_to_read_paired']:.2f} x" for side in sides)
-            + " (median over repeats of load / folder read of the same repeat)",
-        )
-    )
-    rows.append(
-        (
-            "eviction",
-            f"max {100 * result['max_resident_after_eviction']:.2f}% of pages resident after DONTNEED; "
-            + ("ok" if result["eviction_ok"] else "PROBABLY FAILED (cold read as fast as warm, or pages resident)"),
-        )
-    )
+    paired = ", ".join(f"{side} {result[f'{side}_ratio_to_read_paired']:.2f} x" for side in sides)
+    rows.append(("paired ratios", f"{paired} (median over repeats of load / folder read of the same repeat)"))
+    evicted = "ok" if result["eviction_ok"] else "PROBABLY FAILED (cold read as fast as warm, or pages resident)"
+    resident = 100 * result["max_resident_after_eviction"]
+    rows.append(("eviction", f"max {resident:.2f}% of pages resident after DONTNEED; {evicted}"))
     on = f", on {result['device_name']}" if cuda else ""
     rows.append(("medians of", f"{result['repeats']} runs each, {os.cpu_count()} CPU cores, bf16{on}"))
     width = max(len(r[0]) for r in rows)
