@@ -3,6 +3,7 @@
     python benchmarks/loading.py                   # full width, 4 blocks, 1 connector block: 8.6 GB file, 10.1 GB folder
     python benchmarks/loading.py --layers 2 --repeats 2 --sides ours
     python benchmarks/loading.py --tiny            # tests/factories.py's tiny checkpoint, seconds
+    python benchmarks/loading.py --device cuda     # 8 blocks, 2 repeats: 11.7 GB file, 13.8 GB folder
 
 Builds, in a temporary folder on local disk (removed afterwards unless `--keep`), an LTX-2.3 single-file checkpoint
 at the released widths for every component (benchmarks/convert_memory.py's `full_width_config`: 32 x 128 heads, text
@@ -28,8 +29,18 @@ folder. Then, `--repeats` times, each measurement after `os.sync()` and `posix_f
 are read from disk only when the first forward touches them; ending at the forward's start would not count them.
 The forward itself is cheap at this size (a few tokens; weight-bound).
 
-Reported: medians over the repeats, ratios to the read floor (ours / folder read, reference / folder read and
-reference / single-file read). Prints a table and one JSON line (`--json PATH` also writes it).
+`--device cuda` (defaults: 8 blocks, 2 repeats, sides ours, ours-resident, reference): both children make their
+CUDA context before the clock starts and synchronise before reading it. "ours" places the pipeline after
+`from_pretrained` as the CLI does by default (`cli_running.apply_memory_tier`: the free GPU memory, at most
+`memory.DEFAULT_MEMORY_BUDGET_GIB`, for this call's size; the tier is reported); "ours@GIB" for a budget of GIB;
+"ours-resident" calls `pipe.to(device)` instead; ours run eager (`set_transformer_acceleration(compile=False)`: the
+CLI's default compiles the blocks at the first call, a cost that is not loading). The reference is built with
+`device=cuda` (its ledger reads each model straight onto the GPU). On the CPU, "ours@GIB" and "ours-resident"
+run the same placement code (a dry run of the CUDA path; "ours" is not placed there).
+
+Reported: medians over the repeats, ratios to the read floor (each side / folder read, reference / single-file
+read). Prints a table and one JSON line (`--json PATH` also writes it); progress goes to stderr. `--time-limit-s`
+stops repeating when one more repeat would end past the limit (counted from the start; at least one repeat runs).
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import ctypes
 import json
 import os
 import pathlib
+import re
 import shutil
 import statistics
 import subprocess
@@ -53,7 +65,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 CHUNK = 64 << 20
 HEIGHT, WIDTH, NUM_FRAMES, FRAME_RATE, RATE, CONTEXT_TOKENS = 64, 64, 9, 24.0, 16000, 32
-SIDES = ("ours", "reference")
+SIDES = ("ours", "ours-resident", "reference")  # and "ours@GIB": ours placed for a budget of GIB
+DEFAULTS = {"cpu": (4, 3, "ours,reference"), "cuda": (8, 2, "ours,ours-resident,reference")}  # layers, repeats, sides
+
+
+def log(message: str) -> None:
+    print(f"[loading {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -110,6 +127,16 @@ def resident_fraction(paths: list[pathlib.Path]) -> float:
     return resident / max(total, 1)
 
 
+def filesystem_type(path: pathlib.Path) -> str:
+    """The type of the file system holding `path` (the longest mount point above it in /proc/mounts)."""
+    path, best = str(path.resolve()).rstrip("/") + "/", ("", "")
+    for line in pathlib.Path("/proc/mounts").read_text().splitlines():
+        _, mount, kind = line.split()[:3]
+        if path.startswith(mount.rstrip("/") + "/") and len(mount) >= len(best[0]):
+            best = (mount, kind)
+    return best[1]
+
+
 def read_all(paths: list[pathlib.Path], buffer: bytearray) -> tuple[int, float]:
     """(bytes, seconds) to read every byte of `paths` in `CHUNK` pieces into `buffer`."""
     view = memoryview(buffer)
@@ -163,18 +190,36 @@ class FirstStep(Exception):
     """Raised by the transformer's forward hook: the first stage-1 forward has run."""
 
 
-def _marking_hooks(marks: dict, applies=lambda module: True):
+def _clock(device: str) -> float:
+    """`perf_counter()` once the device's queued work is done (CUDA kernels and copies run asynchronously)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def _ready(device: str) -> None:
+    """The CUDA context made before the clock starts (the same for both sides; not loading)."""
+    if device == "cuda":
+        import torch
+
+        torch.empty(1, device=device)
+        torch.cuda.synchronize()
+
+
+def _marking_hooks(marks: dict, device: str, applies=lambda module: True):
     """A forward pre-hook and a forward hook: the first marks `forward_start`, the second `forward_end` and
     stops the call. Ending at the forward's end (not its start) counts weights that are read lazily (memory-mapped
     files) when the forward first touches them."""
 
     def pre(module, args):
-        if applies(module):
-            marks.setdefault("forward_start", time.perf_counter())
+        if applies(module) and "forward_start" not in marks:
+            marks["forward_start"] = _clock(device)
 
     def post(module, args, output):
         if applies(module):
-            marks["forward_end"] = time.perf_counter()
+            marks["forward_end"] = _clock(device)
             raise FirstStep
 
     return pre, post
@@ -201,19 +246,53 @@ def _dims(transformer_config: dict) -> tuple[int, int]:
     ]
 
 
-def child_ours(folder: str) -> dict:
+def budget_of(side: str) -> float | None:
+    """The GiB of an "ours@GIB" side (None for the others)."""
+    return float(side[len("ours@") :]) if side.startswith("ours@") else None
+
+
+def place(pipe, side: str, device: str, budget_gib: float | None) -> str:
+    """Placement of side "ours": the CLI's default (`cli_running.apply_memory_tier` with no `--offload`: the free CUDA
+    memory, at most `memory.DEFAULT_MEMORY_BUDGET_GIB`, or `budget_gib`, for this call's size); "ours-resident":
+    `pipe.to(device)`. Returns the placement in words."""
+    import argparse
+
+    import torch
+
+    from ltx2_diffusers.cli_common import _OffloadDefault
+    from ltx2_diffusers.cli_running import apply_memory_tier
+
+    if side == "ours-resident":
+        pipe.to(device)
+        return f"pipe.to({device!r})"
+    args = argparse.Namespace(
+        memory_budget_gib=budget_gib, offload=_OffloadDefault("none"), context_parallel=None, height=HEIGHT,
+        width=WIDTH, num_frames=NUM_FRAMES, frame_rate=FRAME_RATE, stage_2=True, reference_arithmetic=False,
+        guidance_batch_size=None,
+    )  # fmt: skip
+    if not apply_memory_tier(pipe, args, torch.device(device)):
+        raise RuntimeError(f"no memory tier applies on {device} without a budget (the CLI places nothing there)")
+    return str(pipe._memory_tier)
+
+
+def child_ours(side: str, device: str, folder: str, budget_gib: float | None = None) -> dict:
     import torch
 
     from ltx2_diffusers import LTX2AudioToVideoPipeline, MultiModalGuidance
 
     config = json.loads((pathlib.Path(folder) / "transformer" / "config.json").read_text())
     positive, negative, waveform = _inputs(*_dims(config))
-    marks = {}
+    marks, placement = {}, None
 
-    pre, post = _marking_hooks(marks)
-    start = time.perf_counter()
+    pre, post = _marking_hooks(marks, device)
+    _ready(device)
+    start = _clock(device)
     pipe = LTX2AudioToVideoPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16)
-    marks["loaded"] = time.perf_counter()
+    marks["load"] = _clock(device)
+    pipe.set_transformer_acceleration(compile=False)  # the CLI compiles at the first call on CUDA: not loading
+    if device != "cpu" or side != "ours" or budget_gib is not None:
+        placement = place(pipe, side, device, budget_gib)
+        marks["placed"] = _clock(device)
     pipe.set_progress_bar_config(disable=True)
     pipe.transformer.register_forward_pre_hook(pre)
     pipe.transformer.register_forward_hook(post)
@@ -229,21 +308,17 @@ def child_ours(folder: str) -> dict:
             frame_rate=FRAME_RATE,
             num_inference_steps=2,
             video_guidance=MultiModalGuidance(stg_blocks=[config["num_layers"] - 1]),  # few blocks: STG on the last
-            generator=torch.Generator().manual_seed(0),
+            generator=torch.Generator(device).manual_seed(0),
             output_type="latent",
         )
     except FirstStep:
         pass
     if "forward_end" not in marks:
         raise RuntimeError("the pipeline returned without a transformer forward")
-    return {
-        "load_s": marks["loaded"] - start,
-        "forward_start_s": marks["forward_start"] - start,
-        "forward_end_s": marks["forward_end"] - start,
-    }
+    return {"seconds": {k: v - start for k, v in marks.items()}, "placement": placement}
 
 
-def child_reference(checkpoint: str, upsampler: str, lora: str) -> dict:
+def child_reference(side: str, device: str, checkpoint: str, upsampler: str, lora: str) -> dict:
     import contextlib
     import dataclasses
     from unittest import mock
@@ -263,7 +338,7 @@ def child_reference(checkpoint: str, upsampler: str, lora: str) -> dict:
     guider = dataclasses.replace(LTX_2_3_PARAMS.video_guider_params, stg_blocks=[section["num_layers"] - 1])
     marks = {}
 
-    pre, post = _marking_hooks(marks, lambda module: isinstance(module, LTXModel))
+    pre, post = _marking_hooks(marks, device, lambda module: isinstance(module, LTXModel))
 
     def decode_audio(path, device, start_time=0.0, max_duration=None):
         samples = torch.from_numpy(waveform)
@@ -271,26 +346,28 @@ def child_reference(checkpoint: str, upsampler: str, lora: str) -> dict:
             samples = samples[:, : round(max_duration * RATE)]
         return Audio(waveform=samples[None].to(device), sampling_rate=RATE)
 
-    cpu = torch.device("cpu")
+    run_device = torch.device(device)
     with contextlib.ExitStack() as stack:
-        encode = fake_encode_prompts((positive, negative), device=cpu, dtype=torch.bfloat16)
+        encode = fake_encode_prompts((positive, negative), device=run_device, dtype=torch.bfloat16)
         stack.enter_context(mock.patch.object(a2vid, "encode_prompts", encode))
         stack.enter_context(mock.patch.object(a2vid, "decode_audio_from_file", decode_audio))
-        stack.enter_context(mock.patch.object(torch.cuda, "synchronize", lambda *a, **k: None))
+        if run_device.type == "cpu":  # its stages call torch.cuda.synchronize() between models
+            stack.enter_context(mock.patch.object(torch.cuda, "synchronize", lambda *a, **k: None))
         stack.enter_context(torch.inference_mode())  # as its CLI's main()
         for hook in (
             torch.nn.modules.module.register_module_forward_pre_hook(pre),
             torch.nn.modules.module.register_module_forward_hook(post),
         ):
             stack.callback(hook.remove)
-        start = time.perf_counter()
+        _ready(device)
+        start = _clock(device)
         pipe = a2vid.A2VidPipelineTwoStage(
             checkpoint_path=checkpoint,
             distilled_lora=[LoraPathStrengthAndSDOps(lora, 0.8, LTXV_LORA_COMFY_RENAMING_MAP)],
             spatial_upsampler_path=upsampler,
             gemma_root=None,
             loras=[],
-            device=cpu,
+            device=run_device,
         )
         try:
             pipe(
@@ -311,33 +388,45 @@ def child_reference(checkpoint: str, upsampler: str, lora: str) -> dict:
             pass
     if "forward_end" not in marks:
         raise RuntimeError("the reference returned without a transformer forward")
-    return {"forward_start_s": marks["forward_start"] - start, "forward_end_s": marks["forward_end"] - start}
+    return {"seconds": {k: v - start for k, v in marks.items()}, "placement": None}
 
 
-def run_child(args: list[str]) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+def run_child(spec: dict) -> dict:
+    """`child_ours(**spec)` or `child_reference(**spec)` in a fresh interpreter; its last stdout line."""
+    result = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
     if result.returncode:
-        raise RuntimeError(f"child {args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+        raise RuntimeError(f"child {spec['side']} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------------------
-def measure(files: dict[str, pathlib.Path], sides: list[str], repeats: int) -> dict:
+def measure(files: dict[str, pathlib.Path], sides: list[str], repeats: int, device: str = "cpu",
+            deadline: float | None = None) -> dict:  # fmt: skip
     folder_weights = sorted(files["folder"].rglob("*.safetensors"))
     every_file = files_under(files["folder"], files["checkpoint"], files["upsampler"], files["lora"])
     buffer = bytearray(CHUNK)
     buffer[:] = bytes(CHUNK)  # touched: no page faults inside the timed reads
     runs: dict[str, list[float]] = {"read_folder": [], "read_folder_warm": [], "read_single_file": []}
-    for side in sides:
-        runs.update({f"{side}_forward_start": [], f"{side}_forward_end": []})
-    runs["ours_load"] = [] if "ours" in sides else None
     residency: list[float] = []
-    sources = {"ours": folder_weights, "reference": [files["checkpoint"], files["upsampler"], files["lora"]]}
+    reference_files = [files["checkpoint"], files["upsampler"], files["lora"]]
+    sources = {side: reference_files if side == "reference" else folder_weights for side in sides}
+    specs = {
+        side: dict(side=side, device=device, checkpoint=str(files["checkpoint"]), upsampler=str(files["upsampler"]),
+                   lora=str(files["lora"])) if side == "reference"
+        else dict(side=side.partition("@")[0], device=device, folder=str(files["folder"]), budget_gib=budget_of(side))
+        for side in sides
+    }  # fmt: skip
     read_share: dict[str, list[float]] = {side: [] for side in sides}
+    placements: dict[str, str] = {}
     folder_bytes = single_bytes = 0
-    for _ in range(repeats):
+    longest = 0.0
+    for repeat in range(repeats):
+        began = time.perf_counter()
+        if repeat and deadline is not None and began + longest > deadline:
+            log(f"--time-limit-s: stopping after {repeat} repeats (one more takes about {longest:.0f} s)")
+            break
         evict(every_file)
         residency.append(resident_fraction(every_file))
         folder_bytes, seconds = read_all(folder_weights, buffer)
@@ -347,19 +436,20 @@ def measure(files: dict[str, pathlib.Path], sides: list[str], repeats: int) -> d
         residency.append(resident_fraction(every_file))
         single_bytes, seconds = read_all([files["checkpoint"]], buffer)
         runs["read_single_file"].append(seconds)
+        log(f"repeat {repeat + 1}: read folder {runs['read_folder'][-1]:.2f} s, single file {seconds:.2f} s")
         for side in sides:
             evict(every_file)
             residency.append(resident_fraction(every_file))
-            if side == "ours":
-                out = run_child(["ours", str(files["folder"])])
-                runs["ours_load"].append(out["load_s"])
-            else:
-                out = run_child(["reference", str(files["checkpoint"]), str(files["upsampler"]), str(files["lora"])])
-            runs[f"{side}_forward_start"].append(out["forward_start_s"])
-            runs[f"{side}_forward_end"].append(out["forward_end_s"])
+            out = run_child(specs[side])
+            for mark, seconds in out["seconds"].items():
+                runs.setdefault(f"{side}_{mark}", []).append(seconds)
+            if out["placement"] is not None:
+                placements[side] = out["placement"]
             # pages of the side's files in the page cache once its first forward has ended (it exits there):
             # the share of its bytes it read from disk (with read-ahead) before the first step
             read_share[side].append(resident_fraction(sources[side]))
+            log(f"repeat {repeat + 1}: {side} {json.dumps({k: round(v, 2) for k, v in out['seconds'].items()})}")
+        longest = max(longest, time.perf_counter() - began)
     medians = {k: statistics.median(v) for k, v in runs.items() if v}
     return {
         "folder_bytes": folder_bytes,
@@ -371,30 +461,46 @@ def measure(files: dict[str, pathlib.Path], sides: list[str], repeats: int) -> d
         "read_share_at_first_step": {side: round(statistics.median(v), 3) for side, v in read_share.items()},
         "cold_gb_per_s": round(folder_bytes / 1e9 / medians["read_folder"], 3),
         "warm_gb_per_s": round(folder_bytes / 1e9 / medians["read_folder_warm"], 3),
+        "placements": placements,
+        "repeats_done": len(runs["read_folder"]),
     }
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=4, help="full-width transformer blocks (release: 48)")
+    parser.add_argument("--device", choices=tuple(DEFAULTS), default="cpu", help="where both sides load and run")
+    parser.add_argument("--layers", type=int, help="full-width transformer blocks (release: 48; default 4, cuda 8)")
     parser.add_argument("--connector-layers", type=int, default=1, help="text-connector blocks (release: 8)")
     parser.add_argument("--lora-rank", type=int, default=None, help="distilled LoRA rank (default 384; tiny 4)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sides", default="ours,reference", help="comma-separated: ours, reference")
+    parser.add_argument("--repeats", type=int, help="default 3, cuda 2")
+    parser.add_argument(
+        "--sides", help=f"comma-separated from {SIDES}, ours@GIB (default {DEFAULTS['cpu'][2]}; cuda: all)"
+    )
+    parser.add_argument("--time-limit-s", type=float, help="no repeat after the first that would end past this")
     parser.add_argument("--tiny", action="store_true", help="tests/factories.py's tiny checkpoint")
     parser.add_argument("--workdir", help="parent of the temporary folder (default: the system's temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the files")
     parser.add_argument("--json", help="also write the JSON line here")
     args = parser.parse_args(argv)
-    sides = [s for s in args.sides.split(",") if s]
-    if not sides or set(sides) - set(SIDES):
-        parser.error(f"--sides: comma-separated from {SIDES}, got {args.sides!r}")
+    begin = time.perf_counter()
+    layers, repeats, default_sides = DEFAULTS[args.device]
+    args.layers = layers if args.layers is None else args.layers
+    args.repeats = repeats if args.repeats is None else args.repeats
+    sides = [s for s in (args.sides or default_sides).split(",") if s]
+    if not sides or not all(s in SIDES or re.fullmatch(r"ours@\d+(\.\d+)?", s) and budget_of(s) > 0 for s in sides):
+        parser.error(f"--sides: comma-separated from {SIDES} or ours@GIB (GIB > 0), got {args.sides!r}")
     if args.repeats < 1 or args.layers < 1 or args.connector_layers < 1:
         parser.error("--repeats, --layers and --connector-layers must be at least 1")
     if args.lora_rank is None:
         args.lora_rank = 4 if args.tiny else 384
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
 
     parent = pathlib.Path(args.workdir or tempfile.gettempdir())
+    if filesystem_type(parent) in ("tmpfs", "ramfs"):
+        raise SystemExit(f"{parent} is in memory ({filesystem_type(parent)}): no eviction there; --workdir on a disk")
     if not args.tiny:
         estimate = estimate_bytes(args.layers, args.connector_layers)
         need = int(2.4 * estimate)  # the originals + the converted folder, the upsampler and LoRA, a margin
@@ -407,15 +513,17 @@ def main(argv=None) -> dict:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="ltx2_loading_bench_", dir=parent))
     try:
         start = time.perf_counter()
+        log(f"building the files in {workdir}")
         files = build_files(workdir, args)
         build_s = time.perf_counter() - start
-        result = measure(files, sides, args.repeats)
+        log(f"built in {build_s:.0f} s; measuring {sides} on {args.device}, {args.repeats} repeats")
+        deadline = None if args.time_limit_s is None else begin + args.time_limit_s
+        result = measure(files, sides, args.repeats, args.device, deadline)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    import torch
-
+    cuda = args.device == "cuda"
     med = result["median_s"]
     result.update(
         benchmark="loading",
@@ -425,20 +533,20 @@ def main(argv=None) -> dict:
         layers=None if args.tiny else args.layers,
         connector_layers=None if args.tiny else args.connector_layers,
         lora_rank=args.lora_rank,
-        repeats=args.repeats,
+        repeats=result.pop("repeats_done"),
+        repeats_asked=args.repeats,
         build_s=round(build_s, 1),
         cpu_count=os.cpu_count(),
-        device="cpu",
+        device=args.device,
+        device_name=torch.cuda.get_device_name() if cuda else "cpu",
         eviction_ok=result["max_resident_after_eviction"] < 0.01 and result["cold_gb_per_s"] < 0.8 * result["warm_gb_per_s"],
     )  # fmt: skip
     runs = result["runs_s"]
     for side in sides:  # each repeat's load over the same repeat's read, just before it (the disk's speed drifts)
         paired = [end / read for end, read in zip(runs[f"{side}_forward_end"], runs["read_folder"])]
         result[f"{side}_ratio_to_read_paired"] = round(statistics.median(paired), 3)
-    if "ours" in sides:
-        result["ours_ratio_to_read"] = round(med["ours_forward_end"] / med["read_folder"], 3)
+        result[f"{side}_ratio_to_read"] = round(med[f"{side}_forward_end"] / med["read_folder"], 3)
     if "reference" in sides:
-        result["reference_ratio_to_read"] = round(med["reference_forward_end"] / med["read_folder"], 3)
         result["reference_ratio_to_single_file_read"] = round(
             med["reference_forward_end"] / med["read_single_file"], 3
         )
@@ -452,50 +560,29 @@ def main(argv=None) -> dict:
         ("read folder, warm", f"{med['read_folder_warm']:.2f} s ({result['warm_gb_per_s']:.2f} GB/s, page cache)"),
         ("read single file, cold", f"{med['read_single_file']:.2f} s"),
     ]
-    if "ours" in sides:
-        rows += [
-            ("ours: from_pretrained", f"{med['ours_load']:.2f} s"),
-            ("ours: first forward starts", f"{med['ours_forward_start']:.2f} s"),
-            (
-                "ours: first forward ends",
-                f"{med['ours_forward_end']:.2f} s = {result['ours_ratio_to_read']:.2f} x read",
-            ),
-        ]
-    if "reference" in sides:
-        rows.append(("reference: first forward starts", f"{med['reference_forward_start']:.2f} s"))
-        rows.append(
-            (
-                "reference: first forward ends",
-                f"{med['reference_forward_end']:.2f} s = {result['reference_ratio_to_read']:.2f} x folder read, "
-                f"{result['reference_ratio_to_single_file_read']:.2f} x single-file read",
-            )
-        )
+    for side in sides:
+        if side != "reference":
+            rows.append((f"{side}: from_pretrained", f"{med[f'{side}_load']:.2f} s"))
+        if f"{side}_placed" in med:
+            rows.append((f"{side}: placed", f"{med[f'{side}_placed']:.2f} s ({result['placements'][side]})"))
+        rows.append((f"{side}: first forward starts", f"{med[f'{side}_forward_start']:.2f} s"))
+        ends = f"{med[f'{side}_forward_end']:.2f} s = {result[f'{side}_ratio_to_read']:.2f} x folder read"
+        if side == "reference":
+            ends += f", {result['reference_ratio_to_single_file_read']:.2f} x single-file read"
+        rows.append((f"{side}: first forward ends", ends))
+    shares = (f"{s} {100 * result['read_share_at_first_step'][s]:.0f}% of {result['source_bytes'][s] / gb:.2f} GB"
+              for s in sides)  # fmt: skip
+    mapped = "" if cuda else ": weights are memory-mapped, read when touched"
     rows.append(
-        (
-            "read before the first step",
-            ", ".join(
-                f"{side} {100 * result['read_share_at_first_step'][side]:.0f}% of "
-                f"{result['source_bytes'][side] / gb:.2f} GB"
-                for side in sides
-            )
-            + " (pages cached when the first forward ended: weights are memory-mapped, read when touched)",
-        )
+        ("read before the first step", f"{', '.join(shares)} (pages cached when the first forward ended{mapped})")
     )
-    rows.append(
-        (
-            "paired ratios",
-            ", ".join(f"{side} {result[f'{side}_ratio_to_read_paired']:.2f} x" for side in sides)
-            + " (median over repeats of load / folder read of the same repeat)",
-        )
-    )
-    rows.append(
-        (
-            "eviction",
-            f"max {100 * result['max_resident_after_eviction']:.2f}% of pages resident after DONTNEED; "
-            + ("ok" if result["eviction_ok"] else "PROBABLY FAILED (cold read as fast as warm, or pages resident)"),
-        )
-    )
-    rows.append(("medians of", f"{args.repeats} runs each, {os.cpu_count()} CPU cores, bf16"))
+    paired = ", ".join(f"{side} {result[f'{side}_ratio_to_read_paired']:.2f} x" for side in sides)
+    rows.append(("paired ratios", f"{paired} (median over repeats of load / folder read of the same repeat)"))
+    evicted = "ok" if result["eviction_ok"] else "PROBABLY FAILED (cold read as fast as warm, or pages resident)"
+    resident = 100 * result["max_resident_after_eviction"]
+    rows.append(("eviction", f"max {resident:.2f}% of pages resident after DONTNEED; {evicted}"))
+    on = f", on {result['device_name']}" if cuda else ""
+    rows.append(("medians of", f"{result['repeats']} runs each, {os.cpu_count()} CPU cores, bf16{on}"))
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
@@ -508,9 +595,8 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        kind, rest = sys.argv[2], sys.argv[3:]
-        out = child_ours(*rest) if kind == "ours" else child_reference(*rest)
-        print(json.dumps(out))
+        spec = json.loads(sys.argv[2])
+        print(json.dumps((child_reference if spec["side"] == "reference" else child_ours)(**spec)))
         sys.exit(0)
     main()
     sys.exit(0)

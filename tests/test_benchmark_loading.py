@@ -1,5 +1,6 @@
 """benchmarks/loading.py --tiny: the tiny checkpoint is converted, its page cache evicted, and both sides load it up
-to the end of their first stage-1 transformer forward; the JSON line carries every figure."""
+to the end of their first stage-1 transformer forward; the JSON line carries every figure. The side "ours@40" runs,
+on the CPU, the placement that `--device cuda` applies (the CLI's memory tier for a budget)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def test_tiny_loading_benchmark_reports_positive_figures(tmp_path):
     out = tmp_path / "result.json"
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "loading.py"), "--tiny", "--repeats", "1", "--workdir",
-         str(tmp_path), "--json", str(out)],
+         str(tmp_path), "--json", str(out), "--sides", "ours,ours@40,reference"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
@@ -34,6 +35,9 @@ def test_tiny_loading_benchmark_reports_positive_figures(tmp_path):
     med = line["median_s"]
     assert med["ours_load"] < med["ours_forward_start"] < med["ours_forward_end"]
     assert med["reference_forward_start"] < med["reference_forward_end"]
+    assert med["ours@40_load"] < med["ours@40_placed"] < med["ours@40_forward_start"] < med["ours@40_forward_end"]
+    assert list(line["placements"]) == ["ours@40"] and line["placements"]["ours@40"].startswith("resident")
+    assert line["ours@40_ratio_to_read"] > 0 and "ours_placed" not in med  # "ours" is not placed on the CPU
     assert 0.0 <= line["max_resident_after_eviction"] < 0.01
     for side in ("ours", "reference"):
         assert line["source_bytes"][side] > 0 and 0.0 < line["read_share_at_first_step"][side] <= 1.0, side
