@@ -36,7 +36,8 @@ CUDA context before the clock starts and synchronise before reading it. "ours" p
 "ours-resident" calls `pipe.to(device)` instead; ours run eager (`set_transformer_acceleration(compile=False)`: the
 CLI's default compiles the blocks at the first call, a cost that is not loading). The reference is built with
 `device=cuda` (its ledger reads each model straight onto the GPU). On the CPU, "ours@GIB" and "ours-resident"
-run the same placement code (a dry run of the CUDA path; "ours" is not placed there).
+run the same placement code (a dry run of the CUDA path; "ours" is not placed there). "ours-resident-noprefetch" is
+"ours-resident" with the folder's weights not read ahead (`LTX2_PREFETCH_WEIGHTS=0`, `loaders.prefetch`).
 
 Reported: medians over the repeats, ratios to the read floor (each side / folder read, reference / single-file
 read). Prints a table and one JSON line (`--json PATH` also writes it); progress goes to stderr. `--time-limit-s`
@@ -65,7 +66,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 CHUNK = 64 << 20
 HEIGHT, WIDTH, NUM_FRAMES, FRAME_RATE, RATE, CONTEXT_TOKENS = 64, 64, 9, 24.0, 16000, 32
-SIDES = ("ours", "ours-resident", "reference")  # and "ours@GIB": ours placed for a budget of GIB
+SIDES = ("ours", "ours-resident", "ours-resident-noprefetch", "reference")  # and "ours@GIB": placed for GIB
 DEFAULTS = {"cpu": (4, 3, "ours,reference"), "cuda": (8, 2, "ours,ours-resident,reference")}  # layers, repeats, sides
 
 
@@ -280,6 +281,11 @@ def child_ours(side: str, device: str, folder: str, budget_gib: float | None = N
 
     from ltx2_diffusers import LTX2AudioToVideoPipeline, MultiModalGuidance
 
+    if side.endswith("-noprefetch"):  # the folder's weights not read ahead (`loaders.prefetch`)
+        from ltx2_diffusers.loaders.prefetch import ENV_SWITCH
+
+        os.environ[ENV_SWITCH] = "0"
+        side = side.removesuffix("-noprefetch")
     config = json.loads((pathlib.Path(folder) / "transformer" / "config.json").read_text())
     positive, negative, waveform = _inputs(*_dims(config))
     marks, placement = {}, None

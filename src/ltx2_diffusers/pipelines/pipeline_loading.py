@@ -29,6 +29,19 @@ FAMILY = frozenset(
 )
 
 
+def _prefetch_folder(cls, source, kwargs) -> None:
+    """A local converted folder's weight files read ahead in the background (`loaders.prefetch`), in the order of
+    the pipeline's components, without those the caller passes in."""
+    if not isinstance(source, (str, os.PathLike)) or not os.path.isfile(os.path.join(source, "model_index.json")):
+        return
+    import inspect
+
+    from ..loaders.prefetch import prefetch_files, weight_files
+
+    names = [*inspect.signature(cls.__init__).parameters, cls.DISTILLED_LORA_SUBFOLDER]
+    prefetch_files(weight_files(source, [n for n in dict.fromkeys(names) if n != "self" and n not in kwargs]))
+
+
 class LTX2A2VLoadingMixin:
     """Mixed into `LTX2AudioToVideoPipeline` (before `DiffusionPipeline`)."""
 
@@ -54,6 +67,7 @@ class LTX2A2VLoadingMixin:
         before that component was listed in `model_index.json` get it from their `distilled_lora/` subfolder
         (also on the Hub). An explicit `distilled_lora=None` is honoured: no distilled LoRA is loaded."""
         with LOAD_LOCK:
+            _prefetch_folder(cls, pretrained_model_name_or_path, kwargs)
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
             if (
                 isinstance(pipe, LTX2A2VLoadingMixin)

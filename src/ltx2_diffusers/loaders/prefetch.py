@@ -1,0 +1,85 @@
+"""Read a converted folder's weight files ahead, so loading reads the disk once, sequentially.
+
+safetensors hands diffusers' `from_pretrained` memory-mapped tensors: the bytes come off the disk later, page by
+page, when the weights are first touched (`pipe.to("cuda")`, a memory tier's copy into pinned memory, the first
+forward). On one H200 machine's disk that made a converted folder (13.8 GB, 8 full-width blocks) take 12.4 s from
+`from_pretrained` to the end of the first forward, against 8.0 s to read its bytes in 64 MiB chunks
+(`benchmarks/loading.py`, run 18). `prefetch_files` starts one background thread that reads the files in large
+sequential chunks into a scratch buffer (nothing is kept: the kernel's page cache holds the bytes), so the disk works
+at its sequential rate while diffusers builds the models, and the page faults later find the pages in memory.
+
+Only reads: files are opened read-only and never written. It is skipped where the page cache could not hold the
+files (more than half the memory the kernel reports available: they would be evicted before use and read twice),
+where that amount is unknown (no `/proc/meminfo`), and when the environment sets `LTX2_PREFETCH_WEIGHTS=0`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+
+from diffusers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["ENV_SWITCH", "available_memory_bytes", "prefetch_files", "read_sequentially", "weight_files"]
+
+ENV_SWITCH = "LTX2_PREFETCH_WEIGHTS"
+CHUNK_BYTES = 64 * 2**20
+MEMORY_SHARE = 0.5  # prefetch at most this share of the available memory
+
+
+def available_memory_bytes() -> int | None:
+    """`MemAvailable` of `/proc/meminfo` in bytes, or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def weight_files(folder: str | os.PathLike, subfolders: Iterable[str]) -> list[str]:
+    """The `.safetensors` files directly inside `folder/<subfolder>` for each subfolder that exists, in order
+    (subfolders in the given order, files by name)."""
+    files = []
+    for name in subfolders:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            files += [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".safetensors")]
+    return [f for f in files if os.path.isfile(f)]
+
+
+def read_sequentially(files: Iterable[str], chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Read every file front to back in `chunk_bytes` chunks into one scratch buffer; the bytes read. A file that
+    cannot be read is skipped (loading itself reports it)."""
+    buffer = bytearray(chunk_bytes)
+    view, total = memoryview(buffer), 0
+    for path in files:
+        try:
+            with open(path, "rb", buffering=0) as f:
+                while n := f.readinto(view):
+                    total += n
+        except OSError as error:
+            logger.debug(f"prefetch skipped {path}: {error}")
+    return total
+
+
+def prefetch_files(files: list[str]) -> threading.Thread | None:
+    """Start a daemon thread that `read_sequentially(files)`; None (nothing started) when disabled by
+    `LTX2_PREFETCH_WEIGHTS=0`, when there is nothing to read, or when the files exceed `MEMORY_SHARE` of the
+    available memory (or that is unknown)."""
+    if os.environ.get(ENV_SWITCH, "1").strip() in {"0", "false", "False", "no"} or not files:
+        return None
+    total = sum(os.path.getsize(f) for f in files)
+    available = available_memory_bytes()
+    if available is None or total > MEMORY_SHARE * available:
+        logger.debug(f"weight prefetch skipped: {total / 2**30:.1f} GiB of files, available memory {available}")
+        return None
+    thread = threading.Thread(target=read_sequentially, args=(list(files),), name="ltx2-weight-prefetch", daemon=True)
+    thread.start()
+    return thread

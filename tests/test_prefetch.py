@@ -1,0 +1,110 @@
+"""Weight prefetch (`ltx2_diffusers.loaders.prefetch`): a converted folder's weight files read ahead in the background
+while `from_pretrained` builds the pipeline.
+
+1. `read_sequentially` reads every byte of every file and changes none (hash before and after); an unreadable file
+   is skipped.
+2. `prefetch_files` starts nothing when switched off (`LTX2_PREFETCH_WEIGHTS=0`), for no files, when the files
+   exceed half the available memory, or when that is unknown.
+3. `from_pretrained` on a converted folder prefetches exactly the folder's component weight files (all of them,
+   not the ones of a component the caller passes in), and loads the same weights as without the prefetch.
+"""
+
+import hashlib
+import os
+import threading
+
+import pytest
+import torch
+from factories import build_checkpoint, build_lora, build_upsampler
+
+from ltx2_diffusers import LTX2AudioToVideoPipeline
+from ltx2_diffusers.convert import convert_checkpoint
+from ltx2_diffusers.loaders import prefetch
+
+
+def _hash(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prefetch")
+    checkpoint = build_checkpoint(root / "ltx-2.3.safetensors", "2.3", seed=17, dtype=torch.float32)
+    upsampler = build_upsampler(root / "upsampler.safetensors", seed=18, dtype=torch.float32)
+    lora = build_lora(root / "lora.safetensors", checkpoint, seed=19, dtype=torch.float32)
+    out = root / "converted"
+    convert_checkpoint(checkpoint, out, spatial_upsampler_path=upsampler, distilled_lora=lora)
+    return out
+
+
+def _all_weight_files(folder) -> set[str]:
+    return {os.path.join(d, f) for d, _, files in os.walk(folder) for f in files if f.endswith(".safetensors")}
+
+
+def test_read_sequentially_reads_every_byte_and_writes_none(tmp_path):
+    files = []
+    for i, size in enumerate([0, 1, 5 * 2**20 + 3, 2**20]):
+        path = tmp_path / f"w{i}.safetensors"
+        path.write_bytes(os.urandom(size))
+        files.append(str(path))
+    before = {f: (_hash(f), os.stat(f).st_mtime_ns) for f in files}
+    assert prefetch.read_sequentially([*files, str(tmp_path / "missing.safetensors")], chunk_bytes=2**20) == sum(
+        os.path.getsize(f) for f in files
+    )
+    assert {f: (_hash(f), os.stat(f).st_mtime_ns) for f in files} == before
+
+
+def test_prefetch_files_starts_only_when_it_can_help(tmp_path, monkeypatch):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"x" * 4096)
+    seen = []
+    monkeypatch.setattr(prefetch, "read_sequentially", lambda files: seen.append(files))
+    monkeypatch.setattr(prefetch, "available_memory_bytes", lambda: 10**9)
+    thread = prefetch.prefetch_files([str(path)])
+    assert isinstance(thread, threading.Thread) and thread.daemon
+    thread.join(10)
+    assert seen == [[str(path)]]
+    assert prefetch.prefetch_files([]) is None
+    monkeypatch.setenv(prefetch.ENV_SWITCH, "0")
+    assert prefetch.prefetch_files([str(path)]) is None
+    monkeypatch.delenv(prefetch.ENV_SWITCH)
+    monkeypatch.setattr(prefetch, "available_memory_bytes", lambda: 8191)  # 4096 B > half of it
+    assert prefetch.prefetch_files([str(path)]) is None
+    monkeypatch.setattr(prefetch, "available_memory_bytes", lambda: None)
+    assert prefetch.prefetch_files([str(path)]) is None
+    assert seen == [[str(path)]]
+
+
+def test_available_memory_is_read_from_the_kernel():
+    available = prefetch.available_memory_bytes()
+    if os.path.isfile("/proc/meminfo"):
+        assert isinstance(available, int) and available > 0
+    else:
+        assert available is None
+
+
+def test_from_pretrained_prefetches_the_folder_weights(folder, monkeypatch):
+    started = []
+    real = prefetch.prefetch_files
+
+    def spy(files):
+        started.append(list(files))
+        return real(files)
+
+    monkeypatch.setattr(prefetch, "prefetch_files", spy)
+    before = {f: _hash(f) for f in _all_weight_files(folder)}
+    pipe = LTX2AudioToVideoPipeline.from_pretrained(folder)
+    assert len(started) == 1 and len(set(started[0])) == len(started[0])
+    assert set(started[0]) == _all_weight_files(folder)
+    assert started[0][0].startswith(os.path.join(str(folder), "vae"))  # the pipeline's component order
+
+    started.clear()
+    LTX2AudioToVideoPipeline.from_pretrained(folder, vae=pipe.vae)
+    assert set(started[0]) == {f for f in _all_weight_files(folder) if os.sep + "vae" + os.sep not in f}
+
+    monkeypatch.setenv(prefetch.ENV_SWITCH, "0")
+    plain = LTX2AudioToVideoPipeline.from_pretrained(folder)
+    for name in ("transformer", "vae", "latent_upsampler"):
+        ours, theirs = getattr(pipe, name).state_dict(), getattr(plain, name).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    assert {f: _hash(f) for f in _all_weight_files(folder)} == before
