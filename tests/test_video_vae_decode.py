@@ -1,13 +1,18 @@
 """The channels-last decode (`ltx2_diffusers.models.video_vae_decode`) against `AutoencoderKLLTX2Video.decode` (and so
 against ltx-core's decoder, which `tests/test_video_vae_single_file.py` ties it to).
 
-1. Both released decoder layouts (LTX-2.3: plain upsamplers, no timestep conditioning; LTX-2: residual upsamplers,
-   timestep-conditioned), randomised latent shapes, timesteps, `causal` and spatial padding modes: fp32 within 1e-5
-   of `vae.decode`, bf16 within bf16 rounding; the result is a contiguous NCDHW tensor like `vae.decode`'s.
-2. The weights and their memory format are left as they were.
+1. Both released decoder layouts (LTX-2.3: plain upsamplers, no timestep conditioning, zero padding; LTX-2: residual
+   upsamplers, timestep-conditioned, reflect padding), randomised latent shapes, timesteps and `causal`: fp32 within
+   1e-5 of `vae.decode`, bf16 within bf16 rounding; the result is a contiguous NCDHW tensor like `vae.decode`'s.
+   Then 64 random tiny decoder configurations (1-3 up blocks, upsampling factor 1 or 2 so that blocks open with a
+   channel-changing resnet, spatial / temporal / spatio-temporal upsamplers with and without residual, 0-2 resnets
+   per block, timestep conditioning, patch size 1 or 2, the four padding modes, causal or not, batch 1 or 2):
+   equal to `vae.decode` within fp32 1e-5 wherever diffusers decodes them, and raising where it raises.
+2. The weights, their memory format and the inputs are left as they were.
 3. `channels_last_decode_supported` says no where the walk would not compute what `vae.decode` does: diffusers'
-   slicing / tiling / framewise decoding on, offload hooks, training mode, autograd, noise-injecting resnets, a
-   replaced module.
+   slicing / tiling / framewise decoding on, offload hooks (accelerate's, diffusers' hook registry), a user's
+   forward (pre-)hooks on any decoder module or global ones, a subclass or an instance-level `decode` / `forward`,
+   mixed dtypes, autocast, training mode, autograd, noise-injecting resnets, a replaced module.
 """
 
 import random
@@ -165,3 +170,103 @@ def test_pipeline_decodes_channels_last_where_enabled(pipe_setup, monkeypatch, t
     finally:
         pipe.__dict__.pop("CHANNELS_LAST_DECODE_DEVICES", None)
         pipe.disable_vae_tiling()
+
+
+def _random_config(rng: random.Random) -> dict:
+    blocks = rng.choice([1, 2, 3])
+    return dict(
+        in_channels=3, out_channels=3, latent_channels=rng.choice([4, 8]), block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_block_out_channels=tuple(rng.choice([8, 16]) for _ in range(blocks)),
+        decoder_layers_per_block=tuple(rng.choice([0, 1, 2]) for _ in range(blocks + 1)),
+        decoder_spatio_temporal_scaling=tuple(rng.random() < 0.75 for _ in range(blocks)),
+        decoder_inject_noise=False,
+        upsample_type=tuple(rng.choice(["spatial", "temporal", "spatiotemporal"]) for _ in range(blocks)),
+        upsample_residual=tuple(rng.random() < 0.5 for _ in range(blocks)),
+        upsample_factor=tuple(rng.choice([1, 2]) for _ in range(blocks)),
+        timestep_conditioning=rng.random() < 0.5, patch_size=rng.choice([1, 2]), patch_size_t=1,
+        decoder_causal=rng.random() < 0.5,
+        decoder_spatial_padding_mode=rng.choice(["zeros", "reflect", "replicate", "circular"]),
+    )  # fmt: skip
+
+
+def test_random_decoder_configurations():
+    rng, decoded = random.Random(2026), 0
+    for _ in range(64):
+        config = _random_config(rng)
+        try:
+            vae = AutoencoderKLLTX2Video(**config).eval()
+        except Exception:  # a layout diffusers cannot build
+            continue
+        g = torch.Generator().manual_seed(rng.randrange(2**31))
+        with torch.no_grad():
+            for p in vae.decoder.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+            if vae.decoder.timestep_scale_multiplier is not None:
+                vae.decoder.timestep_scale_multiplier.fill_(1000.0)
+        batch = rng.choice([1, 2])
+        shape = (batch, config["latent_channels"], rng.choice([1, 2, 3]), rng.choice([2, 3]), rng.choice([2, 3]))
+        z = torch.randn(shape, generator=g)
+        temb = torch.rand(batch, generator=g) * 0.2 if config["timestep_conditioning"] else None
+        causal = rng.choice([None, True, False])
+        with torch.no_grad():
+            assert channels_last_decode_supported(vae), config
+            try:
+                expected = vae.decode(z, temb=temb, causal=causal, return_dict=False)[0]
+            except Exception as error:  # diffusers cannot decode it (e.g. a conditioned channel-changing resnet)
+                with pytest.raises(type(error)):
+                    decode_channels_last(vae, z, temb, causal=causal)
+                continue
+            z_before = z.clone()
+            got = decode_channels_last(vae, z, temb, causal=causal)
+        assert torch.equal(z, z_before)
+        assert got.shape == expected.shape and got.is_contiguous(), config
+        assert (got - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item()), config
+        decoded += 1
+    assert decoded >= 20  # most random layouts are decodable: the comparison is not vacuous
+
+
+def test_supported_refuses_hooks_subclasses_dtypes_and_autocast(vae):
+    from diffusers.hooks import apply_layerwise_casting
+    from torch.nn.modules.module import register_module_forward_hook
+
+    def check(expected=False):
+        with torch.no_grad():
+            assert channels_last_decode_supported(vae) is expected
+
+    for module in (vae.decoder, vae.decoder.norm_out, vae.decoder.up_blocks[0], vae.decoder.mid_block.resnets[0]):
+        handle = module.register_forward_hook(lambda m, args, out: out * 2)
+        check()
+        handle.remove()
+        handle = module.register_forward_pre_hook(lambda m, args: None)
+        check()
+        handle.remove()
+    handle = register_module_forward_hook(lambda m, args, out: None)
+    check()
+    handle.remove()
+    vae.decoder.conv_out.forward = vae.decoder.conv_out.forward  # an instance-level forward
+    check()
+    del vae.decoder.conv_out.forward
+    vae.decode = vae.decode
+    check()
+    del vae.decode
+    check(True)
+
+    class Clamped(type(vae)):
+        pass
+
+    sub = Clamped.from_config(vae.config).eval()
+    sub.load_state_dict(vae.state_dict())
+    with torch.no_grad():
+        assert not channels_last_decode_supported(sub)
+    mixed = AutoencoderKLLTX2Video.from_config(vae.config).eval()
+    mixed.load_state_dict(vae.state_dict())
+    mixed.decoder.conv_out.to(torch.float64)
+    with torch.no_grad():
+        assert not channels_last_decode_supported(mixed)
+    apply_layerwise_casting(mixed, storage_dtype=torch.float32, compute_dtype=torch.float32)
+    with torch.no_grad():
+        assert not channels_last_decode_supported(mixed)  # diffusers' hook registry
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        check()
+    check(True)

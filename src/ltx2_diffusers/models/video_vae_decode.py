@@ -18,9 +18,11 @@ scale) + shift`, `silu`, the layer norm of the shortcut, the depth-to-space rear
 `vae.decode` up to the reduction order of the per-pixel channel mean and the convolution algorithm cuDNN picks for
 the layout (tests: fp32 within 1e-5 on tiny decoders of both LTX-2 layouts; bf16 within bf16 rounding).
 
-`channels_last_decode_supported(vae)` says when it applies: diffusers' decoder classes as built (no replaced
-modules), eval mode, no autograd, no noise injection (LTX-Video 0.9's decoders), none of diffusers' own slicing /
-tiling / framewise decoding switched on, and no offload hooks (a hook could not load weights the walk bypasses).
+`channels_last_decode_supported(vae)` says when it applies: diffusers' `AutoencoderKLLTX2Video` and decoder classes
+as built (no subclass, replaced module or instance-level `decode` / `forward`), one dtype, eval mode, no autograd or
+autocast, no noise injection (LTX-Video 0.9's decoders), none of diffusers' own slicing / tiling / framewise
+decoding switched on, and no hooks (offload hooks could not load weights the walk bypasses; a user's forward hooks
+would not run).
 """
 
 from __future__ import annotations
@@ -45,9 +47,17 @@ _DIFFUSERS_SWITCHES = ("use_slicing", "use_tiling", "use_framewise_decoding")
 
 
 def _has_hooks(module: torch.nn.Module) -> bool:
+    """Offload hooks (accelerate's `_hf_hook`, diffusers' hook registry), a user's forward (pre-)hooks, or an
+    instance-level `forward` on `module` or inside it, or global module hooks: code the walk would not run."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
     for sub in module.modules():
         registry = getattr(sub, "_diffusers_hook", None)
         if getattr(sub, "_hf_hook", None) is not None or (registry is not None and registry.hooks):
+            return True
+        if sub._forward_hooks or sub._forward_pre_hooks or "forward" in vars(sub):
             return True
     return False
 
@@ -61,9 +71,20 @@ def _resnets(decoder: LTX2VideoDecoder3d):
 
 
 def channels_last_decode_supported(vae) -> bool:
-    """Whether `decode_channels_last(vae, ...)` computes what `vae.decode` does (see the module docstring)."""
-    decoder = getattr(vae, "decoder", None)
-    if type(decoder) is not LTX2VideoDecoder3d or decoder.training or torch.is_grad_enabled():
+    """Whether `decode_channels_last(vae, ...)` computes what `vae.decode` does (see the module docstring):
+    diffusers' `AutoencoderKLLTX2Video` itself (not a subclass, no instance-level `decode`), its decoder's module
+    classes as diffusers builds them, one dtype, eval mode, no autograd or autocast, no noise injection, none of
+    diffusers' slicing / tiling / framewise decoding, no hooks."""
+    from diffusers import AutoencoderKLLTX2Video
+
+    if type(vae) is not AutoencoderKLLTX2Video or "decode" in vars(vae) or "_decode" in vars(vae):
+        return False
+    decoder = vae.decoder
+    if type(decoder) is not LTX2VideoDecoder3d or torch.is_grad_enabled():
+        return False
+    if torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu"):
+        return False
+    if any(m.training for m in decoder.modules()) or len({p.dtype for p in decoder.parameters()}) != 1:
         return False
     if any(getattr(vae, switch, False) for switch in _DIFFUSERS_SWITCHES) or _has_hooks(vae):
         return False
@@ -82,12 +103,12 @@ def channels_last_decode_supported(vae) -> bool:
             return False
         if type(resnet.norm1) is not PerChannelRMSNorm or type(resnet.norm2) is not PerChannelRMSNorm:
             return False
-        if not isinstance(resnet.nonlinearity, torch.nn.SiLU):
+        if type(resnet.nonlinearity) is not torch.nn.SiLU or type(resnet.dropout) is not torch.nn.Dropout:
             return False
         convs += [resnet.conv1, resnet.conv2]
-    if any(type(conv) is not LTX2VideoCausalConv3d for conv in convs):
+    if any(type(conv) is not LTX2VideoCausalConv3d or type(conv.conv) is not torch.nn.Conv3d for conv in convs):
         return False
-    return isinstance(decoder.conv_act, torch.nn.SiLU)
+    return type(decoder.conv_act) is torch.nn.SiLU
 
 
 # ------------------------------------------------------------------------------------------------ building blocks

@@ -43,8 +43,12 @@ device, T = `lora_transient`):
 
 A tier fits when its peak is at most `(1 - MEMORY_MARGIN)` of the budget: the margin covers the caching
 allocator's fragmentation and what the estimates leave out (text-encoder, audio-VAE and upsampler activations).
-Every tier computes the same frames, except that a tiled decode (ltx-core's, `enable_vae_tiling`) blends
-overlapping tiles and so differs from the whole decode near the tile seams when the video is larger than a tile.
+Every tier computes the same latents. The frames are the same too, except that a tiled decode (ltx-core's,
+`enable_vae_tiling`) blends overlapping tiles and so differs from the whole decode near the tile seams when the video
+is larger than a tile, and that on CUDA a tier with offload hooks on the video VAE decodes through `vae.decode`
+while the others use the channels-last walk of the same decoder (`models.video_vae_decode`; equal up to rounding).
+The decode estimate below is that of `vae.decode` (the walk peaks at about half of it: 12.8 against 25.0 GiB at
+121 x 1024 x 1536, `benchmarks/profile_forward.py` run 16), so it stays an upper bound for both.
 """
 
 from __future__ import annotations
