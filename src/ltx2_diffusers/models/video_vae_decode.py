@@ -16,7 +16,8 @@ modules with:
 Every op is the one `LTX2VideoDecoder3d` runs, in the same dtype and order (`x / sqrt(mean(x**2) + eps)`, `x * (1 +
 scale) + shift`, `silu`, the layer norm of the shortcut, the depth-to-space rearrangement), so outputs equal
 `vae.decode` up to the reduction order of the per-pixel channel mean and the convolution algorithm cuDNN picks for
-the layout (tests: fp32 within 1e-5 on tiny decoders of both LTX-2 layouts; bf16 within bf16 rounding).
+the layout (tests: fp32 within 1e-5 on tiny decoders of both released layouts and 64 random ones; bf16 within
+bf16 rounding).
 
 `channels_last_decode_supported(vae)` says when it applies: diffusers' `AutoencoderKLLTX2Video` and decoder classes
 as built (no subclass, replaced module or instance-level `decode` / `forward`), one dtype, eval mode, no autograd or
