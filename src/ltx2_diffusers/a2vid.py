@@ -135,11 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "; no effect on frozen audio",
     )
     run = cli_common.add_run_arguments(parser)
-    run.add_argument(
-        "--sync-report",
-        action="store_true",
-        help="also write the audio-video sync report (<output>_sync.png and .json) next to the video",
-    )
+    cli_common.add_sync_report_argument(run)
     run.add_argument(
         "--modality-scale-sweep",
         type=_sweep,
@@ -168,8 +164,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(str(error))
     cli_common.check_model_files(parser, args)
     cli_common.require_file(parser, "--audio-path", args.audio_path)
-    if (args.sync_report or args.modality_scale_sweep) and args.num_frames is not None and args.num_frames < 9:
-        parser.error("--sync-report and --modality-scale-sweep need --num-frames >= 9")
+    cli_common.check_sync_frames(parser, args, ("--sync-report", "--modality-scale-sweep"))
     cli_common.check_run_args(parser, args)
     try:
         check_outputs(args)
@@ -292,11 +287,7 @@ def run(args) -> list[str]:
 
             report = sync_report_from_file(path)
             if args.sync_report:
-                png, json_path = sync_report_paths(path)
-                write_atomically(png, report.save_png)
-                write_atomically(json_path, report.save_json)
-                written += [png, json_path]
-                print(f"sync report {png}: {report.summary()}")
+                written += cli_running.write_sync_report(path, report)
             rows.append(
                 {
                     "modality_scale": scale,

@@ -15,8 +15,12 @@ the reference does when it is passed to the distilled pipeline as `--lora`; the 
 strength 0 (it stays loaded, as the pipeline's stage 2 expects it), so the LoRA is not added twice. On a distilled
 checkpoint nothing is added. The preset fixes the schedule and guidance, so those flags are refused with it.
 
-Nothing is loaded before the cheap checks pass (flags, files, safetensors headers, images, the output path never
-one of the inputs); the mp4 is written under a temporary name and renamed when complete.
+`--sync-report` measures the written mp4 (the generated video's motion against its generated audio track) and
+writes `<output>_sync.png` and `<output>_sync.json` beside it, as `ltx2-a2v --sync-report` does.
+
+Nothing is loaded before the cheap checks pass (flags, files, safetensors headers, images, the output path and the
+sync report's paths never one of the inputs); every file is written under a temporary name and renamed when
+complete.
 """
 
 from __future__ import annotations
@@ -88,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="ltx-pipelines' distilled recipe: 8 fixed stage-1 sigmas, no guidance; on a dev checkpoint the "
         "distilled LoRA (--distilled-lora, else the folder's) runs in both stages",
     )
-    cli_common.add_run_arguments(parser)
+    run = cli_common.add_run_arguments(parser)
+    cli_common.add_sync_report_argument(run)
     cli_common.add_acceleration_arguments(parser)
     return parser
 
@@ -142,6 +147,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     # A dev checkpoint's stage 2 needs the distilled LoRA, except in the preset (the stage-1 adapter stays on).
     need_lora = args.checkpoint_variant == "dev" and not args.distilled
     cli_common.check_model_files(parser, args, need_distilled_lora=need_lora)
+    cli_common.check_sync_frames(parser, args)
     cli_common.check_run_args(parser, args)
     try:
         check_outputs(args)
@@ -227,7 +233,8 @@ def _waveform(audio):
 
 
 def run(args) -> str | None:
-    """Check the input files, load, generate, write (rank 0); returns the written path (None on other ranks)."""
+    """Check the input files, load, generate, write the mp4 and with `--sync-report` its sync report (rank 0);
+    returns the mp4's path (None on other ranks)."""
     import torch
 
     from .video_io import export_to_video_with_audio, frames_to_uint8
@@ -250,6 +257,8 @@ def run(args) -> str | None:
         f"wrote {args.output_path}: {num_frames} frames, {width}x{height}, {args.frame_rate:g} fps, "
         f"{audio.shape[-1] / sample_rate:.2f} s of audio at {sample_rate} Hz"
     )
+    if args.sync_report:
+        cli_running.write_sync_report(args.output_path)
     print(f"done in {time.perf_counter() - start:.1f} s on {device}, {cli_running.peak_memory(device)}")
     return args.output_path
 

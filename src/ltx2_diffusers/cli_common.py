@@ -419,6 +419,29 @@ def add_run_arguments(parser):
     return run
 
 
+#: The fewest frames `--sync-report` (and `ltx2-a2v`'s `--modality-scale-sweep`) measure: `sync_report` needs 4, and
+#: below 9 the only `8k + 1` count is 1.
+SYNC_REPORT_MIN_FRAMES = 9
+
+
+def add_sync_report_argument(group) -> None:
+    """`--sync-report`: the audio-video sync report of the written mp4 beside it."""
+    group.add_argument(
+        "--sync-report",
+        action="store_true",
+        help="also write the audio-video sync report (<output>_sync.png and .json) next to the video",
+    )
+
+
+def check_sync_frames(parser, args, flags=("--sync-report",)) -> None:
+    """The sync-measuring `flags` given with fewer than `SYNC_REPORT_MIN_FRAMES` frames: a parser error naming them
+    (`--num-frames auto`, None, is bounded by the audio and checked when the video is measured)."""
+    given = any(getattr(args, flag[2:].replace("-", "_"), None) for flag in flags)
+    if given and args.num_frames is not None and args.num_frames < SYNC_REPORT_MIN_FRAMES:
+        need = "need" if len(flags) > 1 else "needs"
+        parser.error(f"{' and '.join(flags)} {need} --num-frames >= {SYNC_REPORT_MIN_FRAMES}")
+
+
 class _OffloadDefault(str):
     """`--offload`'s default, equal to "none" but told apart from an explicit `--offload none`."""
 
