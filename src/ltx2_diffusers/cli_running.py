@@ -1,7 +1,6 @@
 """Run-time helpers of `ltx2-a2v` and `ltx2-av` (their flags are in `cli_common`): loading from the model flags,
 `--lora` adapters, fp8-cast, placement / offloading, context parallelism, the seeded generator, guidance from the
-flags, image conditions, the mp4's audio rate and the
-`--sync-report` writer.
+flags, image conditions, the mp4's audio rate and the `--sync-report` writer.
 
 `--context-parallel N` runs under `torchrun --nproc-per-node N`: the transformer is sequence parallel over the N
 processes (`ltx2_diffusers.parallel`), the noise comes from a CPU generator (the same on every rank whatever its
