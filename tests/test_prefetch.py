@@ -3,8 +3,9 @@ while `from_pretrained` builds the pipeline.
 
 1. `read_sequentially` reads every byte of every file and changes none (hash before and after); an unreadable file
    is skipped.
-2. `prefetch_files` starts nothing when switched off (`LTX2_PREFETCH_WEIGHTS=0`), for no files, when the files
-   exceed half the available memory, or when that is unknown.
+2. `prefetch_files` reads, in order, the files that fit half the available memory (passing over one that no longer
+   fits); it starts nothing when switched off (`LTX2_PREFETCH_WEIGHTS=0`), for no files, when no file fits, or
+   when the available memory is unknown.
 3. `from_pretrained` on a converted folder prefetches exactly the folder's component weight files (all of them,
    not the ones of a component the caller passes in), and loads the same weights as without the prefetch.
 """
@@ -73,6 +74,25 @@ def test_prefetch_files_starts_only_when_it_can_help(tmp_path, monkeypatch):
     monkeypatch.setattr(prefetch, "available_memory_bytes", lambda: None)
     assert prefetch.prefetch_files([str(path)]) is None
     assert seen == [[str(path)]]
+
+
+def test_prefetch_reads_what_fits_half_the_available_memory(tmp_path, monkeypatch):
+    """In order, each file that still fits the rest of the budget: a large file is passed over, smaller later ones
+    are still read."""
+    sizes = {"a": 3000, "big": 9000, "b": 2000, "c": 1500}
+    files = []
+    for name, size in sizes.items():
+        (tmp_path / f"{name}.safetensors").write_bytes(b"x" * size)
+        files.append(str(tmp_path / f"{name}.safetensors"))
+    assert prefetch.prefetch_selection(files, 6000) == [files[0], files[2]]  # 3000 + 2000; 1500 no longer fits
+    assert prefetch.prefetch_selection(files, 6500) == [files[0], files[2], files[3]]
+    assert prefetch.prefetch_selection(files, 10**6) == files
+    assert prefetch.prefetch_selection(files, 1000) == []
+    seen = []
+    monkeypatch.setattr(prefetch, "read_sequentially", lambda chosen: seen.append(chosen))
+    monkeypatch.setattr(prefetch, "available_memory_bytes", lambda: 13000)  # budget 6500
+    prefetch.prefetch_files(files).join(10)
+    assert seen == [[files[0], files[2], files[3]]]
 
 
 def test_available_memory_is_read_from_the_kernel():
