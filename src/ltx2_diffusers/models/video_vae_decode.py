@@ -113,22 +113,21 @@ def channels_last_decode_supported(vae) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ building blocks
-def _padded(x: torch.Tensor, conv: LTX2VideoCausalConv3d, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(buffer, interior)`: an uninitialised channels-last buffer with the temporal padding `conv` needs around
-    `x`'s frames (`LTX2VideoCausalConv3d`: k - 1 frames before them when causal, (k - 1) / 2 on each side
-    otherwise), and the view of it where `x`'s frames go."""
+def _padded(x: torch.Tensor, conv: LTX2VideoCausalConv3d, causal: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """`(buffer, interior, left)`: an uninitialised channels-last buffer with the temporal padding `conv` needs
+    around `x`'s frames (`LTX2VideoCausalConv3d`: k - 1 frames before them when causal, (k - 1) / 2 on each side
+    otherwise), the view of it where `x`'s frames go, and the count of padding frames before them."""
     k = conv.kernel_size[0]
     left = k - 1 if causal else (k - 1) // 2
     b, c, t, h, w = x.shape
     size = (b, c, t + k - 1 if causal else t + 2 * ((k - 1) // 2), h, w)
     buffer = torch.empty(size, dtype=x.dtype, device=x.device, memory_format=_CL)
-    return buffer, buffer[:, :, left : left + t]
+    return buffer, buffer[:, :, left : left + t], left
 
 
-def _conv_padded(buffer: torch.Tensor, interior: torch.Tensor, conv: LTX2VideoCausalConv3d) -> torch.Tensor:
-    """`conv` over `buffer` once its padding frames repeat the interior's first / last frame (the values
-    `LTX2VideoCausalConv3d` concatenates)."""
-    left = (interior.storage_offset() - buffer.storage_offset()) // buffer.stride(2)
+def _conv_padded(buffer: torch.Tensor, interior: torch.Tensor, left: int, conv: LTX2VideoCausalConv3d) -> torch.Tensor:
+    """`conv` over `buffer` once its `left` leading and the trailing padding frames repeat the interior's first /
+    last frame (the values `LTX2VideoCausalConv3d` concatenates)."""
     right = buffer.shape[2] - interior.shape[2] - left
     if left:
         buffer[:, :, :left] = interior[:, :, :1]
@@ -139,22 +138,22 @@ def _conv_padded(buffer: torch.Tensor, interior: torch.Tensor, conv: LTX2VideoCa
 
 def _conv(x: torch.Tensor, conv: LTX2VideoCausalConv3d, causal: bool) -> torch.Tensor:
     """`conv(x, causal)` (its input copied once into the padded buffer, as `torch.cat` copies it)."""
-    buffer, interior = _padded(x, conv, causal)
+    buffer, interior, left = _padded(x, conv, causal)
     interior.copy_(x)
-    return _conv_padded(buffer, interior, conv)
+    return _conv_padded(buffer, interior, left, conv)
 
 
 def _norm_act_conv(x, norm: PerChannelRMSNorm, shift, scale, conv, causal: bool) -> torch.Tensor:
     """`conv(silu(norm(x) * (1 + scale) + shift))` (no modulation when `scale` is None), the activation written
     straight into the convolution's padded input."""
-    buffer, interior = _padded(x, conv, causal)
+    buffer, interior, left = _padded(x, conv, causal)
     rms = torch.sqrt(torch.mean(x**2, dim=norm.channel_dim, keepdim=True) + norm.eps)
     torch.div(x, rms, out=interior)
     del rms
     if scale is not None:
         interior.mul_(1 + scale).add_(shift)
     F.silu(interior, inplace=True)
-    return _conv_padded(buffer, interior, conv)
+    return _conv_padded(buffer, interior, left, conv)
 
 
 def _resnet(resnet: LTX2VideoResnetBlock3d, x: torch.Tensor, temb, causal: bool) -> torch.Tensor:
