@@ -35,6 +35,7 @@ from ltx2_diffusers.pipelines.ltx2_denoise import (
     StepGuidance,
     advance,
     guided_x0,
+    has_uniform_timesteps,
     predict_pass_x0,
 )
 
@@ -353,3 +354,71 @@ def test_every_pass_matches_the_reference_forward(models, batch_size):
             assert max_diff(x0[name].audio, ref[1]) <= TOL, name
             if batch_size == 1:
                 assert max_diff(x0[name].video, ref[0]) == 0.0 and max_diff(x0[name].audio, ref[1]) == 0.0, name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One timestep per item where a modality's tokens share it (outside reference_arithmetic): the AdaLN runs once per
+# item and broadcasts; the reference computes it per token.
+
+
+def test_uniform_timesteps_are_found_from_the_mask():
+    video = stages.video_state((2, 2, 3), 4, 24.0, batch_size=2, dtype=torch.float32, device=torch.device("cpu"))
+    assert has_uniform_timesteps(video)
+    assert has_uniform_timesteps(stages.frozen_audio_state(torch.randn(1, 5, 8), torch.float32))
+    assert has_uniform_timesteps(stages.replace(video, denoise_mask=torch.tensor([[[0.3]] * 12, [[1.0]] * 12])))
+    conditioned = stages.condition_latent_frame(video, torch.randn(2, 4, 1, 2, 3), frame=1, strength=0.6)
+    assert not has_uniform_timesteps(conditioned)
+    keyframe = stages.append_keyframe(video, torch.randn(2, 4, 1, 2, 3), frame_index=8, strength=1.0, fps=24.0)
+    assert not has_uniform_timesteps(keyframe)
+
+
+@pytest.mark.parametrize("audio_frozen", [False, True])
+@pytest.mark.parametrize("case", ["ti2vid_defaults", "audio_stg_isolated_video_none", "unguided"])
+def test_per_item_timesteps_step_matches_reference(models, case, audio_frozen):
+    ours, reference = models
+    guidance = STEP_CASES[case]
+    (video, audio), (ref_video, ref_audio) = make_states(
+        ours, seed=16, audio_frozen=audio_frozen, conditioned_frames=0
+    )
+    assert has_uniform_timesteps(video) and has_uniform_timesteps(audio)
+    contexts = make_contexts(ours, seed=17)
+    sigmas = torch.tensor([0.65, 0.0])
+    calls = []
+    hook = ours.register_forward_pre_hook(
+        lambda _, args, kwargs: calls.append((kwargs["timestep"].shape, kwargs["audio_timestep"].shape)),
+        with_kwargs=True,
+    )
+    try:
+        with torch.no_grad():
+            x0 = guided_x0(ours, video, audio, sigmas[0], 0, contexts, guidance, per_item_timesteps=(True, True))
+            ref = reference_denoise_fn(reference, contexts, guidance)(ref_video, ref_audio, sigmas, 0)
+    finally:
+        hook.remove()
+    n = len(guidance.passes(0))
+    assert calls == [(torch.Size([n]), torch.Size([n]))]
+    assert max_diff(x0.video, ref[0]) <= TOL
+    assert max_diff(x0.audio, ref[1]) <= TOL
+
+
+@pytest.mark.parametrize("conditioned_frames", [0, 1])
+@pytest.mark.parametrize("reference_arithmetic", [False, True])
+def test_pipeline_loop_passes_per_item_timesteps_where_uniform(models, reference_arithmetic, conditioned_frames):
+    """The loop hands the transformer one timestep per item for a uniform modality (here the frozen audio, and
+    the video without a conditioned frame), per-token ones otherwise and always under reference_arithmetic."""
+    ours, _ = models
+    (video, audio), _ = make_states(ours, seed=18, audio_frozen=True, conditioned_frames=conditioned_frames)
+    contexts = dataclasses.replace(make_contexts(ours, seed=19), negative_audio=None)
+    shapes = []
+    hook = ours.register_forward_pre_hook(
+        lambda _, args, kwargs: shapes.append((kwargs["timestep"].ndim, kwargs["audio_timestep"].ndim)),
+        with_kwargs=True,
+    )
+    try:
+        with torch.no_grad():
+            _Denoiser(ours, reference_arithmetic).denoise(
+                video, audio, torch.tensor([1.0, 0.7, 0.0]), contexts, StepGuidance(MultiModalGuidance(stg_blocks=[1]))
+            )
+    finally:
+        hook.remove()
+    video_ndim = 2 if reference_arithmetic or conditioned_frames else 1
+    assert shapes == [(video_ndim, 2 if reference_arithmetic else 1)] * 2

@@ -23,7 +23,7 @@ from . import ltx2_stages as stages
 from .acceleration import TransformerAcceleration, accelerated, check_attention_backend
 from .block_streaming import slots_released_after
 from .image_conditions import prepare_condition_image
-from .ltx2_denoise import PromptContexts, StepGuidance, advance, guided_x0, is_frozen
+from .ltx2_denoise import PromptContexts, StepGuidance, advance, guided_x0, has_uniform_timesteps, is_frozen
 from .pipeline_checks import GUIDANCE_ALIASES, LTX2A2VChecksMixin, resolve_guidance
 from .pipeline_loading import LTX2A2VLoadingMixin
 
@@ -377,6 +377,9 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         self._stage_index = stage
         exact = getattr(self, "_reference_arithmetic", False)
         frozen = is_frozen(video), is_frozen(audio)
+        # One timestep per item where a modality's tokens share it (the masks do not change during the loop); the
+        # reference's per-token AdaLN under `reference_arithmetic`.
+        per_item = (False, False) if exact else (has_uniform_timesteps(video), has_uniform_timesteps(audio))
         with (
             self.progress_bar(total=len(sigmas) - 1) as progress_bar,
             reference_lora_arithmetic(self.transformer) if exact else nullcontext(),
@@ -391,7 +394,7 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
                 sigma, sigma_next = sigmas[i], sigmas[i + 1]
                 previous = guided_x0(
                     self.transformer, video, audio, sigma, i, contexts, guidance, previous,
-                    batch_size=guidance_batch_size, share_prefix=not exact,
+                    batch_size=guidance_batch_size, share_prefix=not exact, per_item_timesteps=per_item,
                 )  # fmt: skip
                 if not frozen[0]:
                     video = advance(video, previous.video, sigma, sigma_next)

@@ -120,6 +120,23 @@ def is_frozen(state: LatentState) -> bool:
     return not bool(state.denoise_mask.any())
 
 
+def has_uniform_timesteps(state: LatentState) -> bool:
+    """Whether every token of each item of ``state`` has the same denoise mask value (so the same timestep at
+    every sigma: a plain generation, or a frozen modality; not with conditioned frames or appended keyframes)."""
+    mask = state.denoise_mask
+    return bool((mask == mask[:, :1]).all())
+
+
+def _transformer_timesteps(timesteps: torch.Tensor, n: int, scale, per_item: bool) -> torch.Tensor:
+    """``(1, T, 1)`` per-token timesteps -> the transformer's ``(n, T)``, or ``(n,)`` (the first token's, equal to
+    all of them) when ``per_item``: the model then computes its timestep modulation once per item and broadcasts
+    it over the tokens instead of once per token (the same values; the AdaLN matmuls see 1 row instead of T, so
+    their rounding can differ in the last bits)."""
+    if per_item:
+        return (timesteps[:, :1] * scale).expand(n, -1, -1).reshape(n)
+    return (timesteps * scale).expand(n, -1, -1).squeeze(-1)
+
+
 def predict_pass_x0(
     transformer,
     video: LatentState,
@@ -131,6 +148,7 @@ def predict_pass_x0(
     *,
     batch_size: int | None = None,
     share_prefix: bool = False,
+    per_item_timesteps: tuple[bool, bool] = (False, False),
 ) -> dict[str, PassX0]:
     """x0 of both modalities for each of ``passes`` at ``sigma``, ``batch_size`` passes per forward (None: all in
     ONE batched forward; 1: one forward per pass, as the reference runs them). Passes whose texts differ in
@@ -138,7 +156,10 @@ def predict_pass_x0(
     scaled by the transformer's ``timestep_scale_multiplier`` (the reference model scales inside).
 
     ``share_prefix``: in a batched forward, passes with the conditional pass's inputs (``"perturbed"``) reuse its
-    blocks before their first perturbed one (``SharedPrefix``; equal up to float reassociation, not bitwise)."""
+    blocks before their first perturbed one (``SharedPrefix``; equal up to float reassociation, not bitwise).
+
+    ``per_item_timesteps``: for the video / the audio, whose timesteps are uniform over the tokens
+    (``has_uniform_timesteps``), pass one timestep per item (``_transformer_timesteps``)."""
     if not passes:
         return {}
     pass_contexts = {name: guidance.contexts(name, contexts) for name in passes}
@@ -149,7 +170,17 @@ def predict_pass_x0(
         for start in range(0, len(passes), batch_size):
             chunk = passes[start : start + batch_size]
             x0.update(
-                predict_pass_x0(transformer, video, audio, sigma, chunk, contexts, guidance, share_prefix=share_prefix)
+                predict_pass_x0(
+                    transformer,
+                    video,
+                    audio,
+                    sigma,
+                    chunk,
+                    contexts,
+                    guidance,
+                    share_prefix=share_prefix,
+                    per_item_timesteps=per_item_timesteps,
+                )  # fmt: skip
             )
         return x0
     n = len(passes)
@@ -166,8 +197,8 @@ def predict_pass_x0(
         audio_hidden_states=audio.latent.expand(n, -1, -1),
         encoder_hidden_states=torch.cat([pass_contexts[name][0] for name in passes]),
         audio_encoder_hidden_states=torch.cat([pass_contexts[name][1] for name in passes]),
-        timestep=(video_t * scale).expand(n, -1, -1).squeeze(-1),
-        audio_timestep=(audio_t * scale).expand(n, -1, -1).squeeze(-1),
+        timestep=_transformer_timesteps(video_t, n, scale, per_item_timesteps[0]),
+        audio_timestep=_transformer_timesteps(audio_t, n, scale, per_item_timesteps[1]),
         sigma=sigmas,
         audio_sigma=sigmas,
         video_coords=video.coords.expand(n, -1, -1, -1),
@@ -194,6 +225,7 @@ def guided_x0(
     *,
     batch_size: int | None = None,
     share_prefix: bool = False,
+    per_item_timesteps: tuple[bool, bool] = (False, False),
 ) -> PassX0:
     """Both modalities' guided x0 at ``step_index`` (the reference's guider denoising step).
 
@@ -221,8 +253,9 @@ def guided_x0(
 
     passes = guidance.passes(step_index)
     x0 = predict_pass_x0(
-        transformer, video, audio, sigma, passes, contexts, guidance, batch_size=batch_size, share_prefix=share_prefix
-    )
+        transformer, video, audio, sigma, passes, contexts, guidance,
+        batch_size=batch_size, share_prefix=share_prefix, per_item_timesteps=per_item_timesteps,
+    )  # fmt: skip
     if guidance.unguided:
         return x0["cond"]
     guided = []
