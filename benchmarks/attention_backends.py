@@ -43,7 +43,7 @@ def event_median(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def stage_1(model, x, stg_block):
+def stage_1(model, x, stg_block, per_item: bool = False):
     from ltx2_diffusers import LTX2Perturbation
     from ltx2_diffusers.models.perturbations import shared_prefixes
 
@@ -55,11 +55,11 @@ def stage_1(model, x, stg_block):
         (LTX2Perturbation("skip_a2v_cross_attn"), LTX2Perturbation("skip_v2a_cross_attn")),
     ]
     shared = shared_prefixes(perturbations, {2: 0}, model.config.num_layers)
-    return model(**_ours_kwargs(x, 4, contexts), perturbations=perturbations, shared_prefix=shared)[0]
+    return model(**_ours_kwargs(x, 4, contexts, per_item), perturbations=perturbations, shared_prefix=shared)[0]
 
 
-def stage_2(model, x):
-    return model(**_ours_kwargs(x, 1, x["video_context"]))[0]
+def stage_2(model, x, per_item: bool = False):
+    return model(**_ours_kwargs(x, 1, x["video_context"], per_item))[0]
 
 
 def reference_stage_1(model, x, stg_block):

@@ -93,24 +93,32 @@ def transformer_rows(args) -> dict:
         "stage_1": make_inputs(6144, 126, 1024, device, dtype, seed=1),
         "stage_2": make_inputs(24576, 126, 1024, device, dtype, seed=2),
     }
-    model.compile_repeated_blocks(fullgraph=True)
 
-    def forward(shape):
+    def forward(shape, per_item):
         if shape == "stage_1":
-            return stage_1(model, shapes[shape], stg_block)
+            return stage_1(model, shapes[shape], stg_block, per_item)
         with lora.applied(model, 1.0):
-            return stage_2(model, shapes[shape])
+            return stage_2(model, shapes[shape], per_item)
 
     rows = {}
-    for mode in ("bf16", "fp8") if args.fp8 else ("bf16",):
-        if mode == "fp8":
+    modes = args.modes.split(",")  # eager runs before the blocks are compiled
+    for mode, dtype_mode in [(m, d) for m in sorted(modes, key="eager".__ne__) for d in ("bf16", "fp8")]:
+        if dtype_mode == "fp8" and not args.fp8:
+            continue
+        if mode == "compiled" and not any(b._compiled_call_impl for b in model.transformer_blocks):
+            model.compile_repeated_blocks(fullgraph=True)
+        if dtype_mode == "fp8" and not getattr(model, "_fp8_enabled", False):
             enable_fp8_scaled_mm(model, granularity="row")
+            model._fp8_enabled = True
         for shape in shapes:
-            with torch.no_grad():
-                row = profile(lambda shape=shape: forward(shape), args.top)
-                row["wall_ms"] = event_median(lambda shape=shape: forward(shape), args.repeats)
-            rows[f"{mode}_{shape}"] = row
-            print_profile(f"{mode} {shape} ({args.layers} blocks)", row)
+            for timesteps in args.timesteps.split(","):
+                per_item = timesteps == "item"
+                with torch.no_grad():
+                    row = profile(lambda shape=shape, p=per_item: forward(shape, p), args.top)
+                    row["wall_ms"] = event_median(lambda shape=shape, p=per_item: forward(shape, p), args.repeats)
+                label = f"{dtype_mode}_{shape}" + ("" if mode == "compiled" else f"_{mode}") + f"_{timesteps}"
+                rows[label] = row
+                print_profile(f"{label} ({args.layers} blocks)", row)
     return rows
 
 
@@ -167,6 +175,10 @@ def main(argv=None):
                         "(models.video_vae_decode), module_channels_last_3d (vae.decode on channels-last modules); "
                         "each may end in +cudnn_benchmark")  # fmt: skip
     parser.add_argument("--no-transformer", action="store_true")
+    parser.add_argument("--modes", default="compiled", help="comma list of: compiled (regional, as the pipeline on "
+                        "CUDA), eager")  # fmt: skip
+    parser.add_argument("--timesteps", default="token", help="comma list of: token (one timestep per token, as the "
+                        "reference), item (one per item, the pipeline's default for a uniform mask)")  # fmt: skip
     args = parser.parse_args(argv)
     rows = {} if args.no_transformer else transformer_rows(args)
     if args.decode:

@@ -119,15 +119,23 @@ def run_reference(model, x, stg_block):
     return torch.cat(outputs)
 
 
-def _ours_kwargs(x, n, contexts):
+def _ours_kwargs(x, n, contexts, per_item: bool = False):
+    """Our transformer's arguments for `n` passes; `per_item`: one timestep per item (the pipeline's default for
+    a uniform mask) instead of one per token (the reference's, and `reference_arithmetic`'s)."""
     sigma = x["sigma"] * 1000
+    if per_item:
+        timesteps = dict(timestep=sigma.expand(n), audio_timestep=torch.zeros(n, device=sigma.device))
+    else:
+        timesteps = dict(
+            timestep=sigma[:, None].expand(n, x["video"].shape[1]),
+            audio_timestep=torch.zeros(n, x["audio"].shape[1], device=sigma.device),
+        )
     return dict(
         hidden_states=x["video"].expand(n, -1, -1),
         audio_hidden_states=x["audio"].expand(n, -1, -1),
         encoder_hidden_states=contexts,
         audio_encoder_hidden_states=x["audio_context"].expand(n, -1, -1),
-        timestep=sigma[:, None].expand(n, x["video"].shape[1]),
-        audio_timestep=torch.zeros(n, x["audio"].shape[1], device=sigma.device),
+        **timesteps,
         sigma=sigma.expand(n),
         audio_sigma=sigma.expand(n),
         video_coords=x["video_coords"].expand(n, -1, -1, -1),
