@@ -4,6 +4,7 @@
     python benchmarks/loading.py --layers 2 --repeats 2 --sides ours
     python benchmarks/loading.py --tiny            # tests/factories.py's tiny checkpoint, seconds
     python benchmarks/loading.py --device cuda     # 8 blocks, 2 repeats: 11.7 GB file, 13.8 GB folder
+    python benchmarks/loading.py --device cuda --sides ours,ours-plainplace,ours-resident,reference
 
 Builds, in a temporary folder on local disk (removed afterwards unless `--keep`), an LTX-2.3 single-file checkpoint
 at the released widths for every component (benchmarks/convert_memory.py's `full_width_config`: 32 x 128 heads, text
@@ -37,7 +38,9 @@ CUDA context before the clock starts and synchronise before reading it. "ours" p
 CLI's default compiles the blocks at the first call, a cost that is not loading). The reference is built with
 `device=cuda` (its ledger reads each model straight onto the GPU). On the CPU, "ours@GIB" and "ours-resident"
 run the same placement code (a dry run of the CUDA path; "ours" is not placed there). "ours-resident-noprefetch" is
-"ours-resident" with the folder's weights not read ahead (`LTX2_PREFETCH_WEIGHTS=0`, `loaders.prefetch`).
+"ours-resident" with the folder's weights not read ahead (`LTX2_PREFETCH_WEIGHTS=0`, `loaders.prefetch`). The memory
+tiers copy the weights to the GPU through pinned staging buffers (`loaders.device_placement`); "ours-plainplace" is
+"ours" with that copy replaced by `module.to(device)` (the placement before it), for the comparison in one run.
 
 Reported: medians over the repeats, ratios to the read floor (each side / folder read, reference / single-file
 read). Prints a table and one JSON line (`--json PATH` also writes it); progress goes to stderr. `--time-limit-s`
@@ -47,7 +50,6 @@ stops repeating when one more repeat would end past the limit (counted from the 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import pathlib
@@ -64,90 +66,22 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-CHUNK = 64 << 20
+from page_cache import CHUNK, evict, files_under, filesystem_type, read_all, resident_fraction  # noqa: E402
+
+
 HEIGHT, WIDTH, NUM_FRAMES, FRAME_RATE, RATE, CONTEXT_TOKENS = 64, 64, 9, 24.0, 16000, 32
-SIDES = ("ours", "ours-resident", "ours-resident-noprefetch", "reference")  # and "ours@GIB": placed for GIB
+SIDES = (
+    "ours",
+    "ours-plainplace",
+    "ours-resident",
+    "ours-resident-noprefetch",
+    "reference",
+)  # and "ours@GIB": placed for GIB
 DEFAULTS = {"cpu": (4, 3, "ours,reference"), "cuda": (8, 2, "ours,ours-resident,reference")}  # layers, repeats, sides
 
 
 def log(message: str) -> None:
     print(f"[loading {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Page cache: evict, check, read
-# ---------------------------------------------------------------------------------------------------------
-def files_under(*paths: pathlib.Path) -> list[pathlib.Path]:
-    out = []
-    for path in paths:
-        out += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return out
-
-
-def evict(paths: list[pathlib.Path]) -> None:
-    """Write back dirty pages, then drop every page of `paths` from the page cache."""
-    os.sync()
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def resident_fraction(paths: list[pathlib.Path]) -> float:
-    """Share of the files' pages in the page cache (`mincore` on a read-only shared mapping of each file)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
-    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
-    page = os.sysconf("SC_PAGE_SIZE")
-    resident = total = 0
-    for path in paths:
-        size = path.stat().st_size
-        if not size:
-            continue
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            addr = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
-            if addr in (None, ctypes.c_void_p(-1).value):
-                raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
-            pages = (size + page - 1) // page
-            vec = (ctypes.c_ubyte * pages)()
-            try:
-                if libc.mincore(addr, size, vec):
-                    raise OSError(ctypes.get_errno(), f"mincore of {path} failed")
-            finally:
-                libc.munmap(addr, size)
-            resident += sum(b & 1 for b in bytes(vec))
-            total += pages
-        finally:
-            os.close(fd)
-    return resident / max(total, 1)
-
-
-def filesystem_type(path: pathlib.Path) -> str:
-    """The type of the file system holding `path` (the longest mount point above it in /proc/mounts)."""
-    path, best = str(path.resolve()).rstrip("/") + "/", ("", "")
-    for line in pathlib.Path("/proc/mounts").read_text().splitlines():
-        _, mount, kind = line.split()[:3]
-        if path.startswith(mount.rstrip("/") + "/") and len(mount) >= len(best[0]):
-            best = (mount, kind)
-    return best[1]
-
-
-def read_all(paths: list[pathlib.Path], buffer: bytearray) -> tuple[int, float]:
-    """(bytes, seconds) to read every byte of `paths` in `CHUNK` pieces into `buffer`."""
-    view = memoryview(buffer)
-    total = 0
-    start = time.perf_counter()
-    for path in paths:
-        with open(path, "rb", buffering=0) as f:
-            while n := f.readinto(view):
-                total += n
-    return total, time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -276,6 +210,18 @@ def place(pipe, side: str, device: str, budget_gib: float | None) -> str:
     return str(pipe._memory_tier)
 
 
+def plain_placement() -> None:
+    """Our placement (`loaders.device_placement.place_modules`, where the memory tiers call it) replaced by `to()`."""
+    import ltx2_diffusers.loaders.device_placement as placement
+    import ltx2_diffusers.pipelines.block_streaming as streaming
+
+    def place_modules(modules, device, pool=None):
+        for module in modules:
+            module.to(device)
+
+    placement.place_modules = streaming.place_modules = place_modules
+
+
 def child_ours(side: str, device: str, folder: str, budget_gib: float | None = None) -> dict:
     import torch
 
@@ -286,6 +232,9 @@ def child_ours(side: str, device: str, folder: str, budget_gib: float | None = N
 
         os.environ[ENV_SWITCH] = "0"
         side = side.removesuffix("-noprefetch")
+    if side.endswith("-plainplace"):  # the memory tier places with `to()` (before `loaders.device_placement`)
+        plain_placement()
+        side = side.removesuffix("-plainplace")
     config = json.loads((pathlib.Path(folder) / "transformer" / "config.json").read_text())
     positive, negative, waveform = _inputs(*_dims(config))
     marks, placement = {}, None
