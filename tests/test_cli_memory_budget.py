@@ -122,7 +122,8 @@ def prepare(args, device):
 def test_default_on_cuda_budgets_the_free_memory(cli, audio, cuda, capsys):
     args = parse(cli, audio, "--height", "512", "--width", "768", "--num-frames", "97", "--vae-tiling")
     calls = prepare(args, torch.device("cuda"))
-    shape = dict(height=512, width=768, num_frames=97, frame_rate=24.0, stage_2=True, guidance_batch_size=None)
+    shape = dict(height=512, width=768, num_frames=97, frame_rate=24.0, stage_2=True, guidance_batch_size=None,
+                 reference_arithmetic=False)  # fmt: skip
     assert calls == [("vae tiling",), ("budget", 30.0, torch.device("cuda"), shape)]
     assert cuda == [torch.device("cuda")]
     assert f"memory tier: {TIERS[3]} for 30.00 GiB (default, 30.00 GiB free on cuda)" in capsys.readouterr().out

@@ -333,17 +333,21 @@ def _pipeline_decode(vae, tiling=None, walk_devices=LTX2PipelineBase.CHANNELS_LA
     """`LTX2PipelineBase.decode` (the VAE, then the rescaling to [0, 1] in float32) with `vae` as the pipeline's
     and `tiling` as what `enable_vae_tiling` set; the channels-last walk on `walk_devices` (CUDA, as the class)."""
     pipe = SimpleNamespace(vae=vae, vae_tiling=tiling, CHANNELS_LAST_DECODE_DEVICES=walk_devices)
+    pipe.DECODE_NOISE_SCALE, pipe.DECODE_TIMESTEP = (
+        LTX2PipelineBase.DECODE_NOISE_SCALE,
+        LTX2PipelineBase.DECODE_TIMESTEP,
+    )
     pipe.denormalize_latents = lambda z: LTX2PipelineBase.denormalize_latents(pipe, z)
     pipe._channels_last_decode = lambda z: LTX2PipelineBase._channels_last_decode(pipe, z)
+    pipe._channels_last_decode_on = lambda *a: LTX2PipelineBase._channels_last_decode_on(pipe, *a)
     pipe._decode_tile = lambda z, g: LTX2PipelineBase._decode_tile(pipe, z, g)
     return lambda z: LTX2PipelineBase.decode(pipe, z, None, "pt")
 
 
 def test_channels_last_walk_stays_under_the_decode_estimate():
-    """The decode estimate is `vae.decode`'s; the channels-last walk the pipeline uses on CUDA keeps no more tensors
-    live (traced at 121 x 1024 x 1536: 11.4 against 12.9 GiB), so the estimate bounds both decodes. On an H200 the
-    walk also drops cuDNN's layout copies around each convolution, which a trace does not see: 12.8 against
-    25.0 GiB measured (`benchmarks/profile_forward.py`, run 16)."""
+    """The channels-last walk the pipeline uses on CUDA keeps fewer tensors live than `vae.decode` (traced at
+    121 x 1024 x 1536: 11.4 against 12.9 GiB), so `vae.decode`'s estimate (that of tiers hooking the VAE, and of
+    each tile of a tiled decode) bounds both decodes; the walk's own estimate: `tests/test_memory_decode_walk.py`."""
     vae = _full_vae().eval()  # as a pipeline holds it (`from_pretrained` / `from_single_file`)
     latents = torch.empty(1, 128, 16, 32, 48, device="meta", dtype=torch.bfloat16)
     plain = _traced_decode(_pipeline_decode(vae), latents)

@@ -177,6 +177,7 @@ def apply_memory_tier(pipe, args, device) -> bool:
     size = dict(
         height=args.height, width=args.width, num_frames=planned_num_frames(args), frame_rate=args.frame_rate,
         stage_2=args.stage_2, guidance_batch_size=1 if args.reference_arithmetic else args.guidance_batch_size,
+        reference_arithmetic=args.reference_arithmetic,
     )  # fmt: skip
     try:
         try:

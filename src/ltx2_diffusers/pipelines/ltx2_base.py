@@ -460,9 +460,14 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
     CHANNELS_LAST_DECODE_DEVICES = ("cuda",)
 
     def _channels_last_decode(self, latents: torch.Tensor) -> bool:
+        return self._channels_last_decode_on(latents.device, getattr(self, "_reference_arithmetic", False))
+
+    def _channels_last_decode_on(self, device: torch.device, reference_arithmetic: bool) -> bool:
+        """Whether a decode on `device` walks the decoder channels-last (the memory tiers' decode estimate asks
+        this too, `memory.measure_memory_sizes`)."""
         return (
-            latents.device.type in self.CHANNELS_LAST_DECODE_DEVICES
-            and not getattr(self, "_reference_arithmetic", False)
+            device.type in self.CHANNELS_LAST_DECODE_DEVICES
+            and not reference_arithmetic
             and channels_last_decode_supported(self.vae)
         )
 

@@ -47,8 +47,9 @@ Every tier computes the same latents. The frames are the same too, except that a
 `enable_vae_tiling`) blends overlapping tiles and so differs from the whole decode near the tile seams when the video
 is larger than a tile, and that on CUDA a tier with offload hooks on the video VAE decodes through `vae.decode`
 while the others use the channels-last walk of the same decoder (`models.video_vae_decode`; equal up to rounding).
-The decode estimate below is that of `vae.decode` (the walk peaks at about half of it: 12.8 against 25.0 GiB at
-121 x 1024 x 1536, `benchmarks/profile_forward.py` run 16), so it stays an upper bound for both.
+So `A_decode` is the walk's in the tiers that leave the VAE unhooked (resident, stream) where calls on the placement's
+device will walk it (`LTX2PipelineBase._channels_last_decode_on`; `walk_activation_bytes`: 12.1 GiB at 121 x 1024 x
+1536 with LTX-2.3), else `vae.decode`'s (19.9 GiB); a tiled decode counts `vae.decode`'s per tile (an upper bound).
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ TEXT_OFFLOADS = ("hook", "layers")
 LORA_LOCATIONS = ("device", "host")
 # Video decoder activations, in tensors of its largest stage (see `decoder_activation_bytes`).
 DECODER_LIVE_TENSORS = 7
+WALK_LIVE_TENSORS = 4.25  # the same for the channels-last walk (see `walk_activation_bytes`)
+#: Offloads that leave the video VAE unhooked: their whole decode walks channels-last where the pipeline would.
+VAE_UNHOOKED_OFFLOADS = ("none", "stream")
 FLOAT32_BYTES = 4
 
 
@@ -153,7 +157,8 @@ class MemorySizes:
     `others_leaf` / `others_held_by_parents`: largest leaf and non-leaf parameters of all non-transformer
     components; `lora`: the distilled LoRA's factors;
     `lora_transient`: the largest `W + delta` pair stage 2 forms at once. Activations: `stage_1`, `stage_2`,
-    `decode` (as the user set the VAE up: whole, or tiled where they turned tiling on) and `decode_tiled`."""
+    `decode` (`vae.decode`, as the user set the VAE up: whole, or tiled where they turned tiling on), `decode_tiled`,
+    `decode_walk` (whole through the channels-last walk, where `VAE_UNHOOKED_OFFLOADS` tiers walk; else None)."""
 
     transformer: int
     transformer_block: int
@@ -171,19 +176,30 @@ class MemorySizes:
     stage_2: int = 0
     decode: int = 0
     decode_tiled: int = 0
+    decode_walk: int | None = None
 
     def __post_init__(self):
         for name, value in vars(self).items():
+            if name == "decode_walk" and value is None:
+                continue
             values = value.values() if isinstance(value, Mapping) else [value]
             for v in values:
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                     raise ValueError(f"MemorySizes.{name} must hold byte counts (ints >= 0), got {value!r}")
 
 
+def _decode(sizes: MemorySizes, offload: str, tiled_decode: bool) -> int:
+    """`A_decode` of a tier (module docstring): tiled, the walk's where it leaves the VAE unhooked, or vae.decode's."""
+    if tiled_decode:
+        return sizes.decode_tiled
+    walks = sizes.decode_walk is not None and offload in VAE_UNHOOKED_OFFLOADS
+    return sizes.decode_walk if walks else sizes.decode
+
+
 def _stream_base(sizes: MemorySizes, tiled_decode: bool, text_layers: bool = False) -> int:
     """Peak bytes of a streaming tier besides its resident blocks (module docstring)."""
     stages_peak = max(sizes.stage_1, sizes.stage_2 + sizes.lora_transient)
-    decode = sizes.decode_tiled if tiled_decode else sizes.decode
+    decode = _decode(sizes, "stream", tiled_decode)
     text = max((v for k, v in sizes.others.items() if k in TEXT_COMPONENTS), default=0)  # one at a time
     if text_layers:  # leaf-level group offload: two leaves (one computes, the next is copied) and the parents
         text = sizes.others_held_by_parents + 2 * sizes.others_leaf
@@ -209,7 +225,7 @@ def estimated_peak(tier: MemoryTier, sizes: MemorySizes) -> int:
     without `resident_blocks` counts none)."""
     lora = sizes.lora if tier.lora_location == "device" else 0
     stages_peak = max(sizes.stage_1, sizes.stage_2 + sizes.lora_transient)
-    decode = sizes.decode_tiled if tier.tiled_decode else sizes.decode
+    decode = _decode(sizes, tier.offload, tier.tiled_decode)
     others = dict(sizes.others)
     if tier.offload == "stream":
         base = _stream_base(sizes, tier.tiled_decode, tier.text_offload == "layers")
@@ -361,6 +377,29 @@ def decoder_activation_bytes(config, frames: int, height: int, width: int, dtype
     return DECODER_LIVE_TENSORS * largest * dtype_bytes, c * f * h * w
 
 
+def walk_activation_bytes(config, frames: int, height: int, width: int, dtype_bytes: int) -> tuple[int, int]:
+    """`(peak, output)` bytes of one whole decode through the channels-last walk (`models.video_vae_decode`).
+
+    At a resnet of a stage of `n` elements and `f` frames the walk keeps its input (the residual; after a temporal
+    upsampler a view of a tensor that still holds the frame it drops: at most `n (f + 1) / f`), the first
+    convolution's output, the second's input (written once into a buffer with room for the 2 padding frames of the
+    3-frame kernels: `n (f + 2) / f`, the norm, modulation and SiLU in place) and its output (the residual added in
+    place); a spatial padding other than zeros (LTX-2's reflect) adds `Conv3d`'s padded copy of that buffer. So
+    `peak = (WALK_LIVE_TENSORS - 2) n + n (f + 1) / f + (1 + copy) n_padded` at the stage where that is largest,
+    or at `conv_out` its input, padded input and output `O`, then `2 O` (the unpatchified copy), if larger.
+    `WALK_LIVE_TENSORS`: those 4 tensors plus the convolutions' workspace, calibrated on an H200 at
+    121 x 1024 x 1536 with LTX-2.3 in bf16: 12.82 GiB peak less the VAE's 1.35 GiB of weights, 11.47 GiB = 4.04
+    tensors of the largest stage (traced live: 4.02; `benchmarks/profile_forward.py` run 16), rounded up to 4.25."""
+    shapes = _decoder_stages(config, frames, height, width)
+    copy = int(getattr(config, "decoder_spatial_padding_mode", "zeros") != "zeros")
+    # Each stage's residual (with the dropped frame) and padded convolution input(s).
+    live = [(c * (f + 1) * h * w, (1 + copy) * c * (f + 2) * (h + 2 * copy) * (w + 2 * copy)) for c, f, h, w in shapes]
+    stage = max((WALK_LIVE_TENSORS - 2) * math.prod(s) + r + p for s, (r, p) in zip(shapes[:-1], live))
+    output = math.prod(shapes[-1])
+    last = math.prod(shapes[-2]) + live[-2][1] + output
+    return math.ceil(max(stage, last, 2 * output) * dtype_bytes), output
+
+
 def ltx_tiled_decode_bytes(vae, frames: int, height: int, width: int, tiling) -> int:
     """Activation bytes of `LTX2PipelineBase.decode` under `enable_vae_tiling` (ltx-core's tiled decode,
     `models.video_vae_tiling.tiled_decode`) for a `(frames, height, width)` latent and a `VideoTilingConfig`: the
@@ -385,13 +424,14 @@ def ltx_tiled_decode_bytes(vae, frames: int, height: int, width: int, tiling) ->
     return max(tile_peak + buffers, rescale)
 
 
-def decode_bytes(vae, frames: int, height: int, width: int, tiled: bool) -> int:
+def decode_bytes(vae, frames: int, height: int, width: int, tiled: bool, walk: bool = False) -> int:
     """Activation bytes of `LTX2PipelineBase.decode` for a `(frames, height, width)` latent: the decoder's peak
-    (whole, or per tile of the VAE's own tile settings, with the decoded tiles kept until they are blended and
-    the blended rows and video concatenated: diffusers' `tiled_decode`), or the rescaling of the output
-    (the video in the VAE dtype and two float32 copies), whichever is larger."""
+    (whole: `vae.decode`'s, or with `walk` the channels-last walk's; or per tile of the VAE's own tile settings,
+    with the decoded tiles kept until they are blended and the blended rows and video concatenated: diffusers'
+    `tiled_decode`), or the rescaling of the output (the video in the VAE dtype and two float32 copies), whichever
+    is larger."""
     config, size = vae.config, vae.dtype.itemsize
-    peak, output = decoder_activation_bytes(config, frames, height, width, size)
+    peak, output = (walk_activation_bytes if walk else decoder_activation_bytes)(config, frames, height, width, size)
     rescale = output * (size + 2 * FLOAT32_BYTES)
     ratio = vae.spatial_compression_ratio
     tile_h, tile_w = vae.tile_sample_min_height // ratio, vae.tile_sample_min_width // ratio
@@ -470,11 +510,12 @@ def guidance_pass_count(pipe) -> int:
 
 def measure_memory_sizes(
     pipe, *, height: int, width: int, num_frames: int, frame_rate: float = 24.0, stage_2: bool = True,
-    passes_per_forward: int = 4, text_tokens: int = 1024,
+    passes_per_forward: int = 4, text_tokens: int = 1024, device=None, reference_arithmetic: bool = False,
 ) -> MemorySizes:  # fmt: skip
     """`MemorySizes` of a call of `pipe` at this output size: its components' bytes as they are now (dtype,
     quantization, user adapters included) and the activation estimates (stage 1 at half size with `stage_2`,
-    `passes_per_forward` guidance passes batched; stage 2 one pass at full size)."""
+    `passes_per_forward` guidance passes batched; stage 2 one pass at full size; `decode_walk` where calls on
+    `device` with that `reference_arithmetic` walk the decoder, as `pipe._channels_last_decode_on` says)."""
     transformer, vae = pipe.transformer, pipe.vae
     act_bytes = max(2, transformer.dtype.itemsize)  # float8 weights compute in bfloat16
     audio_tokens = stages.audio_latent_frames(num_frames / frame_rate)
@@ -502,6 +543,11 @@ def measure_memory_sizes(
         whole_decode = tiled_decode
     else:
         whole_decode = decode_bytes(vae, *full, tiled=bool(getattr(vae, "use_tiling", False)))
+    walk = None
+    if user_tiling is None and device is not None:
+        with torch.no_grad():  # as the call decodes
+            if pipe._channels_last_decode_on(check_device(device), reference_arithmetic):
+                walk = decode_bytes(vae, *full, tiled=False, walk=True)
     return MemorySizes(
         transformer=module_bytes(transformer),
         transformer_block=block,
@@ -519,6 +565,7 @@ def measure_memory_sizes(
         stage_2=stage_2_bytes if stage_2 else 0,
         decode=whole_decode,
         decode_tiled=tiled_decode,
+        decode_walk=walk,
     )
 
 

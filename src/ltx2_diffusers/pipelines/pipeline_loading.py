@@ -310,7 +310,7 @@ class LTX2A2VLoadingMixin:
     def enable_memory_budget(
         self, memory_budget_gib: float, device: torch.device | str = "cuda", *, height: int = 1024,
         width: int = 1536, num_frames: int = 121, frame_rate: float = 24.0, stage_2: bool = True,
-        guidance_batch_size: int | None = None,
+        guidance_batch_size: int | None = None, reference_arithmetic: bool = False,
     ):  # fmt: skip
         """Place the components so that a call of this size peaks within `memory_budget_gib` GiB of `device`:
         the fastest `memory.TIERS` entry whose estimated peak fits (everything resident; the stream tier: as many
@@ -318,7 +318,8 @@ class LTX2A2VLoadingMixin:
         factors, the text encoder and connectors offloaded between uses; model CPU offload; group offload by block,
         then by leaf layer, with a CUDA stream; tiled decode and the distilled LoRA in pinned host memory where
         needed), applied with `enable_memory_tier`. The size arguments are those of the calls
-        to come (`guidance_batch_size` as passed to them). Refused: a budget that is not a finite number > 0, a
+        to come (`guidance_batch_size` and `reference_arithmetic` as passed to them: the decode's estimate is the
+        channels-last walk's where those calls will walk the decoder, `memory.measure_memory_sizes`). Refused: a budget that is not a finite number > 0, a
         budget no tier fits (ValueError with the smallest that does), a budget only group offload fits with
         `compile=True` (`set_transformer_acceleration`), and a pipeline that already carries offload hooks (the
         user's placement is left as it is). Returns the `MemoryTier` applied.
@@ -338,12 +339,14 @@ class LTX2A2VLoadingMixin:
         device = memory.check_device(device)
         for name, value in (("height", height), ("width", width), ("num_frames", num_frames)):
             memory.check_count(name, value)
-        if not isinstance(stage_2, bool):
-            raise TypeError(f"stage_2 must be a bool, got {stage_2!r}")
+        for name, value in (("stage_2", stage_2), ("reference_arithmetic", reference_arithmetic)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, got {value!r}")
         batch = 4 if guidance_batch_size is None else memory.check_count("guidance_batch_size", guidance_batch_size)
         sizes = memory.measure_memory_sizes(
             self, height=height, width=width, num_frames=num_frames, frame_rate=check_frame_rate(frame_rate),
-            stage_2=stage_2, passes_per_forward=min(memory.guidance_pass_count(self), batch),
+            stage_2=stage_2, passes_per_forward=min(memory.guidance_pass_count(self), batch), device=device,
+            reference_arithmetic=reference_arithmetic,
         )  # fmt: skip
         self._check_no_offload_hooks()
         tier = memory.choose_memory_tier(budget, sizes, compile_blocks=self.transformer_acceleration.compile is True)
