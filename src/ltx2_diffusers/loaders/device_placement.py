@@ -174,10 +174,8 @@ def place_modules(modules: Iterable[torch.nn.Module], device, pool: StagingPool 
             module.to(device)
             continue
         collector = _Collector(device)
-        try:
-            module._apply(collector)
-        finally:  # even when `_apply` fails part way (out of memory): what it moved holds its values, as with `to()`
-            pool.copy(_memory_order(collector.copies))
+        module._apply(collector)
+        pool.copy(_memory_order(collector.copies))
 
 
 def place_pipeline_modules(pipe, device, names: Iterable[str] | None = None) -> None:
