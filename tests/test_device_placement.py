@@ -138,24 +138,3 @@ def test_cuda_placement_equals_to_cuda(tmp_path):
         assert y.device.type == "cuda" and x.dtype == y.dtype and _raw(x.cpu()) == _raw(y.cpu()), name
     assert b.tied.weight is b.big.weight
     place_modules([b], "cuda")  # already there: nothing changes
-
-
-def test_pipeline_components_staged_keep_every_weight():
-    """The tiny pipeline's components (what the memory tiers place) through the staged copy: every parameter and
-    buffer keeps its bytes, dtype and object; the distilled LoRA's factors too."""
-    from factories import cached_checkpoint
-
-    from ltx2_diffusers import LTX2AudioToVideoPipeline
-
-    checkpoint = cached_checkpoint("checkpoint", "2.3", seed=4)
-    lora = cached_checkpoint("lora", checkpoint_path=checkpoint, seed=6, dtype=torch.float32)
-    pipe = LTX2AudioToVideoPipeline.from_single_file(checkpoint, distilled_lora=lora, torch_dtype=torch.bfloat16)
-    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
-    before = [{k: (v.dtype, _raw(v)) for k, v in m.state_dict(keep_vars=True).items()} for m in modules]
-    before += [{k: (v.dtype, _raw(v)) for k, v in pipe.distilled_lora.named_buffers()}]
-    objects = [dict(m.named_parameters()) for m in modules]
-    place_modules(modules, "cpu", pool=StagingPool("cpu", buffers=3, nbytes=4096, pinned=False))
-    after = [{k: (v.dtype, _raw(v)) for k, v in m.state_dict(keep_vars=True).items()} for m in modules]
-    after += [{k: (v.dtype, _raw(v)) for k, v in pipe.distilled_lora.named_buffers()}]
-    assert after == before
-    assert all(p is o[k] for m, o in zip(modules, objects) for k, p in m.named_parameters())
