@@ -31,8 +31,6 @@ import torch
 from accelerate.hooks import ModelHook
 from accelerate.utils import send_to_device
 
-from ..loaders.device_placement import place_modules
-
 
 #: Attributes of a linear holding `(A, B, scale)` while a LoRA is applied to it: the distilled LoRA's
 #: `W + (B * scale) @ A` (`loaders.distilled_lora.DELTA_ATTRIBUTE`) and the float8 fused LoRA (`loaders.fp8`).
@@ -115,7 +113,7 @@ class BlockStreamer:
                 tensor.data = host
         self._transformer._block_streamer = self
         self._attached = True
-        place_modules([self._transformer], self.device)  # as `to()`, through pinned staging buffers
+        self._transformer.to(self.device)
         return self
 
     def detach(self) -> None:
@@ -385,7 +383,7 @@ def enable_block_streaming(
     streamed = set(spread_blocks(num_blocks, num_blocks - kept))
     kept_blocks = [i for i in range(num_blocks) if i not in streamed]
     streamer = BlockStreamer(transformer, device, kept_blocks, slots=STREAM_SLOTS)  # what the estimate counts
-    hooks, resident = [], []
+    hooks = []
     for name, component in pipe.components.items():
         if not isinstance(component, torch.nn.Module) or name in ("transformer", "distilled_lora"):
             continue
@@ -398,8 +396,7 @@ def enable_block_streaming(
         elif name in TEXT_COMPONENTS:
             add_hook_to_module(component, TextComponentHook(device, hooks))
         else:
-            resident.append(component)
-    place_modules(resident, device)  # as `to()`, through pinned staging buffers (`loaders.device_placement`)
+            component.to(device)
     streamer.attach()
     streamer.offload_before_forward = hooks
     return streamer

@@ -354,13 +354,11 @@ class LTX2A2VLoadingMixin:
         return tier
 
     def enable_memory_tier(self, tier, device: torch.device | str = "cuda"):
-        """Apply a `memory.MemoryTier` with diffusers' mechanisms: `to(device)` (after the weights were copied
-        through pinned staging buffers, `loaders.device_placement`: the same result, faster), block streaming
+        """Apply a `memory.MemoryTier` with diffusers' mechanisms: `to(device)`, block streaming
         (`block_streaming.enable_block_streaming`), `enable_model_cpu_offload` or `enable_group_offload` (block or
         leaf level; a CUDA stream on CUDA), `enable_vae_tiling` (never turned off
         here; tiling the user set is kept as it is), and the distilled LoRA's factors on the device or in pinned host memory. A pipeline that already
         carries offload hooks is refused (ValueError naming the components)."""
-        from ..loaders.device_placement import place_pipeline_modules
         from .block_streaming import enable_block_streaming
         from .memory import MemoryTier, check_device, place_distilled_lora
 
@@ -377,7 +375,6 @@ class LTX2A2VLoadingMixin:
         if tier.tiled_decode and self.vae_tiling is None:  # the user's own tile sizes are kept
             self.enable_vae_tiling()
         if tier.offload == "none":
-            place_pipeline_modules(self, device)  # staged copies: `pipe.to` then finds the weights in place
             self.to(device)
         elif tier.offload == "stream":
             place_distilled_lora(self.distilled_lora, tier.lora_location, device)
