@@ -4,7 +4,6 @@
     python benchmarks/loading.py --layers 2 --repeats 2 --sides ours
     python benchmarks/loading.py --tiny            # tests/factories.py's tiny checkpoint, seconds
     python benchmarks/loading.py --device cuda     # 8 blocks, 2 repeats: 11.7 GB file, 13.8 GB folder
-    python benchmarks/loading.py --device cuda --sides ours,ours-plainplace,ours-resident,reference
 
 Builds, in a temporary folder on local disk (removed afterwards unless `--keep`), an LTX-2.3 single-file checkpoint
 at the released widths for every component (benchmarks/convert_memory.py's `full_width_config`: 32 x 128 heads, text
@@ -38,9 +37,7 @@ CUDA context before the clock starts and synchronise before reading it. "ours" p
 CLI's default compiles the blocks at the first call, a cost that is not loading). The reference is built with
 `device=cuda` (its ledger reads each model straight onto the GPU). On the CPU, "ours@GIB" and "ours-resident"
 run the same placement code (a dry run of the CUDA path; "ours" is not placed there). "ours-resident-noprefetch" is
-"ours-resident" with the folder's weights not read ahead (`LTX2_PREFETCH_WEIGHTS=0`, `loaders.prefetch`). The memory
-tiers copy the weights to the GPU through pinned staging buffers (`loaders.device_placement`); "ours-plainplace" is
-"ours" with that copy replaced by `module.to(device)` (the placement before it), for the comparison in one run.
+"ours-resident" with the folder's weights not read ahead (`LTX2_PREFETCH_WEIGHTS=0`, `loaders.prefetch`).
 
 Reported: medians over the repeats, ratios to the read floor (each side / folder read, reference / single-file
 read). Prints a table and one JSON line (`--json PATH` also writes it); progress goes to stderr. `--time-limit-s`
@@ -70,13 +67,7 @@ from page_cache import CHUNK, evict, files_under, filesystem_type, read_all, res
 
 
 HEIGHT, WIDTH, NUM_FRAMES, FRAME_RATE, RATE, CONTEXT_TOKENS = 64, 64, 9, 24.0, 16000, 32
-SIDES = (
-    "ours",
-    "ours-plainplace",
-    "ours-resident",
-    "ours-resident-noprefetch",
-    "reference",
-)  # and "ours@GIB": placed for GIB
+SIDES = ("ours", "ours-resident", "ours-resident-noprefetch", "reference")  # and "ours@GIB": placed for GIB
 DEFAULTS = {"cpu": (4, 3, "ours,reference"), "cuda": (8, 2, "ours,ours-resident,reference")}  # layers, repeats, sides
 
 
@@ -210,18 +201,6 @@ def place(pipe, side: str, device: str, budget_gib: float | None) -> str:
     return str(pipe._memory_tier)
 
 
-def plain_placement() -> None:
-    """Our placement (`loaders.device_placement.place_modules`, where the memory tiers call it) replaced by `to()`."""
-    import ltx2_diffusers.loaders.device_placement as placement
-    import ltx2_diffusers.pipelines.block_streaming as streaming
-
-    def place_modules(modules, device, pool=None):
-        for module in modules:
-            module.to(device)
-
-    placement.place_modules = streaming.place_modules = place_modules
-
-
 def child_ours(side: str, device: str, folder: str, budget_gib: float | None = None) -> dict:
     import torch
 
@@ -232,9 +211,6 @@ def child_ours(side: str, device: str, folder: str, budget_gib: float | None = N
 
         os.environ[ENV_SWITCH] = "0"
         side = side.removesuffix("-noprefetch")
-    if side.endswith("-plainplace"):  # the memory tier places with `to()` (before `loaders.device_placement`)
-        plain_placement()
-        side = side.removesuffix("-plainplace")
     config = json.loads((pathlib.Path(folder) / "transformer" / "config.json").read_text())
     positive, negative, waveform = _inputs(*_dims(config))
     marks, placement = {}, None
