@@ -40,6 +40,8 @@ from diffusers.models.autoencoders.autoencoder_kl_ltx2 import (
     PerChannelRMSNorm,
 )
 
+from ..utils.hooks import carries_hooks
+
 
 __all__ = ["channels_last_decode_supported", "decode_channels_last"]
 
@@ -52,15 +54,9 @@ def _has_hooks(module: torch.nn.Module) -> bool:
     instance-level `forward` on `module` or inside it, or global module hooks: code the walk would not run."""
     from torch.nn.modules import module as torch_module
 
-    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks or carries_hooks(module):
         return True
-    for sub in module.modules():
-        registry = getattr(sub, "_diffusers_hook", None)
-        if getattr(sub, "_hf_hook", None) is not None or (registry is not None and registry.hooks):
-            return True
-        if sub._forward_hooks or sub._forward_pre_hooks or "forward" in vars(sub):
-            return True
-    return False
+    return any(sub._forward_hooks or sub._forward_pre_hooks or "forward" in vars(sub) for sub in module.modules())
 
 
 def _resnets(decoder: LTX2VideoDecoder3d):

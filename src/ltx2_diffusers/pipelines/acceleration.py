@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from diffusers.utils import logging
 
+from ..utils.hooks import carries_hooks
+
 
 logger = logging.get_logger(__name__)
 
@@ -182,12 +184,7 @@ def backend_set_by_user(transformer) -> bool:
 
 def blocks_carry_offload_hooks(transformer) -> bool:
     """Whether offload hooks (diffusers' hook registry, accelerate's `_hf_hook`) sit on or inside the blocks."""
-    for block in _blocks(transformer):
-        for module in block.modules():
-            registry = getattr(module, "_diffusers_hook", None)
-            if getattr(module, "_hf_hook", None) is not None or (registry is not None and registry.hooks):
-                return True
-    return False
+    return any(carries_hooks(block) for block in _blocks(transformer))
 
 
 def is_context_parallel(transformer) -> bool:

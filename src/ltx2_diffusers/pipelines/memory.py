@@ -62,6 +62,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..models.video_vae_tiling import VideoTilingConfig
+from ..utils.hooks import placed_by_offload
 from ..validation import _real
 from . import ltx2_stages as stages
 
@@ -572,13 +573,11 @@ def measure_memory_sizes(
 # ---------------------------------------------------------------------------------------------------- placing
 def has_offload_hooks(pipe) -> list[str]:
     """Names of the components that carry accelerate or diffusers offload hooks (model, sequential, group)."""
-    from diffusers.hooks.group_offloading import _is_group_offload_enabled
-
     hooked = []
     for name, module in pipe.components.items():
         if not isinstance(module, torch.nn.Module):
             continue
-        if any(hasattr(sub, "_hf_hook") for sub in module.modules()) or _is_group_offload_enabled(module):
+        if placed_by_offload(module):
             hooked.append(name)
     return hooked
 
