@@ -317,20 +317,21 @@ class LTX2A2VLoadingMixin:
         transformer blocks resident as fit, the others streamed from pinned host memory with their distilled LoRA
         factors, the text encoder and connectors offloaded between uses; model CPU offload; group offload by block,
         then by leaf layer, with a CUDA stream; tiled decode and the distilled LoRA in pinned host memory where
-        needed), applied with `enable_memory_tier`. The size arguments are those of the calls
-        to come (`guidance_batch_size` and `reference_arithmetic` as passed to them: the decode's estimate is the
-        channels-last walk's where those calls will walk the decoder, `memory.measure_memory_sizes`). Refused: a budget that is not a finite number > 0, a
-        budget no tier fits (ValueError with the smallest that does), a budget only group offload fits with
-        `compile=True` (`set_transformer_acceleration`), and a pipeline that already carries offload hooks (the
-        user's placement is left as it is). Returns the `MemoryTier` applied.
+        needed), applied with `enable_memory_tier`. The size arguments are those of the calls to come
+        (`guidance_batch_size` and `reference_arithmetic` as passed to them: the decode's estimate is the
+        channels-last walk's where those calls will walk the decoder, `memory.measure_memory_sizes`).
+        Refused: a budget that is not a finite number > 0, a budget no tier fits (ValueError with the smallest
+        that does), a budget only group offload fits with `compile=True` (`set_transformer_acceleration`), and a
+        pipeline that already carries offload hooks (the user's placement is left as it is). Returns the
+        `MemoryTier` applied.
 
         Example:
 
         ```py
         >>> pipe = LTX2AudioToVideoPipeline.from_pretrained("path/to/converted", torch_dtype=torch.bfloat16)
         >>> tier = pipe.enable_memory_budget(24, "cuda", height=1024, width=1536, num_frames=121)
-        >>> tier.offload, tier.tiled_decode  # LTX-2.3 bf16, no text encoder: about a dozen blocks resident
-        ('stream', True)
+        >>> tier.offload, tier.tiled_decode  # LTX-2.3 bf16 on CUDA, no text encoder: 7-8 blocks resident
+        ('stream', False)
         ```"""
         from ..validation import check_frame_rate
         from . import memory
