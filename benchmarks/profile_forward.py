@@ -77,6 +77,18 @@ def print_profile(label: str, row: dict) -> None:
         print(f"    {ms:8.2f} ms  {name}")
 
 
+MODES, TIMESTEPS = ("compiled", "eager"), ("token", "item")
+
+
+def _listed(value: str, flag: str, allowed: tuple[str, ...]) -> list[str]:
+    """A comma list of `allowed` names (ValueError naming `flag` otherwise)."""
+    names = value.split(",")
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise ValueError(f"{flag}: unknown {unknown}; expected a comma list of {', '.join(allowed)}")
+    return names
+
+
 def transformer_rows(args) -> dict:
     from ltx2_diffusers.loaders.fp8 import enable_fp8_scaled_mm
     from ltx2_diffusers.pipelines.memory import place_distilled_lora
@@ -101,24 +113,25 @@ def transformer_rows(args) -> dict:
             return stage_2(model, shapes[shape], per_item)
 
     rows = {}
-    modes = args.modes.split(",")  # eager runs before the blocks are compiled
-    for mode, dtype_mode in [(m, d) for m in sorted(modes, key="eager".__ne__) for d in ("bf16", "fp8")]:
-        if dtype_mode == "fp8" and not args.fp8:
-            continue
-        if mode == "compiled" and not any(b._compiled_call_impl for b in model.transformer_blocks):
-            model.compile_repeated_blocks(fullgraph=True)
-        if dtype_mode == "fp8" and not getattr(model, "_fp8_enabled", False):
+    modes, timestep_modes = _listed(args.modes, "--modes", MODES), _listed(args.timesteps, "--timesteps", TIMESTEPS)
+    # bf16 before fp8 (`enable_fp8_scaled_mm` converts the weights in place); eager rows run the compiled blocks
+    # eager (`force_eager`) once they are compiled
+    for dtype_mode in ("bf16", "fp8") if args.fp8 else ("bf16",):
+        if dtype_mode == "fp8":
             enable_fp8_scaled_mm(model, granularity="row")
-            model._fp8_enabled = True
-        for shape in shapes:
-            for timesteps in args.timesteps.split(","):
-                per_item = timesteps == "item"
-                with torch.no_grad():
-                    row = profile(lambda shape=shape, p=per_item: forward(shape, p), args.top)
-                    row["wall_ms"] = event_median(lambda shape=shape, p=per_item: forward(shape, p), args.repeats)
-                label = f"{dtype_mode}_{shape}" + ("" if mode == "compiled" else f"_{mode}") + f"_{timesteps}"
-                rows[label] = row
-                print_profile(f"{label} ({args.layers} blocks)", row)
+        for mode in modes:
+            if mode == "compiled" and not any(b._compiled_call_impl for b in model.transformer_blocks):
+                model.compile_repeated_blocks(fullgraph=True)
+            stance = "force_eager" if mode == "eager" else "default"
+            for shape in shapes:
+                for timesteps in timestep_modes:
+                    per_item = timesteps == "item"
+                    with torch.no_grad(), torch.compiler.set_stance(stance):
+                        row = profile(lambda shape=shape, p=per_item: forward(shape, p), args.top)
+                        row["wall_ms"] = event_median(lambda shape=shape, p=per_item: forward(shape, p), args.repeats)
+                    label = f"{dtype_mode}_{shape}" + ("" if mode == "compiled" else f"_{mode}") + f"_{timesteps}"
+                    rows[label] = row
+                    print_profile(f"{label} ({args.layers} blocks)", row)
     return rows
 
 

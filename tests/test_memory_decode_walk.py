@@ -12,9 +12,11 @@ import torch
 from diffusers import AutoencoderKLLTX2Video
 from factories import RELEASED_VAE_BLOCKS, cached_checkpoint, vae_config
 from live_bytes import LiveBytes
-from test_memory_tiers import FULL, _pipeline_decode, _traced_decode, gib, load
+from test_memory_tiers import FRAMES, FULL, SIZE, _pipeline_decode, _traced_decode, gib, load, setup  # noqa: F401
+from test_pipeline_parity import contexts
 
 import ltx2_diffusers.pipelines.ltx2_base as ltx2_base
+from ltx2_diffusers import MultiModalGuidance
 from ltx2_diffusers.loaders.single_file_video_vae import video_vae_config_from_original
 from ltx2_diffusers.models.video_vae_decode import decode_channels_last
 from ltx2_diffusers.pipelines import memory
@@ -161,3 +163,54 @@ def test_enable_memory_budget_passes_the_device_and_reference_arithmetic(pipe, m
     with pytest.raises(TypeError, match="reference_arithmetic must be a bool"):
         pipe.enable_memory_budget(24, "cpu", height=128, width=128, num_frames=9, reference_arithmetic="yes")
     assert memory.has_offload_hooks(pipe) == []
+
+
+# ------------------------------------------------------------------------------------------------ calls
+def _call(pipe, audio, **kwargs):
+    kwargs.setdefault("output_type", "pt")
+    return pipe(
+        audio=str(audio), prompt_contexts=contexts(0, "2.3"), negative_prompt_contexts=contexts(1, "2.3"),
+        height=SIZE, width=SIZE, num_frames=FRAMES, num_inference_steps=2,
+        video_guidance=MultiModalGuidance(stg_blocks=[1]), generator=torch.Generator().manual_seed(0), **kwargs,
+    )  # fmt: skip
+
+
+def test_a_call_whose_decode_the_walk_budget_does_not_cover_is_refused_before_compute(setup, monkeypatch):  # noqa: F811
+    """A budget that counted the walk's whole decode refuses a call that would decode whole through `vae.decode`
+    (`reference_arithmetic=True`, a hook put on the VAE since), before any model runs; a tiled decode, latents, or a
+    budget measured for `reference_arithmetic` pass."""
+    monkeypatch.setattr(LTX2PipelineBase, "CHANNELS_LAST_DECODE_DEVICES", ("cpu",))  # the walk on this device
+    pipe = load(setup)
+    tier = pipe.enable_memory_budget(1000, "cpu", height=SIZE, width=SIZE, num_frames=FRAMES)
+    assert (tier.offload, tier.tiled_decode) == ("none", False) and pipe._walk_decode_budget is not None
+    forwards = []
+    pipe.transformer.register_forward_pre_hook(lambda *a: forwards.append(1))
+    with pytest.raises(
+        ValueError, match=r"reference_arithmetic=True decodes through vae.decode.*enable_memory_budget"
+    ):
+        _call(pipe, setup["audio"], reference_arithmetic=True)
+    hook = pipe.vae.decoder.register_forward_hook(lambda *a: None)
+    with pytest.raises(ValueError, match="the video VAE as it is now decodes through vae.decode"):
+        _call(pipe, setup["audio"])
+    assert forwards == []  # refused before the transformer ran
+    with pytest.raises(TypeError, match="reference_arithmetic must be a bool"):
+        _call(pipe, setup["audio"], reference_arithmetic="yes")
+    latents = _call(pipe, setup["audio"], output_type="latent")  # no decode: nothing to refuse
+    assert forwards
+    hook.remove()
+    frames = _call(pipe, setup["audio"]).frames  # walked, as budgeted
+    assert (frames - setup["expected"]).abs().max().item() <= 1e-5
+    pipe.enable_vae_tiling()  # tiles need less than the budgeted whole decode
+    _call(pipe, setup["audio"], reference_arithmetic=True)
+    assert latents is not None
+
+
+def test_a_budget_measured_for_reference_arithmetic_covers_its_calls(setup, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(LTX2PipelineBase, "CHANNELS_LAST_DECODE_DEVICES", ("cpu",))
+    pipe = load(setup)
+    pipe.enable_memory_budget(1000, "cpu", height=SIZE, width=SIZE, num_frames=FRAMES, reference_arithmetic=True)
+    assert pipe._walk_decode_budget is None
+    frames = _call(pipe, setup["audio"], reference_arithmetic=True).frames
+    assert torch.isfinite(frames).all()
+    pipe.enable_memory_tier(pipe._memory_tier, "cpu")  # a tier applied directly counts no decode at all
+    assert pipe._walk_decode_budget is None

@@ -379,7 +379,7 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         frozen = is_frozen(video), is_frozen(audio)
         # One timestep per item where a modality's tokens share it (the masks do not change during the loop); the
         # reference's per-token AdaLN under `reference_arithmetic`.
-        per_item = (False, False) if exact else (has_uniform_timesteps(video), has_uniform_timesteps(audio))
+        per_item_timesteps = (False, False) if exact else (has_uniform_timesteps(video), has_uniform_timesteps(audio))
         with (
             self.progress_bar(total=len(sigmas) - 1) as progress_bar,
             reference_lora_arithmetic(self.transformer) if exact else nullcontext(),
@@ -394,7 +394,7 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
                 sigma, sigma_next = sigmas[i], sigmas[i + 1]
                 previous = guided_x0(
                     self.transformer, video, audio, sigma, i, contexts, guidance, previous,
-                    batch_size=guidance_batch_size, share_prefix=not exact, per_item_timesteps=per_item,
+                    batch_size=guidance_batch_size, share_prefix=not exact, per_item_timesteps=per_item_timesteps,
                 )  # fmt: skip
                 if not frozen[0]:
                     video = advance(video, previous.video, sigma, sigma_next)

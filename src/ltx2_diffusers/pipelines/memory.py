@@ -50,6 +50,7 @@ while the others use the channels-last walk of the same decoder (`models.video_v
 So `A_decode` is the walk's in the tiers that leave the VAE unhooked (resident, stream) where calls on the placement's
 device will walk it (`LTX2PipelineBase._channels_last_decode_on`; `walk_activation_bytes`: 12.1 GiB at 121 x 1024 x
 1536 with LTX-2.3), else `vae.decode`'s (19.9 GiB); a tiled decode counts `vae.decode`'s per tile (an upper bound).
+A call that would then decode whole through `vae.decode` is refused before it computes (`check_decode_budget`).
 """
 
 from __future__ import annotations
@@ -189,12 +190,17 @@ class MemorySizes:
                     raise ValueError(f"MemorySizes.{name} must hold byte counts (ints >= 0), got {value!r}")
 
 
+def walk_decode_budgeted(sizes: MemorySizes, offload: str, tiled_decode: bool) -> bool:
+    """Whether a tier's estimate counts the channels-last walk's whole decode (`sizes.decode_walk`): a whole
+    decode, measured as walked, by a tier that leaves the VAE unhooked."""
+    return not tiled_decode and sizes.decode_walk is not None and offload in VAE_UNHOOKED_OFFLOADS
+
+
 def _decode(sizes: MemorySizes, offload: str, tiled_decode: bool) -> int:
     """`A_decode` of a tier (module docstring): tiled, the walk's where it leaves the VAE unhooked, or vae.decode's."""
     if tiled_decode:
         return sizes.decode_tiled
-    walks = sizes.decode_walk is not None and offload in VAE_UNHOOKED_OFFLOADS
-    return sizes.decode_walk if walks else sizes.decode
+    return sizes.decode_walk if walk_decode_budgeted(sizes, offload, tiled_decode) else sizes.decode
 
 
 def _stream_base(sizes: MemorySizes, tiled_decode: bool, text_layers: bool = False) -> int:

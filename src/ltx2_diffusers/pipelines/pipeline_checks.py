@@ -99,6 +99,7 @@ class LTX2A2VChecksMixin:
         stage_2_lora=True,
         audio_guidance=None,
         enhance_prompt=False,
+        reference_arithmetic=False,
     ):
         """Every check that needs no model, before any model runs: sizes, counts, texts and embeddings, guidance,
         the audio file's presence, the condition images (read here), generators, output type."""
@@ -204,3 +205,6 @@ class LTX2A2VChecksMixin:
         if isinstance(audio, (str, os.PathLike)) and not os.path.isfile(audio):
             raise ValueError(f"audio {os.fspath(audio)!r} is not a readable file")
         generator_device(generator)
+        if not isinstance(reference_arithmetic, bool):
+            raise TypeError(f"reference_arithmetic must be a bool, got {reference_arithmetic!r}")
+        self.check_decode_budget(reference_arithmetic, output_type)

@@ -352,7 +352,30 @@ class LTX2A2VLoadingMixin:
         self._check_no_offload_hooks()
         tier = memory.choose_memory_tier(budget, sizes, compile_blocks=self.transformer_acceleration.compile is True)
         self.enable_memory_tier(tier, device)
+        if memory.walk_decode_budgeted(sizes, tier.offload, tier.tiled_decode):
+            self._walk_decode_budget = (device, memory_budget_gib, sizes.decode - sizes.decode_walk)
         return tier
+
+    def check_decode_budget(self, reference_arithmetic: bool, output_type: str) -> None:
+        """Refuse (ValueError, before any compute) a call whose decode the memory budget does not cover:
+        `enable_memory_budget` counted the channels-last walk's whole decode (`memory.walk_decode_budgeted`), and
+        this call would decode the whole video through `vae.decode` instead (`reference_arithmetic=True`, or a VAE
+        changed since: hooks, a subclass, mixed dtypes, autocast). Tiled decodes need less and pass."""
+        budgeted = getattr(self, "_walk_decode_budget", None)
+        vae = self.vae
+        if budgeted is None or output_type == "latent" or self.vae_tiling is not None:
+            return
+        if getattr(vae, "use_tiling", False) or getattr(vae, "use_framewise_decoding", False):
+            return
+        device, gib, extra = budgeted
+        if self._channels_last_decode_on(device, reference_arithmetic):
+            return
+        why = "reference_arithmetic=True" if reference_arithmetic else "the video VAE as it is now"
+        raise ValueError(
+            f"{why} decodes through vae.decode, but enable_memory_budget({gib}) counted the channels-last decode, "
+            f"about {extra / 2**30:.1f} GiB less at that size: call enable_memory_budget(..., "
+            f"reference_arithmetic={reference_arithmetic}) again with the VAE as it will be used, or enable_vae_tiling()"
+        )
 
     def enable_memory_tier(self, tier, device: torch.device | str = "cuda"):
         """Apply a `memory.MemoryTier` with diffusers' mechanisms: `to(device)`, block streaming
@@ -373,6 +396,7 @@ class LTX2A2VLoadingMixin:
             )
         device = check_device(device)
         self._check_no_offload_hooks()
+        self._walk_decode_budget = None  # `enable_memory_budget` sets it after this: `check_decode_budget`
         if tier.tiled_decode and self.vae_tiling is None:  # the user's own tile sizes are kept
             self.enable_vae_tiling()
         if tier.offload == "none":

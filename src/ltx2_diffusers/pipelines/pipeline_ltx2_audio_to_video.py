@@ -232,6 +232,7 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, audio=audio, generator=generator,
             distilled_lora_scale=distilled_lora_scale, max_num_frames=max_num_frames,
             max_video_tokens=max_video_tokens, stage_2_lora=stage_2_lora, enhance_prompt=enhance_prompt,
+            reference_arithmetic=reference_arithmetic,
         )  # fmt: skip
         stage_1_sigmas = self.stage_sigmas(num_inference_steps, table)
         generator = single_generator(generator)

@@ -167,6 +167,7 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, generator=generator,
             distilled_lora_scale=distilled_lora_scale, max_num_frames=max_num_frames,
             max_video_tokens=max_video_tokens, stage_2_lora=stage_2_lora, enhance_prompt=enhance_prompt,
+            reference_arithmetic=reference_arithmetic,
         )  # fmt: skip
         if num_frames is None:
             raise ValueError("num_frames must be 8k + 1 (1, 9, 17, ..., 121), got None")
