@@ -8,9 +8,12 @@ while `from_pretrained` builds the pipeline.
    when the available memory is unknown.
 3. `from_pretrained` on a converted folder prefetches exactly the folder's component weight files (all of them,
    not the ones of a component the caller passes in), and loads the same weights as without the prefetch.
+4. `weight_files` picks the files of the variant `from_pretrained` loads: the shards its index names (inside the
+   component folder only), else the single file of that variant; other variants' files are not read.
 """
 
 import hashlib
+import json
 import os
 import threading
 
@@ -128,3 +131,32 @@ def test_from_pretrained_prefetches_the_folder_weights(folder, monkeypatch):
         ours, theirs = getattr(pipe, name).state_dict(), getattr(plain, name).state_dict()
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
     assert {f: _hash(f) for f in _all_weight_files(folder)} == before
+
+
+def test_weight_files_are_the_requested_variants(tmp_path):
+    single, sharded = tmp_path / "vae", tmp_path / "transformer"
+    single.mkdir()
+    sharded.mkdir()
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", "notes.txt"):
+        (single / name).write_bytes(b"x")
+    shards = [
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "diffusion_pytorch_model-00002-of-00002.safetensors",
+    ]
+    for name in [*shards, "diffusion_pytorch_model-00001-of-00001.fp16.safetensors", "stray.safetensors"]:
+        (sharded / name).write_bytes(b"x")
+    weight_map = {"a": shards[0], "b": shards[1], "c": shards[0], "d": "../vae/diffusion_pytorch_model.safetensors"}
+    (sharded / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    fp16_map = {"a": "diffusion_pytorch_model-00001-of-00001.fp16.safetensors"}
+    (sharded / "diffusion_pytorch_model.safetensors.index.fp16.json").write_text(json.dumps({"weight_map": fp16_map}))
+
+    found = prefetch.weight_files(tmp_path, ["vae", "transformer", "missing"])
+    assert found == [str(single / "diffusion_pytorch_model.safetensors"), *(str(sharded / s) for s in shards)]
+    found = prefetch.weight_files(tmp_path, ["vae", "transformer"], variant="fp16")
+    assert found == [str(single / "diffusion_pytorch_model.fp16.safetensors"), str(sharded / fp16_map["a"])]
+    (sharded / "diffusion_pytorch_model.safetensors.index.json").write_text("{not json")
+    # an unreadable index: the variant's files by name (from_pretrained reports the index)
+    assert prefetch.weight_files(tmp_path, ["transformer"]) == [
+        str(sharded / n) for n in [*shards, "stray.safetensors"]
+    ]
+    assert prefetch.weight_files(tmp_path, ["vae"], variant=3) == []

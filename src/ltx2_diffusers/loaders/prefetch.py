@@ -17,6 +17,7 @@ environment sets `LTX2_PREFETCH_WEIGHTS=0`.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterable
@@ -52,15 +53,36 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def weight_files(folder: str | os.PathLike, subfolders: Iterable[str]) -> list[str]:
-    """The `.safetensors` files directly inside `folder/<subfolder>` for each subfolder that exists, in order
-    (subfolders in the given order, files by name)."""
+def weight_files(folder: str | os.PathLike, subfolders: Iterable[str], variant: str | None = None) -> list[str]:
+    """The `.safetensors` files `from_pretrained` loads from `folder/<subfolder>` for each subfolder that exists, in
+    order: the shards the variant's index names (`<name>.safetensors.index[.<variant>].json`, file names inside the
+    subfolder only), else the files of that variant (`<name>[.<variant>].safetensors`; by name). Other variants'
+    files in the same subfolder are not read."""
+    if variant is not None and not isinstance(variant, str):
+        return []  # from_pretrained reports it
     files = []
     for name in subfolders:
         path = os.path.join(folder, name)
         if os.path.isdir(path):
-            files += [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".safetensors")]
+            files += [os.path.join(path, f) for f in _variant_files(path, variant)]
     return [f for f in files if os.path.isfile(f)]
+
+
+def _variant_files(path: str, variant: str | None) -> list[str]:
+    names = sorted(os.listdir(path))
+    index_suffix = ".safetensors.index.json" if variant is None else f".safetensors.index.{variant}.json"
+    shards = []
+    for index in (n for n in names if n.endswith(index_suffix)):
+        try:
+            with open(os.path.join(path, index), encoding="utf-8") as f:
+                shards += [s for s in json.load(f)["weight_map"].values() if isinstance(s, str)]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            logger.debug(f"prefetch ignored the index {index}: {error}")
+    if shards:
+        return [s for s in dict.fromkeys(shards) if s.endswith(".safetensors") and os.path.basename(s) == s]
+    suffix = ".safetensors" if variant is None else f".{variant}.safetensors"
+    dots = 1 if variant is None else 2 + variant.count(".")
+    return [n for n in names if n.endswith(suffix) and n.count(".") == dots]
 
 
 def read_sequentially(files: Iterable[str], chunk_bytes: int = CHUNK_BYTES) -> int:

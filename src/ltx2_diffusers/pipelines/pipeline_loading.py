@@ -39,7 +39,8 @@ def _prefetch_folder(cls, source, kwargs) -> None:
     from ..loaders.prefetch import prefetch_files, weight_files
 
     names = [*inspect.signature(cls.__init__).parameters, cls.DISTILLED_LORA_SUBFOLDER]
-    prefetch_files(weight_files(source, [n for n in dict.fromkeys(names) if n != "self" and n not in kwargs]))
+    components = [n for n in dict.fromkeys(names) if n != "self" and n not in kwargs]
+    prefetch_files(weight_files(source, components, kwargs.get("variant")))
 
 
 class LTX2A2VLoadingMixin:
