@@ -16,7 +16,7 @@ from test_memory_tiers import FRAMES, FULL, SIZE, _pipeline_decode, _traced_deco
 from test_pipeline_parity import contexts
 
 import ltx2_diffusers.pipelines.ltx2_base as ltx2_base
-from ltx2_diffusers import MultiModalGuidance
+from ltx2_diffusers import LTX2AudioVideoPipeline, MultiModalGuidance
 from ltx2_diffusers.loaders.single_file_video_vae import video_vae_config_from_original
 from ltx2_diffusers.models.video_vae_decode import decode_channels_last
 from ltx2_diffusers.pipelines import memory
@@ -175,34 +175,50 @@ def _call(pipe, audio, **kwargs):
     )  # fmt: skip
 
 
-def test_a_call_whose_decode_the_walk_budget_does_not_cover_is_refused_before_compute(setup, monkeypatch):  # noqa: F811
-    """A budget that counted the walk's whole decode refuses a call that would decode whole through `vae.decode`
-    (`reference_arithmetic=True`, a hook put on the VAE since), before any model runs; a tiled decode, latents, or a
-    budget measured for `reference_arithmetic` pass."""
+def _walk_spy(monkeypatch):
+    walked = []
+    real = ltx2_base.decode_channels_last
+
+    def spy(*args):
+        walked.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(ltx2_base, "decode_channels_last", spy)
+    return walked
+
+
+def test_reference_arithmetic_calls_under_a_walk_budget_are_refused_before_compute(setup, monkeypatch):  # noqa: F811
+    """A budget that counted the walk's whole decode refuses `reference_arithmetic=True` calls that decode video
+    (they decode through `vae.decode`, whole or per tile), before any model runs; the default calls walk as
+    budgeted; a VAE the user has since hooked no longer walks, and nothing is refused."""
     monkeypatch.setattr(LTX2PipelineBase, "CHANNELS_LAST_DECODE_DEVICES", ("cpu",))  # the walk on this device
+    walked = _walk_spy(monkeypatch)
     pipe = load(setup)
     tier = pipe.enable_memory_budget(1000, "cpu", height=SIZE, width=SIZE, num_frames=FRAMES)
     assert (tier.offload, tier.tiled_decode) == ("none", False) and pipe._walk_decode_budget is not None
     forwards = []
     pipe.transformer.register_forward_pre_hook(lambda *a: forwards.append(1))
-    with pytest.raises(
-        ValueError, match=r"reference_arithmetic=True decodes through vae.decode.*enable_memory_budget"
-    ):
+    message = r"reference_arithmetic=True decodes through vae.decode.*enable_memory_budget\(1000\)"
+    with pytest.raises(ValueError, match=message):
         _call(pipe, setup["audio"], reference_arithmetic=True)
-    hook = pipe.vae.decoder.register_forward_hook(lambda *a: None)
-    with pytest.raises(ValueError, match="the video VAE as it is now decodes through vae.decode"):
-        _call(pipe, setup["audio"])
-    assert forwards == []  # refused before the transformer ran
+    pipe.enable_vae_tiling()  # tiles through vae.decode: not what the budget counted either
+    with pytest.raises(ValueError, match=message):
+        _call(pipe, setup["audio"], reference_arithmetic=True)
+    pipe.disable_vae_tiling()
     with pytest.raises(TypeError, match="reference_arithmetic must be a bool"):
         _call(pipe, setup["audio"], reference_arithmetic="yes")
-    latents = _call(pipe, setup["audio"], output_type="latent")  # no decode: nothing to refuse
-    assert forwards
-    hook.remove()
-    frames = _call(pipe, setup["audio"]).frames  # walked, as budgeted
+    assert forwards == [] and walked == []  # refused before the transformer ran
+
+    _call(pipe, setup["audio"], reference_arithmetic=True, output_type="latent")  # no decode: nothing to refuse
+    assert forwards and walked == []
+    frames = _call(pipe, setup["audio"]).frames
+    assert walked == [1]  # walked, as budgeted
     assert (frames - setup["expected"]).abs().max().item() <= 1e-5
-    pipe.enable_vae_tiling()  # tiles need less than the budgeted whole decode
-    _call(pipe, setup["audio"], reference_arithmetic=True)
-    assert latents is not None
+
+    hook = pipe.vae.decoder.register_forward_hook(lambda *a: None)  # the user's: the VAE no longer walks
+    frames = _call(pipe, setup["audio"], reference_arithmetic=True).frames
+    assert walked == [1] and torch.isfinite(frames).all()
+    hook.remove()
 
 
 def test_a_budget_measured_for_reference_arithmetic_covers_its_calls(setup, monkeypatch):  # noqa: F811
@@ -211,6 +227,33 @@ def test_a_budget_measured_for_reference_arithmetic_covers_its_calls(setup, monk
     pipe.enable_memory_budget(1000, "cpu", height=SIZE, width=SIZE, num_frames=FRAMES, reference_arithmetic=True)
     assert pipe._walk_decode_budget is None
     frames = _call(pipe, setup["audio"], reference_arithmetic=True).frames
-    assert torch.isfinite(frames).all()
-    pipe.enable_memory_tier(pipe._memory_tier, "cpu")  # a tier applied directly counts no decode at all
+    assert (frames - setup["expected"]).abs().max().item() <= 1e-5
+
+
+def test_a_tier_applied_directly_clears_the_walk_budget(setup, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(LTX2PipelineBase, "CHANNELS_LAST_DECODE_DEVICES", ("cpu",))
+    pipe = load(setup)
+    tier = pipe.enable_memory_budget(1000, "cpu", height=SIZE, width=SIZE, num_frames=FRAMES)
+    assert pipe._walk_decode_budget is not None
+    pipe.enable_memory_tier(tier, "cpu")  # the user's own tier: no decode estimate behind it
     assert pipe._walk_decode_budget is None
+    pipe.check_decode_budget(True, "pt")  # nothing to refuse
+
+
+def test_the_audio_video_pipeline_refuses_too(setup, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(LTX2PipelineBase, "CHANNELS_LAST_DECODE_DEVICES", ("cpu",))
+    pipe = LTX2AudioVideoPipeline.from_single_file(
+        setup["checkpoint"], spatial_upsampler_path=setup["upsampler"], distilled_lora=(setup["lora"], 0.6),
+        torch_dtype=torch.float32,
+    )  # fmt: skip
+    pipe.enable_memory_budget(1000, "cpu", height=SIZE, width=SIZE, num_frames=FRAMES)
+    forwards = []
+    pipe.transformer.register_forward_pre_hook(lambda *a: forwards.append(1))
+    with pytest.raises(ValueError, match="reference_arithmetic=True decodes through vae.decode"):
+        pipe(
+            prompt_contexts=contexts(0, "2.3"), negative_prompt_contexts=contexts(1, "2.3"), height=SIZE, width=SIZE,
+            num_frames=FRAMES, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt",
+            video_guidance=MultiModalGuidance(stg_blocks=[1]), audio_guidance=MultiModalGuidance(stg_blocks=[1]),
+            reference_arithmetic=True,
+        )  # fmt: skip
+    assert forwards == []

@@ -152,8 +152,15 @@ def test_weight_files_are_the_requested_variants(tmp_path):
 
     found = prefetch.weight_files(tmp_path, ["vae", "transformer", "missing"])
     assert found == [str(single / "diffusion_pytorch_model.safetensors"), *(str(sharded / s) for s in shards)]
-    found = prefetch.weight_files(tmp_path, ["vae", "transformer"], variant="fp16")
-    assert found == [str(single / "diffusion_pytorch_model.fp16.safetensors"), str(sharded / fp16_map["a"])]
+    plain = tmp_path / "distilled_lora"  # no fp16 file: loaded without the variant, as diffusers does
+    plain.mkdir()
+    (plain / "pytorch_lora_weights.safetensors").write_bytes(b"x")
+    found = prefetch.weight_files(tmp_path, ["vae", "transformer", "distilled_lora"], variant="fp16")
+    assert found == [
+        str(single / "diffusion_pytorch_model.fp16.safetensors"),
+        str(sharded / fp16_map["a"]),
+        str(plain / "pytorch_lora_weights.safetensors"),
+    ]
     (sharded / "diffusion_pytorch_model.safetensors.index.json").write_text("{not json")
     # an unreadable index: the variant's files by name (from_pretrained reports the index)
     assert prefetch.weight_files(tmp_path, ["transformer"]) == [

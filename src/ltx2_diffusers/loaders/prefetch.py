@@ -56,7 +56,8 @@ def available_memory_bytes() -> int | None:
 def weight_files(folder: str | os.PathLike, subfolders: Iterable[str], variant: str | None = None) -> list[str]:
     """The `.safetensors` files `from_pretrained` loads from `folder/<subfolder>` for each subfolder that exists, in
     order: the shards the variant's index names (`<name>.safetensors.index[.<variant>].json`, file names inside the
-    subfolder only), else the files of that variant (`<name>[.<variant>].safetensors`; by name). Other variants'
+    subfolder only), else the files of that variant (`<name>[.<variant>].safetensors`; by name); a subfolder without
+    files of `variant` is loaded without one (as diffusers does), so its plain files are read. Other variants'
     files in the same subfolder are not read."""
     if variant is not None and not isinstance(variant, str):
         return []  # from_pretrained reports it
@@ -64,7 +65,8 @@ def weight_files(folder: str | os.PathLike, subfolders: Iterable[str], variant: 
     for name in subfolders:
         path = os.path.join(folder, name)
         if os.path.isdir(path):
-            files += [os.path.join(path, f) for f in _variant_files(path, variant)]
+            chosen = _variant_files(path, variant) or (_variant_files(path, None) if variant is not None else [])
+            files += [os.path.join(path, f) for f in chosen]
     return [f for f in files if os.path.isfile(f)]
 
 

@@ -50,7 +50,8 @@ while the others use the channels-last walk of the same decoder (`models.video_v
 So `A_decode` is the walk's in the tiers that leave the VAE unhooked (resident, stream) where calls on the placement's
 device will walk it (`LTX2PipelineBase._channels_last_decode_on`; `walk_activation_bytes`: 12.1 GiB at 121 x 1024 x
 1536 with LTX-2.3), else `vae.decode`'s (19.9 GiB); a tiled decode counts `vae.decode`'s per tile (an upper bound).
-A call that would then decode whole through `vae.decode` is refused before it computes (`check_decode_budget`).
+A `reference_arithmetic=True` call (which decodes through `vae.decode`) under a budget that counted the walk is
+refused before it computes (`check_decode_budget`).
 """
 
 from __future__ import annotations

@@ -358,25 +358,21 @@ class LTX2A2VLoadingMixin:
         return tier
 
     def check_decode_budget(self, reference_arithmetic: bool, output_type: str) -> None:
-        """Refuse (ValueError, before any compute) a call whose decode the memory budget does not cover:
-        `enable_memory_budget` counted the channels-last walk's whole decode (`memory.walk_decode_budgeted`), and
-        this call would decode the whole video through `vae.decode` instead (`reference_arithmetic=True`, or a VAE
-        changed since: hooks, a subclass, mixed dtypes, autocast). Tiled decodes need less and pass."""
+        """Refuse (ValueError, before any compute) a `reference_arithmetic=True` call that decodes video under a
+        budget that counted the channels-last walk's whole decode (`enable_memory_budget` without
+        `reference_arithmetic`, `memory.walk_decode_budgeted`): such calls decode through `vae.decode`, about 1.6x
+        the walk's memory, whole or per tile. Nothing is refused once the VAE no longer walks at all (the user's own
+        offload hooks or VAE switches since: every call then decodes through `vae.decode`, as the user set it)."""
         budgeted = getattr(self, "_walk_decode_budget", None)
-        vae = self.vae
-        if budgeted is None or output_type == "latent" or self.vae_tiling is not None:
-            return
-        if getattr(vae, "use_tiling", False) or getattr(vae, "use_framewise_decoding", False):
+        if budgeted is None or not reference_arithmetic or output_type == "latent":
             return
         device, gib, extra = budgeted
-        if self._channels_last_decode_on(device, reference_arithmetic):
-            return
-        why = "reference_arithmetic=True" if reference_arithmetic else "the video VAE as it is now"
-        raise ValueError(
-            f"{why} decodes through vae.decode, but enable_memory_budget({gib}) counted the channels-last decode, "
-            f"about {extra / 2**30:.1f} GiB less at that size: call enable_memory_budget(..., "
-            f"reference_arithmetic={reference_arithmetic}) again with the VAE as it will be used, or enable_vae_tiling()"
-        )
+        if self._channels_last_decode_on(device, reference_arithmetic=False):
+            raise ValueError(
+                f"reference_arithmetic=True decodes through vae.decode, but enable_memory_budget({gib}) counted the "
+                f"channels-last decode, about {extra / 2**30:.1f} GiB less at its size: call "
+                "enable_memory_budget(..., reference_arithmetic=True) for these calls"
+            )
 
     def enable_memory_tier(self, tier, device: torch.device | str = "cuda"):
         """Apply a `memory.MemoryTier` with diffusers' mechanisms: `to(device)`, block streaming
