@@ -23,29 +23,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import pathlib
+import sys
 
 import torch
 import torch.nn.functional as F
 
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from attention_backends import event_median  # noqa: E402
+
+
 # (name, in_features, out_features) of the LTX-2.3 video block's linears (inner dim 4096, feed-forward 4x).
 SHAPES = (("qkvo", 4096, 4096), ("ff_up", 4096, 16384), ("ff_down", 16384, 4096))
-
-
-def event_median(fn, repeats: int, warmup: int = 3) -> float:
-    """Median milliseconds of `fn()` over `repeats` CUDA-event timed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def variants(gelu: bool):

@@ -166,22 +166,10 @@ def predict_pass_x0(
     if len({(v.shape[1], a.shape[1]) for v, a in pass_contexts.values()}) > 1:
         batch_size = 1
     if batch_size is not None and len(passes) > batch_size:
-        x0 = {}
+        x0, options = {}, dict(share_prefix=share_prefix, per_item_timesteps=per_item_timesteps)
         for start in range(0, len(passes), batch_size):
             chunk = passes[start : start + batch_size]
-            x0.update(
-                predict_pass_x0(
-                    transformer,
-                    video,
-                    audio,
-                    sigma,
-                    chunk,
-                    contexts,
-                    guidance,
-                    share_prefix=share_prefix,
-                    per_item_timesteps=per_item_timesteps,
-                )  # fmt: skip
-            )
+            x0.update(predict_pass_x0(transformer, video, audio, sigma, chunk, contexts, guidance, **options))
         return x0
     n = len(passes)
     scale = transformer.config.timestep_scale_multiplier
