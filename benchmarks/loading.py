@@ -38,6 +38,8 @@ CLI's default compiles the blocks at the first call, a cost that is not loading)
 `device=cuda` (its ledger reads each model straight onto the GPU). On the CPU, "ours@GIB" and "ours-resident"
 run the same placement code (a dry run of the CUDA path; "ours" is not placed there). "ours-resident-noprefetch" is
 "ours-resident" with the folder's weights not read ahead (`LTX2_PREFETCH_WEIGHTS=0`, `loaders.prefetch`).
+"ours-device-map" loads with diffusers' `from_pretrained(..., device_map=device)`: each component's tensors are copied
+to the device as they are read, while the prefetch reads the next components.
 
 Reported: medians over the repeats, ratios to the read floor (each side / folder read, reference / single-file
 read). Prints a table and one JSON line (`--json PATH` also writes it); progress goes to stderr. `--time-limit-s`
@@ -67,7 +69,7 @@ from page_cache import CHUNK, evict, files_under, filesystem_type, read_all, res
 
 
 HEIGHT, WIDTH, NUM_FRAMES, FRAME_RATE, RATE, CONTEXT_TOKENS = 64, 64, 9, 24.0, 16000, 32
-SIDES = ("ours", "ours-resident", "ours-resident-noprefetch", "reference")  # and "ours@GIB": placed for GIB
+SIDES = ("ours", "ours-resident", "ours-resident-noprefetch", "ours-device-map", "reference")  # and "ours@GIB": placed for GIB
 DEFAULTS = {"cpu": (4, 3, "ours,reference"), "cuda": (8, 2, "ours,ours-resident,reference")}  # layers, repeats, sides
 
 
@@ -218,10 +220,13 @@ def child_ours(side: str, device: str, folder: str, budget_gib: float | None = N
     pre, post = _marking_hooks(marks, device)
     _ready(device)
     start = _clock(device)
-    pipe = LTX2AudioToVideoPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16)
+    mapped = dict(device_map=device) if side == "ours-device-map" else {}  # each component read onto the device
+    pipe = LTX2AudioToVideoPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16, **mapped)
     marks["load"] = _clock(device)
     pipe.set_transformer_acceleration(compile=False)  # the CLI compiles at the first call on CUDA: not loading
-    if device != "cpu" or side != "ours" or budget_gib is not None:
+    if mapped:
+        placement = f"from_pretrained(device_map={device!r})"
+    elif device != "cpu" or side != "ours" or budget_gib is not None:
         placement = place(pipe, side, device, budget_gib)
         marks["placed"] = _clock(device)
     pipe.set_progress_bar_config(disable=True)

@@ -57,15 +57,43 @@ def profile(fn, top: int) -> dict:
         fn()
         torch.cuda.synchronize()
     kernels: dict[str, float] = collections.Counter()
+    spans = []
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             kernels[event.name] += event.device_time_total / 1000  # ms
+            spans.append((event.time_range.start, event.time_range.end, event.name))
     by_category: dict[str, float] = collections.Counter()
     for name, ms in kernels.items():
         by_category[category(name)] += ms
     largest = sorted(kernels.items(), key=lambda kv: -kv[1])[:top]
     return {"total_ms": sum(kernels.values()), "by_category": dict(by_category),
-            "largest": [(name[:110], ms) for name, ms in largest]}  # fmt: skip
+            "largest": [(name[:110], ms) for name, ms in largest], "timeline": timeline(spans)}  # fmt: skip
+
+
+def timeline(spans: list[tuple[float, float, str]], min_gap_us: float = 5.0, top: int = 5) -> dict:
+    """Where the GPU waits inside one profiled call: the kernels' `(start_us, end_us, name)` merged into busy
+    intervals; the span from the first kernel's start to the last one's end; the idle time inside it, counted in
+    gaps longer than `min_gap_us`, summed by the kernel that ran before each gap (the `top` largest)."""
+    if not spans:
+        return {"span_ms": 0.0, "busy_ms": 0.0, "idle_ms": 0.0, "gaps": 0, "idle_after": []}
+    ordered = sorted(spans)
+    busy, gaps, after = 0.0, 0, collections.Counter()
+    start, end, last = ordered[0][0], ordered[0][1], ordered[0][2]
+    for s, e, name in ordered[1:]:
+        if s > end:
+            busy += end - start
+            if s - end > min_gap_us:
+                gaps += 1
+                after[last[:80]] += (s - end) / 1000
+            start, end = s, e
+        elif e > end:
+            end = e
+        if e >= end:
+            last = name
+    busy += end - start
+    span = max(e for _, e, _ in ordered) - ordered[0][0]
+    return {"span_ms": span / 1000, "busy_ms": busy / 1000, "idle_ms": (span - busy) / 1000, "gaps": gaps,
+            "idle_after": [(name, ms) for name, ms in after.most_common(top)]}  # fmt: skip
 
 
 def print_profile(label: str, row: dict) -> None:
@@ -75,6 +103,12 @@ def print_profile(label: str, row: dict) -> None:
         print(f"  {name:<18s} {ms:9.2f} ms {100 * ms / total:5.1f} %")
     for name, ms in row["largest"]:
         print(f"    {ms:8.2f} ms  {name}")
+    t = row.get("timeline")
+    if t:
+        print(f"  GPU busy {t['busy_ms']:.1f} of {t['span_ms']:.1f} ms between the first and last kernel; idle "
+              f"{t['idle_ms']:.1f} ms ({t['gaps']} gaps > 5 us), largest by the kernel before the gap:")  # fmt: skip
+        for name, ms in t["idle_after"]:
+            print(f"    {ms:8.2f} ms idle after  {name}")
 
 
 MODES, TIMESTEPS = ("compiled", "eager"), ("token", "item")

@@ -19,10 +19,9 @@ import threading
 
 import pytest
 import torch
-from factories import build_checkpoint, build_lora, build_upsampler
+from converted_folder import converted_folder
 
 from ltx2_diffusers import LTX2AudioToVideoPipeline
-from ltx2_diffusers.convert import convert_checkpoint
 from ltx2_diffusers.loaders import prefetch
 
 
@@ -32,13 +31,7 @@ def _hash(path) -> str:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prefetch")
-    checkpoint = build_checkpoint(root / "ltx-2.3.safetensors", "2.3", seed=17, dtype=torch.float32)
-    upsampler = build_upsampler(root / "upsampler.safetensors", seed=18, dtype=torch.float32)
-    lora = build_lora(root / "lora.safetensors", checkpoint, seed=19, dtype=torch.float32)
-    out = root / "converted"
-    convert_checkpoint(checkpoint, out, spatial_upsampler_path=upsampler, distilled_lora=lora)
-    return out
+    return converted_folder(tmp_path_factory.mktemp("prefetch"), seed=17)
 
 
 def _all_weight_files(folder) -> set[str]:

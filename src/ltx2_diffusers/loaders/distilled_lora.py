@@ -83,6 +83,27 @@ def _target_linear(model: torch.nn.Module, name: str) -> torch.nn.Linear:
     return module
 
 
+def _mapped_device(device_map) -> str | int:
+    """The one device a `from_pretrained` `device_map` names ("cpu" for none); `ValueError` for a map that splits
+    the component over devices (its factors are used together)."""
+    if device_map is None:
+        return "cpu"
+    if isinstance(device_map, dict):
+        if set(device_map) != {""}:
+            raise ValueError(f"distilled LoRA: device_map must name one device for the whole component, got {device_map}")
+        device_map = device_map[""]
+    if isinstance(device_map, torch.device):
+        return str(device_map)
+    if isinstance(device_map, int) and not isinstance(device_map, bool) and device_map >= 0:
+        return device_map
+    if isinstance(device_map, str):
+        try:
+            return str(torch.device(device_map))
+        except RuntimeError:
+            raise ValueError(f"distilled LoRA: device_map {device_map!r} is not a device") from None
+    raise TypeError(f"distilled LoRA: device_map must be a device (str, int or torch.device), got {device_map!r}")
+
+
 class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
     """The distilled LoRA's `(A, B)` pairs `A [rank, in]`, `B [out, rank]` per transformer linear (our names)."""
 
@@ -147,9 +168,10 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "LTX2DistilledLoRA":
         """A `distilled_lora/` folder (or the safetensors file itself): `pytorch_lora_weights.safetensors`; its
         `config.json` is optional (converted folders before this component existed have none); its `connectors.*`
-        tensors (the converter keeps them) are skipped. diffusers' loading options (`torch_dtype`, `device_map`,
-        ...) are accepted and ignored: the tensors keep their file dtype, and are cast to each weight's dtype when
-        the delta is formed (ltx-core's arithmetic)."""
+        tensors (the converter keeps them) are skipped. A `device_map` naming one device (`"cuda"`, `0`,
+        `{"": device}`, as diffusers passes it to each component) reads the tensors onto that device; diffusers'
+        other loading options (`torch_dtype`, ...) are accepted and ignored: the tensors keep their file dtype, and
+        are cast to each weight's dtype when the delta is formed (ltx-core's arithmetic)."""
         from safetensors.torch import load_file
 
         path = os.fspath(pretrained_model_name_or_path)
@@ -160,7 +182,7 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
             path = os.path.join(path, WEIGHT_NAME)
         if not os.path.isfile(path):
             raise ValueError(f"distilled LoRA file {path!r} not found")
-        state_dict = load_file(path)
+        state_dict = load_file(path, device=_mapped_device(kwargs.get("device_map")))
         # The converter keeps the source LoRA's text-connector part (`connectors.*`); the reference applies the
         # distilled LoRA to the transformer only, so that part is not loaded (as `load_lora_weights` does).
         unused = [k for k in state_dict if k.startswith("connectors.")]
