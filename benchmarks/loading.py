@@ -69,7 +69,8 @@ from page_cache import CHUNK, evict, files_under, filesystem_type, read_all, res
 
 
 HEIGHT, WIDTH, NUM_FRAMES, FRAME_RATE, RATE, CONTEXT_TOKENS = 64, 64, 9, 24.0, 16000, 32
-SIDES = ("ours", "ours-resident", "ours-resident-noprefetch", "ours-device-map", "reference")  # and "ours@GIB": placed for GIB
+# and "ours@GIB": placed for GIB
+SIDES = ("ours", "ours-resident", "ours-resident-noprefetch", "ours-device-map", "reference")
 DEFAULTS = {"cpu": (4, 3, "ours,reference"), "cuda": (8, 2, "ours,ours-resident,reference")}  # layers, repeats, sides
 
 

@@ -30,7 +30,13 @@ def test_timeline_merges_overlaps_and_attributes_gaps_to_the_kernel_before():
 
 
 def test_timeline_of_no_kernels_is_empty():
-    assert profile_forward.timeline([]) == {"span_ms": 0.0, "busy_ms": 0.0, "idle_ms": 0.0, "gaps": 0, "idle_after": []}
+    assert profile_forward.timeline([]) == {
+        "span_ms": 0.0,
+        "busy_ms": 0.0,
+        "idle_ms": 0.0,
+        "gaps": 0,
+        "idle_after": [],
+    }
 
 
 @pytest.mark.parametrize("value", ["compiled,fast", "", "eager,"])

@@ -90,7 +90,9 @@ def _mapped_device(device_map) -> str | int:
         return "cpu"
     if isinstance(device_map, dict):
         if set(device_map) != {""}:
-            raise ValueError(f"distilled LoRA: device_map must name one device for the whole component, got {device_map}")
+            raise ValueError(
+                f"distilled LoRA: device_map must name one device for the whole component, got {device_map}"
+            )
         device_map = device_map[""]
     if isinstance(device_map, torch.device):
         return str(device_map)
