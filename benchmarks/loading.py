@@ -204,7 +204,59 @@ def place(pipe, side: str, device: str, budget_gib: float | None) -> str:
     return str(pipe._memory_tier)
 
 
-def child_ours(side: str, device: str, folder: str, budget_gib: float | None = None) -> dict:
+def _traced_loading(start: float, trace: dict) -> None:
+    """`--trace`: each component's load (diffusers' `load_sub_model`) and each prefetched file's read, as
+    `[name, start_s, end_s]` from `start`, appended to `trace["components"]` and `trace["reads"]`."""
+    import diffusers.pipelines.pipeline_utils as pipeline_utils
+
+    from ltx2_diffusers.loaders import prefetch
+
+    load_sub_model, read_sequentially = pipeline_utils.load_sub_model, prefetch.read_sequentially
+
+    def timed_load(*args, **kwargs):
+        began = time.perf_counter() - start
+        try:
+            return load_sub_model(*args, **kwargs)
+        finally:
+            trace["components"].append(
+                [kwargs.get("name", "?"), round(began, 3), round(time.perf_counter() - start, 3)]
+            )
+
+    def timed_read(files, *args, **kwargs):
+        total = 0
+        for f in files:
+            began = time.perf_counter() - start
+            total += read_sequentially([f], *args, **kwargs)
+            trace["reads"].append([os.path.relpath(f, os.path.dirname(os.path.dirname(f))), round(began, 3),
+                                   round(time.perf_counter() - start, 3)])  # fmt: skip
+        return total
+
+    pipeline_utils.load_sub_model, prefetch.read_sequentially = timed_load, timed_read
+    trace.update(components=[], reads=[])
+
+
+def _profiled_call(call, trace: dict, top: int = 25) -> None:
+    """`--trace`'s extra, untimed child: the call from the loaded pipeline to the first forward's end under
+    `torch.profiler` (CPU and CUDA): the `top` operators by CPU time, into `trace["call_ops"]` as
+    `[name, cpu_total_ms, count]`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if _cuda_available() else [])
+    with profile(activities=activities) as prof:
+        call()
+    ops = sorted(prof.key_averages(), key=lambda e: -e.cpu_time_total)[:top]
+    trace["call_ops"] = [[e.key[:90], round(e.cpu_time_total / 1000, 1), e.count] for e in ops]
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def child_ours(
+    side: str, device: str, folder: str, budget_gib: float | None = None, trace: bool = False, profile: bool = False
+) -> dict:
     import torch
 
     from ltx2_diffusers import LTX2AudioToVideoPipeline, MultiModalGuidance
@@ -221,6 +273,9 @@ def child_ours(side: str, device: str, folder: str, budget_gib: float | None = N
     pre, post = _marking_hooks(marks, device)
     _ready(device)
     start = _clock(device)
+    traced: dict = {}
+    if trace:
+        _traced_loading(start, traced)
     mapped = dict(device_map=device) if side == "ours-device-map" else {}  # each component read onto the device
     pipe = LTX2AudioToVideoPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16, **mapped)
     marks["load"] = _clock(device)
@@ -233,8 +288,9 @@ def child_ours(side: str, device: str, folder: str, budget_gib: float | None = N
     pipe.set_progress_bar_config(disable=True)
     pipe.transformer.register_forward_pre_hook(pre)
     pipe.transformer.register_forward_hook(post)
-    try:
-        pipe(
+
+    def call():
+        return pipe(
             audio=waveform,
             audio_sample_rate=RATE,
             prompt_contexts=positive,
@@ -248,11 +304,18 @@ def child_ours(side: str, device: str, folder: str, budget_gib: float | None = N
             generator=torch.Generator(device).manual_seed(0),
             output_type="latent",
         )
-    except FirstStep:
-        pass
+
+    def until_first_step():
+        try:
+            call()
+        except FirstStep:
+            pass
+
+    _profiled_call(until_first_step, traced) if profile else until_first_step()
     if "forward_end" not in marks:
         raise RuntimeError("the pipeline returned without a transformer forward")
-    return {"seconds": {k: v - start for k, v in marks.items()}, "placement": placement}
+    out = {"seconds": {k: v - start for k, v in marks.items()}, "placement": placement}
+    return {**out, "trace": traced} if trace else out
 
 
 def child_reference(side: str, device: str, checkpoint: str, upsampler: str, lora: str) -> dict:
@@ -340,7 +403,7 @@ def run_child(spec: dict) -> dict:
 # Main
 # ---------------------------------------------------------------------------------------------------------
 def measure(files: dict[str, pathlib.Path], sides: list[str], repeats: int, device: str = "cpu",
-            deadline: float | None = None) -> dict:  # fmt: skip
+            deadline: float | None = None, trace: bool = False) -> dict:  # fmt: skip
     folder_weights = sorted(files["folder"].rglob("*.safetensors"))
     every_file = files_under(files["folder"], files["checkpoint"], files["upsampler"], files["lora"])
     buffer = bytearray(CHUNK)
@@ -352,10 +415,12 @@ def measure(files: dict[str, pathlib.Path], sides: list[str], repeats: int, devi
     specs = {
         side: dict(side=side, device=device, checkpoint=str(files["checkpoint"]), upsampler=str(files["upsampler"]),
                    lora=str(files["lora"])) if side == "reference"
-        else dict(side=side.partition("@")[0], device=device, folder=str(files["folder"]), budget_gib=budget_of(side))
+        else dict(side=side.partition("@")[0], device=device, folder=str(files["folder"]), budget_gib=budget_of(side),
+                  trace=trace)
         for side in sides
     }  # fmt: skip
     read_share: dict[str, list[float]] = {side: [] for side in sides}
+    traces: dict[str, list[dict]] = {}
     placements: dict[str, str] = {}
     folder_bytes = single_bytes = 0
     longest = 0.0
@@ -386,7 +451,17 @@ def measure(files: dict[str, pathlib.Path], sides: list[str], repeats: int, devi
             # the share of its bytes it read from disk (with read-ahead) before the first step
             read_share[side].append(resident_fraction(sources[side]))
             log(f"repeat {repeat + 1}: {side} {json.dumps({k: round(v, 2) for k, v in out['seconds'].items()})}")
+            if "trace" in out:
+                traces.setdefault(side, []).append(out["trace"])
+                for key, rows in out["trace"].items():
+                    log(f"  trace {key}:\n" + "\n".join(f"    {row}" for row in rows))
         longest = max(longest, time.perf_counter() - began)
+    for side in sides if trace and (deadline is None or time.perf_counter() + longest / 2 < deadline) else ():
+        if side != "reference":  # one more child, untimed: where the call's time goes until the first step
+            evict(every_file)
+            out = run_child({**specs[side], "profile": True})
+            log(f"  profiled call of {side} (not timed):\n" + "\n".join(f"    {r}" for r in out["trace"]["call_ops"]))
+            traces.setdefault(f"{side}_profiled", []).append(out["trace"])
     medians = {k: statistics.median(v) for k, v in runs.items() if v}
     return {
         "folder_bytes": folder_bytes,
@@ -400,6 +475,7 @@ def measure(files: dict[str, pathlib.Path], sides: list[str], repeats: int, devi
         "warm_gb_per_s": round(folder_bytes / 1e9 / medians["read_folder_warm"], 3),
         "placements": placements,
         "repeats_done": len(runs["read_folder"]),
+        **({"traces": traces} if traces else {}),
     }
 
 
@@ -418,6 +494,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir", help="parent of the temporary folder (default: the system's temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the files")
     parser.add_argument("--json", help="also write the JSON line here")
+    parser.add_argument("--trace", action="store_true", help="our sides also log each component's load and each "
+                        "prefetched file's read; after the repeats, one untimed child per side logs the call's "
+                        "operators by CPU time (torch.profiler) to the first step")  # fmt: skip
     args = parser.parse_args(argv)
     begin = time.perf_counter()
     layers, repeats, default_sides = DEFAULTS[args.device]
@@ -455,7 +534,7 @@ def main(argv=None) -> dict:
         build_s = time.perf_counter() - start
         log(f"built in {build_s:.0f} s; measuring {sides} on {args.device}, {args.repeats} repeats")
         deadline = None if args.time_limit_s is None else begin + args.time_limit_s
-        result = measure(files, sides, args.repeats, args.device, deadline)
+        result = measure(files, sides, args.repeats, args.device, deadline, args.trace)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

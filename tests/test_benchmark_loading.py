@@ -44,3 +44,27 @@ def test_tiny_loading_benchmark_reports_positive_figures(tmp_path):
     assert line["size"] == "tiny" and line["device"] == "cpu"
     # the temporary files are removed
     assert not list(tmp_path.glob("ltx2_loading_bench_*"))
+
+
+def test_tiny_loading_benchmark_traces_the_device_map_side(tmp_path):
+    """`--trace`: each component's load and each prefetched file's read (the reads in the loads' order), and one
+    untimed profiled child per side; "ours-device-map" loads with `device_map` and is not placed afterwards."""
+    out = tmp_path / "result.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "loading.py"), "--tiny", "--repeats", "1", "--workdir",
+         str(tmp_path), "--json", str(out), "--sides", "ours-device-map", "--trace"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    line = json.loads(out.read_text())
+    med = line["median_s"]
+    assert 0 < med["ours-device-map_load"] < med["ours-device-map_forward_start"] < med["ours-device-map_forward_end"]
+    assert "ours-device-map_placed" not in med
+    assert line["placements"] == {"ours-device-map": "from_pretrained(device_map='cpu')"}
+    (trace,) = line["traces"]["ours-device-map"]
+    read = [path.split("/")[0] for path, _, _ in trace["reads"]]
+    loaded = [name for name, _, _ in trace["components"] if name in read]
+    assert read == loaded and "transformer" in read and "distilled_lora" in read
+    assert all(0 <= start <= end for _, start, end in trace["reads"] + trace["components"])
+    (profiled,) = line["traces"]["ours-device-map_profiled"]
+    assert profiled["call_ops"] and all(ms >= 0 and count > 0 for _, ms, count in profiled["call_ops"])

@@ -99,20 +99,33 @@ def test_available_memory_is_read_from_the_kernel():
         assert available is None
 
 
+def _components(folder, files) -> list[str]:
+    """The component folders of `files`, in order, each once."""
+    return list(dict.fromkeys(os.path.relpath(f, folder).split(os.sep)[0] for f in files))
+
+
 def test_from_pretrained_prefetches_the_folder_weights(folder, monkeypatch):
-    started = []
-    real = prefetch.prefetch_files
+    import diffusers.pipelines.pipeline_utils as pipeline_utils
+
+    started, loaded = [], []
+    real, load_sub_model = prefetch.prefetch_files, pipeline_utils.load_sub_model
 
     def spy(files):
         started.append(list(files))
         return real(files)
 
+    def loading(*args, **kwargs):
+        if kwargs["name"] not in ("scheduler", "tokenizer", "text_encoder"):  # no weight files in this folder
+            loaded.append(kwargs["name"])
+        return load_sub_model(*args, **kwargs)
+
     monkeypatch.setattr(prefetch, "prefetch_files", spy)
+    monkeypatch.setattr(pipeline_utils, "load_sub_model", loading)
     before = {f: _hash(f) for f in _all_weight_files(folder)}
     pipe = LTX2AudioToVideoPipeline.from_pretrained(folder)
     assert len(started) == 1 and len(set(started[0])) == len(started[0])
     assert set(started[0]) == _all_weight_files(folder)
-    assert started[0][0].startswith(os.path.join(str(folder), "vae"))  # the pipeline's component order
+    assert _components(folder, started[0]) == loaded  # diffusers' loading order (below)
 
     started.clear()
     LTX2AudioToVideoPipeline.from_pretrained(folder, vae=pipe.vae)
@@ -160,3 +173,38 @@ def test_weight_files_are_the_requested_variants(tmp_path):
         str(sharded / n) for n in [*shards, "stray.safetensors"]
     ]
     assert prefetch.weight_files(tmp_path, ["vae"], variant=3) == []
+
+
+ORDER_SCRIPT = """
+import json, os, sys
+import diffusers.pipelines.pipeline_utils as pipeline_utils
+from ltx2_diffusers import LTX2AudioToVideoPipeline
+from ltx2_diffusers.loaders import prefetch
+folder, started, loaded = sys.argv[1], [], []
+real, load_sub_model = prefetch.prefetch_files, pipeline_utils.load_sub_model
+prefetch.prefetch_files = lambda files: started.extend(files) or real(files)
+def loading(*args, **kwargs):
+    loaded.append(kwargs["name"])
+    return load_sub_model(*args, **kwargs)
+pipeline_utils.load_sub_model = loading
+LTX2AudioToVideoPipeline.from_pretrained(folder)
+read = list(dict.fromkeys(os.path.relpath(f, folder).split(os.sep)[0] for f in started))
+print(json.dumps({"read": read, "loaded": [n for n in loaded if n in read]}))
+"""
+
+
+def test_the_prefetch_follows_diffusers_loading_order_in_every_process(folder):
+    """diffusers loads the components in the order of a set of names, which changes with the process's string hash
+    seed; the prefetch reads in that order in each process."""
+    import subprocess
+    import sys
+
+    orders = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", ORDER_SCRIPT, str(folder)], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert result["read"] == result["loaded"], seed
+        orders.add(tuple(result["loaded"]))
+    assert len(orders) > 1  # the seeds gave different orders: a fixed prefetch order would have failed

@@ -30,17 +30,29 @@ FAMILY = frozenset(
 
 
 def _prefetch_folder(cls, source, kwargs) -> None:
-    """A local converted folder's weight files read ahead in the background (`loaders.prefetch`), in the order of
-    the pipeline's components, without those the caller passes in."""
+    """A local converted folder's weight files read ahead in the background (`loaders.prefetch`), in the order in
+    which diffusers will load the components (`_loading_order`), without those the caller passes in."""
     if not isinstance(source, (str, os.PathLike)) or not os.path.isfile(os.path.join(source, "model_index.json")):
         return
-    import inspect
-
     from ..loaders.prefetch import prefetch_files, weight_files
 
-    names = [*inspect.signature(cls.__init__).parameters, cls.DISTILLED_LORA_SUBFOLDER]
-    components = [n for n in dict.fromkeys(names) if n != "self" and n not in kwargs]
+    components = [n for n in _loading_order(cls, source) if n not in kwargs]
     prefetch_files(weight_files(source, components, kwargs.get("variant")))
+
+
+def _loading_order(cls, source) -> list[str]:
+    """The components of the folder's `model_index.json` in the order diffusers' `from_pretrained` loads them (it
+    iterates `extract_init_dict`'s result, built from a set of names: the order differs between processes but is
+    the same within one), then the pipeline's other components in signature order, the distilled LoRA last."""
+    import inspect
+
+    try:
+        init_dict, _, _ = cls.extract_init_dict(cls.load_config(source))
+    except (OSError, ValueError) as error:  # diffusers itself reports an unreadable folder
+        logger.debug(f"prefetch in signature order: {error}")
+        init_dict = {}
+    names = [*init_dict, *inspect.signature(cls.__init__).parameters, cls.DISTILLED_LORA_SUBFOLDER]
+    return [n for n in dict.fromkeys(names) if n != "self"]
 
 
 class LTX2A2VLoadingMixin:
