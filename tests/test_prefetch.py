@@ -10,6 +10,9 @@ while `from_pretrained` builds the pipeline.
    not the ones of a component the caller passes in), and loads the same weights as without the prefetch.
 4. `weight_files` picks the files of the variant `from_pretrained` loads: the shards its index names (inside the
    component folder only), else the single file of that variant; other variants' files are not read.
+5. `wait_until_read` blocks until the prefetch has read a folder's files (and no longer once it has ended, however it
+   ended); a component loaded with a `device_map` waits for its folder, without one it does not.
+6. The pipeline loads its components in one order in every process (`LOADING_ORDER`), and the prefetch reads in it.
 """
 
 import hashlib
@@ -23,6 +26,7 @@ from converted_folder import converted_folder
 
 from ltx2_diffusers import LTX2AudioToVideoPipeline
 from ltx2_diffusers.loaders import prefetch
+from ltx2_diffusers.pipelines.pipeline_loading import LOADING_ORDER
 
 
 def _hash(path) -> str:
@@ -88,7 +92,7 @@ def test_prefetch_reads_what_fits_half_the_available_memory(tmp_path, monkeypatc
     monkeypatch.setattr(prefetch, "read_sequentially", lambda chosen: seen.append(chosen))
     monkeypatch.setattr(prefetch, "available_memory_bytes", lambda: 13000)  # budget 6500
     prefetch.prefetch_files(files).join(10)
-    assert seen == [[files[0], files[2], files[3]]]
+    assert seen == [[files[0]], [files[2]], [files[3]]]  # file by file
 
 
 def test_available_memory_is_read_from_the_kernel():
@@ -193,18 +197,88 @@ print(json.dumps({"read": read, "loaded": [n for n in loaded if n in read]}))
 """
 
 
-def test_the_prefetch_follows_diffusers_loading_order_in_every_process(folder):
-    """diffusers loads the components in the order of a set of names, which changes with the process's string hash
-    seed; the prefetch reads in that order in each process."""
+def test_the_prefetch_follows_the_loading_order_in_every_process(folder):
+    """diffusers would load the components in the order of a set of names, which changes with the process's string
+    hash seed; the pipeline fixes the order (`LOADING_ORDER`), and the prefetch reads in it, whatever the seed."""
     import subprocess
     import sys
 
     orders = set()
     for seed in ("1", "2", "3"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        out = subprocess.run([sys.executable, "-c", ORDER_SCRIPT, str(folder)], env=env, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", ORDER_SCRIPT, str(folder)], env=env, capture_output=True, text=True
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         result = json.loads(out.stdout.strip().splitlines()[-1])
         assert result["read"] == result["loaded"], seed
         orders.add(tuple(result["loaded"]))
-    assert len(orders) > 1  # the seeds gave different orders: a fixed prefetch order would have failed
+    (order,) = orders
+    assert order == tuple(n for n in LOADING_ORDER if n in order) and order[0] == "transformer"
+    assert set(order) == {"transformer", "connectors", "audio_vae", "vae", "distilled_lora", "latent_upsampler",
+                          "vocoder"}  # fmt: skip
+
+
+def _two_folders(tmp_path):
+    files = []
+    for folder in ("first", "second"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "w.safetensors").write_bytes(b"x" * 1000)
+        files.append(str(tmp_path / folder / "w.safetensors"))
+    return files
+
+
+def test_wait_until_read_blocks_until_the_folder_is_read(tmp_path, monkeypatch):
+    first, second = _two_folders(tmp_path)
+    release, done = threading.Event(), []
+    real = prefetch.read_sequentially
+
+    def slow(files):
+        if files == [second]:
+            assert release.wait(10)
+        return real(files)
+
+    monkeypatch.setattr(prefetch, "read_sequentially", slow)
+    monkeypatch.setattr(prefetch, "available_memory_bytes", lambda: 10**9)
+    thread = prefetch.prefetch_files([first, second])
+    assert prefetch.wait_until_read(tmp_path / "first") == 1  # read, though the second file is not
+    waiter = threading.Thread(target=lambda: done.append(prefetch.wait_until_read(tmp_path / "second")))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and done == []  # still waiting for the second folder
+    release.set()
+    waiter.join(10)
+    thread.join(10)
+    assert done == [1]
+    assert prefetch.wait_until_read(tmp_path) == 0  # the prefetch ended: nothing is pending
+    assert prefetch._PENDING == {}
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread's MemoryError
+def test_waiters_are_released_when_the_prefetch_fails(tmp_path, monkeypatch):
+    first, second = _two_folders(tmp_path)
+
+    def broken(files):
+        raise MemoryError("no buffer")
+
+    monkeypatch.setattr(prefetch, "read_sequentially", broken)
+    monkeypatch.setattr(prefetch, "available_memory_bytes", lambda: 10**9)
+    thread = prefetch.prefetch_files([first, second])
+    thread.join(10)
+    assert not thread.is_alive() and prefetch._PENDING == {}
+    assert prefetch.wait_until_read(tmp_path / "second") == 0
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_components_read_onto_a_device_wait_for_their_folder(folder, monkeypatch, mapped):
+    """With a `device_map`, each of this package's components (transformer, audio VAE, vocoder, distilled LoRA)
+    waits for its own folder before loading; without one (memory-mapped, read when touched) none waits."""
+    import ltx2_diffusers.loaders.distilled_lora as distilled_lora
+
+    waited = []
+    spy = lambda path: waited.append(os.path.relpath(os.path.realpath(path), os.path.realpath(folder))) or 0  # noqa: E731
+    monkeypatch.setattr(prefetch, "wait_until_read", spy)
+    monkeypatch.setattr(distilled_lora, "wait_until_read", spy)
+    LTX2AudioToVideoPipeline.from_pretrained(folder, **({"device_map": "cpu"} if mapped else {}))
+    expected = ["transformer", "audio_vae", "distilled_lora", "vocoder"] if mapped else []
+    assert waited == expected  # in the loading order

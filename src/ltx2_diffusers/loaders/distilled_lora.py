@@ -33,6 +33,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import logging
 
 from .fp8 import attach_fused_lora, detach_fused_lora, is_scaled_mm_linear
+from .prefetch import wait_until_read
 
 
 logger = logging.get_logger(__name__)
@@ -184,7 +185,10 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
             path = os.path.join(path, WEIGHT_NAME)
         if not os.path.isfile(path):
             raise ValueError(f"distilled LoRA file {path!r} not found")
-        state_dict = load_file(path, device=_mapped_device(kwargs.get("device_map")))
+        device = _mapped_device(kwargs.get("device_map"))
+        if kwargs.get("device_map") is not None:
+            wait_until_read(os.path.dirname(path))  # read by the prefetch first (loaders.prefetch)
+        state_dict = load_file(path, device=device)
         # The converter keeps the source LoRA's text-connector part (`connectors.*`); the reference applies the
         # distilled LoRA to the transformer only, so that part is not loaded (as `load_lora_weights` does).
         unused = [k for k in state_dict if k.startswith("connectors.")]

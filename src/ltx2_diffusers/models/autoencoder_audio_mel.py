@@ -16,6 +16,7 @@ from diffusers.utils import logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..audio.mel import log_mel_spectrogram
+from ..loaders.prefetch import ReadAheadWaitMixin
 from ..loaders.single_file_model import FromOriginalCheckpointMixin
 
 
@@ -24,7 +25,7 @@ logger = logging.get_logger(__name__)
 __all__ = ["AutoencoderAudioMel"]
 
 
-class AutoencoderAudioMel(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin):
+class AutoencoderAudioMel(ReadAheadWaitMixin, ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin):
     r"""LTX-2 audio VAE: stereo log-mel `(B, 2, frames, mel_bins)` <-> latents `(B, latent_channels, T, mel_bins / 4)`.
 
     `encode`/`decode` follow diffusers' `AutoencoderKLLTX2Audio` (raw, un-normalised latents). `encode_waveform` adds

@@ -15,6 +15,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.transformers.transformer_ltx2 import AudioVisualModelOutput
 from diffusers.utils import apply_lora_scale, logging
 
+from ..loaders.prefetch import ReadAheadWaitMixin
 from ..loaders.single_file_model import FromOriginalCheckpointMixin
 from ..parallel import (
     TRANSFORMER_CP_PLAN,
@@ -46,7 +47,13 @@ logger = logging.get_logger(__name__)
 
 
 class LTX2AudioVideoTransformer(
-    ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin, CacheMixin, FromOriginalCheckpointMixin
+    ReadAheadWaitMixin,
+    ModelMixin,
+    ConfigMixin,
+    AttentionMixin,
+    PeftAdapterMixin,
+    CacheMixin,
+    FromOriginalCheckpointMixin,
 ):
     r"""The LTX-2 (19B) / LTX-2.3 (22B) audio-video transformer, numerically identical to ltx-core's `LTXModel`.
 

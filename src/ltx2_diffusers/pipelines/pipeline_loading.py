@@ -23,6 +23,15 @@ logger = logging.get_logger(__name__)
 # it behind. This package's loaders therefore run one at a time.
 LOAD_LOCK = threading.RLock()
 
+# The order in which `from_pretrained` loads the components (and the prefetch reads them): what the first step uses
+# first, the largest (the transformer) at the head, so that copying it to a device (`device_map`) overlaps the
+# reading of the others; the components only stage 2 and the decode use at the end. diffusers itself would load
+# them in the order of a set of names, which changes from one process to the next.
+LOADING_ORDER = (
+    "transformer", "connectors", "text_encoder", "tokenizer", "audio_vae", "vae", "distilled_lora",
+    "latent_upsampler", "vocoder", "scheduler",
+)  # fmt: skip
+
 # The pipelines of one converted folder (same components): any of them loads a folder whose shim names another.
 FAMILY = frozenset(
     {"LTX2AudioToVideoPipeline", "LTX2AudioVideoPipeline", "LTX2ImageToAudioVideoPipeline", "LTX2PipelineBase"}
@@ -41,9 +50,9 @@ def _prefetch_folder(cls, source, kwargs) -> None:
 
 
 def _loading_order(cls, source) -> list[str]:
-    """The components of the folder's `model_index.json` in the order diffusers' `from_pretrained` loads them (it
-    iterates `extract_init_dict`'s result, built from a set of names: the order differs between processes but is
-    the same within one), then the pipeline's other components in signature order, the distilled LoRA last."""
+    """The components of the folder's `model_index.json` in the order `from_pretrained` loads them (diffusers
+    iterates `extract_init_dict`'s result, which `LTX2A2VLoadingMixin.extract_init_dict` orders by `LOADING_ORDER`),
+    then the pipeline's other components in signature order, the distilled LoRA last."""
     import inspect
 
     try:
@@ -73,6 +82,15 @@ class LTX2A2VLoadingMixin:
         if isinstance(name, list) and len(name) == 2 and name[0] == "pipeline" and name[1] in FAMILY:
             config["_class_name"] = name[1] if name[1] in {c.__name__ for c in cls.__mro__} else cls.__name__
         return config
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """ConfigMixin's, its init dict ordered by `LOADING_ORDER` (then the other names in diffusers' order):
+        `from_pretrained` loads the components in this order."""
+        init_dict, unused, hidden = super().extract_init_dict(config_dict, **kwargs)
+        rank = {name: i for i, name in enumerate(LOADING_ORDER)}
+        ordered = sorted(init_dict, key=lambda name: rank.get(name, len(rank)))  # stable: the rest keep their order
+        return {name: init_dict[name] for name in ordered}, unused, hidden
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
