@@ -282,3 +282,51 @@ def test_components_read_onto_a_device_wait_for_their_folder(folder, monkeypatch
     LTX2AudioToVideoPipeline.from_pretrained(folder, **({"device_map": "cpu"} if mapped else {}))
     expected = ["transformer", "audio_vae", "distilled_lora", "vocoder"] if mapped else []
     assert waited == expected  # in the loading order
+
+
+def test_a_wait_ends_when_the_prefetch_thread_is_gone(tmp_path, monkeypatch):
+    """A forked child inherits pending files but not the thread: it forgets them; and an entry whose thread died
+    without setting its event does not block."""
+    first, _ = _two_folders(tmp_path)
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    monkeypatch.setattr(prefetch, "_PENDING", {prefetch._key(first): (threading.Event(), dead)})
+    assert prefetch.wait_until_read(tmp_path / "first") == 1  # returned: the thread is not alive
+    prefetch._forget_after_fork()
+    assert prefetch._PENDING == {} and prefetch.wait_until_read(tmp_path) == 0
+
+
+def test_a_prefetch_that_cannot_start_leaves_nothing_pending(tmp_path, monkeypatch):
+    first, second = _two_folders(tmp_path)
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(prefetch, "available_memory_bytes", lambda: 10**9)
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    assert prefetch.prefetch_files([first, second]) is None
+    assert prefetch._PENDING == {}
+
+
+def test_linked_files_are_waited_for_in_their_folder(tmp_path, monkeypatch):
+    """A Hugging Face cache snapshot's files are links to blobs elsewhere: the wait is for the folder they are in."""
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot" / "transformer"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    (blobs / "0123abcd").write_bytes(b"x" * 1000)
+    (snapshot / "w.safetensors").symlink_to(blobs / "0123abcd")
+    release = threading.Event()
+    real = prefetch.read_sequentially
+    monkeypatch.setattr(prefetch, "read_sequentially", lambda files: release.wait(10) and real(files))
+    monkeypatch.setattr(prefetch, "available_memory_bytes", lambda: 10**9)
+    thread = prefetch.prefetch_files([str(snapshot / "w.safetensors")])
+    counted = []
+    waiter = threading.Thread(target=lambda: counted.append(prefetch.wait_until_read(snapshot)))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()  # waits for the linked file
+    release.set()
+    waiter.join(10)
+    thread.join(10)
+    assert counted == [1]

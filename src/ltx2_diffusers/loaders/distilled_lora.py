@@ -85,8 +85,9 @@ def _target_linear(model: torch.nn.Module, name: str) -> torch.nn.Linear:
 
 
 def _mapped_device(device_map) -> str | int:
-    """The one device a `from_pretrained` `device_map` names ("cpu" for none); `ValueError` for a map that splits
-    the component over devices (its factors are used together)."""
+    """The one device a `from_pretrained` `device_map` names ("cpu" for none; a CUDA device without an index is the
+    current one, as diffusers places the other components); `ValueError` for a map that splits the component over
+    devices (its factors are used together) or names no device to read onto."""
     if device_map is None:
         return "cpu"
     if isinstance(device_map, dict):
@@ -95,16 +96,22 @@ def _mapped_device(device_map) -> str | int:
                 f"distilled LoRA: device_map must name one device for the whole component, got {device_map}"
             )
         device_map = device_map[""]
-    if isinstance(device_map, torch.device):
-        return str(device_map)
-    if isinstance(device_map, int) and not isinstance(device_map, bool) and device_map >= 0:
+    if isinstance(device_map, int) and not isinstance(device_map, bool):
+        if device_map < 0:
+            raise ValueError(f"distilled LoRA: device_map {device_map} is not a device index (expected >= 0)")
         return device_map
     if isinstance(device_map, str):
         try:
-            return str(torch.device(device_map))
+            device_map = torch.device(device_map)
         except RuntimeError:
             raise ValueError(f"distilled LoRA: device_map {device_map!r} is not a device") from None
-    raise TypeError(f"distilled LoRA: device_map must be a device (str, int or torch.device), got {device_map!r}")
+    if not isinstance(device_map, torch.device):
+        raise TypeError(f"distilled LoRA: device_map must be a device (str, int or torch.device), got {device_map!r}")
+    if device_map.type == "meta":
+        raise ValueError("distilled LoRA: device_map 'meta' holds no values to read the factors onto")
+    if device_map.type == "cuda" and device_map.index is None:
+        return f"cuda:{torch.cuda.current_device()}"  # safetensors reads a bare "cuda" as device 0
+    return str(device_map)
 
 
 class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
@@ -122,7 +129,13 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> "LTX2DistilledLoRA":
-        """From diffusers-format keys `transformer.<module>.lora_A.weight` / `.lora_B.weight` (others refused)."""
+        """From diffusers-format keys `transformer.<module>.lora_A.weight` / `.lora_B.weight` (others refused); the
+        store holds copies of the tensors."""
+        return cls._from_tensors(state_dict, copy=True)
+
+    @classmethod
+    def _from_tensors(cls, state_dict: Mapping[str, torch.Tensor], copy: bool) -> "LTX2DistilledLoRA":
+        """`from_state_dict`; without `copy` the store takes the tensors themselves (freshly read from a file)."""
         pairs: dict[str, dict[str, torch.Tensor]] = {}
         for key, value in state_dict.items():
             for part in ("lora_A", "lora_B"):
@@ -149,8 +162,9 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
                 )
         store = cls(targets=sorted(pairs))
         for i, name in enumerate(store._targets):
-            setattr(store, f"lora_A_{i}", pairs[name]["lora_A"].detach().clone())
-            setattr(store, f"lora_B_{i}", pairs[name]["lora_B"].detach().clone())
+            for part in ("lora_A", "lora_B"):
+                tensor = pairs[name][part].detach()
+                setattr(store, f"{part}_{i}", tensor.clone() if copy else tensor)
         return store
 
     def pairs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -175,7 +189,7 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
         `{"": device}`, as diffusers passes it to each component) reads the tensors onto that device; diffusers'
         other loading options (`torch_dtype`, ...) are accepted and ignored: the tensors keep their file dtype, and
         are cast to each weight's dtype when the delta is formed (ltx-core's arithmetic)."""
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         path = os.fspath(pretrained_model_name_or_path)
         subfolder = kwargs.get("subfolder")
@@ -188,15 +202,17 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
         device = _mapped_device(kwargs.get("device_map"))
         if kwargs.get("device_map") is not None:
             wait_until_read(os.path.dirname(path))  # read by the prefetch first (loaders.prefetch)
-        state_dict = load_file(path, device=device)
         # The converter keeps the source LoRA's text-connector part (`connectors.*`); the reference applies the
-        # distilled LoRA to the transformer only, so that part is not loaded (as `load_lora_weights` does).
-        unused = [k for k in state_dict if k.startswith("connectors.")]
-        if unused:
+        # distilled LoRA to the transformer only, so that part is not read (as `load_lora_weights` does).
+        with safe_open(path, framework="pt", device=device) as f:
+            keys = list(f.keys())
+            state_dict = {k: f.get_tensor(k) for k in keys if not k.startswith("connectors.")}
+        if len(state_dict) < len(keys):
             logger.info(
-                f"the distilled LoRA's {len(unused)} connector tensors are not used (the reference ignores them)"
+                f"the distilled LoRA's {len(keys) - len(state_dict)} connector tensors are not used (the reference "
+                "ignores them)"
             )
-        return cls.from_state_dict({k: v for k, v in state_dict.items() if not k.startswith("connectors.")})
+        return cls._from_tensors(state_dict, copy=False)
 
     def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs) -> None:
         """`save_directory/pytorch_lora_weights.safetensors` (diffusers LoRA format) and `config.json`."""

@@ -134,43 +134,69 @@ def prefetch_files(files: list[str]) -> threading.Thread | None:
         logger.debug(f"weight prefetch: {len(chosen)} of {len(files)} files (available memory {available} bytes)")
     if not chosen:
         return None
-    events = {os.path.realpath(path): threading.Event() for path in chosen}
-    with _PENDING_LOCK:
-        _PENDING.update(events)
+    events = {_key(path): threading.Event() for path in chosen}
     thread = threading.Thread(target=_read_ahead, args=(chosen, events), name="ltx2-weight-prefetch", daemon=True)
-    thread.start()
+    with _PENDING_LOCK:
+        _PENDING.update({key: (event, thread) for key, event in events.items()})
+    try:
+        thread.start()
+    except RuntimeError as error:  # no thread could be started: load without the read-ahead
+        _unregister(events)
+        logger.debug(f"weight prefetch not started: {error}")
+        return None
     return thread
 
 
-# file (real path) -> set once the running prefetch has read it (or skipped it); removed when the prefetch ends
-_PENDING: dict[str, threading.Event] = {}
+# file -> (event set once the prefetch has read it or skipped it, the prefetch's thread); removed when it ends. Keyed
+# by the file's folder resolved and its own name: the files of a Hugging Face cache snapshot are links to blobs.
+_PENDING: dict[str, tuple[threading.Event, threading.Thread]] = {}
 _PENDING_LOCK = threading.Lock()
+
+
+def _key(path: str | os.PathLike) -> str:
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def _unregister(events: dict[str, threading.Event]) -> None:
+    """Set the events (no waiter is left waiting) and remove them from `_PENDING`."""
+    with _PENDING_LOCK:
+        for key, event in events.items():
+            event.set()
+            if key in _PENDING and _PENDING[key][0] is event:
+                del _PENDING[key]
+
+
+def _forget_after_fork() -> None:
+    """In a forked child the prefetch thread does not exist: nothing is pending there."""
+    global _PENDING, _PENDING_LOCK
+    _PENDING, _PENDING_LOCK = {}, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _read_ahead(files: list[str], events: dict[str, threading.Event]) -> None:
     """The prefetch thread: `read_sequentially` file by file, each file's event set once it is read; every event
-    set and unregistered at the end, whatever happens (no waiter is left waiting)."""
+    set and unregistered at the end, whatever happens."""
     try:
         for path in files:
             read_sequentially([path])
-            events[os.path.realpath(path)].set()
+            events[_key(path)].set()
     finally:
-        with _PENDING_LOCK:
-            for key, event in events.items():
-                event.set()
-                if _PENDING.get(key) is event:
-                    del _PENDING[key]
+        _unregister(events)
 
 
 def wait_until_read(folder: str | os.PathLike) -> int:
-    """Block until the running prefetch has read the files it holds under `folder` (none: returns at once); the
-    number of files waited for."""
+    """Block until the running prefetch has read the files it holds under `folder` (none: returns at once), or
+    until its thread is gone; the number of files waited for."""
     prefix = os.path.join(os.path.realpath(folder), "")
     with _PENDING_LOCK:
-        events = [event for path, event in _PENDING.items() if path.startswith(prefix)]
-    for event in events:
-        event.wait()
-    return len(events)
+        pending = [entry for path, entry in _PENDING.items() if path.startswith(prefix)]
+    for event, thread in pending:
+        while not event.wait(1.0) and thread.is_alive():
+            pass
+    return len(pending)
 
 
 class ReadAheadWaitMixin:

@@ -56,12 +56,17 @@ def _loading_order(cls, source) -> list[str]:
     import inspect
 
     try:
-        init_dict, _, _ = cls.extract_init_dict(cls.load_config(source))
+        listed = sorted((k for k in cls.load_config(source) if not k.startswith("_")), key=_loading_rank)
     except (OSError, ValueError) as error:  # diffusers itself reports an unreadable folder
         logger.debug(f"prefetch in signature order: {error}")
-        init_dict = {}
-    names = [*init_dict, *inspect.signature(cls.__init__).parameters, cls.DISTILLED_LORA_SUBFOLDER]
+        listed = []
+    names = [*listed, *inspect.signature(cls.__init__).parameters, cls.DISTILLED_LORA_SUBFOLDER]
     return [n for n in dict.fromkeys(names) if n != "self"]
+
+
+def _loading_rank(name: str) -> tuple[int, str]:
+    """`LOADING_ORDER`'s place of a component, the other names after them by name."""
+    return (LOADING_ORDER.index(name) if name in LOADING_ORDER else len(LOADING_ORDER), name)
 
 
 class LTX2A2VLoadingMixin:
@@ -85,18 +90,17 @@ class LTX2A2VLoadingMixin:
 
     @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
-        """ConfigMixin's, its init dict ordered by `LOADING_ORDER` (then the other names in diffusers' order):
+        """ConfigMixin's, its init dict ordered by `LOADING_ORDER` (then the other names by name):
         `from_pretrained` loads the components in this order."""
         init_dict, unused, hidden = super().extract_init_dict(config_dict, **kwargs)
-        rank = {name: i for i, name in enumerate(LOADING_ORDER)}
-        ordered = sorted(init_dict, key=lambda name: rank.get(name, len(rank)))  # stable: the rest keep their order
-        return {name: init_dict[name] for name in ordered}, unused, hidden
+        return {name: init_dict[name] for name in sorted(init_dict, key=_loading_rank)}, unused, hidden
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """diffusers' `from_pretrained`. The distilled LoRA is the `distilled_lora` component; folders written
         before that component was listed in `model_index.json` get it from their `distilled_lora/` subfolder
-        (also on the Hub). An explicit `distilled_lora=None` is honoured: no distilled LoRA is loaded."""
+        (also on the Hub). An explicit `distilled_lora=None` is honoured: no distilled LoRA is loaded. With a
+        `device_map` naming one device, the distilled LoRA read from the folder is on that device too."""
         with LOAD_LOCK:
             _prefetch_folder(cls, pretrained_model_name_or_path, kwargs)
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
@@ -109,6 +113,18 @@ class LTX2A2VLoadingMixin:
                     pipe.register_modules(distilled_lora=None)
             elif isinstance(pipe, LTX2A2VLoadingMixin) and pipe.distilled_lora is None:
                 pipe._load_distilled_lora_from(os.fspath(pretrained_model_name_or_path), kwargs)
+            device_map = kwargs.get("device_map")
+            if (
+                isinstance(pipe, LTX2A2VLoadingMixin)
+                and "distilled_lora" not in kwargs
+                and pipe.distilled_lora is not None
+                and isinstance(device_map, str)
+                and device_map != "balanced"
+            ):
+                # a folder that does not list the component loads it through `register_to_config`, on the host
+                from ..loaders.distilled_lora import _mapped_device
+
+                pipe.distilled_lora.to(_mapped_device(device_map))
         return pipe
 
     def register_to_config(self, **kwargs):
