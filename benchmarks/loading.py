@@ -239,19 +239,14 @@ def _profiled_call(call, trace: dict, top: int = 25) -> None:
     """`--trace`'s extra, untimed child: the call from the loaded pipeline to the first forward's end under
     `torch.profiler` (CPU and CUDA): the `top` operators by CPU time, into `trace["call_ops"]` as
     `[name, cpu_total_ms, count]`."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if _cuda_available() else [])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:
         call()
     ops = sorted(prof.key_averages(), key=lambda e: -e.cpu_time_total)[:top]
     trace["call_ops"] = [[e.key[:90], round(e.cpu_time_total / 1000, 1), e.count] for e in ops]
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def child_ours(
@@ -289,29 +284,30 @@ def child_ours(
     pipe.transformer.register_forward_pre_hook(pre)
     pipe.transformer.register_forward_hook(post)
 
-    def call():
-        return pipe(
-            audio=waveform,
-            audio_sample_rate=RATE,
-            prompt_contexts=positive,
-            negative_prompt_contexts=negative,
-            height=HEIGHT,
-            width=WIDTH,
-            num_frames=NUM_FRAMES,
-            frame_rate=FRAME_RATE,
-            num_inference_steps=2,
-            video_guidance=MultiModalGuidance(stg_blocks=[config["num_layers"] - 1]),  # few blocks: STG on the last
-            generator=torch.Generator(device).manual_seed(0),
-            output_type="latent",
-        )
-
     def until_first_step():
         try:
-            call()
+            pipe(
+                audio=waveform,
+                audio_sample_rate=RATE,
+                prompt_contexts=positive,
+                negative_prompt_contexts=negative,
+                height=HEIGHT,
+                width=WIDTH,
+                num_frames=NUM_FRAMES,
+                frame_rate=FRAME_RATE,
+                num_inference_steps=2,
+                # few blocks: STG on the last
+                video_guidance=MultiModalGuidance(stg_blocks=[config["num_layers"] - 1]),
+                generator=torch.Generator(device).manual_seed(0),
+                output_type="latent",
+            )
         except FirstStep:
             pass
 
-    _profiled_call(until_first_step, traced) if profile else until_first_step()
+    if profile:
+        _profiled_call(until_first_step, traced)
+    else:
+        until_first_step()
     if "forward_end" not in marks:
         raise RuntimeError("the pipeline returned without a transformer forward")
     out = {"seconds": {k: v - start for k, v in marks.items()}, "placement": placement}
