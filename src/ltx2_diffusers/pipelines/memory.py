@@ -51,6 +51,8 @@ while the others use the channels-last walk of the same decoder (`models.video_v
 So `A_decode` is the walk's in the tiers that leave the VAE unhooked (resident, stream) where calls on the placement's
 device will walk it (`LTX2PipelineBase._channels_last_decode_on`; `walk_activation_bytes`: 12.1 GiB at 121 x 1024 x
 1536 with LTX-2.3), else `vae.decode`'s (19.9 GiB); a tiled decode counts `vae.decode`'s per tile (an upper bound).
+Tiling the user set (`enable_vae_tiling`, or the video VAE's own `vae.enable_tiling`) is kept by every tier and is
+what the tiled decode's estimate counts.
 A `reference_arithmetic=True` call (which decodes through `vae.decode`) under a budget that counted the walk is
 refused before it computes (`check_decode_budget`).
 """
@@ -86,6 +88,9 @@ MEMORY_MARGIN = 0.1
 #: Streaming blocks costs at most 3.2 % per forward (module docstring), so the default holds the peak to the reference's
 #: (ltx-pipelines 1.0 peaks at 40.4 GiB) instead of filling the GPU.
 DEFAULT_MEMORY_BUDGET_GIB = 40.0
+#: The largest `memory_budget_gib` accepted (1 PiB, far above any accelerator's memory); a larger one is refused
+#: (ValueError) instead of overflowing the byte count.
+MAX_MEMORY_BUDGET_GIB = 2.0**20
 OFFLOAD_KINDS = ("none", "stream", "model", "group-block", "group-leaf")
 STREAM_SLOTS = 2  # device slots of a streaming transformer (one computes while the next is copied)
 #: Used once per call, before the denoising: a streaming tier brings them to the device for that only.
@@ -167,7 +172,8 @@ class MemorySizes:
     `others_leaf` / `others_held_by_parents`: largest leaf and non-leaf parameters of all non-transformer
     components; `lora`: the distilled LoRA's factors;
     `lora_transient`: the largest `W + delta` pair stage 2 forms at once. Activations: `stage_1`, `stage_2`,
-    `decode` (`vae.decode`, as the user set the VAE up: whole, or tiled where they turned tiling on), `decode_tiled`,
+    `decode` (`vae.decode`, as the user set the VAE up: whole, or tiled where they turned tiling on), `decode_tiled`
+    (the user's tiling where they set one, `enable_vae_tiling` or the VAE's own; else ltx-core's default tiles),
     `decode_walk` (whole through the channels-last walk, where `VAE_UNHOOKED_OFFLOADS` tiers walk; else None)."""
 
     transformer: int
@@ -299,21 +305,50 @@ def choose_memory_tier(
 
 
 def check_memory_budget(memory_budget_gib, name: str = "memory_budget_gib") -> int:
-    """The budget in bytes: a finite real number of GiB > 0 (TypeError / ValueError naming `name`)."""
-    value = _real(name, memory_budget_gib)
+    """The budget in bytes: a finite real number of GiB in `(0, MAX_MEMORY_BUDGET_GIB]` (TypeError / ValueError
+    naming `name`)."""
+    integral = isinstance(memory_budget_gib, numbers.Integral) and not isinstance(memory_budget_gib, bool)
+    value = float("inf") if integral and memory_budget_gib > MAX_MEMORY_BUDGET_GIB else _real(name, memory_budget_gib)
     if value <= 0:
         raise ValueError(f"{name} must be > 0 GiB, got {memory_budget_gib!r}")
+    if value > MAX_MEMORY_BUDGET_GIB:  # (an int too large for a float included)
+        raise ValueError(
+            f"{name} must be at most {MAX_MEMORY_BUDGET_GIB:.0f} GiB (1 PiB, above any accelerator's memory), "
+            f"got {memory_budget_gib!r}"
+        )
     return int(value * GIB)
 
 
 def check_device(device, name: str = "device") -> torch.device:
-    """A `torch.device` from a device or its name (TypeError / ValueError naming `name`)."""
+    """A `torch.device` from a device or its name, not "meta" (TypeError / ValueError naming `name`)."""
     if not isinstance(device, (str, torch.device)):
         raise TypeError(f"{name} must be a torch device or its name such as 'cuda', got {type(device).__name__}")
     try:
-        return torch.device(device)
+        device = torch.device(device)
     except RuntimeError:
         raise ValueError(f"{name} must be a torch device or its name such as 'cuda', got {device!r}") from None
+    if device.type == "meta":
+        raise ValueError(
+            f"{name}='meta' holds no values: placing the components there would drop their weights; pass a device "
+            "such as 'cuda' or 'cpu'"
+        )
+    return device
+
+
+def check_placement_device(device, name: str = "device") -> torch.device:
+    """`check_device`, and a device this process can place the components on: the CPU, or an available
+    accelerator of that type with that index (ValueError naming `name`)."""
+    device = check_device(device, name)
+    if device.type == "cpu":
+        return device
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    count = torch.accelerator.device_count() if accelerator is not None else 0
+    if accelerator is None or accelerator.type != device.type or (device.index or 0) >= count:
+        here = "no accelerator" if accelerator is None else f"{count} {accelerator.type} device(s)"
+        raise ValueError(
+            f"{name}={str(device)!r} is not available in this process ({here}); pass 'cpu' or one of them"
+        )
+    return device
 
 
 def check_count(name: str, value) -> int:
@@ -323,6 +358,23 @@ def check_count(name: str, value) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
     return int(value)
+
+
+def check_call_size(height, width, num_frames, stage_2: bool) -> None:
+    """The output size of the calls a budget is for, as the pipelines' `check_inputs` accepts it: `height` and
+    `width` positive multiples of 64 with `stage_2` (32 without), `num_frames` 8k + 1 (TypeError / ValueError
+    naming the argument and the valid values)."""
+    multiple = 64 if stage_2 else 32
+    for name, value in (("height", height), ("width", width)):
+        check_count(name, value)
+        if value % multiple:
+            raise ValueError(
+                f"{name} must be a positive multiple of {multiple} ({'two stages' if stage_2 else 'one stage'}), "
+                f"got {value!r}"
+            )
+    check_count("num_frames", num_frames)
+    if (num_frames - 1) % 8:
+        raise ValueError(f"num_frames must be 8k + 1 (1, 9, 17, ..., 121), got {num_frames!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- measuring
@@ -415,12 +467,17 @@ def measure_memory_sizes(
     block, outside = _block_sizes(transformer)
     leaf, held = _leaf_sizes([transformer])
     user_tiling = getattr(pipe, "vae_tiling", None)
-    tiled_decode = ltx_tiled_decode_bytes(vae, *full, user_tiling or VideoTilingConfig())
+    # The video VAE's own (diffusers') tiling the user turned on is kept by every tier (`enable_memory_tier`).
+    vae_tiling = user_tiling is None and bool(getattr(vae, "use_tiling", False))
+    if vae_tiling:
+        tiled_decode = decode_bytes(vae, *full, tiled=True)
+    else:
+        tiled_decode = ltx_tiled_decode_bytes(vae, *full, user_tiling or VideoTilingConfig())
     # A tier without a tiled decode of its own decodes as the user set it up (tiled, if they turned tiling on).
-    if user_tiling is not None:
+    if user_tiling is not None or vae_tiling:
         whole_decode = tiled_decode
     else:
-        whole_decode = decode_bytes(vae, *full, tiled=bool(getattr(vae, "use_tiling", False)))
+        whole_decode = decode_bytes(vae, *full, tiled=False)
     walk = None
     if user_tiling is None and device is not None:
         with torch.no_grad():  # as the call decodes
