@@ -177,6 +177,14 @@ def test_lora_on_a_non_linear_layer_is_refused():
             pass
 
 
+def test_lora_around_a_transposed_conv1d_is_refused():
+    from transformers.pytorch_utils import Conv1D
+
+    model = torch.nn.Sequential(Conv1D(8, 8))
+    model = inject_adapter_in_model(LoraConfig(r=2, target_modules=["0"], fan_in_fan_out=True), model, "gpt2")
+    refused(model, r"adapter 'gpt2' on layer '0' wraps a Conv1D, not a torch.nn.Linear")
+
+
 def test_lora_dropout_in_training_mode_is_refused():
     model = torch.nn.Sequential(torch.nn.Linear(8, 8))
     model = inject_adapter_in_model(LoraConfig(r=2, target_modules=["0"], lora_dropout=0.1), model, "drop")

@@ -73,9 +73,11 @@ def _inexpressible(name: str, layer) -> str | None:
         return None
     if type(layer) is not LoraLinear:
         return f"adapter {adapters[0]!r} on layer {name!r} is a {type(layer).__name__}, not a LoRA linear"
-    if not isinstance(layer.get_base_layer(), torch.nn.Linear) or layer.fan_in_fan_out:
+    if not isinstance(layer.get_base_layer(), torch.nn.Linear):
         base = type(layer.get_base_layer()).__name__
-        return f"adapter {adapters[0]!r} on layer {name!r} wraps a {base} (fan_in_fan_out), not a linear"
+        return f"adapter {adapters[0]!r} on layer {name!r} wraps a {base}, not a torch.nn.Linear"
+    if layer.fan_in_fan_out:
+        return f"adapter {adapters[0]!r} on layer {name!r} uses fan_in_fan_out (transposed weights)"
     for adapter in adapters:
         if adapter not in layer.lora_A:
             continue
@@ -88,7 +90,7 @@ def _inexpressible(name: str, layer) -> str | None:
         if variant is not None:
             return f"adapter {adapter!r} (layer {name!r}) is a {type(variant).__name__} LoRA variant"
         dropout = layer.lora_dropout[adapter]
-        if layer.training and isinstance(dropout, torch.nn.Dropout) and dropout.p > 0:
+        if isinstance(dropout, torch.nn.Dropout) and dropout.training and dropout.p > 0:
             return (
                 f"adapter {adapter!r} (layer {name!r}) applies LoRA dropout (p={dropout.p}) in training mode (.eval())"
             )
