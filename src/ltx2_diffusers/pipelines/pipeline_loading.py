@@ -387,7 +387,7 @@ class LTX2A2VLoadingMixin:
         from . import memory
 
         budget = memory.check_memory_budget(memory_budget_gib)
-        device = memory.check_placement_device(device)
+        device = memory.check_device(device)  # where it is available: `enable_memory_tier`, before placing
         for name, value in (("stage_2", stage_2), ("reference_arithmetic", reference_arithmetic)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be a bool, got {value!r}")
