@@ -67,6 +67,7 @@ def test_resolve_table(setting, device, reference, capability, user_compiled, us
 
 def test_auto_backend_follows_the_capability_table(monkeypatch):
     monkeypatch.setattr(acceleration, "AUTO_ATTENTION_BACKENDS", {(9, 0): "_native_cudnn", (8, 0): "flash"})
+    assert resolve_acceleration(AUTO, CUDA, False, (9, 0), False, False, process_backend=True) == (True, None)
     assert resolve_acceleration(AUTO, CUDA, False, (9, 0), False, False) == (True, "_native_cudnn")
     assert resolve_acceleration(AUTO, CUDA, False, (8, 0), False, False) == (True, "flash")
     assert resolve_acceleration(AUTO, CUDA, False, (12, 0), False, False) == (True, None)  # not measured: native
@@ -78,6 +79,17 @@ def test_auto_backend_follows_the_capability_table(monkeypatch):
 
 def test_the_h200_entry_is_native_sdpa_until_measured():
     assert acceleration.AUTO_ATTENTION_BACKENDS == {(9, 0): None}
+
+
+def test_explicit_backends_and_the_process_wide_default():
+    flash = TransformerAcceleration(attention_backend="flash")
+    # diffusers' process-wide default: "auto" sets nothing over it, an explicit name is set.
+    assert resolve_acceleration(AUTO, CUDA, False, H200, False, False, process_backend=True) == (True, None)
+    assert resolve_acceleration(flash, CUDA, False, H200, False, False, process_backend=True) == (True, "flash")
+    # The user's own backend on this transformer: the same name is no override, another is refused.
+    assert resolve_acceleration(flash, CUDA, False, H200, False, "flash") == (True, "flash")
+    with pytest.raises(ValueError, match=r"call pipe\.transformer\.reset_attention_backend\(\) first"):
+        resolve_acceleration(flash, CUDA, False, H200, False, "_native_math")
 
 
 def test_what_cannot_be_honoured_is_refused():
@@ -158,9 +170,34 @@ def test_the_users_attention_backend_is_never_overridden():
     assert model.transformer_blocks[0].attn1.processor._attention_backend == AttentionBackendName._NATIVE_MATH
 
     fresh = tiny_transformer(num_layers=1)
-    with attention_backend("_native_math"):  # process-wide (as DIFFUSERS_ATTN_BACKEND)
-        assert backend_set_by_user(fresh)
-    assert not backend_set_by_user(fresh)
+    with attention_backend("_native_math"):  # process-wide (as DIFFUSERS_ATTN_BACKEND): no choice for this model
+        assert not backend_set_by_user(fresh) and acceleration.process_backend_set()
+    assert not backend_set_by_user(fresh) and not acceleration.process_backend_set()
+
+
+@pytest.fixture
+def process_backend():
+    """diffusers' process-wide attention backend, restored after the test (`set_attention_backend` sets it)."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active = _AttentionBackendRegistry._active_backend
+    yield _AttentionBackendRegistry
+    _AttentionBackendRegistry.set_active_backend(active)
+
+
+def test_the_users_backend_is_read_per_model(process_backend):
+    """`set_attention_backend` on one model also sets diffusers' process-wide default, which `reset_attention_backend`
+    does not clear: neither makes another model, nor the reset one, count as set by the user (before: both did)."""
+    model, other = tiny_transformer(num_layers=1), tiny_transformer(num_layers=1)
+    other.set_attention_backend("_native_math")
+    assert process_backend._active_backend == AttentionBackendName._NATIVE_MATH
+    assert backend_set_by_user(other) == "_native_math" and backend_set_by_user(model) is False
+    other.reset_attention_backend()
+    assert process_backend._active_backend == AttentionBackendName._NATIVE_MATH  # diffusers keeps it
+    assert backend_set_by_user(other) is False
+    model.transformer_blocks[0].attn1.set_attention_backend("_native_math")
+    model.transformer_blocks[0].attn2.set_attention_backend("_native_efficient")
+    assert backend_set_by_user(model) is True  # several
 
 
 def test_offload_hooks_in_the_blocks_are_seen():
@@ -307,6 +344,38 @@ def test_explicit_backend_is_set_on_the_processors_and_garbage_refused(files):
     out = latents(pipe, files, stage_2=False, height=64, width=64)
     assert set(processor_backends(pipe.transformer)) == {AttentionBackendName._NATIVE_MATH}
     assert torch.isfinite(out).all()
+
+
+def test_following_the_refusals_advice_literally_lets_the_call_run(files, process_backend):
+    """The user's backend on this transformer refuses another explicit one; the message says to call
+    `pipe.transformer.reset_attention_backend()`: done as written, the next call runs with the pipeline's backend
+    (before: still refused, as the reset leaves diffusers' process-wide default set)."""
+    pipe = make_pipe(files)
+    pipe.transformer.set_attention_backend("_native_math")
+    pipe.set_transformer_acceleration(attention_backend="native")
+    with pytest.raises(ValueError, match=r"attention_backend='native': the user already set") as refusal:
+        latents(pipe, files, stage_2=False, height=64, width=64)
+    advice = "pipe.transformer.reset_attention_backend()"
+    assert advice in str(refusal.value)
+    eval(advice, {"pipe": pipe})  # the advice, literally
+    out = latents(pipe, files, stage_2=False, height=64, width=64)
+    assert torch.isfinite(out).all()
+    assert set(processor_backends(pipe.transformer)) == {AttentionBackendName.NATIVE}
+
+
+def test_a_fresh_pipeline_is_not_affected_by_another_models_backend(files, process_backend):
+    """`set_attention_backend` on another model (it sets diffusers' process-wide default too) does not make a fresh
+    pipeline's transformer "set by the user": an explicit backend is set on its processors, and "auto" sets nothing
+    over the process-wide default (before: the explicit one was refused)."""
+    tiny_transformer(num_layers=1).set_attention_backend("_native_math")
+    pipe = make_pipe(files)
+    assert not backend_set_by_user(pipe.transformer)
+    expected = latents(make_pipe(files), files, stage_2=False, height=64, width=64)  # auto: nothing set
+    assert set(processor_backends(pipe.transformer)) == {None}
+    pipe.set_transformer_acceleration(attention_backend="native")
+    out = latents(pipe, files, stage_2=False, height=64, width=64)
+    assert set(processor_backends(pipe.transformer)) == {AttentionBackendName.NATIVE}
+    assert (out - expected).abs().max().item() <= 1e-5  # _native_math and native SDPA agree on the CPU
 
 
 def test_missing_backend_package_is_refused_when_set(files):

@@ -201,7 +201,10 @@ class TilePlan:
 
 
 def plan_tiles(latent_size: tuple[int, int, int], config: VideoTilingConfig) -> TilePlan:
-    """The tiles of a latent of `(frames, height, width)`."""
+    """The tiles of a latent of `(frames, height, width)`, each a count >= 1 (ValueError naming the axis)."""
+    for axis, value in zip(("frames", "height", "width"), latent_size):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"latent {axis} must be an int >= 1 to plan tiles, got {value!r} (latent {latent_size})")
     frames, height, width = latent_size
     long_side = max(height, width)
     return TilePlan(

@@ -12,13 +12,17 @@ pure decision of one call; `accelerated(...)` applies it around a stage's transf
   measured compiled). ``True`` compiles on any device; ``False`` opts out (blocks the pipeline compiled are
   returned to eager).
 * ``attention_backend="auto"`` picks `AUTO_ATTENTION_BACKENDS[compute capability]` on CUDA (None: diffusers'
-  native SDPA, nothing set); a name is set as given; None sets nothing. A backend the user set on the attention
-  processors (`transformer.set_attention_backend`) or process-wide (`DIFFUSERS_ATTN_BACKEND`, the
-  `attention_backend(...)` context) is never touched: "auto" leaves it, a different explicit name is refused.
+  native SDPA, nothing set); a name is set as given; None sets nothing. The user's choice is read per model: a
+  backend the user set on this transformer's attention processors (`transformer.set_attention_backend`) is never
+  touched: "auto" leaves it, a different explicit name is refused until `transformer.reset_attention_backend()`
+  takes it back. diffusers' process-wide default (`DIFFUSERS_ATTN_BACKEND`, the `attention_backend(...)` context,
+  and what `set_attention_backend` on any model leaves behind, which `reset_attention_backend` does not clear) is
+  no choice for this transformer: "auto" leaves it in force (sets nothing), an explicit name is set over it.
   The pipeline sets its backend on the processors only (not diffusers' process-wide active backend).
 * ``reference_arithmetic=True`` calls run eager (`torch.compiler.set_stance("force_eager")` for the stage: the
   user's compiled modules too, so the mode stays bit-exact with the reference) and with the native attention
-  unless the user chose a backend. The stance is process-wide for the duration of the stage.
+  unless a backend is in force (the user's on this transformer, or diffusers' process-wide default). The stance
+  is process-wide for the duration of the stage.
 """
 
 from __future__ import annotations
@@ -93,15 +97,18 @@ def resolve_acceleration(
     *,
     hooked_blocks: bool = False,
     context_parallel: bool = False,
+    process_backend: bool = False,
 ) -> tuple[bool, str | None]:
     """`(compile, attention_backend)` the pipeline applies for one call: whether the blocks are (to be) compiled
     by the pipeline, and the backend it sets on the attention processors (None: none).
 
     `device`: the execution device; `capability`: its CUDA compute capability (None off CUDA); `user_compiled` /
-    `user_backend`: the user compiled part of the transformer / set an attention backend; `hooked_blocks`: offload
-    hooks sit inside the blocks; `context_parallel`: the transformer is sequence parallel. Under
-    `reference_arithmetic` the pipeline compiles nothing (and the call runs eager). `compile=True` with offload
-    hooks in the blocks, and an explicit backend against the user's own, are refused (ValueError)."""
+    `user_backend`: the user compiled part of the transformer / set an attention backend on it (a name: that
+    backend; True: several); `process_backend`: diffusers' process-wide default is not the native one (then "auto"
+    sets nothing); `hooked_blocks`: offload hooks sit inside the blocks; `context_parallel`: the transformer is
+    sequence parallel. Under `reference_arithmetic` the pipeline compiles nothing (and the call runs eager).
+    `compile=True` with offload hooks in the blocks, and an explicit backend other than the user's own, are refused
+    (ValueError)."""
     if not isinstance(setting, TransformerAcceleration):
         raise TypeError(f"setting must be a TransformerAcceleration, got {type(setting).__name__}")
     cuda = torch.device(device).type == "cuda"
@@ -118,14 +125,14 @@ def resolve_acceleration(
         compile = cuda and not hooked_blocks and not context_parallel
 
     backend = setting.attention_backend
-    if backend not in (None, AUTO) and user_backend:
+    if backend not in (None, AUTO) and user_backend and user_backend != backend:
         raise ValueError(
-            f"attention_backend={backend!r}: the user already set an attention backend (transformer."
-            "set_attention_backend, DIFFUSERS_ATTN_BACKEND or diffusers' attention_backend context), which the "
-            "pipeline never overrides; call transformer.reset_attention_backend() first or keep attention_backend='auto'"
+            f"attention_backend={backend!r}: the user already set an attention backend on this transformer "
+            "(transformer.set_attention_backend), which the pipeline never overrides; call "
+            "pipe.transformer.reset_attention_backend() first or keep attention_backend='auto'"
         )
     if backend == AUTO:
-        auto = cuda and not reference_arithmetic and not user_backend and not context_parallel
+        auto = cuda and not reference_arithmetic and not user_backend and not context_parallel and not process_backend
         backend = AUTO_ATTENTION_BACKENDS.get(tuple(capability), None) if auto and capability is not None else None
     return compile, backend
 
@@ -171,15 +178,24 @@ def _backend_is_ours(processor) -> bool:
     return mark is not None and processor._attention_backend == mark
 
 
-def backend_set_by_user(transformer) -> bool:
-    """Whether an attention backend was chosen by the user: on a processor (not the pipeline's), or process-wide
-    (diffusers' active backend is not the native one)."""
+def backend_set_by_user(transformer) -> str | bool:
+    """The attention backend the user chose for this transformer: set on its processors, not by the pipeline
+    (`transformer.set_attention_backend`, `reset_attention_backend` takes it back). Its name when every such
+    processor has the same one, True when they differ, False when none. diffusers' process-wide default is not
+    read here (`process_backend_set`): `set_attention_backend` on another model also sets it."""
+    processors = _processors(transformer)
+    users = {p._attention_backend for p in processors if p._attention_backend is not None and not _backend_is_ours(p)}
+    if not users:
+        return False
+    return str(getattr(next(iter(users)), "value", next(iter(users)))) if len(users) == 1 else True
+
+
+def process_backend_set() -> bool:
+    """Whether diffusers' process-wide attention backend (used by processors without one of their own) is not the
+    native one: `DIFFUSERS_ATTN_BACKEND`, the `attention_backend(...)` context, or left by `set_attention_backend`."""
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
-    active = _AttentionBackendRegistry._active_backend
-    if AttentionBackendName(active) != AttentionBackendName.NATIVE:
-        return True
-    return any(p._attention_backend is not None and not _backend_is_ours(p) for p in _processors(transformer))
+    return AttentionBackendName(_AttentionBackendRegistry._active_backend) != AttentionBackendName.NATIVE
 
 
 def blocks_carry_offload_hooks(transformer) -> bool:
@@ -248,6 +264,7 @@ def accelerated(transformer, setting: TransformerAcceleration, device, reference
     compile, backend = resolve_acceleration(
         setting, device, reference_arithmetic, cuda_capability(device), compiled, user_backend,
         hooked_blocks=blocks_carry_offload_hooks(transformer), context_parallel=is_context_parallel(transformer),
+        process_backend=process_backend_set(),
     )  # fmt: skip
     if not compiled and not reference_arithmetic:
         apply_compile(transformer, compile)

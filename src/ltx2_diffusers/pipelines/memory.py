@@ -8,7 +8,8 @@ the device, or in pinned host memory, copied to each weight's device as stage 2 
 
 `measure_memory_sizes(pipe, ...)` measures what a call needs (the bytes of every component's parameters and
 buffers, and activation estimates for the call's shape from the transformer and VAE configs);
-`choose_memory_tier(budget_bytes, sizes)` (pure) returns the fastest tier whose estimated peak fits the budget.
+`choose_memory_tier(budget_bytes, sizes)` (pure) returns the fastest tier whose estimated peak fits the budget
+(the activation estimates: `memory_estimates.py`, re-exported here).
 Tiers, fastest first (`TIERS`):
 
 | tier | offload | decode | distilled LoRA |
@@ -50,6 +51,8 @@ while the others use the channels-last walk of the same decoder (`models.video_v
 So `A_decode` is the walk's in the tiers that leave the VAE unhooked (resident, stream) where calls on the placement's
 device will walk it (`LTX2PipelineBase._channels_last_decode_on`; `walk_activation_bytes`: 12.1 GiB at 121 x 1024 x
 1536 with LTX-2.3), else `vae.decode`'s (19.9 GiB); a tiled decode counts `vae.decode`'s per tile (an upper bound).
+Tiling the user set (`enable_vae_tiling`, or the video VAE's own `vae.enable_tiling`) is kept by every tier and is
+what the tiled decode's estimate counts.
 A `reference_arithmetic=True` call (which decodes through `vae.decode`) under a budget that counted the walk is
 refused before it computes (`check_decode_budget`).
 """
@@ -67,6 +70,16 @@ from ..models.video_vae_tiling import VideoTilingConfig
 from ..utils.hooks import placed_by_offload
 from ..validation import _real
 from . import ltx2_stages as stages
+from .memory_estimates import (  # noqa: F401 (the estimates are part of this module's interface)
+    DECODER_LIVE_TENSORS,
+    FLOAT32_BYTES,
+    WALK_LIVE_TENSORS,
+    decode_bytes,
+    decoder_activation_bytes,
+    ltx_tiled_decode_bytes,
+    transformer_activation_bytes,
+    walk_activation_bytes,
+)
 
 
 GIB = 2**30
@@ -75,6 +88,9 @@ MEMORY_MARGIN = 0.1
 #: Streaming blocks costs at most 3.2 % per forward (module docstring), so the default holds the peak to the reference's
 #: (ltx-pipelines 1.0 peaks at 40.4 GiB) instead of filling the GPU.
 DEFAULT_MEMORY_BUDGET_GIB = 40.0
+#: The largest `memory_budget_gib` accepted (1 PiB, far above any accelerator's memory); a larger one is refused
+#: (ValueError) instead of overflowing the byte count.
+MAX_MEMORY_BUDGET_GIB = 2.0**20
 OFFLOAD_KINDS = ("none", "stream", "model", "group-block", "group-leaf")
 STREAM_SLOTS = 2  # device slots of a streaming transformer (one computes while the next is copied)
 #: Used once per call, before the denoising: a streaming tier brings them to the device for that only.
@@ -83,12 +99,8 @@ TEXT_COMPONENTS = ("text_encoder", "connectors")
 #: transformer forward), "layers" (diffusers' leaf-level group offload: for a text encoder larger than the room).
 TEXT_OFFLOADS = ("hook", "layers")
 LORA_LOCATIONS = ("device", "host")
-# Video decoder activations, in tensors of its largest stage (see `decoder_activation_bytes`).
-DECODER_LIVE_TENSORS = 7
-WALK_LIVE_TENSORS = 4.25  # the same for the channels-last walk (see `walk_activation_bytes`)
 #: Offloads that leave the video VAE unhooked: their whole decode walks channels-last where the pipeline would.
 VAE_UNHOOKED_OFFLOADS = ("none", "stream")
-FLOAT32_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -160,7 +172,8 @@ class MemorySizes:
     `others_leaf` / `others_held_by_parents`: largest leaf and non-leaf parameters of all non-transformer
     components; `lora`: the distilled LoRA's factors;
     `lora_transient`: the largest `W + delta` pair stage 2 forms at once. Activations: `stage_1`, `stage_2`,
-    `decode` (`vae.decode`, as the user set the VAE up: whole, or tiled where they turned tiling on), `decode_tiled`,
+    `decode` (`vae.decode`, as the user set the VAE up: whole, or tiled where they turned tiling on), `decode_tiled`
+    (the user's tiling where they set one, `enable_vae_tiling` or the VAE's own; else ltx-core's default tiles),
     `decode_walk` (whole through the channels-last walk, where `VAE_UNHOOKED_OFFLOADS` tiers walk; else None)."""
 
     transformer: int
@@ -292,21 +305,50 @@ def choose_memory_tier(
 
 
 def check_memory_budget(memory_budget_gib, name: str = "memory_budget_gib") -> int:
-    """The budget in bytes: a finite real number of GiB > 0 (TypeError / ValueError naming `name`)."""
-    value = _real(name, memory_budget_gib)
+    """The budget in bytes: a finite real number of GiB in `(0, MAX_MEMORY_BUDGET_GIB]` (TypeError / ValueError
+    naming `name`)."""
+    integral = isinstance(memory_budget_gib, numbers.Integral) and not isinstance(memory_budget_gib, bool)
+    value = float("inf") if integral and memory_budget_gib > MAX_MEMORY_BUDGET_GIB else _real(name, memory_budget_gib)
     if value <= 0:
         raise ValueError(f"{name} must be > 0 GiB, got {memory_budget_gib!r}")
+    if value > MAX_MEMORY_BUDGET_GIB:  # (an int too large for a float included)
+        raise ValueError(
+            f"{name} must be at most {MAX_MEMORY_BUDGET_GIB:.0f} GiB (1 PiB, above any accelerator's memory), "
+            f"got {memory_budget_gib!r}"
+        )
     return int(value * GIB)
 
 
 def check_device(device, name: str = "device") -> torch.device:
-    """A `torch.device` from a device or its name (TypeError / ValueError naming `name`)."""
+    """A `torch.device` from a device or its name, not "meta" (TypeError / ValueError naming `name`)."""
     if not isinstance(device, (str, torch.device)):
         raise TypeError(f"{name} must be a torch device or its name such as 'cuda', got {type(device).__name__}")
     try:
-        return torch.device(device)
+        device = torch.device(device)
     except RuntimeError:
         raise ValueError(f"{name} must be a torch device or its name such as 'cuda', got {device!r}") from None
+    if device.type == "meta":
+        raise ValueError(
+            f"{name}='meta' holds no values: placing the components there would drop their weights; pass a device "
+            "such as 'cuda' or 'cpu'"
+        )
+    return device
+
+
+def check_placement_device(device, name: str = "device") -> torch.device:
+    """`check_device`, and a device this process can place the components on: the CPU, or an available
+    accelerator of that type with that index (ValueError naming `name`)."""
+    device = check_device(device, name)
+    if device.type == "cpu":
+        return device
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    count = torch.accelerator.device_count() if accelerator is not None else 0
+    if accelerator is None or accelerator.type != device.type or (device.index or 0) >= count:
+        here = "no accelerator" if accelerator is None else f"{count} {accelerator.type} device(s)"
+        raise ValueError(
+            f"{name}={str(device)!r} is not available in this process ({here}); pass 'cpu' or one of them"
+        )
+    return device
 
 
 def check_count(name: str, value) -> int:
@@ -318,141 +360,21 @@ def check_count(name: str, value) -> int:
     return int(value)
 
 
-# ---------------------------------------------------------------------------------------------------- estimates
-def transformer_activation_bytes(config, batch: int, video_tokens: int, audio_tokens: int, text_tokens: int,
-                                 dtype_bytes: int) -> int:  # fmt: skip
-    """Activation bytes of one transformer forward as the pipeline runs it (per-token timesteps, per-item
-    cross-modal timesteps: `use_cross_timestep=True`; memory-efficient attention: no T x T scores).
-
-    Per video token `b * D * (k + r + 13) + b * C + max(12 * D, 2 * b * F)` bytes, with `b = dtype_bytes`,
-    `D = num_attention_heads * attention_head_dim`, `k` the rows of the per-token timestep embedding (9 with
-    `cross_attn_mod`, else 6), `r` the text cross-attention modulation rows (3 with `cross_attn_mod`), `F = 4 * D`
-    the feed-forward width and `C = audio_cross_attention_dim`. Traced at the peak: the timestep embedding (k
-    rows), the block's modulation (6 rows) and text cross-attention modulation (r rows), six hidden-width tensors
-    (input projection, embedded timestep, residual stream, attention output, modulated input, query projection),
-    the rotary tables (D, and C for the cross-modal ones), and the larger of the float32 RMS-norm temporaries of
-    a query (3 x D x 4 bytes) and the feed-forward projection and activation (2F). The same per audio token with
-    the audio widths (`audio_num_attention_heads * audio_attention_head_dim`, `audio_cross_attn_mod`); the text
-    contexts `3 * text_tokens * (D + D_audio) * b`. Times `batch`."""
-
-    def per_token(width, cross_mod, cross_width):
-        rows = (9 + 3) if cross_mod else 6
-        return dtype_bytes * (width * (rows + 13) + cross_width) + max(12 * width, 2 * dtype_bytes * 4 * width)
-
-    video_width = config.num_attention_heads * config.attention_head_dim
-    audio_width = config.audio_num_attention_heads * config.audio_attention_head_dim
-    cross = config.audio_cross_attention_dim
-    per_item = (
-        video_tokens * per_token(video_width, config.cross_attn_mod, cross)
-        + audio_tokens * per_token(audio_width, config.audio_cross_attn_mod, cross)
-        + 3 * text_tokens * (video_width + audio_width) * dtype_bytes
-    )
-    return batch * per_item
-
-
-def _decoder_stages(config, frames: int, height: int, width: int):
-    """`(channels, frames, height, width)` of every stage of diffusers' LTX-2 video decoder for a latent of that
-    size: conv_in / mid block, then each up block after its upsampler (x2 in space for "spatial" and
-    "spatiotemporal", `2f - 1` frames for "temporal" and "spatiotemporal"), then the unpatchified output."""
-    channels = tuple(reversed(config.decoder_block_out_channels))
-    factors = tuple(reversed(config.upsample_factor))
-    scaling = config.decoder_spatio_temporal_scaling
-    scaling = tuple(reversed(scaling)) if isinstance(scaling, (tuple, list)) else (scaling,) * len(channels)
-    shapes = [(channels[0], frames, height, width)]
-    for i, kind in enumerate(config.upsample_type[: len(channels)]):
-        if scaling[i]:
-            if kind in ("spatial", "spatiotemporal"):
-                height, width = 2 * height, 2 * width
-            if kind in ("temporal", "spatiotemporal"):
-                frames = 2 * frames - 1
-        shapes.append((channels[i] // factors[i], frames, height, width))
-    patch = config.patch_size
-    shapes.append((config.out_channels, frames, height * patch, width * patch))
-    return shapes
-
-
-def decoder_activation_bytes(config, frames: int, height: int, width: int, dtype_bytes: int) -> tuple[int, int]:
-    """`(peak, output)` bytes of one whole decode of a `(frames, height, width)` latent.
-
-    `peak = DECODER_LIVE_TENSORS * S * dtype_bytes` with `S` the element count of the largest decoder stage
-    (`_decoder_stages`): at a resnet of that stage its input (the residual), the normalised activation, the
-    padded convolution input and the convolution output are live with part of the stage before (traced: 4.5 S for
-    LTX-2.3's decoder, 5.3 S for LTX-2's reflect-padded one), plus the convolutions' workspace (measured on an
-    H200: 18.6 GiB = 6.6 S at 121 x 1024 x 1536 with LTX-2.3). `output`: the decoded video's elements."""
-    shapes = _decoder_stages(config, frames, height, width)
-    largest = max(c * f * h * w for c, f, h, w in shapes[:-1])
-    c, f, h, w = shapes[-1]
-    return DECODER_LIVE_TENSORS * largest * dtype_bytes, c * f * h * w
-
-
-def walk_activation_bytes(config, frames: int, height: int, width: int, dtype_bytes: int) -> tuple[int, int]:
-    """`(peak, output)` bytes of one whole decode through the channels-last walk (`models.video_vae_decode`).
-
-    At a resnet of a stage of `n` elements and `f` frames the walk keeps its input (the residual; after a temporal
-    upsampler a view of a tensor that still holds the frame it drops: at most `n (f + 1) / f`), the first
-    convolution's output, the second's input (written once into a buffer with room for the 2 padding frames of the
-    3-frame kernels: `n (f + 2) / f`, the norm, modulation and SiLU in place) and its output (the residual added in
-    place); a spatial padding other than zeros (LTX-2's reflect) adds `Conv3d`'s padded copy of that buffer. So
-    `peak = (WALK_LIVE_TENSORS - 2) n + n (f + 1) / f + (1 + copy) n_padded` at the stage where that is largest,
-    or at `conv_out` its input, padded input and output `O`, then `2 O` (the unpatchified copy), if larger.
-    `WALK_LIVE_TENSORS`: those 4 tensors plus the convolutions' workspace, calibrated on an H200 at
-    121 x 1024 x 1536 with LTX-2.3 in bf16: 12.82 GiB peak less the VAE's 1.35 GiB of weights, 11.47 GiB = 4.04
-    tensors of the largest stage (traced live: 4.02; `benchmarks/profile_forward.py` run 16), rounded up to 4.25."""
-    shapes = _decoder_stages(config, frames, height, width)
-    copy = int(getattr(config, "decoder_spatial_padding_mode", "zeros") != "zeros")
-    # Each stage's residual (with the dropped frame) and padded convolution input(s).
-    live = [(c * (f + 1) * h * w, (1 + copy) * c * (f + 2) * (h + 2 * copy) * (w + 2 * copy)) for c, f, h, w in shapes]
-    stage = max((WALK_LIVE_TENSORS - 2) * math.prod(s) + r + p for s, (r, p) in zip(shapes[:-1], live))
-    output = math.prod(shapes[-1])
-    last = math.prod(shapes[-2]) + live[-2][1] + output
-    return math.ceil(max(stage, last, 2 * output) * dtype_bytes), output
-
-
-def ltx_tiled_decode_bytes(vae, frames: int, height: int, width: int, tiling) -> int:
-    """Activation bytes of `LTX2PipelineBase.decode` under `enable_vae_tiling` (ltx-core's tiled decode,
-    `models.video_vae_tiling.tiled_decode`) for a `(frames, height, width)` latent and a `VideoTilingConfig`: the
-    decoder's peak on the plan's largest tile, while the blend buffers are live (the video and its weights, one
-    temporal row and its weights, all in the VAE dtype; the tile times its mask), or the rescaling of the output
-    (the video in the VAE dtype and two float32 copies), whichever is larger."""
-    from ..models.video_vae_tiling import plan_tiles
-
-    config, size = vae.config, vae.dtype.itemsize
-    plan = plan_tiles((frames, height, width), tiling)
-    whole_peak, output = decoder_activation_bytes(config, frames, height, width, size)
-    rescale = output * (size + 2 * FLOAT32_BYTES)
-    if len(plan) == 1:
-        return max(whole_peak, rescale)
-    tile_peak, tile_out = decoder_activation_bytes(config, *plan.largest_tile, size)
-    out_frames, out_height, out_width = plan.output_size
-    pixels = out_frames * out_height * out_width
-    row_frames = max(t.out_stop - t.out_start for t in plan.frames)
-    row = row_frames * out_height * out_width
-    channels = output // pixels
-    buffers = (pixels + row) * (channels + 1) * size + 2 * tile_out * size
-    return max(tile_peak + buffers, rescale)
-
-
-def decode_bytes(vae, frames: int, height: int, width: int, tiled: bool, walk: bool = False) -> int:
-    """Activation bytes of `LTX2PipelineBase.decode` for a `(frames, height, width)` latent: the decoder's peak
-    (whole: `vae.decode`'s, or with `walk` the channels-last walk's; or per tile of the VAE's own tile settings,
-    with the decoded tiles kept until they are blended and the blended rows and video concatenated: diffusers'
-    `tiled_decode`), or the rescaling of the output (the video in the VAE dtype and two float32 copies), whichever
-    is larger."""
-    config, size = vae.config, vae.dtype.itemsize
-    peak, output = (walk_activation_bytes if walk else decoder_activation_bytes)(config, frames, height, width, size)
-    rescale = output * (size + 2 * FLOAT32_BYTES)
-    ratio = vae.spatial_compression_ratio
-    tile_h, tile_w = vae.tile_sample_min_height // ratio, vae.tile_sample_min_width // ratio
-    if not tiled or (height <= tile_h and width <= tile_w):
-        return max(peak, rescale)
-    stride_h, stride_w = vae.tile_sample_stride_height // ratio, vae.tile_sample_stride_width // ratio
-    tiles, tile_peak = 0, 0
-    for i in range(0, height, stride_h):
-        for j in range(0, width, stride_w):
-            h, w = min(tile_h, height - i), min(tile_w, width - j)
-            peak, out = decoder_activation_bytes(config, frames, h, w, size)
-            tiles, tile_peak = tiles + out * size, max(tile_peak, peak)
-    return max(tile_peak + tiles, tiles + 2 * output * size, rescale)
+def check_call_size(height, width, num_frames, stage_2: bool) -> None:
+    """The output size of the calls a budget is for, as the pipelines' `check_inputs` accepts it: `height` and
+    `width` positive multiples of 64 with `stage_2` (32 without), `num_frames` 8k + 1 (TypeError / ValueError
+    naming the argument and the valid values)."""
+    multiple = 64 if stage_2 else 32
+    for name, value in (("height", height), ("width", width)):
+        check_count(name, value)
+        if value % multiple:
+            raise ValueError(
+                f"{name} must be a positive multiple of {multiple} ({'two stages' if stage_2 else 'one stage'}), "
+                f"got {value!r}"
+            )
+    check_count("num_frames", num_frames)
+    if (num_frames - 1) % 8:
+        raise ValueError(f"num_frames must be 8k + 1 (1, 9, 17, ..., 121), got {num_frames!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- measuring
@@ -545,12 +467,17 @@ def measure_memory_sizes(
     block, outside = _block_sizes(transformer)
     leaf, held = _leaf_sizes([transformer])
     user_tiling = getattr(pipe, "vae_tiling", None)
-    tiled_decode = ltx_tiled_decode_bytes(vae, *full, user_tiling or VideoTilingConfig())
+    # The video VAE's own (diffusers') tiling the user turned on is kept by every tier (`enable_memory_tier`).
+    vae_tiling = user_tiling is None and bool(getattr(vae, "use_tiling", False))
+    if vae_tiling:
+        tiled_decode = decode_bytes(vae, *full, tiled=True)
+    else:
+        tiled_decode = ltx_tiled_decode_bytes(vae, *full, user_tiling or VideoTilingConfig())
     # A tier without a tiled decode of its own decodes as the user set it up (tiled, if they turned tiling on).
-    if user_tiling is not None:
+    if user_tiling is not None or vae_tiling:
         whole_decode = tiled_decode
     else:
-        whole_decode = decode_bytes(vae, *full, tiled=bool(getattr(vae, "use_tiling", False)))
+        whole_decode = decode_bytes(vae, *full, tiled=False)
     walk = None
     if user_tiling is None and device is not None:
         with torch.no_grad():  # as the call decodes

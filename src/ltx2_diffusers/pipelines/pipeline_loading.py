@@ -367,10 +367,13 @@ class LTX2A2VLoadingMixin:
         needed), applied with `enable_memory_tier`. The size arguments are those of the calls to come
         (`guidance_batch_size` and `reference_arithmetic` as passed to them: the decode's estimate is the
         channels-last walk's where those calls will walk the decoder, `memory.measure_memory_sizes`).
-        Refused: a budget that is not a finite number > 0, a budget no tier fits (ValueError with the smallest
-        that does), a budget only group offload fits with `compile=True` (`set_transformer_acceleration`), and a
-        pipeline that already carries offload hooks (the user's placement is left as it is). Returns the
-        `MemoryTier` applied.
+        Refused before anything changes: a budget that is not a finite number in `(0, memory.MAX_MEMORY_BUDGET_GIB]`,
+        a device that is not one this process can place the components on ("meta" included), a size the calls
+        would refuse (`height` / `width` multiples of 64, of 32 without `stage_2`; `num_frames` 8k + 1), a budget no
+        tier fits (ValueError with the smallest that does), a budget only group offload fits with `compile=True`
+        (`set_transformer_acceleration`), and a pipeline that already carries offload hooks (the user's placement is
+        left as it is). Tiling the user set (`enable_vae_tiling` or `vae.enable_tiling`) is kept, and estimated as
+        set. Returns the `MemoryTier` applied.
 
         Example:
 
@@ -384,12 +387,11 @@ class LTX2A2VLoadingMixin:
         from . import memory
 
         budget = memory.check_memory_budget(memory_budget_gib)
-        device = memory.check_device(device)
-        for name, value in (("height", height), ("width", width), ("num_frames", num_frames)):
-            memory.check_count(name, value)
+        device = memory.check_device(device)  # where it is available: `enable_memory_tier`, before placing
         for name, value in (("stage_2", stage_2), ("reference_arithmetic", reference_arithmetic)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be a bool, got {value!r}")
+        memory.check_call_size(height, width, num_frames, stage_2)
         batch = 4 if guidance_batch_size is None else memory.check_count("guidance_batch_size", guidance_batch_size)
         sizes = memory.measure_memory_sizes(
             self, height=height, width=width, num_frames=num_frames, frame_rate=check_frame_rate(frame_rate),
@@ -423,11 +425,11 @@ class LTX2A2VLoadingMixin:
     def enable_memory_tier(self, tier, device: torch.device | str = "cuda"):
         """Apply a `memory.MemoryTier` with diffusers' mechanisms: `to(device)`, block streaming
         (`block_streaming.enable_block_streaming`), `enable_model_cpu_offload` or `enable_group_offload` (block or
-        leaf level; a CUDA stream on CUDA), `enable_vae_tiling` (never turned off
-        here; tiling the user set is kept as it is), and the distilled LoRA's factors on the device or in pinned host memory. A pipeline that already
-        carries offload hooks is refused (ValueError naming the components)."""
+        leaf level; a CUDA stream on CUDA), `enable_vae_tiling` (never turned off here; tiling the user set, ours or
+        the video VAE's own, is kept as it is), and the distilled LoRA's factors on the device or in pinned host
+        memory. A pipeline that already carries offload hooks is refused (ValueError naming the components)."""
         from .block_streaming import enable_block_streaming
-        from .memory import MemoryTier, check_device, place_distilled_lora
+        from .memory import MemoryTier, check_placement_device, place_distilled_lora
 
         if not isinstance(tier, MemoryTier):
             raise TypeError(f"tier must be a memory.MemoryTier, got {type(tier).__name__}")
@@ -437,10 +439,10 @@ class LTX2A2VLoadingMixin:
                 "(enable_memory_budget / memory.choose_memory_tier choose it, or dataclasses.replace(tier, "
                 "resident_blocks=K))"
             )
-        device = check_device(device)
+        device = check_placement_device(device)
         self._check_no_offload_hooks()
         self._walk_decode_budget = None  # `enable_memory_budget` sets it after this: `check_decode_budget`
-        if tier.tiled_decode and self.vae_tiling is None:  # the user's own tile sizes are kept
+        if tier.tiled_decode and self.vae_tiling is None and not getattr(self.vae, "use_tiling", False):
             self.enable_vae_tiling()
         if tier.offload == "none":
             self.to(device)
