@@ -309,7 +309,7 @@ def _report_paths(args) -> tuple[str, str]:
         raise ValueError(f"--out {png!r}: the plot is written as a PNG; give a path ending in .png")
     json_path = os.path.splitext(png)[0] + ".json"
     check_output_folder("--out", png)
-    check_same_files([png, json_path], [("input", args.input)], overwrite=args.overwrite, flag="--out", named=png)
+    check_same_files([png, json_path], [("video", args.input)], overwrite=args.overwrite, flag="--out", named=png)
     return png, json_path
 
 
