@@ -12,12 +12,20 @@ Steps (all under --work-dir, default out/demo/):
 
 The weights are random, so the video is noise shaped by random weights: the demo shows the whole path working,
 not what LTX-2 generates.
+
+Existing outputs: the demo records the sha256 of every file it writes (`--work-dir`/demo_outputs.json) and passes
+`--overwrite` to the CLIs only when every existing output is one of its own earlier outputs, unchanged, so it runs
+again and again in the same checkout; any other existing file at an output path is refused before any work unless
+`--overwrite` is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -165,6 +173,7 @@ def a2vid_command(model_dir: Path, audio: Path, output: Path, args) -> list[str]
         "--output-path",
         str(output),
         "--sync-report",
+        *(["--overwrite"] if getattr(args, "overwrite", False) else []),
     ]
 
 
@@ -198,7 +207,44 @@ def av_command(model_dir: Path, output: Path, args) -> list[str]:
         str(args.seed),
         "--output-path",
         str(output),
+        *(["--overwrite"] if getattr(args, "overwrite", False) else []),
     ]
+
+
+def demo_outputs(output: Path) -> list[Path]:
+    """Every file the demo writes beside `output`: the a2v video and its sync report, the ltx2-av video."""
+    return [
+        output,
+        output.with_name(f"{output.stem}_sync.png"),
+        output.with_name(f"{output.stem}_sync.json"),
+        output.with_name(f"{output.stem}-text-to-audio-video{output.suffix}"),
+    ]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def may_replace(outputs: list[Path], record: Path) -> bool:
+    """Whether the existing `outputs` may be replaced: none exists, or each is a file an earlier demo run wrote
+    (its sha256 in `record`) and nobody changed since. SystemExit naming the first other file."""
+    written = json.loads(record.read_text()) if record.is_file() else {}
+    for path in outputs:
+        if os.path.lexists(path) and not (path.is_file() and written.get(str(path)) == _sha256(path)):
+            raise SystemExit(
+                f"demo: {path} exists and is not an unchanged output of an earlier demo run; pass --overwrite to "
+                "replace it, or choose another --output"
+            )
+    return any(path.exists() for path in outputs)
+
+
+def record_outputs(outputs: list[Path], record: Path) -> None:
+    """Remember the sha256 of the written `outputs` (beside those of other --output names) in `record`."""
+    written = json.loads(record.read_text()) if record.is_file() else {}
+    written.update({str(path): _sha256(path) for path in outputs if path.is_file()})
+    partial = record.with_name(record.name + ".partial")
+    partial.write_text(json.dumps(written, indent=1))
+    os.replace(partial, record)
 
 
 def check_output(path: Path, expected_seconds: float) -> str:
@@ -228,6 +274,11 @@ def demo_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=128, help="multiple of 64 (default: 128)")
     parser.add_argument("--steps", type=int, default=3, help="stage-1 denoising steps (default: 3)")
     parser.add_argument("--seed", type=int, default=10)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (default: only the demo's own earlier outputs, unchanged, are replaced)",
+    )
     return parser.parse_args(argv)
 
 
@@ -238,6 +289,9 @@ def main(argv=None) -> int:
     work_dir = Path(args.work_dir).resolve()
     output = Path(args.output).resolve()
     converted = work_dir / "ltx-2.3-tiny-random-diffusers"
+    outputs, record = demo_outputs(output), work_dir / "demo_outputs.json"
+    if not args.overwrite:
+        args.overwrite = may_replace(outputs, record)  # checked before any work
 
     print("[1/5] tiny random LTX-2.3 checkpoint, upsampler, distilled LoRA (original format) and Gemma 3", flush=True)
     files = build_original_files(work_dir)
@@ -256,11 +310,13 @@ def main(argv=None) -> int:
     _run(a2vid_command(converted, audio, output, args))
 
     print(check_output(output, args.seconds))
+    record_outputs(outputs[:3], record)
 
-    av_output = output.with_name(f"{output.stem}-text-to-audio-video{output.suffix}")
+    av_output = outputs[-1]
     print("[5/5] text-to-audio+video CLI (ltx2-av): the video and its generated audio", flush=True)
     _run(av_command(converted, av_output, args))
     print(check_output(av_output, AV_NUM_FRAMES / 24.0))
+    record_outputs(outputs[3:], record)
     print(
         f"demo done in {time.perf_counter() - start:.0f} s. The weights are random: {output.name} is noise shaped by "
         "random weights, with the drum track as its sound."

@@ -275,9 +275,10 @@ def test_distilled_preset_on_a_distilled_model_adds_nothing(files, fake, capsys)
     assert "distilled_lora_scale" in call and call["distilled_lora_scale"] is None
     assert call["sigmas"] is not None and call["video_guidance"].cfg_scale == 1.0
     # a converted distilled folder with --distilled-lora: refused after loading, nothing written
-    fake.variant, fake.instances = "distilled", []
-    assert av_cli.main(_argv("--distilled", "--distilled-lora", "lora.safetensors", "--device", "cpu")) == 2
-    assert "already a distilled model" in capsys.readouterr().err and not os.path.exists("out.mp4.partial")
+    fake.variant, fake.instances, listed = "distilled", [], os.listdir()
+    argv = _argv("--distilled", "--distilled-lora", "lora.safetensors", "--device", "cpu", output="d.mp4")
+    assert av_cli.main(argv) == 2
+    assert "already a distilled model" in capsys.readouterr().err and os.listdir() == listed
 
 
 def test_distilled_dev_folder_without_any_lora_is_refused(files, fake, capsys):
@@ -382,7 +383,7 @@ def test_enhance_prompt_is_passed_when_the_pipeline_takes_it(files, fake, monkey
 
     monkeypatch.setattr(av_cli, "pipeline_class", lambda: Older)
     with pytest.raises(SystemExit):
-        av_cli.main(_argv("--enhance-prompt"))
+        av_cli.main(_argv("--enhance-prompt", output="older.mp4"))
     assert (
         "--enhance-prompt: prompt enhancement is not implemented in this version of Older" in capsys.readouterr().err
     )

@@ -87,7 +87,7 @@ def test_report_written_atomically(files, drummer, monkeypatch):  # noqa: F811
 
     monkeypatch.setattr(SyncReport, "save_json", failing)
     with pytest.raises(KeyboardInterrupt):
-        av_cli.main(_run_argv())
+        av_cli.main(_run_argv("--overwrite"))  # out_sync.json may be replaced: the user said so
     assert calls and calls[0] != os.path.abspath("out_sync.json")  # written under another name
     assert _sha256("out_sync.json") == old and os.path.isfile("out.mp4") and os.path.isfile("out_sync.png")
     assert not [name for name in os.listdir(files) if name.startswith(".") or "partial" in name]

@@ -226,7 +226,7 @@ BAD_ARGUMENTS = {
     "width 32": (["--no-stage-2", "--width", "80"], "--width must be a positive multiple of 32 with --no-stage-2"),
     "num frames": (["--num-frames", "120"], "--num-frames: must be 8k + 1 (9, 17, ..., 121), got 120"),
     "num frames text": (["--num-frames", "many"], "--num-frames: expected 8k + 1 (9, 17, ..., 121) or 'auto'"),
-    "steps": (["--num-inference-steps", "1"], "--num-inference-steps must be >= 2, got 1"),
+    "steps": (["--num-inference-steps", "1"], "--num-inference-steps must be in [2, 1000], got 1"),
     "frame rate": (["--frame-rate", "0"], "--frame-rate: must be > 0"),
     "start time": (["--audio-start-time", "-1"], "--audio-start-time: must be >= 0"),
     "max duration": (["--audio-max-duration", "0"], "--audio-max-duration: must be > 0"),

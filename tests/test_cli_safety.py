@@ -208,7 +208,7 @@ def test_interrupted_generation_leaves_the_old_output(user, monkeypatch, error):
     monkeypatch.setattr(a2vid, "prepare_pipeline", lambda pipe, args, device: None)
     before = _snapshot(user)
     with pytest.raises(type(error)):
-        a2vid.main(_argv("--num-frames", "9", "--device", "cpu", output="old.mp4"))
+        a2vid.main(_argv("--num-frames", "9", "--device", "cpu", "--overwrite", output="old.mp4"))
     assert pipe.called == 1
     assert _snapshot(user) == before  # old.mp4 intact, and no temporary file left behind
 
@@ -234,11 +234,15 @@ def test_failure_while_writing_leaves_the_old_output(user, monkeypatch):
     _patch_av(monkeypatch, "AudioFrame", failing)
     before = _snapshot(user)
     with pytest.raises(KeyboardInterrupt):
-        a2vid.main(_argv("--num-frames", "9", "--device", "cpu", output="old.mp4"))
+        a2vid.main(_argv("--num-frames", "9", "--device", "cpu", "--overwrite", output="old.mp4"))
     assert calls and _snapshot(user) == before
     monkeypatch.setattr(video_io, "av", av)
-    # The same run, uninterrupted, replaces old.mp4 with the new video (and leaves nothing else).
-    assert a2vid.main(_argv("--num-frames", "9", "--device", "cpu", output="old.mp4")) == 0
+    # The same run, uninterrupted, without --overwrite: refused before loading, old.mp4 untouched.
+    with pytest.raises(SystemExit):
+        a2vid.main(_argv("--num-frames", "9", "--device", "cpu", output="old.mp4"))
+    assert _snapshot(user) == before
+    # With --overwrite it replaces old.mp4 with the new video (and leaves nothing else).
+    assert a2vid.main(_argv("--num-frames", "9", "--device", "cpu", "--overwrite", output="old.mp4")) == 0
     after = _snapshot(user)
     assert after.keys() == before.keys() and after["old.mp4"] != before["old.mp4"]
     with av.open(str(user / "old.mp4")) as container:

@@ -225,6 +225,41 @@ def test_cli_refuses_overwrite_of_the_inputs_folder(tmp_path, monkeypatch, capsy
     assert _tree(tmp_path) == before
 
 
+@pytest.mark.parametrize("below", ["notes.txt/sub", "notes.txt/a/b", "dangling/sub"])
+def test_cli_refuses_an_output_below_a_file_before_any_work(tmp_path, monkeypatch, capsys, below):
+    """`--output-dir notes.txt/sub` (notes.txt a file, or a link to nowhere): a clear error naming the path before
+    the checkpoint is read, not a FileExistsError traceback after the planning."""
+    root = tmp_path / "work"
+    files = _workspace(root)
+    (root / "notes.txt").write_text("the user's notes\n")
+    os.symlink("nowhere", root / "dangling")
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(convert_module, "convert_checkpoint", lambda *a, **k: pytest.fail("the conversion started"))
+    before = _tree(tmp_path)
+    argv = ["--checkpoint-path", str(files["checkpoint_path"]), "--output-dir", below]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --output-dir") and below in err and below.split("/")[0] in err, err
+    assert "Traceback" not in err
+    assert _tree(tmp_path) == before
+
+
+def test_cli_names_the_path_when_the_folder_changes_meanwhile(tmp_path, monkeypatch, capsys):
+    """A folder made into a file after the check (the conversion's own mkdir fails): exit 2 naming the path."""
+    root = tmp_path / "work"
+    files = _workspace(root)
+
+    def racing(checkpoint, output_dir, **kwargs):
+        raise FileExistsError(17, "File exists", os.fspath(Path(output_dir).parent))
+
+    monkeypatch.setattr(convert_module, "convert_checkpoint", racing)
+    before = _tree(tmp_path)
+    assert main(["--checkpoint-path", str(files["checkpoint_path"]), "--output-dir", str(root / "x" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and str(root / "x") in err and "File exists" in err
+    assert _tree(tmp_path) == before
+
+
 def test_overwrite_replaces_a_previous_conversion_and_nothing_else(tmp_path):
     root = tmp_path / "work"
     files = _workspace(root)

@@ -1,5 +1,6 @@
 """scripts/demo.py: its builder steps, its commands, and the whole demo (untimed)."""
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -133,3 +134,44 @@ def test_demo_end_to_end(tmp_path):
     av = read_video_with_audio(tmp_path / "demo-text-to-audio-video.mp4", require_audio=True)
     assert av.frames.shape == (demo.AV_NUM_FRAMES, 128, 128, 3) and av.fps == 24
     assert abs(av.audio.shape[-1] / av.sample_rate - demo.AV_NUM_FRAMES / 24) <= 2 / 24
+
+
+def test_demo_replaces_only_its_own_unchanged_outputs(tmp_path):
+    """The demo passes --overwrite to the CLIs only for files an earlier demo run wrote and nobody changed."""
+    outputs, record = demo.demo_outputs(tmp_path / "demo.mp4"), tmp_path / "w" / "demo_outputs.json"
+    assert [p.name for p in outputs] == [
+        "demo.mp4", "demo_sync.png", "demo_sync.json", "demo-text-to-audio-video.mp4"
+    ]  # fmt: skip
+    record.parent.mkdir()
+    assert demo.may_replace(outputs, record) is False  # nothing there yet
+    for k, path in enumerate(outputs):
+        path.write_bytes(b"rendered %d" % k)
+    with pytest.raises(SystemExit, match="demo.mp4 exists .* --overwrite"):  # not recorded: the user's
+        demo.may_replace(outputs, record)
+    demo.record_outputs(outputs, record)
+    assert demo.may_replace(outputs, record) is True and os.listdir(record.parent) == ["demo_outputs.json"]
+    outputs[2].write_bytes(b"the user edited the report")
+    with pytest.raises(SystemExit, match="demo_sync.json exists"):
+        demo.may_replace(outputs, record)
+
+
+def test_demo_refuses_a_foreign_output_before_any_work(tmp_path, monkeypatch):
+    mine = tmp_path / "demo-text-to-audio-video.mp4"
+    mine.write_bytes(b"a clip the user made")
+    before = hashlib.sha256(mine.read_bytes()).hexdigest()
+    monkeypatch.setattr(demo, "build_original_files", lambda *a, **k: pytest.fail("the demo started working"))
+    with pytest.raises(SystemExit, match="demo-text-to-audio-video.mp4 exists"):
+        demo.main(["--output", str(tmp_path / "demo.mp4"), "--work-dir", str(tmp_path / "w")])
+    assert hashlib.sha256(mine.read_bytes()).hexdigest() == before and sorted(os.listdir(tmp_path)) == [mine.name]
+
+
+def test_overwrite_reaches_both_commands(tmp_path):
+    from ltx2_diffusers import a2vid, av_cli
+
+    for argv, expected in (([], False), (["--overwrite"], True)):
+        args = demo.demo_args(argv)
+        a2v = demo.a2vid_command(tmp_path, tmp_path / "drums.wav", tmp_path / "demo.mp4", args)
+        av = demo.av_command(tmp_path, tmp_path / "av.mp4", args)
+        assert ("--overwrite" in a2v, "--overwrite" in av) == (expected, expected)
+        assert av_cli.build_parser().parse_args(av[3:]).overwrite is expected
+        assert a2vid.build_parser().parse_args(a2v[3:]).overwrite is expected

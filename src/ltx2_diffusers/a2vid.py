@@ -10,9 +10,10 @@ use; the reference CLI uses 1.0). The audio-guidance flags (`--audio-*`, `--v2a-
 have no effect, as in the reference A2Vid pipeline: the audio is frozen (a warning says so when one is changed).
 
 Nothing is loaded before every cheap check has passed: flags, input files (existence, safetensors headers, audio
-streams, decodable images), the output path (never one of the inputs, a container that can carry H.264 + AAC).
-Outputs are written under temporary names in their folder and renamed when complete, so a failed or interrupted
-run leaves an existing file untouched.
+streams, decodable images), the output path (never one of the inputs, a container that can carry H.264 + AAC, no
+file among its folders, and no existing output unless `--overwrite`). Missing output folders are created before
+loading and removed again if the run fails. Outputs are written under temporary names in their folder and renamed
+when complete, so a failed or interrupted run leaves an existing file untouched.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 from diffusers.utils import logging
 
@@ -241,20 +241,23 @@ def sweep_table(rows: list[dict]) -> str:
 
 
 def run(args) -> list[str]:
-    """Check the input files, load, generate, write; returns the written paths."""
+    """Check the input files, create the output's folders, load, generate, write; returns the written paths."""
+    preflight(args)
+    with cli_running.output_folder(args):  # created before loading; removed again (when empty) on a failure
+        return _render(args)
+
+
+def _render(args) -> list[str]:
     import torch
 
     from .video_io import export_to_video_with_audio
 
-    preflight(args)
     start = time.perf_counter()
     pipe = load_pipeline(args)
     device = prepare_pipeline(pipe, args, _device(args)) or _device(args)
     main_process = is_main_process()  # with --context-parallel only rank 0 writes and reports
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    if main_process:
-        Path(os.path.dirname(os.path.abspath(args.output_path))).mkdir(parents=True, exist_ok=True)
 
     scales = args.modality_scale_sweep or (args.a2v_guidance_scale,)
     text = {"prompt": args.prompt, "negative_prompt": args.negative_prompt}

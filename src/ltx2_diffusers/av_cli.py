@@ -19,7 +19,8 @@ checkpoint nothing is added. The preset fixes the schedule and guidance, so thos
 writes `<output>_sync.png` and `<output>_sync.json` beside it, as `ltx2-a2v --sync-report` does.
 
 Nothing is loaded before the cheap checks pass (flags, files, safetensors headers, images, the output path and the
-sync report's paths never one of the inputs); every file is written under a temporary name and renamed when
+sync report's paths never one of the inputs, no file among their folders, none existing unless `--overwrite`);
+missing output folders are created before loading (removed again if the run fails); every file is written under a temporary name and renamed when
 complete.
 """
 
@@ -29,7 +30,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 from diffusers.utils import logging
 
@@ -233,13 +233,18 @@ def _waveform(audio):
 
 
 def run(args) -> str | None:
-    """Check the input files, load, generate, write the mp4 and with `--sync-report` its sync report (rank 0);
-    returns the mp4's path (None on other ranks)."""
+    """Check the input files, create the output's folders, load, generate, write the mp4 and with `--sync-report`
+    its sync report (rank 0); returns the mp4's path (None on other ranks)."""
+    preflight(args)
+    with cli_running.output_folder(args):  # created before loading; removed again (when empty) on a failure
+        return _render(args)
+
+
+def _render(args) -> str | None:
     import torch
 
     from .video_io import export_to_video_with_audio, frames_to_uint8
 
-    preflight(args)
     start = time.perf_counter()
     pipe = load_pipeline(args)
     device = prepare_pipeline(pipe, args, device_of(args)) or device_of(args)
@@ -250,7 +255,6 @@ def run(args) -> str | None:
         return None
     frames = frames_to_uint8(result.frames[0])
     audio, sample_rate = cli_running.aac_compatible(_waveform(result.audio), int(result.audio_sample_rate))
-    Path(os.path.dirname(os.path.abspath(args.output_path))).mkdir(parents=True, exist_ok=True)
     export_to_video_with_audio(frames, audio, sample_rate, args.output_path, fps=args.frame_rate)
     num_frames, height, width = frames.shape[:3]
     print(

@@ -50,6 +50,7 @@ from .cli_values import (  # noqa: F401  (the defaults and value types stay impo
     _positive,
     _positive_int,
     _QuantizationAction,
+    _seed,
     _sigmas,
 )
 
@@ -143,14 +144,18 @@ def add_video_arguments(
     video.add_argument(
         "--frame-rate", type=_positive, default=DEFAULT_FRAME_RATE, help=f"fps (default: {DEFAULT_FRAME_RATE})"
     )
+    from .validation import MAX_INFERENCE_STEPS
+
     steps = "the pipeline's: 30 for LTX-2.3, 40 for LTX-2, 8 for distilled" if num_inference_steps is None else None
     video.add_argument(
         "--num-inference-steps",
         type=int,
         default=num_inference_steps,
-        help=f"stage-1 denoising steps (default: {steps or num_inference_steps})",
+        help=f"stage-1 denoising steps, 2..{MAX_INFERENCE_STEPS} (default: {steps or num_inference_steps})",
     )
-    video.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default: {DEFAULT_SEED})")
+    video.add_argument(
+        "--seed", type=_seed, default=DEFAULT_SEED, help=f"random seed in [0, 2**63 - 1] (default: {DEFAULT_SEED})"
+    )
     video.add_argument(
         "--stage-2",
         action=argparse.BooleanOptionalAction,
@@ -256,7 +261,13 @@ def add_run_arguments(parser):
         "--output-path",
         required=True,
         help=f"output video ({', '.join(OUTPUT_EXTENSIONS)}); never one of the inputs; written under a temporary "
-        "name and renamed when complete",
+        "name and renamed when complete; missing folders are created",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output video (and the sync reports / sweep tables this run writes); without it "
+        "an existing file is refused before anything loads",
     )
     run.add_argument(
         "--max-num-frames",
@@ -391,8 +402,11 @@ def check_size_and_steps(parser, args) -> None:
         if value <= 0 or value % multiple:
             stages = "two stages" if args.stage_2 else "--no-stage-2"
             parser.error(f"{flag} must be a positive multiple of {multiple} with {stages}, got {value}")
-    if args.num_inference_steps is not None and args.num_inference_steps < 2:
-        parser.error(f"--num-inference-steps must be >= 2, got {args.num_inference_steps}")
+    from .validation import MAX_INFERENCE_STEPS
+
+    steps = args.num_inference_steps
+    if steps is not None and not 2 <= steps <= MAX_INFERENCE_STEPS:
+        parser.error(f"--num-inference-steps must be in [2, {MAX_INFERENCE_STEPS}], got {steps}")
 
 
 def check_model_files(parser, args, need_distilled_lora: bool = True) -> None:
@@ -427,16 +441,12 @@ def check_model_files(parser, args, need_distilled_lora: bool = True) -> None:
 
 
 def check_run_args(parser, args) -> None:
-    """`--device`, `--offload`, `--context-parallel` (torchrun's environment) and the output path's folder."""
+    """`--device`, `--offload`, `--context-parallel` (torchrun's environment) and the output path's folders."""
     if args.device is not None:
-        import torch
-
         try:
-            device = torch.device(args.device)
-        except RuntimeError as error:
-            parser.error(f"--device {args.device!r}: {error}")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            parser.error(f"--device {args.device}: CUDA is not available")
+            check_device(args.device)
+        except ValueError as error:
+            parser.error(str(error))
     from .cli_running import device_of
 
     if args.offload == "sequential" and device_of(args).type == "cpu":
@@ -445,11 +455,50 @@ def check_run_args(parser, args) -> None:
     check_context_parallel(parser, args)
     check_memory_args(parser, args)
     check_acceleration(parser, args)
-    output_dir = os.path.dirname(os.path.abspath(args.output_path))
     if os.path.isdir(args.output_path):
         parser.error(f"--output-path {args.output_path!r} is a folder; give a file name such as out.mp4")
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        parser.error(f"--output-path: {output_dir!r} is not a folder")
+    from .cli_safety import check_output_folder
+
+    try:
+        check_output_folder("--output-path", args.output_path)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def check_device(text: str):
+    """`--device`: a torch device that can hold tensors with data and is present here (the CPU, an available
+    CUDA / XPU / MPS device); the `meta` device (shapes only) and unknown or absent devices are refused."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError as error:
+        raise ValueError(f"--device {text!r}: {error}") from None
+    if device.type == "meta":
+        raise ValueError(f"--device {text!r}: the meta device holds no data; use cpu or cuda")
+    if device.type == "cpu":
+        return device
+    available = {
+        "cuda": lambda: torch.cuda.is_available(),
+        "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+        "mps": lambda: torch.backends.mps.is_available(),
+    }
+    if device.type not in available:
+        raise ValueError(f"--device {text!r}: {device.type} devices are not supported; use cpu, cuda, xpu or mps")
+    if not available[device.type]():
+        raise ValueError(f"--device {text}: {device.type.upper()} is not available")
+    if device.type != "mps" and device.index is not None:
+        count = getattr(torch, device.type).device_count()
+        if device.index >= count:
+            raise ValueError(f"--device {text!r}: there are only {count} {device.type} device(s)")
+    return device
+    backend = getattr(torch, device.type, None)
+    if device.type not in ("cuda", "xpu", "mps") or not backend.is_available():
+        raise ValueError(f"--device {text!r}: no {device.type} device is available here; use cpu or cuda")
+    count = getattr(backend, "device_count", lambda: 1)()
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"--device {text!r}: there are only {count} {device.type} device(s)")
+    return device
 
 
 def check_context_parallel(parser, args) -> None:

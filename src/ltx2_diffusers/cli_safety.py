@@ -1,9 +1,12 @@
 """`ltx2-a2v`'s and `ltx2-av`'s protection of the user's files and its cheap checks, run before any model loads.
 
 - `check_outputs`: every file the run will write (`planned_outputs`: the video or sweep clips, sync reports,
-  sweep tables) has a container that can carry H.264 + AAC, is not a folder or special file, and is not one of the
+  sweep tables) has a container that can carry H.264 + AAC, is not a folder or special file, does not exist yet
+  (unless `--overwrite`: never replace what this run did not create without being told), and is not one of the
   inputs (the same file by inode or resolved path: symlinks and hard links included) nor an existing file inside
-  an input folder (`--model`, `--gemma-root`).
+  an input folder (`--model`, `--gemma-root`), even with `--overwrite`.
+- `check_output_folder`: no folder above an output is a file, the nearest existing one is a writable folder;
+  `output_folder` creates the missing ones before the work and removes them again (when still empty) if it fails.
 - `preflight`: the input files' contents: safetensors headers (LoRAs: floating point dtypes only), an audio
   stream in `--audio-path` that covers the video and, with `--num-frames auto`, gives at most `--max-num-frames`
   frames (from the header, before any decoding), decodable condition images.
@@ -16,6 +19,7 @@ Every refusal is a `ValueError` naming the flag and the file.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -25,9 +29,12 @@ from diffusers.utils import logging
 __all__ = [
     "OUTPUT_EXTENSIONS",
     "check_features",
+    "check_output_folder",
     "check_outputs",
+    "check_same_files",
     "check_values",
     "input_paths",
+    "output_folder",
     "planned_outputs",
     "preflight",
     "same_file",
@@ -96,32 +103,87 @@ def input_paths(args) -> list[tuple[str, str]]:
     return inputs
 
 
+def check_output_folder(flag: str, path: str) -> None:
+    """Every folder above `path` can hold it: none is an existing file (or a link to nowhere), and the nearest
+    existing one is a folder this process may write in. ValueError naming `flag` and the offending folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        if os.path.lexists(folder):
+            raise ValueError(f"{flag} {path!r}: {folder!r} is a link to nowhere, not a folder")
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path!r}: {folder!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path!r}: the folder {folder!r} is not writable")
+
+
+@contextlib.contextmanager
+def output_folder(path: str):
+    """Create the missing folders above `path` for the work in the `with` block; if the block fails, remove those
+    of them that are still empty (nothing this run did not create is removed). Yields the created folders."""
+    missing, folder = [], os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    created = []
+    try:
+        for folder in reversed(missing):
+            os.mkdir(folder)
+            created.append(folder)
+        yield created
+    except BaseException:
+        for folder in reversed(created):
+            try:
+                os.rmdir(folder)  # only when empty
+            except OSError:
+                break
+        raise
+
+
+def check_same_files(outputs, inputs, overwrite: bool = False, flag: str = "--output-path", named=None) -> None:
+    """`outputs` (paths this run writes) against `inputs` (`(flag, path)` of files and folders it reads): no
+    output is an input (same inode or resolved path: symlinks, hard links), an existing file inside an input
+    folder, an existing non-regular file (folder, link to nowhere, device), another output, or (without
+    `overwrite`) an existing file. ValueError naming the path and `flag` (the path `flag` names: `named`)."""
+    for i, output in enumerate(outputs):
+        what = flag if output == named else f"{flag} (writes {output!r})"
+        if os.path.lexists(output) and not os.path.isfile(output):
+            raise ValueError(f"{what}: {output!r} exists and is not a regular file; it would be replaced")
+        for other in outputs[:i]:
+            if same_file(output, other):
+                raise ValueError(f"{flag}: two outputs of this run are the same file {output!r}")
+        for input_flag, path in inputs:
+            if os.path.isdir(path):
+                inside = os.path.commonpath([os.path.realpath(output), os.path.realpath(path)])
+                if os.path.lexists(output) and inside == os.path.realpath(path):
+                    raise ValueError(
+                        f"{what}: {output!r} is an existing file inside the {input_flag} folder {path!r}; "
+                        "it would be replaced"
+                    )
+            elif same_file(output, path):
+                raise ValueError(
+                    f"{what} is the {input_flag} input {path!r}; it would be replaced. Choose another name"
+                )
+    if not overwrite:
+        for output in outputs:
+            if os.path.lexists(output):
+                raise ValueError(
+                    f"{flag}: {output!r} already exists; pass --overwrite to replace it, or choose another name"
+                )
+
+
 def check_outputs(args) -> None:
-    """The output's container, and no output that is (or would replace) an input or another output."""
+    """The output's container and folders, and no output that is (or would replace) an input, another output,
+    or (without `--overwrite`) an existing file."""
     extension = os.path.splitext(args.output_path)[1].lower()
     if extension not in OUTPUT_EXTENSIONS:
         raise ValueError(
             f"--output-path {args.output_path!r}: cannot write a {extension or 'extension-less'} file; the video "
             f"(H.264 + AAC) needs one of {', '.join(OUTPUT_EXTENSIONS)}"
         )
-    outputs = planned_outputs(args)
-    for i, output in enumerate(outputs):
-        if os.path.lexists(output) and not os.path.isfile(output):
-            raise ValueError(f"--output-path: {output!r} exists and is not a regular file; it would be replaced")
-        for other in outputs[:i]:
-            if same_file(output, other):
-                raise ValueError(f"--output-path: two outputs of this run are the same file {output!r}")
-        for flag, path in input_paths(args):
-            if os.path.isdir(path):
-                inside = os.path.commonpath([os.path.realpath(output), os.path.realpath(path)])
-                if os.path.lexists(output) and inside == os.path.realpath(path):
-                    raise ValueError(
-                        f"--output-path: {output!r} is an existing file inside the {flag} folder {path!r}; "
-                        "it would be replaced"
-                    )
-            elif same_file(output, path):
-                what = "--output-path" if output == args.output_path else f"--output-path (writes {output!r})"
-                raise ValueError(f"{what} is the {flag} input {path!r}; it would be replaced. Choose another name")
+    check_output_folder("--output-path", args.output_path)
+    overwrite = bool(getattr(args, "overwrite", False))
+    check_same_files(planned_outputs(args), input_paths(args), overwrite=overwrite, named=args.output_path)
 
 
 def write_atomically(path: str, write) -> str:

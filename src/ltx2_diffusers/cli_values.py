@@ -11,6 +11,7 @@ import math
 
 # ltx-pipelines' LTX_2_3_PARAMS with the two-stage output size.
 DEFAULT_SEED = 10
+MAX_SEED = 2**63 - 1  # `--seed` is in [0, MAX_SEED] (torch.Generator.manual_seed takes any int64)
 DEFAULT_HEIGHT = 1024
 DEFAULT_WIDTH = 1536
 DEFAULT_NUM_FRAMES = 121
@@ -94,6 +95,14 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """`--seed`: an integer in [0, MAX_SEED]."""
+    value = _non_negative_int(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63 - 1 = {MAX_SEED}], got {value}")
     return value
 
 

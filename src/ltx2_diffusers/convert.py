@@ -413,9 +413,13 @@ def push_folder_to_hub(folder: str | os.PathLike, repo_id: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; prints the conversion summary. Returns 0, or 2 with the error on bad input."""
+    """CLI entry point; prints the conversion summary. Returns 0, or 2 with the error on bad input (an output
+    folder that cannot be made, e.g. below a file, is refused before any work, naming the path)."""
+    from .cli_safety import check_output_folder
+
     args = build_parser().parse_args(argv)
     try:
+        check_output_folder("--output-dir", args.output_dir)
         lora_path, lora_scale = _parse_lora_arg(args.distilled_lora)
         report = convert_checkpoint(
             args.checkpoint_path,
@@ -434,6 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (FileExistsError, NotADirectoryError, PermissionError) as e:  # e.g. the output's folders changed meanwhile
+        print(f"error: {e.filename!r}: {e.strerror}", file=sys.stderr)
         return 2
     print(report.summary())
     if args.push_to_hub:

@@ -44,6 +44,9 @@ from .video_io import audio_to_float32, frames_to_uint8, read_video_with_audio
 logger = logging.get_logger(__name__)
 
 N_MELS = 64  # mel bands of the onset detector (few enough to leave none empty at 8-16 kHz)
+#: The lowest audio sample rate measured (Hz): below ~3.6 kHz the onset detector's ~25 ms window has too few
+#: frequency bins for its 64 mel bands (empty bands), and below ~230 Hz its hop is 0 samples.
+MIN_SAMPLE_RATE = 4000
 LAG_CONVENTION = "positive lag = video motion comes after the audio onset (video late); negative lag = video early"
 
 
@@ -186,7 +189,7 @@ def sync_report(
         video: frames as accepted by `export_to_video_with_audio` (list of PIL images, (F, H, W, 3) array or
             tensor, uint8 or float in [0, 1]).
         audio: (channels, samples) or (samples,) float waveform; channels are averaged.
-        sample_rate: audio sample rate in Hz.
+        sample_rate: audio sample rate in Hz, at least `MIN_SAMPLE_RATE` (4000).
         fps: video frame rate.
         max_lag_frames: lags searched are -max_lag_frames..+max_lag_frames; default round(fps / 2) (half a
             second), capped so that at least 3 frames overlap.
@@ -199,8 +202,10 @@ def sync_report(
     waveform = audio_to_float32(audio)
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
         raise TypeError(f"`sample_rate` must be an int, got {type(sample_rate).__name__}")
-    if sample_rate <= 0:
-        raise ValueError(f"`sample_rate` must be positive, got {sample_rate}")
+    if sample_rate < MIN_SAMPLE_RATE:
+        raise ValueError(
+            f"`sample_rate` must be at least {MIN_SAMPLE_RATE} Hz (the onset detector's resolution), got {sample_rate}"
+        )
     if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)):
         raise TypeError(f"`fps` must be a number, got {type(fps).__name__}")
     if not math.isfinite(fps) or fps <= 0:
@@ -293,26 +298,54 @@ def sync_report_from_file(path, max_lag_frames: Optional[int] = None) -> SyncRep
     return report
 
 
+def _report_paths(args) -> tuple[str, str]:
+    """`--out` (default `<input>_sync.png`) and the JSON beside it; ValueError naming the flag and path when the
+    plot is not a .png, a path is an input, a folder, an existing file (without `--overwrite`), or its folder
+    cannot be made."""
+    from .cli_safety import check_output_folder, check_same_files
+
+    png = args.out or os.path.splitext(args.input)[0] + "_sync.png"
+    if os.path.splitext(png)[1].lower() != ".png":
+        raise ValueError(f"--out {png!r}: the plot is written as a PNG; give a path ending in .png")
+    json_path = os.path.splitext(png)[0] + ".json"
+    check_output_folder("--out", png)
+    check_same_files([png, json_path], [("video", args.input)], overwrite=args.overwrite, flag="--out", named=png)
+    return png, json_path
+
+
 def main(argv=None) -> int:
-    """Console script `ltx2-sync-report input.mp4 [--out report.png]`: writes the PNG and a JSON beside it."""
+    """Console script `ltx2-sync-report input.mp4 [--out report.png] [--overwrite]`: writes the PNG and a JSON
+    beside it, each under a temporary name renamed when complete. The output paths are checked before the video
+    is read: never the input (symlinks, hard links), never an existing file without `--overwrite`."""
+    from .cli_safety import output_folder, write_atomically
+
     parser = argparse.ArgumentParser(
         prog="ltx2-sync-report",
         description=f"Measure how well a video's motion follows its audio's onsets. Lag convention: {LAG_CONVENTION}.",
     )
     parser.add_argument("input", help="video file with an audio track (e.g. mp4)")
-    parser.add_argument("--out", help="PNG path (default: <input>_sync.png); the JSON goes beside it (.json)")
+    parser.add_argument(
+        "--out", help="PNG path (default: <input>_sync.png); the JSON goes beside it (.json); folders are created"
+    )
     parser.add_argument("--max-lag-frames", type=int, default=None, help="largest |lag| searched (default fps/2)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing PNG / JSON (default: refuse them)"
+    )
     args = parser.parse_args(argv)
 
-    png = args.out or os.path.splitext(args.input)[0] + "_sync.png"
-    json_path = os.path.splitext(png)[0] + ".json"
     try:
-        report = sync_report_from_file(args.input, max_lag_frames=args.max_lag_frames)
+        png, json_path = _report_paths(args)
+        with output_folder(png):  # created now; removed again (when still empty) if the report fails
+            report = sync_report_from_file(args.input, max_lag_frames=args.max_lag_frames)
+            write_atomically(png, report.save_png)
+            write_atomically(json_path, report.save_json)
     except ValueError as error:
         print(f"ltx2-sync-report: error: {error}", file=sys.stderr)
         return 2
-    report.save_png(png)
-    report.save_json(json_path)
     print(f"{args.input}: {report.summary()}")
     print(f"wrote {png} and {json_path}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,7 @@ Bounds (inclusive):
   (2**18 = 262144; 121 frames at 1536x1024 are 24576, 1001 frames at that size 193536); `max_video_tokens=`
   (CLI `--max-video-tokens`) raises it.
 - `frame_rate`: finite, in `(0, MAX_FRAME_RATE]` (240 fps).
+- `num_inference_steps`: at most `MAX_INFERENCE_STEPS` (1000; the released schedules use 8..40 steps).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "MAX_FRAME_RATE",
+    "MAX_INFERENCE_STEPS",
     "MAX_GUIDANCE_SCALE",
     "MAX_LORA_STRENGTH",
     "MAX_NUM_FRAMES",
@@ -50,6 +52,7 @@ MAX_LORA_STRENGTH = 10.0
 MAX_NUM_FRAMES = 1001
 MAX_VIDEO_TOKENS = 2**18
 MAX_FRAME_RATE = 240.0
+MAX_INFERENCE_STEPS = 1000
 
 
 def _real(name: str, value) -> float:
