@@ -428,3 +428,17 @@ def test_condition_image_bounds_and_low_precision_tensors():
     nan[0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         prepare_condition_image(nan, 32, 32)
+
+
+def test_numpy_scalar_condition_fields_are_read_as_numbers():
+    from ltx2_diffusers.pipelines.image_conditions import LTX2ImageCondition, normalize_conditions
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    (condition,) = normalize_conditions([(image, np.int64(8), np.float32(0.5), np.int32(10))], num_frames=9)
+    assert (condition.frame_index, condition.strength, condition.crf) == (8, 0.5, 10)
+    assert (type(condition.frame_index), type(condition.strength), type(condition.crf)) == (int, float, int)
+    assert normalize_conditions([LTX2ImageCondition(image, 0, 1.0)], 9)[0] == LTX2ImageCondition(image, 0, 1.0)
+    with pytest.raises(ValueError, match=r"conditions\[0\]\.strength must be in \[0, 1\]"):
+        normalize_conditions([(image, 0, np.float32(1.5))], 9)
+    with pytest.raises(ValueError, match=r"conditions\[0\]\.frame_index must be a non-negative integer"):
+        normalize_conditions([(image, np.float64(1.5), 1.0)], 9)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import av
@@ -65,6 +66,13 @@ def normalize_conditions(conditions, num_frames: int | None, check_images: bool 
                 raise TypeError(
                     f"conditions[{i}].{field} must be a number, not a bool ({getattr(condition, field)!r})"
                 )
+        # numpy / other integral and real scalars are read as the Python numbers they hold
+        condition = replace(
+            condition,
+            frame_index=_plain(condition.frame_index, numbers.Integral, int),
+            strength=_plain(condition.strength, numbers.Real, float),
+            crf=_plain(condition.crf, numbers.Integral, int),
+        )
         if not isinstance(condition.frame_index, int) or condition.frame_index < 0:
             raise ValueError(
                 f"conditions[{i}].frame_index must be a non-negative integer, got {condition.frame_index!r}"
@@ -84,6 +92,10 @@ def normalize_conditions(conditions, num_frames: int | None, check_images: bool 
                 raise type(error)(f"conditions[{i}]: {error}") from None
         result.append(condition)
     return result
+
+
+def _plain(value, kind, cast):
+    return cast(value) if isinstance(value, kind) and not isinstance(value, (bool, int, float)) else value
 
 
 # PIL modes holding more than 8 bits per sample, and the full-scale value of each (read at their true range).
