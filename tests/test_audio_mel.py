@@ -196,3 +196,18 @@ def test_absurd_rates_are_refused(rate):
         resample_waveform(wav, rate, 16000)
     with pytest.raises(ValueError, match="`new_freq`"):
         resample_waveform(wav, 16000, rate)
+
+
+def test_banded_rate_is_within_the_references_own_rounding():
+    """44056 Hz (NTSC-pulled 44.1k: 5507/2000 after the gcd) takes the banded path. It reproduces torchaudio's
+    float32 kernel values, so it lands on torchaudio's float32 result to ~1e-7, while that result is itself ~3e-5
+    from the float64 resample (the dense float32 kernel's own rounding at such factors)."""
+    wav = waveform(44056, 0.5)
+    ours = resample_waveform(wav, 44056, 16000)
+    expected = ta_functional.resample(wav, 44056, 16000)
+    exact = ta_functional.resample(wav.double(), 44056, 16000)
+    delta = (ours - expected).abs().max().item()
+    reference_rounding = (expected.double() - exact).abs().max().item()
+    print(f"44056 Hz: max|ours - torchaudio| = {delta:.3g}, torchaudio float32 vs float64 = {reference_rounding:.3g}")
+    assert ours.shape == expected.shape and delta <= 1e-6 and delta * 100 < reference_rounding
+    torch.testing.assert_close(resample_waveform(wav.double(), 44056, 16000), exact, rtol=0, atol=1e-12)
