@@ -187,7 +187,9 @@ class AutoencoderAudioMel(ReadAheadWaitMixin, ModelMixin, AutoencoderMixin, Conf
 
     # ------------------------------------------------------------------------------------- waveform front end
     def waveform_to_mel(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
-        """Log-mel `(B, C, frames, mel_bins)` of a waveform `[C, S]` or `[B, C, S]` at any integer `sample_rate`.
+        """Log-mel `(B, C, frames, mel_bins)` of a floating waveform `[C, S]` or `[B, C, S]` (finite samples in
+        [-1, 1]; integer PCM is refused: `load_audio` scales it) at `sample_rate`, a whole number of Hz in
+        [100, 384000].
 
         Resampled to `config.sample_rate` and analysed exactly as the reference AudioProcessor; float32 out.
         """
