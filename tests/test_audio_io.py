@@ -4,6 +4,7 @@ import fractions
 import hashlib
 import io
 import os
+import wave
 
 import av
 import numpy as np
@@ -329,3 +330,42 @@ def test_bad_input(files, case):
             with pytest.raises(ValueError, match=match):
                 load_audio(f, **kwargs)
             assert f.tell() == 0
+
+
+# --------------------------------------------------------------------------- dtypes and sample-rate bounds
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_tensors_are_read_as_float32(dtype):
+    """bf16 / fp16 tensors (numpy has no bfloat16) are widened to float32: exact, the same samples."""
+    src = torch.linspace(-0.9, 0.9, 4000).reshape(2, 2000).to(dtype)
+    w, sr = load_audio(src, sample_rate=16000)
+    assert sr == 16000 and w.dtype == torch.float32
+    assert torch.equal(w, src.float())
+
+
+@pytest.mark.parametrize(
+    "rate, match",
+    [
+        (float("nan"), "whole number"),
+        (float("inf"), "whole number"),
+        (-float("inf"), "whole number"),
+        (99, r"\[100, 384000\]"),
+        (1, r"\[100, 384000\]"),
+        (10**9, r"\[100, 384000\]"),
+        ("16000", "whole number"),
+        (True, "whole number"),
+    ],
+)
+def test_absurd_array_sample_rates_are_refused(rate, match):
+    with pytest.raises(ValueError, match=f"`sample_rate`.*{match}"):
+        load_audio(np.zeros((2, 50000), np.float32), sample_rate=rate)
+
+
+def test_file_outside_the_rate_range_is_refused(tmp_path):
+    path = tmp_path / "infrasound.wav"
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(50)
+        f.writeframes(np.zeros(500, np.int16).tobytes())
+    with pytest.raises(ValueError, match=r"infrasound\.wav.*50 Hz.*\[100, 384000\]"):
+        load_audio(path)

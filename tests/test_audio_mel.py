@@ -130,3 +130,84 @@ def test_works_without_torchaudio():
         "assert v(torch.zeros(1, 2, 5, 64)).shape == (1, 2, 30)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+# --------------------------------------------------------------------------- bounded cost for any rate pair
+COMMON_RATES = [8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 96000]
+
+
+@pytest.mark.parametrize("rate", COMMON_RATES)
+def test_common_rates_are_bit_identical_to_torchaudio(rate):
+    """The common rates keep the dense polyphase kernel: bit for bit torchaudio's result (hence the reference's)."""
+    wav = waveform(rate, 0.4, batch=2)
+    assert torch.equal(resample_waveform(wav, rate, 16000), ta_functional.resample(wav, rate, 16000))
+    assert torch.equal(resample_waveform(wav, 16000, rate), ta_functional.resample(wav, 16000, rate))
+
+
+@pytest.mark.parametrize(
+    "orig, new", [(4001, 2000), (3001, 1000), (1000, 3001), (44100, 16000), (8000, 16000), (11025, 16000)]
+)
+def test_banded_kernel_matches_torchaudio(orig, new):
+    """The banded evaluation (used for rate pairs with large reduced factors) is torchaudio's resampler up to float
+    summation order, checked directly on pairs whose dense kernel torchaudio can afford."""
+    from ltx2_diffusers.audio.mel import _banded_resample
+
+    wav = waveform(orig, 0.37, batch=3)
+    gcd = math.gcd(orig, new)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.float64, 1e-13)):
+        ours = _banded_resample(wav.to(dtype), orig // gcd, new // gcd, 6, 0.99)
+        expected = ta_functional.resample(wav.to(dtype), orig, new)
+        assert ours.shape == expected.shape and ours.dtype == dtype
+        delta = (ours - expected).abs().max().item()
+        print(f"banded {orig} -> {new} Hz {dtype}: max|delta| = {delta:.3g}")
+        assert delta <= tol
+
+
+@pytest.mark.parametrize("orig", [4001, 8001, 383999])
+def test_coprime_rates_never_build_the_dense_kernel(orig, monkeypatch):
+    """4001 Hz -> 16 kHz would need a 16000 x 4015 kernel (1.27 GB peak before); it goes through the banded path,
+    and a pure tone comes out as the same tone sampled at 16 kHz."""
+    from ltx2_diffusers.audio import mel
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dense polyphase kernel was built")
+
+    monkeypatch.setattr(mel, "_sinc_resample_kernel", refuse)
+    freq = 440.0
+    n = orig // 2
+    tone = torch.sin(2 * math.pi * freq * torch.arange(n, dtype=torch.float64) / orig)[None]
+    out = resample_waveform(tone, orig, 16000)
+    assert out.shape == (1, math.ceil(16000 * n / orig))
+    expected = torch.sin(2 * math.pi * freq * torch.arange(out.shape[-1], dtype=torch.float64) / 16000)
+    inner = slice(400, out.shape[-1] - 400)  # away from the zero-padded edges
+    delta = (out[0, inner] - expected[inner]).abs().max().item()
+    print(f"{orig} Hz tone -> 16 kHz: max|delta| vs the analytic tone = {delta:.3g}")
+    assert delta <= 2e-3
+    mel_out = log_mel_spectrogram(tone.float()[None], orig)
+    assert mel_out.shape == (1, 1, out.shape[-1] // 160 + 1, 64) and bool(torch.isfinite(mel_out).all())
+
+
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), -float("inf"), 0, 1, 99, 384001, 10**9, 10**400, True])
+def test_absurd_rates_are_refused(rate):
+    wav = waveform(16000, 0.3)
+    with pytest.raises(ValueError, match="`sample_rate`"):
+        log_mel_spectrogram(wav, rate)
+    with pytest.raises(ValueError, match="`orig_freq`"):
+        resample_waveform(wav, rate, 16000)
+    with pytest.raises(ValueError, match="`new_freq`"):
+        resample_waveform(wav, 16000, rate)
+
+
+def test_banded_rate_is_within_the_references_own_rounding():
+    """44056 Hz (NTSC-pulled 44.1k: 5507/2000 after the gcd) takes the banded path. It reproduces torchaudio's
+    float32 kernel values, so it lands on torchaudio's float32 result to ~1e-7, while that result is itself ~3e-5
+    from the float64 resample (the dense float32 kernel's own rounding at such factors)."""
+    wav = waveform(44056, 0.5)
+    ours = resample_waveform(wav, 44056, 16000)
+    expected = ta_functional.resample(wav, 44056, 16000)
+    exact = ta_functional.resample(wav.double(), 44056, 16000)
+    delta = (ours - expected).abs().max().item()
+    reference_rounding = (expected.double() - exact).abs().max().item()
+    print(f"44056 Hz: max|ours - torchaudio| = {delta:.3g}, torchaudio float32 vs float64 = {reference_rounding:.3g}")
+    assert ours.shape == expected.shape and delta <= 1e-6 and delta * 100 < reference_rounding
+    torch.testing.assert_close(resample_waveform(wav.double(), 44056, 16000), exact, rtol=0, atol=1e-12)

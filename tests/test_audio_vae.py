@@ -313,6 +313,40 @@ def test_bad_inputs():
         AutoencoderAudioMel(causality_axis="time")
 
 
+@torch.no_grad()
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        # integer PCM is not silently cast to float: its raw values are 32767x too loud
+        (lambda m: m.encode_waveform((torch.rand(2, 8000) * 2e4).to(torch.int16), 16000), TypeError, "`waveform`"),
+        (lambda m: m.encode_waveform(torch.zeros(2, 8000, dtype=torch.bool), 16000), TypeError, "`waveform`"),
+        (lambda m: m.encode_waveform(torch.zeros(2, 8000), float("nan")), ValueError, "`sample_rate`"),
+        (lambda m: m.encode_waveform(torch.zeros(2, 8000), float("inf")), ValueError, "`sample_rate`"),
+        (lambda m: m.encode_waveform(torch.zeros(2, 8000), 10**9), ValueError, "`sample_rate`"),
+        (lambda m: m.encode_waveform(torch.full((2, 8000), float("nan")), 16000), ValueError, "`waveform`.*NaN"),
+        (lambda m: m.encode(torch.zeros(1, 2, 10, 7)), ValueError, "`x`"),
+        (lambda m: m.encode(torch.zeros(1, 3, 10, 16)), ValueError, "`x`"),
+        (lambda m: m.encode(torch.zeros(1, 2, 10, 16, dtype=torch.long)), TypeError, "`x`"),
+        (lambda m: m.decode(torch.zeros(1, 4, 0, 4)), ValueError, "`z`.*no frames"),
+        (lambda m: m.decode_tokens(torch.zeros(1, 0, 16)), ValueError, "`tokens`.*no frames"),
+        (lambda m: m.decode_tokens(torch.zeros(0, 3, 16)), ValueError, "`tokens`"),
+        (lambda m: m.decode_tokens(torch.full((1, 3, 16), float("nan"))), ValueError, "`tokens`.*NaN"),
+        (lambda m: m.decode_tokens(torch.zeros(1, 3, 16, dtype=torch.int32)), TypeError, "`tokens`"),
+    ],
+)
+def test_garbage_is_refused_before_compute(call, error, match):
+    model = AutoencoderAudioMel(base_channels=16, latent_channels=4, mel_bins=16)
+    with pytest.raises(error, match=match):
+        call(model)
+
+
+@torch.no_grad()
+def test_low_precision_waveform_is_encoded_as_float32():
+    model = AutoencoderAudioMel(base_channels=16, latent_channels=4, mel_bins=16)
+    wav = waveform(16000, 0.3).bfloat16()
+    assert torch.equal(model.encode_waveform(wav, 16000), model.encode_waveform(wav.float(), 16000))
+
+
 # ------------------------------------------------------------------------------------------ single file
 factories = pytest.importorskip("factories")
 

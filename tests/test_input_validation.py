@@ -370,3 +370,75 @@ def _nan_contexts(index):
 def test_non_finite_or_wrong_text_conditioning_refused_before_compute(pipe, no_compute, kwargs, error, match):
     with pytest.raises(error, match=match):
         _call(pipe, np.zeros(16000, np.float32), **kwargs)
+
+
+# ------------------------------------------------------------------------------ audio rate and condition images
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), 10**9, 1, True])
+def test_pipeline_refuses_absurd_audio_sample_rates(pipe, no_compute, rate):
+    with pytest.raises(ValueError, match=r"`sample_rate`.*(whole number of Hz|\[100, 384000\] Hz)"):
+        _call(pipe, np.zeros(16000, np.float32), audio_sample_rate=rate)
+
+
+def test_pipeline_takes_bf16_audio(pipe, no_compute):
+    """A bf16 waveform is read (as float32) and reaches the audio encoder (the stop set by `no_compute`)."""
+    with pytest.raises(AssertionError, match="compute ran"):
+        _call(pipe, torch.zeros(2, 16000, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize(
+    ("image", "match"),
+    [
+        (np.zeros((2, 20000, 3), np.uint8), r"conditions\[0\]: .*20000x2 pixels; each side must be at most 16384"),
+        (np.zeros((2, 2000, 3), np.uint8), r"conditions\[0\]: .*2000x2 pixels, an aspect ratio above 16:1"),
+        (np.zeros((400, 20, 3), np.uint8), r"conditions\[0\]: .*20x400 pixels, an aspect ratio above 16:1"),
+        (PIL.Image.new("RGB", (17, 1)), r"conditions\[0\]: .*at least 2x2"),
+        (PIL.Image.new("L", (20000, 4)), r"conditions\[0\]: .*each side must be at most 16384"),
+    ],
+)
+def test_absurd_condition_images_refused_before_any_audio(pipe, no_compute, image, match):
+    for crf in (0, 33):
+        with pytest.raises(ValueError, match=match):
+            _call(pipe, np.zeros(16000, np.float32), conditions=[(image, 0, 1.0, crf)])
+    assert no_compute == []
+
+
+@pytest.mark.parametrize("field", [1, 2, 3])
+def test_bool_condition_fields_refused(pipe, no_compute, field):
+    condition = [np.zeros((8, 8, 3), np.uint8), 0, 1.0, 33]
+    condition[field] = True
+    name = ["image", "frame_index", "strength", "crf"][field]
+    with pytest.raises(TypeError, match=rf"conditions\[0\]\.{name} must be a number, not a bool"):
+        _call(pipe, np.zeros(16000, np.float32), conditions=[tuple(condition)])
+    assert no_compute == []
+
+
+def test_condition_image_bounds_and_low_precision_tensors():
+    # 16:1 is the bound: accepted, and a panorama covers the frame as before.
+    assert prepare_condition_image(np.full((4, 64, 3), 200, np.uint8), 32, 32, crf=0).shape == (1, 3, 1, 32, 32)
+    with pytest.raises(ValueError, match="aspect ratio above 16:1"):
+        prepare_condition_image(np.zeros((4, 65, 3), np.uint8), 32, 32, crf=0)
+    # A bf16 / float16 tensor in [0, 1] is read like its float32 value (exact widening).
+    pixels = torch.rand(40, 56, 3, generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.bfloat16, torch.float16):
+        low = pixels.to(dtype)
+        for crf in (0, 33):
+            ours = prepare_condition_image(low, 32, 32, crf=crf)
+            assert torch.equal(ours, prepare_condition_image(low.float(), 32, 32, crf=crf))
+    nan = pixels.bfloat16()
+    nan[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        prepare_condition_image(nan, 32, 32)
+
+
+def test_numpy_scalar_condition_fields_are_read_as_numbers():
+    from ltx2_diffusers.pipelines.image_conditions import LTX2ImageCondition, normalize_conditions
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    (condition,) = normalize_conditions([(image, np.int64(8), np.float32(0.5), np.int32(10))], num_frames=9)
+    assert (condition.frame_index, condition.strength, condition.crf) == (8, 0.5, 10)
+    assert (type(condition.frame_index), type(condition.strength), type(condition.crf)) == (int, float, int)
+    assert normalize_conditions([LTX2ImageCondition(image, 0, 1.0)], 9)[0] == LTX2ImageCondition(image, 0, 1.0)
+    with pytest.raises(ValueError, match=r"conditions\[0\]\.strength must be in \[0, 1\]"):
+        normalize_conditions([(image, 0, np.float32(1.5))], 9)
+    with pytest.raises(ValueError, match=r"conditions\[0\]\.frame_index must be a non-negative integer"):
+        normalize_conditions([(image, np.float64(1.5), 1.0)], 9)

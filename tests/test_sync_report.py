@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import av
 import numpy as np
@@ -258,3 +259,54 @@ def test_export_rejects_bad_inputs(tmp_path, frames, audio, sample_rate, fps, er
     with pytest.raises(error, match=message):
         export_to_video_with_audio(frames, audio, sample_rate, tmp_path / "x.mp4", fps)
     assert not (tmp_path / "x.mp4").exists()
+
+
+# ------------------------------------------------------------------------ export bounds (before any output)
+CLIP = np.zeros((3, 16, 16, 3), np.uint8)
+SOUND = np.zeros((2, 16000), np.float32)
+
+
+def _refused(tmp_path, error, match, **kwargs):
+    """The export is refused with `error` matching `match`; the folder is left exactly as it was (an existing
+    file at the target keeps its bytes, no partial file appears)."""
+    (tmp_path / "keep.mp4").write_bytes(b"user data")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    args = dict(frames=CLIP, audio=SOUND, sample_rate=16000, path=tmp_path / "keep.mp4", fps=24)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        export_to_video_with_audio(**args)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("name", ["x.wav", "x.png", "x.txt", "x.webm", "noext", "x.mp4.part"])
+def test_export_refuses_paths_that_are_not_h264_aac_containers(tmp_path, name):
+    path = str(tmp_path / name)
+    _refused(
+        tmp_path, ValueError, rf"{re.escape(repr(path))} must end in one of \.mp4, \.m4v, \.mov, \.mkv", path=path
+    )
+
+
+def test_export_refuses_an_empty_or_non_path(tmp_path):
+    _refused(tmp_path, ValueError, r"`path` is empty.*\.mp4, \.m4v, \.mov, \.mkv", path="")
+    _refused(tmp_path, TypeError, "`path` must be a str", path=5)
+
+
+@pytest.mark.parametrize(
+    "fps", [1e300, 1e9, 2000.0, 1000.5, 1e-4, 1e-9, 0.0009, -24.0, float("nan"), np.float64("inf")]
+)
+def test_export_refuses_fps_outside_its_range(tmp_path, fps):
+    match = r"`fps` must be in \[0\.001, 1000\] frames per second" if 0 < fps < float("inf") else "`fps` must be"
+    _refused(tmp_path, ValueError, match, fps=fps)
+
+
+@pytest.mark.parametrize(("shape", "match"), [((1, 2, 40000, 3), "40000x2 pixels"), ((1, 16386, 2, 3), "2x16386")])
+def test_export_refuses_frames_libx264_cannot_take(tmp_path, shape, match):
+    _refused(tmp_path, ValueError, rf"`frames` are {match}.* at most 16384 per side", frames=np.zeros(shape, np.uint8))
+
+
+@pytest.mark.parametrize(("fps", "name"), [(0.001, "slow.mp4"), (1000, "fast.MKV"), (24, "clip.mov"), (24, "c.m4v")])
+def test_export_bounds_and_containers_write_readable_files(tmp_path, fps, name):
+    path = export_to_video_with_audio(CLIP, SOUND, 16000, tmp_path / name, fps)
+    media = read_video_with_audio(path)
+    assert media.frames.shape == CLIP.shape and media.fps == pytest.approx(fps) and media.sample_rate == 16000
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]

@@ -316,6 +316,17 @@ def test_bad_inputs(ltx2, ltx23):
         ltx23[1](torch.zeros(2, 5, 64))
     with pytest.raises(TypeError, match="mel"):
         ltx2[1]([[0.0]])
+    for _, model in (ltx2, ltx23):
+        bins = model.config.in_channels // 2
+        with pytest.raises(ValueError, match="`mel`.*one frame"):
+            model(torch.zeros(1, 2, 0, bins))
+        with pytest.raises(ValueError, match="`mel`.*one batch item"):
+            model(torch.zeros(0, 2, 5, bins))
+        with pytest.raises(TypeError, match="`mel`.*floating point"):
+            model(torch.zeros(1, 2, 5, bins, dtype=torch.long))
+        with pytest.raises(ValueError, match="`mel`.*NaN"):
+            model(torch.full((1, 2, 5, bins), float("nan")))
+        assert model(torch.zeros(1, 2, 1, bins)).shape[-1] > 0  # one frame is enough
     with pytest.raises(ValueError, match="output_sampling_rate"):
         LTX2HiFiGANVocoder(hidden_channels=16, bwe_hidden_channels=16, output_sampling_rate=44100)
     with pytest.raises(ValueError, match="bwe_in_channels"):

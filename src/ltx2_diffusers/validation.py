@@ -20,6 +20,9 @@ Bounds (inclusive):
   (CLI `--max-video-tokens`) raises it.
 - `frame_rate`: finite, in `(0, MAX_FRAME_RATE]` (240 fps).
 - `num_inference_steps`: at most `MAX_INFERENCE_STEPS` (1000; the released schedules use 8..40 steps).
+- audio sample rates (`load_audio`'s `sample_rate` = the pipelines' `audio_sample_rate`, the rate of a decoded
+  file, the mel front end's rates): a whole number of Hz in `[MIN_AUDIO_SAMPLE_RATE, MAX_AUDIO_SAMPLE_RATE]`
+  (100 .. 384000 Hz: 384 kHz is the highest rate audio interfaces record; below 100 Hz nothing audible is left).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 
 
 __all__ = [
+    "MAX_AUDIO_SAMPLE_RATE",
     "MAX_FRAME_RATE",
     "MAX_INFERENCE_STEPS",
     "MAX_GUIDANCE_SCALE",
@@ -37,7 +41,9 @@ __all__ = [
     "MAX_NUM_FRAMES",
     "MAX_RESCALE_SCALE",
     "MAX_VIDEO_TOKENS",
+    "MIN_AUDIO_SAMPLE_RATE",
     "check_adapter_weights",
+    "check_audio_sample_rate",
     "check_frame_rate",
     "check_guidance_scale",
     "check_lora_strength",
@@ -53,6 +59,8 @@ MAX_NUM_FRAMES = 1001
 MAX_VIDEO_TOKENS = 2**18
 MAX_FRAME_RATE = 240.0
 MAX_INFERENCE_STEPS = 1000
+MIN_AUDIO_SAMPLE_RATE = 100
+MAX_AUDIO_SAMPLE_RATE = 384000
 
 
 def _real(name: str, value) -> float:
@@ -106,6 +114,25 @@ def check_frame_rate(frame_rate, name: str = "frame_rate") -> float:
     if not 0.0 < value <= MAX_FRAME_RATE:
         raise ValueError(f"{name} must be in (0, {MAX_FRAME_RATE:g}] fps, got {frame_rate!r}")
     return value
+
+
+def check_audio_sample_rate(value, name: str = "sample_rate") -> int:
+    """An audio sample rate as an int: a whole number of Hz in `[MIN_AUDIO_SAMPLE_RATE, MAX_AUDIO_SAMPLE_RATE]`.
+
+    Raises `ValueError` naming `name` for anything else (a bool, a non-number, NaN, inf, a fraction, out of range)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be a whole number of Hz, got {value!r}")
+    if not isinstance(value, numbers.Integral):
+        value = float(value)
+        if not math.isfinite(value) or value != int(value):
+            raise ValueError(f"`{name}` must be a whole number of Hz, got {value!r}")
+    rate = int(value)
+    if not MIN_AUDIO_SAMPLE_RATE <= rate <= MAX_AUDIO_SAMPLE_RATE:
+        raise ValueError(
+            f"`{name}` must be in [{MIN_AUDIO_SAMPLE_RATE}, {MAX_AUDIO_SAMPLE_RATE}] Hz, got {value!r}; resample "
+            "the audio into that range first"
+        )
+    return rate
 
 
 def resolve_limit(name: str, value, default: int) -> int:

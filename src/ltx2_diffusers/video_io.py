@@ -4,6 +4,12 @@
 and an AAC track at the audio's own sample rate, samples clipped to [-1, 1]. Unlike the reference muxer, mono
 audio is accepted and written as a mono AAC track (it is not duplicated to stereo), and audio may be omitted.
 
+Bounds, checked before the output is opened: the container is chosen from the path's extension, one of
+`CONTAINERS` (.mp4, .m4v, .mov, .mkv: the ones that carry H.264 + AAC); `fps` in [`MIN_FPS`, `MAX_FPS`]
+(0.001 .. 1000: the rate is stored as a fraction with a denominator of at most 1001, and above 1000 fps the mp4
+muxer drops frames); frames with even height and width (yuv420p), each side at most `MAX_FRAME_SIDE` (16384,
+libx264's limit).
+
 `read_video_with_audio` decodes such a file (or any file FFmpeg can read) back to arrays, together with the
 offset between the first audio sample and the first video frame, which timing analyses need.
 """
@@ -23,6 +29,11 @@ logger = logging.get_logger(__name__)
 
 # Sample rates the AAC encoder accepts.
 AAC_SAMPLE_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+# Output containers (by extension) that carry an H.264 video and an AAC audio track.
+CONTAINERS = (".mp4", ".m4v", ".mov", ".mkv")
+MIN_FPS = 0.001
+MAX_FPS = 1000.0
+MAX_FRAME_SIDE = 16384
 
 
 def _to_numpy(value, name: str) -> np.ndarray:
@@ -145,7 +156,28 @@ def _frame_rate(fps) -> Fraction:
         raise TypeError(f"`fps` must be a number, got {type(fps).__name__}")
     if not np.isfinite(float(fps)) or float(fps) <= 0:
         raise ValueError(f"`fps` must be positive and finite, got {fps}")
+    if not MIN_FPS <= float(fps) <= MAX_FPS:
+        raise ValueError(f"`fps` must be in [{MIN_FPS:g}, {MAX_FPS:g}] frames per second, got {fps}")
     return Fraction(fps).limit_denominator(1001)
+
+
+def _output_path(path) -> str:
+    """`path` as a str naming a file whose extension is one of `CONTAINERS`."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        raise TypeError("`path` must be a str or a str os.PathLike, not bytes")
+    if not path:
+        raise ValueError(f"`path` is empty; give a file name ending in one of {', '.join(CONTAINERS)}")
+    if os.path.isdir(path):
+        raise ValueError(f"output path {path!r} is a folder; give a file name such as out.mp4")
+    if os.path.splitext(path)[1].lower() not in CONTAINERS:
+        raise ValueError(
+            f"output path {path!r} must end in one of {', '.join(CONTAINERS)} (an H.264 + AAC container), got "
+            f"{os.path.splitext(path)[1] or 'no extension'!r}"
+        )
+    return path
 
 
 def partial_path(path) -> str:
@@ -161,21 +193,28 @@ def export_to_video_with_audio(frames, audio, sample_rate: Optional[int], path, 
 
     Args:
         frames: list of PIL images or (H, W, 3) arrays, or an array/tensor (F, H, W, 3) or (F, 3, H, W);
-            uint8, or float in [0, 1]. Height and width must be even (yuv420p).
+            uint8, or float in [0, 1]. Height and width must be even (yuv420p), each at most `MAX_FRAME_SIDE`.
         audio: (channels, samples) float waveform in [-1, 1] (clipped), 1 or 2 channels; a 1-D waveform is
             mono. Mono is written as a mono AAC track. None writes a video-only file.
         sample_rate: audio sample rate in Hz; must be one AAC supports (see `AAC_SAMPLE_RATES`). Ignored
             when `audio` is None.
-        path: output file; the container is chosen from its extension (normally .mp4). The file is written
+        path: output file; the container is chosen from its extension, one of `CONTAINERS` (normally .mp4;
+            anything else is refused before any work, naming the path). The file is written
             under a temporary name in the same folder (`partial_path`) and renamed onto `path` once complete,
             so a failed or interrupted export leaves an existing file at `path` untouched.
-        fps: frame rate; fractional rates such as 23.976 are kept as a fraction.
+        fps: frame rate in [`MIN_FPS`, `MAX_FPS`] (0.001 .. 1000); fractional rates such as 23.976 are kept as
+            a fraction.
     """
+    path = _output_path(path)
+    rate = _frame_rate(fps)
     video = frames_to_uint8(frames)
     num_frames, height, width, _ = video.shape
     if height % 2 or width % 2:
         raise ValueError(f"`frames` height and width must be even for yuv420p; got {height}x{width}")
-    rate = _frame_rate(fps)
+    if max(height, width) > MAX_FRAME_SIDE:
+        raise ValueError(
+            f"`frames` are {width}x{height} pixels; H.264 (libx264) takes at most {MAX_FRAME_SIDE} per side"
+        )
 
     waveform = None
     if audio is not None:
@@ -190,9 +229,6 @@ def export_to_video_with_audio(frames, audio, sample_rate: Optional[int], path, 
             logger.warning(f"`audio` peaks at {peak:.3f}; clipping to [-1, 1].")
         waveform = np.clip(waveform, -1.0, 1.0)
 
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ValueError(f"output path {path!r} is a folder; give a file name such as out.mp4")
     temporary = partial_path(path)
     try:
         container = av.open(temporary, mode="w")

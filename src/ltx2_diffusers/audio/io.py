@@ -10,6 +10,8 @@ import av
 import numpy as np
 import torch
 
+from ..validation import MAX_AUDIO_SAMPLE_RATE, MIN_AUDIO_SAMPLE_RATE, check_audio_sample_rate
+
 
 __all__ = ["load_audio"]
 
@@ -96,12 +98,14 @@ def _finish(samples: np.ndarray, layout: str, sample_rate: int) -> torch.Tensor:
 def _load_array(source, sample_rate, start_time, max_duration) -> tuple[torch.Tensor, int]:
     if sample_rate is None:
         raise ValueError("`sample_rate` is required when `source` is an array of samples")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) or sample_rate <= 0:
-        raise ValueError(f"`sample_rate` must be a positive integer number of Hz, got {sample_rate!r}")
-    if int(sample_rate) != sample_rate:
-        raise ValueError(f"`sample_rate` must be a whole number of Hz, got {sample_rate!r}")
-    sample_rate = int(sample_rate)
-    arr = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else np.asarray(source)
+    sample_rate = check_audio_sample_rate(sample_rate, "sample_rate")
+    if isinstance(source, torch.Tensor):
+        source = source.detach().cpu()
+        if source.is_floating_point() and source.dtype != torch.float64:
+            source = source.float()  # bfloat16 / float16 / float8 -> float32: exact, numpy has no bfloat16
+        arr = source.numpy()
+    else:
+        arr = np.asarray(source)
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"`source` array must hold integer or floating point samples, got dtype {arr.dtype}")
     if arr.ndim == 1:
@@ -155,6 +159,13 @@ def _describe(source) -> str:
 def _decode(container, stream, name, start_time, max_duration) -> tuple[np.ndarray, str, int, bool]:
     """Decode the selected samples; `complete` tells whether the whole stream was read."""
     sample_rate = stream.codec_context.sample_rate or stream.rate
+    try:
+        check_audio_sample_rate(sample_rate, "sample_rate")
+    except ValueError:
+        raise ValueError(
+            f"{name} is sampled at {sample_rate!r} Hz, outside the supported [{MIN_AUDIO_SAMPLE_RATE}, "
+            f"{MAX_AUDIO_SAMPLE_RATE}] Hz; resample it into that range first (e.g. ffmpeg -ar 48000)"
+        ) from None
     begin = round(start_time * sample_rate)
     wanted = None if max_duration is None else round(max_duration * sample_rate)
     if wanted == 0:
@@ -273,8 +284,10 @@ def load_audio(
 
     `source`: a path or binary file object (WAV, FLAC, MP3, M4A/AAC, OGG Vorbis/Opus, anything PyAV decodes; the
     first audio stream is read, from the start of the file, sample-exactly), or a numpy/torch array `[samples]` /
-    `[channels, samples]` (integer samples are scaled to [-1, 1)) together with its `sample_rate` (only used for
-    arrays). Mono stays one channel; more than two channels are downmixed to stereo (FFmpeg's matrix). Samples
+    `[channels, samples]` (integer samples are scaled to [-1, 1); floating tensors of any precision, bfloat16
+    included, are read as float32) together with its `sample_rate` (only used for arrays: a whole number of Hz in
+    [100, 384000], `validation.MIN_AUDIO_SAMPLE_RATE` / `MAX_AUDIO_SAMPLE_RATE`; a file outside that range is
+    refused too). Mono stays one channel; more than two channels are downmixed to stereo (FFmpeg's matrix). Samples
     outside [-1, 1] are clipped. `start_time` / `max_duration` (seconds) select `round(t * rate)` samples.
 
     Raises `ValueError` naming the source for a missing, empty, non-audio, corrupt or truncated file, NaN or

@@ -13,14 +13,22 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..validation import check_audio_sample_rate
+
 
 __all__ = ["resample_waveform", "mel_filterbank", "log_mel_spectrogram"]
 
 
+# The dense polyphase kernel `(new, 1, 2 * width + orig)` is built while it has at most this many elements (every
+# common rate pair: 44.1 kHz -> 16 kHz is 76000, 11.025 kHz -> 16 kHz 291200); a rate pair with large reduced factors
+# (4001 Hz -> 16 kHz: 16000 x 4015) goes through the banded evaluation of the same kernel instead.
+_DENSE_KERNEL_ELEMENTS = 2**20
+# Elements of one gathered block `(signals, outputs, taps)` in the banded path.
+_BANDED_BLOCK_ELEMENTS = 2**22
+
+
 def _check_rate(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or int(value) != value:
-        raise ValueError(f"`{name}` must be a positive integer number of Hz, got {value!r}")
-    return int(value)
+    return check_audio_sample_rate(value, name)
 
 
 def _sinc_resample_kernel(
@@ -49,7 +57,13 @@ def resample_waveform(
     lowpass_filter_width: int = 6,
     rolloff: float = 0.99,
 ) -> torch.Tensor:
-    """Band-limited resampling of `waveform` (`[..., samples]`), equal to `torchaudio.functional.resample`."""
+    """Band-limited resampling of `waveform` (`[..., samples]`), equal to `torchaudio.functional.resample`.
+
+    Rates are whole numbers of Hz in `[100, 384000]` (`validation.check_audio_sample_rate`). Rate pairs whose
+    reduced factors make torchaudio's dense polyphase kernel large (more than 2**20 elements: a rate sharing no
+    factor with the other, such as 4001 Hz -> 16 kHz, would need 16000 x 4015) evaluate only the taps inside each
+    phase's sinc window: the same kernel values, within float rounding of torchaudio (summation order), with
+    memory and work bounded by the filter width. Every common rate pair keeps the dense, bit-identical path."""
     if not isinstance(waveform, torch.Tensor) or not waveform.is_floating_point():
         raise TypeError(f"`waveform` must be a floating point torch.Tensor, got {type(waveform).__name__}")
     orig_freq = _check_rate("orig_freq", orig_freq)
@@ -60,6 +74,9 @@ def resample_waveform(
         return waveform
     gcd = math.gcd(orig_freq, new_freq)
     orig, new = orig_freq // gcd, new_freq // gcd
+    width = math.ceil(lowpass_filter_width * orig / (min(orig, new) * rolloff))
+    if new * (2 * width + orig) > _DENSE_KERNEL_ELEMENTS:
+        return _banded_resample(waveform, orig, new, lowpass_filter_width, rolloff)
     kernel, width = _sinc_resample_kernel(orig, new, lowpass_filter_width, rolloff, waveform.device, waveform.dtype)
 
     shape = waveform.shape
@@ -69,6 +86,49 @@ def resample_waveform(
     out = F.conv1d(flat[:, None], kernel, stride=orig)
     out = out.transpose(1, 2).reshape(num_wavs, -1)
     out = out[..., : math.ceil(new * length / orig)]
+    return out.reshape(shape[:-1] + out.shape[-1:])
+
+
+def _banded_resample(
+    waveform: torch.Tensor, orig: int, new: int, lowpass_filter_width: int, rolloff: float
+) -> torch.Tensor:
+    """`resample_waveform` for reduced rates `orig` -> `new` whose dense kernel would be large: the same kernel
+    values, but only the `2 * width + 2` taps of each phase inside the sinc window (outside it the dense kernel is
+    ~1e-22), gathered block by block: memory and work per output sample bounded by the filter width, not `orig`.
+
+    Output sample `m` (frame `k = m // new`, phase `j = m % new`) is `sum_i kernel[j, i] * padded[k * orig + i]`;
+    the window of phase `j` covers `i` in `(j * orig / new, j * orig / new + 2 * width)`."""
+    base_freq = min(orig, new) * rolloff
+    width = math.ceil(lowpass_filter_width * orig / base_freq)
+    taps = 2 * width + 2
+    device, dtype = waveform.device, waveform.dtype
+    phases = torch.arange(new, device=device)
+    offsets = phases * orig // new  # first tap of each phase's window
+    tap = offsets[:, None] + torch.arange(taps, device=device)  # (new, taps) index into the dense kernel row
+    # The dense kernel's entries at those taps, with its operations in its order and dtype.
+    idx = (tap - width).to(dtype) / orig
+    t = torch.arange(0, -new, -1, dtype=dtype, device=device)[:, None] / new + idx
+    t *= base_freq
+    t = t.clamp_(-lowpass_filter_width, lowpass_filter_width)
+    window = torch.cos(t * math.pi / lowpass_filter_width / 2) ** 2
+    t *= math.pi
+    kernel = torch.where(t == 0, torch.tensor(1.0).to(t), t.sin() / t)
+    kernel *= window * (base_freq / orig)
+
+    shape = waveform.shape
+    flat = waveform.reshape(-1, shape[-1])
+    num_wavs, length = flat.shape
+    flat = F.pad(flat, (width, width + orig))
+    total = math.ceil(new * length / orig)
+    out = torch.empty(num_wavs, total, dtype=dtype, device=device)
+    block = max(1, _BANDED_BLOCK_ELEMENTS // (taps * num_wavs))
+    steps = torch.arange(taps, device=device)
+    for start in range(0, total, block):
+        m = torch.arange(start, min(start + block, total), device=device)
+        phase = m % new
+        first = (m // new) * orig + offsets[phase]
+        gathered = flat[:, first[:, None] + steps]  # (num_wavs, block, taps)
+        out[:, start : start + m.shape[0]] = (gathered * kernel[phase]).sum(-1)
     return out.reshape(shape[:-1] + out.shape[-1:])
 
 

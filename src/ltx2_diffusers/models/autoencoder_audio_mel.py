@@ -18,11 +18,33 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from ..audio.mel import log_mel_spectrogram
 from ..loaders.prefetch import ReadAheadWaitMixin
 from ..loaders.single_file_model import FromOriginalCheckpointMixin
+from ..validation import check_audio_sample_rate
 
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["AutoencoderAudioMel"]
+
+
+def _check_input(name: str, x, layout: str, channels: int | None = None, last: int | None = None) -> None:
+    """A floating tensor shaped `layout` (channels in dim 1 / the last size when given), at least one frame (the
+    last-but-one dim of 4-D inputs, dim 1 of tokens), finite; `TypeError` / `ValueError` naming `name`."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor {layout}, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating point tensor, got dtype {x.dtype}")
+    ndim = 3 if channels is None else 4
+    if (
+        x.ndim != ndim
+        or (channels is not None and x.shape[1] != channels)
+        or (last is not None and x.shape[-1] != last)
+        or 0 in x.shape
+    ):
+        frames = x.shape[ndim - 2] if x.ndim == ndim else None
+        what = " (no frames)" if frames == 0 else ""
+        raise ValueError(f"`{name}` must be {layout} with every size >= 1, got shape {tuple(x.shape)}{what}")
+    if x.device.type != "meta" and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"`{name}` contains NaN or infinite values")
 
 
 class AutoencoderAudioMel(ReadAheadWaitMixin, ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin):
@@ -99,6 +121,7 @@ class AutoencoderAudioMel(ReadAheadWaitMixin, ModelMixin, AutoencoderMixin, Conf
     @apply_forward_hook
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
         """Mel `(B, in_channels, frames, mel_bins)` -> posterior over raw latents."""
+        _check_input("x", x, "(batch, in_channels, frames, mel_bins)", self.config.in_channels, self.config.mel_bins)
         if self.use_slicing and x.shape[0] > 1:
             h = torch.cat([self.encoder(s) for s in x.split(1)])
         else:
@@ -109,6 +132,7 @@ class AutoencoderAudioMel(ReadAheadWaitMixin, ModelMixin, AutoencoderMixin, Conf
     @apply_forward_hook
     def decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
         """Raw latents `(B, latent_channels, T, mel_bins / 4)` -> mel `(B, output_channels, max(4T - 3, 1), mel_bins)`."""
+        _check_input("z", z, "(batch, latent_channels, frames, latent_mel_bins)", self.config.latent_channels)
         if self.use_slicing and z.shape[0] > 1:
             decoded = torch.cat([self.decoder(s) for s in z.split(1)])
         else:
@@ -163,12 +187,19 @@ class AutoencoderAudioMel(ReadAheadWaitMixin, ModelMixin, AutoencoderMixin, Conf
 
     # ------------------------------------------------------------------------------------- waveform front end
     def waveform_to_mel(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
-        """Log-mel `(B, C, frames, mel_bins)` of a waveform `[C, S]` or `[B, C, S]` at any integer `sample_rate`.
+        """Log-mel `(B, C, frames, mel_bins)` of a floating waveform `[C, S]` or `[B, C, S]` (finite samples in
+        [-1, 1]; integer PCM is refused: `load_audio` scales it) at `sample_rate`, a whole number of Hz in
+        [100, 384000].
 
         Resampled to `config.sample_rate` and analysed exactly as the reference AudioProcessor; float32 out.
         """
         if not isinstance(waveform, torch.Tensor):
             raise TypeError(f"`waveform` must be a torch.Tensor, got {type(waveform).__name__}")
+        if not waveform.is_floating_point():
+            raise TypeError(
+                f"`waveform` must be a floating point tensor of samples in [-1, 1], got dtype {waveform.dtype} "
+                "(integer PCM: read it with load_audio, which scales it)"
+            )
         if waveform.ndim == 2:
             waveform = waveform.unsqueeze(0)
         if waveform.ndim != 3:
@@ -177,7 +208,10 @@ class AutoencoderAudioMel(ReadAheadWaitMixin, ModelMixin, AutoencoderMixin, Conf
             )
         if self.config.mel_bins is None:
             raise ValueError("this model's config has mel_bins=None; the mel front end needs a bin count")
+        sample_rate = check_audio_sample_rate(sample_rate, "sample_rate")
         waveform = waveform.to(dtype=torch.float32)  # stays on its device (offloaded models report meta)
+        if not bool(torch.isfinite(waveform).all()):
+            raise ValueError("`waveform` contains NaN or infinite samples")
         return log_mel_spectrogram(
             waveform,
             sample_rate,
@@ -206,4 +240,5 @@ class AutoencoderAudioMel(ReadAheadWaitMixin, ModelMixin, AutoencoderMixin, Conf
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Normalised latent tokens `(B, T, D)` -> log-mel `(B, output_channels, max(4T - 3, 1), mel_bins)`."""
+        _check_input("tokens", tokens, "(batch, frames, features)")
         return self.decode(self.unpatchify_tokens(self.denormalize_tokens(tokens))).sample

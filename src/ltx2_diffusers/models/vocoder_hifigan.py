@@ -147,11 +147,17 @@ class LTX2HiFiGANVocoder(ReadAheadWaitMixin, ModelMixin, ConfigMixin, FromOrigin
         """
         if not isinstance(mel, torch.Tensor):
             raise TypeError(f"`mel` must be a torch.Tensor, got {type(mel).__name__}")
+        if not mel.is_floating_point():
+            raise TypeError(f"`mel` must be a floating point tensor (a log-mel spectrogram), got dtype {mel.dtype}")
         if mel.ndim != 4 or mel.shape[1] * mel.shape[3] != self.config.in_channels:
             raise ValueError(
                 f"`mel` must be (batch, channels, frames, mel_bins) with channels * mel_bins = "
                 f"{self.config.in_channels}, got shape {tuple(mel.shape)}"
             )
+        if mel.shape[0] == 0 or mel.shape[2] == 0:
+            raise ValueError(f"`mel` must hold at least one batch item and one frame, got shape {tuple(mel.shape)}")
+        if mel.device.type != "meta" and not bool(torch.isfinite(mel).all()):
+            raise ValueError("`mel` contains NaN or infinite values")
         if not self.config.bandwidth_extension:
             return run_generator(self, mel)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import av
@@ -18,6 +19,12 @@ from diffusers.utils import logging
 logger = logging.get_logger(__name__)
 
 DEFAULT_IMAGE_CRF = 33
+# Bounds on a condition image, checked when the conditions are validated (before any encoding): each side at most
+# MAX_CONDITION_IMAGE_SIDE pixels (libx264's limit for the crf round trip; 16384 x 12288 is 200 MP), and the long side
+# at most MAX_CONDITION_IMAGE_ASPECT times the short one (panoramas pass; a 2 x 20000 strip would be upscaled to cover
+# the frame, a 64 x 640000 intermediate for a 64 x 64 video).
+MAX_CONDITION_IMAGE_SIDE = 16384
+MAX_CONDITION_IMAGE_ASPECT = 16
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,9 @@ class LTX2ImageCondition:
 
     `strength` 1.0 keeps the frame's latent clean, 0.0 leaves it free. Frame 0 replaces the first latent frame;
     other frames are appended as keyframe tokens. `crf`: the image is first passed through one H.264 frame at this
-    quality (as the reference does, so it looks like a video frame); 0 disables that.
+    quality (as the reference does, so it looks like a video frame); 0 disables that. The image is at least 2x2,
+    each side at most `MAX_CONDITION_IMAGE_SIDE` (16384) pixels, aspect ratio at most `MAX_CONDITION_IMAGE_ASPECT`
+    (16:1 either way).
     """
 
     image: Any
@@ -52,6 +61,18 @@ def normalize_conditions(conditions, num_frames: int | None, check_images: bool 
             raise TypeError(
                 f"conditions[{i}] must be an LTX2ImageCondition or a tuple, got {type(condition).__name__}"
             )
+        for field in ("frame_index", "strength", "crf"):
+            if isinstance(getattr(condition, field), bool):
+                raise TypeError(
+                    f"conditions[{i}].{field} must be a number, not a bool ({getattr(condition, field)!r})"
+                )
+        # numpy / other integral and real scalars are read as the Python numbers they hold
+        condition = replace(
+            condition,
+            frame_index=_plain(condition.frame_index, numbers.Integral, int),
+            strength=_plain(condition.strength, numbers.Real, float),
+            crf=_plain(condition.crf, numbers.Integral, int),
+        )
         if not isinstance(condition.frame_index, int) or condition.frame_index < 0:
             raise ValueError(
                 f"conditions[{i}].frame_index must be a non-negative integer, got {condition.frame_index!r}"
@@ -71,6 +92,10 @@ def normalize_conditions(conditions, num_frames: int | None, check_images: bool 
                 raise type(error)(f"conditions[{i}]: {error}") from None
         result.append(condition)
     return result
+
+
+def _plain(value, kind, cast):
+    return cast(value) if isinstance(value, kind) and not isinstance(value, (bool, int, float)) else value
 
 
 # PIL modes holding more than 8 bits per sample, and the full-scale value of each (read at their true range).
@@ -114,6 +139,21 @@ def _high_bit_depth(image: PIL.Image.Image, name: str) -> np.ndarray | None:
     return None
 
 
+def _check_size(height: int, width: int, name: str) -> None:
+    """At least 2x2, each side at most `MAX_CONDITION_IMAGE_SIDE`, aspect ratio at most `MAX_CONDITION_IMAGE_ASPECT`."""
+    if height < 2 or width < 2:
+        raise ValueError(f"{name} must be at least 2x2 pixels, got {width}x{height}")
+    if max(height, width) > MAX_CONDITION_IMAGE_SIDE:
+        raise ValueError(
+            f"{name} is {width}x{height} pixels; each side must be at most {MAX_CONDITION_IMAGE_SIDE} (downscale it)"
+        )
+    if max(height, width) > MAX_CONDITION_IMAGE_ASPECT * min(height, width):
+        raise ValueError(
+            f"{name} is {width}x{height} pixels, an aspect ratio above {MAX_CONDITION_IMAGE_ASPECT}:1; crop it "
+            "closer to the video's shape first"
+        )
+
+
 def _as_rgb(image) -> np.ndarray:
     """`(H, W, 3)` RGB at its true range: uint8 for 8-bit sources, float32 in [0, 255] for higher bit depths.
 
@@ -125,16 +165,21 @@ def _as_rgb(image) -> np.ndarray:
         name = f"condition image {os.fspath(image)!r}"
         image = _open_image(image)
     if isinstance(image, PIL.Image.Image):
+        _check_size(image.height, image.width, name)  # before any conversion
         gray = _high_bit_depth(image, name)  # float32 in 8-bit units, or None
         image = np.array(image.convert("RGB")) if gray is None else gray  # palette, CMYK, LA, ... -> RGB
     if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
+        image = image.detach()
+        if image.is_floating_point() and image.dtype not in (torch.float16, torch.float32, torch.float64):
+            image = image.float()  # bfloat16 / float8: exact in float32, which numpy can hold
+        image = image.cpu().numpy()
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
         raise TypeError("a condition image must be a PIL image, a path, or an (H, W, 3) uint8 array")
     if image.ndim == 3 and image.shape[-1] not in (3, 4):
         raise TypeError(
             f"a condition image array must be (H, W, 3) or (H, W, 4) (channels last), got shape {image.shape}"
         )
+    _check_size(image.shape[0], image.shape[1], name)  # before any conversion
     if image.dtype == np.uint16:
         image = image.astype(np.float32) * (255.0 / 65535.0)
     elif image.dtype in (np.float16, np.float64) or (image.dtype == np.float32 and gray is None):
@@ -145,8 +190,6 @@ def _as_rgb(image) -> np.ndarray:
         image = image.astype(np.float32) * 255.0
     elif image.dtype not in (np.uint8, np.float32):
         raise TypeError(f"a condition image array must be uint8, uint16 or float in [0, 1], got {image.dtype}")
-    if image.shape[0] < 2 or image.shape[1] < 2:
-        raise ValueError(f"a condition image must be at least 2x2 pixels, got {image.shape[1]}x{image.shape[0]}")
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     return np.ascontiguousarray(image[..., :3])
