@@ -19,13 +19,17 @@ Bounds (inclusive):
   (2**18 = 262144; 121 frames at 1536x1024 are 24576, 1001 frames at that size 193536); `max_video_tokens=`
   (CLI `--max-video-tokens`) raises it.
 - `frame_rate`: finite, in `(0, MAX_FRAME_RATE]` (240 fps).
+- a model's config (`check_model_config`, the transformer / audio VAE / vocoder, whichever way they are built or
+  loaded): the single-file config bounds (`loaders.single_file.check_config_bounds`: every number finite and at
+  most 1e7 in magnitude, counts and sizes integers in range) and the keys the model divides by or sizes with
+  (heads, head dims, channels, rates, eps, ...) > 0.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 
 __all__ = [
@@ -39,6 +43,7 @@ __all__ = [
     "check_frame_rate",
     "check_guidance_scale",
     "check_lora_strength",
+    "check_model_config",
     "check_video_size",
     "resolve_limit",
     "video_latent_tokens",
@@ -137,3 +142,34 @@ def check_video_size(num_frames, height: int, width: int, max_num_frames=None, m
             f"{num_frames} frames at {width}x{height} are {tokens} video latent tokens, above the bound of "
             f"{tokens_limit} (max_video_tokens); pass a larger max_video_tokens to allow it"
         )
+
+
+def _plain(value):
+    """Tuples as lists (the single-file bounds walk lists), mappings as dicts."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _leaves(value):
+    if isinstance(value, list):
+        for item in value:
+            yield from _leaves(item)
+    elif value is not None:
+        yield value
+
+
+def check_model_config(where: str, config: Mapping, positive: Iterable[str] = ()) -> None:
+    """`ValueError` naming `where` (the file and/or the model class) and the key for a config outside the bounds of
+    `check_config_bounds`, or a key of `positive` (every number in it, for a list) that is not a number > 0
+    (None is left to the model)."""
+    from .loaders.single_file import check_config_bounds
+
+    config = _plain(config)
+    check_config_bounds(config, where)
+    for key in positive:
+        for item in _leaves(config.get(key)):
+            if isinstance(item, bool) or not isinstance(item, numbers.Real) or not item > 0:
+                raise ValueError(f"{where!r}: config value {key} = {config[key]!r} must be a number > 0")
