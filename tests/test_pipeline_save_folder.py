@@ -7,6 +7,7 @@ safetensors are written."""
 import hashlib
 import json
 import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -241,3 +242,43 @@ def test_an_empty_or_new_folder_is_written_and_marked(setup, tmp_path):
         on_disk = {k for k, v in tree(target).items() if v != "dir"} - {output_folder.MARKER_NAME}
         assert listed == on_disk and "pipeline.py" in listed
         assert siblings(target) == []
+
+
+def test_push_to_hub_uploads_the_whole_folder_once_it_is_in_place(setup, tmp_path, monkeypatch):
+    """No network: the Hub calls are recorded. The repository is created before anything is written, the model card
+    is part of the marked folder, and the upload is of the final folder, complete (shim, user adapters)."""
+    import types
+
+    import diffusers.utils.hub_utils
+    import huggingface_hub
+
+    calls = []
+    target = tmp_path / "saved"
+
+    def create_repo(repo_id, **kwargs):
+        calls.append(("create", repo_id, target.exists()))
+        return types.SimpleNamespace(repo_id="me/" + repo_id)
+
+    def model_card(repo_id, **kwargs):
+        return huggingface_hub.ModelCard("card of " + repo_id)
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
+    monkeypatch.setattr(diffusers.utils.hub_utils, "load_or_create_model_card", model_card)
+    pipe = load(setup["converted"])
+    pipe.load_lora_weights(setup["user"], adapter_name="mine")
+    pipe._upload_folder = lambda folder, repo_id, **kw: calls.append(
+        ("upload", folder, repo_id, kw.get("commit_message"), sorted(tree(pathlib.Path(folder))))
+    )
+    pipe.save_pretrained(target, push_to_hub=True, commit_message="first")
+    assert calls[0] == ("create", "saved", False)
+    kind, folder, repo_id, message, listing = calls[1]
+    assert (kind, folder, repo_id, message) == ("upload", str(target), "me/saved", "first")
+    expected = {
+        "pipeline.py",
+        "README.md",
+        "user_loras/mine/pytorch_lora_weights.safetensors",
+        output_folder.MARKER_NAME,
+    }
+    assert expected <= set(listing)
+    assert "card of me/saved" in (target / "README.md").read_text()
+    assert "README.md" in json.loads((target / output_folder.MARKER_NAME).read_text())["files"]

@@ -1,4 +1,6 @@
 """Where a conversion lands: the output folder is only ever created, or replaced when it is a previous conversion.
+`save_pretrained` of the pipelines lands the same way (`pipelines/pipeline_saving.save_folder`, its messages naming
+`save_directory`): a conversion or a save is a folder of this package, which either may replace.
 
 The rules (nothing the converter did not write is ever deleted or replaced):
 
