@@ -90,7 +90,11 @@ def pair(rank=2, inp=4, out=6):
 
 @pytest.mark.parametrize(
     "content, fragment",
-    [(b"", "only 0 bytes long"), (b"\x00" * 64, "invalid header length"), (b"not a safetensors file at all", "not a safetensors file")],
+    [
+        (b"", "only 0 bytes long"),
+        (b"\x00" * 64, "invalid header length"),
+        (b"not a safetensors file at all", "not a safetensors file"),
+    ],
 )
 def test_a_file_that_is_not_safetensors_is_refused_naming_it(tmp_path, content, fragment):
     path = tmp_path / "pytorch_lora_weights.safetensors"
