@@ -79,3 +79,74 @@ def test_one_linear_twice_is_refused_and_left_clean():
         inside = model(x)
     assert not torch.equal(inside, plain)
     assert type(model[0]) is torch.nn.Linear and torch.equal(model(x), plain)
+
+
+def pair(rank=2, inp=4, out=6):
+    return {
+        "transformer.0.lora_A.weight": torch.randn(rank, inp),
+        "transformer.0.lora_B.weight": torch.randn(out, rank),
+    }
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"", "only 0 bytes long"),
+        (b"\x00" * 64, "invalid header length"),
+        (b"not a safetensors file at all", "not a safetensors file"),
+    ],
+)
+def test_a_file_that_is_not_safetensors_is_refused_naming_it(tmp_path, content, fragment):
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    path.write_bytes(content)
+    for source in (path, tmp_path):
+        with pytest.raises(ValueError, match=fragment) as error:
+            LTX2DistilledLoRA.from_pretrained(source)
+        assert str(path) in str(error.value)
+
+
+def test_a_file_without_transformer_lora_tensors_is_refused_naming_it(tmp_path):
+    from safetensors.torch import save_file
+
+    only_connectors = tmp_path / "connectors.safetensors"
+    save_file({"connectors.x.lora_A.weight": torch.randn(2, 4)}, only_connectors)
+    empty = tmp_path / "empty.safetensors"
+    save_file({}, empty)
+    for path in (only_connectors, empty):
+        with pytest.raises(ValueError, match="holds no transformer LoRA tensors") as error:
+            LTX2DistilledLoRA.from_pretrained(path)
+        assert str(path) in str(error.value)
+
+
+def test_an_empty_or_non_tensor_state_dict_is_refused():
+    with pytest.raises(ValueError, match="state_dict is empty"):
+        LTX2DistilledLoRA.from_state_dict({})
+    bad = pair()
+    bad["transformer.0.lora_B.weight"] = [[1.0, 2.0]] * 6
+    with pytest.raises(TypeError, match=r"'transformer\.0\.lora_B\.weight' is a list, expected a torch.Tensor"):
+        LTX2DistilledLoRA.from_state_dict(bad)
+    with pytest.raises(TypeError, match="mapping"):
+        LTX2DistilledLoRA.from_state_dict(list(pair().items()))
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), 1e30, -10.5, 10.0001])
+def test_a_scale_outside_the_documented_bound_is_refused_and_nothing_is_applied(scale):
+    from ltx2_diffusers.validation import MAX_LORA_STRENGTH
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6))
+    store = LTX2DistilledLoRA.from_state_dict(pair())
+    with pytest.raises(
+        ValueError, match=rf"scale must be (finite|within \[-{MAX_LORA_STRENGTH:g}, {MAX_LORA_STRENGTH:g}\])"
+    ):
+        with store.applied(model, scale):
+            pass
+    assert type(model[0]) is torch.nn.Linear
+    with pytest.raises(TypeError, match="scale must be a real number"):
+        with store.applied(model, "0.5"):
+            pass
+    x = torch.randn(3, 4)
+    with store.applied(model, MAX_LORA_STRENGTH):  # the bound itself is accepted
+        at_bound = model(x)
+    a, b = store.pairs()["0"]
+    expected = torch.nn.functional.linear(x, model[0].weight + (b * MAX_LORA_STRENGTH) @ a, model[0].bias)
+    assert (at_bound - expected).abs().max() <= 1e-5

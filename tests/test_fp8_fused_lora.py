@@ -184,7 +184,7 @@ def test_garbage_is_refused_before_compute():
     calls = []
     model.register_forward_pre_hook(lambda *_: calls.append(1))
     for scale in (float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="finite number"):
+        with pytest.raises(ValueError, match="finite"):
             with store.applied(model, scale):
                 model(x)
     with pytest.raises(ValueError, match="already carries"):

@@ -131,6 +131,48 @@ def test_bad_inputs_raise_value_error(extra, match):
         model(**forward_kwargs(model, **extra))
 
 
+@pytest.mark.parametrize(
+    "extra, error, match",
+    [
+        ({"hidden_states": torch.zeros(2, 12, 128, dtype=torch.int64)}, TypeError, "hidden_states must be a floating"),
+        ({"audio_hidden_states": torch.zeros(2, 5, 128, dtype=torch.int32)}, TypeError, "audio_hidden_states must be"),
+        ({"audio_hidden_states": torch.zeros(2, 5, 128, dtype=torch.complex64)}, TypeError, "audio_hidden_states"),
+        ({"encoder_hidden_states": torch.zeros(2, 7, 64, dtype=torch.int64)}, TypeError, "encoder_hidden_states must"),
+        (
+            {"audio_hidden_states": torch.randn(2, 0, 128), "audio_timestep": None, "audio_num_frames": 0},
+            ValueError,
+            "audio_hidden_states has 0 tokens",
+        ),
+        (
+            {"hidden_states": torch.randn(2, 0, 128), "timestep": 3.0, "num_frames": 0},
+            ValueError,
+            "hidden_states has 0",
+        ),
+        ({"timestep": "500"}, TypeError, "timestep must be a tensor or a real number, got str"),
+        ({"timestep": True}, TypeError, "timestep must be a tensor or a real number, got bool"),
+        ({"timestep": None}, TypeError, "timestep is required"),
+        ({"timestep": float("nan")}, ValueError, "timestep must be finite"),
+        ({"sigma": float("inf")}, ValueError, "sigma must be finite"),
+        ({"audio_timestep": [1.0, 2.0]}, TypeError, "audio_timestep must be a tensor or a real number, got list"),
+    ],
+)
+def test_bad_input_types_are_refused_before_compute(extra, error, match):
+    model = LTX2AudioVideoTransformer(**tiny_diffusers_config("2.3"))
+    with pytest.raises(error, match=match):
+        model(**forward_kwargs(model, **extra))
+
+
+@pytest.mark.parametrize("value", [500.0, 500, 0])
+def test_a_python_number_timestep_is_the_same_timestep_for_every_item(model, value):
+    kwargs = forward_kwargs(model)
+    as_tensor = outputs(model, timestep=torch.full((2,), float(value)), audio_timestep=None, sigma=kwargs["sigma"])
+    as_number = outputs(model, timestep=value, audio_timestep=None)
+    assert max_diff(as_number, as_tensor) == 0.0
+    both = outputs(model, timestep=value, audio_timestep=value, sigma=value, audio_sigma=value)
+    tensors = {k: torch.full((2,), float(value)) for k in ("timestep", "audio_timestep", "sigma", "audio_sigma")}
+    assert max_diff(both, outputs(model, **tensors)) == 0.0
+
+
 def test_bad_perturbation_kind():
     with pytest.raises(ValueError, match="kind must be one of"):
         LTX2Perturbation("skip_everything")

@@ -23,13 +23,17 @@ Bounds (inclusive):
 - audio sample rates (`load_audio`'s `sample_rate` = the pipelines' `audio_sample_rate`, the rate of a decoded
   file, the mel front end's rates): a whole number of Hz in `[MIN_AUDIO_SAMPLE_RATE, MAX_AUDIO_SAMPLE_RATE]`
   (100 .. 384000 Hz: 384 kHz is the highest rate audio interfaces record; below 100 Hz nothing audible is left).
+- a model's config (`check_model_config`, the transformer / audio VAE / vocoder, whichever way they are built or
+  loaded): the single-file config bounds (`loaders.single_file.check_config_bounds`: every number finite and at
+  most 1e7 in magnitude, counts and sizes integers in range) and the keys the model divides by or sizes with
+  (heads, head dims, channels, rates, eps, ...) > 0.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 
 __all__ = [
@@ -47,6 +51,7 @@ __all__ = [
     "check_frame_rate",
     "check_guidance_scale",
     "check_lora_strength",
+    "check_model_config",
     "check_video_size",
     "resolve_limit",
     "video_latent_tokens",
@@ -167,3 +172,34 @@ def check_video_size(num_frames, height: int, width: int, max_num_frames=None, m
             f"{num_frames} frames at {width}x{height} are {tokens} video latent tokens, above the bound of "
             f"{tokens_limit} (max_video_tokens); pass a larger max_video_tokens to allow it"
         )
+
+
+def _plain(value):
+    """Tuples as lists (the single-file bounds walk lists), mappings as dicts."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _leaves(value):
+    if isinstance(value, list):
+        for item in value:
+            yield from _leaves(item)
+    elif value is not None:
+        yield value
+
+
+def check_model_config(where: str, config: Mapping, positive: Iterable[str] = ()) -> None:
+    """`ValueError` naming `where` (the file and/or the model class) and the key for a config outside the bounds of
+    `check_config_bounds`, or a key of `positive` (every number in it, for a list) that is not a number > 0
+    (None is left to the model)."""
+    from .loaders.single_file import check_config_bounds
+
+    config = _plain(config)
+    check_config_bounds(config, where)
+    for key in positive:
+        for item in _leaves(config.get(key)):
+            if isinstance(item, bool) or not isinstance(item, numbers.Real) or not item > 0:
+                raise ValueError(f"{where!r}: config value {key} = {config[key]!r} must be a number > 0")

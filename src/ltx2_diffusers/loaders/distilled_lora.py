@@ -32,6 +32,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import logging
 
+from ..validation import check_lora_strength
 from .fp8 import attach_fused_lora, detach_fused_lora, is_scaled_mm_linear
 from .prefetch import wait_until_read
 
@@ -129,8 +130,12 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> "LTX2DistilledLoRA":
-        """From diffusers-format keys `transformer.<module>.lora_A.weight` / `.lora_B.weight` (others refused); the
-        store holds copies of the tensors."""
+        """From diffusers-format keys `transformer.<module>.lora_A.weight` / `.lora_B.weight` (others refused; at
+        least one pair; tensor values only); the store holds copies of the tensors."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of key -> tensor, got {type(state_dict).__name__}")
+        if not state_dict:
+            raise ValueError("distilled LoRA state_dict is empty: expected transformer lora_A / lora_B weights")
         return cls._from_tensors(state_dict, copy=True)
 
     @classmethod
@@ -138,6 +143,8 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
         """`from_state_dict`; without `copy` the store takes the tensors themselves (freshly read from a file)."""
         pairs: dict[str, dict[str, torch.Tensor]] = {}
         for key, value in state_dict.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"distilled LoRA {key!r} is a {type(value).__name__}, expected a torch.Tensor")
             for part in ("lora_A", "lora_B"):
                 suffix = f".{part}.weight"
                 if key.startswith("transformer.") and key.endswith(suffix):
@@ -189,7 +196,9 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
         `{"": device}`, as diffusers passes it to each component) reads the tensors onto that device; diffusers'
         other loading options (`torch_dtype`, ...) are accepted and ignored: the tensors keep their file dtype, and
         are cast to each weight's dtype when the delta is formed (ltx-core's arithmetic)."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
+
+        from .single_file import _check_safetensors_file
 
         path = os.fspath(pretrained_model_name_or_path)
         subfolder = kwargs.get("subfolder")
@@ -199,14 +208,23 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
             path = os.path.join(path, WEIGHT_NAME)
         if not os.path.isfile(path):
             raise ValueError(f"distilled LoRA file {path!r} not found")
+        _check_safetensors_file(path)  # ValueError naming the file: not safetensors, empty, truncated
         device = _mapped_device(kwargs.get("device_map"))
         if kwargs.get("device_map") is not None:
             wait_until_read(os.path.dirname(path))  # read by the prefetch first (loaders.prefetch)
         # The converter keeps the source LoRA's text-connector part (`connectors.*`); the reference applies the
         # distilled LoRA to the transformer only, so that part is not read (as `load_lora_weights` does).
-        with safe_open(path, framework="pt", device=device) as f:
-            keys = list(f.keys())
-            state_dict = {k: f.get_tensor(k) for k in keys if not k.startswith("connectors.")}
+        try:
+            with safe_open(path, framework="pt", device=device) as f:
+                keys = list(f.keys())
+                state_dict = {k: f.get_tensor(k) for k in keys if not k.startswith("connectors.")}
+        except SafetensorError as error:
+            raise ValueError(f"distilled LoRA file {path!r} is not a readable safetensors file: {error}") from None
+        if not state_dict:
+            raise ValueError(
+                f"distilled LoRA file {path!r} holds no transformer LoRA tensors ({len(keys)} tensors, none "
+                "transformer.*.lora_A / lora_B)"
+            )
         if len(state_dict) < len(keys):
             logger.info(
                 f"the distilled LoRA's {len(keys) - len(state_dict)} connector tensors are not used (the reference "
@@ -242,7 +260,9 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
 
     @contextlib.contextmanager
     def applied(self, transformer: torch.nn.Module, scale: float):
-        """Within the block, every target linear of `transformer` computes with `W + (B * scale) @ A`."""
+        """Within the block, every target linear of `transformer` computes with `W + (B * scale) @ A`; `scale` is a
+        LoRA strength (`validation.check_lora_strength`: finite, `|scale| <= MAX_LORA_STRENGTH`)."""
+        scale = check_lora_strength("scale", scale)
         self.check_fits(transformer)
         swapped, hooks, hooked, fused = [], [], set(), []
         try:

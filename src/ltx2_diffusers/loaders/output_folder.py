@@ -1,4 +1,6 @@
 """Where a conversion lands: the output folder is only ever created, or replaced when it is a previous conversion.
+`save_pretrained` of the pipelines lands the same way (`pipelines/pipeline_saving.save_folder`, its messages naming
+`save_directory`): a conversion or a save is a folder of this package, which either may replace.
 
 The rules (nothing the converter did not write is ever deleted or replaced):
 
@@ -111,9 +113,16 @@ def write_marker(folder: Path) -> str:
     return conversion_id
 
 
-def _conversion_id(folder: Path) -> str:
-    """The marker id of `folder` if it is exactly a conversion this converter wrote, else `ValueError` saying why."""
+def _writer(label: str) -> str:
+    """Who writes a folder called `label`, for the messages."""
+    return "this converter" if label == "output_dir" else "ltx2_diffusers (save_pretrained or the converter)"
+
+
+def _conversion_id(folder: Path, label: str = "output_dir") -> str:
+    """The marker id of `folder` if it is exactly a folder this package wrote (a conversion or a `save_pretrained`),
+    else `ValueError` naming `label`, the path and the first entries that are not ours."""
     where = os.fspath(folder)
+    writer = _writer(label)
     marker_path = folder / MARKER_NAME
     try:
         marker = json.loads(marker_path.read_text())
@@ -122,48 +131,48 @@ def _conversion_id(folder: Path) -> str:
             raise ValueError
     except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(
-            f"output_dir {where!r} is not a folder this converter wrote (no valid {MARKER_NAME}); overwrite only "
-            "replaces a previous conversion: remove it yourself or choose another output_dir"
+            f"{label} {where!r} is not a folder {writer} wrote (no valid {MARKER_NAME}; it holds "
+            f"{sorted(os.listdir(folder))[:5]}); only such a folder holding nothing else is replaced: remove or move it "
+            f"yourself, or choose another {label}"
         ) from None
     if not (folder / "model_index.json").is_file() or os.path.islink(folder / "model_index.json"):
-        raise ValueError(
-            f"output_dir {where!r} has a conversion marker but no model_index.json; refusing to replace it"
-        )
+        raise ValueError(f"{label} {where!r} has a conversion marker but no model_index.json; refusing to replace it")
     present = _listing(folder)
     foreign = sorted(set(present) - set(files))
     links = [p for p in present if os.path.islink(folder / p)]  # the converter writes no links
     if foreign or links:
         foreign = foreign or links
         raise ValueError(
-            f"output_dir {where!r} holds files the converter did not write ({len(foreign)}: {foreign[:5]}); "
-            "refusing to replace it: move them out or choose another output_dir"
+            f"{label} {where!r} holds files {writer} did not write ({len(foreign)}: {foreign[:5]}); refusing to "
+            f"replace it: move them out or choose another {label}"
         )
     return conversion_id
 
 
-def _state(output_dir: Path) -> OutputState:
+def _state(output_dir: Path, label: str = "output_dir") -> OutputState:
     """What is at `output_dir` now; `ValueError` for anything that is not absent, empty or a conversion of ours."""
     where = os.fspath(output_dir)
     if os.path.islink(output_dir):
-        raise ValueError(f"output_dir {where!r} is a symbolic link; give the real folder or a new path")
+        raise ValueError(f"{label} {where!r} is a symbolic link; give the real folder or a new path")
     if not os.path.lexists(output_dir):
         return OutputState("absent")
     if not output_dir.is_dir():
-        raise ValueError(f"output_dir {where!r} exists and is not a folder")
+        raise ValueError(f"{label} {where!r} exists and is not a folder")
     if not any(output_dir.iterdir()):
         return OutputState("empty")
-    return OutputState("conversion", _conversion_id(output_dir))
+    return OutputState("conversion", _conversion_id(output_dir, label))
 
 
-def inspect_output(output_dir: Path, overwrite: bool) -> OutputState:
-    """The state `publish` must find again at the end; refuses a non-empty folder unless it is ours and `overwrite`."""
+def inspect_output(output_dir: Path, overwrite: bool, label: str = "output_dir") -> OutputState:
+    """The state `publish` must find again at the end; refuses a non-empty folder unless it is ours and `overwrite`.
+    `label` names the folder in the messages (`save_pretrained` passes "save_directory")."""
     if not overwrite and os.path.lexists(output_dir) and not os.path.islink(output_dir) and output_dir.is_dir():
         if any(output_dir.iterdir()):
             raise ValueError(
                 f"output_dir {os.fspath(output_dir)!r} exists and is not empty (pass overwrite=True / --overwrite to "
                 "replace a previous conversion)"
             )
-    return _state(output_dir)
+    return _state(output_dir, label)
 
 
 # ------------------------------------------------------------------------------------------------ temp folders
@@ -280,33 +289,32 @@ def _parent_lock(parent: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def publish(tmp: Path, output_dir: Path, expected: OutputState) -> None:
-    """Move the finished `tmp` to `output_dir`, which must be as `inspect_output` found it; `ValueError` otherwise."""
+def publish(tmp: Path, output_dir: Path, expected: OutputState, label: str = "output_dir") -> None:
+    """Move the finished `tmp` to `output_dir`, which must be as `inspect_output` found it; `ValueError` otherwise.
+    The previous folder (a conversion or save) is renamed aside and removed only once `tmp` is in its place: open
+    or memory-mapped files of it stay readable (POSIX keeps a renamed or unlinked file's data while it is open)."""
     where = os.fspath(output_dir)
+    during = "the conversion" if label == "output_dir" else "the save"
     with _parent_lock(output_dir.parent):
         try:
-            now = _state(output_dir)
+            now = _state(output_dir, label)
         except ValueError as e:
-            raise ValueError(
-                f"output_dir {where!r} changed during the conversion; nothing was replaced ({e})"
-            ) from None
+            raise ValueError(f"{label} {where!r} changed during {during}; nothing was replaced ({e})") from None
         if now != expected:
             raise ValueError(
-                f"output_dir {where!r} changed during the conversion (it was {expected.describe()}, it is now "
+                f"{label} {where!r} changed during {during} (it was {expected.describe()}, it is now "
                 f"{now.describe()}: another run?); nothing was replaced"
             )
         if now.kind == "empty":
             try:
                 os.rmdir(output_dir)  # fails if something was put in it meanwhile
             except OSError:
-                raise ValueError(f"output_dir {where!r} is no longer empty; nothing was replaced") from None
+                raise ValueError(f"{label} {where!r} is no longer empty; nothing was replaced") from None
         if now.kind != "conversion":
             try:
                 _rename_noreplace(tmp, output_dir)
             except OSError:
-                raise ValueError(
-                    f"output_dir {where!r} appeared during the conversion; nothing was replaced"
-                ) from None
+                raise ValueError(f"{label} {where!r} appeared during {during}; nothing was replaced") from None
             _drop_temp_marker(output_dir)
             return
         trash = TempFolder(output_dir, "old")
@@ -319,14 +327,12 @@ def publish(tmp: Path, output_dir: Path, expected: OutputState) -> None:
                 moved = None
             if moved != expected.conversion_id:
                 _rename_noreplace(aside, output_dir)
-                raise ValueError(f"output_dir {where!r} changed during the conversion; nothing was replaced")
+                raise ValueError(f"{label} {where!r} changed during {during}; nothing was replaced")
             try:
                 _rename_noreplace(tmp, output_dir)
             except OSError:
                 _rename_noreplace(aside, output_dir)
-                raise ValueError(
-                    f"output_dir {where!r} appeared during the conversion; nothing was replaced"
-                ) from None
+                raise ValueError(f"{label} {where!r} appeared during {during}; nothing was replaced") from None
         except BaseException:
             if os.path.lexists(aside):  # could not be moved back: keep it, and never take it for a leftover
                 trash.forget()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -28,6 +31,7 @@ from ..parallel import (
     resolve_parallel_config_without_accelerator,
     shard_video_tokens,
 )
+from ..validation import check_model_config
 from .modulation import AdaLayerNormSingle
 from .perturbations import (
     BlockPerturbation,
@@ -72,6 +76,22 @@ class LTX2AudioVideoTransformer(
     #: `pipelines.block_streaming.BlockStreamer` while some blocks stream from host memory (a memory tier).
     _block_streamer = None
     _cp_plan = TRANSFORMER_CP_PLAN  # video tokens sharded, audio replicated: see parallel.py
+    #: Config keys that must be numbers > 0 (`validation.check_model_config`; the model divides or sizes by them).
+    _positive_config_keys = (
+        "in_channels", "out_channels", "num_attention_heads", "attention_head_dim", "cross_attention_dim",
+        "vae_scale_factors", "pos_embed_max_pos", "base_height", "base_width", "audio_in_channels",
+        "audio_out_channels", "audio_num_attention_heads", "audio_attention_head_dim", "audio_cross_attention_dim",
+        "audio_scale_factor", "audio_pos_embed_max_pos", "audio_sampling_rate", "audio_hop_length", "num_layers",
+        "norm_eps", "caption_channels", "rope_theta", "timestep_scale_multiplier",
+        "cross_attn_timestep_scale_multiplier",
+    )  # fmt: skip
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        """ConfigMixin's reading of `config.json` (`from_pretrained`), checked naming the file."""
+        config = super()._dict_from_json_file(json_file)
+        check_model_config(f"{os.fspath(json_file)} ({cls.__name__})", config, cls._positive_config_keys)
+        return config
 
     @register_to_config
     def __init__(
@@ -124,6 +144,7 @@ class LTX2AudioVideoTransformer(
         use_keyframes_abs_pos_embedding: bool = False,
     ):
         super().__init__()
+        check_model_config(type(self).__name__, self.config, self._positive_config_keys)
         if rope_type not in ROPE_TYPES:
             raise ValueError(f"rope_type must be one of {ROPE_TYPES}, got {rope_type!r}")
         if qk_norm != "rms_norm_across_heads":
@@ -300,8 +321,12 @@ class LTX2AudioVideoTransformer(
         ):
             if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3:
                 raise ValueError(f"{name} must be a (batch, tokens, channels) tensor")
+            if not tensor.is_floating_point():
+                raise TypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
             if tensor.shape[-1] != channels:
                 raise ValueError(f"{name} has {tensor.shape[-1]} channels, the model expects {channels}")
+            if tensor.shape[1] == 0:
+                raise ValueError(f"{name} has 0 tokens; the model needs at least one {name.split('_')[0]} token")
         batch = hidden_states.shape[0]
         if audio_hidden_states.shape[0] != batch:
             raise ValueError(
@@ -318,8 +343,22 @@ class LTX2AudioVideoTransformer(
         ):
             if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3 or tensor.shape[0] != batch:
                 raise ValueError(f"{name} must be a (batch={batch}, text_tokens, channels) tensor")
+            if not tensor.is_floating_point():
+                raise TypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
             if tensor.shape[-1] != expected:
                 raise ValueError(f"{name} has {tensor.shape[-1]} channels, the model expects {expected}")
+
+    @staticmethod
+    def _timestep_tensor(name: str, value, batch: int, device: torch.device) -> torch.Tensor | None:
+        """A timestep / sigma argument as a tensor: a tensor as it is, a finite Python number as `(batch,)` float32
+        (checked on the host: no device sync), None as None; anything else a TypeError naming `name`."""
+        if value is None or isinstance(value, torch.Tensor):
+            return value
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a tensor or a real number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        return torch.full((batch,), float(value), dtype=torch.float32, device=device)
 
     @staticmethod
     def _check_coords(name: str, coords: torch.Tensor, batch: int, axes: int, tokens: int) -> None:
@@ -368,7 +407,8 @@ class LTX2AudioVideoTransformer(
         r"""Predict video and audio velocities.
 
         Args mirror diffusers' `LTX2VideoTransformer3DModel.forward`: `timestep`/`audio_timestep` are per item
-        `(B,)` or per token `(B, T)`, already multiplied by `timestep_scale_multiplier`; `sigma`/`audio_sigma`
+        `(B,)` or per token `(B, T)` (or a Python number, the same for every item), already multiplied by
+        `timestep_scale_multiplier`; `sigma`/`audio_sigma`
         (`(B,)`, scaled the same way) drive the LTX-2.3 prompt modulation and, with `use_cross_timestep=True`,
         the cross-modal modulation (the reference's behaviour: each modality's audio<->video AdaLN reads the
         OTHER modality's sigma). `video_coords` `(B, 3, T, 2)` / `audio_coords` `(B, 1, T, 2)` are `[start, end)`
@@ -391,6 +431,17 @@ class LTX2AudioVideoTransformer(
         num_audio_tokens = audio_hidden_states.shape[1]
         dtype, device = hidden_states.dtype, hidden_states.device
         config = self.config
+        timestep, audio_timestep, sigma, audio_sigma = (
+            self._timestep_tensor(name, value, batch_size, device)
+            for name, value in (
+                ("timestep", timestep),
+                ("audio_timestep", audio_timestep),
+                ("sigma", sigma),
+                ("audio_sigma", audio_sigma),
+            )
+        )
+        if timestep is None:
+            raise TypeError("timestep is required (a (batch,) or (batch, tokens) tensor, or a number)")
         if self._block_streamer is not None:
             self._block_streamer.begin_forward()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -10,6 +12,7 @@ from diffusers.utils import logging
 
 from ..loaders.prefetch import ReadAheadWaitMixin
 from ..loaders.single_file_model import FromOriginalCheckpointMixin
+from ..validation import check_model_config
 from .vocoder_blocks import HiFiGANGenerator, MelSTFT, UpSample1d, build_generator, run_generator
 
 
@@ -29,6 +32,22 @@ class LTX2HiFiGANVocoder(ReadAheadWaitMixin, ModelMixin, ConfigMixin, FromOrigin
     """
 
     _no_split_modules = ["HiFiGANResBlock"]
+    #: Config keys that must be numbers > 0 (`validation.check_model_config`; the model divides or sizes by them).
+    _positive_config_keys = (
+        "in_channels", "hidden_channels", "out_channels", "upsample_kernel_sizes", "upsample_factors",
+        "resnet_kernel_sizes", "resnet_dilations", "antialias_ratio", "antialias_kernel_size", "bwe_in_channels",
+        "bwe_hidden_channels", "bwe_out_channels", "bwe_upsample_kernel_sizes", "bwe_upsample_factors",
+        "bwe_resnet_kernel_sizes", "bwe_resnet_dilations", "bwe_antialias_ratio", "bwe_antialias_kernel_size",
+        "filter_length", "hop_length", "window_length", "num_mel_channels", "input_sampling_rate",
+        "output_sampling_rate",
+    )  # fmt: skip
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        """ConfigMixin's reading of `config.json` (`from_pretrained`), checked naming the file."""
+        config = super()._dict_from_json_file(json_file)
+        check_model_config(f"{os.fspath(json_file)} ({cls.__name__})", config, cls._positive_config_keys)
+        return config
 
     @register_to_config
     def __init__(
@@ -70,6 +89,7 @@ class LTX2HiFiGANVocoder(ReadAheadWaitMixin, ModelMixin, ConfigMixin, FromOrigin
         output_sampling_rate: int = 48000,
     ):
         super().__init__()
+        check_model_config(type(self).__name__, self.config, self._positive_config_keys)
         generator = {
             "in_channels": in_channels,
             "hidden_channels": hidden_channels,

@@ -64,6 +64,37 @@ def _loading_order(cls, source) -> list[str]:
     return [n for n in dict.fromkeys(names) if n != "self"]
 
 
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_safetensors_only(source, kwargs) -> None:
+    """Only safetensors are read: `use_safetensors` other than None/True and `use_flashpack=True` are refused; in a
+    local folder, a component subfolder (one the caller does not pass) holding pickle weights and no safetensors
+    file is refused, naming the pickle file (diffusers would load it)."""
+    use_safetensors = kwargs.get("use_safetensors")
+    if use_safetensors is not None and use_safetensors is not True:
+        raise ValueError(
+            f"use_safetensors={use_safetensors!r}: only safetensors weights are read (pickle files can run code "
+            "when loaded); leave use_safetensors at None or True"
+        )
+    if kwargs.get("use_flashpack", False) is not False:
+        raise ValueError(f"use_flashpack={kwargs['use_flashpack']!r}: only safetensors weights are read")
+    if not isinstance(source, (str, os.PathLike)) or not os.path.isdir(source):
+        return
+    root = os.path.join(os.fspath(source), kwargs.get("subfolder") or "")
+    for name in sorted(os.listdir(root)):
+        folder = os.path.join(root, name)
+        if name in kwargs or name.startswith(".") or not os.path.isdir(folder):
+            continue
+        files = sorted(os.listdir(folder))
+        pickles = [f for f in files if f.endswith(PICKLE_WEIGHT_SUFFIXES)]
+        if pickles and not any(f.endswith(".safetensors") for f in files):
+            raise ValueError(
+                f"{os.path.join(folder, pickles[0])!r} is a pickle weight file and {folder!r} holds no safetensors "
+                "weights: only safetensors files are read (convert the weights to safetensors)"
+            )
+
+
 def _loading_rank(name: str) -> tuple[int, str]:
     """`LOADING_ORDER`'s place of a component, the other names after them by name."""
     return (LOADING_ORDER.index(name) if name in LOADING_ORDER else len(LOADING_ORDER), name)
@@ -100,7 +131,11 @@ class LTX2A2VLoadingMixin:
         """diffusers' `from_pretrained`. The distilled LoRA is the `distilled_lora` component; folders written
         before that component was listed in `model_index.json` get it from their `distilled_lora/` subfolder
         (also on the Hub). An explicit `distilled_lora=None` is honoured: no distilled LoRA is loaded. With a
-        `device_map` naming one device, the distilled LoRA read from the folder is on that device too."""
+        `device_map` naming one device, the distilled LoRA read from the folder is on that device too. Only
+        safetensors are read (`check_safetensors_only`: `use_safetensors=False` and a folder whose component holds
+        only pickle weights are refused)."""
+        check_safetensors_only(pretrained_model_name_or_path, kwargs)
+        kwargs["use_safetensors"] = True
         with LOAD_LOCK:
             _prefetch_folder(cls, pretrained_model_name_or_path, kwargs)
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
@@ -142,19 +177,39 @@ class LTX2A2VLoadingMixin:
             self._load_distilled_lora_from(os.fspath(source), {})
         restore_user_adapters(self, os.fspath(source))
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(
+        self, save_directory, safe_serialization: bool = True, variant: str | None = None,
+        max_shard_size: int | str | None = None, push_to_hub: bool = False, use_flashpack: bool = False, **kwargs,
+    ):  # fmt: skip
         """diffusers' `save_pretrained` with clean base weights (PEFT layers taken out for the save; fused LoRAs
         refused), the distilled LoRA (`distilled_lora/`, diffusers LoRA format), the user adapters
-        (`user_loras/`), and the custom-pipeline shim (`pipeline.py`) named in `model_index.json`."""
+        (`user_loras/`), and the custom-pipeline shim (`pipeline.py`) named in `model_index.json`. The folder is
+        built beside `save_directory` and moved into place at the end (`pipeline_saving.save_folder`): an
+        interrupted save leaves the previous folder as it was; a non-empty `save_directory` is replaced only when
+        it is a previous save or conversion of this package holding nothing else (ValueError naming the foreign
+        entries otherwise); the folder the pipeline was loaded from can be saved over. Only safetensors are
+        written: `safe_serialization=False` and `use_flashpack=True` are refused."""
         from .call_guard import exclusive
-        from .pipeline_saving import LORA_COMPONENT_NAMES, check_saveable, peft_layers_removed, write_extras
+        from .pipeline_saving import (
+            HUB_OPTIONS,
+            LORA_COMPONENT_NAMES,
+            check_saveable,
+            peft_layers_removed,
+            save_folder,
+        )
 
         with exclusive(self, "save_pretrained"):
-            check_saveable(self, save_directory)
+            check_saveable(self, safe_serialization=safe_serialization, use_flashpack=use_flashpack)
+            hub = {k: kwargs.pop(k) for k in HUB_OPTIONS if k in kwargs} if push_to_hub else None
             components = {name: getattr(self, name, None) for name in LORA_COMPONENT_NAMES}
-            with peft_layers_removed(components):
-                super().save_pretrained(save_directory, *args, **kwargs)
-            write_extras(self, save_directory)
+
+            def save_components(folder):
+                with peft_layers_removed(components):
+                    super(LTX2A2VLoadingMixin, self).save_pretrained(
+                        folder, safe_serialization=True, variant=variant, max_shard_size=max_shard_size, **kwargs
+                    )
+
+            save_folder(self, save_directory, save_components, hub)
 
     def _load_distilled_lora_from(self, source, kwargs) -> None:
         """The converted folder's (or Hub repo's) `distilled_lora/`, as the `distilled_lora` component, if present."""

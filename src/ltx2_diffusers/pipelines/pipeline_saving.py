@@ -9,7 +9,15 @@ A saved folder is a converted folder plus the user's adapters:
   into `lora_B`) and `user_loras/adapters.json` (adapter weights, active adapters, enabled);
 - `model_index.json` naming the pipeline through the custom-pipeline shim (`_class_name: ["pipeline", ...]`) and
   `pipeline.py`, the shim itself, so `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` works.
-Files are written to a temporary name and renamed; an existing `pipeline.py` that is not the shim is refused.
+The whole folder is built in a temporary sibling `.{name}.partial-XXXX/` and moved into place at the end, as the
+converter's output (`loaders/output_folder.py`): an interrupted save (a full disk, an exception, a kill) leaves the
+previous folder exactly as it was; an existing non-empty `save_directory` is replaced only when it is a previous save
+or conversion by this package (its marker lists every file in it) holding nothing else, else refused with a
+`ValueError` naming it and the first foreign entries: the user's files are never deleted. Saving into the folder the
+pipeline was loaded from works: the previous folder is renamed aside and removed only once the new one is in place,
+and the weights read from it stay valid (POSIX keeps a renamed or unlinked file's data while it is mapped). The save
+needs room for both folders until the old one is removed. Only safetensors are written (`safe_serialization=False`
+and `use_flashpack=True` are refused).
 """
 
 from __future__ import annotations
@@ -17,10 +25,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+from pathlib import Path
 
 import torch
 from diffusers.utils import logging
+
+from ..loaders import output_folder
 
 
 logger = logging.get_logger(__name__)
@@ -29,6 +39,8 @@ USER_LORAS_SUBFOLDER = "user_loras"
 ADAPTERS_FILE = "adapters.json"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LORA_COMPONENT_NAMES = ("transformer", "connectors")
+#: `save_pretrained(..., push_to_hub=True)` options, as diffusers takes them.
+HUB_OPTIONS = ("repo_id", "token", "commit_message", "create_pr", "private")
 
 
 def shim_source(cls: type) -> str:
@@ -37,19 +49,6 @@ def shim_source(cls: type) -> str:
     if cls.__name__ == PIPELINE_CLASS_NAME and cls.__module__.startswith("ltx2_diffusers."):
         return PIPELINE_SHIM_SOURCE
     return f'"""Custom-pipeline shim."""\n\nfrom {cls.__module__} import {cls.__name__}  # noqa: F401\n'
-
-
-def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _lora_layers(model):
@@ -111,11 +110,20 @@ def user_adapter_files(pipe) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     return tensors, {"weights": weights, "active": active, "enabled": enabled}
 
 
-def check_saveable(pipe, save_directory) -> None:
-    """Refuse before writing anything: fused LoRA layers, float8 scaled-mm linears (their scales are run-time
-    buffers that are not saved), a foreign `pipeline.py`, an adapter name that is not a plain folder name (it
-    names `user_loras/<adapter>/`: a separator or `..` would write outside the folder)."""
+def check_saveable(pipe, safe_serialization=True, use_flashpack=False) -> None:
+    """Refuse before writing anything: pickle or flashpack serialisation (only safetensors are written), fused LoRA
+    layers, float8 scaled-mm linears (their scales are run-time buffers that are not saved), an adapter name that
+    is not a plain folder name (it names `user_loras/<adapter>/`: a separator or `..` would write outside the
+    folder)."""
     from ..loaders.fp8 import is_scaled_mm_linear
+
+    if safe_serialization is not True:
+        raise ValueError(
+            f"safe_serialization={safe_serialization!r}: only safetensors weights are written (pickle files can run "
+            "code when read); leave safe_serialization at True"
+        )
+    if use_flashpack is not False:
+        raise ValueError(f"use_flashpack={use_flashpack!r}: only safetensors weights are written")
 
     transformer = getattr(pipe, "transformer", None)
     scaled = [n for n, m in transformer.named_modules() if is_scaled_mm_linear(m)] if transformer is not None else []
@@ -133,11 +141,6 @@ def check_saveable(pipe, save_directory) -> None:
                 f"{component} has fused LoRA layers ({merged[0]}, ...): call unfuse_lora() before save_pretrained, "
                 "or unload_lora_weights() to keep the fused weights as the base weights"
             )
-    shim = os.path.join(os.fspath(save_directory), "pipeline.py")
-    if os.path.exists(shim):
-        with open(shim) as f:
-            if f.read() != shim_source(type(pipe)):
-                raise ValueError(f"{shim} exists and is not this pipeline's shim: refusing to replace it")
 
 
 def _check_adapter_folder_name(adapter) -> None:
@@ -149,8 +152,52 @@ def _check_adapter_folder_name(adapter) -> None:
         )
 
 
+def save_folder(pipe, save_directory, save_components, hub: dict | None = None) -> None:
+    """Build the saved folder in a temporary sibling (`save_components(tmp)`: diffusers' save of the components,
+    then `write_extras`, the package marker and, with `hub`, the Hub model card) and move it to `save_directory`
+    (see the module docstring); `ValueError` before any work for a `save_directory` that is not absent, empty or
+    a previous save/conversion of this package holding nothing else. `hub` (`push_to_hub=True`): the
+    `HUB_OPTIONS` given; the repository (default: the folder's name) is created before the save, as diffusers
+    does, and the folder uploaded once it is in place."""
+    target = Path(os.path.abspath(os.fspath(save_directory)))
+    expected = output_folder.inspect_output(target, overwrite=True, label="save_directory")
+    if hub is not None:
+        from huggingface_hub import create_repo
+
+        repo = create_repo(
+            hub.get("repo_id", target.name), exist_ok=True, private=hub.get("private"), token=hub.get("token")
+        )
+        hub = {**hub, "repo_id": repo.repo_id}
+    output_folder.remove_leftovers(target, {})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = output_folder.TempFolder(target, "partial")
+    try:
+        save_components(os.fspath(partial.path))
+        write_extras(pipe, partial.path)
+        if hub is not None:
+            from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
+
+            card = load_or_create_model_card(hub["repo_id"], token=hub.get("token"), is_pipeline=True)
+            populate_model_card(card).save(os.fspath(partial.path / "README.md"))
+        output_folder.write_marker(partial.path)
+        output_folder.publish(partial.path, target, expected, label="save_directory")
+    except BaseException:
+        partial.release(remove=True)
+        raise
+    partial.release(remove=False)
+    if hub is not None:
+        pipe._upload_folder(
+            os.fspath(target),
+            hub["repo_id"],
+            token=hub.get("token"),
+            commit_message=hub.get("commit_message"),
+            create_pr=hub.get("create_pr", False),
+        )
+
+
 def write_extras(pipe, save_directory) -> None:
-    """The user adapters, the shim and the custom-pipeline `_class_name`, after diffusers saved the components."""
+    """The user adapters, the shim and the custom-pipeline `_class_name`, after diffusers saved the components
+    (into the temporary folder of `save_folder`)."""
     from safetensors.torch import save_file
 
     save_directory = os.fspath(save_directory)
@@ -158,23 +205,18 @@ def write_extras(pipe, save_directory) -> None:
     for adapter, part in tensors.items():
         folder = os.path.join(save_directory, USER_LORAS_SUBFOLDER, adapter)
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".lora.", dir=folder)
-        os.close(fd)
-        try:
-            save_file(part, tmp, metadata={"format": "pt"})
-            os.replace(tmp, os.path.join(folder, LORA_WEIGHT_NAME))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        save_file(part, os.path.join(folder, LORA_WEIGHT_NAME), metadata={"format": "pt"})
     if tensors:
-        _write_atomic(os.path.join(save_directory, USER_LORAS_SUBFOLDER, ADAPTERS_FILE), json.dumps(state, indent=2))
+        with open(os.path.join(save_directory, USER_LORAS_SUBFOLDER, ADAPTERS_FILE), "w") as f:
+            f.write(json.dumps(state, indent=2))
     index_path = os.path.join(save_directory, "model_index.json")
     with open(index_path) as f:
         index = json.load(f)
     index["_class_name"] = ["pipeline", type(pipe).__name__]
-    _write_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
-    _write_atomic(os.path.join(save_directory, "pipeline.py"), shim_source(type(pipe)))
+    with open(index_path, "w") as f:
+        f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    with open(os.path.join(save_directory, "pipeline.py"), "w") as f:
+        f.write(shim_source(type(pipe)))
 
 
 def restore_user_adapters(pipe, folder: str) -> None:
