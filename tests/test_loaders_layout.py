@@ -32,7 +32,11 @@ def test_models_import_only_the_loader_mixin():
     assert len(files) >= 10
     assert not [f.name for f in files if "single_file" in f.name]
     imports = {f.name: _own_loader_imports(f) for f in files}
-    allowed = ["loaders.prefetch.ReadAheadWaitMixin", "loaders.single_file_model.FromOriginalCheckpointMixin"]
+    allowed = [
+        "loaders.prefetch.ReadAheadWaitMixin",
+        "loaders.safetensors_only.SafetensorsOnlyMixin",
+        "loaders.single_file_model.FromOriginalCheckpointMixin",
+    ]
     assert {name: found for name, found in imports.items() if found and sorted(found) != allowed} == {}
     assert sorted(name for name, found in imports.items() if found) == [
         "autoencoder_audio_mel.py",

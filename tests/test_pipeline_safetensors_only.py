@@ -68,3 +68,31 @@ def test_pickle_files_beside_safetensors_are_ignored(converted, tmp_path, no_unp
     loaded = LTX2AudioToVideoPipeline.from_pretrained(folder).transformer.state_dict()
     assert expected.keys() == loaded.keys() and all(torch.equal(expected[k], loaded[k]) for k in expected)
     assert any(v.abs().max() > 0 for v in loaded.values())  # not the pickle file's zeros
+
+
+MODEL_COMPONENTS = {"transformer": "LTX2AudioVideoTransformer", "audio_vae": "AutoencoderAudioMel",
+                    "vocoder": "LTX2HiFiGANVocoder"}  # fmt: skip
+
+
+@pytest.mark.parametrize("component", sorted(MODEL_COMPONENTS))
+def test_the_models_own_from_pretrained_reads_safetensors_only(converted, tmp_path, component, monkeypatch):
+    """Also when diffusers' loader (not the pipeline's) calls the model class: pickle options and a folder of
+    pickle weights are refused, naming the file; safetensors load as before."""
+    import ltx2_diffusers
+
+    model_cls = getattr(ltx2_diffusers, MODEL_COMPONENTS[component])
+    loaded = model_cls.from_pretrained(converted, subfolder=component)
+    expected = getattr(LTX2AudioToVideoPipeline.from_pretrained(converted), component).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
+    for option in ({"use_safetensors": False}, {"use_flashpack": True}):
+        with pytest.raises(ValueError, match=next(iter(option))):
+            model_cls.from_pretrained(converted, subfolder=component, **option)
+    folder = tmp_path / "conv"
+    shutil.copytree(converted, folder)
+    pickle_file = pickle_component(folder, component, keep_safetensors=False)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load called"))
+    with pytest.raises(ValueError, match="only safetensors") as error:
+        model_cls.from_pretrained(folder, subfolder=component)
+    assert str(pickle_file) in str(error.value)
+    with pytest.raises(ValueError, match="only safetensors"):
+        model_cls.from_pretrained(folder / component)

@@ -19,6 +19,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..audio.mel import log_mel_spectrogram
 from ..loaders.prefetch import ReadAheadWaitMixin
+from ..loaders.safetensors_only import SafetensorsOnlyMixin
 from ..loaders.single_file_model import FromOriginalCheckpointMixin
 from ..validation import check_audio_sample_rate, check_model_config
 
@@ -49,7 +50,9 @@ def _check_input(name: str, x, layout: str, channels: int | None = None, last: i
         raise ValueError(f"`{name}` contains NaN or infinite values")
 
 
-class AutoencoderAudioMel(ReadAheadWaitMixin, ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin):
+class AutoencoderAudioMel(
+    SafetensorsOnlyMixin, ReadAheadWaitMixin, ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin
+):
     r"""LTX-2 audio VAE: stereo log-mel `(B, 2, frames, mel_bins)` <-> latents `(B, latent_channels, T, mel_bins / 4)`.
 
     `encode`/`decode` follow diffusers' `AutoencoderKLLTX2Audio` (raw, un-normalised latents). `encode_waveform` adds

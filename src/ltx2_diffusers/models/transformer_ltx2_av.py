@@ -19,6 +19,7 @@ from diffusers.models.transformers.transformer_ltx2 import AudioVisualModelOutpu
 from diffusers.utils import apply_lora_scale, logging
 
 from ..loaders.prefetch import ReadAheadWaitMixin
+from ..loaders.safetensors_only import SafetensorsOnlyMixin
 from ..loaders.single_file_model import FromOriginalCheckpointMixin
 from ..parallel import (
     TRANSFORMER_CP_PLAN,
@@ -51,6 +52,7 @@ logger = logging.get_logger(__name__)
 
 
 class LTX2AudioVideoTransformer(
+    SafetensorsOnlyMixin,
     ReadAheadWaitMixin,
     ModelMixin,
     ConfigMixin,

@@ -11,6 +11,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import logging
 
 from ..loaders.prefetch import ReadAheadWaitMixin
+from ..loaders.safetensors_only import SafetensorsOnlyMixin
 from ..loaders.single_file_model import FromOriginalCheckpointMixin
 from ..validation import check_model_config
 from .vocoder_blocks import HiFiGANGenerator, MelSTFT, UpSample1d, build_generator, run_generator
@@ -21,7 +22,9 @@ logger = logging.get_logger(__name__)
 __all__ = ["LTX2HiFiGANVocoder"]
 
 
-class LTX2HiFiGANVocoder(ReadAheadWaitMixin, ModelMixin, ConfigMixin, FromOriginalCheckpointMixin):
+class LTX2HiFiGANVocoder(
+    SafetensorsOnlyMixin, ReadAheadWaitMixin, ModelMixin, ConfigMixin, FromOriginalCheckpointMixin
+):
     r"""Stereo log-mel `(B, 2, frames, mel_bins)` -> waveform `(B, 2, samples)` in [-1, 1].
 
     `bandwidth_extension=False` is the LTX-2 HiFi-GAN (24 kHz, leaky ReLU 0.1 inside, 0.01 before `conv_out`, tanh),

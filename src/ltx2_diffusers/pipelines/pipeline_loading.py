@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import torch
 from diffusers.utils import logging
 
+from ..loaders.safetensors_only import check_safetensors_only
 from ..models.video_vae_tiling import VideoTilingConfig
 from ..validation import check_adapter_weights
 
@@ -62,37 +63,6 @@ def _loading_order(cls, source) -> list[str]:
         listed = []
     names = [*listed, *inspect.signature(cls.__init__).parameters, cls.DISTILLED_LORA_SUBFOLDER]
     return [n for n in dict.fromkeys(names) if n != "self"]
-
-
-PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-
-
-def check_safetensors_only(source, kwargs) -> None:
-    """Only safetensors are read: `use_safetensors` other than None/True and `use_flashpack=True` are refused; in a
-    local folder, a component subfolder (one the caller does not pass) holding pickle weights and no safetensors
-    file is refused, naming the pickle file (diffusers would load it)."""
-    use_safetensors = kwargs.get("use_safetensors")
-    if use_safetensors is not None and use_safetensors is not True:
-        raise ValueError(
-            f"use_safetensors={use_safetensors!r}: only safetensors weights are read (pickle files can run code "
-            "when loaded); leave use_safetensors at None or True"
-        )
-    if kwargs.get("use_flashpack", False) is not False:
-        raise ValueError(f"use_flashpack={kwargs['use_flashpack']!r}: only safetensors weights are read")
-    if not isinstance(source, (str, os.PathLike)) or not os.path.isdir(source):
-        return
-    root = os.path.join(os.fspath(source), kwargs.get("subfolder") or "")
-    for name in sorted(os.listdir(root)):
-        folder = os.path.join(root, name)
-        if name in kwargs or name.startswith(".") or not os.path.isdir(folder):
-            continue
-        files = sorted(os.listdir(folder))
-        pickles = [f for f in files if f.endswith(PICKLE_WEIGHT_SUFFIXES)]
-        if pickles and not any(f.endswith(".safetensors") for f in files):
-            raise ValueError(
-                f"{os.path.join(folder, pickles[0])!r} is a pickle weight file and {folder!r} holds no safetensors "
-                "weights: only safetensors files are read (convert the weights to safetensors)"
-            )
 
 
 def _loading_rank(name: str) -> tuple[int, str]:
