@@ -206,7 +206,7 @@ def test_one_distilled_lora_default_strength(files):
 
     args = a2vid.parse_args(_base(files, "--distilled-lora", files["dist"]))
     assert args.distilled_lora == (files["dist"], 0.8) and DEFAULT_DISTILLED_LORA_SCALE == 0.8
-    assert a2vid.DEFAULT_DISTILLED_LORA_STRENGTH == 0.8
+    assert a2vid.DEFAULT_DISTILLED_LORA_SCALE == 0.8
     assert "(default strength 0.8, as the converter)" in " ".join(a2vid.build_parser().format_help().split())
 
 

@@ -30,7 +30,7 @@ from . import cli_common, cli_running
 from .cli_common import (  # noqa: F401  (the shared flags' defaults and helpers stay importable from here)
     DEFAULT_AUDIO_GUIDANCE,
     DEFAULT_CFG_SCALE,
-    DEFAULT_DISTILLED_LORA_STRENGTH,
+    DEFAULT_DISTILLED_LORA_SCALE,
     DEFAULT_FRAME_RATE,
     DEFAULT_HEIGHT,
     DEFAULT_IMAGE_CRF,

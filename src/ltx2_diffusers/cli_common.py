@@ -22,7 +22,7 @@ from .cli_values import (  # noqa: F401  (the defaults and value types stay impo
     AUDIO_GUIDANCE_FLAGS,
     DEFAULT_AUDIO_GUIDANCE,
     DEFAULT_CFG_SCALE,
-    DEFAULT_DISTILLED_LORA_STRENGTH,
+    DEFAULT_DISTILLED_LORA_SCALE,
     DEFAULT_FRAME_RATE,
     DEFAULT_HEIGHT,
     DEFAULT_IMAGE_CRF,
@@ -71,7 +71,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar=("PATH", "STRENGTH"),
         help="distilled LoRA for stage 2 and its strength (default strength "
-        f"{DEFAULT_DISTILLED_LORA_STRENGTH}, as the converter); needed with --checkpoint-path; with --model it "
+        f"{DEFAULT_DISTILLED_LORA_SCALE}, as the converter); needed with --checkpoint-path; with --model it "
         "replaces the folder's LoRA",
     )
     model.add_argument(

@@ -15,6 +15,7 @@ import sys
 from diffusers.utils import logging
 
 from .cli_common import AUDIO_GUIDANCE_FLAGS, DEFAULT_AUDIO_GUIDANCE
+from .loaders.distilled_lora import DISTILLED_ADAPTER_NAME
 
 
 logger = logging.get_logger(__name__)
@@ -66,7 +67,7 @@ def load_pipeline_from_args(pipeline_class, args):
         if dict(pipe.config).get("model_variant") == "distilled":
             raise ValueError(f"--distilled-lora: {args.model!r} is already a distilled model (it takes no such LoRA)")
         path, strength = args.distilled_lora
-        pipe.load_lora_weights(path, adapter_name="distilled")  # replaces the pipeline-owned distilled LoRA
+        pipe.load_lora_weights(path, adapter_name=DISTILLED_ADAPTER_NAME)  # replaces the pipeline-owned distilled LoRA
         pipe.register_to_config(distilled_lora_scale=float(strength))
     return pipe
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from .loaders.distilled_lora import DEFAULT_DISTILLED_LORA_SCALE
+
 
 # ltx-pipelines' LTX_2_3_PARAMS with the two-stage output size.
 DEFAULT_SEED = 10
@@ -23,7 +25,6 @@ DEFAULT_RESCALE_SCALE = 0.7
 DEFAULT_MODALITY_SCALE = 3.0
 DEFAULT_STG_BLOCKS = (28,)
 DEFAULT_SKIP_STEP = 0
-DEFAULT_DISTILLED_LORA_STRENGTH = 0.8  # as the converter and from_single_file (the reference CLI: 1.0)
 DEFAULT_LORA_STRENGTH = 1.0  # `--lora PATH` without a strength, as the reference CLI
 # ltx-pipelines' LTX-2.3 audio guider.
 DEFAULT_AUDIO_GUIDANCE = {
@@ -178,9 +179,7 @@ class _LoraAction(argparse.Action):
             items.append((values[0], DEFAULT_LORA_STRENGTH if strength is None else strength))
             setattr(namespace, self.dest, items)
         else:
-            setattr(
-                namespace, self.dest, (values[0], DEFAULT_DISTILLED_LORA_STRENGTH if strength is None else strength)
-            )
+            setattr(namespace, self.dest, (values[0], DEFAULT_DISTILLED_LORA_SCALE if strength is None else strength))
 
 
 class _QuantizationAction(argparse.Action):

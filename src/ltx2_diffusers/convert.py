@@ -67,6 +67,11 @@ from .loaders.conversion_plan import (  # noqa: F401
     _vocoder,
     _write_tensors,
 )
+from .loaders.distilled_lora import (  # noqa: F401  (importable from here, as before)
+    DEFAULT_DISTILLED_LORA_SCALE,
+    DISTILLED_LORA_SUBFOLDER,
+    DISTILLED_LORA_WEIGHT_NAME,
+)
 from .loaders.gemma_files import _copy_gemma, _gemma_files, _transformers_class  # noqa: F401
 from .loaders.model_cards import MODEL_CARDS_DIR, _card_fields, _model_card_kind, render_model_card  # noqa: F401
 from .loaders.model_variant import check_model_variant, resolve_model_variant
@@ -99,11 +104,8 @@ __all__ = [
 
 PIPELINE_CLASS_NAME = "LTX2AudioToVideoPipeline"
 #: Where the distilled LoRA lands in a converted folder (diffusers format, adapter "distilled").
-DISTILLED_LORA_SUBFOLDER = "distilled_lora"
-DISTILLED_LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 #: Its model_index entry (`LTX2DistilledLoRA.from_pretrained` reads the subfolder; no config.json needed).
 DISTILLED_LORA_ENTRY = ("ltx2_diffusers", "LTX2DistilledLoRA")
-DEFAULT_DISTILLED_LORA_SCALE = 0.8
 #: `distilled_lora_scale` must be finite and in [0, MAX_DISTILLED_LORA_SCALE] (the bound of every LoRA strength).
 MAX_DISTILLED_LORA_SCALE = 10.0
 
@@ -373,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--distilled-lora",
         nargs="+",
         metavar=("PATH", "STRENGTH"),
-        help=f"distilled LoRA kept as the adapter 'distilled' (default strength {DEFAULT_DISTILLED_LORA_SCALE}; "
+        help=f"distilled LoRA, stored as the pipeline's `distilled_lora` component (default strength {DEFAULT_DISTILLED_LORA_SCALE}; "
         f"finite, 0 to {MAX_DISTILLED_LORA_SCALE:g})",
     )
     parser.add_argument("--gemma-root", help="Gemma 3 folder copied into text_encoder/ and tokenizer/")

@@ -29,6 +29,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import logging
 
@@ -39,7 +40,15 @@ from .prefetch import wait_until_read
 
 logger = logging.get_logger(__name__)
 
-WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+#: The pipeline component (and converted-folder subfolder) holding the distilled LoRA.
+DISTILLED_LORA_SUBFOLDER = "distilled_lora"
+#: Its file: diffusers' LoRA file name (the file is in diffusers' LoRA format).
+DISTILLED_LORA_WEIGHT_NAME = LORA_WEIGHT_NAME_SAFE
+#: `load_lora_weights(..., adapter_name=DISTILLED_ADAPTER_NAME)` loads the distilled LoRA, not a PEFT adapter.
+DISTILLED_ADAPTER_NAME = "distilled"
+#: Its default strength (`distilled_lora_scale`): the converter's, `from_single_file`'s and the CLIs' (the reference
+#: CLI uses 1.0).
+DEFAULT_DISTILLED_LORA_SCALE = 0.8
 _FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 DELTA_ATTRIBUTE = "_ltx2_distilled_delta"
 _SUBCLASSES: dict[tuple[type, bool], type] = {}
@@ -205,7 +214,7 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
         if subfolder:
             path = os.path.join(path, subfolder)
         if os.path.isdir(path):
-            path = os.path.join(path, WEIGHT_NAME)
+            path = os.path.join(path, DISTILLED_LORA_WEIGHT_NAME)
         if not os.path.isfile(path):
             raise ValueError(f"distilled LoRA file {path!r} not found")
         _check_safetensors_file(path)  # ValueError naming the file: not safetensors, empty, truncated
@@ -240,7 +249,7 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
             return
         os.makedirs(save_directory, exist_ok=True)
         tensors = {k: v.detach().cpu() for k, v in self.lora_state_dict().items()}
-        save_file(tensors, os.path.join(save_directory, WEIGHT_NAME), metadata={"format": "pt"})
+        save_file(tensors, os.path.join(save_directory, DISTILLED_LORA_WEIGHT_NAME), metadata={"format": "pt"})
         with open(os.path.join(save_directory, self.config_name), "w") as f:
             json.dump({"_class_name": type(self).__name__, "targets": self._targets}, f, indent=2)
 

@@ -11,6 +11,12 @@ from collections.abc import Mapping
 import torch
 from diffusers.utils import logging
 
+from ..loaders.distilled_lora import (
+    DEFAULT_DISTILLED_LORA_SCALE,
+    DISTILLED_ADAPTER_NAME,
+    DISTILLED_LORA_SUBFOLDER,
+    DISTILLED_LORA_WEIGHT_NAME,
+)
 from ..loaders.safetensors_only import check_safetensors_only
 from ..models.video_vae_tiling import VideoTilingConfig
 from ..validation import check_adapter_weights
@@ -73,8 +79,8 @@ def _loading_rank(name: str) -> tuple[int, str]:
 class LTX2A2VLoadingMixin:
     """Mixed into `LTX2AudioToVideoPipeline` (before `DiffusionPipeline`)."""
 
-    DISTILLED_LORA_SUBFOLDER = "distilled_lora"
-    DISTILLED_LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+    DISTILLED_LORA_SUBFOLDER = DISTILLED_LORA_SUBFOLDER
+    DISTILLED_LORA_WEIGHT_NAME = DISTILLED_LORA_WEIGHT_NAME
 
     @classmethod
     def _dict_from_json_file(cls, json_file):
@@ -187,7 +193,7 @@ class LTX2A2VLoadingMixin:
         if os.path.isdir(source):
             folder = os.path.join(source, self.DISTILLED_LORA_SUBFOLDER)
             if os.path.isfile(os.path.join(folder, weight)):
-                self.load_lora_weights(folder, weight_name=weight, adapter_name="distilled")
+                self.load_lora_weights(folder, weight_name=weight, adapter_name=DISTILLED_ADAPTER_NAME)
             return
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
@@ -197,7 +203,7 @@ class LTX2A2VLoadingMixin:
             path = hf_hub_download(source, weight, subfolder=self.DISTILLED_LORA_SUBFOLDER, **hub)
         except (EntryNotFoundError, LocalEntryNotFoundError):
             return
-        self.load_lora_weights(os.path.dirname(path), weight_name=weight, adapter_name="distilled")
+        self.load_lora_weights(os.path.dirname(path), weight_name=weight, adapter_name=DISTILLED_ADAPTER_NAME)
 
     @classmethod
     def from_single_file(
@@ -265,7 +271,9 @@ class LTX2A2VLoadingMixin:
 
         config, _ = read_checkpoint_config(checkpoint_path)
         lora_path, lora_scale = (
-            (distilled_lora, 0.8) if not isinstance(distilled_lora, (tuple, list)) else distilled_lora
+            (distilled_lora, DEFAULT_DISTILLED_LORA_SCALE)
+            if not isinstance(distilled_lora, (tuple, list))
+            else distilled_lora
         )
         text_encoder = tokenizer = None
         if gemma_root is not None:
@@ -289,7 +297,7 @@ class LTX2A2VLoadingMixin:
             model_variant=model_variant,
         )
         if lora_path is not None:
-            pipe.load_lora_weights(lora_path, adapter_name="distilled")
+            pipe.load_lora_weights(lora_path, adapter_name=DISTILLED_ADAPTER_NAME)
         return pipe
 
     def enable_vae_tiling(
@@ -516,7 +524,7 @@ class LTX2A2VLoadingMixin:
         backward compatibility and does NOT create a PEFT adapter: it loads the stage-2 distilled LoRA into the
         pipeline-owned `distilled_lora` component (replacing any loaded one), transformer part only: the
         reference applies the distilled LoRA to the stage-2 transformer and never to the text connectors."""
-        if adapter_name != "distilled":
+        if adapter_name != DISTILLED_ADAPTER_NAME:
             return super().load_lora_weights(
                 pretrained_model_name_or_path_or_dict, adapter_name=adapter_name, **kwargs
             )

@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 
 import torch
+from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
 from diffusers.utils import logging
 
 from ..loaders import output_folder
@@ -37,7 +38,6 @@ logger = logging.get_logger(__name__)
 
 USER_LORAS_SUBFOLDER = "user_loras"
 ADAPTERS_FILE = "adapters.json"
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LORA_COMPONENT_NAMES = ("transformer", "connectors")
 #: `save_pretrained(..., push_to_hub=True)` options, as diffusers takes them.
 HUB_OPTIONS = ("repo_id", "token", "commit_message", "create_pr", "private")
@@ -205,7 +205,7 @@ def write_extras(pipe, save_directory) -> None:
     for adapter, part in tensors.items():
         folder = os.path.join(save_directory, USER_LORAS_SUBFOLDER, adapter)
         os.makedirs(folder, exist_ok=True)
-        save_file(part, os.path.join(folder, LORA_WEIGHT_NAME), metadata={"format": "pt"})
+        save_file(part, os.path.join(folder, LORA_WEIGHT_NAME_SAFE), metadata={"format": "pt"})
     if tensors:
         with open(os.path.join(save_directory, USER_LORAS_SUBFOLDER, ADAPTERS_FILE), "w") as f:
             f.write(json.dumps(state, indent=2))
@@ -238,7 +238,7 @@ def restore_user_adapters(pipe, folder: str) -> None:
     for adapter in state["weights"]:
         _check_adapter_folder_name(adapter)
     for adapter in state["weights"]:
-        pipe.load_lora_weights(os.path.join(root, adapter), weight_name=LORA_WEIGHT_NAME, adapter_name=adapter)
+        pipe.load_lora_weights(os.path.join(root, adapter), weight_name=LORA_WEIGHT_NAME_SAFE, adapter_name=adapter)
     if state["active"]:
         pipe.set_adapters(state["active"], [state["weights"][a] for a in state["active"]])
     if not state["enabled"]:
