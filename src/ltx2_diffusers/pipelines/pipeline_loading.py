@@ -213,12 +213,15 @@ class LTX2A2VLoadingMixin:
         spatial_upsampler_path=None,
         distilled_lora=None,
         gemma_root=None,
-        torch_dtype: torch.dtype | None = torch.bfloat16,
+        dtype: torch.dtype | None = None,
         model_variant: str | None = None,
         model_version: str | None = None,
+        torch_dtype: torch.dtype | None = None,
     ):
         """Build the pipeline from the original files: the single-file checkpoint, the spatial upsampler, the
         distilled LoRA (`path` or `(path, strength)`, default strength 0.8) and an optional Gemma 3 folder.
+        `dtype`: the weights' floating dtype (default `torch.bfloat16`); `torch_dtype` is its older name, as in
+        diffusers' `from_pretrained` (pass one of them).
         `model_variant`: `"dev"` or `"distilled"` (a distilled checkpoint: the distilled recipe, no LoRA); None
         decides it as the converter does (the metadata, else "distilled" in the file name).
         `model_version`: needed only when the file's metadata has none (as the converter)."""
@@ -226,6 +229,11 @@ class LTX2A2VLoadingMixin:
         from ..loaders.single_file import check_model_version, read_metadata
         from ..validation import check_lora_strength
 
+        if dtype is not None and torch_dtype is not None:
+            raise ValueError("pass dtype or torch_dtype (its older name), not both")
+        torch_dtype = dtype if dtype is not None else torch_dtype if torch_dtype is not None else torch.bfloat16
+        if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.bfloat16), got {torch_dtype!r}")
         metadata = read_metadata(checkpoint_path)
         model_variant = resolve_model_variant(metadata, model_variant, checkpoint_path).name
         file_version = metadata.get("model_version")
@@ -411,7 +419,7 @@ class LTX2A2VLoadingMixin:
         Example:
 
         ```py
-        >>> pipe = LTX2AudioToVideoPipeline.from_pretrained("path/to/converted", torch_dtype=torch.bfloat16)
+        >>> pipe = LTX2AudioToVideoPipeline.from_pretrained("path/to/converted", dtype=torch.bfloat16)
         >>> tier = pipe.enable_memory_budget(24, "cuda", height=1024, width=1536, num_frames=121)
         >>> tier.offload, tier.tiled_decode  # LTX-2.3 bf16 on CUDA, no text encoder: 7-8 blocks resident
         ('stream', False)
