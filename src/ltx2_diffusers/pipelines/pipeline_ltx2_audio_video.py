@@ -38,7 +38,7 @@ EXAMPLE_DOC_STRING = """
         >>> import torch
         >>> from ltx2_diffusers import LTX2AudioVideoPipeline, export_to_video_with_audio
 
-        >>> pipe = LTX2AudioVideoPipeline.from_pretrained("ltx-2.3-22b-dev-diffusers", torch_dtype=torch.bfloat16)
+        >>> pipe = LTX2AudioVideoPipeline.from_pretrained("ltx-2.3-22b-dev-diffusers", dtype=torch.bfloat16)
         >>> pipe.enable_model_cpu_offload()
         >>> out = pipe(
         ...     prompt="A street musician plays a trumpet at dusk, the crowd claps",
@@ -115,8 +115,10 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             conditions: images pinned to frames: `LTX2ImageCondition` or `(image, frame_index, strength[, crf])`;
                 frame 0 replaces the first latent frame, other frames are keyframes.
             height, width (`int`): output size, multiples of 64 (32 with `stage_2=False`).
-            num_frames (`int`): `8k + 1`. frame_rate (`float`): frames per second.
-            num_inference_steps (`int`, *optional*): stage-1 steps; default from `version_defaults()`.
+            num_frames (`int`): `8k + 1`. frame_rate (`float`): frames per second, in [1, 240] (`validation`); the
+                video must span at least one audio latent frame (0.02 s).
+            num_inference_steps (`int`, *optional*): stage-1 steps, at most `validation.MAX_INFERENCE_STEPS`
+                (1000); default from `version_defaults()`.
             sigmas (`list[float]`, *optional*): the stage-1 sigma table, through the registered `scheduler`.
             video_guidance, audio_guidance (`MultiModalGuidance`, *optional*): stage-1 guidance of each modality
                 (default from `version_defaults()`: video cfg 3, audio cfg 7, STG, modality 3, rescale 0.7; none on
@@ -133,7 +135,8 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask: text-encoder
                 features (`encode_prompt`), used instead of the text.
             prompt_contexts, negative_prompt_contexts: `(video_context, audio_context)` after the connectors.
-            max_sequence_length (`int`): text tokens.
+            max_sequence_length (`int`): text tokens, a multiple of the connectors' learnable registers (128) up to
+                `validation.MAX_SEQUENCE_LENGTH`.
             guidance_batch_size (`int`, *optional*): guidance passes per transformer forward (None: all at once).
             reference_arithmetic (`bool`): one pass per forward and LoRAs fused as ltx-core fuses them
                 (bit-identical to the reference for the same seed on the same device).
@@ -141,8 +144,13 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             return_dict (`bool`): an `LTX2AudioVideoPipelineOutput` (else `(frames, audio, audio_sample_rate)`).
             callback_on_step_end (`Callable`, *optional*): `callback_on_step_end(pipe, i, t, callback_kwargs)` after
                 every step of both stages (`pipe.stage_index` 0 or 1); it may return `{"latents": ...}` and/or
-                `{"audio_latents": ...}`. Set `pipe._interrupt = True` to stop.
-            callback_on_step_end_tensor_inputs (`list[str]`): `"latents"`, `"audio_latents"`.
+                `{"audio_latents": ...}`. Set `pipe._interrupt = True` to stop:
+                denoising stops before the next step and no further stage starts; the output is decoded from the
+                latents as they are (interrupted in stage 1: the stage-1 latents, at the stage-1 resolution), with
+                a warning. `pipe.current_timestep`, `pipe.guidance_scale`, `pipe.do_classifier_free_guidance` and
+                `pipe.num_timesteps` describe the call meanwhile.
+            callback_on_step_end_tensor_inputs (`list[str]` or None): `"latents"`, `"audio_latents"`; a returned
+                tensor must keep its shape (tokens) and dtype, and be finite.
             max_num_frames, max_video_tokens (`int`, *optional*): raise the size bounds of `validation`.
 
         Examples:
@@ -164,7 +172,8 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             prompt_contexts=prompt_contexts, output_type=output_type, audio_start_time=0.0, audio_max_duration=None,
             guidance_batch_size=guidance_batch_size, negative_prompt=negative_prompt,
             negative_prompt_embeds=negative_prompt_embeds, negative_prompt_contexts=negative_prompt_contexts,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, generator=generator,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback_on_step_end=callback_on_step_end, latents=latents, max_sequence_length=max_sequence_length, generator=generator,
             distilled_lora_scale=distilled_lora_scale, max_num_frames=max_num_frames,
             max_video_tokens=max_video_tokens, stage_2_lora=stage_2_lora, enhance_prompt=enhance_prompt,
             reference_arithmetic=reference_arithmetic,
@@ -213,7 +222,7 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
         latent = stages.unpatchify_video(self.final_tokens(video), size)
 
         # 3. Stage 2: x2 upsampling; video and audio re-noised to the distilled table's first sigma and refined.
-        if stage_2:
+        if self.runs_stage_2(stage_2):
             audio = stages.audio_state(self.final_tokens(audio), frozen=False)
             video, audio = self.stage_2_refine(
                 latent, audio, conditions, num_frames, height, width, frame_rate, contexts, generator, callback,
