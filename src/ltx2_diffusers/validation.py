@@ -80,7 +80,10 @@ def shown(value, limit: int = 200) -> str:
     """`repr(value)` for an error message, cut to about `limit` characters (a user's list may be megabytes)."""
     import reprlib
 
-    text = reprlib.Repr(maxlist=8, maxtuple=8, maxstring=limit // 2, maxother=limit // 2).repr(value)
+    short = reprlib.Repr()
+    short.maxlist = short.maxtuple = 8
+    short.maxstring = short.maxother = limit // 2
+    text = short.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
