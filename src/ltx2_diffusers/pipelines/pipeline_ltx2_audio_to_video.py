@@ -174,7 +174,7 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             height, width (`int`): output size, multiples of 64 (32 with `stage_2=False`).
             num_frames (`int`, *optional*): `8k + 1`; None takes the largest such count the audio covers.
             frame_rate (`float`): frames per second, in [1, 240] (`validation`); the video must span at least one
-                audio latent frame (0.02 s).
+                audio latent frame (more than 0.02 s).
             num_inference_steps (`int`, *optional*): stage-1 steps, at most `validation.MAX_INFERENCE_STEPS`
                 (1000); default from `version_defaults()`.
             sigmas (`list[float]`, *optional*): the stage-1 sigma table (e.g. `schedules.DISTILLED_SIGMAS`), run
