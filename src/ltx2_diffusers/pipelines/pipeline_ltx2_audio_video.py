@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -244,24 +246,69 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
         return LTX2AudioVideoPipelineOutput(frames=frames, audio=waveform, audio_sample_rate=sample_rate)
 
 
+IMAGE_EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from ltx2_diffusers import LTX2ImageToAudioVideoPipeline, export_to_video_with_audio
+
+        >>> pipe = LTX2ImageToAudioVideoPipeline.from_pretrained("ltx-2.3-22b-dev-diffusers", dtype=torch.bfloat16)
+        >>> pipe.enable_model_cpu_offload()
+        >>> out = pipe(
+        ...     image="first_frame.png",
+        ...     prompt="The woman in the picture turns to the camera and laughs",
+        ...     height=512,
+        ...     width=768,
+        ...     num_frames=121,
+        ...     generator=torch.Generator().manual_seed(42),
+        ... )
+        >>> export_to_video_with_audio(out.frames[0], out.audio, out.audio_sample_rate, "laugh.mp4", fps=24)
+        ```
+"""
+
+
 class LTX2ImageToAudioVideoPipeline(LTX2AudioVideoPipeline):
     r"""`LTX2AudioVideoPipeline` with diffusers' `image=` habit: `image` is pinned at frame 0 with
     `image_strength`; further `conditions` may pin other frames."""
 
     @torch.no_grad()
+    @replace_example_docstring(IMAGE_EXAMPLE_DOC_STRING)
     def __call__(self, image=None, prompt: str | None = None, *, image_strength: float = 1.0, **kwargs):
         r"""Generate a video starting at `image`, and its audio.
 
-        Args:
-            image: a path, PIL image or array: the first frame.
-            prompt (`str`): the text.
-            image_strength (`float`): how strongly frame 0 keeps the image (1: exactly).
-            **kwargs: `LTX2AudioVideoPipeline.__call__`'s arguments (`conditions` adds frames after 0).
+                Args:
+                    image: a path, PIL image, array or tensor: the first frame (required).
+                    prompt (`str`): the text; or pass `prompt_embeds` (text-encoder features) or `prompt_contexts`.
+                    image_strength (`float`): how strongly frame 0 keeps the image (1: exactly).
+                    conditions: further images pinned to frames after 0: `LTX2ImageCondition` or
+                        `(image, frame_index, strength[, crf])`.
+        {sibling_args}
+                Examples:
 
-        Returns:
-            `LTX2AudioVideoPipelineOutput`.
+                Returns:
+                    `LTX2AudioVideoPipelineOutput`: `frames`, `audio` `[channels, samples]` at `audio_sample_rate`.
         """
         if image is None:
             raise ValueError("image is required (the first frame); use LTX2AudioVideoPipeline for text only")
         conditions = [LTX2ImageCondition(image, 0, image_strength), *(kwargs.pop("conditions", None) or ())]
         return super().__call__(prompt=prompt, conditions=conditions, **kwargs)
+
+
+def _with_the_siblings_arguments(call, sibling):
+    """`call`'s signature and Args as `sibling`'s (`LTX2AudioVideoPipeline.__call__`) after its own `image`,
+    `prompt`, `image_strength` and `conditions`, keyword-only: introspection and help show every argument the
+    `**kwargs` pass on."""
+    own, theirs = inspect.signature(call).parameters, inspect.signature(sibling).parameters
+    taken = ("self", "image", "prompt", "image_strength", "conditions")
+    passed_on = ["conditions"] + [name for name in theirs if name not in taken]
+    call.__signature__ = inspect.Signature(
+        [own["self"], own["image"], own["prompt"], own["image_strength"]]
+        + [theirs[name].replace(kind=inspect.Parameter.KEYWORD_ONLY) for name in passed_on]
+    )
+    args = re.split(r"\n\s*Examples:", sibling.__doc__.split("Args:\n", 1)[1], maxsplit=1)[0]
+    entries = re.split(r"\n(?=            \S)", "\n" + args.strip("\n"))
+    kept = [e for e in entries if e.strip() and re.match(r"\s*(\w+)", e).group(1) not in taken]
+    call.__doc__ = call.__doc__.replace("{sibling_args}", "\n".join(e.strip("\n") for e in kept))
+
+
+_with_the_siblings_arguments(LTX2ImageToAudioVideoPipeline.__call__, LTX2AudioVideoPipeline.__call__)
