@@ -19,6 +19,7 @@ from ..validation import (
     check_video_size,
     shown,
 )
+from .ltx2_stages import video_latent_size
 
 
 GUIDANCE_ALIASES = {
@@ -179,6 +180,14 @@ class LTX2A2VChecksMixin:
             )
         if latents is not None:
             check_latents("latents", latents)
+        if latents is not None and num_frames is not None:  # a count derived from the audio: at `stage_1_noise`
+            scale = 2 if stage_2 else 1
+            size = video_latent_size(num_frames, height // scale, width // scale)
+            expected = (1, self.transformer.config.in_channels, *size)
+            if tuple(latents.shape) != expected:
+                raise ValueError(
+                    f"latents must have shape {expected} for this size and frame count, got {tuple(latents.shape)}"
+                )
         if prompt is None and prompt_embeds is None and prompt_contexts is None:
             raise ValueError("pass prompt, prompt_embeds or prompt_contexts")
         for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
