@@ -70,6 +70,11 @@ VIDEO, AUDIO = contexts(0, "2.3", tokens=16)
         (dict(latents=torch.zeros(LATENT, dtype=torch.int64)), TypeError, "^latents must be a floating-point tensor"),
         (dict(latents=torch.zeros(LATENT, dtype=torch.complex64)), TypeError, "^latents must be a floating-point"),
         (dict(latents=[0.0] * 8), TypeError, "^latents must be a torch.Tensor"),
+        (
+            dict(latents=torch.zeros(1, 128, 2, 2, 2)),
+            ValueError,
+            r"^latents must have shape \(1, 128, 2, 1, 1\) for this size and frame count, got \(1, 128, 2, 2, 2\)",
+        ),
         # steps
         (dict(num_inference_steps=100_000), ValueError, r"num_inference_steps must be an integer in \[2, 1000\]"),
         (dict(num_inference_steps=10**6), ValueError, r"num_inference_steps must be an integer in \[2, 1000\]"),
@@ -78,6 +83,11 @@ VIDEO, AUDIO = contexts(0, "2.3", tokens=16)
             dict(num_inference_steps=None, sigmas=[1.0 - i * 1e-7 for i in range(5000)]),
             ValueError,
             "sigmas holds 5000 values, above the bound of 1000 steps",
+        ),
+        (
+            dict(num_inference_steps=None, sigmas=[0.5] * 1000),
+            ValueError,
+            r"sigmas must decrease strictly, got \[0\.5",
         ),
         # text lengths
         (dict(max_sequence_length=200), ValueError, "max_sequence_length must be a positive multiple of 128"),
