@@ -101,7 +101,10 @@ def checked_callback_outputs(outputs, current: dict[str, torch.Tensor], offered)
 
 
 def connector_registers(connectors) -> int:
-    """The multiple a text's token count must be: the connectors' learnable registers (both modalities')."""
+    """The multiple a text's token count must be: the connectors' learnable registers (both modalities'); 1
+    without connectors (a pipeline given post-connector contexts only)."""
+    if connectors is None:
+        return 1
     counts = [
         connectors.config.get(f"{modality}_connector_num_learnable_registers") for modality in ("video", "audio")
     ]
