@@ -167,7 +167,7 @@ def test_callback_arguments_are_refused_before_any_model(setup, forwards, kwargs
 
 # ------------------------------------------------------------------------------------------------ interrupt
 @pytest.mark.parametrize("pipe_name", ["av", "a2v"])
-def test_an_interrupt_in_stage_1_returns_the_latents_after_that_step(setup, pipe_name):
+def test_an_interrupt_in_stage_1_returns_the_latents_after_that_step(setup, pipe_name, caplog):
     pipe = setup[pipe_name]
     seen = {}
 
@@ -183,6 +183,7 @@ def test_an_interrupt_in_stage_1_returns_the_latents_after_that_step(setup, pipe
         callback_on_step_end_tensor_inputs=list(pipe._callback_tensor_inputs),
     )  # fmt: skip
     assert seen["stages"] == [0, 0]  # no further step, no stage 2
+    assert "interrupted in stage 1: stage 2 does not run" in caplog.text
     size = stages.video_latent_size(9, 32, 32)  # the stage-1 (half) resolution
     assert out.frames.shape == (1, 128, *size)
     assert torch.equal(out.frames, stages.unpatchify_video(seen["latents"], size))
