@@ -2,6 +2,7 @@
 stage index, flat guidance aliases, docs, VAE tiling switches, offload order, cheap checks before any model."""
 
 import inspect
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +10,13 @@ import torch
 from test_pipeline import call
 from test_pipeline import setup as pipeline_setup  # noqa: F401  (module fixture reused)
 
-from ltx2_diffusers import LTX2AudioToVideoPipeline, LTX2ImageCondition, MultiModalGuidance
+from ltx2_diffusers import (
+    LTX2AudioToVideoPipeline,
+    LTX2AudioVideoPipeline,
+    LTX2ImageCondition,
+    LTX2ImageToAudioVideoPipeline,
+    MultiModalGuidance,
+)
 from ltx2_diffusers.pipelines.ltx2_base import VersionDefaults
 from ltx2_diffusers.schedules import STAGE_2_DISTILLED_SIGMAS, ltx2_sigmas
 
@@ -152,3 +159,21 @@ def test_pipeline_callback_objects(setup):
     seen = []
     call(setup["pipe"], setup["audio"], output_type="latent", callback_on_step_end=Record())
     assert [s[0] for s in seen] == list(range(len(seen))) and seen[-1][1] == 1 and seen[0][2] == ("latents",)
+
+
+@pytest.mark.parametrize("cls", [LTX2AudioToVideoPipeline, LTX2AudioVideoPipeline, LTX2ImageToAudioVideoPipeline])
+def test_every_pipeline_documents_and_exposes_its_arguments(cls):
+    """Args naming every parameter, an example whose keywords are parameters and that loads with `dtype=` (diffusers
+    0.42 deprecates `torch_dtype=` with a FutureWarning); the image pipeline's `**kwargs` expose its sibling's
+    arguments to introspection."""
+    doc = cls.__call__.__doc__
+    parameters = inspect.signature(cls.__call__).parameters
+    assert "Args:" in doc and ">>> out = pipe(" in doc and "Returns:" in doc
+    assert not [p for p in parameters if p != "self" and p not in doc]
+    assert set(re.findall(r"\.\.\.\s+(\w+)=", doc)) <= set(parameters)
+    assert "dtype=torch.bfloat16" in doc and "torch_dtype" not in doc
+    assert "kwargs" not in parameters
+    sibling = inspect.signature(LTX2AudioVideoPipeline.__call__).parameters
+    if cls is LTX2ImageToAudioVideoPipeline:
+        assert list(parameters)[:4] == ["self", "image", "prompt", "image_strength"]
+        assert set(parameters) == set(sibling) | {"image", "image_strength"}

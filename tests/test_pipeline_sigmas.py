@@ -7,7 +7,12 @@ from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 from test_pipeline import call
 from test_pipeline import setup as pipeline_setup  # noqa: F401  (module fixture reused)
 
-from ltx2_diffusers.schedules import DISTILLED_SIGMAS, flow_match_scheduler_config, ltx2_sigmas
+from ltx2_diffusers.schedules import (
+    DISTILLED_SIGMAS,
+    STAGE_2_DISTILLED_SIGMAS,
+    flow_match_scheduler_config,
+    ltx2_sigmas,
+)
 
 
 @pytest.fixture
@@ -65,3 +70,30 @@ def test_an_unsupported_scheduler_is_refused_by_name_before_any_model(pipe, pipe
     pipe.scheduler = FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)
     with pytest.raises(ValueError, match="stochastic_sampling"):
         call(pipe, pipeline_setup["audio"])
+
+
+@pytest.mark.parametrize(
+    "options", [{"shift": 3.0}, {"use_karras_sigmas": True}, {"use_exponential_sigmas": True}], ids=str
+)
+def test_stage_2_runs_the_distilled_table_verbatim_whatever_the_users_scheduler(pipe, pipeline_setup, options):  # noqa: F811
+    """The user's scheduler options shape stage 1 (their choice); stage 2 runs STAGE_2_DISTILLED_SIGMAS as they are,
+    and the registered scheduler is left as stage 1 set it."""
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(**{**flow_match_scheduler_config(), **options})
+    stage_sigmas = []
+    denoise = pipe.denoise
+
+    def spy(video, audio, sigmas, *args, **kwargs):
+        stage_sigmas.append(sigmas.clone())
+        return denoise(video, audio, sigmas, *args, **kwargs)
+
+    pipe.denoise = spy
+    try:
+        call(pipe, pipeline_setup["audio"], output_type="latent", num_inference_steps=4)
+    finally:
+        del pipe.denoise
+    stage_1, stage_2 = stage_sigmas
+    assert torch.equal(stage_2, torch.tensor(STAGE_2_DISTILLED_SIGMAS, dtype=torch.float32))
+    reference = FlowMatchEulerDiscreteScheduler(**{**flow_match_scheduler_config(), **options})
+    reference.set_timesteps(sigmas=ltx2_sigmas(4)[:-1].tolist())
+    assert torch.equal(stage_1, reference.sigmas) and not torch.equal(stage_1, ltx2_sigmas(4))
+    assert torch.equal(pipe.scheduler.sigmas, stage_1)

@@ -15,6 +15,8 @@ import numbers
 
 import torch
 
+from .validation import shown
+
 
 # Token counts at which the shift equals base_shift and max_shift.
 _BASE_SHIFT_TOKENS = 1024
@@ -224,11 +226,13 @@ def _check_table(sigmas) -> torch.Tensor:
     if table.numel() == 0:
         raise ValueError("sigmas must hold at least one non-zero step sigma")
     if not torch.isfinite(table).all():
-        raise ValueError(f"sigmas must be finite, got {table.tolist()}")
+        raise ValueError(f"sigmas must be finite, got {shown(table.tolist())}")
     if not ((table > 0) & (table <= 1)).all():
-        raise ValueError(f"step sigmas must lie in (0, 1] (only the final one may be 0.0), got {table.tolist()}")
+        raise ValueError(
+            f"step sigmas must lie in (0, 1] (only the final one may be 0.0), got {shown(table.tolist())}"
+        )
     if (table[1:] >= table[:-1]).any():
-        raise ValueError(f"sigmas must decrease strictly, got {table.tolist()}")
+        raise ValueError(f"sigmas must decrease strictly, got {shown(table.tolist())}")
     return table
 
 
@@ -250,7 +254,7 @@ def set_scheduler_sigmas(scheduler, sigmas, *, device: torch.device | str | None
     steps = result[:-1]
     if not torch.isfinite(result).all() or not ((steps > 0) & (steps <= 1)).all() or result[-1].item() != 0.0:
         raise ValueError(
-            f"the scheduler's options turn sigmas into {result.tolist()}; LTX-2 needs step sigmas in (0, 1] "
+            f"the scheduler's options turn sigmas into {shown(result.tolist())}; LTX-2 needs step sigmas in (0, 1] "
             "followed by 0.0"
         )
     return result

@@ -18,8 +18,17 @@ Bounds (inclusive):
 - video latent tokens `((F - 1) / 8 + 1) * (H / 32) * (W / 32)` of the final size: at most `MAX_VIDEO_TOKENS`
   (2**18 = 262144; 121 frames at 1536x1024 are 24576, 1001 frames at that size 193536); `max_video_tokens=`
   (CLI `--max-video-tokens`) raises it.
-- `frame_rate`: finite, in `(0, MAX_FRAME_RATE]` (240 fps).
-- `num_inference_steps`: at most `MAX_INFERENCE_STEPS` (1000; the released schedules use 8..40 steps).
+- `frame_rate`: finite, in `[MIN_FRAME_RATE, MAX_FRAME_RATE]` (1 .. 240 fps). The reference writes its mp4 at
+  `int(fps)` frames per second, which is 0 below 1 fps; 1e-6 fps would also ask for 225 million audio tokens.
+- the audio latent of a generation: at least 1 frame (`num_frames / frame_rate` seconds at 25 audio latent frames
+  per second; 1 frame at 60 fps is 0.4 of one).
+- `num_inference_steps` (and the steps of a `sigmas` table): at most `MAX_INFERENCE_STEPS` (1000, the schedulers'
+  `num_train_timesteps`; the released recipes use 8..40). Beyond, a call effectively hangs, and from about 10**6
+  steps the float32 sigma table stops decreasing.
+- `max_sequence_length` (text tokens): at most `MAX_SEQUENCE_LENGTH` (4096, the connectors' RoPE base length;
+  the reference uses 1024), or the text encoder's position range if smaller.
+- noise `latents` given to a pipeline and latents a step callback returns: finite, `|value| <= MAX_LATENT_ABS`
+  (1e4). Normalised latents and noise are O(1); 1e38 overflows the float32 mixing and norms to NaN frames.
 - audio sample rates (`load_audio`'s `sample_rate` = the pipelines' `audio_sample_rate`, the rate of a decoded
   file, the mel front end's rates): a whole number of Hz in `[MIN_AUDIO_SAMPLE_RATE, MAX_AUDIO_SAMPLE_RATE]`
   (100 .. 384000 Hz: 384 kHz is the highest rate audio interfaces record; below 100 Hz nothing audible is left).
@@ -27,6 +36,8 @@ Bounds (inclusive):
   loaded): the single-file config bounds (`loaders.single_file.check_config_bounds`: every number finite and at
   most 1e7 in magnitude, counts and sizes integers in range) and the keys the model divides by or sizes with
   (heads, head dims, channels, rates, eps, ...) > 0.
+
+Error messages show user values through `shown` (at most a few hundred characters, never megabytes).
 """
 
 from __future__ import annotations
@@ -39,21 +50,27 @@ from typing import Any, Iterable, Mapping
 __all__ = [
     "MAX_AUDIO_SAMPLE_RATE",
     "MAX_FRAME_RATE",
-    "MAX_INFERENCE_STEPS",
     "MAX_GUIDANCE_SCALE",
+    "MAX_INFERENCE_STEPS",
+    "MAX_LATENT_ABS",
     "MAX_LORA_STRENGTH",
     "MAX_NUM_FRAMES",
     "MAX_RESCALE_SCALE",
+    "MAX_SEQUENCE_LENGTH",
     "MAX_VIDEO_TOKENS",
     "MIN_AUDIO_SAMPLE_RATE",
+    "MIN_FRAME_RATE",
+    "audio_latent_frames_of",
     "check_adapter_weights",
     "check_audio_sample_rate",
     "check_frame_rate",
     "check_guidance_scale",
+    "check_latents",
     "check_lora_strength",
     "check_model_config",
     "check_video_size",
     "resolve_limit",
+    "shown",
     "video_latent_tokens",
 ]
 
@@ -66,6 +83,21 @@ MAX_FRAME_RATE = 240.0
 MAX_INFERENCE_STEPS = 1000
 MIN_AUDIO_SAMPLE_RATE = 100
 MAX_AUDIO_SAMPLE_RATE = 384000
+MIN_FRAME_RATE = 1.0
+MAX_SEQUENCE_LENGTH = 4096
+MAX_LATENT_ABS = 1e4
+AUDIO_LATENT_FRAMES_PER_SECOND = 16000 / 160 / 4  # the audio VAE's rate / mel hop / latent downsampling
+
+
+def shown(value, limit: int = 200) -> str:
+    """`repr(value)` for an error message, cut to about `limit` characters (a user's list may be megabytes)."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlist = short.maxtuple = 8
+    short.maxstring = short.maxother = limit // 2
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _real(name: str, value) -> float:
@@ -114,10 +146,10 @@ def check_adapter_weights(weights: Any, name: str = "adapter_weights") -> None:
 
 
 def check_frame_rate(frame_rate, name: str = "frame_rate") -> float:
-    """`frame_rate` as a float in `(0, MAX_FRAME_RATE]`."""
+    """`frame_rate` as a float in `[MIN_FRAME_RATE, MAX_FRAME_RATE]`."""
     value = _real(name, frame_rate)
-    if not 0.0 < value <= MAX_FRAME_RATE:
-        raise ValueError(f"{name} must be in (0, {MAX_FRAME_RATE:g}] fps, got {frame_rate!r}")
+    if not MIN_FRAME_RATE <= value <= MAX_FRAME_RATE:
+        raise ValueError(f"{name} must be in [{MIN_FRAME_RATE:g}, {MAX_FRAME_RATE:g}] fps, got {frame_rate!r}")
     return value
 
 
@@ -138,6 +170,27 @@ def check_audio_sample_rate(value, name: str = "sample_rate") -> int:
             "the audio into that range first"
         )
     return rate
+def audio_latent_frames_of(num_frames: int, frame_rate: float) -> int:
+    """Audio latent frames over `num_frames` video frames at `frame_rate` (`AudioLatentShape.from_duration`)."""
+    return round(num_frames / frame_rate * AUDIO_LATENT_FRAMES_PER_SECOND)
+
+
+def check_latents(name: str, latents) -> None:
+    """A latent tensor from the user (noise `latents`, a callback's output): a floating-point tensor
+    (`TypeError`), finite and within `MAX_LATENT_ABS` (`ValueError`)."""
+    import torch
+
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(latents).__name__}")
+    if not latents.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {latents.dtype}")
+    if not torch.isfinite(latents).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    if latents.numel() and latents.abs().max().item() > MAX_LATENT_ABS:
+        raise ValueError(
+            f"{name} holds values of magnitude {latents.abs().max().item():.3g}, above the bound of "
+            f"{MAX_LATENT_ABS:g} (normalised latents and noise are O(1))"
+        )
 
 
 def resolve_limit(name: str, value, default: int) -> int:
@@ -154,9 +207,12 @@ def video_latent_tokens(num_frames: int, height: int, width: int) -> int:
     return ((num_frames - 1) // 8 + 1) * (height // 32) * (width // 32)
 
 
-def check_video_size(num_frames, height: int, width: int, max_num_frames=None, max_video_tokens=None) -> None:
+def check_video_size(
+    num_frames, height: int, width: int, max_num_frames=None, max_video_tokens=None, frame_rate=None
+) -> None:
     """Refuse a frame count above `max_num_frames` and a latent above `max_video_tokens` (defaults in the module
-    docstring); `num_frames=None` (derived from the audio later) checks only the overrides themselves."""
+    docstring), and with `frame_rate` a video too short for one audio latent frame; `num_frames=None` (derived
+    from the audio later) checks only the overrides themselves."""
     frames_limit = resolve_limit("max_num_frames", max_num_frames, MAX_NUM_FRAMES)
     tokens_limit = resolve_limit("max_video_tokens", max_video_tokens, MAX_VIDEO_TOKENS)
     if num_frames is None:
@@ -203,3 +259,9 @@ def check_model_config(where: str, config: Mapping, positive: Iterable[str] = ()
         for item in _leaves(config.get(key)):
             if isinstance(item, bool) or not isinstance(item, numbers.Real) or not item > 0:
                 raise ValueError(f"{where!r}: config value {key} = {config[key]!r} must be a number > 0")
+    if frame_rate is not None and audio_latent_frames_of(num_frames, frame_rate) < 1:
+        raise ValueError(
+            f"num_frames={num_frames} at frame_rate={frame_rate} lasts {num_frames / frame_rate:.4f} s: 0 audio "
+            f"latent frames ({AUDIO_LATENT_FRAMES_PER_SECOND:g} per second, rounded), the audio needs at least 1; "
+            "pass more frames or a lower frame_rate"
+        )

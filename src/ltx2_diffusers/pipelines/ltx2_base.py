@@ -9,22 +9,37 @@ from dataclasses import dataclass
 
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import AutoencoderKLLTX2Video, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
+from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 from diffusers.utils import logging
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..guidance import MultiModalGuidance
+from ..loaders.distilled_lora import LTX2DistilledLoRA
 from ..loaders.lora import LTX2AVLoraLoaderMixin
 from ..loaders.lora_fusion import reference_lora_arithmetic
 from ..loaders.model_variant import check_model_variant
+from ..models.autoencoder_audio_mel import AutoencoderAudioMel
+from ..models.transformer_ltx2_av import LTX2AudioVideoTransformer
 from ..models.video_vae_decode import channels_last_decode_supported, decode_channels_last
 from ..models.video_vae_tiling import tiled_decode
-from ..schedules import DISTILLED_SIGMAS, STAGE_2_DISTILLED_SIGMAS, _check_table, ltx2_sigmas, set_scheduler_sigmas
+from ..models.vocoder_hifigan import LTX2HiFiGANVocoder
+from ..schedules import (
+    DISTILLED_SIGMAS,
+    STAGE_2_DISTILLED_SIGMAS,
+    _check_table,
+    flow_match_scheduler_config,
+    ltx2_sigmas,
+    set_scheduler_sigmas,
+)
+from ..validation import MAX_INFERENCE_STEPS
 from . import ltx2_stages as stages
 from .acceleration import TransformerAcceleration, accelerated, check_attention_backend
 from .block_streaming import slots_released_after
 from .image_conditions import prepare_condition_image
 from .ltx2_denoise import PromptContexts, StepGuidance, advance, guided_x0, has_uniform_timesteps, is_frozen
-from .pipeline_checks import GUIDANCE_ALIASES, LTX2A2VChecksMixin, resolve_guidance
+from .pipeline_checks import GUIDANCE_ALIASES, LTX2A2VChecksMixin, checked_callback_outputs, resolve_guidance
 from .pipeline_loading import LTX2A2VLoadingMixin
 
 
@@ -67,18 +82,19 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
     _exclude_from_cpu_offload = ["distilled_lora"]  # a few small tensors, moved to each weight's device on use
     _callback_tensor_inputs = ["latents"]
 
+    # The component annotations are what diffusers' `from_pipe` and `from_pretrained` check components against.
     def __init__(
         self,
-        scheduler,
-        vae,
-        audio_vae,
-        connectors,
-        transformer,
-        text_encoder=None,
-        tokenizer=None,
-        vocoder=None,
-        latent_upsampler=None,
-        distilled_lora=None,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        vae: AutoencoderKLLTX2Video,
+        audio_vae: AutoencoderAudioMel,
+        connectors: LTX2TextConnectors,
+        transformer: LTX2AudioVideoTransformer,
+        text_encoder: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        vocoder: LTX2HiFiGANVocoder | None = None,
+        latent_upsampler: LTX2LatentUpsamplerModel | None = None,
+        distilled_lora: LTX2DistilledLoRA | None = None,
         model_version: str = "2.3.0",
         distilled_lora_scale: float = 0.8,
         model_variant: str = "dev",
@@ -247,6 +263,11 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         defaults = self.version_defaults()
         table = None
         if sigmas is not None:
+            if hasattr(sigmas, "__len__") and len(sigmas) > MAX_INFERENCE_STEPS + 1:
+                raise ValueError(
+                    f"sigmas holds {len(sigmas)} values, above the bound of {MAX_INFERENCE_STEPS} steps "
+                    "(validation.MAX_INFERENCE_STEPS)"
+                )
             steps = len(_check_table(sigmas))
             if num_inference_steps is not None and num_inference_steps != steps:
                 raise ValueError(f"num_inference_steps={num_inference_steps} but sigmas holds {steps} steps")
@@ -352,13 +373,33 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         video = self.conditioned_video_state(
             conditions, size, height, width, frame_rate, dtype, initial_latent=self.upsample(latent)
         )
-        sigmas = self.stage_sigmas(None, STAGE_2_DISTILLED_SIGMAS)
+        sigmas = set_scheduler_sigmas(
+            self.stage_2_scheduler(), STAGE_2_DISTILLED_SIGMAS, device=self._execution_device
+        )
         video = stages.add_noise(video, generator, sigmas[0])
         audio = stages.add_noise(audio, generator, sigmas[0])
         with self.distilled_lora_applied(lora_scale) if lora else nullcontext():
             return self.denoise(
                 video, audio, sigmas, contexts, StepGuidance(), *callback, stage=1, step_offset=step_offset
             )
+
+    def stage_2_scheduler(self):
+        """A scheduler of the registered scheduler's class with the options that keep a table as is
+        (`flow_match_scheduler_config`): stage 2 runs the distilled model's `STAGE_2_DISTILLED_SIGMAS` verbatim,
+        whatever shift or sigma transform the user's scheduler applies to stage 1 (which stays registered,
+        untouched by stage 2)."""
+        return type(self.scheduler).from_config({**self.scheduler.config, **flow_match_scheduler_config()})
+
+    def runs_stage_2(self, stage_2: bool) -> bool:
+        """Whether stage 2 runs: asked for, and the call not interrupted in stage 1. An interrupted call starts no
+        other stage: its output is decoded from the stage-1 latents as they were, at the stage-1 resolution."""
+        if stage_2 and self.interrupt:
+            logger.warning(
+                "the call was interrupted in stage 1: stage 2 does not run; the output is decoded from the stage-1 "
+                "latents as they were at the interrupt, at the stage-1 resolution (half the height and width)"
+            )
+            return False
+        return stage_2
 
     @staticmethod
     def final_tokens(state: stages.LatentState) -> torch.Tensor:
@@ -372,9 +413,12 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
     ):  # fmt: skip
         """Euler loop over `sigmas` for both states (`ltx2_denoise`: guided x0 of both modalities per step; a
         frozen state stays put). The callback gets the step index `step_offset + i` and the timestep
-        `sigma * 1000`; `self.stage_index` is `stage` meanwhile. Returns `(video, audio)`."""
+        `sigma * 1000`; `self.stage_index` is `stage` and `self.current_timestep` the step's timestep meanwhile.
+        An interrupt (`pipe._interrupt = True`) stops the loop before the next step. Returns `(video, audio)`."""
         previous = None
         self._stage_index = stage
+        if stage == 0:  # the call's guidance (`guidance_scale`, `do_classifier_free_guidance`); stage 2 is unguided
+            self._call_guidance = guidance
         exact = getattr(self, "_reference_arithmetic", False)
         frozen = is_frozen(video), is_frozen(audio)
         # One timestep per item where a modality's tokens share it (the masks do not change during the loop); the
@@ -390,8 +434,10 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
                 progress_bar.set_description(f"stage {stage + 1}")
             for i in range(len(sigmas) - 1):
                 if self.interrupt:
+                    logger.warning(f"interrupted: stage {stage + 1} stops before its step {i}")
                     break
                 sigma, sigma_next = sigmas[i], sigmas[i + 1]
+                self._current_timestep = sigma * 1000
                 previous = guided_x0(
                     self.transformer, video, audio, sigma, i, contexts, guidance, previous,
                     batch_size=guidance_batch_size, share_prefix=not exact, per_item_timesteps=per_item_timesteps,
@@ -405,15 +451,17 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
                         callback_on_step_end, callback_inputs, step_offset + i, sigma, video, audio
                     )
                 progress_bar.update()
+        self._current_timestep = None
         return video, audio
 
     def _step_callback(self, callback, names, step, sigma, video, audio):
         values = {"latents": video.latent, "audio_latents": audio.latent}
-        outputs = callback(self, step, sigma * 1000, {k: values[k] for k in names})
-        if outputs and "latents" in outputs:
-            video = stages.replace(video, latent=outputs["latents"])
-        if outputs and "audio_latents" in outputs:
-            audio = stages.replace(audio, latent=outputs["audio_latents"])
+        outputs = callback(self, step, sigma * 1000, {k: values[k] for k in names or ()})
+        outputs = checked_callback_outputs(outputs, values, self._callback_tensor_inputs)
+        if "latents" in outputs:
+            video = stages.replace(video, latent=outputs["latents"].to(video.latent.device))
+        if "audio_latents" in outputs:
+            audio = stages.replace(audio, latent=outputs["audio_latents"].to(audio.latent.device))
         return video, audio
 
     # ------------------------------------------------------------------------------------------------ outputs
@@ -485,9 +533,27 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         return getattr(self, "_interrupt", False)
 
     @property
-    def num_timesteps(self):
-        """Steps of the current call, both stages."""
-        return self._num_timesteps
+    def num_timesteps(self) -> int | None:
+        """Steps of the current (or last) call, both stages; None before any call."""
+        return getattr(self, "_num_timesteps", None)
+
+    @property
+    def current_timestep(self):
+        """The timestep (`sigma * 1000`) of the step running now; None outside the denoising loops."""
+        return getattr(self, "_current_timestep", None)
+
+    @property
+    def guidance_scale(self) -> float | None:
+        """The video CFG scale of the current (or last) call's guidance, `video_guidance.cfg_scale` (1.0: no CFG,
+        also for an unguided call); stage 2 always runs unguided. None before any call."""
+        guidance = getattr(self, "_call_guidance", None)
+        return None if guidance is None else guidance.resolved()[0].cfg_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether the current (or last) call's guidance runs a negative-prompt pass (CFG) for either modality."""
+        guidance = getattr(self, "_call_guidance", None)
+        return guidance is not None and not guidance.unguided and any(g.needs_negative for g in guidance.resolved())
 
     @property
     def stage_index(self):

@@ -10,7 +10,16 @@ import torch
 
 from ..guidance import MultiModalGuidance
 from ..schedules import check_scheduler
-from ..validation import check_frame_rate, check_lora_strength, check_video_size
+from ..validation import (
+    MAX_INFERENCE_STEPS,
+    MAX_SEQUENCE_LENGTH,
+    check_frame_rate,
+    check_latents,
+    check_lora_strength,
+    check_video_size,
+    shown,
+)
+from .ltx2_stages import video_latent_size
 
 
 GUIDANCE_ALIASES = {
@@ -62,6 +71,46 @@ def generator_device(generator):
     return None if generator is None else generator.device
 
 
+def checked_callback_outputs(outputs, current: dict[str, torch.Tensor], offered) -> dict[str, torch.Tensor]:
+    """The tensors a step callback returned (`None`: none), each checked against the one it replaces in `current`
+    right when returned: a name the pipeline offers (`offered`), a tensor of the same shape and dtype, finite
+    (`validation.check_latents`). ValueError/TypeError naming callback_on_step_end and the tensor otherwise."""
+    if outputs is None:
+        return {}
+    if not isinstance(outputs, dict):
+        raise TypeError(f"callback_on_step_end must return a dict of tensors or None, got {type(outputs).__name__}")
+    for name, value in outputs.items():
+        if name not in offered:
+            raise ValueError(
+                f"callback_on_step_end returned {shown(name)}, which this pipeline does not take back (it takes "
+                f"{list(offered)})"
+            )
+        what = f"callback_on_step_end's {name}"
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{what} must be a torch.Tensor, got {type(value).__name__}")
+        expected = current[name]
+        if value.shape != expected.shape:
+            raise ValueError(
+                f"{what} has shape {tuple(value.shape)}; it must keep the shape it was given, {tuple(expected.shape)} "
+                "(batch, tokens, channels)"
+            )
+        if value.dtype != expected.dtype:
+            raise ValueError(f"{what} has dtype {value.dtype}; it must keep the dtype it was given, {expected.dtype}")
+        check_latents(what, value)
+    return outputs
+
+
+def connector_registers(connectors) -> int:
+    """The multiple a text's token count must be: the connectors' learnable registers (both modalities'); 1
+    without connectors (a pipeline given post-connector contexts only)."""
+    if connectors is None:
+        return 1
+    counts = [
+        connectors.config.get(f"{modality}_connector_num_learnable_registers") for modality in ("video", "audio")
+    ]
+    return math.lcm(*[c for c in counts if c], 1)
+
+
 class LTX2A2VChecksMixin:
     """Mixed into `LTX2AudioToVideoPipeline`."""
 
@@ -91,6 +140,9 @@ class LTX2A2VChecksMixin:
         negative_prompt_embeds=None,
         negative_prompt_contexts=None,
         callback_on_step_end_tensor_inputs=("latents",),
+        callback_on_step_end=None,
+        latents=None,
+        max_sequence_length=1024,
         audio=None,
         generator=None,
         distilled_lora_scale=None,
@@ -113,21 +165,38 @@ class LTX2A2VChecksMixin:
         if num_frames is not None and (not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % 8):
             raise ValueError(f"num_frames must be 8k + 1 (1, 9, 17, ..., 121), got {num_frames!r}")
         if not (isinstance(frame_rate, (int, float)) and frame_rate > 0):
-            raise ValueError(f"frame_rate must be a positive number, got {frame_rate!r}")
+            raise ValueError(f"frame_rate must be a positive number, got {shown(frame_rate)}")
         check_frame_rate(frame_rate)  # bounds: ltx2_diffusers.validation
-        check_video_size(num_frames, height, width, max_num_frames, max_video_tokens)
+        check_video_size(num_frames, height, width, max_num_frames, max_video_tokens, frame_rate)
         check_lora_strength(
             "distilled_lora_scale",
             self.config.distilled_lora_scale if distilled_lora_scale is None else distilled_lora_scale,
         )
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 2:
-            raise ValueError(f"num_inference_steps must be an integer >= 2, got {num_inference_steps!r}")
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, int)
+            or not 2 <= num_inference_steps <= MAX_INFERENCE_STEPS
+        ):
+            raise ValueError(
+                f"num_inference_steps must be an integer in [2, {MAX_INFERENCE_STEPS}] (validation."
+                f"MAX_INFERENCE_STEPS), got {shown(num_inference_steps)}"
+            )
+        if latents is not None:
+            check_latents("latents", latents)
+        if latents is not None and num_frames is not None:  # a count derived from the audio: at `stage_1_noise`
+            scale = 2 if stage_2 else 1
+            size = video_latent_size(num_frames, height // scale, width // scale)
+            expected = (1, self.transformer.config.in_channels, *size)
+            if tuple(latents.shape) != expected:
+                raise ValueError(
+                    f"latents must have shape {expected} for this size and frame count, got {tuple(latents.shape)}"
+                )
         if prompt is None and prompt_embeds is None and prompt_contexts is None:
             raise ValueError("pass prompt, prompt_embeds or prompt_contexts")
         for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             if value is not None and not isinstance(value, str) and not (isinstance(value, list) and len(value) == 1):
                 raise ValueError(
-                    f"{name} must be one string (this pipeline generates one video per call), got {value!r}"
+                    f"{name} must be one string (this pipeline generates one video per call), got {shown(value)}"
                 )
         for name, value in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
             if value is not None and (not isinstance(value, torch.Tensor) or value.ndim != 3 or value.shape[0] != 1):
@@ -155,11 +224,9 @@ class LTX2A2VChecksMixin:
                     raise TypeError(f"{name} must be floating point, got dtype {tensor.dtype}")
                 if not torch.isfinite(tensor).all():
                     raise ValueError(f"{name} holds NaN or infinite values")
-        bad = [n for n in callback_on_step_end_tensor_inputs if n not in self._callback_tensor_inputs]
-        if bad:
-            raise ValueError(
-                f"callback_on_step_end_tensor_inputs has {bad}; this pipeline offers {self._callback_tensor_inputs}"
-            )
+        self.check_text_lengths(max_sequence_length, prompt_embeds, negative_prompt_embeds)
+        self.check_context_widths(prompt_contexts, negative_prompt_contexts)
+        self.check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         for name, guidance in (("video_guidance", video_guidance), ("audio_guidance", audio_guidance)):
             if guidance is None:
                 continue
@@ -208,3 +275,69 @@ class LTX2A2VChecksMixin:
         if not isinstance(reference_arithmetic, bool):
             raise TypeError(f"reference_arithmetic must be a bool, got {reference_arithmetic!r}")
         self.check_decode_budget(reference_arithmetic, output_type)
+
+    def check_text_lengths(self, max_sequence_length, prompt_embeds=None, negative_prompt_embeds=None):
+        """Text token counts the connectors can take: `max_sequence_length` a positive multiple of the connectors'
+        learnable registers, at most `validation.MAX_SEQUENCE_LENGTH` (or the text encoder's positions); text
+        embeddings of at least one such multiple of tokens."""
+        registers = connector_registers(self.connectors)
+        encoder_config = getattr(self.text_encoder, "config", None)
+        positions = getattr(getattr(encoder_config, "text_config", encoder_config), "max_position_embeddings", None)
+        bound = min(MAX_SEQUENCE_LENGTH, positions) if isinstance(positions, int) else MAX_SEQUENCE_LENGTH
+        if (
+            isinstance(max_sequence_length, bool)
+            or not isinstance(max_sequence_length, int)
+            or not 1 <= max_sequence_length <= bound
+            or max_sequence_length % registers
+        ):
+            raise ValueError(
+                f"max_sequence_length must be a positive multiple of {registers} (the connectors' learnable "
+                f"registers) up to {bound}, got {shown(max_sequence_length)}"
+            )
+        for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if embeds is not None and (embeds.shape[1] < 1 or embeds.shape[1] % registers):
+                raise ValueError(
+                    f"{name} has {embeds.shape[1]} tokens; the connectors need a positive multiple of {registers} "
+                    "(their learnable registers; encode_prompt pads to max_sequence_length)"
+                )
+
+    def check_context_widths(self, prompt_contexts, negative_prompt_contexts):
+        """`(video, audio)` contexts of at least one token and the widths the transformer's cross-attention takes
+        (`cross_attention_dim` / `audio_cross_attention_dim`; `caption_channels` with its own projections)."""
+        config = self.transformer.config
+        text_dim = config.get("caption_channels") if config.get("use_prompt_embeddings", False) else None
+        widths = (text_dim or config.cross_attention_dim, text_dim or config.audio_cross_attention_dim)
+        for name, value in (
+            ("prompt_contexts", prompt_contexts),
+            ("negative_prompt_contexts", negative_prompt_contexts),
+        ):
+            for index, (modality, tensor, width) in enumerate(zip(("video", "audio"), value or (), widths)):
+                if tensor.shape[1] < 1:
+                    raise ValueError(f"{name}[{index}] (the {modality} context) has 0 tokens")
+                if tensor.shape[2] != width:
+                    raise ValueError(
+                        f"{name}[{index}] (the {modality} context) has width {tensor.shape[2]}, the transformer takes "
+                        f"{width}; pass (video_context, audio_context) in that order"
+                    )
+
+    def check_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs):
+        """A callable (or None) and a list of the names in `_callback_tensor_inputs` (None: no tensors)."""
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise TypeError(
+                f"callback_on_step_end must be callable (pipe, step, timestep, callback_kwargs) or None, got "
+                f"{shown(callback_on_step_end)}"
+            )
+        names = callback_on_step_end_tensor_inputs
+        if names is None:
+            return
+        if not isinstance(names, (list, tuple)):
+            raise TypeError(
+                f"callback_on_step_end_tensor_inputs must be a list of names (e.g. ['latents']) or None, got "
+                f"{shown(names)}"
+            )
+        bad = [n for n in names if n not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs has {shown(bad)}; this pipeline offers "
+                f"{self._callback_tensor_inputs}"
+            )

@@ -44,7 +44,7 @@ EXAMPLE_DOC_STRING = """
         >>> import torch
         >>> from ltx2_diffusers import LTX2AudioToVideoPipeline, export_to_video_with_audio
 
-        >>> pipe = LTX2AudioToVideoPipeline.from_pretrained("ltx-2.3-22b-dev-diffusers", torch_dtype=torch.bfloat16)
+        >>> pipe = LTX2AudioToVideoPipeline.from_pretrained("ltx-2.3-22b-dev-diffusers", dtype=torch.bfloat16)
         >>> pipe.enable_model_cpu_offload()
         >>> pipe.enable_vae_tiling()
         >>> out = pipe(
@@ -173,8 +173,10 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             conditions: images pinned to frames: `LTX2ImageCondition` or `(image, frame_index, strength[, crf])`.
             height, width (`int`): output size, multiples of 64 (32 with `stage_2=False`).
             num_frames (`int`, *optional*): `8k + 1`; None takes the largest such count the audio covers.
-            frame_rate (`float`): frames per second.
-            num_inference_steps (`int`, *optional*): stage-1 steps; default from `version_defaults()`.
+            frame_rate (`float`): frames per second, in [1, 240] (`validation`); the video must span at least one
+                audio latent frame (more than 0.02 s).
+            num_inference_steps (`int`, *optional*): stage-1 steps, at most `validation.MAX_INFERENCE_STEPS`
+                (1000); default from `version_defaults()`.
             sigmas (`list[float]`, *optional*): the stage-1 sigma table (e.g. `schedules.DISTILLED_SIGMAS`), run
                 through the registered `scheduler` (default: `ltx2_sigmas(num_inference_steps)`, or the distilled
                 table on a distilled checkpoint).
@@ -191,7 +193,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask: text-encoder
                 features (`encode_prompt`), used instead of the text.
             prompt_contexts, negative_prompt_contexts: `(video_context, audio_context)` after the connectors.
-            max_sequence_length (`int`): text tokens.
+            max_sequence_length (`int`): text tokens, a multiple of the connectors' learnable registers (128) up to
+                `validation.MAX_SEQUENCE_LENGTH`.
             guidance_batch_size (`int`, *optional*): guidance passes per transformer forward (None: all of a step's
                 passes in one batched forward, fastest; 1: one pass at a time, least memory).
             reference_arithmetic (`bool`): one pass per forward and user LoRAs as ltx-core fuses them
@@ -203,8 +206,13 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             callback_on_step_end (`Callable`, *optional*): `callback_on_step_end(pipe, i, t, callback_kwargs)` after
                 every step of both stages: `i` counts on across the stages (stage 2 starts at stage 1's step count),
                 `t` is the timestep (`sigma * 1000`, as diffusers' schedulers), `pipe.stage_index` is 0 (stage 1) or
-                1 (stage 2); it may return `{"latents": ...}`. Set `pipe._interrupt = True` to stop.
-            callback_on_step_end_tensor_inputs (`list[str]`): tensors given to the callback (`"latents"`).
+                1 (stage 2); it may return `{"latents": ...}`. Set `pipe._interrupt = True` to stop:
+                denoising stops before the next step and no further stage starts; the output is decoded from the
+                latents as they are (interrupted in stage 1: the stage-1 latents, at the stage-1 resolution), with
+                a warning. `pipe.current_timestep`, `pipe.guidance_scale`, `pipe.do_classifier_free_guidance` and
+                `pipe.num_timesteps` describe the call meanwhile.
+            callback_on_step_end_tensor_inputs (`list[str]` or None): tensors given to the callback (`"latents"`);
+                a returned tensor must keep its shape (tokens) and dtype, and be finite.
             max_num_frames, max_video_tokens (`int`, *optional*): raise the size bounds of
                 `ltx2_diffusers.validation` (1001 frames, 2**18 video latent tokens), which also bound a
                 `num_frames=None` derived from the audio.
@@ -229,7 +237,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             output_type=output_type, audio_start_time=audio_start_time, audio_max_duration=audio_max_duration,
             guidance_batch_size=guidance_batch_size, negative_prompt=negative_prompt,
             negative_prompt_embeds=negative_prompt_embeds, negative_prompt_contexts=negative_prompt_contexts,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, audio=audio, generator=generator,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback_on_step_end=callback_on_step_end, latents=latents, max_sequence_length=max_sequence_length, audio=audio, generator=generator,
             distilled_lora_scale=distilled_lora_scale, max_num_frames=max_num_frames,
             max_video_tokens=max_video_tokens, stage_2_lora=stage_2_lora, enhance_prompt=enhance_prompt,
             reference_arithmetic=reference_arithmetic,
@@ -247,7 +256,7 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             audio, audio_sample_rate, audio_start_time, audio_max_duration, num_frames, frame_rate, max_num_frames
         )
         conditions = normalize_conditions(conditions, num_frames, check_images=False)  # frames vs the chosen count
-        check_video_size(num_frames, height, width, max_num_frames, max_video_tokens)  # a derived count too
+        check_video_size(num_frames, height, width, max_num_frames, max_video_tokens, frame_rate)  # derived too
 
         # 2. Text contexts (the audio has no negative context, as the reference's audio guider).
         if enhance_prompt:
@@ -275,7 +284,7 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
         latent = stages.unpatchify_video(self.final_tokens(video), size)
 
         # 4. Stage 2: x2 upsampling, re-noising to the distilled table's first sigma, unguided refinement.
-        if stage_2:
+        if self.runs_stage_2(stage_2):
             video, _ = self.stage_2_refine(
                 latent, frozen, conditions, num_frames, height, width, frame_rate, contexts, generator, callback,
                 lora=stage_2_lora, lora_scale=distilled_lora_scale, step_offset=num_inference_steps, dtype=dtype,

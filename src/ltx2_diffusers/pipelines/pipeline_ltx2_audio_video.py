@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -38,7 +40,7 @@ EXAMPLE_DOC_STRING = """
         >>> import torch
         >>> from ltx2_diffusers import LTX2AudioVideoPipeline, export_to_video_with_audio
 
-        >>> pipe = LTX2AudioVideoPipeline.from_pretrained("ltx-2.3-22b-dev-diffusers", torch_dtype=torch.bfloat16)
+        >>> pipe = LTX2AudioVideoPipeline.from_pretrained("ltx-2.3-22b-dev-diffusers", dtype=torch.bfloat16)
         >>> pipe.enable_model_cpu_offload()
         >>> out = pipe(
         ...     prompt="A street musician plays a trumpet at dusk, the crowd claps",
@@ -115,8 +117,10 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             conditions: images pinned to frames: `LTX2ImageCondition` or `(image, frame_index, strength[, crf])`;
                 frame 0 replaces the first latent frame, other frames are keyframes.
             height, width (`int`): output size, multiples of 64 (32 with `stage_2=False`).
-            num_frames (`int`): `8k + 1`. frame_rate (`float`): frames per second.
-            num_inference_steps (`int`, *optional*): stage-1 steps; default from `version_defaults()`.
+            num_frames (`int`): `8k + 1`. frame_rate (`float`): frames per second, in [1, 240] (`validation`); the
+                video must span at least one audio latent frame (more than 0.02 s).
+            num_inference_steps (`int`, *optional*): stage-1 steps, at most `validation.MAX_INFERENCE_STEPS`
+                (1000); default from `version_defaults()`.
             sigmas (`list[float]`, *optional*): the stage-1 sigma table, through the registered `scheduler`.
             video_guidance, audio_guidance (`MultiModalGuidance`, *optional*): stage-1 guidance of each modality
                 (default from `version_defaults()`: video cfg 3, audio cfg 7, STG, modality 3, rescale 0.7; none on
@@ -133,7 +137,8 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask: text-encoder
                 features (`encode_prompt`), used instead of the text.
             prompt_contexts, negative_prompt_contexts: `(video_context, audio_context)` after the connectors.
-            max_sequence_length (`int`): text tokens.
+            max_sequence_length (`int`): text tokens, a multiple of the connectors' learnable registers (128) up to
+                `validation.MAX_SEQUENCE_LENGTH`.
             guidance_batch_size (`int`, *optional*): guidance passes per transformer forward (None: all at once).
             reference_arithmetic (`bool`): one pass per forward and LoRAs fused as ltx-core fuses them
                 (bit-identical to the reference for the same seed on the same device).
@@ -141,8 +146,13 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             return_dict (`bool`): an `LTX2AudioVideoPipelineOutput` (else `(frames, audio, audio_sample_rate)`).
             callback_on_step_end (`Callable`, *optional*): `callback_on_step_end(pipe, i, t, callback_kwargs)` after
                 every step of both stages (`pipe.stage_index` 0 or 1); it may return `{"latents": ...}` and/or
-                `{"audio_latents": ...}`. Set `pipe._interrupt = True` to stop.
-            callback_on_step_end_tensor_inputs (`list[str]`): `"latents"`, `"audio_latents"`.
+                `{"audio_latents": ...}`. Set `pipe._interrupt = True` to stop:
+                denoising stops before the next step and no further stage starts; the output is decoded from the
+                latents as they are (interrupted in stage 1: the stage-1 latents, at the stage-1 resolution), with
+                a warning. `pipe.current_timestep`, `pipe.guidance_scale`, `pipe.do_classifier_free_guidance` and
+                `pipe.num_timesteps` describe the call meanwhile.
+            callback_on_step_end_tensor_inputs (`list[str]` or None): `"latents"`, `"audio_latents"`; a returned
+                tensor must keep its shape (tokens) and dtype, and be finite.
             max_num_frames, max_video_tokens (`int`, *optional*): raise the size bounds of `validation`.
 
         Examples:
@@ -164,7 +174,8 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             prompt_contexts=prompt_contexts, output_type=output_type, audio_start_time=0.0, audio_max_duration=None,
             guidance_batch_size=guidance_batch_size, negative_prompt=negative_prompt,
             negative_prompt_embeds=negative_prompt_embeds, negative_prompt_contexts=negative_prompt_contexts,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, generator=generator,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback_on_step_end=callback_on_step_end, latents=latents, max_sequence_length=max_sequence_length, generator=generator,
             distilled_lora_scale=distilled_lora_scale, max_num_frames=max_num_frames,
             max_video_tokens=max_video_tokens, stage_2_lora=stage_2_lora, enhance_prompt=enhance_prompt,
             reference_arithmetic=reference_arithmetic,
@@ -213,7 +224,7 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
         latent = stages.unpatchify_video(self.final_tokens(video), size)
 
         # 3. Stage 2: x2 upsampling; video and audio re-noised to the distilled table's first sigma and refined.
-        if stage_2:
+        if self.runs_stage_2(stage_2):
             audio = stages.audio_state(self.final_tokens(audio), frozen=False)
             video, audio = self.stage_2_refine(
                 latent, audio, conditions, num_frames, height, width, frame_rate, contexts, generator, callback,
@@ -235,24 +246,69 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
         return LTX2AudioVideoPipelineOutput(frames=frames, audio=waveform, audio_sample_rate=sample_rate)
 
 
+IMAGE_EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from ltx2_diffusers import LTX2ImageToAudioVideoPipeline, export_to_video_with_audio
+
+        >>> pipe = LTX2ImageToAudioVideoPipeline.from_pretrained("ltx-2.3-22b-dev-diffusers", dtype=torch.bfloat16)
+        >>> pipe.enable_model_cpu_offload()
+        >>> out = pipe(
+        ...     image="first_frame.png",
+        ...     prompt="The woman in the picture turns to the camera and laughs",
+        ...     height=512,
+        ...     width=768,
+        ...     num_frames=121,
+        ...     generator=torch.Generator().manual_seed(42),
+        ... )
+        >>> export_to_video_with_audio(out.frames[0], out.audio, out.audio_sample_rate, "laugh.mp4", fps=24)
+        ```
+"""
+
+
 class LTX2ImageToAudioVideoPipeline(LTX2AudioVideoPipeline):
     r"""`LTX2AudioVideoPipeline` with diffusers' `image=` habit: `image` is pinned at frame 0 with
     `image_strength`; further `conditions` may pin other frames."""
 
     @torch.no_grad()
+    @replace_example_docstring(IMAGE_EXAMPLE_DOC_STRING)
     def __call__(self, image=None, prompt: str | None = None, *, image_strength: float = 1.0, **kwargs):
         r"""Generate a video starting at `image`, and its audio.
 
-        Args:
-            image: a path, PIL image or array: the first frame.
-            prompt (`str`): the text.
-            image_strength (`float`): how strongly frame 0 keeps the image (1: exactly).
-            **kwargs: `LTX2AudioVideoPipeline.__call__`'s arguments (`conditions` adds frames after 0).
+                Args:
+                    image: a path, PIL image, array or tensor: the first frame (required).
+                    prompt (`str`): the text; or pass `prompt_embeds` (text-encoder features) or `prompt_contexts`.
+                    image_strength (`float`): how strongly frame 0 keeps the image (1: exactly).
+                    conditions: further images pinned to frames after 0: `LTX2ImageCondition` or
+                        `(image, frame_index, strength[, crf])`.
+        {sibling_args}
+                Examples:
 
-        Returns:
-            `LTX2AudioVideoPipelineOutput`.
+                Returns:
+                    `LTX2AudioVideoPipelineOutput`: `frames`, `audio` `[channels, samples]` at `audio_sample_rate`.
         """
         if image is None:
             raise ValueError("image is required (the first frame); use LTX2AudioVideoPipeline for text only")
         conditions = [LTX2ImageCondition(image, 0, image_strength), *(kwargs.pop("conditions", None) or ())]
         return super().__call__(prompt=prompt, conditions=conditions, **kwargs)
+
+
+def _with_the_siblings_arguments(call, sibling):
+    """`call`'s signature and Args as `sibling`'s (`LTX2AudioVideoPipeline.__call__`) after its own `image`,
+    `prompt`, `image_strength` and `conditions`, keyword-only: introspection and help show every argument the
+    `**kwargs` pass on."""
+    own, theirs = inspect.signature(call).parameters, inspect.signature(sibling).parameters
+    taken = ("self", "image", "prompt", "image_strength", "conditions")
+    passed_on = ["conditions"] + [name for name in theirs if name not in taken]
+    call.__signature__ = inspect.Signature(
+        [own["self"], own["image"], own["prompt"], own["image_strength"]]
+        + [theirs[name].replace(kind=inspect.Parameter.KEYWORD_ONLY) for name in passed_on]
+    )
+    args = re.split(r"\n\s*Examples:", sibling.__doc__.split("Args:\n", 1)[1], maxsplit=1)[0]
+    entries = re.split(r"\n(?=            \S)", "\n" + args.strip("\n"))
+    kept = [e for e in entries if e.strip() and re.match(r"\s*(\w+)", e).group(1) not in taken]
+    call.__doc__ = call.__doc__.replace("{sibling_args}", "\n".join(e.strip("\n") for e in kept))
+
+
+_with_the_siblings_arguments(LTX2ImageToAudioVideoPipeline.__call__, LTX2AudioVideoPipeline.__call__)

@@ -1,0 +1,75 @@
+"""diffusers' `from_pipe` between the LTX-2 pipelines (every ordered pair, the same class too): the new pipeline
+shares every component and gives what a freshly loaded pipeline of its class gives."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from converted_folder import converted_folder
+from prompt_contexts import contexts
+
+from ltx2_diffusers import (
+    LTX2AudioToVideoPipeline,
+    LTX2AudioVideoPipeline,
+    LTX2ImageToAudioVideoPipeline,
+    MultiModalGuidance,
+)
+
+
+CLASSES = (LTX2AudioToVideoPipeline, LTX2AudioVideoPipeline, LTX2ImageToAudioVideoPipeline)
+COMPONENTS = ("transformer", "vae", "audio_vae", "connectors", "vocoder", "latent_upsampler", "distilled_lora")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("from_pipe")
+    folder = converted_folder(root, 21)
+    rate = 16000
+    t = np.arange(int(rate * 0.5)) / rate
+    sf.write(root / "a.wav", np.stack([np.sin(2 * np.pi * 250 * t), np.cos(2 * np.pi * 4 * t)], 1) * 0.3, rate)
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    fresh = {cls: cls.from_pretrained(folder) for cls in CLASSES}
+    for pipe in fresh.values():
+        pipe.set_progress_bar_config(disable=True)
+    expected = {cls: run(pipe, root, image) for cls, pipe in fresh.items()}
+    return dict(root=root, image=image, fresh=fresh, expected=expected)
+
+
+def run(pipe, root, image):
+    guidance = MultiModalGuidance(stg_blocks=[1])
+    args = dict(
+        prompt_contexts=contexts(0, "2.3", tokens=16),
+        negative_prompt_contexts=contexts(1, "2.3", tokens=16),
+        height=64,
+        width=64,
+        num_frames=9,
+        num_inference_steps=2,
+        video_guidance=guidance,
+        generator=torch.Generator().manual_seed(3),
+        output_type="latent",
+    )
+    if isinstance(pipe, LTX2AudioToVideoPipeline):
+        args["audio"] = str(root / "a.wav")
+    else:
+        args["audio_guidance"] = guidance
+    if isinstance(pipe, LTX2ImageToAudioVideoPipeline):
+        args["image"] = image
+    out = pipe(**args)
+    return out.frames, out.audio
+
+
+@pytest.mark.parametrize("source", CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("target", CLASSES, ids=lambda c: c.__name__)
+def test_from_pipe_shares_the_components_and_matches_a_fresh_pipeline(setup, source, target):
+    base = setup["fresh"][source]
+    pipe = target.from_pipe(base)
+    assert type(pipe) is target
+    for name in COMPONENTS:
+        assert getattr(pipe, name) is getattr(base, name), name
+    for key in ("model_version", "distilled_lora_scale", "model_variant"):
+        assert pipe.config[key] == base.config[key], key
+    pipe.set_progress_bar_config(disable=True)
+    frames, audio = run(pipe, setup["root"], setup["image"])
+    expected_frames, expected_audio = setup["expected"][target]
+    assert torch.equal(frames, expected_frames)
+    assert torch.equal(audio, expected_audio)
