@@ -170,6 +170,8 @@ def check_audio_sample_rate(value, name: str = "sample_rate") -> int:
             "the audio into that range first"
         )
     return rate
+
+
 def audio_latent_frames_of(num_frames: int, frame_rate: float) -> int:
     """Audio latent frames over `num_frames` video frames at `frame_rate` (`AudioLatentShape.from_duration`)."""
     return round(num_frames / frame_rate * AUDIO_LATENT_FRAMES_PER_SECOND)
@@ -228,6 +230,12 @@ def check_video_size(
             f"{num_frames} frames at {width}x{height} are {tokens} video latent tokens, above the bound of "
             f"{tokens_limit} (max_video_tokens); pass a larger max_video_tokens to allow it"
         )
+    if frame_rate is not None and audio_latent_frames_of(num_frames, frame_rate) < 1:
+        raise ValueError(
+            f"num_frames={num_frames} at frame_rate={frame_rate} lasts {num_frames / frame_rate:.4f} s: 0 audio "
+            f"latent frames ({AUDIO_LATENT_FRAMES_PER_SECOND:g} per second, rounded), the audio needs at least 1; "
+            "pass more frames or a lower frame_rate"
+        )
 
 
 def _plain(value):
@@ -259,9 +267,3 @@ def check_model_config(where: str, config: Mapping, positive: Iterable[str] = ()
         for item in _leaves(config.get(key)):
             if isinstance(item, bool) or not isinstance(item, numbers.Real) or not item > 0:
                 raise ValueError(f"{where!r}: config value {key} = {config[key]!r} must be a number > 0")
-    if frame_rate is not None and audio_latent_frames_of(num_frames, frame_rate) < 1:
-        raise ValueError(
-            f"num_frames={num_frames} at frame_rate={frame_rate} lasts {num_frames / frame_rate:.4f} s: 0 audio "
-            f"latent frames ({AUDIO_LATENT_FRAMES_PER_SECOND:g} per second, rounded), the audio needs at least 1; "
-            "pass more frames or a lower frame_rate"
-        )

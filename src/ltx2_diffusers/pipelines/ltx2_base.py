@@ -16,7 +16,7 @@ from diffusers.utils import logging
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..guidance import MultiModalGuidance
-from ..loaders.distilled_lora import LTX2DistilledLoRA
+from ..loaders.distilled_lora import DEFAULT_DISTILLED_LORA_SCALE, LTX2DistilledLoRA
 from ..loaders.lora import LTX2AVLoraLoaderMixin
 from ..loaders.lora_fusion import reference_lora_arithmetic
 from ..loaders.model_variant import check_model_variant
@@ -96,7 +96,7 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         latent_upsampler: LTX2LatentUpsamplerModel | None = None,
         distilled_lora: LTX2DistilledLoRA | None = None,
         model_version: str = "2.3.0",
-        distilled_lora_scale: float = 0.8,
+        distilled_lora_scale: float = DEFAULT_DISTILLED_LORA_SCALE,
         model_variant: str = "dev",
     ):
         super().__init__()
