@@ -282,3 +282,59 @@ def test_push_to_hub_uploads_the_whole_folder_once_it_is_in_place(setup, tmp_pat
     assert expected <= set(listing)
     assert "card of me/saved" in (target / "README.md").read_text()
     assert "README.md" in json.loads((target / output_folder.MARKER_NAME).read_text())["files"]
+
+
+def test_an_existing_empty_folder_is_filled_in_place(setup, tmp_path, monkeypatch):
+    """An empty `save_directory` (a mount point, or in a folder the user cannot write) is kept: nothing is built
+    beside it, and the folder itself is never removed or renamed."""
+    pipe = load(setup["converted"])
+    parent = tmp_path / "readonly_parent"
+    target = parent / "mount"
+    target.mkdir(parents=True)
+    inode = target.stat().st_ino
+
+    def no_sibling(*args, **kwargs):
+        raise AssertionError("a temporary folder beside save_directory")
+
+    real_rmdir = os.rmdir
+
+    def busy_rmdir(path, *args, **kwargs):  # a mount point cannot be removed
+        if os.path.abspath(path) == os.fspath(target):
+            raise OSError(16, "Device or resource busy")
+        return real_rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(output_folder, "TempFolder", no_sibling)
+    monkeypatch.setattr(os, "rmdir", busy_rmdir)
+    pipe.save_pretrained(target)
+    monkeypatch.undo()
+    assert target.stat().st_ino == inode and sorted(p.name for p in parent.iterdir()) == ["mount"]
+    marker = json.loads((target / output_folder.MARKER_NAME).read_text())
+    on_disk = {k for k, v in tree(target).items() if v != "dir"} - {output_folder.MARKER_NAME}
+    assert {p for p in marker["files"] if not p.endswith("/")} == on_disk
+    assert not [p for p in target.iterdir() if p.name.startswith(".save.partial-")]
+    assert_same_pipeline(pipe, load(target))
+
+
+@pytest.mark.parametrize("failure", ["write", "move"])
+def test_an_interrupted_save_into_an_empty_folder_leaves_it_empty(setup, tmp_path, monkeypatch, failure):
+    pipe = load(setup["converted"])
+    target = tmp_path / "empty"
+    target.mkdir()
+    if failure == "write":
+        fail_at_write(monkeypatch, 3, FullDisk(28, "No space left on device"))
+    else:  # the third entry cannot be moved up (e.g. a full disk's journal, a kill between moves)
+        real, count = output_folder._rename_noreplace, [0]
+
+        def rename(src, dst):
+            count[0] += 1
+            if count[0] == 3:
+                raise KeyboardInterrupt
+            return real(src, dst)
+
+        monkeypatch.setattr(output_folder, "_rename_noreplace", rename)
+    with pytest.raises((FullDisk, KeyboardInterrupt)):
+        pipe.save_pretrained(target)
+    monkeypatch.undo()
+    assert list(target.iterdir()) == [] and siblings(target) == []
+    pipe.save_pretrained(target)  # the folder is still usable
+    assert_same_pipeline(pipe, load(target))

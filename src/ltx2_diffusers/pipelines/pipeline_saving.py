@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -168,23 +170,30 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
             hub.get("repo_id", target.name), exist_ok=True, private=hub.get("private"), token=hub.get("token")
         )
         hub = {**hub, "repo_id": repo.repo_id}
-    output_folder.remove_leftovers(target, {})
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = output_folder.TempFolder(target, "partial")
-    try:
-        save_components(os.fspath(partial.path))
-        write_extras(pipe, partial.path)
+
+    def build(folder: Path) -> None:
+        save_components(os.fspath(folder))
+        write_extras(pipe, folder)
         if hub is not None:
             from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
 
             card = load_or_create_model_card(hub["repo_id"], token=hub.get("token"), is_pipeline=True)
-            populate_model_card(card).save(os.fspath(partial.path / "README.md"))
-        output_folder.write_marker(partial.path)
-        output_folder.publish(partial.path, target, expected, label="save_directory")
-    except BaseException:
-        partial.release(remove=True)
-        raise
-    partial.release(remove=False)
+            populate_model_card(card).save(os.fspath(folder / "README.md"))
+        output_folder.write_marker(folder)
+
+    if expected.kind == "empty":
+        _fill_empty_folder(target, build)
+    else:
+        output_folder.remove_leftovers(target, {})
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = output_folder.TempFolder(target, "partial")
+        try:
+            build(partial.path)
+            output_folder.publish(partial.path, target, expected, label="save_directory")
+        except BaseException:
+            partial.release(remove=True)
+            raise
+        partial.release(remove=False)
     if hub is not None:
         pipe._upload_folder(
             os.fspath(target),
@@ -193,6 +202,32 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
             commit_message=hub.get("commit_message"),
             create_pr=hub.get("create_pr", False),
         )
+
+
+def _fill_empty_folder(target: Path, build) -> None:
+    """Save into an existing empty `save_directory`, which is kept as it is (it may be a mount point, or sit in a
+    folder the user cannot write): the save is built in a hidden folder inside it, then its entries are moved up,
+    the package marker last. On any failure what was moved is removed again, so the folder is left empty."""
+    where = os.fspath(target)
+    tmp = Path(tempfile.mkdtemp(prefix=".save.partial-", dir=target))
+    moved = []
+    try:
+        build(tmp)
+        others = sorted(set(os.listdir(target)) - {tmp.name})
+        if others:
+            raise ValueError(f"save_directory {where!r} is no longer empty ({others[:5]}); nothing was saved")
+        for name in sorted(os.listdir(tmp), key=lambda n: n == output_folder.MARKER_NAME):
+            output_folder._rename_noreplace(tmp / name, target / name)
+            moved.append(target / name)
+        tmp.rmdir()
+    except BaseException:
+        for path in moved:  # only entries this save moved in (the folder was empty)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_extras(pipe, save_directory) -> None:
