@@ -85,6 +85,11 @@ VIDEO, AUDIO = contexts(0, "2.3", tokens=16)
             "sigmas holds 5000 values, above the bound of 1000 steps",
         ),
         (
+            dict(num_inference_steps=None, sigmas=[1.0 - i / 1002 for i in range(1001)]),  # 1001 steps, no final 0
+            ValueError,
+            "^sigmas gives 1001 steps, above the bound of 1000",
+        ),
+        (
             dict(num_inference_steps=None, sigmas=[0.5] * 1000),
             ValueError,
             r"sigmas must decrease strictly, got \[0\.5",

@@ -38,7 +38,8 @@ def test_default_is_bfloat16(checkpoint):
     [
         ({"dtype": torch.float32, "torch_dtype": torch.float32}, ValueError, "not both"),
         ({"dtype": "float32"}, TypeError, "floating torch.dtype"),
-        ({"dtype": torch.int8}, TypeError, "floating torch.dtype"),
+        ({"dtype": torch.int8}, TypeError, "^dtype must be a floating torch.dtype"),
+        ({"torch_dtype": torch.int8}, TypeError, "^torch_dtype must be a floating torch.dtype"),
     ],
 )
 def test_bad_dtypes_are_refused_before_reading(checkpoint, kwargs, error, match, monkeypatch):

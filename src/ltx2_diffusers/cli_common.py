@@ -492,13 +492,6 @@ def check_device(text: str):
         if device.index >= count:
             raise ValueError(f"--device {text!r}: there are only {count} {device.type} device(s)")
     return device
-    backend = getattr(torch, device.type, None)
-    if device.type not in ("cuda", "xpu", "mps") or not backend.is_available():
-        raise ValueError(f"--device {text!r}: no {device.type} device is available here; use cpu or cuda")
-    count = getattr(backend, "device_count", lambda: 1)()
-    if device.index is not None and device.index >= count:
-        raise ValueError(f"--device {text!r}: there are only {count} {device.type} device(s)")
-    return device
 
 
 def check_context_parallel(parser, args) -> None:

@@ -121,7 +121,7 @@ def _banded_resample(
     flat = F.pad(flat, (width, width + orig))
     total = math.ceil(new * length / orig)
     out = torch.empty(num_wavs, total, dtype=dtype, device=device)
-    block = max(1, _BANDED_BLOCK_ELEMENTS // (taps * num_wavs))
+    block = max(1, _BANDED_BLOCK_ELEMENTS // max(1, taps * num_wavs))
     steps = torch.arange(taps, device=device)
     for start in range(0, total, block):
         m = torch.arange(start, min(start + block, total), device=device)

@@ -269,6 +269,11 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
                     "(validation.MAX_INFERENCE_STEPS)"
                 )
             steps = len(_check_table(sigmas))
+            if steps > MAX_INFERENCE_STEPS:
+                raise ValueError(
+                    f"sigmas gives {steps} steps, above the bound of {MAX_INFERENCE_STEPS} "
+                    "(validation.MAX_INFERENCE_STEPS)"
+                )
             if num_inference_steps is not None and num_inference_steps != steps:
                 raise ValueError(f"num_inference_steps={num_inference_steps} but sigmas holds {steps} steps")
             num_inference_steps, table = steps, sigmas

@@ -231,9 +231,10 @@ class LTX2A2VLoadingMixin:
 
         if dtype is not None and torch_dtype is not None:
             raise ValueError("pass dtype or torch_dtype (its older name), not both")
+        name = "dtype" if dtype is not None or torch_dtype is None else "torch_dtype"
         torch_dtype = dtype if dtype is not None else torch_dtype if torch_dtype is not None else torch.bfloat16
         if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.bfloat16), got {torch_dtype!r}")
+            raise TypeError(f"{name} must be a floating torch.dtype (e.g. torch.bfloat16), got {torch_dtype!r}")
         metadata = read_metadata(checkpoint_path)
         model_variant = resolve_model_variant(metadata, model_variant, checkpoint_path).name
         file_version = metadata.get("model_version")

@@ -276,17 +276,18 @@ class LTX2ImageToAudioVideoPipeline(LTX2AudioVideoPipeline):
     def __call__(self, image=None, prompt: str | None = None, *, image_strength: float = 1.0, **kwargs):
         r"""Generate a video starting at `image`, and its audio.
 
-                Args:
-                    image: a path, PIL image, array or tensor: the first frame (required).
-                    prompt (`str`): the text; or pass `prompt_embeds` (text-encoder features) or `prompt_contexts`.
-                    image_strength (`float`): how strongly frame 0 keeps the image (1: exactly).
-                    conditions: further images pinned to frames after 0: `LTX2ImageCondition` or
-                        `(image, frame_index, strength[, crf])`.
-        {sibling_args}
-                Examples:
+        Args:
+            image: a path, PIL image, array or tensor: the first frame (required).
+            prompt (`str`): the text; or pass `prompt_embeds` (text-encoder features) or `prompt_contexts`.
+            image_strength (`float`): how strongly frame 0 keeps the image (1: exactly).
+            conditions: further images pinned to frames after 0: `LTX2ImageCondition` or
+                `(image, frame_index, strength[, crf])`.
+            {sibling_args}
 
-                Returns:
-                    `LTX2AudioVideoPipelineOutput`: `frames`, `audio` `[channels, samples]` at `audio_sample_rate`.
+        Examples:
+
+        Returns:
+            `LTX2AudioVideoPipelineOutput`: `frames`, `audio` `[channels, samples]` at `audio_sample_rate`.
         """
         if image is None:
             raise ValueError("image is required (the first frame); use LTX2AudioVideoPipeline for text only")
@@ -308,7 +309,7 @@ def _with_the_siblings_arguments(call, sibling):
     args = re.split(r"\n\s*Examples:", sibling.__doc__.split("Args:\n", 1)[1], maxsplit=1)[0]
     entries = re.split(r"\n(?=            \S)", "\n" + args.strip("\n"))
     kept = [e for e in entries if e.strip() and re.match(r"\s*(\w+)", e).group(1) not in taken]
-    call.__doc__ = call.__doc__.replace("{sibling_args}", "\n".join(e.strip("\n") for e in kept))
+    call.__doc__ = call.__doc__.replace("{sibling_args}", "\n".join(e.strip("\n") for e in kept).lstrip())
 
 
 _with_the_siblings_arguments(LTX2ImageToAudioVideoPipeline.__call__, LTX2AudioVideoPipeline.__call__)
