@@ -13,7 +13,7 @@ from ltx2_diffusers.validation import (
     MAX_INFERENCE_STEPS,
     MAX_LATENT_ABS,
     MAX_SEQUENCE_LENGTH,
-    audio_latent_frames_of,
+    audio_latent_frames,
     check_video_size,
     shown,
 )
@@ -148,7 +148,7 @@ def test_refused_before_any_model_with_a_short_message(pipe, no_compute, kwargs,
 def test_the_bounds_admit_their_edges(pipe):
     """The documented edges pass: 1 fps with 1 frame (25 audio latent frames per second: 1 s -> 25), 1 frame at
     40 fps (0.025 s -> 1 audio frame), a finite latent at the magnitude bound, prompt embeddings of 128 tokens."""
-    assert audio_latent_frames_of(1, 40.0) == 1 and audio_latent_frames_of(1, 50.0) == 0  # 0.5 rounds to 0
+    assert audio_latent_frames(1 / 40.0) == 1 and audio_latent_frames(1 / 50.0) == 0  # 0.5 rounds to 0
     check_video_size(1, 64, 64, frame_rate=40.0)
     out = call(pipe, num_frames=1, frame_rate=1.0, stage_2=False, num_inference_steps=2)
     assert out.audio.shape[1] == 25

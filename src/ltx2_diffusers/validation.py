@@ -60,7 +60,7 @@ __all__ = [
     "MAX_VIDEO_TOKENS",
     "MIN_AUDIO_SAMPLE_RATE",
     "MIN_FRAME_RATE",
-    "audio_latent_frames_of",
+    "audio_latent_frames",
     "check_adapter_weights",
     "check_audio_sample_rate",
     "check_frame_rate",
@@ -86,7 +86,7 @@ MAX_AUDIO_SAMPLE_RATE = 384000
 MIN_FRAME_RATE = 1.0
 MAX_SEQUENCE_LENGTH = 4096
 MAX_LATENT_ABS = 1e4
-AUDIO_LATENT_FRAMES_PER_SECOND = 16000 / 160 / 4  # the audio VAE's rate / mel hop / latent downsampling
+AUDIO_LATENTS_PER_SECOND = 16000 / 160 / 4  # the audio VAE's rate / mel hop / latent downsampling
 
 
 def shown(value, limit: int = 200) -> str:
@@ -172,9 +172,9 @@ def check_audio_sample_rate(value, name: str = "sample_rate") -> int:
     return rate
 
 
-def audio_latent_frames_of(num_frames: int, frame_rate: float) -> int:
-    """Audio latent frames over `num_frames` video frames at `frame_rate` (`AudioLatentShape.from_duration`)."""
-    return round(num_frames / frame_rate * AUDIO_LATENT_FRAMES_PER_SECOND)
+def audio_latent_frames(duration: float) -> int:
+    """Audio latent frames covering `duration` seconds (`AudioLatentShape.from_duration`)."""
+    return round(duration * AUDIO_LATENTS_PER_SECOND)
 
 
 def check_latents(name: str, latents) -> None:
@@ -233,10 +233,10 @@ def check_video_size(
             f"{num_frames} frames at {width}x{height} are {tokens} video latent tokens, above the bound of "
             f"{tokens_limit} (max_video_tokens); pass a larger max_video_tokens to allow it"
         )
-    if frame_rate is not None and audio_latent_frames_of(num_frames, frame_rate) < 1:
+    if frame_rate is not None and audio_latent_frames(num_frames / frame_rate) < 1:
         raise ValueError(
             f"num_frames={num_frames} at frame_rate={frame_rate} lasts {num_frames / frame_rate:.4f} s: 0 audio "
-            f"latent frames ({AUDIO_LATENT_FRAMES_PER_SECOND:g} per second, rounded), the audio needs at least 1; "
+            f"latent frames ({AUDIO_LATENTS_PER_SECOND:g} per second, rounded), the audio needs at least 1; "
             "pass more frames or a lower frame_rate"
         )
 

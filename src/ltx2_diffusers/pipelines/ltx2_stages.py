@@ -11,10 +11,10 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..models.rope import audio_coords, video_coords
+from ..validation import AUDIO_LATENTS_PER_SECOND, audio_latent_frames  # noqa: F401  (stages.audio_latent_frames)
 
 
 VIDEO_SCALE_FACTORS = (8, 32, 32)
-AUDIO_LATENTS_PER_SECOND = 16000 / 160 / 4  # sampling rate / hop length / latent downsampling
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,6 @@ class LatentState:
 def video_latent_size(num_frames: int, height: int, width: int) -> tuple[int, int, int]:
     t, h, w = VIDEO_SCALE_FACTORS
     return (num_frames - 1) // t + 1, height // h, width // w
-
-
-def audio_latent_frames(duration: float) -> int:
-    """Audio latent frames covering `duration` seconds (`AudioLatentShape.from_duration`)."""
-    return round(duration * AUDIO_LATENTS_PER_SECOND)
 
 
 def patchify_video(latent: torch.Tensor) -> torch.Tensor:
