@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 from converted_folder import converted_folder
-from prompt_contexts import contexts
+from family_call import tiny_call_args
 
 from ltx2_diffusers import LTX2AudioToVideoPipeline, LTX2AudioVideoPipeline, MultiModalGuidance
 from ltx2_diffusers.pipelines import ltx2_stages as stages
@@ -30,21 +30,7 @@ def setup(tmp_path_factory):
 
 
 def call(pipe, setup, **kwargs):
-    args = dict(
-        prompt_contexts=contexts(0, "2.3", tokens=16),
-        negative_prompt_contexts=contexts(1, "2.3", tokens=16),
-        height=64,
-        width=64,
-        num_frames=9,
-        num_inference_steps=3,
-        video_guidance=GUIDANCE,
-        generator=torch.Generator().manual_seed(0),
-        output_type="latent",
-    )
-    if isinstance(pipe, LTX2AudioToVideoPipeline):
-        args["audio"] = setup["audio"]
-    else:
-        args["audio_guidance"] = GUIDANCE
+    args = tiny_call_args(pipe, GUIDANCE, steps=3, audio=setup["audio"])
     args.update(kwargs)
     return pipe(**args)
 

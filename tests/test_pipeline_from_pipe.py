@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 from converted_folder import converted_folder
-from prompt_contexts import contexts
+from family_call import tiny_call_args
 
 from ltx2_diffusers import (
     LTX2AudioToVideoPipeline,
@@ -36,22 +36,7 @@ def setup(tmp_path_factory):
 
 
 def run(pipe, root, image):
-    guidance = MultiModalGuidance(stg_blocks=[1])
-    args = dict(
-        prompt_contexts=contexts(0, "2.3", tokens=16),
-        negative_prompt_contexts=contexts(1, "2.3", tokens=16),
-        height=64,
-        width=64,
-        num_frames=9,
-        num_inference_steps=2,
-        video_guidance=guidance,
-        generator=torch.Generator().manual_seed(3),
-        output_type="latent",
-    )
-    if isinstance(pipe, LTX2AudioToVideoPipeline):
-        args["audio"] = str(root / "a.wav")
-    else:
-        args["audio_guidance"] = guidance
+    args = tiny_call_args(pipe, MultiModalGuidance(stg_blocks=[1]), seed=3, audio=str(root / "a.wav"))
     if isinstance(pipe, LTX2ImageToAudioVideoPipeline):
         args["image"] = image
     out = pipe(**args)

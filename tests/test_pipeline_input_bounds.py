@@ -6,6 +6,7 @@
 import pytest
 import torch
 from converted_folder import converted_folder
+from family_call import tiny_call_args
 from prompt_contexts import contexts
 
 from ltx2_diffusers import LTX2AudioToVideoPipeline, LTX2AudioVideoPipeline, MultiModalGuidance
@@ -40,19 +41,7 @@ def no_compute(pipe, monkeypatch):
 
 
 def call(pipe, **kwargs):
-    args = dict(
-        prompt_contexts=contexts(0, "2.3", tokens=16),
-        negative_prompt_contexts=contexts(1, "2.3", tokens=16),
-        height=64,
-        width=64,
-        num_frames=9,
-        num_inference_steps=2,
-        video_guidance=GUIDANCE,
-        generator=torch.Generator().manual_seed(0),
-        output_type="latent",
-    )
-    if isinstance(pipe, LTX2AudioVideoPipeline):
-        args["audio_guidance"] = GUIDANCE
+    args = tiny_call_args(pipe, GUIDANCE)
     args.update(kwargs)
     return pipe(**args)
 
