@@ -5,7 +5,6 @@
 Every refusal hashes all of the user's files before and after and fails if a model would have been loaded.
 """
 
-import hashlib
 import os
 import types
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from file_tree import file_tree
 from PIL import Image
 
 from ltx2_diffusers import a2vid, av_cli
@@ -21,22 +21,6 @@ from ltx2_diffusers.validation import MAX_INFERENCE_STEPS
 
 
 CLIS = {"a2v": (a2vid, "ltx2-a2v"), "av": (av_cli, "ltx2-av")}
-
-
-def _tree(root):
-    """Every entry under `root`: files by sha256, links by target, folders by name."""
-    out = {}
-    for folder, dirs, names in os.walk(root):
-        for name in dirs + names:
-            path = os.path.join(folder, name)
-            rel = os.path.relpath(path, root)
-            if os.path.islink(path):
-                out[rel] = "link:" + os.readlink(path)
-            elif os.path.isdir(path):
-                out[rel] = "dir"
-            else:
-                out[rel] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return out
 
 
 @pytest.fixture
@@ -126,18 +110,18 @@ def test_existing_output_refused_without_overwrite(cli, name, user, no_loading, 
     output, extra, existing = EXISTING[name]
     if existing == "fresh_sync.json":
         (user / "fresh_sync.json").write_text("a report the user keeps")
-    before = _tree(user)
+    before = file_tree(user)
     err = _refused(cli, _argv(cli, output, *extra), capsys)
     assert existing in err and "already exists" in err and "--overwrite" in err, err
-    assert _tree(user) == before
+    assert file_tree(user) == before
 
 
 def test_existing_sweep_table_refused_without_overwrite(user, no_loading, capsys):
     (user / "clip_modality_sweep.md").write_text("the table of an earlier sweep")
-    before = _tree(user)
+    before = file_tree(user)
     err = _refused("a2v", _argv("a2v", "clip.mp4", "--modality-scale-sweep", "1,3"), capsys)
     assert "clip_modality_sweep.md" in err and "--overwrite" in err
-    assert _tree(user) == before
+    assert file_tree(user) == before
 
 
 @pytest.mark.parametrize("cli", list(CLIS))
@@ -145,18 +129,18 @@ def test_overwrite_still_refuses_an_input(cli, user, no_loading, capsys):
     """`--overwrite` replaces earlier outputs, never an input: the sync report as a hard link of the image."""
     Image.new("RGB", (64, 64), (200, 10, 10)).save(user / "face.png")
     os.link("face.png", "out_sync.png")
-    before = _tree(user)
+    before = file_tree(user)
     err = _refused(cli, _argv(cli, "out.mp4", "--image", "face.png", "0", "1", "--sync-report", "--overwrite"), capsys)
     assert "--image" in err and "face.png" in err and "out_sync.png" in err, err
-    assert _tree(user) == before
+    assert file_tree(user) == before
 
 
 @pytest.mark.parametrize("cli", list(CLIS))
 def test_overwrite_replaces_the_earlier_render_and_its_report(cli, user, loads, capsys):
-    before = _tree(user)
+    before = file_tree(user)
     module, _ = CLIS[cli]
     assert module.main(_argv(cli, "old.mp4", "--sync-report", "--overwrite")) == 0
-    after = _tree(user)
+    after = file_tree(user)
     assert set(after) == set(before) | {"old_sync.png"}  # no temporary file left
     assert after["old.mp4"] != before["old.mp4"] and after["old_sync.json"] != before["old_sync.json"]
     assert {k: v for k, v in after.items() if k not in ("old.mp4", "old_sync.json", "old_sync.png")} == {
@@ -165,9 +149,9 @@ def test_overwrite_replaces_the_earlier_render_and_its_report(cli, user, loads, 
     with av.open(str(user / "old.mp4")) as container:
         assert container.streams.video[0].frames == 9
     # A second run into the same name is refused again: the run does not remember what it wrote.
-    before = _tree(user)
+    before = file_tree(user)
     _refused(cli, _argv(cli, "old.mp4", "--sync-report"), capsys)
-    assert _tree(user) == before
+    assert file_tree(user) == before
 
 
 # ------------------------------------------------------------------------------------- output folders
@@ -183,11 +167,11 @@ def test_overwrite_replaces_the_earlier_render_and_its_report(cli, user, loads, 
 )
 def test_output_below_a_file_refused_before_loading(cli, output, words, user, no_loading, capsys):
     os.symlink("nowhere", "dangling")
-    before = _tree(user)
+    before = file_tree(user)
     err = _refused(cli, _argv(cli, output), capsys)
     for word in words:
         assert word in err, (word, err)
-    assert _tree(user) == before
+    assert file_tree(user) == before
 
 
 @pytest.mark.parametrize("cli", list(CLIS))
@@ -197,10 +181,10 @@ def test_output_in_a_read_only_folder_refused_before_loading(cli, user, no_loadi
     access = os.access
     # The permission as the kernel would answer a non-root user for a 0o555 folder (tests may run as root).
     monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == locked else access(path, mode))
-    before = _tree(user)
+    before = file_tree(user)
     err = _refused(cli, _argv(cli, "locked/new/out.mp4"), capsys)
     assert "locked" in err and "not writable" in err
-    assert _tree(user) == before
+    assert file_tree(user) == before
 
 
 @pytest.mark.parametrize("cli", list(CLIS))
@@ -217,7 +201,7 @@ def test_created_folders_removed_when_the_run_fails(cli, error, user, monkeypatc
     module, _ = CLIS[cli]
     (user / "renders").mkdir()
     (user / "renders" / "keep.txt").write_text("the user's folder stays")
-    before = _tree(user)
+    before = file_tree(user)
 
     def failing(args):
         assert os.path.isdir(user / "renders" / "today" / "x")
@@ -229,7 +213,7 @@ def test_created_folders_removed_when_the_run_fails(cli, error, user, monkeypatc
     else:
         with pytest.raises(KeyboardInterrupt):
             module.main(_argv(cli, "renders/today/x/out.mp4"))
-    assert _tree(user) == before  # renders/today and renders/today/x are gone again, renders stays
+    assert file_tree(user) == before  # renders/today and renders/today/x are gone again, renders stays
 
 
 # ------------------------------------------------------------------------------------- flag values
@@ -250,11 +234,11 @@ FLAGS = {
 @pytest.mark.parametrize("name", list(FLAGS))
 def test_flag_values_refused_before_loading(cli, name, user, no_loading, capsys):
     flags, words = FLAGS[name]
-    before = _tree(user)
+    before = file_tree(user)
     err = _refused(cli, _argv(cli, "out.mp4", *flags), capsys)
     for word in words:
         assert word in err, (word, err)
-    assert _tree(user) == before
+    assert file_tree(user) == before
 
 
 @pytest.mark.parametrize("cli", list(CLIS))

@@ -4,7 +4,6 @@ Every refusal hashes all the files of the folder before and after and requires t
 partial file, no created folder), and requires the error to name the flag and the path at fault.
 """
 
-import hashlib
 import json
 import os
 import subprocess
@@ -12,27 +11,12 @@ import sys
 
 import numpy as np
 import pytest
+from file_tree import file_tree
 from PIL import Image
 
 from ltx2_diffusers import sync
 from ltx2_diffusers.sync import MIN_SAMPLE_RATE, SyncReport, main, sync_report
 from ltx2_diffusers.video_io import export_to_video_with_audio
-
-
-def _tree(root):
-    """Every entry under `root`: files by sha256, links by target, folders by name."""
-    out = {}
-    for folder, dirs, names in os.walk(root):
-        for name in dirs + names:
-            path = os.path.join(folder, name)
-            rel = os.path.relpath(path, root)
-            if os.path.islink(path):
-                out[rel] = "link:" + os.readlink(path)
-            elif os.path.isdir(path):
-                out[rel] = "dir"
-            else:
-                out[rel] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return out
 
 
 @pytest.fixture
@@ -88,25 +72,25 @@ def test_refused_before_measuring_files_untouched(name, work, no_measuring, caps
             os.mkdir(link[4:])
         else:
             os.symlink(target, link)
-    before = _tree(work)
+    before = file_tree(work)
     assert main(["clip.mp4", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ltx2-sync-report: error:"), err
     for word in words:
         assert word in err, (word, err)
-    assert _tree(work) == before
+    assert file_tree(work) == before
 
 
 def test_existing_outputs_replaced_only_with_overwrite(work, capsys):
     (work / "clip_sync.json").write_text("my notes")
     (work / "clip_sync.png").write_text("my picture")
-    before = _tree(work)
+    before = file_tree(work)
     assert main(["clip.mp4"]) == 2
     err = capsys.readouterr().err
     assert "'clip_sync.png' already exists" in err and "--overwrite" in err
-    assert _tree(work) == before
+    assert file_tree(work) == before
     assert main(["clip.mp4", "--overwrite"]) == 0
-    after = _tree(work)
+    after = file_tree(work)
     assert after.keys() == before.keys()  # replaced in place, no temporary file left
     assert after["clip.mp4"] == before["clip.mp4"] and after["notes.txt"] == before["notes.txt"]
     assert json.loads((work / "clip_sync.json").read_text())["num_frames"] == 24
@@ -117,9 +101,9 @@ def test_existing_outputs_replaced_only_with_overwrite(work, capsys):
 def test_symlinked_output_replaced_not_written_through(work):
     """With --overwrite a link at the output path is replaced by the report; its target stays as it was."""
     os.symlink("notes.txt", "r.png")
-    notes = _tree(work)["notes.txt"]
+    notes = file_tree(work)["notes.txt"]
     assert main(["clip.mp4", "--out", "r.png", "--overwrite"]) == 0
-    assert not os.path.islink("r.png") and _tree(work)["notes.txt"] == notes
+    assert not os.path.islink("r.png") and file_tree(work)["notes.txt"] == notes
     with Image.open("r.png") as image:
         assert image.format == "PNG"
 
@@ -143,10 +127,10 @@ def test_failure_while_writing_keeps_the_old_report(work, monkeypatch):
 def test_missing_folders_are_created_and_removed_on_failure(work, monkeypatch, capsys):
     assert main(["clip.mp4", "--out", "reports/a/r.png"]) == 0
     assert sorted(os.listdir(work / "reports" / "a")) == ["r.json", "r.png"]
-    before = _tree(work)
+    before = file_tree(work)
     assert main(["notes.txt", "--out", "other/b/r.png"]) == 2  # not a video: refused while measuring
     assert "notes.txt" in capsys.readouterr().err
-    assert _tree(work) == before  # the folders made for it are gone again
+    assert file_tree(work) == before  # the folders made for it are gone again
 
 
 def test_module_runs_main(work):
