@@ -243,7 +243,7 @@ def sweep_table(rows: list[dict]) -> str:
 def run(args) -> list[str]:
     """Check the input files, create the output's folders, load, generate, write; returns the written paths."""
     preflight(args)
-    with cli_running.output_folder(args):  # created before loading; removed again (when empty) on a failure
+    with cli_running.creating_output_folders(args):  # created before loading; removed again (when empty) on a failure
         return _render(args)
 
 

@@ -236,7 +236,7 @@ def run(args) -> str | None:
     """Check the input files, create the output's folders, load, generate, write the mp4 and with `--sync-report`
     its sync report (rank 0); returns the mp4's path (None on other ranks)."""
     preflight(args)
-    with cli_running.output_folder(args):  # created before loading; removed again (when empty) on a failure
+    with cli_running.creating_output_folders(args):  # created before loading; removed again (when empty) on a failure
         return _render(args)
 
 

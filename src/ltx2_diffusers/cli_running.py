@@ -229,16 +229,20 @@ def enable_context_parallel(pipe, degree: int):
     return device
 
 
-def output_folder(args):
+def creating_output_folders(args):
     """The `with` block that creates `--output-path`'s missing folders before the work and removes them again (when
-    still empty) if it fails (`cli_safety.output_folder`); with `--context-parallel` only rank 0 (torchrun's
+    still empty) if it fails (`cli_safety.creating_missing_folders`); with `--context-parallel` only rank 0 (torchrun's
     `RANK`), the rank that writes, creates them."""
     import contextlib
     import os
 
-    from .cli_safety import output_folder as folder
+    from .cli_safety import creating_missing_folders
 
-    return folder(args.output_path) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext([])
+    return (
+        creating_missing_folders(args.output_path)
+        if os.environ.get("RANK", "0") == "0"
+        else contextlib.nullcontext([])
+    )
 
 
 def is_main_process() -> bool:

@@ -6,7 +6,7 @@
   inputs (the same file by inode or resolved path: symlinks and hard links included) nor an existing file inside
   an input folder (`--model`, `--gemma-root`), even with `--overwrite`.
 - `check_output_folder`: no folder above an output is a file, the nearest existing one is a writable folder;
-  `output_folder` creates the missing ones before the work and removes them again (when still empty) if it fails.
+  `creating_missing_folders` creates the missing ones before the work and removes them again (when still empty) if it fails.
 - `preflight`: the input files' contents: safetensors headers (LoRAs: floating point dtypes only), an audio
   stream in `--audio-path` that covers the video and, with `--num-frames auto`, gives at most `--max-num-frames`
   frames (from the header, before any decoding), decodable condition images.
@@ -33,8 +33,8 @@ __all__ = [
     "check_outputs",
     "check_same_files",
     "check_values",
+    "creating_missing_folders",
     "input_paths",
-    "output_folder",
     "planned_outputs",
     "preflight",
     "same_file",
@@ -118,7 +118,7 @@ def check_output_folder(flag: str, path: str) -> None:
 
 
 @contextlib.contextmanager
-def output_folder(path: str):
+def creating_missing_folders(path: str):
     """Create the missing folders above `path` for the work in the `with` block; if the block fails, remove those
     of them that are still empty (nothing this run did not create is removed). Yields the created folders."""
     missing, folder = [], os.path.dirname(os.path.abspath(path))

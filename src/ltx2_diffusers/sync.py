@@ -317,7 +317,7 @@ def main(argv=None) -> int:
     """Console script `ltx2-sync-report input.mp4 [--out report.png] [--overwrite]`: writes the PNG and a JSON
     beside it, each under a temporary name renamed when complete. The output paths are checked before the video
     is read: never the input (symlinks, hard links), never an existing file without `--overwrite`."""
-    from .cli_safety import output_folder, write_atomically
+    from .cli_safety import creating_missing_folders, write_atomically
 
     parser = argparse.ArgumentParser(
         prog="ltx2-sync-report",
@@ -335,7 +335,7 @@ def main(argv=None) -> int:
 
     try:
         png, json_path = _report_paths(args)
-        with output_folder(png):  # created now; removed again (when still empty) if the report fails
+        with creating_missing_folders(png):  # created now; removed again (when still empty) if the report fails
             report = sync_report_from_file(args.input, max_lag_frames=args.max_lag_frames)
             write_atomically(png, report.save_png)
             write_atomically(json_path, report.save_json)
