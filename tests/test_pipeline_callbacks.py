@@ -220,3 +220,18 @@ def test_call_properties_inside_a_callback(setup):
     seen.clear()
     call(pipe, setup, stage_2=False, video_guidance=GUIDANCE, audio_guidance=disabled, callback_on_step_end=record)
     assert [s[:2] for s in seen] == [(2.5, True)] * 3
+
+
+def test_current_timestep_is_none_after_a_failed_call(setup):
+    pipe = LTX2AudioVideoPipeline.from_pipe(setup["av"])
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+
+    def fail(p, i, t, kw):
+        seen.append(p.current_timestep)
+        raise RuntimeError("the user's callback fails")
+
+    with pytest.raises(RuntimeError, match="the user's callback fails"):
+        call(pipe, setup, callback_on_step_end=fail)
+    assert seen and seen[0] is not None
+    assert pipe.current_timestep is None

@@ -429,34 +429,45 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         # One timestep per item where a modality's tokens share it (the masks do not change during the loop); the
         # reference's per-token AdaLN under `reference_arithmetic`.
         per_item_timesteps = (False, False) if exact else (has_uniform_timesteps(video), has_uniform_timesteps(audio))
-        with (
-            self.progress_bar(total=len(sigmas) - 1) as progress_bar,
-            reference_lora_arithmetic(self.transformer) if exact else nullcontext(),
-            accelerated(self.transformer, self.transformer_acceleration, self._execution_device, exact),
-            slots_released_after(self.transformer),
-        ):
-            if hasattr(progress_bar, "set_description"):
-                progress_bar.set_description(f"stage {stage + 1}")
-            for i in range(len(sigmas) - 1):
-                if self.interrupt:
-                    logger.warning(f"interrupted: stage {stage + 1} stops before its step {i}")
-                    break
-                sigma, sigma_next = sigmas[i], sigmas[i + 1]
-                self._current_timestep = sigma * 1000
-                previous = guided_x0(
-                    self.transformer, video, audio, sigma, i, contexts, guidance, previous,
-                    batch_size=guidance_batch_size, share_prefix=not exact, per_item_timesteps=per_item_timesteps,
-                )  # fmt: skip
-                if not frozen[0]:
-                    video = advance(video, previous.video, sigma, sigma_next)
-                if not frozen[1]:
-                    audio = advance(audio, previous.audio, sigma, sigma_next)
-                if callback_on_step_end is not None:
-                    video, audio = self._step_callback(
-                        callback_on_step_end, callback_inputs, step_offset + i, sigma, video, audio
+        try:
+            with (
+                self.progress_bar(total=len(sigmas) - 1) as progress_bar,
+                reference_lora_arithmetic(self.transformer) if exact else nullcontext(),
+                accelerated(self.transformer, self.transformer_acceleration, self._execution_device, exact),
+                slots_released_after(self.transformer),
+            ):
+                if hasattr(progress_bar, "set_description"):
+                    progress_bar.set_description(f"stage {stage + 1}")
+                for i in range(len(sigmas) - 1):
+                    if self.interrupt:
+                        logger.warning(f"interrupted: stage {stage + 1} stops before its step {i}")
+                        break
+                    sigma, sigma_next = sigmas[i], sigmas[i + 1]
+                    self._current_timestep = sigma * 1000
+                    previous = guided_x0(
+                        self.transformer,
+                        video,
+                        audio,
+                        sigma,
+                        i,
+                        contexts,
+                        guidance,
+                        previous,
+                        batch_size=guidance_batch_size,
+                        share_prefix=not exact,
+                        per_item_timesteps=per_item_timesteps,
                     )
-                progress_bar.update()
-        self._current_timestep = None
+                    if not frozen[0]:
+                        video = advance(video, previous.video, sigma, sigma_next)
+                    if not frozen[1]:
+                        audio = advance(audio, previous.audio, sigma, sigma_next)
+                    if callback_on_step_end is not None:
+                        video, audio = self._step_callback(
+                            callback_on_step_end, callback_inputs, step_offset + i, sigma, video, audio
+                        )
+                    progress_bar.update()
+        finally:  # also when the call fails: `current_timestep` is None outside the loop
+            self._current_timestep = None
         return video, audio
 
     def _step_callback(self, callback, names, step, sigma, video, audio):
