@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any, Iterable, Mapping
 
 
@@ -67,6 +68,7 @@ __all__ = [
     "check_guidance_scale",
     "check_latents",
     "check_lora_strength",
+    "CheckedConfigMixin",
     "check_model_config",
     "check_video_size",
     "resolve_limit",
@@ -270,3 +272,21 @@ def check_model_config(where: str, config: Mapping, positive: Iterable[str] = ()
         for item in _leaves(config.get(key)):
             if isinstance(item, bool) or not isinstance(item, numbers.Real) or not item > 0:
                 raise ValueError(f"{where!r}: config value {key} = {config[key]!r} must be a number > 0")
+
+
+class CheckedConfigMixin:
+    """For a `ConfigMixin` model listing `_positive_config_keys`: the `config.json` that `from_pretrained` reads is
+    checked naming the file, and `_check_config()` (called by the model's `__init__`) checks the config however the
+    model is built (`check_model_config`)."""
+
+    #: Config keys that must be numbers > 0 (the model divides or sizes by them).
+    _positive_config_keys: tuple[str, ...] = ()
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        config = super()._dict_from_json_file(json_file)
+        check_model_config(f"{os.fspath(json_file)} ({cls.__name__})", config, cls._positive_config_keys)
+        return config
+
+    def _check_config(self) -> None:
+        check_model_config(type(self).__name__, self.config, self._positive_config_keys)

@@ -6,8 +6,6 @@ are: they match ltx-core bit for bit, see tests/test_audio_vae.py); `n_fft` is t
 
 from __future__ import annotations
 
-import os
-
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.autoencoder_kl_ltx2_audio import LTX2AudioDecoder, LTX2AudioEncoder
@@ -21,7 +19,7 @@ from ..audio.mel import log_mel_spectrogram
 from ..loaders.prefetch import ReadAheadWaitMixin
 from ..loaders.safetensors_only import SafetensorsOnlyMixin
 from ..loaders.single_file_model import FromOriginalCheckpointMixin
-from ..validation import check_audio_sample_rate, check_model_config
+from ..validation import CheckedConfigMixin, check_audio_sample_rate
 
 
 logger = logging.get_logger(__name__)
@@ -51,7 +49,13 @@ def _check_input(name: str, x, layout: str, channels: int | None = None, last: i
 
 
 class AutoencoderAudioMel(
-    SafetensorsOnlyMixin, ReadAheadWaitMixin, ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin
+    SafetensorsOnlyMixin,
+    ReadAheadWaitMixin,
+    CheckedConfigMixin,
+    ModelMixin,
+    AutoencoderMixin,
+    ConfigMixin,
+    FromOriginalCheckpointMixin,
 ):
     r"""LTX-2 audio VAE: stereo log-mel `(B, 2, frames, mel_bins)` <-> latents `(B, latent_channels, T, mel_bins / 4)`.
 
@@ -63,18 +67,11 @@ class AutoencoderAudioMel(
     _supports_gradient_checkpointing = False
     _no_split_modules = ["LTX2AudioResnetBlock"]
     _skip_layerwise_casting_patterns = ["norm"]
-    #: Config keys that must be numbers > 0 (`validation.check_model_config`; the model divides or sizes by them).
+    #: Config keys that must be numbers > 0 (`validation.CheckedConfigMixin`; the model divides or sizes by them).
     _positive_config_keys = (
         "base_channels", "output_channels", "ch_mult", "in_channels", "resolution", "latent_channels", "sample_rate",
         "mel_hop_length", "mel_bins", "n_fft",
     )  # fmt: skip
-
-    @classmethod
-    def _dict_from_json_file(cls, json_file):
-        """ConfigMixin's reading of `config.json` (`from_pretrained`), checked naming the file."""
-        config = super()._dict_from_json_file(json_file)
-        check_model_config(f"{os.fspath(json_file)} ({cls.__name__})", config, cls._positive_config_keys)
-        return config
 
     @register_to_config
     def __init__(
@@ -99,7 +96,7 @@ class AutoencoderAudioMel(
         n_fft: int = 1024,
     ) -> None:
         super().__init__()
-        check_model_config(type(self).__name__, self.config, self._positive_config_keys)
+        self._check_config()
         if causality_axis not in ("none", "width", "height", "width-compatibility"):
             raise ValueError(
                 f"`causality_axis` must be 'none', 'width', 'height' or 'width-compatibility', got {causality_axis!r}"

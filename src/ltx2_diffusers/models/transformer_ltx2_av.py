@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -32,7 +31,7 @@ from ..parallel import (
     resolve_parallel_config_without_accelerator,
     shard_video_tokens,
 )
-from ..validation import check_model_config
+from ..validation import CheckedConfigMixin
 from .modulation import AdaLayerNormSingle
 from .perturbations import (
     BlockPerturbation,
@@ -54,6 +53,7 @@ logger = logging.get_logger(__name__)
 class LTX2AudioVideoTransformer(
     SafetensorsOnlyMixin,
     ReadAheadWaitMixin,
+    CheckedConfigMixin,
     ModelMixin,
     ConfigMixin,
     AttentionMixin,
@@ -78,7 +78,7 @@ class LTX2AudioVideoTransformer(
     #: `pipelines.block_streaming.BlockStreamer` while some blocks stream from host memory (a memory tier).
     _block_streamer = None
     _cp_plan = TRANSFORMER_CP_PLAN  # video tokens sharded, audio replicated: see parallel.py
-    #: Config keys that must be numbers > 0 (`validation.check_model_config`; the model divides or sizes by them).
+    #: Config keys that must be numbers > 0 (`validation.CheckedConfigMixin`; the model divides or sizes by them).
     _positive_config_keys = (
         "in_channels", "out_channels", "num_attention_heads", "attention_head_dim", "cross_attention_dim",
         "vae_scale_factors", "pos_embed_max_pos", "base_height", "base_width", "audio_in_channels",
@@ -87,13 +87,6 @@ class LTX2AudioVideoTransformer(
         "norm_eps", "caption_channels", "rope_theta", "timestep_scale_multiplier",
         "cross_attn_timestep_scale_multiplier",
     )  # fmt: skip
-
-    @classmethod
-    def _dict_from_json_file(cls, json_file):
-        """ConfigMixin's reading of `config.json` (`from_pretrained`), checked naming the file."""
-        config = super()._dict_from_json_file(json_file)
-        check_model_config(f"{os.fspath(json_file)} ({cls.__name__})", config, cls._positive_config_keys)
-        return config
 
     @register_to_config
     def __init__(
@@ -146,7 +139,7 @@ class LTX2AudioVideoTransformer(
         use_keyframes_abs_pos_embedding: bool = False,
     ):
         super().__init__()
-        check_model_config(type(self).__name__, self.config, self._positive_config_keys)
+        self._check_config()
         if rope_type not in ROPE_TYPES:
             raise ValueError(f"rope_type must be one of {ROPE_TYPES}, got {rope_type!r}")
         if qk_norm != "rms_norm_across_heads":

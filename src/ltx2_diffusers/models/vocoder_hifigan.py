@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -13,7 +11,7 @@ from diffusers.utils import logging
 from ..loaders.prefetch import ReadAheadWaitMixin
 from ..loaders.safetensors_only import SafetensorsOnlyMixin
 from ..loaders.single_file_model import FromOriginalCheckpointMixin
-from ..validation import check_model_config
+from ..validation import CheckedConfigMixin
 from .vocoder_blocks import HiFiGANGenerator, MelSTFT, UpSample1d, build_generator, run_generator
 
 
@@ -23,7 +21,7 @@ __all__ = ["LTX2HiFiGANVocoder"]
 
 
 class LTX2HiFiGANVocoder(
-    SafetensorsOnlyMixin, ReadAheadWaitMixin, ModelMixin, ConfigMixin, FromOriginalCheckpointMixin
+    SafetensorsOnlyMixin, ReadAheadWaitMixin, CheckedConfigMixin, ModelMixin, ConfigMixin, FromOriginalCheckpointMixin
 ):
     r"""Stereo log-mel `(B, 2, frames, mel_bins)` -> waveform `(B, 2, samples)` in [-1, 1].
 
@@ -35,7 +33,7 @@ class LTX2HiFiGANVocoder(
     """
 
     _no_split_modules = ["HiFiGANResBlock"]
-    #: Config keys that must be numbers > 0 (`validation.check_model_config`; the model divides or sizes by them).
+    #: Config keys that must be numbers > 0 (`validation.CheckedConfigMixin`; the model divides or sizes by them).
     _positive_config_keys = (
         "in_channels", "hidden_channels", "out_channels", "upsample_kernel_sizes", "upsample_factors",
         "resnet_kernel_sizes", "resnet_dilations", "antialias_ratio", "antialias_kernel_size", "bwe_in_channels",
@@ -44,13 +42,6 @@ class LTX2HiFiGANVocoder(
         "filter_length", "hop_length", "window_length", "num_mel_channels", "input_sampling_rate",
         "output_sampling_rate",
     )  # fmt: skip
-
-    @classmethod
-    def _dict_from_json_file(cls, json_file):
-        """ConfigMixin's reading of `config.json` (`from_pretrained`), checked naming the file."""
-        config = super()._dict_from_json_file(json_file)
-        check_model_config(f"{os.fspath(json_file)} ({cls.__name__})", config, cls._positive_config_keys)
-        return config
 
     @register_to_config
     def __init__(
@@ -92,7 +83,7 @@ class LTX2HiFiGANVocoder(
         output_sampling_rate: int = 48000,
     ):
         super().__init__()
-        check_model_config(type(self).__name__, self.config, self._positive_config_keys)
+        self._check_config()
         generator = {
             "in_channels": in_channels,
             "hidden_channels": hidden_channels,
