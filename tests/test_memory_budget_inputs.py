@@ -13,9 +13,9 @@ import pytest
 import soundfile as sf
 import torch
 from factories import cached_checkpoint
-from test_pipeline_parity import contexts
+from test_memory_tiers import call as frames  # the tiny call of the tier tests
 
-from ltx2_diffusers import LTX2AudioToVideoPipeline, MultiModalGuidance
+from ltx2_diffusers import LTX2AudioToVideoPipeline
 from ltx2_diffusers.models.video_vae_tiling import VideoTilingConfig, plan_tiles
 from ltx2_diffusers.pipelines import memory
 from ltx2_diffusers.pipelines.memory import MAX_MEMORY_BUDGET_GIB, TIERS
@@ -158,21 +158,6 @@ def test_tile_planner_refuses_an_empty_latent():
 
 
 # ------------------------------------------------------------------------------------------------ the user's tiling
-def frames(pipe, audio):
-    return pipe(
-        audio=str(audio),
-        prompt_contexts=contexts(0, "2.3"),
-        negative_prompt_contexts=contexts(1, "2.3"),
-        height=SIZE,
-        width=SIZE,
-        num_frames=FRAMES,
-        num_inference_steps=2,
-        video_guidance=MultiModalGuidance(stg_blocks=[1]),
-        generator=torch.Generator().manual_seed(0),
-        output_type="pt",
-    ).frames
-
-
 def users_vae_tiling(pipe):
     pipe.vae.enable_tiling(
         tile_sample_min_height=96, tile_sample_min_width=96, tile_sample_stride_height=64, tile_sample_stride_width=64
