@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from factories import build_checkpoint, build_lora, build_upsampler
 from peft import LoraConfig, inject_adapter_in_model
-from test_pipeline_parity import contexts
+from test_pipeline import call
 from test_transformer_diffusers_interop import forward_kwargs, randomize_, tiny_diffusers_config
 
 from ltx2_diffusers import LTX2AudioToVideoPipeline, LTX2AudioVideoTransformer, MultiModalGuidance
@@ -217,19 +217,8 @@ def files(tmp_path_factory):
 
 
 def latents(pipe, files, **kwargs):
-    return pipe(
-        audio=str(files["audio"]),
-        prompt_contexts=contexts(0, "2.3"),
-        negative_prompt_contexts=contexts(1, "2.3"),
-        height=128,
-        width=128,
-        num_frames=9,
-        num_inference_steps=2,
-        video_guidance=GUIDANCE,
-        generator=torch.Generator().manual_seed(3),
-        output_type="latent",
-        **kwargs,
-    ).frames
+    options = dict(video_guidance=GUIDANCE, generator=torch.Generator().manual_seed(3), output_type="latent")
+    return call(pipe, str(files["audio"]), **options, **kwargs).frames
 
 
 def test_pipeline_fused_then_disabled_user_loras_under_reference_arithmetic(files):
