@@ -25,6 +25,8 @@ import os
 
 from diffusers.utils import logging
 
+from .video_io import CONTAINERS
+
 
 __all__ = [
     "OUTPUT_EXTENSIONS",
@@ -46,8 +48,9 @@ __all__ = [
 
 logger = logging.get_logger(__name__)
 
-# Containers that carry an H.264 video track with an AAC audio track (the extension picks the container).
-OUTPUT_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv")
+# Containers that carry an H.264 video track with an AAC audio track (the extension picks the container): the ones
+# `export_to_video_with_audio` writes.
+OUTPUT_EXTENSIONS = CONTAINERS
 
 
 def same_file(a: str, b: str) -> bool:

@@ -69,9 +69,9 @@ def normalize_conditions(conditions, num_frames: int | None, check_images: bool 
         # numpy / other integral and real scalars are read as the Python numbers they hold
         condition = replace(
             condition,
-            frame_index=_plain(condition.frame_index, numbers.Integral, int),
-            strength=_plain(condition.strength, numbers.Real, float),
-            crf=_plain(condition.crf, numbers.Integral, int),
+            frame_index=_as_python_number(condition.frame_index, numbers.Integral, int),
+            strength=_as_python_number(condition.strength, numbers.Real, float),
+            crf=_as_python_number(condition.crf, numbers.Integral, int),
         )
         if not isinstance(condition.frame_index, int) or condition.frame_index < 0:
             raise ValueError(
@@ -94,7 +94,7 @@ def normalize_conditions(conditions, num_frames: int | None, check_images: bool 
     return result
 
 
-def _plain(value, kind, cast):
+def _as_python_number(value, kind, cast):
     return cast(value) if isinstance(value, kind) and not isinstance(value, (bool, int, float)) else value
 
 
