@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
                                                      modality_scale=3.0, stg_blocks=[1]),
             )  # fmt: skip
             pipe = LTX2AudioToVideoPipeline.from_single_file(
-                checkpoint, spatial_upsampler_path=upsampler, distilled_lora=(lora, 0.8), torch_dtype=dtype
+                checkpoint, spatial_upsampler_path=upsampler, distilled_lora=(lora, 0.8), dtype=dtype
             ).to(device)
             pipe.set_progress_bar_config(disable=True)
             out = pipe(
@@ -74,16 +74,21 @@ def main(argv=None) -> dict:
                     "mean_abs_diff": diff.mean().item(),
                 }
             )
-    print(f"{'version':8s} {'dtype':9s} {'mode':22s} {'max|d| frames':>14s} {'mean|d|':>10s}")
-    for row in rows:
-        mode = "reference_arithmetic" if row["reference_arithmetic"] else "default (batched, PEFT)"
-        print(
-            f"{row['version']:8s} {row['dtype']:9s} {mode:22s} {row['max_abs_diff']:14.3e} {row['mean_abs_diff']:10.3e}"
-        )
+            if len(rows) == 1:
+                print(f"{'version':8s} {'dtype':9s} {'mode':22s} {'max|d| frames':>14s} {'mean|d|':>10s}")
+            _print_row(rows[-1])  # as each row is done: a run stopped by a time limit still shows its rows
     name = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else "cpu"
     result = {"benchmark": "pipeline_parity", "device": name, "rows": rows}
     print(json.dumps(result))
     return result
+
+
+def _print_row(row: dict) -> None:
+    mode = "reference_arithmetic" if row["reference_arithmetic"] else "default (batched, PEFT)"
+    print(
+        f"{row['version']:8s} {row['dtype']:9s} {mode:22s} {row['max_abs_diff']:14.3e} {row['mean_abs_diff']:10.3e}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
