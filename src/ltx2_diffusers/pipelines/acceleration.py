@@ -1,5 +1,5 @@
 """The transformer's speed settings, a pipeline default on CUDA: regional compilation of the repeated blocks
-(`compile_repeated_blocks(fullgraph=True)`, diffusers' regional `torch.compile`) and an attention backend per GPU
+(`compile_repeated_blocks`, diffusers' regional `torch.compile`) and an attention backend per GPU
 generation (`AUTO_ATTENTION_BACKENDS`), never overriding what the user set.
 
 `TransformerAcceleration` is the setting (`pipe.set_transformer_acceleration(...)`); `resolve_acceleration` is the
@@ -231,7 +231,11 @@ def apply_compile(transformer, compile: bool) -> None:
     ours = [b for b in blocks if _is_ours(b)]
     if compile and len(ours) < len(blocks):
         logger.info(f"compiling {len(blocks)} transformer blocks (first call is slower)")
-        transformer.compile_repeated_blocks(fullgraph=True)
+        # The blocks trace whole (tests/test_acceleration.py counts no graph break), so fullgraph=False compiles the
+        # same graphs; it only differs past dynamo's recompile limit (8 graphs per block code: batch 1 vs >1,
+        # dtypes, models, first new sizes), where fullgraph=True raises FailOnRecompileLimitHit mid-call and this
+        # runs the new shapes eager, with dynamo's warning.
+        transformer.compile_repeated_blocks(fullgraph=False)
         for block in blocks:
             setattr(block, _MARK_COMPILED, block._compiled_call_impl)
     elif not compile:

@@ -120,7 +120,7 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
     # ------------------------------------------------------------------------------------------------ speed
     def set_transformer_acceleration(self, compile: bool | str = "auto", attention_backend: str | None = "auto"):
         """The transformer's speed settings (`acceleration.TransformerAcceleration`), applied from the next call:
-        `compile` "auto" (default: `compile_repeated_blocks(fullgraph=True)` on the first CUDA call), True or
+        `compile` "auto" (default: `compile_repeated_blocks()` on the first CUDA call), True or
         False; `attention_backend` "auto" (per GPU, `AUTO_ATTENTION_BACKENDS`), a diffusers backend name or None.
         What the user compiled or set on the transformer is never overridden; `reference_arithmetic` calls run
         eager.
