@@ -471,6 +471,11 @@ class LTX2AudioVideoTransformer(
         (e.g. the STG pass shares the conditional pass's blocks before the perturbed one; `shared_prefixes` builds
         the entries from the perturbations).
 
+        Values are refused before compute (`ValueError` naming the argument) unless finite and within the bounds of
+        `ltx2_diffusers.validation`: latents +-`MAX_NORMALISED_INPUT_ABS`, contexts +-`MAX_CONTEXT_ABS`, timesteps,
+        sigmas and coordinates +-`MAX_EMBEDDED_VALUE`, masks in [0, 1] (a `(B, 1, S)` bias in [-inf, 0]), `fps` in
+        [1, 240]; the latent sizes must multiply to the token counts.
+
         Returns `AudioVisualModelOutput(sample, audio_sample)` or a tuple.
         """
         self._check_inputs(hidden_states, audio_hidden_states, encoder_hidden_states, audio_encoder_hidden_states)

@@ -4,6 +4,7 @@ diffusers' conventional arguments: flat guidance aliases and generator lists."""
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
 import torch
@@ -258,8 +259,10 @@ class LTX2A2VChecksMixin:
         start = finite_float(audio_start_time)
         if start is None or start < 0:
             raise ValueError(f"audio_start_time must be a finite number >= 0 (seconds), got {shown(audio_start_time)}")
-        if audio_max_duration is not None and not (
-            audio_max_duration == math.inf or (finite_float(audio_max_duration) or 0) > 0
+        if audio_max_duration is not None and (
+            isinstance(audio_max_duration, bool)
+            or not isinstance(audio_max_duration, numbers.Real)
+            or not audio_max_duration > 0  # inf and ints beyond float's range: the whole audio after the start
         ):
             raise ValueError(
                 f"audio_max_duration must be None or a number > 0 (seconds), got {shown(audio_max_duration)}"
