@@ -10,11 +10,12 @@ import torch
 from converted_folder import converted_folder
 from family_call import tiny_call_args
 from prompt_contexts import contexts
-from test_transformer_diffusers_interop import forward_kwargs
+from test_transformer_diffusers_interop import forward_kwargs, randomize_, tiny_diffusers_config
 
 from ltx2_diffusers import (
     LTX2AudioToVideoPipeline,
     LTX2AudioVideoPipeline,
+    LTX2AudioVideoTransformer,
     LTX2ImageToAudioVideoPipeline,
     MultiModalGuidance,
     load_audio,
@@ -195,6 +196,8 @@ TRANSFORMER_CASES = [
         lambda k: dict(spatio_temporal_guidance_blocks=[0], perturbation_mask=torch.full((1,), 1e30)),
     ),
     ("video_self_attention_mask", lambda k: dict(video_self_attention_mask=torch.full((1, 12, 12), float("nan")))),
+    ('attention_kwargs["scale"]', lambda k: dict(attention_kwargs={"scale": 1e30})),  # NaN with an adapter before
+    ('attention_kwargs["scale"]', lambda k: dict(attention_kwargs={"scale": HUGE})),
 ]
 
 
@@ -221,6 +224,20 @@ def test_transformer_runs_just_inside_the_bounds(pipes):
         dict(fps=240.0),
     ):
         assert finite(*transformer_call(transformer, **extra)), extra
+
+
+def test_transformer_lora_scale_bounded_before_the_adapters_are_scaled():
+    """`attention_kwargs["scale"]` multiplies every PEFT adapter: 1e30 gave NaN outputs; the bound (10) runs."""
+    from peft import LoraConfig
+
+    model = randomize_(LTX2AudioVideoTransformer(**tiny_diffusers_config("2.3"))).eval()
+    model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"], init_lora_weights=False))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for scale in (1e30, float("nan"), HUGE):
+        with pytest.raises(ValueError, match=r'attention_kwargs\["scale"\]'):
+            transformer_call(model, attention_kwargs={"scale": scale})
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert finite(*transformer_call(model, attention_kwargs={"scale": 10.0}))
 
 
 # ------------------------------------------------------------------------------------ audio VAE and vocoder

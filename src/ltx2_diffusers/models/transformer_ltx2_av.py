@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any, Iterable, Sequence
@@ -38,6 +39,7 @@ from ..validation import (
     CheckedConfigMixin,
     check_bounded,
     check_frame_rate,
+    check_lora_strength,
     check_real,
     shown,
 )
@@ -57,6 +59,21 @@ from .transformer_block import LTX2AVTransformerBlock
 
 
 logger = logging.get_logger(__name__)
+
+
+def checked_lora_scale(forward):
+    """`attention_kwargs["scale"]` (the LoRA scale diffusers' `apply_lora_scale` applies to every adapter before the
+    forward) checked first, as every LoRA strength (`validation.check_lora_strength`): 1e30 gave NaN outputs."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        attention_kwargs = kwargs.get("attention_kwargs")
+        if isinstance(attention_kwargs, dict) and "scale" in attention_kwargs:
+            check_lora_strength('attention_kwargs["scale"]', attention_kwargs["scale"])
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
 
 # Why timesteps, sigmas and coordinates are bounded by `validation.MAX_EMBEDDED_VALUE`.
 _EMBEDDED_WHY = "timesteps (sigma x 1000) and positions (seconds, pixels) beyond 2**24 are float32 rounding noise"
@@ -420,6 +437,7 @@ class LTX2AudioVideoTransformer(
             )
 
     # ------------------------------------------------------------------ forward
+    @checked_lora_scale
     @apply_lora_scale("attention_kwargs")
     def forward(
         self,
@@ -474,7 +492,8 @@ class LTX2AudioVideoTransformer(
         Values are refused before compute (`ValueError` naming the argument) unless finite and within the bounds of
         `ltx2_diffusers.validation`: latents +-`MAX_NORMALISED_INPUT_ABS`, contexts +-`MAX_CONTEXT_ABS`, timesteps,
         sigmas and coordinates +-`MAX_EMBEDDED_VALUE`, masks in [0, 1] (a `(B, 1, S)` bias in [-inf, 0]), `fps` in
-        [1, 240]; the latent sizes must multiply to the token counts.
+        [1, 240], `attention_kwargs["scale"]` within +-10 (`MAX_LORA_STRENGTH`); the latent sizes must multiply to the
+        token counts.
 
         Returns `AudioVisualModelOutput(sample, audio_sample)` or a tuple.
         """
