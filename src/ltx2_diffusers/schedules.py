@@ -15,7 +15,7 @@ import numbers
 
 import torch
 
-from .validation import shown
+from .validation import check_real, shown
 
 
 # Token counts at which the shift equals base_shift and max_shift.
@@ -28,14 +28,6 @@ DISTILLED_SIGMAS = (1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421
 """Eight-step schedule of the distilled model."""
 STAGE_2_DISTILLED_SIGMAS = (0.909375, 0.725, 0.421875, 0.0)
 """Three-step stage-2 (upsampled refinement) schedule; its first sigma is also the stage-2 noise scale."""
-
-
-def _check_real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -72,9 +64,9 @@ def ltx2_sigmas(
     """
     steps = _check_positive_int("num_inference_steps", num_inference_steps)
     tokens = _MAX_SHIFT_TOKENS if num_tokens is None else _check_positive_int("num_tokens", num_tokens)
-    max_shift = _check_real("max_shift", max_shift)
-    base_shift = _check_real("base_shift", base_shift)
-    terminal = _check_real("terminal", terminal)
+    max_shift = check_real("max_shift", max_shift)
+    base_shift = check_real("base_shift", base_shift)
+    terminal = check_real("terminal", terminal)
     if stretch:
         if steps < 2:
             raise ValueError(
@@ -219,7 +211,7 @@ def _check_table(sigmas) -> torch.Tensor:
     else:
         if isinstance(sigmas, (str, bytes)) or not hasattr(sigmas, "__len__"):
             raise TypeError(f"sigmas must be a sequence of floats or a 1-D tensor, got {type(sigmas).__name__}")
-        values = [_check_real("sigmas entry", value) for value in sigmas]
+        values = [check_real("sigmas entry", value) for value in sigmas]
         table = torch.tensor(values, dtype=torch.float32)
     if table.numel() and table[-1].item() == 0.0:
         table = table[:-1]

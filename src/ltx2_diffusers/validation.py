@@ -27,8 +27,22 @@ Bounds (inclusive):
   steps the float32 sigma table stops decreasing.
 - `max_sequence_length` (text tokens): at most `MAX_SEQUENCE_LENGTH` (4096, the connectors' RoPE base length;
   the reference uses 1024), or the text encoder's position range if smaller.
-- noise `latents` given to a pipeline and latents a step callback returns: finite, `|value| <= MAX_LATENT_ABS`
-  (1e4). Normalised latents and noise are O(1); 1e38 overflows the float32 mixing and norms to NaN frames.
+- tensors, each finite and within its bound (`check_bounded`, one device sync per tensor at most; the constants
+  below say where each bound comes from):
+  - noise `latents` given to a pipeline and latents a step callback returns: `|value| <= MAX_LATENT_ABS` (1e4).
+    Normalised latents and noise are O(1); 1e38 overflows the float32 mixing and norms to NaN frames.
+  - post-connector prompt contexts (a pipeline's `prompt_contexts`, the transformer's `encoder_hidden_states`):
+    `|value| <= MAX_CONTEXT_ABS` (1e4); 1e30 gives NaN frames.
+  - inputs a model normalises itself: text-encoder features (`prompt_embeds`), the transformer's `hidden_states` /
+    `audio_hidden_states`, the audio VAE's latents and tokens: `|value| <= MAX_NORMALISED_INPUT_ABS` (1e15; the
+    latents a denoising loop feeds the transformer drift from the `MAX_LATENT_ABS` it started from).
+  - the transformer's timesteps, sigmas and coordinates: `|value| <= MAX_EMBEDDED_VALUE` (2**24); its masks in
+    [0, 1] (an additive `(B, 1, S)` text bias in [-inf, 0]).
+  - log-mel spectrograms (the audio VAE's `encode`, the vocoder): `|value| <= MAX_LOG_MEL_ABS` (100).
+  - waveforms (`load_audio`, the mel front end, `encode_waveform`): `|value| <= MAX_WAVEFORM_ABS` (1e5); then
+    `load_audio` clips to [-1, 1].
+- numbers given where a float is expected: an integer too large for a float (10**400) is refused like inf.
+- overrides of the size bounds (`max_num_frames`, `max_video_tokens`): at most `MAX_LIMIT_OVERRIDE` (2**53).
 - audio sample rates (`load_audio`'s `sample_rate` = the pipelines' `audio_sample_rate`, the rate of a decoded
   file, the mel front end's rates): a whole number of Hz in `[MIN_AUDIO_SAMPLE_RATE, MAX_AUDIO_SAMPLE_RATE]`
   (100 .. 384000 Hz: 384 kHz is the highest rate audio interfaces record; below 100 Hz nothing audible is left).
@@ -50,27 +64,36 @@ from typing import Any, Iterable, Mapping
 
 __all__ = [
     "MAX_AUDIO_SAMPLE_RATE",
+    "MAX_CONTEXT_ABS",
+    "MAX_EMBEDDED_VALUE",
     "MAX_FRAME_RATE",
     "MAX_GUIDANCE_SCALE",
     "MAX_INFERENCE_STEPS",
     "MAX_LATENT_ABS",
+    "MAX_LIMIT_OVERRIDE",
+    "MAX_LOG_MEL_ABS",
     "MAX_LORA_STRENGTH",
+    "MAX_NORMALISED_INPUT_ABS",
     "MAX_NUM_FRAMES",
     "MAX_RESCALE_SCALE",
     "MAX_SEQUENCE_LENGTH",
     "MAX_VIDEO_TOKENS",
+    "MAX_WAVEFORM_ABS",
     "MIN_AUDIO_SAMPLE_RATE",
     "MIN_FRAME_RATE",
     "audio_latent_frames",
     "check_adapter_weights",
     "check_audio_sample_rate",
+    "check_bounded",
     "check_frame_rate",
     "check_guidance_scale",
     "check_latents",
     "check_lora_strength",
     "CheckedConfigMixin",
     "check_model_config",
+    "check_real",
     "check_video_size",
+    "finite_float",
     "resolve_limit",
     "shown",
     "video_latent_tokens",
@@ -87,7 +110,22 @@ MIN_AUDIO_SAMPLE_RATE = 100
 MAX_AUDIO_SAMPLE_RATE = 384000
 MIN_FRAME_RATE = 1.0
 MAX_SEQUENCE_LENGTH = 4096
+# Normalised latents and noise are O(1); 1e38 overflows the float32 mixing and norms to NaN frames.
 MAX_LATENT_ABS = 1e4
+# The connectors end in an RMS norm without weight, so a real context value is at most sqrt(width) = 64 (4096 wide).
+MAX_CONTEXT_ABS = 1e4
+# Inputs a model normalises itself (RMS / pixel norm over ~4096 features: raw Gemma features, whose massive
+# activations reach ~1e5; the transformer's and audio decoder's latents): v**2 * 4096 overflows float32 above 2.9e17.
+MAX_NORMALISED_INPUT_ABS = 1e15
+# float32 resolves whole units only up to 2**24: timesteps (sigma * 1000, <= 1000) and positions (seconds, pixels)
+# beyond it reach the sinusoidal / rotary embeddings as rounding noise, and near 3e38 overflow them to NaN.
+MAX_EMBEDDED_VALUE = 2.0**24
+# A log-magnitude of a normal float32 lies within +-88.8 (log 3.4e38, log 1.2e-38); the mel front end floors at -11.5.
+MAX_LOG_MEL_ABS = 100.0
+# Float audio is full scale at +-1 and the log-mel floor (1e-5) lies 100 dB below it; this bound lies 100 dB above it.
+MAX_WAVEFORM_ABS = 1e5
+# Size-bound overrides are turned into float64 durations, which count frames exactly only up to 2**53.
+MAX_LIMIT_OVERRIDE = 2**53
 AUDIO_LATENTS_PER_SECOND = 16000 / 160 / 4  # the audio VAE's rate / mel hop / latent downsampling
 
 
@@ -102,18 +140,35 @@ def shown(value, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _real(name: str, value) -> float:
+def finite_float(value) -> float | None:
+    """`value` as a finite float; None for anything else (a bool, a non-number, NaN, inf, an int too large for a
+    float)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float's range (10**400)
+        return None
+    return value if math.isfinite(value) else None
+
+
+def check_real(name: str, value) -> float:
+    """`value` as a finite float: `TypeError` naming `name` for a non-number (or a bool), `ValueError` for NaN, inf
+    or an integer too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {shown(value)}")
+    result = finite_float(value)
+    if result is None:
+        if isinstance(value, numbers.Integral):
+            bits = int(value).bit_length()
+            raise ValueError(f"{name} must be finite, got an integer too large for a float ({bits} bits)")
         raise ValueError(f"{name} must be finite, got {value!r}")
-    return value
+    return result
 
 
 def check_guidance_scale(name: str, value, rescale: bool = False) -> float:
     """`value` as a float: finite and within the documented bound (see the module docstring)."""
-    value = _real(name, value)
+    value = check_real(name, value)
     if rescale:
         if not 0.0 <= value <= MAX_RESCALE_SCALE:
             raise ValueError(
@@ -126,7 +181,7 @@ def check_guidance_scale(name: str, value, rescale: bool = False) -> float:
 
 def check_lora_strength(name: str, value) -> float:
     """A LoRA strength / adapter weight / `distilled_lora_scale`: finite, `|value| <= MAX_LORA_STRENGTH`."""
-    value = _real(name, value)
+    value = check_real(name, value)
     if abs(value) > MAX_LORA_STRENGTH:
         raise ValueError(f"{name} must be within [-{MAX_LORA_STRENGTH:g}, {MAX_LORA_STRENGTH:g}], got {value!r}")
     return value
@@ -149,7 +204,7 @@ def check_adapter_weights(weights: Any, name: str = "adapter_weights") -> None:
 
 def check_frame_rate(frame_rate, name: str = "frame_rate") -> float:
     """`frame_rate` as a float in `[MIN_FRAME_RATE, MAX_FRAME_RATE]`."""
-    value = _real(name, frame_rate)
+    value = check_real(name, frame_rate)
     if not MIN_FRAME_RATE <= value <= MAX_FRAME_RATE:
         raise ValueError(f"{name} must be in [{MIN_FRAME_RATE:g}, {MAX_FRAME_RATE:g}] fps, got {frame_rate!r}")
     return value
@@ -181,31 +236,58 @@ def audio_latent_frames(duration: float) -> int:
 
 def check_latents(name: str, latents) -> None:
     """A latent tensor from the user (noise `latents`, a callback's output): a floating-point tensor
-    (`TypeError`), finite and within `MAX_LATENT_ABS` (`ValueError`)."""
+    (`TypeError`), finite and within `MAX_LATENT_ABS` (`ValueError`, `check_bounded`)."""
     import torch
 
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(latents).__name__}")
     if not latents.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {latents.dtype}")
-    if not latents.numel():
+    check_bounded([(name, latents)], MAX_LATENT_ABS, "normalised latents and noise are O(1)")
+
+
+def check_bounded(tensors, bound: float, why: str, low: float | None = None) -> None:
+    """Every `(name, tensor)` of `tensors` (a None tensor is skipped) finite and within `[-bound, bound]` (`[low,
+    bound]` when `low` is given; `low=-inf` admits -inf); `ValueError` naming the tensor, its extreme values, the
+    bound and `why` otherwise. Each tensor's min and max are reduced on its device and read back in ONE device sync
+    per dtype and device for all the tensors given (NaN propagates through both). Skipped on the meta device and
+    while `torch.compile` traces a graph (which cannot read values back). Dtypes are the caller's to check."""
+    import torch
+
+    if torch.compiler.is_compiling():
         return
-    peak = latents.detach().abs().max().item()  # one device sync: NaN and inf propagate through the max
-    if not math.isfinite(peak):
-        raise ValueError(f"{name} holds NaN or infinite values")
-    if peak > MAX_LATENT_ABS:
-        raise ValueError(
-            f"{name} holds values of magnitude {peak:.3g}, above the bound of {MAX_LATENT_ABS:g} (normalised "
-            "latents and noise are O(1))"
-        )
+    groups = {}
+    for name, tensor in tensors:
+        if tensor is None or not tensor.numel() or tensor.device.type == "meta" or tensor.dtype == torch.bool:
+            continue
+        groups.setdefault((tensor.device, tensor.dtype), []).append((name, tensor))
+    floor = -bound if low is None else low
+    for items in groups.values():
+        extremes = torch.stack([torch.stack(torch.aminmax(t.detach())) for _, t in items]).tolist()  # one sync
+        for (name, _), (lowest, highest) in zip(items, extremes, strict=True):
+            if floor <= lowest and highest <= bound:  # False for NaN
+                continue
+            if not (math.isfinite(lowest) and math.isfinite(highest)):
+                raise ValueError(f"{name} holds NaN or infinite values")
+            if low is None:
+                raise ValueError(
+                    f"{name} holds values of magnitude {max(-lowest, highest):.3g}, above the bound of {bound:.8g} "
+                    f"({why})"
+                )
+            raise ValueError(
+                f"{name} holds values in [{lowest:.3g}, {highest:.3g}], outside [{low:g}, {bound:.8g}] ({why})"
+            )
 
 
 def resolve_limit(name: str, value, default: int) -> int:
-    """An override of a size bound (`max_num_frames`, `max_video_tokens`): None -> `default`, else a positive int."""
+    """An override of a size bound (`max_num_frames`, `max_video_tokens`): None -> `default`, else a positive int
+    up to `MAX_LIMIT_OVERRIDE`."""
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer or None (default {default}), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_LIMIT_OVERRIDE:
+        raise ValueError(
+            f"{name} must be a positive integer up to 2**53 or None (default {default}), got {shown(value)}"
+        )
     return int(value)
 
 

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import os
 
 import av
 import numpy as np
 import torch
 
-from ..validation import MAX_AUDIO_SAMPLE_RATE, MIN_AUDIO_SAMPLE_RATE, check_audio_sample_rate
+from ..validation import (
+    MAX_AUDIO_SAMPLE_RATE,
+    MAX_WAVEFORM_ABS,
+    MIN_AUDIO_SAMPLE_RATE,
+    check_audio_sample_rate,
+    check_bounded,
+    finite_float,
+    shown,
+)
 
 
 __all__ = ["load_audio"]
@@ -22,6 +31,8 @@ _INT_SCALE = {
     "s32": (0.0, 2147483648.0),
     "s64": (0.0, 9223372036854775808.0),
 }
+# Why a waveform beyond `MAX_WAVEFORM_ABS` is refused (before it is clipped to [-1, 1]).
+_FULL_SCALE = "float audio is full scale at +-1; validation.MAX_WAVEFORM_ABS"
 # A fully decoded stream this much shorter than its header says is reported as truncated or corrupt.
 _SHORTFALL_TOLERANCE_S = 0.05
 _SHORTFALL_TOLERANCE_REL = 0.02
@@ -57,30 +68,41 @@ def _downmix(samples: np.ndarray, layout: str, sample_rate: int) -> np.ndarray:
 
 
 def _check_times(start_time, max_duration) -> tuple[float, float | None]:
-    if isinstance(start_time, bool) or not isinstance(start_time, (int, float)) or not math.isfinite(start_time):
-        raise ValueError(f"`start_time` must be a finite number of seconds, got {start_time!r}")
-    if start_time < 0:
+    start = finite_float(start_time)
+    if start is None:
+        raise ValueError(f"`start_time` must be a finite number of seconds, got {shown(start_time)}")
+    if start < 0:
         raise ValueError(f"`start_time` must not be negative, got {start_time}")
     if max_duration is not None:
-        if isinstance(max_duration, bool) or not isinstance(max_duration, (int, float)) or math.isnan(max_duration):
-            raise ValueError(f"`max_duration` must be a number of seconds or None, got {max_duration!r}")
+        if (
+            isinstance(max_duration, bool)
+            or not isinstance(max_duration, numbers.Real)
+            or max_duration != max_duration
+        ):
+            raise ValueError(f"`max_duration` must be a number of seconds or None, got {shown(max_duration)}")
         if max_duration <= 0:
-            raise ValueError(f"`max_duration` must be positive, got {max_duration}")
-        if math.isinf(max_duration):
-            max_duration = None
-    return float(start_time), max_duration
+            raise ValueError(f"`max_duration` must be positive, got {shown(max_duration)}")
+        # inf, or an int beyond float's range: no limit
+        max_duration = finite_float(max_duration)
+    return start, max_duration
+
+
+def _sample_index(seconds: float, sample_rate: int) -> float:
+    """`round(seconds * sample_rate)`, or inf where that product overflows a float (past the end of any stream)."""
+    position = seconds * sample_rate
+    return round(position) if math.isfinite(position) else math.inf
 
 
 def _window(total: int, sample_rate: int, start_time: float, max_duration: float | None, name: str) -> tuple[int, int]:
     """Sample range `[begin, end)` selected by `start_time` / `max_duration` in a stream of `total` samples."""
     if total == 0:
         raise ValueError(f"{name} contains no audio samples: nothing to decode")
-    begin = round(start_time * sample_rate)
+    begin = _sample_index(start_time, sample_rate)
     if begin >= total:
         raise ValueError(
             f"{name}: start_time={start_time} s is at or past the end of the audio ({total / sample_rate:.3f} s)"
         )
-    end = total if max_duration is None else min(total, begin + round(max_duration * sample_rate))
+    end = total if max_duration is None else min(total, begin + _sample_index(max_duration, sample_rate))
     if end <= begin:
         raise ValueError(
             f"{name}: nothing left to decode: start_time={start_time} s and max_duration={max_duration} s select no "
@@ -117,9 +139,10 @@ def _load_array(source, sample_rate, start_time, max_duration) -> tuple[torch.Te
         offset = (int(info.max) + 1) / 2 if info.min == 0 else 0.0
         arr = ((arr.astype(np.float64) - offset) / (int(info.max) + 1 - offset)).astype(np.float32)
     else:
+        if not np.isfinite(arr).all():
+            raise ValueError("`source` array contains NaN or infinite samples")
+        check_bounded([("`source` array", torch.from_numpy(np.ascontiguousarray(arr)))], MAX_WAVEFORM_ABS, _FULL_SCALE)
         arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise ValueError("`source` array contains NaN or infinite samples")
     begin, end = _window(arr.shape[1], sample_rate, start_time, max_duration, "the `source` array")
     layout = {3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}.get(
         arr.shape[0], f"{arr.shape[0]} channels"
@@ -166,8 +189,10 @@ def _decode(container, stream, name, start_time, max_duration) -> tuple[np.ndarr
             f"{name} is sampled at {sample_rate!r} Hz, outside the supported [{MIN_AUDIO_SAMPLE_RATE}, "
             f"{MAX_AUDIO_SAMPLE_RATE}] Hz; resample it into that range first (e.g. ffmpeg -ar 48000)"
         ) from None
-    begin = round(start_time * sample_rate)
-    wanted = None if max_duration is None else round(max_duration * sample_rate)
+    begin = _sample_index(start_time, sample_rate)
+    wanted = None if max_duration is None else _sample_index(max_duration, sample_rate)
+    if wanted == math.inf:
+        wanted = None
     if wanted == 0:
         raise ValueError(
             f"{name}: nothing left to decode: max_duration={max_duration} s selects no samples at {sample_rate} Hz"
@@ -271,6 +296,7 @@ def _load_file(source, start_time, max_duration) -> tuple[torch.Tensor, int]:
             f"{name} contains {int(bad.sum())} NaN or infinite samples (the first at "
             f"{start_time + first / sample_rate:.3f} s): it cannot drive a video"
         )
+    check_bounded([(name, torch.from_numpy(samples))], MAX_WAVEFORM_ABS, _FULL_SCALE)
     return _finish(samples, layout, sample_rate), sample_rate
 
 
@@ -288,10 +314,12 @@ def load_audio(
     included, are read as float32) together with its `sample_rate` (only used for arrays: a whole number of Hz in
     [100, 384000], `validation.MIN_AUDIO_SAMPLE_RATE` / `MAX_AUDIO_SAMPLE_RATE`; a file outside that range is
     refused too). Mono stays one channel; more than two channels are downmixed to stereo (FFmpeg's matrix). Samples
-    outside [-1, 1] are clipped. `start_time` / `max_duration` (seconds) select `round(t * rate)` samples.
+    outside [-1, 1] are clipped. `start_time` / `max_duration` (seconds) select `round(t * rate)` samples (a
+    `max_duration` of inf or beyond float's range: to the end).
 
     Raises `ValueError` naming the source for a missing, empty, non-audio, corrupt or truncated file, NaN or
-    infinite samples (decoded from a file or given in an array), a negative start or duration, a start at or past
+    infinite samples or samples beyond +-`validation.MAX_WAVEFORM_ABS` (1e5, 100 dB above full scale; decoded from
+    a file or given in an array), a negative or non-finite start, a non-positive duration, a start at or past
     the end, or a selection with nothing left to decode. The input file is only read (a file object's position is
     restored).
     """

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 
-from ..validation import check_audio_sample_rate
+from ..validation import MAX_WAVEFORM_ABS, check_audio_sample_rate, check_bounded, check_real
 
 
 __all__ = ["resample_waveform", "mel_filterbank", "log_mel_spectrogram"]
@@ -25,6 +26,21 @@ __all__ = ["resample_waveform", "mel_filterbank", "log_mel_spectrogram"]
 _DENSE_KERNEL_ELEMENTS = 2**20
 # Elements of one gathered block `(signals, outputs, taps)` in the banded path.
 _BANDED_BLOCK_ELEMENTS = 2**22
+# Resampling filter bounds: the kernel spans `2 * width * orig / (rolloff * min(orig, new))` taps; torchaudio's presets
+# use widths 6 .. 64 and rolloffs 0.95 .. 0.99 (a rolloff below 1/2 drops most of the band).
+_MAX_LOWPASS_FILTER_WIDTH = 256
+_MIN_ROLLOFF = 0.5
+# A mel filterbank holds `n_freqs * n_mels` floats; the LTX-2 front end's is 513 x 64, 2**24 (64 MB) is far beyond it.
+_MAX_FILTERBANK_ELEMENTS = 2**24
+
+
+def _check_count(name: str, value, low: int = 1, high: int | None = None) -> int:
+    """An integer in `[low, high]`: `TypeError` / `ValueError` naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"`{name}` must be in [{low}, {high if high is not None else 'inf'}], got {value!r}")
+    return int(value)
 
 
 def _check_rate(name: str, value) -> int:
@@ -59,7 +75,8 @@ def resample_waveform(
 ) -> torch.Tensor:
     """Band-limited resampling of `waveform` (`[..., samples]`), equal to `torchaudio.functional.resample`.
 
-    Rates are whole numbers of Hz in `[100, 384000]` (`validation.check_audio_sample_rate`). Rate pairs whose
+    Rates are whole numbers of Hz in `[100, 384000]` (`validation.check_audio_sample_rate`), `lowpass_filter_width`
+    an integer in [1, 256], `rolloff` in [0.5, 1]. Rate pairs whose
     reduced factors make torchaudio's dense polyphase kernel large (more than 2**20 elements: a rate sharing no
     factor with the other, such as 4001 Hz -> 16 kHz, would need 16000 x 4015) evaluate only the taps inside each
     phase's sinc window: the same kernel values, within float rounding of torchaudio (summation order), with
@@ -68,8 +85,12 @@ def resample_waveform(
         raise TypeError(f"`waveform` must be a floating point torch.Tensor, got {type(waveform).__name__}")
     orig_freq = _check_rate("orig_freq", orig_freq)
     new_freq = _check_rate("new_freq", new_freq)
-    if lowpass_filter_width <= 0:
-        raise ValueError(f"`lowpass_filter_width` must be positive, got {lowpass_filter_width}")
+    lowpass_filter_width = _check_count("lowpass_filter_width", lowpass_filter_width, 1, _MAX_LOWPASS_FILTER_WIDTH)
+    rolloff = check_real("`rolloff`", rolloff)
+    if not _MIN_ROLLOFF <= rolloff <= 1.0:
+        raise ValueError(
+            f"`rolloff` must be in [{_MIN_ROLLOFF}, 1] (a fraction of the lower Nyquist band), got {rolloff!r}"
+        )
     if orig_freq == new_freq:
         return waveform
     gcd = math.gcd(orig_freq, new_freq)
@@ -153,8 +174,27 @@ def _mel_to_hz_slaney(mels: torch.Tensor) -> torch.Tensor:
 
 
 def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int) -> torch.Tensor:
-    """Slaney-scale, slaney-normalised triangular filterbank `(n_freqs, n_mels)` in float32 (as torchaudio's)."""
-    return _mel_filterbank(n_freqs, float(f_min), float(f_max), n_mels, sample_rate).clone()
+    """Slaney-scale, slaney-normalised triangular filterbank `(n_freqs, n_mels)` in float32 (as torchaudio's).
+
+    `n_freqs >= 2` and `n_mels >= 1` integers with `n_freqs * n_mels <= 2**24`; `0 <= f_min`, `f_max <=
+    sample_rate / 2` (a band above Nyquist sees no STFT bin) and at least 1 Hz per band between them (`f_max - f_min
+    >= n_mels + 1`: float32 cannot tell narrower band edges apart, and a zero-width band divides by 0); `sample_rate`
+    a whole number of Hz in [100, 384000]. `TypeError` / `ValueError` naming the argument."""
+    n_freqs = _check_count("n_freqs", n_freqs, 2)
+    n_mels = _check_count("n_mels", n_mels)
+    if n_freqs * n_mels > _MAX_FILTERBANK_ELEMENTS:
+        raise ValueError(
+            f"`n_freqs` x `n_mels` = {n_freqs} x {n_mels} is above {_MAX_FILTERBANK_ELEMENTS} filterbank elements "
+            "(the LTX-2 front end's is 513 x 64)"
+        )
+    sample_rate = _check_rate("sample_rate", sample_rate)
+    f_min, f_max = check_real("`f_min`", f_min), check_real("`f_max`", f_max)
+    if not (0.0 <= f_min and f_min + n_mels + 1 <= f_max <= sample_rate / 2):
+        raise ValueError(
+            f"`f_min` ({f_min:g}) and `f_max` ({f_max:g}) must satisfy 0 <= f_min, f_max <= sample_rate / 2 "
+            f"({sample_rate / 2:g} Hz) and f_max - f_min >= n_mels + 1 ({n_mels + 1} Hz: at least 1 Hz per band)"
+        )
+    return _mel_filterbank(n_freqs, f_min, f_max, n_mels, sample_rate).clone()
 
 
 @functools.lru_cache(maxsize=16)
@@ -191,7 +231,9 @@ def log_mel_spectrogram(
     """Log-magnitude mel spectrogram `(batch, channels, frames, n_mels)` of `waveform` `(batch, channels, samples)`.
 
     The waveform is resampled from `sample_rate` to `target_sample_rate` first; `frames = samples // hop + 1` at the
-    target rate. Computed in float32 (float64 for float64 input), returned in the waveform's dtype.
+    target rate. Computed in float32 (float64 for float64 input), returned in the waveform's dtype. Samples must be
+    finite and within +-`validation.MAX_WAVEFORM_ABS` (1e5); `n_fft >= 2`, `1 <= hop_length <= n_fft` and
+    `1 <= n_mels <= n_fft // 2 + 1` integers.
     """
     if not isinstance(waveform, torch.Tensor) or not waveform.is_floating_point():
         raise TypeError(f"`waveform` must be a floating point torch.Tensor, got {type(waveform).__name__}")
@@ -199,6 +241,10 @@ def log_mel_spectrogram(
         raise ValueError(f"`waveform` must be (batch, channels, samples), got shape {tuple(waveform.shape)}")
     sample_rate = _check_rate("sample_rate", sample_rate)
     target_sample_rate = _check_rate("target_sample_rate", target_sample_rate)
+    n_fft = _check_count("n_fft", n_fft, 2)
+    hop_length = _check_count("hop_length", hop_length, 1, n_fft)
+    n_mels = _check_count("n_mels", n_mels, 1, n_fft // 2 + 1)
+    check_bounded([("`waveform`", waveform)], MAX_WAVEFORM_ABS, "float audio is full scale at +-1")
     out_dtype = waveform.dtype
     if waveform.dtype not in (torch.float32, torch.float64):
         waveform = waveform.float()

@@ -19,7 +19,13 @@ from ..audio.mel import log_mel_spectrogram
 from ..loaders.prefetch import ReadAheadWaitMixin
 from ..loaders.safetensors_only import SafetensorsOnlyMixin
 from ..loaders.single_file_model import FromOriginalCheckpointMixin
-from ..validation import CheckedConfigMixin, check_audio_sample_rate
+from ..validation import (
+    MAX_LOG_MEL_ABS,
+    MAX_NORMALISED_INPUT_ABS,
+    CheckedConfigMixin,
+    check_audio_sample_rate,
+    check_bounded,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -27,9 +33,15 @@ logger = logging.get_logger(__name__)
 __all__ = ["AutoencoderAudioMel"]
 
 
-def _check_input(name: str, x, layout: str, channels: int | None = None, last: int | None = None) -> None:
+# What the bounds of `_check_input` are (`validation.check_bounded`).
+_LATENT_BOUND = (MAX_NORMALISED_INPUT_ABS, "audio latents, pixel-normalised inside the decoder")
+_LOG_MEL_BOUND = (MAX_LOG_MEL_ABS, "a log-mel spectrogram: log(clamp(mel, 1e-5)) of float32 magnitudes")
+
+
+def _check_input(name: str, x, layout: str, bound, channels: int | None = None, last: int | None = None) -> None:
     """A floating tensor shaped `layout` (channels in dim 1 / the last size when given), at least one frame (the
-    last-but-one dim of 4-D inputs, dim 1 of tokens), finite; `TypeError` / `ValueError` naming `name`."""
+    last-but-one dim of 4-D inputs, dim 1 of tokens), finite and within `bound` (`(bound, why)`); `TypeError` /
+    `ValueError` naming `name`."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor {layout}, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -44,8 +56,7 @@ def _check_input(name: str, x, layout: str, channels: int | None = None, last: i
         frames = x.shape[ndim - 2] if x.ndim == ndim else None
         what = " (no frames)" if frames == 0 else ""
         raise ValueError(f"`{name}` must be {layout} with every size >= 1, got shape {tuple(x.shape)}{what}")
-    if x.device.type != "meta" and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"`{name}` contains NaN or infinite values")
+    check_bounded([(f"`{name}`", x)], *bound)
 
 
 class AutoencoderAudioMel(
@@ -135,8 +146,12 @@ class AutoencoderAudioMel(
     # ----------------------------------------------------------------------------------------- diffusers API
     @apply_forward_hook
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
-        """Mel `(B, in_channels, frames, mel_bins)` -> posterior over raw latents."""
-        _check_input("x", x, "(batch, in_channels, frames, mel_bins)", self.config.in_channels, self.config.mel_bins)
+        """Log-mel `(B, in_channels, frames, mel_bins)` (finite, within +-`validation.MAX_LOG_MEL_ABS`) -> posterior
+        over raw latents."""
+        _check_input(
+            "x", x, "(batch, in_channels, frames, mel_bins)", _LOG_MEL_BOUND, self.config.in_channels,
+            self.config.mel_bins,
+        )  # fmt: skip
         if self.use_slicing and x.shape[0] > 1:
             h = torch.cat([self.encoder(s) for s in x.split(1)])
         else:
@@ -146,8 +161,11 @@ class AutoencoderAudioMel(
 
     @apply_forward_hook
     def decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
-        """Raw latents `(B, latent_channels, T, mel_bins / 4)` -> mel `(B, output_channels, max(4T - 3, 1), mel_bins)`."""
-        _check_input("z", z, "(batch, latent_channels, frames, latent_mel_bins)", self.config.latent_channels)
+        """Raw latents `(B, latent_channels, T, mel_bins / 4)` (finite, within
+        +-`validation.MAX_NORMALISED_INPUT_ABS`) -> mel `(B, output_channels, max(4T - 3, 1), mel_bins)`."""
+        _check_input(
+            "z", z, "(batch, latent_channels, frames, latent_mel_bins)", _LATENT_BOUND, self.config.latent_channels
+        )
         if self.use_slicing and z.shape[0] > 1:
             decoded = torch.cat([self.decoder(s) for s in z.split(1)])
         else:
@@ -203,8 +221,8 @@ class AutoencoderAudioMel(
     # ------------------------------------------------------------------------------------- waveform front end
     def waveform_to_mel(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """Log-mel `(B, C, frames, mel_bins)` of a floating waveform `[C, S]` or `[B, C, S]` (finite samples in
-        [-1, 1]; integer PCM is refused: `load_audio` scales it) at `sample_rate`, a whole number of Hz in
-        [100, 384000].
+        [-1, 1], refused beyond +-`validation.MAX_WAVEFORM_ABS`; integer PCM is refused: `load_audio` scales it) at
+        `sample_rate`, a whole number of Hz in [100, 384000].
 
         Resampled to `config.sample_rate` and analysed exactly as the reference AudioProcessor; float32 out.
         """
@@ -225,9 +243,7 @@ class AutoencoderAudioMel(
             raise ValueError("this model's config has mel_bins=None; the mel front end needs a bin count")
         sample_rate = check_audio_sample_rate(sample_rate, "sample_rate")
         waveform = waveform.to(dtype=torch.float32)  # stays on its device (offloaded models report meta)
-        if not bool(torch.isfinite(waveform).all()):
-            raise ValueError("`waveform` contains NaN or infinite samples")
-        return log_mel_spectrogram(
+        return log_mel_spectrogram(  # which refuses NaN, inf and samples beyond validation.MAX_WAVEFORM_ABS
             waveform,
             sample_rate,
             target_sample_rate=self.config.sample_rate,
@@ -255,5 +271,5 @@ class AutoencoderAudioMel(
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Normalised latent tokens `(B, T, D)` -> log-mel `(B, output_channels, max(4T - 3, 1), mel_bins)`."""
-        _check_input("tokens", tokens, "(batch, frames, features)")
+        _check_input("tokens", tokens, "(batch, frames, features)", _LATENT_BOUND)
         return self.decode(self.unpatchify_tokens(self.denormalize_tokens(tokens))).sample

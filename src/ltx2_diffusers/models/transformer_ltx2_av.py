@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any, Iterable, Sequence
@@ -31,7 +32,17 @@ from ..parallel import (
     resolve_parallel_config_without_accelerator,
     shard_video_tokens,
 )
-from ..validation import CheckedConfigMixin
+from ..validation import (
+    MAX_CONTEXT_ABS,
+    MAX_EMBEDDED_VALUE,
+    MAX_NORMALISED_INPUT_ABS,
+    CheckedConfigMixin,
+    check_bounded,
+    check_frame_rate,
+    check_lora_strength,
+    check_real,
+    shown,
+)
 from .modulation import AdaLayerNormSingle
 from .perturbations import (
     BlockPerturbation,
@@ -48,6 +59,24 @@ from .transformer_block import LTX2AVTransformerBlock
 
 
 logger = logging.get_logger(__name__)
+
+
+def checked_lora_scale(forward):
+    """`attention_kwargs["scale"]` (the LoRA scale diffusers' `apply_lora_scale` applies to every adapter before the
+    forward) checked first, as every LoRA strength (`validation.check_lora_strength`): 1e30 gave NaN outputs."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        attention_kwargs = kwargs.get("attention_kwargs")
+        if isinstance(attention_kwargs, dict) and "scale" in attention_kwargs:
+            check_lora_strength('attention_kwargs["scale"]', attention_kwargs["scale"])
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
+# Why timesteps, sigmas and coordinates are bounded by `validation.MAX_EMBEDDED_VALUE`.
+_EMBEDDED_WHY = "timesteps (sigma x 1000) and positions (seconds, pixels) beyond 2**24 are float32 rounding noise"
 
 
 class LTX2AudioVideoTransformer(
@@ -345,15 +374,55 @@ class LTX2AudioVideoTransformer(
 
     @staticmethod
     def _timestep_tensor(name: str, value, batch: int, device: torch.device) -> torch.Tensor | None:
-        """A timestep / sigma argument as a tensor: a tensor as it is, a finite Python number as `(batch,)` float32
-        (checked on the host: no device sync), None as None; anything else a TypeError naming `name`."""
+        """A timestep / sigma argument as a tensor: a tensor as it is (`_check_values` bounds it), a finite Python
+        number within `MAX_EMBEDDED_VALUE` as `(batch,)` float32 (checked on the host: no device sync), None as None;
+        anything else a TypeError / ValueError naming `name`."""
         if value is None or isinstance(value, torch.Tensor):
             return value
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"{name} must be a tensor or a real number, got {type(value).__name__}")
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value!r}")
-        return torch.full((batch,), float(value), dtype=torch.float32, device=device)
+        value = check_real(name, value)
+        if abs(value) > MAX_EMBEDDED_VALUE:
+            raise ValueError(f"{name} must be within +-2**24 ({_EMBEDDED_WHY}), got {value:g}")
+        return torch.full((batch,), value, dtype=torch.float32, device=device)
+
+    @staticmethod
+    def _check_values(tensors: dict[str, torch.Tensor | None]) -> None:
+        """The values of the tensors a forward takes, each finite and within its bound (`validation.check_bounded`:
+        one device sync per bound and dtype): latents, contexts, timesteps / sigmas and coordinates, masks."""
+
+        def pick(*names):
+            return [(n, tensors[n]) for n in names if isinstance(tensors[n], torch.Tensor)]
+
+        check_bounded(
+            pick("hidden_states", "audio_hidden_states"),
+            MAX_NORMALISED_INPUT_ABS,
+            "latents, RMS-normalised inside the blocks",
+        )
+        check_bounded(
+            pick("encoder_hidden_states", "audio_encoder_hidden_states"),
+            MAX_CONTEXT_ABS,
+            "post-connector contexts are RMS-normalised per token",
+        )
+        embedded = ("timestep", "audio_timestep", "sigma", "audio_sigma", "video_coords", "audio_coords")
+        check_bounded(pick(*embedded), MAX_EMBEDDED_VALUE, _EMBEDDED_WHY)
+        keep = [(n, m) for n, m in pick("encoder_attention_mask", "audio_encoder_attention_mask") if m.ndim == 2]
+        keep += pick("video_self_attention_mask", "perturbation_mask")
+        check_bounded(keep, 1.0, "a mask weighs each token between 0 and 1", low=0.0)
+        bias = [(n, m) for n, m in pick("encoder_attention_mask", "audio_encoder_attention_mask") if m.ndim != 2]
+        check_bounded(bias, 0.0, "an additive attention bias: 0 keeps, -inf drops", low=-math.inf)
+
+    @staticmethod
+    def _check_latent_sizes(sizes: dict[str, Any], tokens: int, what: str) -> None:
+        """Sizes that the coordinates are built from: positive integers whose product is `tokens` (checked before
+        anything of that size is allocated)."""
+        values = list(sizes.values())
+        bad = any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in values)
+        if bad or math.prod(values) != tokens:
+            given = ", ".join(f"{k}={shown(v)}" for k, v in sizes.items())
+            raise ValueError(
+                f"{given}: the latent sizes must be positive integers whose product is the {tokens} tokens of {what}"
+            )
 
     @staticmethod
     def _check_coords(name: str, coords: torch.Tensor, batch: int, axes: int, tokens: int) -> None:
@@ -368,6 +437,7 @@ class LTX2AudioVideoTransformer(
             )
 
     # ------------------------------------------------------------------ forward
+    @checked_lora_scale
     @apply_lora_scale("attention_kwargs")
     def forward(
         self,
@@ -419,9 +489,25 @@ class LTX2AudioVideoTransformer(
         (e.g. the STG pass shares the conditional pass's blocks before the perturbed one; `shared_prefixes` builds
         the entries from the perturbations).
 
+        Values are refused before compute (`ValueError` naming the argument) unless finite and within the bounds of
+        `ltx2_diffusers.validation`: latents +-`MAX_NORMALISED_INPUT_ABS`, contexts +-`MAX_CONTEXT_ABS`, timesteps,
+        sigmas and coordinates +-`MAX_EMBEDDED_VALUE`, masks in [0, 1] (a `(B, 1, S)` bias in [-inf, 0]), `fps` in
+        [1, 240], `attention_kwargs["scale"]` within +-10 (`MAX_LORA_STRENGTH`); the latent sizes must multiply to the
+        token counts.
+
         Returns `AudioVisualModelOutput(sample, audio_sample)` or a tuple.
         """
         self._check_inputs(hidden_states, audio_hidden_states, encoder_hidden_states, audio_encoder_hidden_states)
+        self._check_values(
+            dict(
+                hidden_states=hidden_states, audio_hidden_states=audio_hidden_states,
+                encoder_hidden_states=encoder_hidden_states, audio_encoder_hidden_states=audio_encoder_hidden_states,
+                timestep=timestep, audio_timestep=audio_timestep, sigma=sigma, audio_sigma=audio_sigma,
+                video_coords=video_coords, audio_coords=audio_coords, encoder_attention_mask=encoder_attention_mask,
+                audio_encoder_attention_mask=audio_encoder_attention_mask, perturbation_mask=perturbation_mask,
+                video_self_attention_mask=video_self_attention_mask,
+            )
+        )  # fmt: skip
         batch_size, num_video_tokens = hidden_states.shape[:2]
         num_audio_tokens = audio_hidden_states.shape[1]
         dtype, device = hidden_states.dtype, hidden_states.device
@@ -467,6 +553,9 @@ class LTX2AudioVideoTransformer(
         if video_coords is None:
             if None in (num_frames, height, width):
                 raise ValueError("pass video_coords, or num_frames, height and width (latent sizes)")
+            sizes = dict(num_frames=num_frames, height=height, width=width)
+            self._check_latent_sizes(sizes, num_video_tokens, "hidden_states")
+            fps = check_frame_rate(fps, "fps")
             video_coords = build_video_coords(
                 batch_size,
                 num_frames,
@@ -480,6 +569,7 @@ class LTX2AudioVideoTransformer(
         if audio_coords is None:
             if audio_num_frames is None:
                 raise ValueError("pass audio_coords, or audio_num_frames")
+            self._check_latent_sizes(dict(audio_num_frames=audio_num_frames), num_audio_tokens, "audio_hidden_states")
             audio_coords = build_audio_coords(
                 batch_size,
                 audio_num_frames,

@@ -11,7 +11,7 @@ from diffusers.utils import logging
 from ..loaders.prefetch import ReadAheadWaitMixin
 from ..loaders.safetensors_only import SafetensorsOnlyMixin
 from ..loaders.single_file_model import FromOriginalCheckpointMixin
-from ..validation import CheckedConfigMixin
+from ..validation import MAX_LOG_MEL_ABS, CheckedConfigMixin, check_bounded
 from .vocoder_blocks import HiFiGANGenerator, MelSTFT, UpSample1d, build_generator, run_generator
 
 
@@ -155,6 +155,7 @@ class LTX2HiFiGANVocoder(
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """Log-mel `(B, channels, frames, mel_bins)` with `channels * mel_bins == in_channels` -> `(B, 2, samples)`.
+        The mel must be finite and within +-`validation.MAX_LOG_MEL_ABS` (100).
 
         LTX-2: `samples = frames * prod(upsample_factors)`. LTX-2.3: that many samples at `input_sampling_rate`,
         times `output_sampling_rate / input_sampling_rate`.
@@ -170,8 +171,7 @@ class LTX2HiFiGANVocoder(
             )
         if mel.shape[0] == 0 or mel.shape[2] == 0:
             raise ValueError(f"`mel` must hold at least one batch item and one frame, got shape {tuple(mel.shape)}")
-        if mel.device.type != "meta" and not bool(torch.isfinite(mel).all()):
-            raise ValueError("`mel` contains NaN or infinite values")
+        check_bounded([("`mel`", mel)], MAX_LOG_MEL_ABS, "a log-mel spectrogram: log of float32 magnitudes")
         if not self.config.bandwidth_extension:
             return run_generator(self, mel)
 

@@ -68,7 +68,7 @@ import torch
 
 from ..models.video_vae_tiling import VideoTilingConfig
 from ..utils.hooks import placed_by_offload
-from ..validation import _real
+from ..validation import check_real
 from . import ltx2_stages as stages
 from .memory_estimates import (  # noqa: F401 (the estimates are part of this module's interface)
     DECODER_LIVE_TENSORS,
@@ -308,7 +308,9 @@ def check_memory_budget(memory_budget_gib, name: str = "memory_budget_gib") -> i
     """The budget in bytes: a finite real number of GiB in `(0, MAX_MEMORY_BUDGET_GIB]` (TypeError / ValueError
     naming `name`)."""
     integral = isinstance(memory_budget_gib, numbers.Integral) and not isinstance(memory_budget_gib, bool)
-    value = float("inf") if integral and memory_budget_gib > MAX_MEMORY_BUDGET_GIB else _real(name, memory_budget_gib)
+    value = (
+        float("inf") if integral and memory_budget_gib > MAX_MEMORY_BUDGET_GIB else check_real(name, memory_budget_gib)
+    )
     if value <= 0:
         raise ValueError(f"{name} must be > 0 GiB, got {memory_budget_gib!r}")
     if value > MAX_MEMORY_BUDGET_GIB:  # (an int too large for a float included)

@@ -4,6 +4,7 @@ diffusers' conventional arguments: flat guidance aliases and generator lists."""
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
 import torch
@@ -11,12 +12,16 @@ import torch
 from ..guidance import MultiModalGuidance
 from ..schedules import check_scheduler
 from ..validation import (
+    MAX_CONTEXT_ABS,
     MAX_INFERENCE_STEPS,
+    MAX_NORMALISED_INPUT_ABS,
     MAX_SEQUENCE_LENGTH,
+    check_bounded,
     check_frame_rate,
     check_latents,
     check_lora_strength,
     check_video_size,
+    finite_float,
     shown,
 )
 from .ltx2_stages import video_latent_size
@@ -211,19 +216,16 @@ class LTX2A2VChecksMixin:
                 or any(not isinstance(c, torch.Tensor) or c.ndim != 3 or c.shape[0] != 1 for c in value)
             ):
                 raise ValueError(f"{name} must be (video_context, audio_context), each a (1, tokens, dim) tensor")
-        for name, tensors in (
-            ("prompt_embeds", [prompt_embeds]),
-            ("negative_prompt_embeds", [negative_prompt_embeds]),
-            ("prompt_contexts", prompt_contexts or []),
-            ("negative_prompt_contexts", negative_prompt_contexts or []),
-        ):
-            for tensor in tensors:
-                if tensor is None:
-                    continue
-                if not tensor.is_floating_point():
-                    raise TypeError(f"{name} must be floating point, got dtype {tensor.dtype}")
-                if not torch.isfinite(tensor).all():
-                    raise ValueError(f"{name} holds NaN or infinite values")
+        embeds = [("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)]
+        contexts = [("prompt_contexts", c) for c in prompt_contexts or ()]
+        contexts += [("negative_prompt_contexts", c) for c in negative_prompt_contexts or ()]
+        for name, tensor in embeds + contexts:
+            if tensor is not None and not tensor.is_floating_point():
+                raise TypeError(f"{name} must be floating point, got dtype {tensor.dtype}")
+        check_bounded(
+            embeds, MAX_NORMALISED_INPUT_ABS, "raw text-encoder features, normalised per token by the connectors"
+        )
+        check_bounded(contexts, MAX_CONTEXT_ABS, "post-connector contexts are RMS-normalised per token")
         self.check_text_lengths(max_sequence_length, prompt_embeds, negative_prompt_embeds)
         self.check_context_widths(prompt_contexts, negative_prompt_contexts)
         self.check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
@@ -254,16 +256,17 @@ class LTX2A2VChecksMixin:
             raise ValueError(f"guidance_batch_size must be None or a positive integer, got {guidance_batch_size!r}")
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
-        if (
-            not isinstance(audio_start_time, (int, float))
-            or not math.isfinite(audio_start_time)
-            or audio_start_time < 0
-        ):
-            raise ValueError(f"audio_start_time must be a finite number >= 0 (seconds), got {audio_start_time!r}")
+        start = finite_float(audio_start_time)
+        if start is None or start < 0:
+            raise ValueError(f"audio_start_time must be a finite number >= 0 (seconds), got {shown(audio_start_time)}")
         if audio_max_duration is not None and (
-            not isinstance(audio_max_duration, (int, float)) or not audio_max_duration > 0
+            isinstance(audio_max_duration, bool)
+            or not isinstance(audio_max_duration, numbers.Real)
+            or not audio_max_duration > 0  # inf and ints beyond float's range: the whole audio after the start
         ):
-            raise ValueError(f"audio_max_duration must be None or a number > 0 (seconds), got {audio_max_duration!r}")
+            raise ValueError(
+                f"audio_max_duration must be None or a number > 0 (seconds), got {shown(audio_max_duration)}"
+            )
         if audio_max_duration is not None and num_frames is not None and audio_max_duration < num_frames / frame_rate:
             raise ValueError(
                 f"audio_max_duration={audio_max_duration} s is shorter than the video ({num_frames} frames at "
