@@ -10,7 +10,8 @@
 - `preflight`: the input files' contents: safetensors headers (LoRAs: floating point dtypes only), an audio
   stream in `--audio-path` that covers the video and, with `--num-frames auto`, gives at most `--max-num-frames`
   frames (from the header, before any decoding), decodable condition images.
-- `write_atomically`: write under a temporary name beside the target and rename when complete.
+- `write_atomically`: write under a temporary name beside the target and rename when complete; without
+  `--overwrite` the rename never replaces a file that appeared meanwhile (another run with the same name).
 - `check_values` / `check_features`: flag values against `ltx2_diffusers.validation`'s bounds; flags this
   installation cannot honour (`--enhance-prompt`, `--quantization fp8-scaled-mm`).
 
@@ -189,14 +190,16 @@ def check_outputs(args) -> None:
     check_same_files(planned_outputs(args), input_paths(args), overwrite=overwrite, named=args.output_path)
 
 
-def write_atomically(path: str, write) -> str:
-    """`write(temporary_path)` then rename onto `path`: an existing `path` stays whole if writing fails."""
-    from .video_io import partial_path
+def write_atomically(path: str, write, *, overwrite: bool) -> str:
+    """`write(temporary_path)` then rename onto `path`: an existing `path` stays whole if writing fails. Without
+    `overwrite` an existing `path` is never replaced, even one that appeared since the run's checks (another run):
+    `ValueError` naming it (`video_io.move_into_place`), the temporary file removed."""
+    from .video_io import move_into_place, partial_path
 
     temporary = partial_path(path)
     try:
         write(temporary)
-        os.replace(temporary, path)
+        move_into_place(temporary, path, overwrite)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
