@@ -24,6 +24,8 @@ import av
 import numpy as np
 from diffusers.utils import logging
 
+from .loaders.output_folder import _rename_noreplace, resolved_path
+
 
 logger = logging.get_logger(__name__)
 
@@ -182,8 +184,9 @@ def _output_path(path) -> str:
 
 def partial_path(path) -> str:
     """A fresh temporary name beside `path` keeping its extension (FFmpeg picks the container from it):
-    `dir/clip.mp4` -> `dir/.clip.<random>.partial.mp4`."""
-    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    `dir/clip.mp4` -> `dir/.clip.<random>.partial.mp4`, `dir` resolved as the kernel resolves it (`resolved_path`:
+    `link/../clip.mp4` is beside the link's target, so the final rename stays on one filesystem)."""
+    folder, name = os.path.split(resolved_path(path))
     stem, ext = os.path.splitext(name)
     return os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:12]}.partial{ext}")
 
@@ -196,8 +199,6 @@ def move_into_place(temporary: str, path: str, overwrite: bool) -> None:
     if overwrite:
         os.replace(temporary, path)
         return
-    from .loaders.output_folder import _rename_noreplace
-
     try:
         _rename_noreplace(temporary, path)
     except FileExistsError:

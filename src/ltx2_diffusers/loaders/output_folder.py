@@ -63,6 +63,17 @@ class OutputState:
         return {"absent": "absent", "empty": "an empty folder"}.get(self.kind, f"conversion {self.conversion_id}")
 
 
+def resolved_path(path: str | os.PathLike) -> str:
+    """`path` with its folder resolved as the kernel resolves it (each symbolic link first, then the `..` after it:
+    `link/../clip.mp4` lies beside the link's target, not in the current folder as `os.path.abspath` has it), its
+    own name kept as given (it may itself be a link, which the callers refuse or replace as a name)."""
+    path = os.fspath(path)
+    head, name = os.path.split(path.rstrip(os.sep) or path)
+    if name in ("", os.curdir, os.pardir):
+        return os.path.realpath(path)
+    return os.path.join(os.path.realpath(head or os.curdir), name)
+
+
 # ------------------------------------------------------------------------------------------------ inputs vs output
 def _forms(path: Path) -> set[Path]:
     return {Path(os.path.abspath(path)), Path(os.path.realpath(path))}

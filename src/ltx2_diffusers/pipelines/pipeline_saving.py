@@ -161,7 +161,7 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
     a previous save/conversion of this package holding nothing else. `hub` (`push_to_hub=True`): the
     `HUB_OPTIONS` given; the repository (default: the folder's name) is created before the save, as diffusers
     does, and the folder uploaded once it is in place."""
-    target = Path(os.path.abspath(os.fspath(save_directory)))
+    target = Path(output_folder.resolved_path(save_directory))  # `link/../saved`: beside the link's target
     expected = output_folder.inspect_output(target, overwrite=True, label="save_directory")
     if hub is not None:
         from huggingface_hub import create_repo
