@@ -18,7 +18,8 @@ The rules (nothing the converter did not write is ever deleted or replaced):
   (the same conversion id), and only then removed. So two conversions into one folder cannot both succeed.
 - Leftover `.partial-*` / `.old-*` folders of a killed run (named so, holding a temp marker for this output, and whose
   lock is free) are named in a warning and removed at the start of the next run into the same place
-  (`remove_leftovers`).
+  (`remove_leftovers`; a `save_pretrained` into an existing empty folder builds in such a folder inside it, and
+  the next save into that folder removes it there the same way).
 """
 
 from __future__ import annotations
@@ -188,10 +189,12 @@ def inspect_output(output_dir: Path, overwrite: bool, label: str = "output_dir")
 
 # ------------------------------------------------------------------------------------------------ temp folders
 class TempFolder:
-    """A `.{name}.{kind}-XXXX` folder beside the output, holding a temp marker that this process keeps locked."""
+    """A `.{name}.{kind}-XXXX` folder beside the output (or in `folder`: `save_pretrained` into an existing empty
+    folder builds inside it), holding a temp marker that this process keeps locked."""
 
-    def __init__(self, output_dir: Path, kind: str):
-        self.path = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{kind}-", dir=output_dir.parent))
+    def __init__(self, output_dir: Path, kind: str, folder: Path | None = None):
+        parent = output_dir.parent if folder is None else folder
+        self.path = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{kind}-", dir=parent))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(self.path, 0o777 & ~umask)  # mkdtemp creates 0700; the result should look like any other folder
@@ -225,10 +228,13 @@ def _is_live(marker: Path) -> bool:
         return False
 
 
-def remove_leftovers(output_dir: Path, inputs: Mapping[str, str | os.PathLike | None]) -> list[Path]:
-    """Remove the `.partial-*` / `.old-*` folders an interrupted run into `output_dir` left; returns them."""
-    parent = output_dir.parent
-    if not parent.is_dir():
+def remove_leftovers(
+    output_dir: Path, inputs: Mapping[str, str | os.PathLike | None], folder: Path | None = None
+) -> list[Path]:
+    """Remove the `.partial-*` / `.old-*` folders an interrupted run into `output_dir` left beside it (or in
+    `folder`: inside `output_dir` for a save into an existing empty folder); returns them."""
+    parent = output_dir.parent if folder is None else folder
+    if os.path.islink(parent) or not parent.is_dir():
         return []
     pattern = re.compile(rf"\.{re.escape(output_dir.name)}\.(partial|old)-[A-Za-z0-9_]+")
     removed = []

@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -162,6 +161,8 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
     `HUB_OPTIONS` given; the repository (default: the folder's name) is created before the save, as diffusers
     does, and the folder uploaded once it is in place."""
     target = Path(output_folder.resolved_path(save_directory))  # `link/../saved`: beside the link's target
+    if target.is_dir() and not target.is_symlink():  # a killed save into this (then empty) folder left its build
+        output_folder.remove_leftovers(target, {}, folder=target)
     expected = output_folder.inspect_output(target, overwrite=True, label="save_directory")
     if hub is not None:
         from huggingface_hub import create_repo
@@ -207,27 +208,31 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
 def _fill_empty_folder(target: Path, build) -> None:
     """Save into an existing empty `save_directory`, which is kept as it is (it may be a mount point, or sit in a
     folder the user cannot write): the save is built in a hidden folder inside it, then its entries are moved up,
-    the package marker last. On any failure what was moved is removed again, so the folder is left empty."""
+    the package marker last. On any failure what was moved is removed again, so the folder is left empty. The hidden
+    folder holds a locked temp marker, as the converter's: if the save is killed, the next save into the folder
+    removes it (`output_folder.remove_leftovers`, with a warning naming it)."""
     where = os.fspath(target)
-    tmp = Path(tempfile.mkdtemp(prefix=".save.partial-", dir=target))
+    partial = output_folder.TempFolder(target, "partial", folder=target)
+    tmp = partial.path
     moved = []
     try:
         build(tmp)
         others = sorted(set(os.listdir(target)) - {tmp.name})
         if others:
             raise ValueError(f"save_directory {where!r} is no longer empty ({others[:5]}); nothing was saved")
-        for name in sorted(os.listdir(tmp), key=lambda n: n == output_folder.MARKER_NAME):
+        entries = set(os.listdir(tmp)) - {output_folder.TEMP_MARKER_NAME}
+        for name in sorted(entries, key=lambda n: n == output_folder.MARKER_NAME):
             output_folder._rename_noreplace(tmp / name, target / name)
             moved.append(target / name)
-        tmp.rmdir()
     except BaseException:
         for path in moved:  # only entries this save moved in (the folder was empty)
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        partial.release(remove=True)
         raise
+    partial.release(remove=True)  # only its temp marker is left in it
 
 
 def write_extras(pipe, save_directory) -> None:
