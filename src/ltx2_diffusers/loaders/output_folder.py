@@ -7,9 +7,13 @@ The rules (nothing the converter did not write is ever deleted or replaced):
 - Inputs against the output, before any work (`check_inputs_outside`): no input (a file or a folder, by its own path
   and by the path it resolves to) may be the output folder or lie inside it, and the output folder may not lie inside
   an input folder (`gemma_root`). So `--output-dir .` or the folder holding the checkpoint is refused.
-- Every conversion writes `MARKER_NAME` listing each file it wrote. `overwrite` replaces only a folder whose marker is
-  there, whose `model_index.json` is there and whose files are exactly the listed ones: a user's file in it (or a
-  folder converted by something else) is refused, naming the path (`inspect_output`).
+- Every conversion writes `MARKER_NAME` listing each file it wrote, with its size and `mtime_ns` ("stats"; no
+  hashing of 40 GB). `overwrite` replaces only a folder whose marker is there, whose `model_index.json` is there and
+  whose files are exactly the listed ones, each of the recorded size and modification time: a user's file in it, a
+  listed file the user edited (README.md, a config.json), or a folder converted by something else is refused,
+  naming the path (`inspect_output`). Markers written before "stats" existed are accepted without that check (their
+  files are still compared by name). Copying a conversion without keeping modification times (`cp -r` without
+  `-p`) makes its files look edited: such a copy is refused, never replaced.
 - The folder is built in `.{name}.partial-XXXX` beside the output; the run holds an `flock` on the temp marker
   `TEMP_MARKER_NAME` inside it for its whole life. The final move (`publish`) re-inspects the output under a lock on
   the parent folder and must find it as it was at the start (absent, empty, or the same previous conversion), then
@@ -117,10 +121,19 @@ def _listing(folder: Path) -> list[str]:
     return sorted(out)
 
 
+def _stat(path: Path) -> list[int]:
+    """`[size, mtime_ns]` of a file (the link itself for a link): what the marker records to notice an edit."""
+    info = os.lstat(path)
+    return [info.st_size, info.st_mtime_ns]
+
+
 def write_marker(folder: Path) -> str:
-    """Write the conversion marker listing every file now in `folder`; returns the new conversion id."""
+    """Write the conversion marker listing every file now in `folder`, each file's `[size, mtime_ns]` under
+    "stats" (cheap: no hashing of the weights); returns the new conversion id."""
     conversion_id = uuid.uuid4().hex
-    marker = {"format": _MARKER_FORMAT, "id": conversion_id, "files": _listing(folder)}
+    files = _listing(folder)
+    stats = {rel: _stat(folder / rel) for rel in files if not rel.endswith("/")}
+    marker = {"format": _MARKER_FORMAT, "id": conversion_id, "files": files, "stats": stats}
     (folder / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
     return conversion_id
 
@@ -158,6 +171,20 @@ def _conversion_id(folder: Path, label: str = "output_dir") -> str:
             f"{label} {where!r} holds files {writer} did not write ({len(foreign)}: {foreign[:5]}); refusing to "
             f"replace it: move them out or choose another {label}"
         )
+    stats = marker.get("stats")  # absent in markers written before it was recorded: those are accepted as they are
+    if stats is not None:
+        if not isinstance(stats, dict):
+            raise ValueError(f'{label} {where!r}: its {MARKER_NAME} is damaged ("stats"); refusing to replace it')
+        for rel in present:
+            recorded = stats.get(rel)
+            if rel.endswith("/") or rel not in files:
+                continue
+            if recorded is None or list(recorded) != _stat(folder / rel):
+                raise ValueError(
+                    f"{label} {where!r}: {rel!r} was changed since {writer} wrote it (its size or modification "
+                    f"time differs from {MARKER_NAME}); refusing to replace your edit: move the file out (or the "
+                    f"folder), or choose another {label}"
+                )
     return conversion_id
 
 

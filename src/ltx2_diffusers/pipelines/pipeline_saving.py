@@ -155,7 +155,8 @@ def _check_adapter_folder_name(adapter) -> None:
 
 def save_folder(pipe, save_directory, save_components, hub: dict | None = None) -> None:
     """Build the saved folder in a temporary sibling (`save_components(tmp)`: diffusers' save of the components,
-    then `write_extras`, the package marker and, with `hub`, the Hub model card) and move it to `save_directory`
+    then `write_extras`, the package marker and, with `hub`, the Hub model card, else the model card of the folder
+    saved over when the pipeline was loaded from it: `_carried_card`) and move it to `save_directory`
     (see the module docstring); `ValueError` before any work for a `save_directory` that is not absent, empty or
     a previous save/conversion of this package holding nothing else. `hub` (`push_to_hub=True`): the
     `HUB_OPTIONS` given; the repository (default: the folder's name) is created before the save, as diffusers
@@ -172,9 +173,13 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
         )
         hub = {**hub, "repo_id": repo.repo_id}
 
+    carried = _carried_card(pipe, target, expected) if hub is None else None
+
     def build(folder: Path) -> None:
         save_components(os.fspath(folder))
         write_extras(pipe, folder)
+        if carried is not None:  # the converter's model card of the folder saved over
+            shutil.copyfile(carried, folder / "README.md")
         if hub is not None:
             from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
 
@@ -203,6 +208,19 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
             commit_message=hub.get("commit_message"),
             create_pr=hub.get("create_pr", False),
         )
+
+
+def _carried_card(pipe, target: Path, expected) -> Path | None:
+    """The model card (README.md) of the converted folder the pipeline was loaded from, when saving over that same
+    folder: it describes the same weights, so the new save keeps it. It is unchanged: `inspect_output` refused a
+    folder whose listed files were edited since it was written (markers without sizes and times: not checked)."""
+    source = getattr(pipe, "config", {}).get("_name_or_path")
+    card = target / "README.md"
+    if expected.kind != "conversion" or not isinstance(source, (str, os.PathLike)) or not os.path.isdir(source):
+        return None
+    if os.path.realpath(source) != os.path.realpath(target) or card.is_symlink() or not card.is_file():
+        return None
+    return card
 
 
 def _fill_empty_folder(target: Path, build) -> None:
