@@ -13,10 +13,13 @@ Steps (all under --work-dir, default out/demo/):
 The weights are random, so the video is noise shaped by random weights: the demo shows the whole path working,
 not what LTX-2 generates.
 
-Existing outputs: the demo records the sha256 of every file it writes (`--work-dir`/demo_outputs.json) and passes
-`--overwrite` to the CLIs only when every existing output is one of its own earlier outputs, unchanged, so it runs
-again and again in the same checkout; any other existing file at an output path is refused before any work unless
-`--overwrite` is given.
+Existing files: the demo records the sha256 of every file it writes, the outputs and its work files (the original
+format files, the Gemma 3 folder, drums.wav), in `--work-dir`/demo_outputs.json, and passes `--overwrite` to the
+CLIs only when every existing output is one of its own earlier outputs, unchanged, so it runs again and again in the
+same checkout. Any other existing file at an output or work-file path is refused before any work unless
+`--overwrite` is given. The converted folder is the converter's: the demo passes it `--overwrite`, which replaces
+only its own previous conversion, unchanged (a folder holding anything else is refused before any work, even with
+`--overwrite`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +43,12 @@ PROMPT = "a drummer plays a drum kit in a dark room, close up shot, bright light
 DISTILLED_LORA_STRENGTH = 0.8
 AV_PROMPT = "a street musician plays a trumpet at dusk, the crowd claps"
 AV_NUM_FRAMES = 17
+CHECKPOINT_NAME = "ltx-2.3-tiny-random.safetensors"
+UPSAMPLER_NAME = "ltx-2.3-tiny-spatial-upscaler-x2.safetensors"
+LORA_NAME = "ltx-2.3-tiny-distilled-lora.safetensors"
+GEMMA_NAME = "gemma-3-tiny-random"
+DRUMS_NAME = "drums.wav"
+CONVERTED_NAME = "ltx-2.3-tiny-random-diffusers"
 
 
 def load_factories():
@@ -65,12 +73,12 @@ def build_original_files(work_dir: Path, seed: int = 0) -> dict:
 
     factories = load_factories()
     work_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = factories.build_checkpoint(work_dir / "ltx-2.3-tiny-random.safetensors", "2.3", seed=seed)
-    upsampler = factories.build_upsampler(work_dir / "ltx-2.3-tiny-spatial-upscaler-x2.safetensors", seed=seed)
-    lora = factories.build_lora(work_dir / "ltx-2.3-tiny-distilled-lora.safetensors", checkpoint, seed=seed)
+    checkpoint = factories.build_checkpoint(work_dir / CHECKPOINT_NAME, "2.3", seed=seed)
+    upsampler = factories.build_upsampler(work_dir / UPSAMPLER_NAME, seed=seed)
+    lora = factories.build_lora(work_dir / LORA_NAME, checkpoint, seed=seed)
     hidden_size, hidden_states = factories.text_encoder_dims(checkpoint)  # what the checkpoint's connectors read
     gemma = build_tiny_gemma3(
-        work_dir / "gemma-3-tiny-random", hidden_size=hidden_size, num_hidden_layers=hidden_states - 1, seed=seed
+        work_dir / GEMMA_NAME, hidden_size=hidden_size, num_hidden_layers=hidden_states - 1, seed=seed
     )
     return {"checkpoint": checkpoint, "upsampler": upsampler, "lora": lora, "gemma": gemma}
 
@@ -124,7 +132,8 @@ def _quote(part: str) -> str:
     return repr(part) if any(c in part for c in " ,'\"") else part
 
 
-def convert_command(files: dict, output_dir: Path) -> list[str]:
+def convert_command(files: dict, output_dir: Path, overwrite: bool = False) -> list[str]:
+    """The converter's command; `overwrite` replaces only its own previous conversion at `output_dir`."""
     return [
         sys.executable,
         "-m",
@@ -140,6 +149,7 @@ def convert_command(files: dict, output_dir: Path) -> list[str]:
         str(files["gemma"]),
         "--output-dir",
         str(output_dir),
+        *(["--overwrite"] if overwrite else []),
     ]
 
 
@@ -221,19 +231,41 @@ def demo_outputs(output: Path) -> list[Path]:
     ]
 
 
+def work_files(work_dir: Path) -> list[Path]:
+    """The files the demo (re)writes in `work_dir` besides the converted folder: the original-format files, every
+    file of the Gemma 3 folder (or the path itself when it is not a folder) and the drum track."""
+    gemma = work_dir / GEMMA_NAME
+    found = [gemma] if os.path.lexists(gemma) and not gemma.is_dir() else []
+    if gemma.is_dir():
+        found = sorted(p for p in gemma.rglob("*") if p.is_symlink() or not p.is_dir())
+    return [work_dir / name for name in (CHECKPOINT_NAME, UPSAMPLER_NAME, LORA_NAME, DRUMS_NAME)] + found
+
+
+def check_converted_folder(converted: Path) -> None:
+    """The converter will replace `converted` only when it is its own previous conversion, unchanged; ask it
+    before any work (SystemExit naming the first foreign or changed file)."""
+    from ltx2_diffusers.loaders.output_folder import inspect_output
+
+    try:
+        inspect_output(converted, overwrite=True)
+    except ValueError as error:
+        raise SystemExit(f"demo: {error}") from None
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def may_replace(outputs: list[Path], record: Path) -> bool:
+def may_replace(outputs: list[Path], record: Path, flag: str = "--output") -> bool:
     """Whether the existing `outputs` may be replaced: none exists, or each is a file an earlier demo run wrote
-    (its sha256 in `record`) and nobody changed since. SystemExit naming the first other file."""
+    (its sha256 in `record`) and nobody changed since. SystemExit naming the first other file (and `flag`, the
+    option that chooses another place)."""
     written = json.loads(record.read_text()) if record.is_file() else {}
     for path in outputs:
         if os.path.lexists(path) and not (path.is_file() and written.get(str(path)) == _sha256(path)):
             raise SystemExit(
                 f"demo: {path} exists and is not an unchanged output of an earlier demo run; pass --overwrite to "
-                "replace it, or choose another --output"
+                f"replace it, or choose another {flag}"
             )
     return any(path.exists() for path in outputs)
 
@@ -288,22 +320,24 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     work_dir = Path(args.work_dir).resolve()
     output = Path(args.output).resolve()
-    converted = work_dir / "ltx-2.3-tiny-random-diffusers"
+    converted = work_dir / CONVERTED_NAME
     outputs, record = demo_outputs(output), work_dir / "demo_outputs.json"
+    check_converted_folder(converted)  # all checked before any work
     if not args.overwrite:
-        args.overwrite = may_replace(outputs, record)  # checked before any work
+        may_replace(work_files(work_dir), record, "--work-dir")
+        args.overwrite = may_replace(outputs, record)
 
     print("[1/5] tiny random LTX-2.3 checkpoint, upsampler, distilled LoRA (original format) and Gemma 3", flush=True)
     files = build_original_files(work_dir)
+    record_outputs(work_files(work_dir), record)
 
     print(f"[2/5] converting to a diffusers folder: {converted}", flush=True)
-    if converted.exists():
-        shutil.rmtree(converted)
-    _run(convert_command(files, converted))
+    _run(convert_command(files, converted, overwrite=True))  # replaces only its own previous conversion
 
-    audio = work_dir / "drums.wav"
+    audio = work_dir / DRUMS_NAME
     print(f"[3/5] {args.seconds:g} s drum track: {audio}", flush=True)
     write_drums(audio, args.seconds)
+    record_outputs([audio], record)
 
     print("[4/5] audio-to-video CLI", flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -175,3 +175,67 @@ def test_overwrite_reaches_both_commands(tmp_path):
         assert ("--overwrite" in a2v, "--overwrite" in av) == (expected, expected)
         assert av_cli.build_parser().parse_args(av[3:]).overwrite is expected
         assert a2vid.build_parser().parse_args(a2v[3:]).overwrite is expected
+
+
+def _stubbed_clis(monkeypatch):
+    """`_run` converts for real (in this process) and stands in for the two CLIs: they write their outputs, and
+    refuse an existing one without --overwrite, as the CLIs do."""
+    from ltx2_diffusers import convert
+
+    def run(command):
+        if command[2] == "ltx2_diffusers.convert":
+            assert convert.main(command[3:]) == 0
+            return
+        output = Path(command[command.index("--output-path") + 1])
+        written = [output]
+        if "--sync-report" in command:
+            written += [output.with_name(f"{output.stem}_sync.png"), output.with_name(f"{output.stem}_sync.json")]
+        for path in written:
+            if path.exists() and "--overwrite" not in command:
+                raise subprocess.CalledProcessError(2, command, f"{path} exists")
+            path.write_bytes(os.urandom(64))
+
+    monkeypatch.setattr(demo, "_run", run)
+    monkeypatch.setattr(demo, "check_output", lambda path, seconds: f"{path}: checked")
+
+
+@pytest.mark.skipif(not _have("ltx_core"), reason="the factories need ltx-core")
+def test_demo_runs_twice_and_never_replaces_the_users_work_files(tmp_path, monkeypatch):
+    from file_tree import file_tree
+
+    _stubbed_clis(monkeypatch)
+    work, argv = tmp_path / "w", ["--output", str(tmp_path / "demo.mp4"), "--work-dir", str(tmp_path / "w")]
+    assert demo.main(argv) == 0
+    assert demo.main(argv) == 0  # `make demo` twice in a row: its own work files and conversion are replaced
+    record = json.loads((work / "demo_outputs.json").read_text())
+    assert str(work / demo.DRUMS_NAME) in record and str(work / demo.CHECKPOINT_NAME) in record
+
+    # The user's notes in the converted folder: refused before any work (no rmtree), even with --overwrite.
+    notes = work / demo.CONVERTED_NAME / "notes.txt"
+    notes.write_text("my notes")
+    before = file_tree(tmp_path)
+    monkeypatch.setattr(demo, "build_original_files", lambda *a, **k: pytest.fail("the demo started working"))
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit, match="notes.txt"):
+            demo.main(argv + extra)
+        assert file_tree(tmp_path) == before
+    notes.unlink()
+
+    # A drum track the user put in place of the demo's (or edited): refused, unchanged.
+    (work / demo.DRUMS_NAME).write_bytes(b"the user's drum take")
+    before = file_tree(tmp_path)
+    with pytest.raises(SystemExit, match=r"drums\.wav exists .* --work-dir"):
+        demo.main(argv)
+    assert file_tree(tmp_path) == before
+
+
+def test_demo_refuses_a_foreign_drum_track_in_a_fresh_work_dir(tmp_path, monkeypatch):
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "drums.wav").write_bytes(b"the user's drum take")
+    before = hashlib.sha256((work / "drums.wav").read_bytes()).hexdigest()
+    monkeypatch.setattr(demo, "build_original_files", lambda *a, **k: pytest.fail("the demo started working"))
+    with pytest.raises(SystemExit, match="drums.wav exists"):
+        demo.main(["--output", str(tmp_path / "demo.mp4"), "--work-dir", str(work)])
+    assert hashlib.sha256((work / "drums.wav").read_bytes()).hexdigest() == before
+    assert os.listdir(work) == ["drums.wav"] and sorted(os.listdir(tmp_path)) == ["w"]

@@ -293,8 +293,12 @@ def test_an_existing_empty_folder_is_filled_in_place(setup, tmp_path, monkeypatc
     target.mkdir(parents=True)
     inode = target.stat().st_ino
 
-    def no_sibling(*args, **kwargs):
-        raise AssertionError("a temporary folder beside save_directory")
+    real_temp_folder = output_folder.TempFolder
+
+    def no_sibling(output_dir, kind, folder=None):
+        if folder != target:
+            raise AssertionError("a temporary folder beside save_directory")
+        return real_temp_folder(output_dir, kind, folder=folder)
 
     real_rmdir = os.rmdir
 
@@ -311,7 +315,7 @@ def test_an_existing_empty_folder_is_filled_in_place(setup, tmp_path, monkeypatc
     marker = json.loads((target / output_folder.MARKER_NAME).read_text())
     on_disk = {k for k, v in tree(target).items() if v != "dir"} - {output_folder.MARKER_NAME}
     assert {p for p in marker["files"] if not p.endswith("/")} == on_disk
-    assert not [p for p in target.iterdir() if p.name.startswith(".save.partial-")]
+    assert not [p for p in target.iterdir() if p.name.startswith(".mount.partial-")]
     assert_same_pipeline(pipe, load(target))
 
 
@@ -338,3 +342,66 @@ def test_an_interrupted_save_into_an_empty_folder_leaves_it_empty(setup, tmp_pat
     assert list(target.iterdir()) == [] and siblings(target) == []
     pipe.save_pretrained(target)  # the folder is still usable
     assert_same_pipeline(pipe, load(target))
+
+
+KILLED_SAVE = """
+import os, sys, time
+from ltx2_diffusers import LTX2AudioToVideoPipeline
+from ltx2_diffusers.pipelines import pipeline_saving
+pipe = LTX2AudioToVideoPipeline.from_pretrained(sys.argv[1])
+real = pipeline_saving.write_extras
+def write_extras_then_hang(pipe, folder):
+    real(pipe, folder)
+    open(sys.argv[3], "w").write(os.fspath(folder))
+    time.sleep(600)
+pipeline_saving.write_extras = write_extras_then_hang
+pipe.save_pretrained(sys.argv[2])
+"""
+
+
+def test_a_save_into_an_empty_folder_killed_mid_build_is_cleaned_up_by_the_next_save(setup, tmp_path, caplog):
+    """kill -9 while the save is built inside an existing empty folder: the next save into it removes the
+    leftover (its temp marker's lock is free), names it in a warning, and saves."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target, ready = tmp_path / "empty", tmp_path / "ready.txt"
+    target.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(pathlib.Path(__file__).parents[1] / "src")] + sys.path)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SAVE, str(setup["converted"]), str(target), str(ready)], env=env
+    )
+    try:
+        deadline = time.time() + 300
+        while not ready.exists() and child.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert ready.exists(), "the save never reached its build"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    leftover = pathlib.Path(ready.read_text())
+    assert [p.name for p in target.iterdir()] == [leftover.name] and leftover.name.startswith(".empty.partial-")
+    assert (leftover / output_folder.TEMP_MARKER_NAME).is_file() and (leftover / "model_index.json").is_file()
+    pipe = load(setup["converted"])
+    with caplog.at_level("WARNING"):
+        pipe.save_pretrained(target)
+    assert os.fspath(leftover) in caplog.text
+    assert not leftover.exists() and (target / output_folder.MARKER_NAME).is_file()
+    assert not [p for p in target.iterdir() if ".partial-" in p.name] and siblings(target) == []
+    assert_same_pipeline(pipe, load(target))
+
+
+def test_a_save_into_an_empty_folder_leaves_a_live_saves_build_alone(setup, tmp_path):
+    """A build inside the folder whose lock is held (another save still running) is neither removed nor saved
+    over: the folder is not empty, and not a save of this package."""
+    target = tmp_path / "empty"
+    target.mkdir()
+    live = output_folder.TempFolder(target, "partial", folder=target)
+    try:
+        with pytest.raises(ValueError, match="save_directory"):
+            load(setup["converted"]).save_pretrained(target)
+        assert live.path.exists() and [p.name for p in target.iterdir()] == [live.path.name]
+    finally:
+        live.release(remove=True)

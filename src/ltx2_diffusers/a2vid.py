@@ -278,7 +278,7 @@ def _render(args) -> list[str]:
         if not main_process:
             continue
         audio, sample_rate = _aac_compatible(audio.numpy(), sample_rate)
-        export_to_video_with_audio(frames, audio, sample_rate, path, fps=args.frame_rate)
+        export_to_video_with_audio(frames, audio, sample_rate, path, fps=args.frame_rate, overwrite=args.overwrite)
         written.append(path)
         num_frames, height, width = frames.shape[:3]
         print(
@@ -290,7 +290,7 @@ def _render(args) -> list[str]:
 
             report = sync_report_from_file(path)
             if args.sync_report:
-                written += cli_running.write_sync_report(path, report)
+                written += cli_running.write_sync_report(path, report, overwrite=args.overwrite)
             rows.append(
                 {
                     "modality_scale": scale,
@@ -309,9 +309,11 @@ def _render(args) -> list[str]:
         stem = os.path.splitext(args.output_path)[0]
         table = sweep_table(rows)
         header = f"Modality-scale sweep, seed {args.seed}, prompt: {args.prompt!r}\n\n{table}\n"
-        write_atomically(f"{stem}_modality_sweep.md", _write_text(header))
+        write_atomically(f"{stem}_modality_sweep.md", _write_text(header), overwrite=args.overwrite)
         clips = {"seed": args.seed, "prompt": args.prompt, "clips": rows}
-        write_atomically(f"{stem}_modality_sweep.json", _write_text(json.dumps(clips, indent=1)))
+        write_atomically(
+            f"{stem}_modality_sweep.json", _write_text(json.dumps(clips, indent=1)), overwrite=args.overwrite
+        )
         written += [f"{stem}_modality_sweep.md", f"{stem}_modality_sweep.json"]
         print(table)
         print(f"sweep table: {stem}_modality_sweep.md and {stem}_modality_sweep.json")

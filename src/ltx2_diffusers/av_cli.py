@@ -255,14 +255,16 @@ def _render(args) -> str | None:
         return None
     frames = frames_to_uint8(result.frames[0])
     audio, sample_rate = cli_running.aac_compatible(_waveform(result.audio), int(result.audio_sample_rate))
-    export_to_video_with_audio(frames, audio, sample_rate, args.output_path, fps=args.frame_rate)
+    export_to_video_with_audio(
+        frames, audio, sample_rate, args.output_path, fps=args.frame_rate, overwrite=args.overwrite
+    )
     num_frames, height, width = frames.shape[:3]
     print(
         f"wrote {args.output_path}: {num_frames} frames, {width}x{height}, {args.frame_rate:g} fps, "
         f"{audio.shape[-1] / sample_rate:.2f} s of audio at {sample_rate} Hz"
     )
     if args.sync_report:
-        cli_running.write_sync_report(args.output_path)
+        cli_running.write_sync_report(args.output_path, overwrite=args.overwrite)
     print(f"done in {time.perf_counter() - start:.1f} s on {device}, {cli_running.peak_memory(device)}")
     return args.output_path
 

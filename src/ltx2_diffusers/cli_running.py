@@ -321,10 +321,10 @@ def text_writer(text: str):
     return write
 
 
-def write_sync_report(video_path: str, report=None) -> list[str]:
+def write_sync_report(video_path: str, report=None, *, overwrite: bool) -> list[str]:
     """`--sync-report`: measure the written `video_path` (its motion against its audio track; `report` if already
     measured) and write `<stem>_sync.png` and `<stem>_sync.json` beside it, each under a temporary name renamed when
-    complete. Prints the summary; returns the two paths."""
+    complete (without `overwrite` never onto a file that appeared meanwhile). Prints the summary; returns the two paths."""
     from .cli_safety import sync_report_paths, write_atomically
 
     if report is None:
@@ -332,7 +332,7 @@ def write_sync_report(video_path: str, report=None) -> list[str]:
 
         report = sync_report_from_file(video_path)
     png, json_path = sync_report_paths(video_path)
-    write_atomically(png, report.save_png)
-    write_atomically(json_path, report.save_json)
+    write_atomically(png, report.save_png, overwrite=overwrite)
+    write_atomically(json_path, report.save_json, overwrite=overwrite)
     print(f"sync report {png}: {report.summary()}")
     return [png, json_path]

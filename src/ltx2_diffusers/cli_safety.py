@@ -10,7 +10,8 @@
 - `preflight`: the input files' contents: safetensors headers (LoRAs: floating point dtypes only), an audio
   stream in `--audio-path` that covers the video and, with `--num-frames auto`, gives at most `--max-num-frames`
   frames (from the header, before any decoding), decodable condition images.
-- `write_atomically`: write under a temporary name beside the target and rename when complete.
+- `write_atomically`: write under a temporary name beside the target and rename when complete; without
+  `--overwrite` the rename never replaces a file that appeared meanwhile (another run with the same name).
 - `check_values` / `check_features`: flag values against `ltx2_diffusers.validation`'s bounds; flags this
   installation cannot honour (`--enhance-prompt`, `--quantization fp8-scaled-mm`).
 
@@ -106,14 +107,28 @@ def input_paths(args) -> list[tuple[str, str]]:
     return inputs
 
 
+def _folders_up(path: str):
+    """The folders above `path`, nearest first, as strings the kernel resolves (no `os.path.abspath`, which would
+    drop a `..` that follows a symbolic link lexically instead of after the link), ending at the first that exists
+    (or is a link to nowhere)."""
+    folder = os.path.dirname(path) or os.curdir
+    while True:
+        yield folder
+        if os.path.lexists(folder) or folder in (os.curdir, os.path.dirname(folder)):
+            return
+        folder = os.path.dirname(folder) or os.curdir
+
+
 def check_output_folder(flag: str, path: str) -> None:
     """Every folder above `path` can hold it: none is an existing file (or a link to nowhere), and the nearest
-    existing one is a folder this process may write in. ValueError naming `flag` and the offending folder."""
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):
+    existing one is a folder this process may write in. ValueError naming `flag` and the offending folder. The
+    folders are the kernel's reading of `path` (`_folders_up`: `link/../x.mp4` is beside the link's target)."""
+    for folder in _folders_up(path):
+        if os.path.exists(folder):
+            break
         if os.path.lexists(folder):
             raise ValueError(f"{flag} {path!r}: {folder!r} is a link to nowhere, not a folder")
-        folder = os.path.dirname(folder)
+    folder = os.path.realpath(folder)  # the folder itself, named in the messages
     if not os.path.isdir(folder):
         raise ValueError(f"{flag} {path!r}: {folder!r} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -124,10 +139,7 @@ def check_output_folder(flag: str, path: str) -> None:
 def creating_missing_folders(path: str):
     """Create the missing folders above `path` for the work in the `with` block; if the block fails, remove those
     of them that are still empty (nothing this run did not create is removed). Yields the created folders."""
-    missing, folder = [], os.path.dirname(os.path.abspath(path))
-    while not os.path.isdir(folder):
-        missing.append(folder)
-        folder = os.path.dirname(folder)
+    missing = [folder for folder in _folders_up(path) if not os.path.isdir(folder)]
     created = []
     try:
         for folder in reversed(missing):
@@ -189,14 +201,16 @@ def check_outputs(args) -> None:
     check_same_files(planned_outputs(args), input_paths(args), overwrite=overwrite, named=args.output_path)
 
 
-def write_atomically(path: str, write) -> str:
-    """`write(temporary_path)` then rename onto `path`: an existing `path` stays whole if writing fails."""
-    from .video_io import partial_path
+def write_atomically(path: str, write, *, overwrite: bool) -> str:
+    """`write(temporary_path)` then rename onto `path`: an existing `path` stays whole if writing fails. Without
+    `overwrite` an existing `path` is never replaced, even one that appeared since the run's checks (another run):
+    `ValueError` naming it (`video_io.move_into_place`), the temporary file removed."""
+    from .video_io import move_into_place, partial_path
 
     temporary = partial_path(path)
     try:
         write(temporary)
-        os.replace(temporary, path)
+        move_into_place(temporary, path, overwrite)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)

@@ -15,7 +15,8 @@ its CRC-32 compared, and the run reports counts and checksums. The plan and the 
 
 Nothing the converter did not write is deleted or replaced (`loaders/output_folder.py`): inputs inside the output
 folder (or an output inside an input folder) are refused, `--overwrite` replaces only a previous conversion (its
-marker lists exactly the files present), and the final move refuses a target that changed meanwhile.
+marker lists exactly the files present, each of the recorded size and modification time: an edited file is
+refused, naming it), and the final move refuses a target that changed meanwhile.
 
 `model_index.json` records the pipeline config: `model_version` (from the metadata), `distilled_lora_scale`, and
 `model_variant` ("dev" | "distilled": the metadata key `model_variant` where the file states it, else
@@ -393,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace a previous conversion by this converter (never a folder holding other files)",
+        help="replace a previous conversion by this converter (never a folder holding other files, nor one whose "
+        "files were edited since)",
     )
     parser.add_argument(
         "--fp8-cast",

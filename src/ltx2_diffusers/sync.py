@@ -337,8 +337,8 @@ def main(argv=None) -> int:
         png, json_path = _report_paths(args)
         with creating_missing_folders(png):  # created now; removed again (when still empty) if the report fails
             report = sync_report_from_file(args.input, max_lag_frames=args.max_lag_frames)
-            write_atomically(png, report.save_png)
-            write_atomically(json_path, report.save_json)
+            write_atomically(png, report.save_png, overwrite=args.overwrite)
+            write_atomically(json_path, report.save_json, overwrite=args.overwrite)
     except ValueError as error:
         print(f"ltx2-sync-report: error: {error}", file=sys.stderr)
         return 2

@@ -24,6 +24,8 @@ import av
 import numpy as np
 from diffusers.utils import logging
 
+from .loaders.output_folder import _rename_noreplace, resolved_path
+
 
 logger = logging.get_logger(__name__)
 
@@ -182,13 +184,34 @@ def _output_path(path) -> str:
 
 def partial_path(path) -> str:
     """A fresh temporary name beside `path` keeping its extension (FFmpeg picks the container from it):
-    `dir/clip.mp4` -> `dir/.clip.<random>.partial.mp4`."""
-    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    `dir/clip.mp4` -> `dir/.clip.<random>.partial.mp4`, `dir` resolved as the kernel resolves it (`resolved_path`:
+    `link/../clip.mp4` is beside the link's target, so the final rename stays on one filesystem)."""
+    folder, name = os.path.split(resolved_path(path))
     stem, ext = os.path.splitext(name)
     return os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:12]}.partial{ext}")
 
 
-def export_to_video_with_audio(frames, audio, sample_rate: Optional[int], path, fps: float = 24.0) -> str:
+def move_into_place(temporary: str, path: str, overwrite: bool) -> None:
+    """Rename the complete file `temporary` onto `path`. With `overwrite` an existing `path` is replaced (atomically);
+    without, it never is, even one that appeared while `temporary` was being written (another run with the same
+    output name): the rename fails instead of replacing (`RENAME_NOREPLACE`), with a `ValueError` naming `path`.
+    The caller removes `temporary` (it is its file) when this raises."""
+    if overwrite:
+        os.replace(temporary, path)
+        return
+    try:
+        _rename_noreplace(temporary, path)
+    except FileExistsError:
+        raise ValueError(
+            f"{path!r} appeared while this run was writing it (another run with the same output name?); it was left "
+            "as it is and this run's file was not kept: choose another name, or pass --overwrite / overwrite=True "
+            "to replace it"
+        ) from None
+
+
+def export_to_video_with_audio(
+    frames, audio, sample_rate: Optional[int], path, fps: float = 24.0, overwrite: bool = True
+) -> str:
     """Write `frames` (and `audio`, if given) to an H.264 + AAC mp4 at `path`; returns the path.
 
     Args:
@@ -204,8 +227,14 @@ def export_to_video_with_audio(frames, audio, sample_rate: Optional[int], path, 
             so a failed or interrupted export leaves an existing file at `path` untouched.
         fps: frame rate in [`MIN_FPS`, `MAX_FPS`] (0.001 .. 1000); fractional rates such as 23.976 are kept as
             a fraction.
+        overwrite: True (the default, as before this argument existed): an existing `path` is replaced once the
+            new file is complete. False: an existing `path` is never replaced, not even one that appears while the
+            file is encoded (`move_into_place`): `ValueError` naming it, the new file removed. The CLIs pass
+            their `--overwrite`.
     """
     path = _output_path(path)
+    if not overwrite and os.path.lexists(path):
+        raise ValueError(f"output path {path!r} exists and overwrite=False; choose another name")
     rate = _frame_rate(fps)
     video = frames_to_uint8(frames)
     num_frames, height, width, _ = video.shape
@@ -259,7 +288,7 @@ def export_to_video_with_audio(frames, audio, sample_rate: Optional[int], path, 
                 container.mux(audio_stream.encode(frame))
             container.mux(audio_stream.encode(None))
         container.close()
-        os.replace(temporary, path)  # the old file (if any) stays whole until the new one is complete
+        move_into_place(temporary, path, overwrite)  # an old file stays whole until the new one is complete
     except BaseException:
         container.close()
         if os.path.exists(temporary):  # ours: created above under a fresh name

@@ -7,9 +7,13 @@ The rules (nothing the converter did not write is ever deleted or replaced):
 - Inputs against the output, before any work (`check_inputs_outside`): no input (a file or a folder, by its own path
   and by the path it resolves to) may be the output folder or lie inside it, and the output folder may not lie inside
   an input folder (`gemma_root`). So `--output-dir .` or the folder holding the checkpoint is refused.
-- Every conversion writes `MARKER_NAME` listing each file it wrote. `overwrite` replaces only a folder whose marker is
-  there, whose `model_index.json` is there and whose files are exactly the listed ones: a user's file in it (or a
-  folder converted by something else) is refused, naming the path (`inspect_output`).
+- Every conversion writes `MARKER_NAME` listing each file it wrote, with its size and `mtime_ns` ("stats"; no
+  hashing of 40 GB). `overwrite` replaces only a folder whose marker is there, whose `model_index.json` is there and
+  whose files are exactly the listed ones, each of the recorded size and modification time: a user's file in it, a
+  listed file the user edited (README.md, a config.json), or a folder converted by something else is refused,
+  naming the path (`inspect_output`). Markers written before "stats" existed are accepted without that check (their
+  files are still compared by name). Copying a conversion without keeping modification times (`cp -r` without
+  `-p`) makes its files look edited: such a copy is refused, never replaced.
 - The folder is built in `.{name}.partial-XXXX` beside the output; the run holds an `flock` on the temp marker
   `TEMP_MARKER_NAME` inside it for its whole life. The final move (`publish`) re-inspects the output under a lock on
   the parent folder and must find it as it was at the start (absent, empty, or the same previous conversion), then
@@ -18,7 +22,8 @@ The rules (nothing the converter did not write is ever deleted or replaced):
   (the same conversion id), and only then removed. So two conversions into one folder cannot both succeed.
 - Leftover `.partial-*` / `.old-*` folders of a killed run (named so, holding a temp marker for this output, and whose
   lock is free) are named in a warning and removed at the start of the next run into the same place
-  (`remove_leftovers`).
+  (`remove_leftovers`; a `save_pretrained` into an existing empty folder builds in such a folder inside it, and
+  the next save into that folder removes it there the same way).
 """
 
 from __future__ import annotations
@@ -63,6 +68,17 @@ class OutputState:
         return {"absent": "absent", "empty": "an empty folder"}.get(self.kind, f"conversion {self.conversion_id}")
 
 
+def resolved_path(path: str | os.PathLike) -> str:
+    """`path` with its folder resolved as the kernel resolves it (each symbolic link first, then the `..` after it:
+    `link/../clip.mp4` lies beside the link's target, not in the current folder as `os.path.abspath` has it), its
+    own name kept as given (it may itself be a link, which the callers refuse or replace as a name)."""
+    path = os.fspath(path)
+    head, name = os.path.split(path.rstrip(os.sep) or path)
+    if name in ("", os.curdir, os.pardir):
+        return os.path.realpath(path)
+    return os.path.join(os.path.realpath(head or os.curdir), name)
+
+
 # ------------------------------------------------------------------------------------------------ inputs vs output
 def _forms(path: Path) -> set[Path]:
     return {Path(os.path.abspath(path)), Path(os.path.realpath(path))}
@@ -105,10 +121,19 @@ def _listing(folder: Path) -> list[str]:
     return sorted(out)
 
 
+def _stat(path: Path) -> list[int]:
+    """`[size, mtime_ns]` of a file (the link itself for a link): what the marker records to notice an edit."""
+    info = os.lstat(path)
+    return [info.st_size, info.st_mtime_ns]
+
+
 def write_marker(folder: Path) -> str:
-    """Write the conversion marker listing every file now in `folder`; returns the new conversion id."""
+    """Write the conversion marker listing every file now in `folder`, each file's `[size, mtime_ns]` under
+    "stats" (cheap: no hashing of the weights); returns the new conversion id."""
     conversion_id = uuid.uuid4().hex
-    marker = {"format": _MARKER_FORMAT, "id": conversion_id, "files": _listing(folder)}
+    files = _listing(folder)
+    stats = {rel: _stat(folder / rel) for rel in files if not rel.endswith("/")}
+    marker = {"format": _MARKER_FORMAT, "id": conversion_id, "files": files, "stats": stats}
     (folder / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
     return conversion_id
 
@@ -146,6 +171,20 @@ def _conversion_id(folder: Path, label: str = "output_dir") -> str:
             f"{label} {where!r} holds files {writer} did not write ({len(foreign)}: {foreign[:5]}); refusing to "
             f"replace it: move them out or choose another {label}"
         )
+    stats = marker.get("stats")  # absent in markers written before it was recorded: those are accepted as they are
+    if stats is not None:
+        if not isinstance(stats, dict):
+            raise ValueError(f'{label} {where!r}: its {MARKER_NAME} is damaged ("stats"); refusing to replace it')
+        for rel in present:
+            recorded = stats.get(rel)
+            if rel.endswith("/") or rel not in files:
+                continue
+            if recorded is None or list(recorded) != _stat(folder / rel):
+                raise ValueError(
+                    f"{label} {where!r}: {rel!r} was changed since {writer} wrote it (its size or modification "
+                    f"time differs from {MARKER_NAME}); refusing to replace your edit: move the file out (or the "
+                    f"folder), or choose another {label}"
+                )
     return conversion_id
 
 
@@ -177,10 +216,12 @@ def inspect_output(output_dir: Path, overwrite: bool, label: str = "output_dir")
 
 # ------------------------------------------------------------------------------------------------ temp folders
 class TempFolder:
-    """A `.{name}.{kind}-XXXX` folder beside the output, holding a temp marker that this process keeps locked."""
+    """A `.{name}.{kind}-XXXX` folder beside the output (or in `folder`: `save_pretrained` into an existing empty
+    folder builds inside it), holding a temp marker that this process keeps locked."""
 
-    def __init__(self, output_dir: Path, kind: str):
-        self.path = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{kind}-", dir=output_dir.parent))
+    def __init__(self, output_dir: Path, kind: str, folder: Path | None = None):
+        parent = output_dir.parent if folder is None else folder
+        self.path = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{kind}-", dir=parent))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(self.path, 0o777 & ~umask)  # mkdtemp creates 0700; the result should look like any other folder
@@ -214,10 +255,13 @@ def _is_live(marker: Path) -> bool:
         return False
 
 
-def remove_leftovers(output_dir: Path, inputs: Mapping[str, str | os.PathLike | None]) -> list[Path]:
-    """Remove the `.partial-*` / `.old-*` folders an interrupted run into `output_dir` left; returns them."""
-    parent = output_dir.parent
-    if not parent.is_dir():
+def remove_leftovers(
+    output_dir: Path, inputs: Mapping[str, str | os.PathLike | None], folder: Path | None = None
+) -> list[Path]:
+    """Remove the `.partial-*` / `.old-*` folders an interrupted run into `output_dir` left beside it (or in
+    `folder`: inside `output_dir` for a save into an existing empty folder); returns them."""
+    parent = output_dir.parent if folder is None else folder
+    if os.path.islink(parent) or not parent.is_dir():
         return []
     pattern = re.compile(rf"\.{re.escape(output_dir.name)}\.(partial|old)-[A-Za-z0-9_]+")
     removed = []

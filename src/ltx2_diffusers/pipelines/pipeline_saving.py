@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -156,12 +155,15 @@ def _check_adapter_folder_name(adapter) -> None:
 
 def save_folder(pipe, save_directory, save_components, hub: dict | None = None) -> None:
     """Build the saved folder in a temporary sibling (`save_components(tmp)`: diffusers' save of the components,
-    then `write_extras`, the package marker and, with `hub`, the Hub model card) and move it to `save_directory`
+    then `write_extras`, the package marker and, with `hub`, the Hub model card, else the model card of the folder
+    saved over when the pipeline was loaded from it: `_carried_card`) and move it to `save_directory`
     (see the module docstring); `ValueError` before any work for a `save_directory` that is not absent, empty or
     a previous save/conversion of this package holding nothing else. `hub` (`push_to_hub=True`): the
     `HUB_OPTIONS` given; the repository (default: the folder's name) is created before the save, as diffusers
     does, and the folder uploaded once it is in place."""
-    target = Path(os.path.abspath(os.fspath(save_directory)))
+    target = Path(output_folder.resolved_path(save_directory))  # `link/../saved`: beside the link's target
+    if target.is_dir() and not target.is_symlink():  # a killed save into this (then empty) folder left its build
+        output_folder.remove_leftovers(target, {}, folder=target)
     expected = output_folder.inspect_output(target, overwrite=True, label="save_directory")
     if hub is not None:
         from huggingface_hub import create_repo
@@ -171,9 +173,13 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
         )
         hub = {**hub, "repo_id": repo.repo_id}
 
+    carried = _carried_card(pipe, target, expected) if hub is None else None
+
     def build(folder: Path) -> None:
         save_components(os.fspath(folder))
         write_extras(pipe, folder)
+        if carried is not None:  # the converter's model card of the folder saved over
+            shutil.copyfile(carried, folder / "README.md")
         if hub is not None:
             from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
 
@@ -204,30 +210,47 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
         )
 
 
+def _carried_card(pipe, target: Path, expected) -> Path | None:
+    """The model card (README.md) of the converted folder the pipeline was loaded from, when saving over that same
+    folder: it describes the same weights, so the new save keeps it. It is unchanged: `inspect_output` refused a
+    folder whose listed files were edited since it was written (markers without sizes and times: not checked)."""
+    source = getattr(pipe, "config", {}).get("_name_or_path")
+    card = target / "README.md"
+    if expected.kind != "conversion" or not isinstance(source, (str, os.PathLike)) or not os.path.isdir(source):
+        return None
+    if os.path.realpath(source) != os.path.realpath(target) or card.is_symlink() or not card.is_file():
+        return None
+    return card
+
+
 def _fill_empty_folder(target: Path, build) -> None:
     """Save into an existing empty `save_directory`, which is kept as it is (it may be a mount point, or sit in a
     folder the user cannot write): the save is built in a hidden folder inside it, then its entries are moved up,
-    the package marker last. On any failure what was moved is removed again, so the folder is left empty."""
+    the package marker last. On any failure what was moved is removed again, so the folder is left empty. The hidden
+    folder holds a locked temp marker, as the converter's: if the save is killed, the next save into the folder
+    removes it (`output_folder.remove_leftovers`, with a warning naming it)."""
     where = os.fspath(target)
-    tmp = Path(tempfile.mkdtemp(prefix=".save.partial-", dir=target))
+    partial = output_folder.TempFolder(target, "partial", folder=target)
+    tmp = partial.path
     moved = []
     try:
         build(tmp)
         others = sorted(set(os.listdir(target)) - {tmp.name})
         if others:
             raise ValueError(f"save_directory {where!r} is no longer empty ({others[:5]}); nothing was saved")
-        for name in sorted(os.listdir(tmp), key=lambda n: n == output_folder.MARKER_NAME):
+        entries = set(os.listdir(tmp)) - {output_folder.TEMP_MARKER_NAME}
+        for name in sorted(entries, key=lambda n: n == output_folder.MARKER_NAME):
             output_folder._rename_noreplace(tmp / name, target / name)
             moved.append(target / name)
-        tmp.rmdir()
     except BaseException:
         for path in moved:  # only entries this save moved in (the folder was empty)
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        partial.release(remove=True)
         raise
+    partial.release(remove=True)  # only its temp marker is left in it
 
 
 def write_extras(pipe, save_directory) -> None:
