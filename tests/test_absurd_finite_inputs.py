@@ -29,6 +29,7 @@ from ltx2_diffusers.validation import (
     MAX_LOG_MEL_ABS,
     MAX_NORMALISED_INPUT_ABS,
     MAX_WAVEFORM_ABS,
+    check_all_bounded,
     check_bounded,
 )
 
@@ -311,16 +312,26 @@ def test_audio_helpers_run_just_inside_the_bounds():
     assert finite(mel_filterbank(2**12, 0.0, 8000.0, 2**12, 16000))  # 2**24 elements
 
 
-def test_check_bounded_reads_each_dtype_and_device_back_once(monkeypatch):
-    """Tensors of one dtype and device are reduced and read back together: one `tolist()` per group."""
+def test_check_bounded_reads_each_device_back_once(monkeypatch):
+    """Tensors on one device, of any dtype and under any bound, are reduced and read back together: one `tolist()`
+    (one device sync) per device."""
     reads = []
     original = torch.Tensor.tolist
     monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(self.shape) or original(self))
     tensors = [("a", torch.zeros(3)), ("b", torch.ones(2, 2)), ("c", torch.zeros(4, dtype=torch.float64)), ("d", None)]
     check_bounded(tensors, 1.0, "test")
-    assert reads == [(2, 2), (1, 2)]
+    assert reads == [(3, 2)]
+    reads.clear()
+    masks = [("m", torch.ones(2, 3, dtype=torch.int64))]
+    check_all_bounded([(tensors, 1.0, "test", None), (masks, 1.0, "a mask", 0.0)])
+    assert reads == [(4, 2)]
     with pytest.raises(ValueError, match=r"^b holds values of magnitude 2, above the bound of 1 \(test\)$"):
         check_bounded([("a", torch.zeros(3)), ("b", torch.full((2,), -2.0))], 1.0, "test")
     with pytest.raises(ValueError, match=r"^m holds values in \[-0\.5, 1\], outside \[0, 1\] \(a mask\)$"):
         check_bounded([("m", torch.tensor([-0.5, 1.0]))], 1.0, "a mask", low=0.0)
     check_bounded([("bias", torch.tensor([-math.inf, 0.0]))], 0.0, "bias", low=-math.inf)
+    with pytest.raises(ValueError, match=r"^bias holds values in \[-inf, 1\], outside \[-inf, 0\] \(bias\)$"):
+        check_bounded([("bias", torch.tensor([-math.inf, 1.0]))], 0.0, "bias", low=-math.inf)  # +1 named, not -inf
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match=r"^bias holds NaN or infinite values$"):
+            check_bounded([("bias", torch.tensor([-math.inf, bad]))], 0.0, "bias", low=-math.inf)

@@ -190,6 +190,9 @@ def test_arrays():
     six = source_signal(16000, 6, 0.1)
     w, _ = load_audio(six, sample_rate=16000)
     assert w.shape == (2, six.shape[1])
+    native = (rng.standard_normal((2, 1000)) * 0.1).astype(np.float32)
+    for dtype in (">f4", ">f8", np.longdouble):  # big-endian and long double arrays read as the same samples
+        np.testing.assert_array_equal(load_audio(native.astype(dtype), sample_rate=8000)[0].numpy(), native)
 
 
 @pytest.mark.parametrize(

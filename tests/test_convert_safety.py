@@ -434,6 +434,17 @@ def test_leftovers_of_killed_runs_are_named_and_removed(tmp_path, caplog):
     assert not (out / output_folder.TEMP_MARKER_NAME).exists()
 
 
+def test_leftovers_are_removed_when_the_parent_is_reached_through_a_link(tmp_path):
+    """`--output-dir models/out` with `models -> /data/models`: the killed run's folder beside `out` is still ours."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "models").symlink_to(tmp_path / "data")
+    out = (tmp_path / "models" / "out").absolute()
+    killed = output_folder.TempFolder(out, "partial")
+    killed.release(remove=False)  # the lock is free: its run is gone
+    assert output_folder.remove_leftovers(out, {}) == [killed.path]
+    assert not killed.path.exists() and os.listdir(tmp_path / "data") == []
+
+
 # ------------------------------------------------------------------------------------------------ garbage
 @pytest.mark.parametrize(
     "key",

@@ -134,3 +134,24 @@ def test_export_overwrite_false_refuses_a_file_that_appears_while_encoding(tmp_p
     with pytest.raises(ValueError, match=r"render\.mp4' appeared while this run was writing it"):
         export_to_video_with_audio(np.zeros((3, 32, 32, 3), np.uint8), None, None, target, overwrite=False)
     assert target.read_bytes() == OTHER_RUN and os.listdir(tmp_path) == ["render.mp4"]
+
+
+@pytest.mark.parametrize("renameat2", ["kernel", "absent"])
+def test_the_final_rename_never_replaces_even_without_renameat2(tmp_path, monkeypatch, renameat2):
+    """Without `renameat2` (macOS, glibc < 2.28) a file is moved by a hard link, which fails if the other run's
+    file appeared between the existence check and the move (simulated: the check never sees it)."""
+    from ltx2_diffusers.loaders import output_folder
+
+    if renameat2 == "absent":
+        monkeypatch.setattr(output_folder, "_RENAMEAT2", None)
+        monkeypatch.setattr(output_folder.os.path, "lexists", lambda path: False)
+    (tmp_path / "clip.mp4").write_bytes(OTHER_RUN)
+    (tmp_path / "clip.mp4.partial").write_bytes(b"this run's render")
+    with pytest.raises(ValueError, match="appeared while this run was writing it"):
+        video_io.move_into_place(str(tmp_path / "clip.mp4.partial"), str(tmp_path / "clip.mp4"), overwrite=False)
+    assert (tmp_path / "clip.mp4").read_bytes() == OTHER_RUN
+    os.remove(tmp_path / "clip.mp4")
+    video_io.move_into_place(str(tmp_path / "clip.mp4.partial"), str(tmp_path / "clip.mp4"), overwrite=False)
+    assert (tmp_path / "clip.mp4").read_bytes() == b"this run's render" and sorted(os.listdir(tmp_path)) == [
+        "clip.mp4"
+    ]

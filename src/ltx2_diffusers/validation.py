@@ -249,26 +249,35 @@ def check_latents(name: str, latents) -> None:
 def check_bounded(tensors, bound: float, why: str, low: float | None = None) -> None:
     """Every `(name, tensor)` of `tensors` (a None tensor is skipped) finite and within `[-bound, bound]` (`[low,
     bound]` when `low` is given; `low=-inf` admits -inf); `ValueError` naming the tensor, its extreme values, the
-    bound and `why` otherwise. Each tensor's min and max are reduced on its device and read back in ONE device sync
-    per dtype and device for all the tensors given (NaN propagates through both). Skipped on the meta device and
-    while `torch.compile` traces a graph (which cannot read values back). Dtypes are the caller's to check."""
+    bound and `why` otherwise. One device sync per device (`check_all_bounded`)."""
+    check_all_bounded([(tensors, bound, why, low)])
+
+
+def check_all_bounded(checks) -> None:
+    """`check_bounded` for several `(tensors, bound, why, low)` at once: each tensor's min and max are reduced on its
+    device and read back in ONE device sync per device for all of them (NaN propagates through both). Skipped on the
+    meta device and while `torch.compile` traces a graph (which cannot read values back). Dtypes are the caller's to
+    check."""
     import torch
 
     if torch.compiler.is_compiling():
         return
-    groups = {}
-    for name, tensor in tensors:
-        if tensor is None or not tensor.numel() or tensor.device.type == "meta" or tensor.dtype == torch.bool:
-            continue
-        groups.setdefault((tensor.device, tensor.dtype), []).append((name, tensor))
-    floor = -bound if low is None else low
-    for items in groups.values():
-        extremes = torch.stack([torch.stack(torch.aminmax(t.detach())) for _, t in items]).tolist()  # one sync
-        for (name, _), (lowest, highest) in zip(items, extremes, strict=True):
+    by_device = {}
+    for tensors, bound, why, low in checks:
+        for name, tensor in tensors:
+            if tensor is None or not tensor.numel() or tensor.device.type == "meta" or tensor.dtype == torch.bool:
+                continue
+            by_device.setdefault(tensor.device, []).append((name, tensor, bound, why, low))
+    for device, items in by_device.items():
+        wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        pairs = [torch.stack(torch.aminmax(t.detach())).to(wide) for _, t, *_ in items]
+        extremes = torch.stack(pairs).tolist()  # one sync
+        for (name, _, bound, why, low), (lowest, highest) in zip(items, extremes, strict=True):
+            floor = -bound if low is None else low
             if floor <= lowest and highest <= bound:  # False for NaN
                 continue
-            if not (math.isfinite(lowest) and math.isfinite(highest)):
-                raise ValueError(f"{name} holds NaN or infinite values")
+            if math.isnan(lowest) or math.isnan(highest) or highest == math.inf or lowest == -math.inf > floor:
+                raise ValueError(f"{name} holds NaN or infinite values")  # (an admitted -inf is not named)
             if low is None:
                 raise ValueError(
                     f"{name} holds values of magnitude {max(-lowest, highest):.3g}, above the bound of {bound:.8g} "

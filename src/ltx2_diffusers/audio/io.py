@@ -141,8 +141,9 @@ def _load_array(source, sample_rate, start_time, max_duration) -> tuple[torch.Te
     else:
         if not np.isfinite(arr).all():
             raise ValueError("`source` array contains NaN or infinite samples")
-        check_bounded([("`source` array", torch.from_numpy(np.ascontiguousarray(arr)))], MAX_WAVEFORM_ABS, _FULL_SCALE)
-        arr = arr.astype(np.float32)
+        native = arr.astype(np.float64)  # big-endian and long double arrays too (torch reads neither)
+        check_bounded([("`source` array", torch.from_numpy(native))], MAX_WAVEFORM_ABS, _FULL_SCALE)
+        arr = native.astype(np.float32)
     begin, end = _window(arr.shape[1], sample_rate, start_time, max_duration, "the `source` array")
     layout = {3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}.get(
         arr.shape[0], f"{arr.shape[0]} channels"

@@ -261,8 +261,8 @@ def remove_leftovers(
     """Remove the `.partial-*` / `.old-*` folders an interrupted run into `output_dir` left beside it (or in
     `folder`: inside `output_dir` for a save into an existing empty folder); returns them."""
     parent = output_dir.parent if folder is None else folder
-    if os.path.islink(parent) or not parent.is_dir():
-        return []
+    if (folder is not None and os.path.islink(folder)) or not parent.is_dir():
+        return []  # a parent reached through a link is the usual `models -> /data/models`; the named folder is not
     pattern = re.compile(rf"\.{re.escape(output_dir.name)}\.(partial|old)-[A-Za-z0-9_]+")
     removed = []
     for path in sorted(parent.iterdir()):
@@ -315,9 +315,20 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
             raise OSError(err, os.strerror(err), os.fspath(dst))
+    if not os.path.isdir(src) or os.path.islink(src):
+        try:  # a file: a hard link fails atomically if `dst` exists (POSIX `rename` would replace it)
+            os.link(src, dst, follow_symlinks=False)
+        except FileExistsError:
+            raise
+        except OSError as error:  # a file system without hard links (FAT, some network shares)
+            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+        else:
+            os.unlink(src)
+            return
     if os.path.lexists(dst):
         raise FileExistsError(errno.EEXIST, "exists", os.fspath(dst))
-    os.rename(src, dst)  # POSIX: never replaces a file or a non-empty folder; Windows: never replaces anything
+    os.rename(src, dst)  # a folder: never replaces a file or a non-empty folder; Windows: never replaces anything
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ from ..validation import (
     MAX_EMBEDDED_VALUE,
     MAX_NORMALISED_INPUT_ABS,
     CheckedConfigMixin,
-    check_bounded,
+    check_all_bounded,
     check_frame_rate,
     check_lora_strength,
     check_real,
@@ -75,8 +75,10 @@ def checked_lora_scale(forward):
     return wrapper
 
 
-# Why timesteps, sigmas and coordinates are bounded by `validation.MAX_EMBEDDED_VALUE`.
+# Why timesteps, sigmas and coordinates are bounded by `validation.MAX_EMBEDDED_VALUE`, and the others.
 _EMBEDDED_WHY = "timesteps (sigma x 1000) and positions (seconds, pixels) beyond 2**24 are float32 rounding noise"
+_LATENTS_WHY = "latents, RMS-normalised inside the blocks"
+_CONTEXT_WHY = "post-connector contexts are RMS-normalised per token"
 
 
 class LTX2AudioVideoTransformer(
@@ -388,29 +390,29 @@ class LTX2AudioVideoTransformer(
 
     @staticmethod
     def _check_values(tensors: dict[str, torch.Tensor | None]) -> None:
-        """The values of the tensors a forward takes, each finite and within its bound (`validation.check_bounded`:
-        one device sync per bound and dtype): latents, contexts, timesteps / sigmas and coordinates, masks."""
+        """The values of the tensors a forward takes, each finite and within its bound (`validation.check_all_bounded`,
+        one device sync): latents, contexts, timesteps / sigmas and coordinates, masks."""
 
         def pick(*names):
             return [(n, tensors[n]) for n in names if isinstance(tensors[n], torch.Tensor)]
 
-        check_bounded(
-            pick("hidden_states", "audio_hidden_states"),
-            MAX_NORMALISED_INPUT_ABS,
-            "latents, RMS-normalised inside the blocks",
-        )
-        check_bounded(
-            pick("encoder_hidden_states", "audio_encoder_hidden_states"),
-            MAX_CONTEXT_ABS,
-            "post-connector contexts are RMS-normalised per token",
-        )
+        masks = pick("encoder_attention_mask", "audio_encoder_attention_mask")
+        keep = [(n, m) for n, m in masks if m.ndim == 2] + pick("video_self_attention_mask", "perturbation_mask")
         embedded = ("timestep", "audio_timestep", "sigma", "audio_sigma", "video_coords", "audio_coords")
-        check_bounded(pick(*embedded), MAX_EMBEDDED_VALUE, _EMBEDDED_WHY)
-        keep = [(n, m) for n, m in pick("encoder_attention_mask", "audio_encoder_attention_mask") if m.ndim == 2]
-        keep += pick("video_self_attention_mask", "perturbation_mask")
-        check_bounded(keep, 1.0, "a mask weighs each token between 0 and 1", low=0.0)
-        bias = [(n, m) for n, m in pick("encoder_attention_mask", "audio_encoder_attention_mask") if m.ndim != 2]
-        check_bounded(bias, 0.0, "an additive attention bias: 0 keeps, -inf drops", low=-math.inf)
+        check_all_bounded(  # one device sync for all of them
+            [
+                (pick("hidden_states", "audio_hidden_states"), MAX_NORMALISED_INPUT_ABS, _LATENTS_WHY, None),
+                (pick("encoder_hidden_states", "audio_encoder_hidden_states"), MAX_CONTEXT_ABS, _CONTEXT_WHY, None),
+                (pick(*embedded), MAX_EMBEDDED_VALUE, _EMBEDDED_WHY, None),
+                (keep, 1.0, "a mask weighs each token between 0 and 1", 0.0),
+                (
+                    [(n, m) for n, m in masks if m.ndim != 2],
+                    0.0,
+                    "an additive attention bias: 0 keeps, -inf drops",
+                    -math.inf,
+                ),
+            ]
+        )
 
     @staticmethod
     def _check_latent_sizes(sizes: dict[str, Any], tokens: int, what: str) -> None:
