@@ -230,3 +230,33 @@ def test_a_failed_adapter_write_leaves_nothing_behind(setup, tmp_path, monkeypat
         pipe.save_pretrained(tmp_path / "saved")
     # the folder is built beside the target and moved into place only when complete: nothing is left anywhere
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_from_pipe_never_reads_the_saved_folder_again(setup, tmp_path):
+    """`from_pipe` of a pipeline loaded from a saved folder: adapters the user unloaded stay unloaded (nothing is
+    restored into the shared transformer, the original's outputs do not move) and the distilled LoRA is the
+    source pipeline's, or the one passed in (`distilled_lora=None` honoured), never the folder's `distilled_lora/`."""
+    from ltx2_diffusers import LTX2AudioVideoPipeline
+
+    pipe = single_file(setup)
+    pipe.load_lora_weights(setup["user"], adapter_name="u1")
+    pipe.load_lora_weights(setup["user"], adapter_name="u2")
+    pipe.set_adapters(["u1", "u2"], [0.6, 0.4])
+    pipe.save_pretrained(tmp_path / "saved")
+    loaded = LTX2AudioToVideoPipeline.from_pretrained(tmp_path / "saved")
+    assert loaded.get_list_adapters() == {"transformer": ["u1", "u2"], "connectors": ["u1", "u2"]}
+    loaded.unload_lora_weights()
+    expected = latents(loaded, setup)
+
+    other = LTX2AudioVideoPipeline.from_pipe(loaded)
+    assert other.transformer is loaded.transformer and other.distilled_lora is loaded.distilled_lora
+    assert loaded.get_list_adapters() == {} and other.get_list_adapters() == {}
+    assert torch.equal(latents(loaded, setup), expected)
+
+    bare = LTX2AudioVideoPipeline.from_pipe(loaded, distilled_lora=None)
+    assert bare.distilled_lora is None and loaded.distilled_lora is not None
+    assert loaded.get_list_adapters() == {}
+
+    without = LTX2AudioToVideoPipeline.from_pretrained(tmp_path / "saved", distilled_lora=None)
+    assert without.distilled_lora is None and without.get_active_adapters() == ["u1", "u2"]
+    assert LTX2AudioVideoPipeline.from_pipe(without).distilled_lora is None
