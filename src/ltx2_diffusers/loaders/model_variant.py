@@ -66,3 +66,27 @@ def resolve_model_variant(
     if requested is not None:
         return ModelVariant(requested, "argument")
     return ModelVariant(variant_from_file_name(checkpoint_path), "file name")
+
+
+#: The transformer config keys that tell LTX-2 (all False/True/True) from LTX-2.3 (True/True/False): gated
+#: attention, the cross-attention AdaLN modulation, and the caption projection moved out into the connectors.
+VERSION_KEYS = ("gated_attn", "cross_attn_mod", "use_prompt_embeddings")
+
+
+def model_version_of_transformer(config) -> str | None:
+    """ "2.3.0" for an LTX-2.3 transformer config, "2.0.0" for an LTX-2 one (`VERSION_KEYS`), None for a config
+    that mixes the two (or lacks the keys): the version is then not derivable from the model."""
+    try:
+        gated, cross, inside = (bool(config[key]) for key in VERSION_KEYS)
+    except (KeyError, TypeError):
+        return None
+    if gated and cross and not inside:
+        return "2.3.0"
+    if not gated and not cross and inside:
+        return "2.0.0"
+    return None
+
+
+def same_family(version_a: str, version_b: str) -> bool:
+    """Whether two model versions pick the same recipe (LTX-2.3: "2.3*", else LTX-2)."""
+    return str(version_a).startswith("2.3") == str(version_b).startswith("2.3")
