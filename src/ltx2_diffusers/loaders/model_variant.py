@@ -90,3 +90,21 @@ def model_version_of_transformer(config) -> str | None:
 def same_family(version_a: str, version_b: str) -> bool:
     """Whether two model versions pick the same recipe (LTX-2.3: "2.3*", else LTX-2)."""
     return str(version_a).startswith("2.3") == str(version_b).startswith("2.3")
+
+
+def pipeline_model_version(transformer_config, model_version: str | None) -> str:
+    """A pipeline's `model_version` checked against its transformer's config (`model_version_of_transformer`):
+    None gives the transformer's version (LTX-2.3's "2.3.0" where the config mixes the two); a version of the
+    other family than the transformer's is refused (ValueError), since it would run the other model's recipe."""
+    from .single_file import check_model_version
+
+    derived = model_version_of_transformer(transformer_config)
+    if model_version is None:
+        return derived or "2.3.0"
+    check_model_version(model_version, "model_version")
+    if derived is not None and not same_family(model_version, derived):
+        raise ValueError(
+            f"model_version {model_version!r} contradicts the transformer, whose config (gated_attn, cross_attn_mod, "
+            f"use_prompt_embeddings) is that of {derived!r}; leave model_version out to take the transformer's"
+        )
+    return model_version

@@ -19,7 +19,7 @@ from ..guidance import MultiModalGuidance
 from ..loaders.distilled_lora import DEFAULT_DISTILLED_LORA_SCALE, LTX2DistilledLoRA
 from ..loaders.lora import LTX2AVLoraLoaderMixin
 from ..loaders.lora_fusion import reference_lora_arithmetic
-from ..loaders.model_variant import check_model_variant, model_version_of_transformer, same_family
+from ..loaders.model_variant import check_model_variant, pipeline_model_version
 from ..models.autoencoder_audio_mel import AutoencoderAudioMel
 from ..models.transformer_ltx2_av import LTX2AudioVideoTransformer
 from ..models.video_vae_decode import channels_last_decode_supported, decode_channels_last
@@ -78,24 +78,6 @@ class VersionDefaults:
 TRANSFORMER_VARIANT_ATTR = "_ltx2_model_variant"
 
 
-def _model_version_for(transformer, model_version: str | None) -> str:
-    """`model_version` checked against the transformer's config (`model_variant.model_version_of_transformer`):
-    None gives the transformer's version (LTX-2.3's "2.3.0" where the config mixes the two); a version of the
-    other family than the transformer's is refused (ValueError), since it would run the other model's recipe."""
-    from ..loaders.single_file import check_model_version
-
-    derived = model_version_of_transformer(getattr(transformer, "config", None))
-    if model_version is None:
-        return derived or "2.3.0"
-    check_model_version(model_version, "model_version")
-    if derived is not None and not same_family(model_version, derived):
-        raise ValueError(
-            f"model_version {model_version!r} contradicts the transformer, whose config (gated_attn, cross_attn_mod, "
-            f"use_prompt_embeddings) is that of {derived!r}; leave model_version out to take the transformer's"
-        )
-    return model_version
-
-
 class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipeline, LTX2AVLoraLoaderMixin):
     """Shared stage code of the LTX-2 pipelines; a pipeline adds its inputs and a `__call__` listing its stages."""
 
@@ -123,7 +105,7 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         model_variant: str | None = None,
     ):
         super().__init__()
-        model_version = _model_version_for(transformer, model_version)
+        model_version = pipeline_model_version(getattr(transformer, "config", None), model_version)
         if model_variant is None:  # `Pipeline(**other.components)`: the variant the transformer was last run as
             model_variant = getattr(transformer, TRANSFORMER_VARIANT_ATTR, "dev")
         check_model_variant(model_variant, "model_variant")
