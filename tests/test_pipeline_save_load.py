@@ -262,17 +262,32 @@ def test_from_pipe_never_reads_the_saved_folder_again(setup, tmp_path):
     assert LTX2AudioVideoPipeline.from_pipe(without).distilled_lora is None
 
 
+def through_connectors(pipe, setup):
+    """Latents from text-encoder features (`prompt_embeds`), which go through the connectors and their LoRA."""
+    config = pipe.connectors.config
+    g = torch.Generator().manual_seed(9)
+    embeds = [torch.randn(1, 128, config.caption_channels * config.text_proj_in_factor, generator=g) for _ in "pn"]
+    return call(
+        pipe, setup["audio"], output_type="latent", prompt_contexts=None, negative_prompt_contexts=None,
+        prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], max_sequence_length=128,
+    ).frames  # fmt: skip
+
+
 def _round_trip(pipe, setup, folder):
-    expected = latents(pipe, setup)
+    expected = through_connectors(pipe, setup)
     pipe.save_pretrained(folder)
     loaded = LTX2AudioToVideoPipeline.from_pretrained(folder)
-    return (latents(loaded, setup) - expected).abs().max().item(), loaded
+    return (through_connectors(loaded, setup) - expected).abs().max().item(), loaded
 
 
 def test_per_component_adapter_weights_and_enabled_survive_a_round_trip(setup, tmp_path):
     """`set_adapters` with per-component weights, and LoRA disabled in one component only: saved per component."""
     pipe = single_file(setup)
     pipe.load_lora_weights(setup["user"], adapter_name="c")
+    pipe.set_adapters("c", [{"transformer": 0.5, "connectors": 1.5}])
+    before = through_connectors(pipe, setup)
+    pipe.set_adapters("c", [{"transformer": 0.5, "connectors": 0.5}])
+    assert (through_connectors(pipe, setup) - before).abs().max() > 1e-2  # the connectors' weight matters
     pipe.set_adapters("c", [{"transformer": 0.5, "connectors": 1.5}])
     diff, loaded = _round_trip(pipe, setup, tmp_path / "weights")
     assert diff <= 1e-6, diff
