@@ -442,3 +442,28 @@ def test_numpy_scalar_condition_fields_are_read_as_numbers():
         normalize_conditions([(image, 0, np.float32(1.5))], 9)
     with pytest.raises(ValueError, match=r"conditions\[0\]\.frame_index must be a non-negative integer"):
         normalize_conditions([(image, np.float64(1.5), 1.0)], 9)
+
+
+def test_a_list_of_audio_files_is_refused_naming_audio(pipe, no_compute, tmp_path):
+    """One audio per call: a list (of files or arrays) is refused before anything runs, naming `audio` (before:
+    load_audio's internal `source`)."""
+    path = tmp_path / "a.wav"
+    sf.write(path, np.zeros(16000, np.float32), 16000)
+    for audio in ([str(path), str(path)], (np.zeros(16000, np.float32),)):
+        with pytest.raises(TypeError, match=r"^audio must be one path, file object or numpy/torch array") as info:
+            _call(pipe, audio)
+        assert "source" not in str(info.value)
+    assert no_compute == []
+
+
+def test_condition_tensors_are_read_channels_last_and_channels_first_is_refused():
+    """What the image-to-AV docstring says: an (H, W, 3) tensor is read as its array; a (3, H, W) one is refused
+    with a TypeError saying how to pass it."""
+    pixels = torch.rand(40, 56, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(
+        prepare_condition_image(pixels, 32, 32, crf=0), prepare_condition_image(pixels.numpy(), 32, 32, crf=0)
+    )
+    with pytest.raises(TypeError, match=r"channels last.*\(3, 40, 56\).*permute\(1, 2, 0\)"):
+        prepare_condition_image(pixels.permute(2, 0, 1), 32, 32)
+    with pytest.raises(TypeError, match="numpy array or torch tensor"):
+        prepare_condition_image([[0.5]], 32, 32)

@@ -243,3 +243,42 @@ def test_pipeline_fused_then_disabled_user_loras_under_reference_arithmetic(file
     disabled = latents(pipe, files, reference_arithmetic=True)
     assert delta(disabled, base) <= TOL
     assert delta(disabled, latents(pipe, files)) <= TOL
+
+
+def test_offload_hooks_are_run_around_the_fused_weight():
+    """reference_arithmetic reads the layers' weights directly: under per-layer offload hooks (accelerate's
+    `cpu_offload`, weights on the meta device between forwards; diffusers' leaf-level group offload) the hooks
+    onload them first and offload them after (before: `RuntimeError: Tensor on device meta` from inside torch)."""
+    import accelerate
+    from diffusers.hooks import apply_group_offloading
+
+    kwargs = forward_kwargs(transformer())
+    expected = outputs(with_adapters(), kwargs, reference=True)
+    assert delta(expected, no_lora_output(kwargs)) > 1e-2  # the adapters matter
+
+    model = accelerate.cpu_offload(with_adapters(), execution_device="cpu")
+    assert delta(outputs(model, kwargs, reference=True), expected) <= TOL
+    layer = model.transformer_blocks[0].attn1.to_q
+    assert layer.base_layer.weight.is_meta and layer.lora_B["u1"].weight.is_meta  # offloaded again
+
+    model = with_adapters()
+    apply_group_offloading(model, onload_device="cpu", offload_device="cpu", offload_type="leaf_level")
+    assert delta(outputs(model, kwargs, reference=True), expected) <= TOL
+
+
+def test_pipeline_user_lora_under_sequential_offload_hooks(files):
+    """The report's case: a user LoRA, `accelerate.cpu_offload(pipe.transformer)`, reference_arithmetic=True with
+    the distilled LoRA in stage 2: the same latents as without the hooks."""
+    import accelerate
+
+    pipe = LTX2AudioToVideoPipeline.from_single_file(
+        files["checkpoint"],
+        spatial_upsampler_path=files["upsampler"],
+        distilled_lora=(files["distilled"], 0.7),
+        torch_dtype=torch.float32,
+    )
+    pipe.load_lora_weights(files["u1"], adapter_name="u1")
+    pipe.set_adapters("u1", 0.6)
+    expected = latents(pipe, files, reference_arithmetic=True)
+    accelerate.cpu_offload(pipe.transformer, execution_device="cpu")
+    assert delta(latents(pipe, files, reference_arithmetic=True), expected) <= TOL

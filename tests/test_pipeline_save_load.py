@@ -230,3 +230,101 @@ def test_a_failed_adapter_write_leaves_nothing_behind(setup, tmp_path, monkeypat
         pipe.save_pretrained(tmp_path / "saved")
     # the folder is built beside the target and moved into place only when complete: nothing is left anywhere
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_from_pipe_never_reads_the_saved_folder_again(setup, tmp_path):
+    """`from_pipe` of a pipeline loaded from a saved folder: adapters the user unloaded stay unloaded (nothing is
+    restored into the shared transformer, the original's outputs do not move) and the distilled LoRA is the
+    source pipeline's, or the one passed in (`distilled_lora=None` honoured), never the folder's `distilled_lora/`."""
+    from ltx2_diffusers import LTX2AudioVideoPipeline
+
+    pipe = single_file(setup)
+    pipe.load_lora_weights(setup["user"], adapter_name="u1")
+    pipe.load_lora_weights(setup["user"], adapter_name="u2")
+    pipe.set_adapters(["u1", "u2"], [0.6, 0.4])
+    pipe.save_pretrained(tmp_path / "saved")
+    loaded = LTX2AudioToVideoPipeline.from_pretrained(tmp_path / "saved")
+    assert loaded.get_list_adapters() == {"transformer": ["u1", "u2"], "connectors": ["u1", "u2"]}
+    loaded.unload_lora_weights()
+    expected = latents(loaded, setup)
+
+    other = LTX2AudioVideoPipeline.from_pipe(loaded)
+    assert other.transformer is loaded.transformer and other.distilled_lora is loaded.distilled_lora
+    assert loaded.get_list_adapters() == {} and other.get_list_adapters() == {}
+    assert torch.equal(latents(loaded, setup), expected)
+
+    bare = LTX2AudioVideoPipeline.from_pipe(loaded, distilled_lora=None)
+    assert bare.distilled_lora is None and loaded.distilled_lora is not None
+    assert loaded.get_list_adapters() == {}
+
+    without = LTX2AudioToVideoPipeline.from_pretrained(tmp_path / "saved", distilled_lora=None)
+    assert without.distilled_lora is None and without.get_active_adapters() == ["u1", "u2"]
+    assert LTX2AudioVideoPipeline.from_pipe(without).distilled_lora is None
+
+
+def through_connectors(pipe, setup):
+    """Latents from text-encoder features (`prompt_embeds`), which go through the connectors and their LoRA."""
+    config = pipe.connectors.config
+    g = torch.Generator().manual_seed(9)
+    embeds = [torch.randn(1, 128, config.caption_channels * config.text_proj_in_factor, generator=g) for _ in "pn"]
+    return call(
+        pipe, setup["audio"], output_type="latent", prompt_contexts=None, negative_prompt_contexts=None,
+        prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], max_sequence_length=128,
+    ).frames  # fmt: skip
+
+
+def _round_trip(pipe, setup, folder):
+    expected = through_connectors(pipe, setup)
+    pipe.save_pretrained(folder)
+    loaded = LTX2AudioToVideoPipeline.from_pretrained(folder)
+    return (through_connectors(loaded, setup) - expected).abs().max().item(), loaded
+
+
+def test_per_component_adapter_weights_and_enabled_survive_a_round_trip(setup, tmp_path):
+    """`set_adapters` with per-component weights, and LoRA disabled in one component only: saved per component."""
+    pipe = single_file(setup)
+    pipe.load_lora_weights(setup["user"], adapter_name="c")
+    pipe.set_adapters("c", [{"transformer": 0.5, "connectors": 1.5}])
+    before = through_connectors(pipe, setup)
+    pipe.set_adapters("c", [{"transformer": 0.5, "connectors": 0.5}])
+    assert (through_connectors(pipe, setup) - before).abs().max() > 1e-2  # the connectors' weight matters
+    pipe.set_adapters("c", [{"transformer": 0.5, "connectors": 1.5}])
+    diff, loaded = _round_trip(pipe, setup, tmp_path / "weights")
+    assert diff <= 1e-6, diff
+    assert loaded.get_active_adapters() == ["c"]
+
+    pipe.connectors.disable_lora()
+    diff, loaded = _round_trip(pipe, setup, tmp_path / "enabled")
+    assert diff <= 1e-6, diff
+    assert all(m.disable_adapters for _, m in _tuner_layers(loaded.connectors))
+    assert not any(m.disable_adapters for _, m in _tuner_layers(loaded.transformer))
+
+
+def _tuner_layers(model):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+
+
+def test_per_layer_rank_and_alpha_patterns_survive_a_round_trip(setup, tmp_path):
+    """An adapter whose layers have their own rank and alpha (`rank_pattern` / `alpha_pattern`): each layer's own
+    `lora_alpha / r` is folded into its saved `lora_B`, not one global one."""
+    from peft import LoraConfig
+
+    pipe = single_file(setup)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        rank_pattern={"attn1.to_q": 2, "attn2.to_v": 3}, alpha_pattern={"attn1.to_k": 3, "attn2.to_v": 9},
+    )  # fmt: skip
+    pipe.transformer.add_adapter(config, adapter_name="p")
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for _, layer in _tuner_layers(pipe.transformer):
+            for weight in (layer.lora_A["p"].weight, layer.lora_B["p"].weight):
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
+    scalings = {m.scaling["p"] for _, m in _tuner_layers(pipe.transformer)}
+    assert len(scalings) >= 3, scalings  # the patterns give the layers different scalings
+    pipe.set_adapters("p", 0.7)
+    diff, loaded = _round_trip(pipe, setup, tmp_path / "patterns")
+    assert diff <= 1e-6, diff
+    assert loaded.get_active_adapters() == ["p"]

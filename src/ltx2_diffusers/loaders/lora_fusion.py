@@ -28,19 +28,57 @@ from .distilled_lora import DELTA_ATTRIBUTE as DISTILLED_DELTA_ATTRIBUTE
 _FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
+def _offload_hooks(module) -> list:
+    """The offload hooks that run around `module`'s forward, outermost first, as `(pre, post)` pairs: accelerate's
+    (`_hf_hook`: `cpu_offload`, `dispatch_model`) and diffusers' hook registry (group offloading)."""
+    hooks = []
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is not None:
+        hooks += [registry.hooks[name] for name in reversed(registry._hook_order)]
+    hook = getattr(module, "_hf_hook", None)
+    if hook is not None:
+        hooks.append(hook)
+    return hooks
+
+
+@contextlib.contextmanager
+def _onloaded(modules):
+    """Within the block the weights of `modules` are where their forwards would see them: each module's offload
+    hooks (`_offload_hooks`) run their pre-forward (onload: off the meta device or host memory) before and their
+    post-forward (offload again) after, as around a forward. The fused weight reads the layers' tensors directly,
+    without calling their forwards."""
+    entered = []
+    try:
+        for module in modules:
+            for hook in _offload_hooks(module):
+                hook.pre_forward(module)
+                entered.append((hook, module))
+        yield
+    finally:
+        for hook, module in reversed(entered):
+            hook.post_forward(module, None)
+
+
 def _fused_forward(self, x, *args, **kwargs):
-    base = self.base_layer
     if self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None:
         # PEFT's own forward: the base layer (unmerging first when disabled), or its mixed-batch path.
         return type(self).forward(self, x, *args, **kwargs)
+    adapters = [name for name in self.active_adapters if name in self.lora_A]
+    modules = [self.base_layer, *(self.lora_A[n] for n in adapters), *(self.lora_B[n] for n in adapters)]
+    if not any(_offload_hooks(m) for m in modules):
+        return _fused_linear(self, adapters, x, *args, **kwargs)
+    with _onloaded(modules):
+        return _fused_linear(self, adapters, x, *args, **kwargs)
+
+
+def _fused_linear(self, adapters, x, *args, **kwargs):
+    base = self.base_layer
     # During stage 2 the base linear also carries the pipeline's distilled LoRA (`distilled_lora.py`); ltx-core
     # sums every LoRA's delta (user LoRAs first, the distilled one last) before adding the sum to `W`.
     distilled = base.__dict__.get(DISTILLED_DELTA_ATTRIBUTE)
     weight = base._parameters["weight"] if distilled is not None else base.weight
     deltas, bias = [], base.bias
-    for name in self.active_adapters:
-        if name not in self.lora_A:
-            continue
+    for name in adapters:
         a = self.lora_A[name].weight.to(weight.dtype)
         b = self.lora_B[name].weight.to(weight.dtype)
         deltas.append(torch.matmul(b * self.scaling[name], a))
@@ -53,7 +91,7 @@ def _fused_forward(self, x, *args, **kwargs):
     if not deltas:
         return base(x, *args, **kwargs)
     delta = deltas[0] if len(deltas) == 1 else torch.sum(torch.stack(deltas), dim=0)
-    return F.linear(x.to(weight.dtype), delta + weight, bias)
+    return F.linear(x.to(weight.device, weight.dtype), delta + weight, bias)
 
 
 def _adds_adapters(layer) -> list[str]:

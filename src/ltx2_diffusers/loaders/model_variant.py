@@ -66,3 +66,45 @@ def resolve_model_variant(
     if requested is not None:
         return ModelVariant(requested, "argument")
     return ModelVariant(variant_from_file_name(checkpoint_path), "file name")
+
+
+#: The transformer config keys that tell LTX-2 (all False/True/True) from LTX-2.3 (True/True/False): gated
+#: attention, the cross-attention AdaLN modulation, and the caption projection moved out into the connectors.
+VERSION_KEYS = ("gated_attn", "cross_attn_mod", "use_prompt_embeddings")
+
+
+def model_version_of_transformer(config) -> str | None:
+    """ "2.3.0" for an LTX-2.3 transformer config, "2.0.0" for an LTX-2 one (`VERSION_KEYS`), None for a config
+    that mixes the two (or lacks the keys): the version is then not derivable from the model."""
+    try:
+        gated, cross, inside = (bool(config[key]) for key in VERSION_KEYS)
+    except (KeyError, TypeError):
+        return None
+    if gated and cross and not inside:
+        return "2.3.0"
+    if not gated and not cross and inside:
+        return "2.0.0"
+    return None
+
+
+def same_family(version_a: str, version_b: str) -> bool:
+    """Whether two model versions pick the same recipe (LTX-2.3: "2.3*", else LTX-2)."""
+    return str(version_a).startswith("2.3") == str(version_b).startswith("2.3")
+
+
+def pipeline_model_version(transformer_config, model_version: str | None) -> str:
+    """A pipeline's `model_version` checked against its transformer's config (`model_version_of_transformer`):
+    None gives the transformer's version (LTX-2.3's "2.3.0" where the config mixes the two); a version of the
+    other family than the transformer's is refused (ValueError), since it would run the other model's recipe."""
+    from .single_file import check_model_version
+
+    derived = model_version_of_transformer(transformer_config)
+    if model_version is None:
+        return derived or "2.3.0"
+    check_model_version(model_version, "model_version")
+    if derived is not None and not same_family(model_version, derived):
+        raise ValueError(
+            f"model_version {model_version!r} contradicts the transformer, whose config (gated_attn, cross_attn_mod, "
+            f"use_prompt_embeddings) is that of {derived!r}; leave model_version out to take the transformer's"
+        )
+    return model_version

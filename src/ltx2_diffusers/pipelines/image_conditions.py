@@ -29,7 +29,8 @@ MAX_CONDITION_IMAGE_ASPECT = 16
 
 @dataclass(frozen=True)
 class LTX2ImageCondition:
-    """`image` (PIL image, path, or `(H, W, 3)` uint8 array) pinned to pixel frame `frame_index`.
+    """`image` (path, PIL image, or `(H, W)` / `(H, W, 3|4)` numpy array or torch tensor, channels last: uint8,
+    uint16 or float in [0, 1]; channels-first `(3, H, W)` tensors are refused) pinned to pixel frame `frame_index`.
 
     `strength` 1.0 keeps the frame's latent clean, 0.0 leaves it free. Frame 0 replaces the first latent frame;
     other frames are appended as keyframe tokens. `crf`: the image is first passed through one H.264 frame at this
@@ -158,8 +159,8 @@ def _as_rgb(image) -> np.ndarray:
     """`(H, W, 3)` RGB at its true range: uint8 for 8-bit sources, float32 in [0, 255] for higher bit depths.
 
     `image`: a path, a PIL image (any mode: 16-bit `I;16` / `I` and float `F` grayscale are read at full
-    precision, palette / CMYK / LA / ... go through `convert("RGB")`), or an `(H, W)` / `(H, W, 3|4)` array:
-    uint8, uint16 (0..65535) or float in [0, 1]."""
+    precision, palette / CMYK / LA / ... go through `convert("RGB")`), or an `(H, W)` / `(H, W, 3|4)` numpy array
+    or torch tensor, channels last: uint8, uint16 (0..65535) or float in [0, 1] (channels-first tensors refused)."""
     name, gray = "a condition image", None
     if isinstance(image, (str, os.PathLike)):
         name = f"condition image {os.fspath(image)!r}"
@@ -174,10 +175,14 @@ def _as_rgb(image) -> np.ndarray:
             image = image.float()  # bfloat16 / float8: exact in float32, which numpy can hold
         image = image.cpu().numpy()
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
-        raise TypeError("a condition image must be a PIL image, a path, or an (H, W, 3) uint8 array")
+        raise TypeError(
+            "a condition image must be a path, a PIL image, or an (H, W) / (H, W, 3|4) numpy array or torch tensor "
+            f"(channels last), got {type(image).__name__ if not isinstance(image, np.ndarray) else image.shape}"
+        )
     if image.ndim == 3 and image.shape[-1] not in (3, 4):
         raise TypeError(
-            f"a condition image array must be (H, W, 3) or (H, W, 4) (channels last), got shape {image.shape}"
+            f"a condition image array or tensor must be (H, W, 3) or (H, W, 4) (channels last), got shape "
+            f"{tuple(image.shape)}; a channels-first (3, H, W) tensor is not read: pass image.permute(1, 2, 0)"
         )
     _check_size(image.shape[0], image.shape[1], name)  # before any conversion
     if image.dtype == np.uint16:

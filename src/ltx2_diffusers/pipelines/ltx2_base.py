@@ -19,7 +19,7 @@ from ..guidance import MultiModalGuidance
 from ..loaders.distilled_lora import DEFAULT_DISTILLED_LORA_SCALE, LTX2DistilledLoRA
 from ..loaders.lora import LTX2AVLoraLoaderMixin
 from ..loaders.lora_fusion import reference_lora_arithmetic
-from ..loaders.model_variant import check_model_variant
+from ..loaders.model_variant import check_model_variant, pipeline_model_version
 from ..models.autoencoder_audio_mel import AutoencoderAudioMel
 from ..models.transformer_ltx2_av import LTX2AudioVideoTransformer
 from ..models.video_vae_decode import channels_last_decode_supported, decode_channels_last
@@ -73,6 +73,11 @@ class VersionDefaults:
     stage_2_lora: bool = True
 
 
+#: The `model_variant` of the last pipeline built on a transformer, kept on the transformer instance: a pipeline
+#: built from another's `components` (which hold no config) keeps the distilled recipe of a distilled checkpoint.
+TRANSFORMER_VARIANT_ATTR = "_ltx2_model_variant"
+
+
 class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipeline, LTX2AVLoraLoaderMixin):
     """Shared stage code of the LTX-2 pipelines; a pipeline adds its inputs and a `__call__` listing its stages."""
 
@@ -95,12 +100,17 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         vocoder: LTX2HiFiGANVocoder | None = None,
         latent_upsampler: LTX2LatentUpsamplerModel | None = None,
         distilled_lora: LTX2DistilledLoRA | None = None,
-        model_version: str = "2.3.0",
+        model_version: str | None = None,
         distilled_lora_scale: float = DEFAULT_DISTILLED_LORA_SCALE,
-        model_variant: str = "dev",
+        model_variant: str | None = None,
     ):
         super().__init__()
+        model_version = pipeline_model_version(getattr(transformer, "config", None), model_version)
+        if model_variant is None:  # `Pipeline(**other.components)`: the variant the transformer was last run as
+            model_variant = getattr(transformer, TRANSFORMER_VARIANT_ATTR, "dev")
         check_model_variant(model_variant, "model_variant")
+        if transformer is not None:
+            setattr(transformer, TRANSFORMER_VARIANT_ATTR, model_variant)
         self.register_modules(
             scheduler=scheduler,
             vae=vae,

@@ -272,6 +272,11 @@ class LTX2A2VChecksMixin:
                 f"audio_max_duration={audio_max_duration} s is shorter than the video ({num_frames} frames at "
                 f"{frame_rate} fps = {num_frames / frame_rate:.3f} s)"
             )
+        if isinstance(audio, (list, tuple)):
+            raise TypeError(
+                f"audio must be one path, file object or numpy/torch array of samples, not a {type(audio).__name__} "
+                "(one audio per call: call the pipeline once per file)"
+            )
         if isinstance(audio, (str, os.PathLike)) and not os.path.isfile(audio):
             raise ValueError(f"audio {os.fspath(audio)!r} is not a readable file")
         generator_device(generator)

@@ -30,6 +30,11 @@ logger = logging.get_logger(__name__)
 # it behind. This package's loaders therefore run one at a time.
 LOAD_LOCK = threading.RLock()
 
+# Set (per thread) while `from_pipe` builds a pipeline from another one's live components: the folder it records
+# again (`_name_or_path`) is then not read (no `user_loras/` restored into the shared transformer, no
+# `distilled_lora/` loaded over what the source pipeline or the caller chose).
+_FROM_PIPE = threading.local()
+
 # The order in which `from_pretrained` loads the components (and the prefetch reads them): what the first step uses
 # first, the largest (the transformer) at the head, so that copying it to a device (`device_map`) overlaps the
 # reading of the others; the components only stage 2 and the decode use at the end. diffusers itself would load
@@ -138,14 +143,28 @@ class LTX2A2VLoadingMixin:
                 pipe.distilled_lora.to(_mapped_device(device_map))
         return pipe
 
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """diffusers' `from_pipe`: the new pipeline shares `pipeline`'s components and adapter state as they are
+        now. The folder `pipeline` was loaded from is not read again (the user adapters of its `user_loras/` are not
+        restored into the shared transformer, its `distilled_lora/` is not loaded); a component passed in (an
+        explicit `distilled_lora=None` included) replaces `pipeline`'s, as for any diffusers component."""
+        depth = getattr(_FROM_PIPE, "depth", 0)
+        _FROM_PIPE.depth = depth + 1
+        try:
+            return super().from_pipe(pipeline, **kwargs)
+        finally:
+            _FROM_PIPE.depth = depth
+
     def register_to_config(self, **kwargs):
         """ConfigMixin's. When diffusers records the folder a pipeline was loaded from (`_name_or_path`, right after
         construction, on every loading route including `DiffusionPipeline.from_pretrained`), a local folder's
         `distilled_lora/` is loaded if `model_index.json` did not list it as a component, and the user adapters a
-        `save_pretrained` wrote (`user_loras/`) are restored."""
+        `save_pretrained` wrote (`user_loras/`) are restored; never within `from_pipe`, whose components are live
+        ones (another pipeline's, or the caller's)."""
         super().register_to_config(**kwargs)
         source = kwargs.get("_name_or_path")
-        if source is None or not os.path.isdir(source):
+        if source is None or getattr(_FROM_PIPE, "depth", 0) or not os.path.isdir(source):
             return
         from .pipeline_saving import restore_user_adapters
 

@@ -279,7 +279,9 @@ class LTX2ImageToAudioVideoPipeline(LTX2AudioVideoPipeline):
         r"""Generate a video starting at `image`, and its audio.
 
         Args:
-            image: a path, PIL image, array or tensor: the first frame (required).
+            image: the first frame (required): a path, a PIL image, or an `(H, W)` / `(H, W, 3|4)` numpy array or
+                torch tensor, channels last (uint8, uint16, or float in [0, 1]); a channels-first `(3, H, W)`
+                tensor is refused (TypeError).
             prompt (`str`): the text; or pass `prompt_embeds` (text-encoder features) or `prompt_contexts`.
             image_strength (`float`): how strongly frame 0 keeps the image (1: exactly).
             conditions: further images pinned to frames after 0: `LTX2ImageCondition` or

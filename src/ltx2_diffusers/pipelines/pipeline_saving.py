@@ -5,8 +5,10 @@ A saved folder is a converted folder plus the user's adapters:
   the save and put back; a fused LoRA must be unfused or unloaded first, so the base weights are never
   silently baked);
 - `distilled_lora/pytorch_lora_weights.safetensors`: the pipeline-owned distilled LoRA (diffusers LoRA format);
-- `user_loras/<adapter>/pytorch_lora_weights.safetensors` (diffusers LoRA format, PEFT's `lora_alpha / r` folded
-  into `lora_B`) and `user_loras/adapters.json` (adapter weights, active adapters, enabled);
+- `user_loras/<adapter>/pytorch_lora_weights.safetensors` (diffusers LoRA format with the adapter's PEFT configs
+  as `lora_adapter_metadata`: `r`, `lora_alpha`, `rank_pattern`, `alpha_pattern` give each layer its own scaling
+  again; folders saved before that carry PEFT's `lora_alpha / r` folded into `lora_B` and load as before) and
+  `user_loras/adapters.json` (per component: the adapter weights, the active adapters, enabled);
 - `model_index.json` naming the pipeline through the custom-pipeline shim (`_class_name: ["pipeline", ...]`) and
   `pipeline.py`, the shim itself, so `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` works.
 The whole folder is built in a temporary sibling `.{name}.partial-XXXX/` and moved into place at the end, as the
@@ -24,15 +26,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
 
 import torch
-from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
+from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY, LORA_WEIGHT_NAME_SAFE
 from diffusers.utils import logging
 
 from ..loaders import output_folder
+from ..validation import check_adapter_weights
 
 
 logger = logging.get_logger(__name__)
@@ -78,37 +82,64 @@ def peft_layers_removed(components: dict):
             setattr(parent, child, layer)
 
 
-def _adapter_weight(model, adapter: str) -> float:
-    config = model.peft_config[adapter]
-    base = config.lora_alpha / config.r
-    for _, layer in _lora_layers(model):
-        if adapter in getattr(layer, "scaling", {}):
-            return layer.scaling[adapter] / base
-    return 1.0
+def _base_scaling(layer, adapter: str) -> float:
+    """PEFT's `lora_alpha / r` of one layer (its own rank and alpha: `rank_pattern` / `alpha_pattern`), or
+    `lora_alpha / sqrt(r)` with rsLoRA: the layer's scaling at adapter weight 1."""
+    r = layer.r[adapter]
+    return layer.lora_alpha[adapter] / (math.sqrt(r) if layer.use_rslora.get(adapter, False) else r)
 
 
-def user_adapter_files(pipe) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """Per adapter, its diffusers-format LoRA tensors (all components), and the adapters' state."""
+def _component_adapter_state(model, adapter: str) -> tuple[float, dict[str, float]]:
+    """The adapter's weight in `model` (`set_adapters`' weight: its first layer's scaling over that layer's base
+    scaling) and, per layer holding it, what the layer's own weight differs from it by (1.0 unless a layer was
+    scaled on its own), folded into the layer's saved `lora_B`."""
+    layers = [(name, layer) for name, layer in _lora_layers(model) if adapter in getattr(layer, "scaling", {})]
+    if not layers:
+        return 1.0, {}
+    weight = layers[0][1].scaling[adapter] / _base_scaling(layers[0][1], adapter)
+    factors = {
+        name: (layer.scaling[adapter] / (weight * _base_scaling(layer, adapter)) if weight != 0 else 1.0)
+        for name, layer in layers
+    }
+    return weight, factors
+
+
+def _adapter_metadata(config) -> dict:
+    """The adapter's PEFT config as diffusers saves it with a LoRA (`lora_adapter_metadata`): sets as lists."""
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
+
+
+def user_adapter_files(pipe) -> tuple[dict[str, dict[str, torch.Tensor]], dict, dict[str, dict]]:
+    """Per adapter, its diffusers-format LoRA tensors (all components) and its PEFT configs (`r`, `lora_alpha`,
+    `rank_pattern`, `alpha_pattern`, ... per component: `<component>.<key>`, diffusers' `lora_adapter_metadata`),
+    so that loading them rebuilds every layer's own scaling; and the adapters' state, per component:
+    `weights[adapter][component]`, `active[component]`, `enabled[component]`."""
     from peft.utils import get_peft_model_state_dict
 
     tensors: dict[str, dict[str, torch.Tensor]] = {}
-    weights: dict[str, float] = {}
-    active, enabled = [], True
+    configs: dict[str, dict] = {}
+    weights: dict[str, dict[str, float]] = {}
+    active: dict[str, list[str]] = {}
+    enabled: dict[str, bool] = {}
     for component in LORA_COMPONENT_NAMES:
         model = getattr(pipe, component, None)
         for adapter, config in (getattr(model, "peft_config", None) or {}).items():
             state = get_peft_model_state_dict(model, adapter_name=adapter)
-            scaling = config.lora_alpha / config.r
+            weight, factors = _component_adapter_state(model, adapter)
             out = tensors.setdefault(adapter, {})
             for key, value in state.items():
                 value = value.detach().cpu()
-                out[f"{component}.{key}"] = (value * scaling if ".lora_B." in key else value).contiguous()
-            weights.setdefault(adapter, _adapter_weight(model, adapter))
+                factor = factors.get(key.rpartition(".lora_B.")[0], 1.0) if ".lora_B." in key else 1.0
+                keep = math.isclose(factor, 1.0, rel_tol=1e-6)  # the rounding of weight * base: no rescaling
+                out[f"{component}.{key}"] = (value if keep else value * factor).contiguous()
+            packed = {f"{component}.{k}": v for k, v in _adapter_metadata(config).items()}
+            configs.setdefault(adapter, {}).update(packed)
+            weights.setdefault(adapter, {})[component] = weight
         if model is not None and getattr(model, "peft_config", None):
-            active = list(dict.fromkeys(active + list(model.active_adapters())))
+            active[component] = list(model.active_adapters())
             layers = _lora_layers(model)
-            enabled = enabled and not (layers and all(layer.disable_adapters for _, layer in layers))
-    return tensors, {"weights": weights, "active": active, "enabled": enabled}
+            enabled[component] = not (layers and all(layer.disable_adapters for _, layer in layers))
+    return tensors, {"weights": weights, "active": active, "enabled": enabled}, configs
 
 
 def check_saveable(pipe, safe_serialization=True, use_flashpack=False) -> None:
@@ -259,11 +290,12 @@ def write_extras(pipe, save_directory) -> None:
     from safetensors.torch import save_file
 
     save_directory = os.fspath(save_directory)
-    tensors, state = user_adapter_files(pipe)
+    tensors, state, configs = user_adapter_files(pipe)
     for adapter, part in tensors.items():
         folder = os.path.join(save_directory, USER_LORAS_SUBFOLDER, adapter)
         os.makedirs(folder, exist_ok=True)
-        save_file(part, os.path.join(folder, LORA_WEIGHT_NAME_SAFE), metadata={"format": "pt"})
+        metadata = {"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(configs[adapter], sort_keys=True)}
+        save_file(part, os.path.join(folder, LORA_WEIGHT_NAME_SAFE), metadata=metadata)
     if tensors:
         with open(os.path.join(save_directory, USER_LORAS_SUBFOLDER, ADAPTERS_FILE), "w") as f:
             f.write(json.dumps(state, indent=2))
@@ -295,9 +327,20 @@ def restore_user_adapters(pipe, folder: str) -> None:
         state = json.load(f)
     for adapter in state["weights"]:
         _check_adapter_folder_name(adapter)
+    check_adapter_weights(state["weights"], f"{state_path} weights")
     for adapter in state["weights"]:
         pipe.load_lora_weights(os.path.join(root, adapter), weight_name=LORA_WEIGHT_NAME_SAFE, adapter_name=adapter)
-    if state["active"]:
-        pipe.set_adapters(state["active"], [state["weights"][a] for a in state["active"]])
-    if not state["enabled"]:
-        pipe.disable_lora()
+    if isinstance(state["active"], list):  # written before the state was kept per component: one for all
+        if state["active"]:
+            pipe.set_adapters(state["active"], [state["weights"][a] for a in state["active"]])
+        if not state["enabled"]:
+            pipe.disable_lora()
+        return
+    for component, names in state["active"].items():
+        model = getattr(pipe, component, None) if component in LORA_COMPONENT_NAMES else None
+        if model is None or not getattr(model, "peft_config", None):
+            continue
+        if names:
+            model.set_adapters(names, [state["weights"][a][component] for a in names])
+        if not state["enabled"].get(component, True):
+            model.disable_lora()
