@@ -52,3 +52,12 @@ def test_a_contradicting_model_version_is_refused(folders):
             LTX2AudioVideoPipeline(**components, model_version=wrong)
         right = "2.0.0" if wrong == "2.3.0" else "2.3.0"
         assert LTX2AudioVideoPipeline(**components, model_version=right).config.model_version == right
+
+
+def test_another_pipelines_variant_does_not_stick_to_the_shared_transformer(folders):
+    """A sibling built as "distilled" over a dev transformer (`from_pipe(..., model_variant=...)`) does not make
+    later `Pipeline(**dev.components)` distilled: the transformer keeps the variant it was loaded as."""
+    dev = LTX2AudioToVideoPipeline.from_pretrained(folders["2.3"])
+    sibling = LTX2AudioVideoPipeline.from_pipe(dev, model_variant="distilled")
+    assert sibling.config.model_variant == "distilled"
+    assert recipe(LTX2AudioVideoPipeline(**dev.components)) == ("2.3.0", "dev", 30, [28])

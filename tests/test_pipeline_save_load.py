@@ -300,6 +300,18 @@ def test_per_component_adapter_weights_and_enabled_survive_a_round_trip(setup, t
     assert not any(m.disable_adapters for _, m in _tuner_layers(loaded.transformer))
 
 
+def test_an_adapter_whose_first_layer_is_at_weight_0_survives_a_round_trip(setup, tmp_path):
+    """Per-block weights with the first block at 0: the adapter's weight is read from a layer at a non-zero weight
+    (it was read from the first layer: every layer came back at 0, off by 0.917)."""
+    pipe = single_file(setup)
+    pipe.load_lora_weights(setup["user"], adapter_name="c")
+    pipe.set_adapters("c", [{"transformer": {"transformer_blocks.0.": 0.0, "": 0.7}, "connectors": 1.0}])
+    scalings = {m.scaling["c"] for _, m in _tuner_layers(pipe.transformer)}
+    assert 0.0 in scalings and len(scalings) > 1, scalings
+    diff, _ = _round_trip(pipe, setup, tmp_path / "zero_first")
+    assert diff <= 1e-6, diff
+
+
 def _tuner_layers(model):
     from peft.tuners.tuners_utils import BaseTunerLayer
 

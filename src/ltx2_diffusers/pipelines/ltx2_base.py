@@ -106,11 +106,11 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
     ):
         super().__init__()
         model_version = pipeline_model_version(getattr(transformer, "config", None), model_version)
-        if model_variant is None:  # `Pipeline(**other.components)`: the variant the transformer was last run as
+        if model_variant is None:  # `Pipeline(**other.components)`: the variant the transformer was loaded as
             model_variant = getattr(transformer, TRANSFORMER_VARIANT_ATTR, "dev")
         check_model_variant(model_variant, "model_variant")
-        if transformer is not None:
-            setattr(transformer, TRANSFORMER_VARIANT_ATTR, model_variant)
+        if transformer is not None and not hasattr(transformer, TRANSFORMER_VARIANT_ATTR):
+            setattr(transformer, TRANSFORMER_VARIANT_ATTR, model_variant)  # the first pipeline's (its files'), kept
         self.register_modules(
             scheduler=scheduler,
             vae=vae,

@@ -90,13 +90,15 @@ def _base_scaling(layer, adapter: str) -> float:
 
 
 def _component_adapter_state(model, adapter: str) -> tuple[float, dict[str, float]]:
-    """The adapter's weight in `model` (`set_adapters`' weight: its first layer's scaling over that layer's base
-    scaling) and, per layer holding it, what the layer's own weight differs from it by (1.0 unless a layer was
-    scaled on its own), folded into the layer's saved `lora_B`."""
+    """The adapter's weight in `model` (`set_adapters`' weight: the first non-zero layer's scaling over that layer's
+    base scaling; 0 when every layer is at 0) and, per layer holding it, what the layer's own weight differs from it
+    by (1.0 unless a layer was scaled on its own, 0.0 for a layer at weight 0), folded into the layer's saved
+    `lora_B`."""
     layers = [(name, layer) for name, layer in _lora_layers(model) if adapter in getattr(layer, "scaling", {})]
     if not layers:
         return 1.0, {}
-    weight = layers[0][1].scaling[adapter] / _base_scaling(layers[0][1], adapter)
+    scaled = [layer for _, layer in layers if layer.scaling[adapter] != 0] or [layers[0][1]]
+    weight = scaled[0].scaling[adapter] / _base_scaling(scaled[0], adapter)
     factors = {
         name: (layer.scaling[adapter] / (weight * _base_scaling(layer, adapter)) if weight != 0 else 1.0)
         for name, layer in layers
