@@ -11,26 +11,19 @@ import types
 import av
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
+from cli_user_folder import CLIS, song_and_model
 from file_tree import file_tree
 from PIL import Image
 
-from ltx2_diffusers import a2vid, av_cli
 from ltx2_diffusers.validation import MAX_INFERENCE_STEPS
-
-
-CLIS = {"a2v": (a2vid, "ltx2-a2v"), "av": (av_cli, "ltx2-av")}
 
 
 @pytest.fixture
 def user(tmp_path, monkeypatch):
     """The user's folder: a song, a converted-model folder, an earlier render with its sync report, notes."""
     monkeypatch.chdir(tmp_path)
-    t = np.arange(16000 * 3) / 16000
-    sf.write(tmp_path / "song.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "model_index.json").write_text('{"model_variant": "dev"}')
+    song_and_model(tmp_path)
     (tmp_path / "old.mp4").write_bytes(b"an earlier render the user keeps")
     (tmp_path / "old_sync.json").write_text("my notes on the earlier render")
     (tmp_path / "notes.txt").write_text("not a folder")

@@ -8,25 +8,21 @@ import types
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
+from cli_user_folder import CLIS, song_and_model
 from file_tree import file_tree
 
-from ltx2_diffusers import a2vid, av_cli, sync, video_io
+from ltx2_diffusers import sync, video_io
 from ltx2_diffusers.video_io import export_to_video_with_audio
 
 
-CLIS = {"a2v": (a2vid, "ltx2-a2v"), "av": (av_cli, "ltx2-av")}
 OTHER_RUN = b"the other run's render"
 
 
 @pytest.fixture
 def user(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    t = np.arange(16000 * 3) / 16000
-    sf.write(tmp_path / "song.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "model_index.json").write_text('{"model_variant": "dev"}')
+    song_and_model(tmp_path)
     return tmp_path
 
 
