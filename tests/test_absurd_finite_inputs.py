@@ -31,6 +31,7 @@ from ltx2_diffusers.validation import (
     MAX_WAVEFORM_ABS,
     check_all_bounded,
     check_bounded,
+    check_latents,
 )
 
 
@@ -262,6 +263,26 @@ AUDIO_MODEL_CASES = [
 def test_audio_models_refuse_absurd_values_before_compute(pipes, no_layer_runs, name, run):
     with pytest.raises(ValueError) as caught, torch.no_grad():
         run(pipes["av"].audio_vae, pipes["av"].vocoder)
+    assert name in str(caught.value), str(caught.value)
+
+
+F8 = torch.float8_e4m3fn
+FLOAT8_CASES = [
+    ("hidden_states", lambda p: transformer_call(p.transformer, hidden_states=forward_kwargs(p.transformer, batch=1)[
+        "hidden_states"].to(F8))),
+    ("`x`", lambda p: p.audio_vae.encode(MEL.to(F8))),
+    ("`waveform`", lambda p: p.audio_vae.encode_waveform(WAVE.to(F8), 16000)),
+    ("`mel`", lambda p: p.vocoder(MEL.to(F8))),
+    ("latents", lambda p: check_latents("latents", torch.zeros(1, 2).to(F8))),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "run"), FLOAT8_CASES, ids=[c[0] for c in FLOAT8_CASES])
+def test_float8_inputs_are_refused_naming_the_argument(pipes, no_layer_runs, name, run):
+    """float8 stores weights; no operation computes in it: a TypeError naming the input, not torch's `aminmax`
+    NotImplementedError or a failure inside a layer."""
+    with pytest.raises(TypeError, match="16 bits or more") as caught, torch.no_grad():
+        run(pipes["av"])
     assert name in str(caught.value), str(caught.value)
 
 

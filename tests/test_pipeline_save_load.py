@@ -210,6 +210,35 @@ def test_adapter_names_that_are_paths_are_refused(setup, tmp_path):
         restore_user_adapters(single_file(setup), str(tmp_path / "crafted"))
 
 
+@pytest.mark.parametrize(
+    "state, match",
+    [
+        ("{", "is not valid JSON"),
+        ([], "an object with 'weights', 'active' and 'enabled'"),
+        ({"weights": {"c": 1.0}, "active": ["c"]}, "an object with 'weights', 'active' and 'enabled'"),
+        ({"weights": [1.0], "active": [], "enabled": True}, "'weights' must map adapter names"),
+        ({"weights": {"c": 1.0}, "active": ["d"], "enabled": True}, "'active' must list saved adapters"),
+        ({"weights": {"c": 1.0}, "active": ["c"], "enabled": "yes"}, "'active' must list saved adapters"),
+        ({"weights": {"c": {"transformer": 1.0}}, "active": {"transformer": ["c"]}, "enabled": True}, "per component"),
+        ({"weights": {"c": 1.0}, "active": {"transformer": ["c"]}, "enabled": {}}, "with per-component weights"),
+        ({"weights": {"c": {"transformer": 1.0}}, "active": {"connectors": ["c"]}, "enabled": {}}, "has no weight"),
+        ({"weights": {"c": {"transformer": 1.0}}, "active": {}, "enabled": {"transformer": 1}}, "true or false"),
+    ],
+)
+def test_a_malformed_adapters_json_is_refused_naming_it(setup, tmp_path, state, match):
+    """A hand-edited or truncated `user_loras/adapters.json`: ValueError naming the file before any adapter loads
+    (a missing component gave a KeyError, `enabled` not a dict an AttributeError)."""
+    from ltx2_diffusers.pipelines.pipeline_saving import restore_user_adapters
+
+    crafted = tmp_path / "crafted" / "user_loras"
+    crafted.mkdir(parents=True)
+    (crafted / "adapters.json").write_text(state if isinstance(state, str) else json.dumps(state))
+    pipe = single_file(setup)
+    with pytest.raises(ValueError, match="adapters.json: .*" + match if match != "is not valid JSON" else match):
+        restore_user_adapters(pipe, str(tmp_path / "crafted"))
+    assert pipe.get_list_adapters() == {}
+
+
 def test_a_failed_adapter_write_leaves_nothing_behind(setup, tmp_path, monkeypatch):
     import safetensors.torch
 

@@ -241,9 +241,14 @@ def check_latents(name: str, latents) -> None:
 
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(latents).__name__}")
-    if not latents.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {latents.dtype}")
+    if not is_compute_float(latents):
+        raise TypeError(f"{name} must be a floating-point tensor of 16 bits or more, got dtype {latents.dtype}")
     check_bounded([(name, latents)], MAX_LATENT_ABS, "normalised latents and noise are O(1)")
+
+
+def is_compute_float(tensor) -> bool:
+    """A floating point tensor of 16 bits or more: float8 tensors only store weights, no operation computes in them."""
+    return tensor.is_floating_point() and tensor.element_size() >= 2
 
 
 def check_bounded(tensors, bound: float, why: str, low: float | None = None) -> None:
@@ -270,7 +275,16 @@ def check_all_bounded(checks) -> None:
             by_device.setdefault(tensor.device, []).append((name, tensor, bound, why, low))
     for device, items in by_device.items():
         wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-        pairs = [torch.stack(torch.aminmax(t.detach())).to(wide) for _, t, *_ in items]
+        for name, tensor, *_ in items:
+            if tensor.is_complex():
+                raise TypeError(f"{name} must hold real numbers, got {tensor.dtype}")
+        # float8 and unsigned 16-64 bit tensors have no `aminmax` kernel: widened first (a copy; rare inputs)
+        narrow = {torch.uint16, torch.uint32, torch.uint64}
+        pairs = [
+            torch.stack(torch.aminmax(t.detach().to(wide) if t.element_size() == 1 and t.is_floating_point()
+                                      or t.dtype in narrow else t.detach())).to(wide)
+            for _, t, *_ in items
+        ]  # fmt: skip
         extremes = torch.stack(pairs).tolist()  # one sync
         for (name, _, bound, why, low), (lowest, highest) in zip(items, extremes, strict=True):
             floor = -bound if low is None else low

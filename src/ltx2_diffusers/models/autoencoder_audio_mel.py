@@ -25,6 +25,7 @@ from ..validation import (
     CheckedConfigMixin,
     check_audio_sample_rate,
     check_bounded,
+    is_compute_float,
 )
 
 
@@ -44,8 +45,8 @@ def _check_input(name: str, x, layout: str, bound, channels: int | None = None, 
     `ValueError` naming `name`."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor {layout}, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"`{name}` must be a floating point tensor, got dtype {x.dtype}")
+    if not is_compute_float(x):
+        raise TypeError(f"`{name}` must be a floating point tensor of 16 bits or more, got dtype {x.dtype}")
     ndim = 3 if channels is None else 4
     if (
         x.ndim != ndim
@@ -228,9 +229,9 @@ class AutoencoderAudioMel(
         """
         if not isinstance(waveform, torch.Tensor):
             raise TypeError(f"`waveform` must be a torch.Tensor, got {type(waveform).__name__}")
-        if not waveform.is_floating_point():
+        if not is_compute_float(waveform):
             raise TypeError(
-                f"`waveform` must be a floating point tensor of samples in [-1, 1], got dtype {waveform.dtype} "
+                f"`waveform` must be a floating point tensor (16 bits or more) of samples in [-1, 1], got dtype {waveform.dtype} "
                 "(integer PCM: read it with load_audio, which scales it)"
             )
         if waveform.ndim == 2:

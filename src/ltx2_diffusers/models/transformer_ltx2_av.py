@@ -41,6 +41,7 @@ from ..validation import (
     check_frame_rate,
     check_lora_strength,
     check_real,
+    is_compute_float,
     shown,
 )
 from .modulation import AdaLayerNormSingle
@@ -347,8 +348,8 @@ class LTX2AudioVideoTransformer(
         ):
             if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3:
                 raise ValueError(f"{name} must be a (batch, tokens, channels) tensor")
-            if not tensor.is_floating_point():
-                raise TypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+            if not is_compute_float(tensor):
+                raise TypeError(f"{name} must be a floating-point tensor of 16 bits or more, got dtype {tensor.dtype}")
             if tensor.shape[-1] != channels:
                 raise ValueError(f"{name} has {tensor.shape[-1]} channels, the model expects {channels}")
             if tensor.shape[1] == 0:
@@ -369,8 +370,8 @@ class LTX2AudioVideoTransformer(
         ):
             if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3 or tensor.shape[0] != batch:
                 raise ValueError(f"{name} must be a (batch={batch}, text_tokens, channels) tensor")
-            if not tensor.is_floating_point():
-                raise TypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+            if not is_compute_float(tensor):
+                raise TypeError(f"{name} must be a floating-point tensor of 16 bits or more, got dtype {tensor.dtype}")
             if tensor.shape[-1] != expected:
                 raise ValueError(f"{name} has {tensor.shape[-1]} channels, the model expects {expected}")
 

@@ -11,7 +11,7 @@ from diffusers.utils import logging
 from ..loaders.prefetch import ReadAheadWaitMixin
 from ..loaders.safetensors_only import SafetensorsOnlyMixin
 from ..loaders.single_file_model import FromOriginalCheckpointMixin
-from ..validation import MAX_LOG_MEL_ABS, CheckedConfigMixin, check_bounded
+from ..validation import MAX_LOG_MEL_ABS, CheckedConfigMixin, check_bounded, is_compute_float
 from .vocoder_blocks import HiFiGANGenerator, MelSTFT, UpSample1d, build_generator, run_generator
 
 
@@ -162,8 +162,10 @@ class LTX2HiFiGANVocoder(
         """
         if not isinstance(mel, torch.Tensor):
             raise TypeError(f"`mel` must be a torch.Tensor, got {type(mel).__name__}")
-        if not mel.is_floating_point():
-            raise TypeError(f"`mel` must be a floating point tensor (a log-mel spectrogram), got dtype {mel.dtype}")
+        if not is_compute_float(mel):
+            raise TypeError(
+                f"`mel` must be a floating point tensor of 16 bits or more (a log-mel spectrogram), got dtype {mel.dtype}"
+            )
         if mel.ndim != 4 or mel.shape[1] * mel.shape[3] != self.config.in_channels:
             raise ValueError(
                 f"`mel` must be (batch, channels, frames, mel_bins) with channels * mel_bins = "

@@ -22,6 +22,7 @@ from ..validation import (
     check_lora_strength,
     check_video_size,
     finite_float,
+    is_compute_float,
     shown,
 )
 from .ltx2_stages import video_latent_size
@@ -220,8 +221,8 @@ class LTX2A2VChecksMixin:
         contexts = [("prompt_contexts", c) for c in prompt_contexts or ()]
         contexts += [("negative_prompt_contexts", c) for c in negative_prompt_contexts or ()]
         for name, tensor in embeds + contexts:
-            if tensor is not None and not tensor.is_floating_point():
-                raise TypeError(f"{name} must be floating point, got dtype {tensor.dtype}")
+            if tensor is not None and not is_compute_float(tensor):
+                raise TypeError(f"{name} must be floating point of 16 bits or more, got dtype {tensor.dtype}")
         check_bounded(
             embeds, MAX_NORMALISED_INPUT_ABS, "raw text-encoder features, normalised per token by the connectors"
         )

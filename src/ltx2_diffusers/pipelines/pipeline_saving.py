@@ -311,6 +311,36 @@ def write_extras(pipe, save_directory) -> None:
         f.write(shim_source(type(pipe)))
 
 
+def _check_adapter_state(state, path: str) -> None:
+    """`adapters.json` as `save_pretrained` writes it (this form, or the earlier one: `active` a list, `enabled` a
+    bool, one weight per adapter); `ValueError` naming the file otherwise, before any adapter is loaded."""
+
+    def bad(what: str):
+        return ValueError(f"{path}: {what} (a file written by save_pretrained was expected)")
+
+    if not isinstance(state, dict) or not {"weights", "active", "enabled"} <= set(state):
+        raise bad("an object with 'weights', 'active' and 'enabled' is expected")
+    weights, active, enabled = state["weights"], state["active"], state["enabled"]
+    if not isinstance(weights, dict):
+        raise bad("'weights' must map adapter names to weights")
+    for adapter in weights:
+        _check_adapter_folder_name(adapter)
+    check_adapter_weights(weights, f"{path} weights")
+    if isinstance(active, list):  # the earlier form
+        if not isinstance(enabled, bool) or any(a not in weights for a in active):
+            raise bad("'active' must list saved adapters and 'enabled' be true or false")
+        return
+    if not isinstance(active, dict) or not isinstance(enabled, dict):
+        raise bad("'active' and 'enabled' must be per component")
+    for component, names in active.items():
+        if not isinstance(names, list) or any(not isinstance(weights.get(a), dict) for a in names):
+            raise bad(f"'active' of {component!r} must list saved adapters with per-component weights")
+        if any(component not in weights[a] for a in names):
+            raise bad(f"an adapter active in {component!r} has no weight for it")
+    if not all(isinstance(v, bool) for v in enabled.values()):
+        raise bad("'enabled' must map components to true or false")
+
+
 def restore_user_adapters(pipe, folder: str) -> None:
     """Load `user_loras/` of a saved folder and restore their weights/state, unless the components already carry
     PEFT adapters (a live pipeline's components, e.g. through `from_pipe`): those and their state are the user's
@@ -326,10 +356,11 @@ def restore_user_adapters(pipe, folder: str) -> None:
         logger.info(f"{state_path} not restored: the components already carry adapters {sorted(loaded)}")
         return
     with open(state_path) as f:
-        state = json.load(f)
-    for adapter in state["weights"]:
-        _check_adapter_folder_name(adapter)
-    check_adapter_weights(state["weights"], f"{state_path} weights")
+        try:
+            state = json.load(f)
+        except ValueError as error:
+            raise ValueError(f"{state_path} is not valid JSON: {error}") from None
+    _check_adapter_state(state, state_path)
     for adapter in state["weights"]:
         pipe.load_lora_weights(os.path.join(root, adapter), weight_name=LORA_WEIGHT_NAME_SAFE, adapter_name=adapter)
     if isinstance(state["active"], list):  # written before the state was kept per component: one for all
