@@ -4,18 +4,16 @@ user's own compile / attention backend, the pipeline default (eager on the CPU, 
 
 import logging
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from diffusers.models.attention_dispatch import AttentionBackendName, attention_backend
 from factories import build_checkpoint, build_lora, build_upsampler
 from test_pipeline import call
 from test_transformer_diffusers_interop import forward_kwargs, randomize_, tiny_diffusers_config
+from tiny_a2v import single_file_pipe, write_tone
 from torch._dynamo.utils import counters
 
 from ltx2_diffusers import (
-    LTX2AudioToVideoPipeline,
     LTX2AudioVideoTransformer,
     a2vid,
     av_cli,
@@ -212,9 +210,7 @@ def test_offload_hooks_in_the_blocks_are_seen():
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("acceleration")
     checkpoint = build_checkpoint(root / "ltx-2.3-tiny.safetensors", "2.3", seed=41)
-    rate = 16000
-    t = np.arange(int(rate * 0.6)) / rate
-    sf.write(root / "a.wav", (0.4 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), rate)
+    write_tone(root / "a.wav")
     return dict(
         checkpoint=checkpoint,
         upsampler=build_upsampler(root / "upsampler.safetensors", seed=42),
@@ -224,12 +220,7 @@ def files(tmp_path_factory):
 
 
 def make_pipe(files):
-    return LTX2AudioToVideoPipeline.from_single_file(
-        files["checkpoint"],
-        spatial_upsampler_path=files["upsampler"],
-        distilled_lora=(files["lora"], 0.6),
-        torch_dtype=torch.float32,
-    )
+    return single_file_pipe(files["checkpoint"], files["upsampler"], files["lora"], 0.6)
 
 
 def latents(pipe, files, **kwargs):

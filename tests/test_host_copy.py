@@ -4,10 +4,10 @@ its own uint8 conversion; `"np"` keeps diffusers' float frames, `"pt"` stays on 
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from factories import build_checkpoint
 from test_pipeline_parity import contexts
+from tiny_a2v import write_tone
 
 from ltx2_diffusers import LTX2AudioToVideoPipeline, MultiModalGuidance, video_io
 from ltx2_diffusers.video_io import frames_to_uint8
@@ -17,9 +17,7 @@ from ltx2_diffusers.video_io import frames_to_uint8
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("host_copy")
     checkpoint = build_checkpoint(root / "ltx-2.3-tiny.safetensors", "2.3", seed=51)
-    rate = 16000
-    t = np.arange(int(rate * 0.6)) / rate
-    sf.write(root / "a.wav", (0.4 * np.sin(2 * np.pi * 260 * t)).astype(np.float32), rate)
+    write_tone(root / "a.wav", hz=260)
     pipe = LTX2AudioToVideoPipeline.from_single_file(checkpoint, torch_dtype=torch.float32)
     return pipe, root / "a.wav"
 

@@ -7,14 +7,13 @@ refused before any forward with a ValueError naming the adapter and the layer.""
 
 import contextlib
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from factories import build_checkpoint, build_lora, build_upsampler
 from peft import LoraConfig, inject_adapter_in_model
 from test_pipeline import call
 from test_transformer_diffusers_interop import forward_kwargs, randomize_, tiny_diffusers_config
+from tiny_a2v import write_tone
 
 from ltx2_diffusers import LTX2AudioToVideoPipeline, LTX2AudioVideoTransformer, MultiModalGuidance
 from ltx2_diffusers.loaders.lora_fusion import reference_lora_arithmetic
@@ -203,9 +202,7 @@ GUIDANCE = MultiModalGuidance(cfg_scale=2.0, stg_scale=1.0, rescale_scale=0.5, m
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("fusion_state")
     checkpoint = build_checkpoint(root / "ltx-2.3-tiny.safetensors", "2.3", seed=61)
-    rate = 16000
-    t = np.arange(int(rate * 0.6)) / rate
-    sf.write(root / "a.wav", (0.4 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), rate)
+    write_tone(root / "a.wav")
     return dict(
         checkpoint=checkpoint,
         upsampler=build_upsampler(root / "upsampler.safetensors", seed=62),

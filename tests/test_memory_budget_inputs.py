@@ -8,14 +8,12 @@ ltx-core's default tiling installed) and is what the tiled estimate counts."""
 
 import hashlib
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from factories import cached_checkpoint
 from test_memory_tiers import call as frames  # the tiny call of the tier tests
+from tiny_a2v import single_file_pipe, write_tone
 
-from ltx2_diffusers import LTX2AudioToVideoPipeline
 from ltx2_diffusers.models.video_vae_tiling import VideoTilingConfig, plan_tiles
 from ltx2_diffusers.pipelines import memory
 from ltx2_diffusers.pipelines.memory import MAX_MEMORY_BUDGET_GIB, TIERS
@@ -28,9 +26,7 @@ SIZE, FRAMES = 128, 9
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("budget_inputs")
     checkpoint = cached_checkpoint("checkpoint", "2.3", seed=4)
-    rate = 16000
-    t = np.arange(int(rate * 0.6)) / rate
-    sf.write(root / "a.wav", (0.4 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), rate)
+    write_tone(root / "a.wav")
     return dict(
         checkpoint=checkpoint,
         upsampler=cached_checkpoint("upsampler", seed=5),
@@ -40,12 +36,7 @@ def files(tmp_path_factory):
 
 
 def load(files):
-    return LTX2AudioToVideoPipeline.from_single_file(
-        files["checkpoint"],
-        spatial_upsampler_path=files["upsampler"],
-        distilled_lora=(files["lora"], 0.6),
-        torch_dtype=torch.float32,
-    )
+    return single_file_pipe(files["checkpoint"], files["upsampler"], files["lora"], 0.6)
 
 
 @pytest.fixture(scope="module")

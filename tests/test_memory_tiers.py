@@ -7,19 +7,18 @@ import math
 from dataclasses import replace
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from diffusers import AutoencoderKLLTX2Video
 from diffusers.hooks.group_offloading import _is_group_offload_enabled
 from factories import cached_checkpoint, vae_config
 from live_bytes import LiveBytes
 from test_pipeline_parity import contexts
+from tiny_a2v import single_file_pipe, write_tone
 from torch.overrides import TorchFunctionMode
 
 import ltx2_diffusers.models.attention as attention
-from ltx2_diffusers import LTX2AudioToVideoPipeline, MultiModalGuidance
+from ltx2_diffusers import MultiModalGuidance
 from ltx2_diffusers.loaders.distilled_lora import LTX2DistilledLoRA
 from ltx2_diffusers.loaders.single_file_video_vae import video_vae_config_from_original
 from ltx2_diffusers.models.rope import audio_coords, video_coords
@@ -199,9 +198,7 @@ def setup(tmp_path_factory):
         upsampler=cached_checkpoint("upsampler", seed=5),
     )
     files["lora"] = cached_checkpoint("lora", checkpoint_path=files["checkpoint"], seed=6, dtype=torch.float32)
-    rate = 16000
-    t = np.arange(int(rate * 0.6)) / rate
-    sf.write(root / "a.wav", (0.4 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), rate)
+    write_tone(root / "a.wav")
     files["audio"] = root / "a.wav"
     files["pipe"] = load(files)
     files["expected"] = call(files["pipe"], files["audio"])
@@ -209,12 +206,7 @@ def setup(tmp_path_factory):
 
 
 def load(files):
-    return LTX2AudioToVideoPipeline.from_single_file(
-        files["checkpoint"],
-        spatial_upsampler_path=files["upsampler"],
-        distilled_lora=(files["lora"], 0.6),
-        torch_dtype=torch.float32,
-    )
+    return single_file_pipe(files["checkpoint"], files["upsampler"], files["lora"], 0.6)
 
 
 def call(pipe, audio):

@@ -12,6 +12,7 @@ from diffusers import DiffusionPipeline
 from factories import build_checkpoint, build_lora, build_upsampler
 from safetensors import safe_open
 from test_pipeline import call
+from tiny_a2v import single_file_pipe
 
 from ltx2_diffusers import LTX2AudioToVideoPipeline
 from ltx2_diffusers.convert import PIPELINE_SHIM_SOURCE, convert_checkpoint
@@ -41,12 +42,7 @@ def setup(tmp_path_factory):
 
 
 def single_file(setup):
-    return LTX2AudioToVideoPipeline.from_single_file(
-        setup["checkpoint"],
-        spatial_upsampler_path=setup["upsampler"],
-        distilled_lora=(setup["distilled"], 0.7),
-        torch_dtype=torch.float32,
-    )
+    return single_file_pipe(setup["checkpoint"], setup["upsampler"], setup["distilled"], 0.7)
 
 
 def latents(pipe, setup):
