@@ -34,6 +34,22 @@ def test_a_file_without_model_version_is_refused_unless_it_is_given(tmp_path):
         )
 
 
+@pytest.mark.parametrize("given", ["2.3", "2.3.0", "2.3.0.0"])
+def test_a_model_version_written_shorter_than_the_files_is_the_same_release(given):
+    pipe = LTX2AudioToVideoPipeline.from_single_file(
+        factories.cached_checkpoint("checkpoint", "2.3", seed=3), torch_dtype=torch.float32, model_version=given
+    )
+    assert pipe.config.model_version == "2.3.0"  # the file's spelling is kept
+
+
+@pytest.mark.parametrize("given", ["2.30", "2.3.1", "2", "3.2.0"])
+def test_a_different_release_than_the_files_is_refused(given):
+    with pytest.raises(ValueError, match="contradicts the file's metadata '2.3.0'"):
+        LTX2AudioToVideoPipeline.from_single_file(
+            factories.cached_checkpoint("checkpoint", "2.3", seed=3), torch_dtype=torch.float32, model_version=given
+        )
+
+
 def test_the_variant_comes_from_the_file_name_when_not_given(tmp_path):
     source = factories.cached_checkpoint("checkpoint", "2.3", seed=3)
     distilled = shutil.copyfile(source, tmp_path / "ltx-2.3-tiny-distilled.safetensors")

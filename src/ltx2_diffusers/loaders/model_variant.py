@@ -92,6 +92,18 @@ def same_family(version_a: str, version_b: str) -> bool:
     return str(version_a).startswith("2.3") == str(version_b).startswith("2.3")
 
 
+def same_version(version_a: str, version_b: str) -> bool:
+    """Whether two version strings name the same release, trailing ".0" components aside ("2.3" and "2.3.0")."""
+
+    def parts(version: str) -> list[str]:
+        items = str(version).split(".")
+        while len(items) > 1 and items[-1] == "0":
+            items.pop()
+        return items
+
+    return parts(version_a) == parts(version_b)
+
+
 def pipeline_model_version(transformer_config, model_version: str | None) -> str:
     """A pipeline's `model_version` checked against its transformer's config (`model_version_of_transformer`):
     None gives the transformer's version (LTX-2.3's "2.3.0" where the config mixes the two); a version of the

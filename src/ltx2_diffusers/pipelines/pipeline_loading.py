@@ -244,7 +244,7 @@ class LTX2A2VLoadingMixin:
         `model_variant`: `"dev"` or `"distilled"` (a distilled checkpoint: the distilled recipe, no LoRA); None
         decides it as the converter does (the metadata, else "distilled" in the file name).
         `model_version`: needed only when the file's metadata has none (as the converter)."""
-        from ..loaders.model_variant import resolve_model_variant
+        from ..loaders.model_variant import resolve_model_variant, same_version
         from ..loaders.single_file import check_model_version, read_metadata
         from ..validation import check_lora_strength
 
@@ -262,7 +262,7 @@ class LTX2A2VLoadingMixin:
                 f"{os.fspath(checkpoint_path)!r} has no 'model_version' in its metadata; pass model_version "
                 "('2.0.0' for LTX-2, '2.3.0' for LTX-2.3)"
             )
-        if file_version is not None and model_version is not None and file_version != model_version:
+        if file_version is not None and model_version is not None and not same_version(file_version, model_version):
             raise ValueError(f"model_version {model_version!r} contradicts the file's metadata {file_version!r}")
         model_version = file_version or model_version
         check_model_version(model_version, "model_version")
