@@ -27,11 +27,12 @@ def model(tmp_path_factory):
     return LTX2AudioVideoTransformer.from_single_file(path, torch_dtype=torch.float32)
 
 
-def forward(model, perturbations=PASSES, shared_prefix=None, seed=0):
+def forward(model, perturbations=PASSES, shared_prefix=None, seed=0, negative_items=(1,)):
+    """One forward of the items `perturbations`; the items `negative_items` take the negative context."""
     x = transformer_parity_inputs(model.config)
     negative = torch.randn(x["ctx"].shape, generator=torch.Generator().manual_seed(seed + 1))
     n = len(perturbations)
-    contexts = [negative if i == 1 else x["ctx"] for i in range(n)]
+    contexts = [negative if i in negative_items else x["ctx"] for i in range(n)]
     sigma = x["sigma"].expand(n) * 1000
     with torch.no_grad():
         return model(

@@ -41,10 +41,14 @@ class LTX2Perturbation:
 
 
 class BlockPerturbation(NamedTuple):
-    """What one block must skip for one modality path: `skip_all` for every item, or `keep` (B,1,1) per item."""
+    """What one block must skip for one modality path: `skip_all` for every item, or `keep` (B,1,1) per item.
+
+    `kept`: where `keep` is a 0/1 mask decided from Python values (`block_perturbation`), the indices of the items
+    it keeps, so that a block can compute a skipped cross-attention for those items only (None: not known)."""
 
     skip_all: bool
     keep: torch.Tensor | None
+    kept: tuple[int, ...] | None = None
 
 
 NO_PERTURBATION = BlockPerturbation(False, None)
@@ -90,7 +94,43 @@ def block_perturbation(
     if all(skipped):
         return BlockPerturbation(True, None)
     keep = torch.tensor([0.0 if s else 1.0 for s in skipped], device=device, dtype=dtype).view(-1, 1, 1)
-    return BlockPerturbation(False, keep)
+    return BlockPerturbation(False, keep, tuple(i for i, s in enumerate(skipped) if not s))
+
+
+def item_runs(items: Sequence[int]) -> list[tuple[int, int]]:
+    """`[(start, stop), ...]`: the sorted batch indices `items` as runs of consecutive indices."""
+    runs: list[tuple[int, int]] = []
+    for i in items:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def take_items(x, items: Sequence[int] | None, batch: int):
+    """`x` restricted to the batch items `items` (sorted), by slicing (a view where they are consecutive): tensors
+    whose first dimension is `batch`; broadcast tensors (first dimension 1), None and `items=None` pass through;
+    tuples are restricted element by element."""
+    if isinstance(x, tuple):
+        return tuple(take_items(t, items, batch) for t in x)
+    if items is None or not isinstance(x, torch.Tensor) or x.ndim == 0 or x.shape[0] != batch:
+        return x
+    runs = item_runs(items)
+    return torch.cat([x[a:b] for a, b in runs]) if len(runs) > 1 else x[runs[0][0] : runs[0][1]]
+
+
+def add_to_items(x: torch.Tensor, update: torch.Tensor, items: Sequence[int]) -> torch.Tensor:
+    """`x` with `update` (one row per entry of the sorted `items`) added to those batch items; the others unchanged."""
+    pieces, row, start = [], 0, 0
+    for a, b in item_runs(items):
+        if start < a:
+            pieces.append(x[start:a])
+        pieces.append(x[a:b] + update[row : row + b - a])
+        row, start = row + b - a, b
+    if start < x.shape[0]:
+        pieces.append(x[start:])
+    return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
 
 @dataclass(frozen=True)

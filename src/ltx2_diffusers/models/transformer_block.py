@@ -9,7 +9,7 @@ from diffusers.models.attention import FeedForward
 
 from .attention import LTX2AVAttention
 from .modulation import block_modulation, cross_modal_modulation, text_cross_attention_modulation
-from .perturbations import NO_PERTURBATION, BlockPerturbation
+from .perturbations import NO_PERTURBATION, BlockPerturbation, add_to_items, take_items
 
 
 def _modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -106,6 +106,22 @@ class LTX2AVTransformerBlock(torch.nn.Module):
         context = _modulate(context, mod.scale_kv, mod.shift_kv)
         return x + attn(query, context, attention_mask=context_mask) * mod.gate
 
+    def _cross_modal(self, attn, x, query, key, query_rotary_emb, key_rotary_emb, perturbation: BlockPerturbation):
+        """`x` plus the gated audio<->video cross-attention update (`query`: normed x, scale, shift, gate; `key`:
+        the other modality's normed states, scale, shift); for the items `perturbation` keeps only, where known."""
+        items, batch = perturbation.kept, x.shape[0]
+        (q_norm, q_scale, q_shift, gate), (k_norm, k_scale, k_shift) = take_items((query, key), items, batch)
+        update = attn(
+            _modulate(q_norm, q_scale, q_shift),
+            _modulate(k_norm, k_scale, k_shift),
+            query_rotary_emb=take_items(query_rotary_emb, items, batch),
+            key_rotary_emb=take_items(key_rotary_emb, items, batch),
+        )
+        update = update * gate
+        if items is not None:  # the other items' keep is 0: they get no update
+            return add_to_items(x, update, items)
+        return x + (update if perturbation.keep is None else update * perturbation.keep)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -164,7 +180,9 @@ class LTX2AVTransformerBlock(torch.nn.Module):
             temb_prompt_audio,
         )
 
-        # 3. Audio<->video cross-attention; both directions read the norms taken before either update.
+        # 3. Audio<->video cross-attention; both directions read the norms taken before either update. Where a
+        # direction is skipped for some items only (the isolated-modality item of a batched guidance step), it is
+        # computed for the other items only.
         run_a2v, run_v2a = not a2v_perturbation.skip_all, not v2a_perturbation.skip_all
         if run_a2v or run_v2a:
             vn, an = self._norm(vx), self._norm(ax)
@@ -175,23 +193,17 @@ class LTX2AVTransformerBlock(torch.nn.Module):
                 self.audio_a2v_cross_attn_scale_shift_table, temb_ca_audio_scale_shift, temb_ca_audio_gate
             )
             if run_a2v:
-                update = self.audio_to_video_attn(
-                    _modulate(vn, video_ca.scale_a2v, video_ca.shift_a2v),
-                    _modulate(an, audio_ca.scale_a2v, audio_ca.shift_a2v),
-                    query_rotary_emb=ca_video_rotary_emb,
-                    key_rotary_emb=ca_audio_rotary_emb,
-                )
-                update = update * video_ca.gate
-                vx = vx + (update if a2v_perturbation.keep is None else update * a2v_perturbation.keep)
+                vx = self._cross_modal(
+                    self.audio_to_video_attn, vx, (vn, video_ca.scale_a2v, video_ca.shift_a2v, video_ca.gate),
+                    (an, audio_ca.scale_a2v, audio_ca.shift_a2v), ca_video_rotary_emb, ca_audio_rotary_emb,
+                    a2v_perturbation,
+                )  # fmt: skip
             if run_v2a:
-                update = self.video_to_audio_attn(
-                    _modulate(an, audio_ca.scale_v2a, audio_ca.shift_v2a),
-                    _modulate(vn, video_ca.scale_v2a, video_ca.shift_v2a),
-                    query_rotary_emb=ca_audio_rotary_emb,
-                    key_rotary_emb=ca_video_rotary_emb,
-                )
-                update = update * audio_ca.gate
-                ax = ax + (update if v2a_perturbation.keep is None else update * v2a_perturbation.keep)
+                ax = self._cross_modal(
+                    self.video_to_audio_attn, ax, (an, audio_ca.scale_v2a, audio_ca.shift_v2a, audio_ca.gate),
+                    (vn, video_ca.scale_v2a, video_ca.shift_v2a), ca_audio_rotary_emb, ca_video_rotary_emb,
+                    v2a_perturbation,
+                )  # fmt: skip
 
         # 4. Feed-forward.
         vx = vx + self.ff(_modulate(self._norm(vx), video_mod.scale_mlp, video_mod.shift_mlp)) * video_mod.gate_mlp

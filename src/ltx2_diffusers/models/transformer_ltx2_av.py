@@ -46,6 +46,7 @@ from ..validation import (
 )
 from .modulation import AdaLayerNormSingle
 from .perturbations import (
+    NO_PERTURBATION,
     BlockPerturbation,
     LTX2Perturbation,
     SharedPrefix,
@@ -735,8 +736,8 @@ class LTX2AudioVideoTransformer(
                 end,
                 vx.index_select(0, index),
                 ax.index_select(0, index),
-                _take(per_item, index, batch),
-                _take(block_perturbations, index, batch),
+                _take(per_item, index, batch, active),
+                _take(block_perturbations, index, batch, active),
             )
             vx, ax = vx.index_copy(0, index, sub_vx), ax.index_copy(0, index, sub_ax)
         return vx, ax
@@ -747,15 +748,19 @@ class LTX2AudioVideoTransformer(
         return proj(x * (1 + scale) + shift)
 
 
-def _take(x, index: torch.Tensor, batch: int):
-    """`x` (tensors, tuples, dicts, `BlockPerturbation`s, None) restricted to the batch items `index`: tensors whose
-    first dimension is the batch are indexed, broadcast ones (first dimension 1) are kept."""
+def _take(x, index: torch.Tensor, batch: int, active: list[int]):
+    """`x` (tensors, tuples, dicts, `BlockPerturbation`s, None) restricted to the batch items `index` (on the
+    device; `active`: the same items as a list): tensors whose first dimension is the batch are indexed, broadcast
+    ones (first dimension 1) are kept; a perturbation's `kept` items are renumbered within `active`."""
     if isinstance(x, torch.Tensor):
         return x.index_select(0, index) if x.ndim and x.shape[0] == batch else x
     if isinstance(x, BlockPerturbation):
-        return BlockPerturbation(x.skip_all, _take(x.keep, index, batch))
+        kept = None if x.kept is None else tuple(j for j, i in enumerate(active) if i in x.kept)
+        if kept is not None and len(kept) in (0, len(active)):  # within `active`: all skipped, or none
+            return BlockPerturbation(True, None) if not kept else NO_PERTURBATION
+        return BlockPerturbation(x.skip_all, _take(x.keep, index, batch, active), kept)
     if isinstance(x, dict):
-        return {k: _take(v, index, batch) for k, v in x.items()}
+        return {k: _take(v, index, batch, active) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return type(x)(_take(v, index, batch) for v in x)
+        return type(x)(_take(v, index, batch, active) for v in x)
     return x
