@@ -10,8 +10,8 @@ What the other parity modules do not draw:
   per-item perturbations and a shared prefix, batch 1-3;
 - video VAE: random encoder / decoder block layouts (1-3 compressions of each kind, multipliers 1 / 2, residual
   upsamplers, 0-2 resnets), patch sizes 1 / 2 / 4, the four padding modes, causal decoders, timestep conditioning,
-  a `scaling_factor` other than 1 (which ltx-core ignores), encode of 8k+1 frames and decode through the
-  pipeline's decode-noise path;
+  a `scaling_factor` other than 1 (which ltx-core ignores), noise-injecting decoder resnets, encode of 8k+1 frames
+  and decode through the pipeline's decode path (decode noise, generator);
 - audio VAE: random ch_mult / mel bins / causality axes / attention, and `double_z=False` (1 latent channel);
 - vocoders: random HiFi-GAN and AMP/BWE stage layouts and sampling-rate ratios;
 - upsampler: random widths / blocks per stage, spatial+temporal, rational scales;
@@ -192,13 +192,13 @@ def _vae_config(r: random.Random) -> dict:
         encoder.append([kind, {"multiplier": r.choice([1, 2])}])
     encoder.append(["res_x", {"num_layers": r.choice([0, 1])}])
     for _ in range(r.choice([1, 2, 3])):
-        decoder.append(["res_x", {"num_layers": r.choice([0, 1, 2]), "inject_noise": False}])
+        decoder.append(["res_x", {"num_layers": r.choice([0, 1, 2]), "inject_noise": r.random() < 0.3}])
         kind = r.choice(["compress_space", "compress_time", "compress_all"])
         params = {"multiplier": r.choice([1, 2])}
         if r.random() < 0.5:
             params["residual"] = True  # honoured on compress_all only (as ltx-core)
         decoder.append([kind, params])
-    decoder.append(["res_x", {"num_layers": r.choice([0, 1, 2]), "inject_noise": False}])
+    decoder.append(["res_x", {"num_layers": r.choice([0, 1, 2]), "inject_noise": r.random() < 0.3}])
     config = factories.vae_config(r.choice(["2.0", "2.3"]))
     config.update(
         encoder_blocks=encoder,
@@ -232,6 +232,8 @@ def test_video_vae_heldout(seed, tmp_path):
     config["vae"] = _vae_config(r)
     if seed == 0:
         config["vae"]["scaling_factor"] = 0.5  # ltx-core ignores it; our pipelines divided by it (off by 2x)
+    if seed == 1:  # noise-injecting resnets draw from the decode's generator (they drew from the global RNG)
+        config["vae"]["decoder_blocks"][0][1].update(num_layers=1, inject_noise=True)
     path = build_checkpoint(tmp_path / "v.safetensors", "2.3", seed=seed, components=("vae",), config=config)
     encoder, decoder = load_reference(path, "video_encoder"), load_reference(path, "video_decoder")
     vae = load_video_vae_from_single_file(path, torch_dtype=torch.float32)
