@@ -15,7 +15,8 @@ What the other parity modules do not draw:
 - audio VAE: random ch_mult / mel bins / causality axes / attention, and `double_z=False` (1 latent channel);
 - vocoders: random HiFi-GAN and AMP/BWE stage layouts and sampling-rate ratios;
 - upsampler: random widths / blocks per stage, spatial+temporal, rational scales;
-- text connectors: random head layouts per modality, layer counts, RoPE settings, text lengths 128 / 256, batch 3.
+- text connectors: random head layouts per modality, layer counts, RoPE settings, text lengths 128 / 256, batch 3,
+  register metadata ltx-core ignores (`connector_learnable_registers_std` 0.5 was refused as a non-integer count).
 """
 
 from __future__ import annotations
@@ -395,6 +396,9 @@ def _connector_kwargs(r: random.Random, version: str) -> dict:
         connector_num_layers=r.choice([1, 2, 3]),
         connector_apply_gated_attention=r.random() < 0.5,
         audio_connector_num_layers=r.choice([1, 2, 3]),
+        # Keys ltx-core does not read (the register count is hard-coded 128; the std only initialises them).
+        connector_learnable_registers_std=r.choice([0.5, 1, 2.0]),
+        connector_num_learnable_registers=r.choice([64, 128]),
     )
     split = kw["rope_type"] == "split"
     if version == "2.0":  # V1: the connectors work at the Gemma width
