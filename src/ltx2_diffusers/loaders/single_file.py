@@ -121,7 +121,8 @@ def check_model_version(version, where: str) -> None:
 #: 48 layers, 32 heads of 128, widths up to 4096, sample rates up to 48000):
 #: - every number anywhere is finite with magnitude at most `CONFIG_MAX_ABS`;
 #: - counts (keys such as `num_layers`, `*_heads`, `*_registers`, `*_blocks`, `norm_num_groups`) are integers in
-#:   [0, `CONFIG_MAX_COUNT`] (or null, or booleans for flags such as `normalize_latent_channels`);
+#:   [0, `CONFIG_MAX_COUNT`] (or null, or booleans for flags such as `normalize_latent_channels`); a key ending in
+#:   `_std`, `_mean`, `_scale`, `_eps`, `_multiplier`, `_theta` or `_factor` is a real number, not a count or size;
 #: - sizes (keys ending in `dim`, `channels`, `size`, `bins`, `length`, ...) are integers in [0, `CONFIG_MAX_SIZE`]
 #:   (or null / booleans); a string where such a number belongs is refused.
 CONFIG_MAX_ABS = 1e7
@@ -129,6 +130,8 @@ CONFIG_MAX_COUNT = 4096
 CONFIG_MAX_SIZE = 1 << 20
 _COUNT_KEY = re.compile(r"(^|_)(num|n)_|layers|blocks|registers|heads|groups")
 _SIZE_KEY = re.compile(r"(dim|dims|channels?|_ch|^ch|size|sizes|bins|mels|resolution|length|n_fft)$")
+# Real-valued settings whose names contain a count word (`connector_learnable_registers_std`): not counts.
+_REAL_KEY = re.compile(r"_(std|mean|scale|eps|multiplier|theta|factor)$")
 
 
 def check_config_bounds(config, where: str) -> None:
@@ -136,6 +139,8 @@ def check_config_bounds(config, where: str) -> None:
 
     def walk(value, key: str, dotted: str, in_list: bool = False):
         limit = CONFIG_MAX_COUNT if _COUNT_KEY.search(key) else CONFIG_MAX_SIZE if _SIZE_KEY.search(key) else None
+        if _REAL_KEY.search(key):
+            limit = None
         if isinstance(value, dict):
             for k, v in value.items():
                 walk(v, str(k), f"{dotted}.{k}" if dotted else str(k))

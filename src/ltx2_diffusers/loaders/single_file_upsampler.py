@@ -53,9 +53,9 @@ def latent_upsampler_config_from_original(config: Mapping) -> dict:
         raise ValueError(f"unsupported upsampler dims={cfg['dims']!r} (expected 2 or 3)")
     if not (cfg["spatial_upsample"] or cfg["temporal_upsample"]):
         raise ValueError("the upsampler config has neither spatial_upsample nor temporal_upsample set")
-    for key in ("in_channels", "mid_channels", "num_blocks_per_stage"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ValueError(f"upsampler {key} must be a positive integer, got {cfg[key]!r}")
+    for key, least in (("in_channels", 1), ("mid_channels", 1), ("num_blocks_per_stage", 0)):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < least:
+            raise ValueError(f"upsampler {key} must be an integer >= {least}, got {cfg[key]!r}")
     if cfg["mid_channels"] % 32:
         raise ValueError(f"upsampler mid_channels={cfg['mid_channels']} is not a multiple of 32 (GroupNorm groups)")
     rational = bool(cfg["rational_resampler"])

@@ -167,6 +167,11 @@ def video_vae_config_from_original(config: Mapping) -> dict:
         raise ValueError(f"unsupported vae spatial_padding_mode={padding!r} (supported: {list(_PADDING_MODES)})")
     patch_size = section.get("patch_size", 4)
     latent_channels = section.get("latent_channels", 128)
+    if section.get("scaling_factor", 1.0) != 1.0:
+        logger.warning(
+            f"vae scaling_factor={section['scaling_factor']!r} in the checkpoint metadata is ignored, as ltx-core "
+            "ignores it (latents are normalised by the per-channel statistics only)"
+        )
 
     # Encoder: stage i = res_x 2i followed by compression 2i+1; the last res_x is the mid block.
     enc = _blocks(section, "encoder_blocks")
@@ -218,7 +223,9 @@ def video_vae_config_from_original(config: Mapping) -> dict:
         "patch_size": patch_size,
         "patch_size_t": 1,
         "resnet_norm_eps": 1e-6,
-        "scaling_factor": float(section.get("scaling_factor", 1.0)),
+        # ltx-core never reads `scaling_factor`: its (un)normalisation is the per-channel statistics alone. The
+        # diffusers-side pipelines divide by `config.scaling_factor`, so it is 1.0 whatever the metadata says.
+        "scaling_factor": 1.0,
         "encoder_causal": True,
         "decoder_causal": bool(section.get("causal_decoder", False)),
         "encoder_spatial_padding_mode": padding or "zeros",

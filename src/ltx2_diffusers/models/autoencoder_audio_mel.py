@@ -157,7 +157,10 @@ class AutoencoderAudioMel(
             h = torch.cat([self.encoder(s) for s in x.split(1)])
         else:
             h = self.encoder(x)
-        posterior = DiagonalGaussianDistribution(h)
+        if self.config.double_z:
+            posterior = DiagonalGaussianDistribution(h)
+        else:  # the encoder yields the latents only: a point posterior at them (a 1-channel `h` cannot be halved)
+            posterior = DiagonalGaussianDistribution(torch.cat([h, torch.zeros_like(h)], dim=1), deterministic=True)
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
     @apply_forward_hook
@@ -267,7 +270,10 @@ class AutoencoderAudioMel(
                     f"`waveform` has {channels} channels; the model takes {self.config.in_channels} (or mono)"
                 )
             mel = mel.expand(-1, self.config.in_channels, -1, -1)
-        h = self.encode(mel.to(self.dtype)).latent_dist.parameters[:, : self.config.latent_channels]
+        h = self.encode(mel.to(self.dtype)).latent_dist.mean
+        if not self.config.double_z:
+            # The reference keeps `torch.chunk(encoder output, 2, dim=1)[0]` whatever `double_z` says.
+            h = h[:, : (h.shape[1] + 1) // 2]
         return self.normalize_tokens(self.patchify_latents(h))
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:

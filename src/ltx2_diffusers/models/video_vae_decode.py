@@ -43,7 +43,12 @@ from diffusers.models.autoencoders.autoencoder_kl_ltx2 import (
 from ..utils.hooks import carries_hooks
 
 
-__all__ = ["channels_last_decode_supported", "decode_channels_last"]
+__all__ = [
+    "channels_last_decode_supported",
+    "decode_channels_last",
+    "decode_with_noise_generator",
+    "noise_generator_decode_supported",
+]
 
 _CL = torch.channels_last_3d
 _DIFFUSERS_SWITCHES = ("use_slicing", "use_tiling", "use_framewise_decoding")
@@ -230,3 +235,51 @@ def decode_channels_last(vae, z: torch.Tensor, temb: torch.Tensor | None = None,
     b, _, t, h, w = x.shape
     x = x.reshape(b, -1, p_t, p, p, t, h, w).permute(0, 1, 5, 2, 6, 4, 7, 3)
     return x.flatten(6, 7).flatten(4, 5).flatten(2, 3).contiguous()
+
+
+# ------------------------------------------------------------------------------------------------ noise injection
+def noise_generator_decode_supported(vae, device: torch.device, generator: torch.Generator | None) -> bool:
+    """Whether the decode should go through `decode_with_noise_generator`: `vae`'s decoder (diffusers'
+    `LTX2VideoDecoder3d`) has noise-injecting resnets (`inject_noise` in the checkpoint's decoder blocks),
+    `generator` is None or on `device`, and nothing that `vae.decode` would honour is on (diffusers' slicing /
+    tiling / framewise decoding, offload or user hooks)."""
+    from diffusers import AutoencoderKLLTX2Video
+
+    if not isinstance(vae, AutoencoderKLLTX2Video) or type(vae.decoder) is not LTX2VideoDecoder3d:
+        return False
+    if not any(getattr(resnet, "per_channel_scale1", None) is not None for resnet in _resnets(vae.decoder)):
+        return False
+    if generator is not None and generator.device.type != torch.device(device).type:
+        return False
+    return not any(getattr(vae, switch, False) for switch in _DIFFUSERS_SWITCHES) and not _has_hooks(vae)
+
+
+def decode_with_noise_generator(vae, z: torch.Tensor, temb: torch.Tensor | None, generator: torch.Generator | None):
+    """`vae.decode(z, temb)` with `generator` given to the decoder's blocks, as ltx-core's `VideoDecoder` does.
+
+    `LTX2VideoDecoder3d.forward` calls its mid and up blocks without a generator, so noise-injecting resnets draw
+    from the global RNG: a seeded decode was not reproducible and not ltx-core's. The blocks and resnets draw in
+    the reference's order (per resnet: after conv1, after conv2), so the same generator gives the same noise.
+    The steps are `LTX2VideoDecoder3d.forward`'s (diffusers 0.42), with the generator passed.
+    """
+    decoder = vae.decoder
+    causal = decoder.is_causal
+    x = decoder.conv_in(z, causal=causal)
+    if decoder.timestep_scale_multiplier is not None:
+        temb = temb * decoder.timestep_scale_multiplier
+    x = decoder.mid_block(x, temb, generator, causal=causal)
+    for up_block in decoder.up_blocks:
+        x = up_block(x, temb, generator, causal=causal)
+    x = decoder.norm_out(x)
+    if decoder.time_embedder is not None:
+        embedded = decoder.time_embedder(
+            timestep=temb.flatten(), resolution=None, aspect_ratio=None, batch_size=x.size(0), hidden_dtype=x.dtype
+        )
+        embedded = embedded.view(x.size(0), -1, 1, 1, 1).unflatten(1, (2, -1))
+        shift, scale = (embedded + decoder.scale_shift_table[None, ..., None, None, None]).unbind(dim=1)
+        x = x * (1 + scale) + shift
+    x = decoder.conv_out(decoder.conv_act(x), causal=causal)
+    p, p_t = decoder.patch_size, decoder.patch_size_t
+    b, _, t, h, w = x.shape
+    x = x.reshape(b, -1, p_t, p, p, t, h, w).permute(0, 1, 5, 2, 6, 4, 7, 3)
+    return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)

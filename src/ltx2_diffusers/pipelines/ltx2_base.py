@@ -22,7 +22,12 @@ from ..loaders.lora_fusion import reference_lora_arithmetic
 from ..loaders.model_variant import check_model_variant, pipeline_model_version
 from ..models.autoencoder_audio_mel import AutoencoderAudioMel
 from ..models.transformer_ltx2_av import LTX2AudioVideoTransformer
-from ..models.video_vae_decode import channels_last_decode_supported, decode_channels_last
+from ..models.video_vae_decode import (
+    channels_last_decode_supported,
+    decode_channels_last,
+    decode_with_noise_generator,
+    noise_generator_decode_supported,
+)
 from ..models.video_vae_tiling import tiled_decode
 from ..models.vocoder_hifigan import LTX2HiFiGANVocoder
 from ..schedules import (
@@ -525,6 +530,8 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
             latents = noise.to(latents.device) * self.DECODE_NOISE_SCALE + (1.0 - self.DECODE_NOISE_SCALE) * latents
             temb = torch.full((latents.shape[0],), self.DECODE_TIMESTEP, device=latents.device, dtype=latents.dtype)
         latents = self.denormalize_latents(latents)
+        if noise_generator_decode_supported(self.vae, latents.device, generator):  # ltx-core's noise draws
+            return decode_with_noise_generator(self.vae, latents, temb, generator)
         if self._channels_last_decode(latents):
             return decode_channels_last(self.vae, latents, temb)
         return self.vae.decode(latents, temb=temb, return_dict=False)[0]
