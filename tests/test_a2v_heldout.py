@@ -1,0 +1,109 @@
+"""Held-out audio-to-video cases: LTX2AudioToVideoPipeline against ltx-pipelines 1.0's A2VidPipelineTwoStage (fp32
+CPU) on inputs no other parity test uses, found by a randomised sweep.
+
+Audio that ends a little before the video: the reference takes it whenever the audio VAE's latent still covers the
+video's audio latent frames (a 5.0 s clip under the default 121 frames at 24 fps, 5.042 s, is one); the pipeline
+refused every window shorter than the video in samples."""
+
+import ltx_pipelines.a2vid_two_stage as a2vid
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from factories import build_checkpoint, build_lora, build_upsampler
+from ltx_core.components.guiders import MultiModalGuiderParams
+from ltx_core.model.audio_vae.audio_vae import encode_audio
+from ltx_core.types import Audio
+from prompt_contexts import contexts
+from reference_pipeline import run_reference_a2vid
+from tiny_a2v import single_file_pipe
+
+from ltx2_diffusers import MultiModalGuidance
+from ltx2_diffusers.validation import audio_latent_frames
+
+
+TOL = 1e-4  # the project's pipeline bound: frames in [0, 1], fp32 CPU
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("a2v_heldout")
+    checkpoint = build_checkpoint(root / "ltx-2.3.safetensors", "2.3", seed=41)
+    upsampler = build_upsampler(root / "upsampler.safetensors", seed=42)
+    lora = build_lora(root / "lora.safetensors", checkpoint, seed=43, dtype=torch.float32)
+    return dict(root=root, checkpoint=checkpoint, upsampler=upsampler, lora=lora)
+
+
+def _stereo(path, seconds_or_samples, rate, seed):
+    n = seconds_or_samples if isinstance(seconds_or_samples, int) else round(seconds_or_samples * rate)
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / rate
+    data = np.stack([0.4 * np.sin(2 * np.pi * 330 * t), 0.1 * rng.standard_normal(n)], 1).astype(np.float32)
+    sf.write(path, data, rate, subtype="FLOAT")
+    return path
+
+
+def _reference_latent_frames(checkpoint, path):
+    """Latent frames ltx-core's audio encoder yields for the whole file (the reference's own front end)."""
+    ledger = a2vid.ModelLedger(
+        dtype=torch.float32, device=torch.device("cpu"), checkpoint_path=str(checkpoint), gemma_root_path=None,
+        spatial_upsampler_path=None, loras=[],
+    )  # fmt: skip
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    waveform = torch.from_numpy(data.T.copy()).unsqueeze(0)
+    return encode_audio(Audio(waveform=waveform, sampling_rate=rate), ledger.audio_encoder()).shape[2]
+
+
+@pytest.mark.parametrize("window", ["short_file", "audio_max_duration"])
+def test_audio_ending_within_a_latent_frame_of_the_video_matches_the_reference(files, window):
+    """9 frames at 23.976 fps span 0.3754 s (9 audio latent frames); the clip (or the window read from a longer
+    one) is 0.362 s at 22.05 kHz: 284 samples short, yet its latent has 10 frames, so the reference renders it and
+    returns the clip as it is."""
+    seconds, max_duration = (0.362, None) if window == "short_file" else (1.0, 0.362)
+    audio = _stereo(files["root"] / f"{window}.wav", seconds, 22050, seed=0)
+    positive, negative = contexts(20, "2.3"), contexts(21, "2.3")
+    size = dict(height=192, width=128, num_frames=9, frame_rate=23.976)
+    guidance = dict(cfg_scale=2.5, stg_scale=0.7, rescale_scale=0.5, modality_scale=2.0, stg_blocks=[1])
+    frames, _, waveform, rate = run_reference_a2vid(
+        checkpoint=files["checkpoint"], upsampler=files["upsampler"], distilled_lora=files["lora"],
+        distilled_strength=0.6, audio_path=audio, positive=positive, negative=negative, seed=7,
+        num_inference_steps=3, audio_max_duration=max_duration, guider_params=MultiModalGuiderParams(**guidance), **size,
+    )  # fmt: skip
+    pipe = single_file_pipe(files["checkpoint"], files["upsampler"], files["lora"], 0.6)
+    out = pipe(
+        audio=audio, audio_max_duration=max_duration, prompt_contexts=positive, negative_prompt_contexts=negative, num_inference_steps=3,
+        video_guidance=MultiModalGuidance(**guidance), generator=torch.Generator().manual_seed(7), output_type="pt",
+        **size,
+    )  # fmt: skip
+    ours = out.frames.permute(0, 2, 1, 3, 4)
+    diff = (ours - frames).abs().max().item()
+    print(f"short audio: frames max|d| = {diff:.3g}")
+    assert ours.shape == frames.shape and ours.std() > 0.01
+    assert diff <= TOL
+    assert out.audio_sample_rate == rate == 22050
+    assert torch.equal(out.audio, waveform.float().reshape(out.audio.shape))  # the whole clip, as the reference
+    assert out.audio.shape[-1] == round(0.362 * 22050) < round(9 / 23.976 * 22050)
+
+
+@pytest.mark.parametrize("rate, num_frames, frame_rate", [(16000, 121, 24.0), (44100, 17, 25.0), (22050, 9, 30.0)])
+def test_the_shortest_audio_taken_is_the_reference_s(files, rate, num_frames, frame_rate):
+    """At the shortest clip whose reference latent covers the video the pipeline accepts; one sample less it
+    refuses, before any model runs, naming the audio (the reference fails there: latent shape mismatch)."""
+    pipe = single_file_pipe(files["checkpoint"], files["upsampler"], files["lora"], 0.6)
+    needed = audio_latent_frames(num_frames / frame_rate)
+    shortest = next(
+        n for n in range(round(num_frames / frame_rate * rate), 0, -1)
+        if pipe.encoded_audio_frames(n - 1, rate) < needed
+    )  # fmt: skip
+    accepted = _stereo(files["root"] / f"ok{rate}.wav", shortest, rate, seed=1)
+    refused = _stereo(files["root"] / f"no{rate}.wav", shortest - 1, rate, seed=1)
+    assert _reference_latent_frames(files["checkpoint"], accepted) >= needed
+    assert _reference_latent_frames(files["checkpoint"], refused) < needed
+    args = (None, 0.0, None, num_frames, frame_rate)
+    _, waveform, _, frames = pipe.prepare_audio(accepted, *args)
+    assert frames == num_frames and waveform.shape[-1] == shortest
+    pipe.transformer.forward = pipe.vae.forward = pipe.audio_vae.forward = None  # no model may run
+    with pytest.raises(ValueError, match="the audio covers .* but the video needs"):
+        pipe(audio=refused, prompt_contexts=contexts(0, "2.3"), negative_prompt_contexts=contexts(1, "2.3"),
+             height=64, width=64, num_frames=num_frames, frame_rate=frame_rate, output_type="latent",
+             video_guidance=MultiModalGuidance(stg_blocks=[0]))  # fmt: skip
