@@ -107,3 +107,64 @@ def test_the_shortest_audio_taken_is_the_reference_s(files, rate, num_frames, fr
         pipe(audio=refused, prompt_contexts=contexts(0, "2.3"), negative_prompt_contexts=contexts(1, "2.3"),
              height=64, width=64, num_frames=num_frames, frame_rate=frame_rate, output_type="latent",
              video_guidance=MultiModalGuidance(stg_blocks=[0]))  # fmt: skip
+
+
+def test_float_audio_beyond_full_scale_is_read_as_the_reference_reads_it(files):
+    """A float WAV peaking at 1.6 (a mix rendered hot): the reference encodes and returns the samples as they are;
+    the pipeline clipped them to [-1, 1] (frames off by ~0.07, returned audio by ~0.6)."""
+    rate = 48000
+    t = np.arange(round(0.5 * rate)) / rate
+    hot = np.stack([1.6 * np.sin(2 * np.pi * 110 * t), 1.2 * np.sign(np.sin(2 * np.pi * 3 * t))], 1)
+    audio = files["root"] / "hot.wav"
+    sf.write(audio, hot.astype(np.float32), rate, subtype="FLOAT")
+    positive, negative = contexts(22, "2.3"), contexts(23, "2.3")
+    size = dict(height=128, width=192, num_frames=9, frame_rate=25.0)
+    guidance = dict(cfg_scale=3.0, stg_scale=0.0, rescale_scale=0.0, modality_scale=3.0, stg_blocks=[0])
+    frames, _, waveform, _ = run_reference_a2vid(
+        checkpoint=files["checkpoint"], upsampler=files["upsampler"], distilled_lora=files["lora"],
+        distilled_strength=0.9, audio_path=audio, positive=positive, negative=negative, seed=8,
+        num_inference_steps=2, guider_params=MultiModalGuiderParams(**guidance), **size,
+    )  # fmt: skip
+    pipe = single_file_pipe(files["checkpoint"], files["upsampler"], files["lora"], 0.9)
+    out = pipe(
+        audio=audio, prompt_contexts=positive, negative_prompt_contexts=negative, num_inference_steps=2,
+        video_guidance=MultiModalGuidance(**guidance), generator=torch.Generator().manual_seed(8), output_type="pt",
+        **size,
+    )  # fmt: skip
+    ours = out.frames.permute(0, 2, 1, 3, 4)
+    diff = (ours - frames).abs().max().item()
+    print(f"hot audio: frames max|d| = {diff:.3g}")
+    assert ours.shape == frames.shape and ours.std() > 0.01
+    assert diff <= TOL
+    assert waveform.abs().max() > 1.5  # the reference keeps the overs
+    assert torch.equal(out.audio, waveform.float().reshape(2, -1)[:, : out.audio.shape[-1]])
+    assert out.audio.shape[-1] == round(9 / 25 * rate)
+
+
+def test_a_start_time_on_a_sample_tie_matches_the_reference(files):
+    """audio_start_time=0.185 s at 44.1 kHz is sample 8158.5: the reference keeps from 8159 (its seek and float
+    arithmetic), the pipeline kept from 8158; one sample shifted the audio latent (frames off by ~0.009)."""
+    rate = 44100
+    audio = _stereo(files["root"] / "tie.wav", 1.5, rate, seed=2)
+    positive, negative = contexts(24, "2.3"), contexts(25, "2.3")
+    size = dict(height=64, width=192, num_frames=17, frame_rate=29.97)
+    guidance = dict(cfg_scale=4.0, stg_scale=1.2, rescale_scale=0.8, modality_scale=2.5, stg_blocks=[0, 1])
+    frames, _, waveform, _ = run_reference_a2vid(
+        checkpoint=files["checkpoint"], upsampler=files["upsampler"], distilled_lora=files["lora"],
+        distilled_strength=0.4, audio_path=audio, positive=positive, negative=negative, seed=9,
+        num_inference_steps=2, guider_params=MultiModalGuiderParams(**guidance), audio_start_time=0.185, **size,
+    )  # fmt: skip
+    pipe = single_file_pipe(files["checkpoint"], files["upsampler"], files["lora"], 0.4)
+    out = pipe(
+        audio=audio, audio_start_time=0.185, prompt_contexts=positive, negative_prompt_contexts=negative,
+        num_inference_steps=2, video_guidance=MultiModalGuidance(**guidance),
+        generator=torch.Generator().manual_seed(9), output_type="pt", **size,
+    )  # fmt: skip
+    ours = out.frames.permute(0, 2, 1, 3, 4)
+    diff = (ours - frames).abs().max().item()
+    print(f"tie start: frames max|d| = {diff:.3g}")
+    assert ours.shape == frames.shape and ours.std() > 0.01
+    assert diff <= TOL
+    assert torch.equal(out.audio, waveform.float().reshape(2, -1)[:, : out.audio.shape[-1]])
+    source, _ = sf.read(audio, dtype="float32", always_2d=True)
+    assert torch.equal(out.audio[:, :4], torch.from_numpy(source[8159:8163].T.copy()))
