@@ -330,8 +330,9 @@ def load_audio(
     included, are read as float32) together with its `sample_rate` (only used for arrays: a whole number of Hz in
     [100, 384000], `validation.MIN_AUDIO_SAMPLE_RATE` / `MAX_AUDIO_SAMPLE_RATE`; a file outside that range is
     refused too). Mono stays one channel; more than two channels are downmixed to stereo (FFmpeg's matrix). Float
-    samples beyond full scale (+-1) are kept as they are, as ltx-pipelines reads them. `start_time` / `max_duration` (seconds) select `round(t * rate)` samples (a
-    `max_duration` of inf or beyond float's range: to the end).
+    samples beyond full scale (+-1) are kept as they are, as ltx-pipelines reads them. `start_time` /
+    `max_duration` (seconds) select `round(t * rate)` samples, a start on an exact tie where ltx-pipelines'
+    `decode_audio_from_file` starts (a `max_duration` of inf or beyond float's range: to the end).
 
     Raises `ValueError` naming the source for a missing, empty, non-audio, corrupt or truncated file, NaN or
     infinite samples or samples beyond +-`validation.MAX_WAVEFORM_ABS` (1e5, 100 dB above full scale; decoded from
