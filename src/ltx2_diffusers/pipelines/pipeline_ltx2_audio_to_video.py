@@ -31,7 +31,8 @@ logger = logging.get_logger(__name__)
 class LTX2AudioToVideoPipelineOutput(BaseOutput):
     """`frames`: PIL lists, `(B, F, H, W, 3)` numpy floats in [0, 1] (`"np"`), `(B, F, 3, H, W)` tensors (`"pt"`)
     or latents; `audio`: the ORIGINAL
-    input samples covering the video, `[channels, samples]` float32, at `audio_sample_rate`."""
+    input samples covering the video (all of them when the audio ends within one audio latent frame before the
+    video, as the reference returns them), `[channels, samples]` float32, at `audio_sample_rate`."""
 
     frames: Any
     audio: torch.Tensor
