@@ -111,7 +111,8 @@ def run_reference_a2vid(
     loras=(),
     tiling_config=None,
 ):
-    """`loras`: `(path, strength)` LoRAs of both stages (the reference's `--lora`). `tiling_config`: ltx-core's
+    """`distilled_lora`: the stage-2 LoRA file (None: none, a distilled checkpoint's recipe). `loras`: `(path,
+    strength)` LoRAs of both stages (the reference's `--lora`). `tiling_config`: ltx-core's
     `TilingConfig` of the video decode (None: one piece). `dtype=torch.bfloat16` runs the reference unpatched in its native precision. Returns `(frames (1, 3, F, H, W) in [0, 1], final latent, original audio waveform, sample rate)`."""
     captured = {}
     float32_functions = ("denoise_video_only", "combined_image_conditionings")
@@ -127,7 +128,9 @@ def run_reference_a2vid(
             checkpoint_path=str(checkpoint),
             distilled_lora=[
                 LoraPathStrengthAndSDOps(str(distilled_lora), distilled_strength, LTXV_LORA_COMFY_RENAMING_MAP)
-            ],
+            ]
+            if distilled_lora is not None
+            else [],
             spatial_upsampler_path=str(upsampler),
             gemma_root=None,
             loras=[LoraPathStrengthAndSDOps(str(p), s, LTXV_LORA_COMFY_RENAMING_MAP) for p, s in loras],

@@ -4,12 +4,15 @@ import fractions
 import hashlib
 import io
 import os
+import random
 import wave
 
 import av
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
+from ltx_pipelines.utils.media_io import decode_audio_from_file
 
 from ltx2_diffusers import load_audio
 
@@ -186,7 +189,8 @@ def test_arrays():
     assert sr == 16000 and w.shape == (1, 8000)
     torch.testing.assert_close(w[0], mono[4000:12000], rtol=0, atol=0)
     loud = np.array([[2.0, -3.0, 0.5]], dtype=np.float64)
-    np.testing.assert_array_equal(load_audio(loud, sample_rate=100)[0].numpy(), [[1.0, -1.0, 0.5]])
+    # beyond full scale kept as is, as ltx-pipelines reads a float file (tests/test_a2v_heldout.py): not clipped
+    np.testing.assert_array_equal(load_audio(loud, sample_rate=100)[0].numpy(), [[2.0, -3.0, 0.5]])
     six = source_signal(16000, 6, 0.1)
     w, _ = load_audio(six, sample_rate=16000)
     assert w.shape == (2, six.shape[1])
@@ -372,3 +376,23 @@ def test_file_outside_the_rate_range_is_refused(tmp_path):
         f.writeframes(np.zeros(500, np.int16).tobytes())
     with pytest.raises(ValueError, match=r"infrasound\.wav.*50 Hz.*\[100, 384000\]"):
         load_audio(path)
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_wav_windows_are_ltx_pipelines_windows_sample_for_sample(tmp_path, rate):
+    """`load_audio(path, start_time, max_duration)` of a WAV returns exactly ltx-pipelines' `decode_audio_from_file`
+    samples, starts on exact ties included (`start_time * rate` ending in .5: 0.185 s at 44.1 kHz started one sample
+    early), and float samples beyond full scale as they are (they were clipped)."""
+    samples = np.random.default_rng(rate).standard_normal((2, 2 * rate)).astype(np.float32) * 0.6
+    samples[:, ::97] *= 3.0  # overs beyond +-1
+    path = tmp_path / "take.wav"
+    sf.write(path, samples.T, rate, subtype="FLOAT")
+    draw = random.Random(rate)
+    ties = [(2 * draw.randint(0, rate) + 1) / (2 * rate) for _ in range(8)]
+    starts = [0.0, 0.185, 0.125, 0.01, 1.25, *ties, *(round(draw.uniform(0, 1.5), 4) for _ in range(6))]
+    for start in starts:
+        for duration in (None, 0.37):
+            reference = decode_audio_from_file(str(path), torch.device("cpu"), start, duration).waveform[0]
+            ours, _ = load_audio(path, start_time=start, max_duration=duration)
+            assert torch.equal(ours, reference), (start, duration)
+    assert load_audio(path)[0].abs().max() > 1.5

@@ -6,6 +6,7 @@ import io
 import math
 import numbers
 import os
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -31,7 +32,7 @@ _INT_SCALE = {
     "s32": (0.0, 2147483648.0),
     "s64": (0.0, 9223372036854775808.0),
 }
-# Why a waveform beyond `MAX_WAVEFORM_ABS` is refused (before it is clipped to [-1, 1]).
+# Why a waveform beyond `MAX_WAVEFORM_ABS` is refused (samples beyond +-1 below it are kept, as the reference keeps them).
 _FULL_SCALE = "float audio is full scale at +-1; validation.MAX_WAVEFORM_ABS"
 # A fully decoded stream this much shorter than its header says is reported as truncated or corrupt.
 _SHORTFALL_TOLERANCE_S = 0.05
@@ -93,11 +94,23 @@ def _sample_index(seconds: float, sample_rate: int) -> float:
     return round(position) if math.isfinite(position) else math.inf
 
 
+def _start_index(seconds: float, sample_rate: int) -> float:
+    """The first sample ltx-pipelines' `decode_audio_from_file` keeps for a start of `seconds`: it seeks to
+    `int(seconds / time_base)` (where a PCM stream lands exactly) and drops `round((seconds - that time) * rate)`
+    samples of the frame found there. That is `round(seconds * rate)` except at exact ties (`seconds * rate` ending in
+    .5, e.g. 0.185 s at 44.1 kHz), which its float arithmetic settles; inf where the product overflows a float."""
+    quotient = seconds / float(Fraction(1, sample_rate))
+    if not math.isfinite(quotient):
+        return math.inf
+    first = int(quotient)
+    return first + max(round((seconds - float(Fraction(first, sample_rate))) * sample_rate), 0)
+
+
 def _window(total: int, sample_rate: int, start_time: float, max_duration: float | None, name: str) -> tuple[int, int]:
     """Sample range `[begin, end)` selected by `start_time` / `max_duration` in a stream of `total` samples."""
     if total == 0:
         raise ValueError(f"{name} contains no audio samples: nothing to decode")
-    begin = _sample_index(start_time, sample_rate)
+    begin = _start_index(start_time, sample_rate)
     if begin >= total:
         raise ValueError(
             f"{name}: start_time={start_time} s is at or past the end of the audio ({total / sample_rate:.3f} s)"
@@ -114,7 +127,9 @@ def _window(total: int, sample_rate: int, start_time: float, max_duration: float
 def _finish(samples: np.ndarray, layout: str, sample_rate: int) -> torch.Tensor:
     if samples.shape[0] > 2:
         samples = _downmix(samples, layout, sample_rate)
-    return torch.from_numpy(np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)).contiguous()
+    # Not clipped: ltx-pipelines reads float samples beyond full scale as they are (its A2Vid encodes them and
+    # returns them); writing a video clips them (`export_to_video_with_audio`).
+    return torch.from_numpy(samples.astype(np.float32, copy=False)).contiguous()
 
 
 def _load_array(source, sample_rate, start_time, max_duration) -> tuple[torch.Tensor, int]:
@@ -190,7 +205,7 @@ def _decode(container, stream, name, start_time, max_duration) -> tuple[np.ndarr
             f"{name} is sampled at {sample_rate!r} Hz, outside the supported [{MIN_AUDIO_SAMPLE_RATE}, "
             f"{MAX_AUDIO_SAMPLE_RATE}] Hz; resample it into that range first (e.g. ffmpeg -ar 48000)"
         ) from None
-    begin = _sample_index(start_time, sample_rate)
+    begin = _start_index(start_time, sample_rate)
     wanted = None if max_duration is None else _sample_index(max_duration, sample_rate)
     if wanted == math.inf:
         wanted = None
@@ -307,16 +322,17 @@ def load_audio(
     max_duration: float | None = None,
     sample_rate: int | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Decode audio to `(waveform, sample_rate)`: a float32 `[channels, samples]` tensor in [-1, 1], native rate.
+    """Decode audio to `(waveform, sample_rate)`: a float32 `[channels, samples]` tensor (full scale +-1), native rate.
 
     `source`: a path or binary file object (WAV, FLAC, MP3, M4A/AAC, OGG Vorbis/Opus, anything PyAV decodes; the
     first audio stream is read, from the start of the file, sample-exactly), or a numpy/torch array `[samples]` /
     `[channels, samples]` (integer samples are scaled to [-1, 1); floating tensors of any precision, bfloat16
     included, are read as float32) together with its `sample_rate` (only used for arrays: a whole number of Hz in
     [100, 384000], `validation.MIN_AUDIO_SAMPLE_RATE` / `MAX_AUDIO_SAMPLE_RATE`; a file outside that range is
-    refused too). Mono stays one channel; more than two channels are downmixed to stereo (FFmpeg's matrix). Samples
-    outside [-1, 1] are clipped. `start_time` / `max_duration` (seconds) select `round(t * rate)` samples (a
-    `max_duration` of inf or beyond float's range: to the end).
+    refused too). Mono stays one channel; more than two channels are downmixed to stereo (FFmpeg's matrix). Float
+    samples beyond full scale (+-1) are kept as they are, as ltx-pipelines reads them. `start_time` /
+    `max_duration` (seconds) select `round(t * rate)` samples, a start on an exact tie where ltx-pipelines'
+    `decode_audio_from_file` starts (a `max_duration` of inf or beyond float's range: to the end).
 
     Raises `ValueError` naming the source for a missing, empty, non-audio, corrupt or truncated file, NaN or
     infinite samples or samples beyond +-`validation.MAX_WAVEFORM_ABS` (1e5, 100 dB above full scale; decoded from

@@ -16,6 +16,7 @@ from ..validation import (
     MAX_INFERENCE_STEPS,
     MAX_NORMALISED_INPUT_ABS,
     MAX_SEQUENCE_LENGTH,
+    audio_latent_frames,
     check_bounded,
     check_frame_rate,
     check_latents,
@@ -124,6 +125,21 @@ class LTX2A2VChecksMixin:
         """Largest `8k + 1` frame count whose duration the audio covers."""
         frames = int(math.floor(audio_seconds * frame_rate + 1e-9))
         return ((frames - 1) // 8) * 8 + 1
+
+    def encoded_audio_frames(self, samples: int, sample_rate: int) -> int:
+        """Latent frames the audio VAE yields for `samples` samples at `sample_rate`, without running it: resampled to
+        its `config.sample_rate` (torchaudio's length, `ceil(samples * new / orig)`), `samples // hop + 1` mel
+        frames (centred STFT), then the encoder's causal stride-2 steps (`ceil(frames / temporal_compression_ratio)`;
+        LTX-2's 16 kHz / 160 / 4 when there is no audio VAE)."""
+        vae = getattr(self, "audio_vae", None)
+        rate, hop, ratio = (16000, 160, 4) if vae is None else (
+            vae.config.sample_rate, vae.config.mel_hop_length, vae.temporal_compression_ratio
+        )  # fmt: skip
+        gcd = math.gcd(int(sample_rate), int(rate))
+        orig, new = int(sample_rate) // gcd, int(rate) // gcd
+        resampled = -(-samples * new // orig)
+        mel_frames = resampled // hop + 1
+        return -(-mel_frames // ratio)
 
     def check_inputs(
         self,
@@ -268,7 +284,15 @@ class LTX2A2VChecksMixin:
             raise ValueError(
                 f"audio_max_duration must be None or a number > 0 (seconds), got {shown(audio_max_duration)}"
             )
-        if audio_max_duration is not None and num_frames is not None and audio_max_duration < num_frames / frame_rate:
+        if (
+            audio_max_duration is not None
+            and num_frames is not None
+            and audio_max_duration < num_frames / frame_rate
+            # the most a window this long can yield (one 100 Hz sample more than its span): prepare_audio checks the
+            # decoded window exactly, as the reference does, by the latent frames it yields
+            and self.encoded_audio_frames(math.ceil(float(audio_max_duration) * 16000) + 161, 16000)
+            < audio_latent_frames(num_frames / frame_rate)
+        ):
             raise ValueError(
                 f"audio_max_duration={audio_max_duration} s is shorter than the video ({num_frames} frames at "
                 f"{frame_rate} fps = {num_frames / frame_rate:.3f} s)"

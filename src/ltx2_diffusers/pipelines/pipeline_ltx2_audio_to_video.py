@@ -31,7 +31,8 @@ logger = logging.get_logger(__name__)
 class LTX2AudioToVideoPipelineOutput(BaseOutput):
     """`frames`: PIL lists, `(B, F, H, W, 3)` numpy floats in [0, 1] (`"np"`), `(B, F, 3, H, W)` tensors (`"pt"`)
     or latents; `audio`: the ORIGINAL
-    input samples covering the video, `[channels, samples]` float32, at `audio_sample_rate`."""
+    input samples covering the video (all of them when the audio ends within one audio latent frame before the
+    video, as the reference returns them), `[channels, samples]` float32, at `audio_sample_rate`."""
 
     frames: Any
     audio: torch.Tensor
@@ -79,7 +80,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
 
         Returns `(encoded_waveform, waveform_over_the_video, sample_rate, num_frames)`: the window read
         (`max_duration`, default the video span) is what the audio VAE encodes, as in the reference; the
-        returned audio is exactly the samples covering the video.
+        returned audio is exactly the samples covering the video (all of them when the audio ends less than one
+        audio latent frame before the video, which the reference takes too).
         """
         span = None if num_frames is None else num_frames / frame_rate
         duration = max_duration if max_duration is not None else span
@@ -103,10 +105,15 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             if max_duration is None:
                 waveform = waveform[..., : round(span * sample_rate)]
         needed = round(span * sample_rate)
-        if waveform.shape[-1] < needed:
+        # The reference takes audio that ends before the video does as long as its latent still covers the video's
+        # audio latent frames (a 5.0 s clip under 121 frames at 24 fps, 5.042 s): the latent decides, not samples.
+        latent_frames = stages.audio_latent_frames(span)
+        yielded = self.encoded_audio_frames(waveform.shape[-1], sample_rate)
+        if waveform.shape[-1] < needed and yielded < latent_frames:
             raise ValueError(
-                f"the audio covers {available:.3f} s after audio_start_time={start_time} but the video needs "
-                f"{span:.3f} s ({num_frames} frames at {frame_rate} fps)"
+                f"the audio covers {available:.4f} s after audio_start_time={start_time} but the video needs "
+                f"{span:.4f} s ({num_frames} frames at {frame_rate} fps): {yielded} of its {latent_frames} audio "
+                "latent frames"
             )
         return waveform, waveform[..., :needed], sample_rate, num_frames
 
