@@ -498,6 +498,8 @@ def test_bad_arguments(tmp_path):
         convert_checkpoint(checkpoint, tmp_path / "o", variant="turbo")
     with pytest.raises(ValueError, match="contradicts"):
         convert_checkpoint(checkpoint, tmp_path / "o", model_version="2.0.0")
+    with pytest.raises(ValueError, match="model_version must be a version string such as '2.3.0', got float 2.3"):
+        convert_checkpoint(checkpoint, tmp_path / "o", model_version=2.3)
     with pytest.raises(ValueError, match="does not exist"):
         convert_checkpoint(tmp_path / "nope.safetensors", tmp_path / "o")
     with pytest.raises(ValueError, match="gemma_root"):
@@ -527,3 +529,10 @@ def test_every_reference_key_belongs_to_exactly_one_component():
         for key in json.loads(listing.read_text()):
             owners = [name for name, (src, table) in tables.items() if src == source and table.owns(key)]
             assert len(owners) == 1, (listing.name, key, owners)
+
+
+def test_a_model_version_written_shorter_than_the_files_converts(tmp_path):
+    """'2.3' names the file's '2.3.0' release (as `from_single_file` takes it); the folder records the file's."""
+    checkpoint = factories.cached_checkpoint("checkpoint", "2.3", seed=11)
+    convert_checkpoint(checkpoint, tmp_path / "o", model_version="2.3")
+    assert json.loads((tmp_path / "o" / "model_index.json").read_text())["model_version"] == "2.3.0"

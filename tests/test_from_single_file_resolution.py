@@ -69,3 +69,10 @@ def test_a_malformed_distilled_lora_is_refused_before_loading(distilled_lora, ma
     checkpoint = factories.cached_checkpoint("checkpoint", "2.3", seed=3)
     with pytest.raises(ValueError, match=match):
         LTX2AudioToVideoPipeline.from_single_file(checkpoint, distilled_lora=distilled_lora)
+
+
+def test_a_model_version_that_is_not_a_string_is_refused():
+    with pytest.raises(ValueError, match="model_version must be a version string such as '2.3.0', got float 2.3"):
+        LTX2AudioToVideoPipeline.from_single_file(
+            factories.cached_checkpoint("checkpoint", "2.3", seed=3), torch_dtype=torch.float32, model_version=2.3
+        )

@@ -454,3 +454,23 @@ def test_scaling_factor_is_read_as_ltx_core_reads_it(tmp_path):
     config["vae"]["scaling_factor"] = 1.3
     path = build_checkpoint(tmp_path / "v.safetensors", "2.3", seed=1, components=("vae",), config=config)
     assert load_video_vae_from_single_file(path).config.scaling_factor == 1.0
+
+
+def test_noise_drawn_from_the_global_rng_is_said(tmp_path, caplog):
+    """Where the seeded noise draws cannot run (a hook on the VAE, e.g. offload), the decode says so."""
+    import logging
+
+    from ltx2_diffusers.pipelines import ltx2_base
+
+    config = factories.checkpoint_config("2.3")
+    config["vae"] = _vae_config(random.Random(2001))
+    config["vae"]["decoder_blocks"][0][1].update(num_layers=1, inject_noise=True)
+    path = build_checkpoint(tmp_path / "v.safetensors", "2.3", seed=1, components=("vae",), config=config)
+    vae = load_video_vae_from_single_file(path, torch_dtype=torch.float32)
+    latent = torch.randn(1, 128, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.WARNING, logger=ltx2_base.logger.name), torch.no_grad():
+        _decode_like_the_pipeline(vae, latent, torch.Generator().manual_seed(0))
+        assert "injects noise" not in caplog.text  # the seeded draws ran
+        vae.decoder.conv_out.register_forward_hook(lambda *args: None)
+        _decode_like_the_pipeline(vae, latent, torch.Generator().manual_seed(0))
+    assert "injects noise, which is drawn from the global RNG" in caplog.text

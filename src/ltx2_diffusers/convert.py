@@ -75,7 +75,7 @@ from .loaders.distilled_lora import (  # noqa: F401  (importable from here, as b
 )
 from .loaders.gemma_files import _copy_gemma, _gemma_files, _transformers_class  # noqa: F401
 from .loaders.model_cards import MODEL_CARDS_DIR, _card_fields, _model_card_kind, render_model_card  # noqa: F401
-from .loaders.model_variant import check_model_variant, resolve_model_variant
+from .loaders.model_variant import check_model_variant, resolve_model_variant, same_version
 from .loaders.shards import (  # noqa: F401
     _Buffer,
     _combined_checksum,
@@ -192,7 +192,9 @@ def convert_checkpoint(
             f"{os.fspath(checkpoint_path)!r} has no 'model_version' in its metadata; pass model_version "
             "(--model-version) explicitly, e.g. '2.3.0' or '2.0.0'"
         )
-    if file_version is not None and model_version is not None and file_version != model_version:
+    if model_version is not None:
+        check_model_version(model_version, "model_version")
+    if file_version is not None and model_version is not None and not same_version(file_version, model_version):
         raise ValueError(f"model_version {model_version!r} contradicts the file's metadata {file_version!r}")
     model_version = file_version or model_version
     check_model_version(model_version, "model_version")

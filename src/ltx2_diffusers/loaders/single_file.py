@@ -113,7 +113,9 @@ def read_checkpoint_config(path: str | os.PathLike) -> tuple[dict, str | None]:
 
 def check_model_version(version, where: str) -> None:
     """`ValueError` unless `version` looks like a version string ("2.3.0"; digits first, at most 32 characters)."""
-    if not isinstance(version, str) or not re.fullmatch(r"[0-9][0-9A-Za-z.+_-]{0,31}", version):
+    if not isinstance(version, str):
+        raise ValueError(f"{where} must be a version string such as '2.3.0', got {type(version).__name__} {version!r}")
+    if not re.fullmatch(r"[0-9][0-9A-Za-z.+_-]{0,31}", version):
         raise ValueError(f"{where} {str(version)[:80]!r} is not a version such as '2.3.0'")
 
 

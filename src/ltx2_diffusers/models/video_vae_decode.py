@@ -47,6 +47,7 @@ __all__ = [
     "channels_last_decode_supported",
     "decode_channels_last",
     "decode_with_noise_generator",
+    "injects_decode_noise",
     "noise_generator_decode_supported",
 ]
 
@@ -238,16 +239,21 @@ def decode_channels_last(vae, z: torch.Tensor, temb: torch.Tensor | None = None,
 
 
 # ------------------------------------------------------------------------------------------------ noise injection
+def injects_decode_noise(vae) -> bool:
+    """Whether `vae` is diffusers' LTX-2 video VAE with noise-injecting resnets in its decoder (`inject_noise`)."""
+    from diffusers import AutoencoderKLLTX2Video
+
+    if not isinstance(vae, AutoencoderKLLTX2Video) or type(vae.decoder) is not LTX2VideoDecoder3d:
+        return False
+    return any(getattr(resnet, "per_channel_scale1", None) is not None for resnet in _resnets(vae.decoder))
+
+
 def noise_generator_decode_supported(vae, device: torch.device, generator: torch.Generator | None) -> bool:
     """Whether the decode should go through `decode_with_noise_generator`: `vae`'s decoder (diffusers'
     `LTX2VideoDecoder3d`) has noise-injecting resnets (`inject_noise` in the checkpoint's decoder blocks),
     `generator` is None or on `device`, and nothing that `vae.decode` would honour is on (diffusers' slicing /
     tiling / framewise decoding, offload or user hooks)."""
-    from diffusers import AutoencoderKLLTX2Video
-
-    if not isinstance(vae, AutoencoderKLLTX2Video) or type(vae.decoder) is not LTX2VideoDecoder3d:
-        return False
-    if not any(getattr(resnet, "per_channel_scale1", None) is not None for resnet in _resnets(vae.decoder)):
+    if not injects_decode_noise(vae):
         return False
     if generator is not None and generator.device.type != torch.device(device).type:
         return False

@@ -26,6 +26,7 @@ from ..models.video_vae_decode import (
     channels_last_decode_supported,
     decode_channels_last,
     decode_with_noise_generator,
+    injects_decode_noise,
     noise_generator_decode_supported,
 )
 from ..models.video_vae_tiling import tiled_decode
@@ -532,6 +533,13 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
         latents = self.denormalize_latents(latents)
         if noise_generator_decode_supported(self.vae, latents.device, generator):  # ltx-core's noise draws
             return decode_with_noise_generator(self.vae, latents, temb, generator)
+        if injects_decode_noise(self.vae):
+            logger.warning(
+                "the video VAE's decoder injects noise, which is drawn from the global RNG here (the decode is not "
+                "reproducible from `generator`): its seeded draws need the VAE without offload, tiling, slicing or "
+                "hooks, and the generator on the latents' device (%s)",
+                latents.device,
+            )
         if self._channels_last_decode(latents):
             return decode_channels_last(self.vae, latents, temb)
         return self.vae.decode(latents, temb=temb, return_dict=False)[0]

@@ -262,6 +262,8 @@ class LTX2A2VLoadingMixin:
                 f"{os.fspath(checkpoint_path)!r} has no 'model_version' in its metadata; pass model_version "
                 "('2.0.0' for LTX-2, '2.3.0' for LTX-2.3)"
             )
+        if model_version is not None:
+            check_model_version(model_version, "model_version")
         if file_version is not None and model_version is not None and not same_version(file_version, model_version):
             raise ValueError(f"model_version {model_version!r} contradicts the file's metadata {file_version!r}")
         model_version = file_version or model_version
