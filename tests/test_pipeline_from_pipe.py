@@ -58,3 +58,39 @@ def test_from_pipe_shares_the_components_and_matches_a_fresh_pipeline(setup, sou
     expected_frames, expected_audio = setup["expected"][target]
     assert torch.equal(frames, expected_frames)
     assert torch.equal(audio, expected_audio)
+
+
+def _dtypes(pipe):
+    return {
+        f"{name}.{key}": tensor.dtype
+        for name in COMPONENTS
+        if isinstance(getattr(pipe, name, None), torch.nn.Module)
+        for key, tensor in [*getattr(pipe, name).named_parameters(), *getattr(pipe, name).named_buffers()]
+    }
+
+
+def test_from_pipe_leaves_the_source_pipelines_dtypes_as_they_are(setup):
+    """diffusers' `from_pipe` ends with `to(dtype=torch.float32)`, casting the shared components in place: a
+    bfloat16 pipeline with an fp8-cast transformer keeps every parameter's dtype and its output."""
+    from ltx2_diffusers.cli_running import fp8_cast
+
+    base = LTX2AudioVideoPipeline.from_pretrained(setup["root"] / "converted", dtype=torch.bfloat16)
+    base.set_progress_bar_config(disable=True)
+    assert fp8_cast(base.transformer)
+    before = _dtypes(base)
+    assert {torch.bfloat16, torch.float8_e4m3fn} <= set(before.values())
+    expected = run(base, setup["root"], setup["image"])
+    for target in CLASSES:
+        pipe = target.from_pipe(base)
+        assert _dtypes(base) == before, target.__name__
+        assert _dtypes(pipe) == before, target.__name__
+    frames, audio = run(base, setup["root"], setup["image"])
+    assert torch.equal(frames, expected[0])
+    assert torch.equal(audio, expected[1])
+
+
+def test_from_pipe_with_an_explicit_dtype_casts_as_diffusers_does(setup):
+    base = LTX2AudioVideoPipeline.from_pretrained(setup["root"] / "converted", dtype=torch.bfloat16)
+    pipe = LTX2ImageToAudioVideoPipeline.from_pipe(base, dtype=torch.float32)
+    assert set(_dtypes(pipe).values()) == {torch.float32}
+    assert pipe.transformer is base.transformer
