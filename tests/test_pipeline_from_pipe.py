@@ -94,3 +94,36 @@ def test_from_pipe_with_an_explicit_dtype_casts_as_diffusers_does(setup):
     pipe = LTX2ImageToAudioVideoPipeline.from_pipe(base, dtype=torch.float32)
     assert set(_dtypes(pipe).values()) == {torch.float32}
     assert pipe.transformer is base.transformer
+
+
+def test_from_pipe_carries_the_pipeline_level_settings(setup):
+    """`enable_vae_tiling` and `set_transformer_acceleration` follow the shared components to the new pipeline;
+    a component passed in comes without the settings about it (a freshly loaded pipeline's defaults)."""
+    from ltx2_diffusers.pipelines.acceleration import TransformerAcceleration
+
+    base = LTX2AudioToVideoPipeline.from_pretrained(setup["root"] / "converted")
+    base.enable_vae_tiling(tile_size_in_pixels=256, tile_size_in_frames=None)
+    base.set_transformer_acceleration(compile=False, attention_backend=None)
+    for target in CLASSES:
+        pipe = target.from_pipe(base)
+        assert pipe.vae_tiling == base.vae_tiling is not None
+        assert pipe.transformer_acceleration == TransformerAcceleration(False, None)
+    other = LTX2AudioToVideoPipeline.from_pretrained(setup["root"] / "converted")
+    pipe = LTX2AudioVideoPipeline.from_pipe(base, vae=other.vae, transformer=other.transformer)
+    assert pipe.vae_tiling is None
+    assert pipe.transformer_acceleration == TransformerAcceleration()
+
+
+def test_from_pipe_carries_the_memory_budgets_decode_estimate(setup, monkeypatch):
+    """A budget that counted the channels-last decode walk (`enable_memory_budget`) refuses the
+    `reference_arithmetic=True` calls of a pipeline made from it by `from_pipe`, as it does its own."""
+    from ltx2_diffusers.pipelines.ltx2_base import LTX2PipelineBase
+
+    monkeypatch.setattr(LTX2PipelineBase, "CHANNELS_LAST_DECODE_DEVICES", ("cpu",))  # the walk on this device
+    base = LTX2AudioVideoPipeline.from_pretrained(setup["root"] / "converted")
+    tier = base.enable_memory_budget(1000, "cpu", height=64, width=64, num_frames=9)
+    pipe = LTX2AudioToVideoPipeline.from_pipe(base)
+    assert pipe._memory_tier == tier
+    args = tiny_call_args(pipe, MultiModalGuidance(stg_blocks=[1]), audio=str(setup["root"] / "a.wav"))
+    with pytest.raises(ValueError, match=r"reference_arithmetic=True decodes through vae.decode"):
+        pipe(**{**args, "output_type": "pt"}, reference_arithmetic=True)
