@@ -355,7 +355,11 @@ def _nan_contexts(index):
         (dict(prompt_contexts=_nan_contexts(0)), ValueError, "prompt_contexts holds NaN or infinite values"),
         (dict(negative_prompt_contexts=_nan_contexts(1)), ValueError, "negative_prompt_contexts holds NaN"),
         (
-            dict(prompt_contexts=None, prompt_embeds=torch.full((1, 4, 8), float("inf"))),
+            dict(
+                prompt_contexts=None,
+                prompt_embeds=torch.full((1, 4, 8), float("inf")),
+                prompt_attention_mask=torch.ones(1, 4, dtype=torch.long),
+            ),
             ValueError,
             "^prompt_embeds holds NaN",
         ),
@@ -370,6 +374,60 @@ def _nan_contexts(index):
 def test_non_finite_or_wrong_text_conditioning_refused_before_compute(pipe, no_compute, kwargs, error, match):
     with pytest.raises(error, match=match):
         _call(pipe, np.zeros(16000, np.float32), **kwargs)
+
+
+_EMBEDS = torch.zeros(1, 4, 8)
+_MASK = torch.ones(1, 4, dtype=torch.long)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(prompt="a cat"), "pass prompt or prompt_contexts, not both"),
+        (
+            dict(prompt_contexts=None, prompt="a cat", prompt_embeds=_EMBEDS, prompt_attention_mask=_MASK),
+            "pass prompt or prompt_embeds, not both",
+        ),
+        (dict(prompt_embeds=_EMBEDS, prompt_attention_mask=_MASK), "pass prompt_embeds or prompt_contexts, not both"),
+        (dict(negative_prompt="blurry"), "pass negative_prompt or negative_prompt_contexts, not both"),
+        (
+            dict(
+                negative_prompt_contexts=None,
+                negative_prompt="blurry",
+                negative_prompt_embeds=_EMBEDS,
+                negative_prompt_attention_mask=_MASK,
+            ),
+            "pass negative_prompt or negative_prompt_embeds, not both",
+        ),
+        (dict(prompt_contexts=None, prompt_embeds=_EMBEDS), "prompt_embeds needs its prompt_attention_mask"),
+        (
+            dict(negative_prompt_contexts=None, negative_prompt_embeds=_EMBEDS),
+            "negative_prompt_embeds needs its negative_prompt_attention_mask",
+        ),
+        (dict(prompt_attention_mask=_MASK), "prompt_attention_mask is the mask of prompt_embeds"),
+    ],
+)
+@pytest.mark.parametrize("family", ["A2V", "AV", "I2AV"])
+def test_one_source_per_text_and_embeds_with_their_mask(pipe, no_compute, family, kwargs, match):
+    """diffusers' `LTX2Pipeline.check_inputs`: the text, its features or its contexts (one of them), and
+    features only with their attention mask; refused before compute by every pipeline of the family."""
+    from ltx2_diffusers import LTX2AudioVideoPipeline, LTX2ImageToAudioVideoPipeline
+
+    args = dict(
+        prompt_contexts=contexts(0, "2.3"), negative_prompt_contexts=contexts(1, "2.3"), height=64, width=64,
+        num_frames=9, num_inference_steps=2, video_guidance=MultiModalGuidance(stg_blocks=[1]), output_type="np",
+    )  # fmt: skip
+    if family == "A2V":
+        target = pipe
+        args.update(audio=np.zeros(16000, np.float32), audio_sample_rate=16000)
+    elif family == "AV":
+        target = LTX2AudioVideoPipeline.from_pipe(pipe)
+    else:
+        target = LTX2ImageToAudioVideoPipeline.from_pipe(pipe)
+        args["image"] = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=match):
+        target(**{**args, **kwargs})
+    assert no_compute == []
 
 
 # ------------------------------------------------------------------------------ audio rate and condition images

@@ -57,6 +57,44 @@ def resolve_guidance(video_guidance, default: MultiModalGuidance, **aliases) -> 
     return video_guidance
 
 
+def check_text_sources(
+    prompt=None,
+    prompt_embeds=None,
+    prompt_attention_mask=None,
+    prompt_contexts=None,
+    negative_prompt=None,
+    negative_prompt_embeds=None,
+    negative_prompt_attention_mask=None,
+    negative_prompt_contexts=None,
+) -> None:
+    """One source per text, as diffusers' `LTX2Pipeline.check_inputs` asks: the text, its text-encoder features or
+    its contexts, not two of them (the pipeline would silently use one); features with their attention mask (a
+    missing mask would attend to the padding tokens), a mask only with its features."""
+    if prompt is None and prompt_embeds is None and prompt_contexts is None:
+        raise ValueError("pass prompt, prompt_embeds or prompt_contexts")
+    for prefix, sources in (
+        ("", (prompt, prompt_embeds, prompt_contexts)),
+        ("negative_", (negative_prompt, negative_prompt_embeds, negative_prompt_contexts)),
+    ):
+        names = [
+            f"{prefix}{n}" for n, v in zip(("prompt", "prompt_embeds", "prompt_contexts"), sources) if v is not None
+        ]
+        if len(names) > 1:
+            which = f"{names[0]} or {names[1]}, not both" if len(names) == 2 else f"one of {', '.join(names)}"
+            raise ValueError(f"pass {which}: the {prefix}prompt's text comes from one source")
+    for embeds, mask, name in (
+        (prompt_embeds, prompt_attention_mask, "prompt"),
+        (negative_prompt_embeds, negative_prompt_attention_mask, "negative_prompt"),
+    ):
+        if embeds is not None and mask is None:
+            raise ValueError(
+                f"{name}_embeds needs its {name}_attention_mask (encode_prompt returns both): without it every "
+                "token, padding included, would be attended to"
+            )
+        if mask is not None and embeds is None:
+            raise ValueError(f"{name}_attention_mask is the mask of {name}_embeds: pass it only with them")
+
+
 def single_generator(generator):
     """One `torch.Generator` (or None) for the one video a call makes; a list must hold exactly one (diffusers
     passes one generator per batch item)."""
@@ -145,6 +183,8 @@ class LTX2A2VChecksMixin:
         negative_prompt=None,
         negative_prompt_embeds=None,
         negative_prompt_contexts=None,
+        prompt_attention_mask=None,
+        negative_prompt_attention_mask=None,
         callback_on_step_end_tensor_inputs=("latents",),
         callback_on_step_end=None,
         latents=None,
@@ -197,8 +237,10 @@ class LTX2A2VChecksMixin:
                 raise ValueError(
                     f"latents must have shape {expected} for this size and frame count, got {tuple(latents.shape)}"
                 )
-        if prompt is None and prompt_embeds is None and prompt_contexts is None:
-            raise ValueError("pass prompt, prompt_embeds or prompt_contexts")
+        check_text_sources(
+            prompt, prompt_embeds, prompt_attention_mask, prompt_contexts,
+            negative_prompt, negative_prompt_embeds, negative_prompt_attention_mask, negative_prompt_contexts,
+        )  # fmt: skip
         for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             if value is not None and not isinstance(value, str) and not (isinstance(value, list) and len(value) == 1):
                 raise ValueError(

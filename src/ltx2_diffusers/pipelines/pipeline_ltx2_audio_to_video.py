@@ -239,6 +239,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             output_type=output_type, audio_start_time=audio_start_time, audio_max_duration=audio_max_duration,
             guidance_batch_size=guidance_batch_size, negative_prompt=negative_prompt,
             negative_prompt_embeds=negative_prompt_embeds, negative_prompt_contexts=negative_prompt_contexts,
+            prompt_attention_mask=prompt_attention_mask,
+            negative_prompt_attention_mask=negative_prompt_attention_mask,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             callback_on_step_end=callback_on_step_end, latents=latents, max_sequence_length=max_sequence_length, audio=audio, generator=generator,
             distilled_lora_scale=distilled_lora_scale, max_num_frames=max_num_frames,

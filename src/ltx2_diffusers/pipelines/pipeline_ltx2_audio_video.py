@@ -176,6 +176,8 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             prompt_contexts=prompt_contexts, output_type=output_type, audio_start_time=0.0, audio_max_duration=None,
             guidance_batch_size=guidance_batch_size, negative_prompt=negative_prompt,
             negative_prompt_embeds=negative_prompt_embeds, negative_prompt_contexts=negative_prompt_contexts,
+            prompt_attention_mask=prompt_attention_mask,
+            negative_prompt_attention_mask=negative_prompt_attention_mask,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             callback_on_step_end=callback_on_step_end, latents=latents, max_sequence_length=max_sequence_length, generator=generator,
             distilled_lora_scale=distilled_lora_scale, max_num_frames=max_num_frames,
