@@ -183,7 +183,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             video_guidance (`MultiModalGuidance`, *optional*): stage-1 guidance; default from `version_defaults()`.
             guidance_scale, stg_scale, modality_scale, rescale_scale (`float`, *optional*): flat aliases of
                 `video_guidance.cfg_scale` / `.stg_scale` / `.modality_scale` / `.rescale_scale` (diffusers style);
-                with `video_guidance` given they must agree with it.
+                with `video_guidance` given they must agree with it. `guidance_scale` 1.0 is no CFG; below 1 is
+                refused (diffusers' "no CFG"; the reference's formula below 1 is `video_guidance.cfg_scale`).
             stage_2 (`bool`): upsample x2 and refine with the distilled LoRA (default); False renders one stage.
             distilled_lora_scale (`float`, *optional*): stage-2 LoRA strength (default `config.distilled_lora_scale`).
             enhance_prompt (`bool`): rewrite `prompt` with the text encoder first (the reference's text-to-video

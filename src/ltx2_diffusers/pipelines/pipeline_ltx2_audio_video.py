@@ -126,7 +126,8 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
                 (default from `version_defaults()`: video cfg 3, audio cfg 7, STG, modality 3, rescale 0.7; none on
                 a distilled checkpoint). `MultiModalGuidance.disabled()` switches a modality's guidance off.
             guidance_scale, stg_scale, modality_scale, rescale_scale (`float`, *optional*): flat aliases of the
-                video guidance's fields.
+                video guidance's fields. `guidance_scale` 1.0 is no CFG; below 1 is refused (diffusers' "no CFG";
+                the reference's formula below 1 is `video_guidance.cfg_scale`).
             stage_2 (`bool`): upsample x2 and refine (default); False renders one stage at the full size.
             distilled_lora_scale (`float`, *optional*): stage-2 LoRA strength (default `config.distilled_lora_scale`).
             enhance_prompt (`bool`): rewrite `prompt` with the text encoder first (the reference's text-to-video
