@@ -148,8 +148,8 @@ A2V_CASES = [
     ("start_time", dict(audio_start_time=1e308)),  # start * rate overflowed to inf: an OverflowError before
     ("max_num_frames", dict(num_frames=None, max_num_frames=HUGE)),  # (limit + 8) / fps overflowed
     ("max_num_frames", dict(num_frames=None, max_num_frames=MAX_LIMIT_OVERRIDE + 1)),
-    ("`source` array holds values of magnitude 1e+39", dict(audio=LOUD)),  # reported as infinite before
-    ("`source` array", dict(audio=torch.from_numpy(AUDIO) * 1e30)),  # clipped into a square wave before
+    ("`audio` array holds values of magnitude 1e+39", dict(audio=LOUD)),  # reported as infinite before
+    ("`audio` array", dict(audio=torch.from_numpy(AUDIO) * 1e30)),  # clipped into a square wave before
 ]
 
 

@@ -174,9 +174,9 @@ def no_compute(pipe, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("compute ran before the input was refused")
 
-    def recording_load_audio(source, start_time=0.0, max_duration=None, sample_rate=None):
+    def recording_load_audio(source, start_time=0.0, max_duration=None, sample_rate=None, **kwargs):
         decoded.append(max_duration)
-        return load_audio(source, start_time=start_time, max_duration=max_duration, sample_rate=sample_rate)
+        return load_audio(source, start_time=start_time, max_duration=max_duration, sample_rate=sample_rate, **kwargs)
 
     monkeypatch.setattr(pipe.transformer, "forward", forbidden)
     monkeypatch.setattr(pipe, "encode_audio_tokens", forbidden)
@@ -433,7 +433,7 @@ def test_one_source_per_text_and_embeds_with_their_mask(pipe, no_compute, family
 # ------------------------------------------------------------------------------ audio rate and condition images
 @pytest.mark.parametrize("rate", [float("nan"), float("inf"), 10**9, 1, True])
 def test_pipeline_refuses_absurd_audio_sample_rates(pipe, no_compute, rate):
-    with pytest.raises(ValueError, match=r"`sample_rate`.*(whole number of Hz|\[100, 384000\] Hz)"):
+    with pytest.raises(ValueError, match=r"`audio_sample_rate`.*(whole number of Hz|\[100, 384000\] Hz)"):
         _call(pipe, np.zeros(16000, np.float32), audio_sample_rate=rate)
 
 
@@ -512,6 +512,25 @@ def test_a_list_of_audio_files_is_refused_naming_audio(pipe, no_compute, tmp_pat
             _call(pipe, audio)
         assert "source" not in str(info.value)
     assert no_compute == []
+
+
+def test_audio_messages_name_the_pipelines_arguments(pipe, no_compute, tmp_path):
+    """The pipeline's `audio` / `audio_sample_rate`, not load_audio's internal `source` / `sample_rate`; refused
+    before any model (`no_compute`)."""
+    path = tmp_path / "a.wav"
+    sf.write(path, np.zeros(16000, np.float32), 16000)
+    samples = np.zeros(16000, np.float32)
+    cases = [
+        (None, dict(audio_sample_rate=None), TypeError, r"^`audio` must be a path, .*got NoneType"),
+        (path.read_bytes(), dict(audio_sample_rate=None), TypeError, r"^`audio` must be a path, .*got bytes"),
+        (samples, dict(audio_sample_rate=None), ValueError, r"^`audio_sample_rate` is required when `audio` is an"),
+        (str(path), {}, ValueError, r"^`audio_sample_rate` is only for array `audio`"),
+        (np.zeros((2, 3, 4), np.float32), {}, ValueError, r"^`audio` array must be \[samples\]"),
+    ]
+    for audio, kwargs, error, match in cases:
+        with pytest.raises(error, match=match) as info:
+            _call(pipe, audio, **kwargs)
+        assert "source" not in str(info.value) and "`sample_rate`" not in str(info.value)
 
 
 def test_condition_tensors_are_read_channels_last_and_channels_first_is_refused():

@@ -87,8 +87,9 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             limit = resolve_limit("max_num_frames", max_num_frames, MAX_NUM_FRAMES)
             duration = min(duration or math.inf, (limit + 8) / frame_rate)
         waveform, sample_rate = load_audio(
-            audio, start_time=start_time, max_duration=duration, sample_rate=audio_sample_rate
-        )
+            audio, start_time=start_time, max_duration=duration, sample_rate=audio_sample_rate,
+            names=("audio", "audio_sample_rate"),
+        )  # fmt: skip
         available = waveform.shape[-1] / sample_rate
         if num_frames is None:
             num_frames = self.default_num_frames(available, frame_rate)
