@@ -533,6 +533,29 @@ def test_audio_messages_name_the_pipelines_arguments(pipe, no_compute, tmp_path)
         assert "source" not in str(info.value) and "`sample_rate`" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("image", "strength", "error", "match"),
+    [
+        ([PIL.Image.new("RGB", (8, 8))], 1.0, TypeError, r"^image must be one image \(the first frame\), got a list"),
+        (np.zeros((8, 8, 3), np.uint8), 2, ValueError, r"^image_strength must be in \[0, 1\], got 2"),
+        (np.zeros((8, 8, 3), np.uint8), float("nan"), ValueError, r"^image_strength must be in \[0, 1\]"),
+        (np.zeros((8, 8, 3), np.uint8), True, TypeError, r"^image_strength must be a number, not a bool"),
+        (np.zeros((2, 2000, 3), np.uint8), 1.0, ValueError, r"^image: .*an aspect ratio above 16:1"),
+    ],
+)
+def test_image_to_audio_video_messages_name_image_and_image_strength(pipe, no_compute, image, strength, error, match):
+    """The image-to-audio-video pipeline's `image` / `image_strength`, not its internal `conditions[0]`."""
+    from ltx2_diffusers import LTX2ImageToAudioVideoPipeline
+
+    i2av = LTX2ImageToAudioVideoPipeline.from_pipe(pipe)
+    with pytest.raises(error, match=match) as info:
+        i2av(
+            image, image_strength=strength, prompt_contexts=contexts(0, "2.3"),
+            negative_prompt_contexts=contexts(1, "2.3"), height=64, width=64, num_frames=9, num_inference_steps=2,
+        )  # fmt: skip
+    assert "conditions" not in str(info.value).split(";")[0]
+
+
 def test_condition_tensors_are_read_channels_last_and_channels_first_is_refused():
     """What the image-to-AV docstring says: an (H, W, 3) tensor is read as its array; a (3, H, W) one is refused
     with a TypeError saying how to pass it."""

@@ -17,7 +17,7 @@ from ..guidance import MultiModalGuidance
 from ..schedules import STAGE_2_DISTILLED_SIGMAS
 from . import ltx2_stages as stages
 from .call_guard import exclusive_call
-from .image_conditions import LTX2ImageCondition, normalize_conditions
+from .image_conditions import LTX2ImageCondition, check_first_frame_image, normalize_conditions
 from .ltx2_base import LTX2PipelineBase
 from .ltx2_denoise import StepGuidance
 from .pipeline_checks import single_generator
@@ -298,6 +298,7 @@ class LTX2ImageToAudioVideoPipeline(LTX2AudioVideoPipeline):
         """
         if image is None:
             raise ValueError("image is required (the first frame); use LTX2AudioVideoPipeline for text only")
+        check_first_frame_image(image, image_strength)
         conditions = [LTX2ImageCondition(image, 0, image_strength), *(kwargs.pop("conditions", None) or ())]
         return super().__call__(prompt=prompt, conditions=conditions, **kwargs)
 
