@@ -556,6 +556,13 @@ def test_image_to_audio_video_messages_name_image_and_image_strength(pipe, no_co
     assert "conditions" not in str(info.value).split(";")[0]
 
 
+def test_meta_latents_are_refused_before_the_audio_is_decoded(pipe, no_compute):
+    latents = torch.empty(1, pipe.transformer.config.in_channels, 2, 1, 1, device="meta")
+    with pytest.raises(ValueError, match=r"^latents is on the meta device, which holds no values"):
+        _call(pipe, np.zeros(16000, np.float32), latents=latents)
+    assert no_compute == []  # before the audio was decoded
+
+
 def test_condition_tensors_are_read_channels_last_and_channels_first_is_refused():
     """What the image-to-AV docstring says: an (H, W, 3) tensor is read as its array; a (3, H, W) one is refused
     with a TypeError saying how to pass it."""
