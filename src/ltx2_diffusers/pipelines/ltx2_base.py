@@ -446,8 +446,9 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
                 accelerated(self.transformer, self.transformer_acceleration, self._execution_device, exact),
                 slots_released_after(self.transformer),
             ):
-                if hasattr(progress_bar, "set_description"):
-                    progress_bar.set_description(f"stage {stage + 1}")
+                if hasattr(progress_bar, "set_description"):  # after the user's `desc` (set_progress_bar_config)
+                    desc = getattr(self, "_progress_bar_config", {}).get("desc")
+                    progress_bar.set_description(f"{desc}: stage {stage + 1}" if desc else f"stage {stage + 1}")
                 for i in range(len(sigmas) - 1):
                     if self.interrupt:
                         logger.warning(f"interrupted: stage {stage + 1} stops before its step {i}")
