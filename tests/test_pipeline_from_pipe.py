@@ -127,3 +127,18 @@ def test_from_pipe_carries_the_memory_budgets_decode_estimate(setup, monkeypatch
     args = tiny_call_args(pipe, MultiModalGuidance(stg_blocks=[1]), audio=str(setup["root"] / "a.wav"))
     with pytest.raises(ValueError, match=r"reference_arithmetic=True decodes through vae.decode"):
         pipe(**{**args, "output_type": "pt"}, reference_arithmetic=True)
+
+
+def test_from_pipe_keeps_layerwise_casting_working(setup):
+    """A transformer stored in float8 with bfloat16 compute (diffusers' `enable_layerwise_casting`) is not cast to
+    float32 by `from_pipe`: both pipelines still run, the source's output unchanged."""
+    base = LTX2AudioVideoPipeline.from_pretrained(setup["root"] / "converted", dtype=torch.bfloat16)
+    base.set_progress_bar_config(disable=True)
+    base.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    expected = run(base, setup["root"], setup["image"])
+    pipe = LTX2ImageToAudioVideoPipeline.from_pipe(base)
+    pipe.set_progress_bar_config(disable=True)
+    frames, audio = run(base, setup["root"], setup["image"])
+    assert torch.equal(frames, expected[0]) and torch.equal(audio, expected[1])
+    frames, _ = run(pipe, setup["root"], setup["image"])
+    assert torch.isfinite(frames.float()).all()
