@@ -193,8 +193,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             generator (`torch.Generator` or a list of one): the seed; one video per call.
             latents (`torch.Tensor`, *optional*): pre-drawn stage-1 noise `(1, 128, F', H', W')`.
             prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask: text-encoder
-                features (`encode_prompt`), used instead of the text; finite, within +-1e15
-                (`validation.MAX_NORMALISED_INPUT_ABS`).
+                features (`encode_prompt`), used instead of the text (one of text, features or contexts per prompt),
+                each with its attention mask; finite, within +-1e15 (`validation.MAX_NORMALISED_INPUT_ABS`).
             prompt_contexts, negative_prompt_contexts: `(video_context, audio_context)` after the connectors; finite,
                 within +-1e4 (`validation.MAX_CONTEXT_ABS`: the connectors' outputs are RMS-normalised).
             max_sequence_length (`int`): text tokens, a multiple of the connectors' learnable registers (128) up to
