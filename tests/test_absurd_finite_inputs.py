@@ -97,6 +97,9 @@ def embeds(pipe, value):
     return torch.sign(torch.randn(1, 128, width, generator=torch.Generator().manual_seed(1))) * value
 
 
+MASK = torch.ones(1, 128, dtype=torch.long)  # `embeds`' tokens, all attended
+
+
 def finite(*tensors):
     return all(bool(torch.isfinite(torch.as_tensor(t)).all()) for t in tensors)
 
@@ -109,10 +112,16 @@ PIPELINE_CASES = [
     ("prompt_contexts", lambda p: dict(prompt_contexts=scaled_contexts(MAX_CONTEXT_ABS * 1.01)), ValueError),
     ("negative_prompt_contexts", lambda p: dict(negative_prompt_contexts=scaled_contexts(1e30, 1)), ValueError),
     # raw text-encoder features: above 3e17 the connectors' per-token RMS overflows and zeroes the prompt
-    ("prompt_embeds", lambda p: dict(prompt_contexts=None, prompt_embeds=embeds(p, 1e30)), ValueError),
+    (
+        "prompt_embeds",
+        lambda p: dict(prompt_contexts=None, prompt_embeds=embeds(p, 1e30), prompt_attention_mask=MASK),
+        ValueError,
+    ),
     (
         "negative_prompt_embeds",
-        lambda p: dict(negative_prompt_contexts=None, negative_prompt_embeds=embeds(p, 3e38)),
+        lambda p: dict(
+            negative_prompt_contexts=None, negative_prompt_embeds=embeds(p, 3e38), negative_prompt_attention_mask=MASK
+        ),
         ValueError,
     ),
     # integers beyond float's range: an OverflowError before
@@ -139,8 +148,8 @@ A2V_CASES = [
     ("start_time", dict(audio_start_time=1e308)),  # start * rate overflowed to inf: an OverflowError before
     ("max_num_frames", dict(num_frames=None, max_num_frames=HUGE)),  # (limit + 8) / fps overflowed
     ("max_num_frames", dict(num_frames=None, max_num_frames=MAX_LIMIT_OVERRIDE + 1)),
-    ("`source` array holds values of magnitude 1e+39", dict(audio=LOUD)),  # reported as infinite before
-    ("`source` array", dict(audio=torch.from_numpy(AUDIO) * 1e30)),  # clipped into a square wave before
+    ("`audio` array holds values of magnitude 1e+39", dict(audio=LOUD)),  # reported as infinite before
+    ("`audio` array", dict(audio=torch.from_numpy(AUDIO) * 1e30)),  # clipped into a square wave before
 ]
 
 
@@ -158,7 +167,8 @@ def test_pipelines_run_just_inside_the_bounds(pipes):
     av, a2v = pipes["av"], pipes["a2v"]
     out = call(av, prompt_contexts=scaled_contexts(MAX_CONTEXT_ABS), negative_prompt_contexts=scaled_contexts(-1e4, 1))
     assert finite(out.frames, out.audio)
-    out = call(av, prompt_contexts=None, prompt_embeds=embeds(av, MAX_NORMALISED_INPUT_ABS), stage_2=False)
+    big = embeds(av, MAX_NORMALISED_INPUT_ABS)
+    out = call(av, prompt_contexts=None, prompt_embeds=big, prompt_attention_mask=MASK, stage_2=False)
     assert finite(out.frames, out.audio)
     out = call(a2v, num_frames=None, max_num_frames=MAX_LIMIT_OVERRIDE, audio_max_duration=HUGE, stage_2=False)
     assert out.frames.shape[2] == 3 and finite(out.frames)  # 1 s at 24 fps: 17 frames, 3 latent frames

@@ -220,7 +220,7 @@ def test_array_errors(kwargs, error, match):
 
 
 def test_argument_errors(files):
-    with pytest.raises(ValueError, match="only for array sources"):
+    with pytest.raises(ValueError, match="only for array `source`"):
         load_audio(files["flac"], sample_rate=16000)
     with pytest.raises(TypeError, match="list or tuple"):
         load_audio([0.0, 0.1])

@@ -174,9 +174,9 @@ def no_compute(pipe, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("compute ran before the input was refused")
 
-    def recording_load_audio(source, start_time=0.0, max_duration=None, sample_rate=None):
+    def recording_load_audio(source, start_time=0.0, max_duration=None, sample_rate=None, **kwargs):
         decoded.append(max_duration)
-        return load_audio(source, start_time=start_time, max_duration=max_duration, sample_rate=sample_rate)
+        return load_audio(source, start_time=start_time, max_duration=max_duration, sample_rate=sample_rate, **kwargs)
 
     monkeypatch.setattr(pipe.transformer, "forward", forbidden)
     monkeypatch.setattr(pipe, "encode_audio_tokens", forbidden)
@@ -355,7 +355,11 @@ def _nan_contexts(index):
         (dict(prompt_contexts=_nan_contexts(0)), ValueError, "prompt_contexts holds NaN or infinite values"),
         (dict(negative_prompt_contexts=_nan_contexts(1)), ValueError, "negative_prompt_contexts holds NaN"),
         (
-            dict(prompt_contexts=None, prompt_embeds=torch.full((1, 4, 8), float("inf"))),
+            dict(
+                prompt_contexts=None,
+                prompt_embeds=torch.full((1, 4, 8), float("inf")),
+                prompt_attention_mask=torch.ones(1, 4, dtype=torch.long),
+            ),
             ValueError,
             "^prompt_embeds holds NaN",
         ),
@@ -372,10 +376,64 @@ def test_non_finite_or_wrong_text_conditioning_refused_before_compute(pipe, no_c
         _call(pipe, np.zeros(16000, np.float32), **kwargs)
 
 
+_EMBEDS = torch.zeros(1, 4, 8)
+_MASK = torch.ones(1, 4, dtype=torch.long)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(prompt="a cat"), "pass prompt or prompt_contexts, not both"),
+        (
+            dict(prompt_contexts=None, prompt="a cat", prompt_embeds=_EMBEDS, prompt_attention_mask=_MASK),
+            "pass prompt or prompt_embeds, not both",
+        ),
+        (dict(prompt_embeds=_EMBEDS, prompt_attention_mask=_MASK), "pass prompt_embeds or prompt_contexts, not both"),
+        (dict(negative_prompt="blurry"), "pass negative_prompt or negative_prompt_contexts, not both"),
+        (
+            dict(
+                negative_prompt_contexts=None,
+                negative_prompt="blurry",
+                negative_prompt_embeds=_EMBEDS,
+                negative_prompt_attention_mask=_MASK,
+            ),
+            "pass negative_prompt or negative_prompt_embeds, not both",
+        ),
+        (dict(prompt_contexts=None, prompt_embeds=_EMBEDS), "prompt_embeds needs its prompt_attention_mask"),
+        (
+            dict(negative_prompt_contexts=None, negative_prompt_embeds=_EMBEDS),
+            "negative_prompt_embeds needs its negative_prompt_attention_mask",
+        ),
+        (dict(prompt_attention_mask=_MASK), "prompt_attention_mask is the mask of prompt_embeds"),
+    ],
+)
+@pytest.mark.parametrize("family", ["A2V", "AV", "I2AV"])
+def test_one_source_per_text_and_embeds_with_their_mask(pipe, no_compute, family, kwargs, match):
+    """diffusers' `LTX2Pipeline.check_inputs`: the text, its features or its contexts (one of them), and
+    features only with their attention mask; refused before compute by every pipeline of the family."""
+    from ltx2_diffusers import LTX2AudioVideoPipeline, LTX2ImageToAudioVideoPipeline
+
+    args = dict(
+        prompt_contexts=contexts(0, "2.3"), negative_prompt_contexts=contexts(1, "2.3"), height=64, width=64,
+        num_frames=9, num_inference_steps=2, video_guidance=MultiModalGuidance(stg_blocks=[1]), output_type="np",
+    )  # fmt: skip
+    if family == "A2V":
+        target = pipe
+        args.update(audio=np.zeros(16000, np.float32), audio_sample_rate=16000)
+    elif family == "AV":
+        target = LTX2AudioVideoPipeline.from_pipe(pipe)
+    else:
+        target = LTX2ImageToAudioVideoPipeline.from_pipe(pipe)
+        args["image"] = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=match):
+        target(**{**args, **kwargs})
+    assert no_compute == []
+
+
 # ------------------------------------------------------------------------------ audio rate and condition images
 @pytest.mark.parametrize("rate", [float("nan"), float("inf"), 10**9, 1, True])
 def test_pipeline_refuses_absurd_audio_sample_rates(pipe, no_compute, rate):
-    with pytest.raises(ValueError, match=r"`sample_rate`.*(whole number of Hz|\[100, 384000\] Hz)"):
+    with pytest.raises(ValueError, match=r"`audio_sample_rate`.*(whole number of Hz|\[100, 384000\] Hz)"):
         _call(pipe, np.zeros(16000, np.float32), audio_sample_rate=rate)
 
 
@@ -454,6 +512,55 @@ def test_a_list_of_audio_files_is_refused_naming_audio(pipe, no_compute, tmp_pat
             _call(pipe, audio)
         assert "source" not in str(info.value)
     assert no_compute == []
+
+
+def test_audio_messages_name_the_pipelines_arguments(pipe, no_compute, tmp_path):
+    """The pipeline's `audio` / `audio_sample_rate`, not load_audio's internal `source` / `sample_rate`; refused
+    before any model (`no_compute`)."""
+    path = tmp_path / "a.wav"
+    sf.write(path, np.zeros(16000, np.float32), 16000)
+    samples = np.zeros(16000, np.float32)
+    cases = [
+        (None, dict(audio_sample_rate=None), TypeError, r"^`audio` must be a path, .*got NoneType"),
+        (path.read_bytes(), dict(audio_sample_rate=None), TypeError, r"^`audio` must be a path, .*got bytes"),
+        (samples, dict(audio_sample_rate=None), ValueError, r"^`audio_sample_rate` is required when `audio` is an"),
+        (str(path), {}, ValueError, r"^`audio_sample_rate` is only for array `audio`"),
+        (np.zeros((2, 3, 4), np.float32), {}, ValueError, r"^`audio` array must be \[samples\]"),
+    ]
+    for audio, kwargs, error, match in cases:
+        with pytest.raises(error, match=match) as info:
+            _call(pipe, audio, **kwargs)
+        assert "source" not in str(info.value) and "`sample_rate`" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("image", "strength", "error", "match"),
+    [
+        ([PIL.Image.new("RGB", (8, 8))], 1.0, TypeError, r"^image must be one image \(the first frame\), got a list"),
+        (np.zeros((8, 8, 3), np.uint8), 2, ValueError, r"^image_strength must be in \[0, 1\], got 2"),
+        (np.zeros((8, 8, 3), np.uint8), float("nan"), ValueError, r"^image_strength must be in \[0, 1\]"),
+        (np.zeros((8, 8, 3), np.uint8), True, TypeError, r"^image_strength must be a number, not a bool"),
+        (np.zeros((2, 2000, 3), np.uint8), 1.0, ValueError, r"^image: .*an aspect ratio above 16:1"),
+    ],
+)
+def test_image_to_audio_video_messages_name_image_and_image_strength(pipe, no_compute, image, strength, error, match):
+    """The image-to-audio-video pipeline's `image` / `image_strength`, not its internal `conditions[0]`."""
+    from ltx2_diffusers import LTX2ImageToAudioVideoPipeline
+
+    i2av = LTX2ImageToAudioVideoPipeline.from_pipe(pipe)
+    with pytest.raises(error, match=match) as info:
+        i2av(
+            image, image_strength=strength, prompt_contexts=contexts(0, "2.3"),
+            negative_prompt_contexts=contexts(1, "2.3"), height=64, width=64, num_frames=9, num_inference_steps=2,
+        )  # fmt: skip
+    assert "conditions" not in str(info.value).split(";")[0]
+
+
+def test_meta_latents_are_refused_before_the_audio_is_decoded(pipe, no_compute):
+    latents = torch.empty(1, pipe.transformer.config.in_channels, 2, 1, 1, device="meta")
+    with pytest.raises(ValueError, match=r"^latents is on the meta device, which holds no values"):
+        _call(pipe, np.zeros(16000, np.float32), latents=latents)
+    assert no_compute == []  # before the audio was decoded
 
 
 def test_condition_tensors_are_read_channels_last_and_channels_first_is_refused():

@@ -294,7 +294,12 @@ def test_latents_with_keyframe_condition_and_shape_check(setup):
         ({"audio_max_duration": 0.2}, "audio_max_duration=0.2 s is shorter than the video"),
         ({"prompt_contexts": (torch.zeros(2, 4, 64), torch.zeros(2, 4, 32))}, "prompt_contexts must be"),
         (
-            {"prompt_contexts": None, "negative_prompt_contexts": None, "prompt_embeds": torch.zeros(1, 128, 192)},
+            {
+                "prompt_contexts": None,
+                "negative_prompt_contexts": None,
+                "prompt_embeds": torch.zeros(1, 128, 192),
+                "prompt_attention_mask": torch.ones(1, 128, dtype=torch.long),
+            },
             "no text_encoder/tokenizer: pass negative",
         ),
     ],

@@ -220,6 +220,9 @@ def test_call_properties_inside_a_callback(setup):
     seen.clear()
     call(pipe, setup, stage_2=False, video_guidance=GUIDANCE, audio_guidance=disabled, callback_on_step_end=record)
     assert [s[:2] for s in seen] == [(2.5, True)] * 3
+    seen.clear()  # `do_classifier_free_guidance` is the video's, as `guidance_scale` (diffusers: scale > 1)
+    call(pipe, setup, stage_2=False, video_guidance=disabled, audio_guidance=GUIDANCE, callback_on_step_end=record)
+    assert [s[:2] for s in seen] == [(1.0, False)] * 3
 
 
 def test_current_timestep_is_none_after_a_failed_call(setup):
@@ -235,3 +238,18 @@ def test_current_timestep_is_none_after_a_failed_call(setup):
         call(pipe, setup, callback_on_step_end=fail)
     assert seen and seen[0] is not None
     assert pipe.current_timestep is None
+
+
+def test_the_users_progress_bar_description_is_kept_before_the_stage(setup):
+    """`set_progress_bar_config(desc=...)` is the user's: each stage's bar reads "<desc>: stage N"."""
+    import io
+
+    pipe = LTX2AudioVideoPipeline.from_pipe(setup["av"])
+    shown = io.StringIO()
+    pipe.set_progress_bar_config(desc="my job", file=shown, disable=False)
+    call(pipe, setup)
+    text = shown.getvalue()
+    assert "my job: stage 1" in text and "my job: stage 2" in text
+    pipe.set_progress_bar_config(file=io.StringIO(), disable=False)  # no desc of the user's: the stage alone
+    call(pipe, setup)
+    assert "stage 1" in pipe._progress_bar_config["file"].getvalue()

@@ -85,6 +85,30 @@ def test_flat_guidance_aliases_map_onto_multimodal_guidance(setup, monkeypatch):
         call(pipe, setup["audio"], video_guidance=None, guidance_scale=float("nan"))
 
 
+def test_guidance_scale_below_one_is_refused_and_one_means_no_cfg(setup, monkeypatch):
+    """diffusers reads `guidance_scale <= 1` as no CFG; through the alias (the reference's `cfg_scale`) 1.0 is no
+    CFG and below 1 is refused, explaining; `MultiModalGuidance(cfg_scale=0.5)` keeps the reference's formula."""
+    pipe = setup["pipe"]
+    defaults = VersionDefaults(2, MultiModalGuidance(stg_blocks=[1]), None)  # the tiny model's 2 blocks
+    monkeypatch.setattr(pipe, "version_defaults", lambda: defaults)
+    forwards = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda *a: forwards.append(1))
+    try:
+        for scale in (0.0, 0.5, -2):
+            with pytest.raises(
+                ValueError, match=rf"guidance_scale={scale!r} is below 1: .*guidance_scale=1\.0 for no CFG"
+            ):
+                call(pipe, setup["audio"], video_guidance=None, guidance_scale=scale)
+        assert forwards == []
+    finally:
+        hook.remove()
+    call(pipe, setup["audio"], output_type="latent", stage_2=False, video_guidance=None, guidance_scale=1.0)
+    assert pipe.guidance_scale == 1.0 and pipe.do_classifier_free_guidance is False
+    literal = MultiModalGuidance(cfg_scale=0.5, stg_blocks=[1])
+    call(pipe, setup["audio"], output_type="latent", stage_2=False, video_guidance=literal)
+    assert pipe.guidance_scale == 0.5 and pipe.do_classifier_free_guidance is True
+
+
 def test_docs_example_and_signature():
     doc = LTX2AudioToVideoPipeline.__call__.__doc__
     assert "Args:" in doc and ">>> out = pipe(" in doc and "Returns:" in doc

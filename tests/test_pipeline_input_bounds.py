@@ -49,6 +49,11 @@ def call(pipe, **kwargs):
 VIDEO, AUDIO = contexts(0, "2.3", tokens=16)
 
 
+def ones(tokens):
+    """The attention mask of `tokens` text-encoder features, every token attended."""
+    return torch.ones(1, tokens, dtype=torch.long)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -89,17 +94,21 @@ VIDEO, AUDIO = contexts(0, "2.3", tokens=16)
         (dict(max_sequence_length=0), ValueError, "max_sequence_length must be a positive multiple"),
         (dict(max_sequence_length="abc"), ValueError, "max_sequence_length must be a positive multiple"),
         (
-            dict(prompt_contexts=None, prompt_embeds=torch.randn(1, 10, 48)),
+            dict(prompt_contexts=None, prompt_embeds=torch.randn(1, 10, 48), prompt_attention_mask=ones(10)),
             ValueError,
             "^prompt_embeds has 10 tokens; the connectors need a positive multiple of 128",
         ),
         (
-            dict(prompt_contexts=None, prompt_embeds=torch.randn(1, 0, 48)),
+            dict(prompt_contexts=None, prompt_embeds=torch.randn(1, 0, 48), prompt_attention_mask=ones(0)),
             ValueError,
             "^prompt_embeds has 0 tokens",
         ),
         (
-            dict(negative_prompt_contexts=None, negative_prompt_embeds=torch.randn(1, 130, 48)),
+            dict(
+                negative_prompt_contexts=None,
+                negative_prompt_embeds=torch.randn(1, 130, 48),
+                negative_prompt_attention_mask=ones(130),
+            ),
             ValueError,
             "^negative_prompt_embeds has 130 tokens",
         ),
@@ -146,7 +155,8 @@ def test_the_bounds_admit_their_edges(pipe):
     embeds = torch.randn(
         1, 128, 4 * pipe.connectors.config.caption_channels, generator=torch.Generator().manual_seed(1)
     )
-    assert torch.isfinite(call(pipe, prompt_contexts=None, prompt_embeds=embeds, stage_2=False).frames).all()
+    out = call(pipe, prompt_contexts=None, prompt_embeds=embeds, prompt_attention_mask=ones(128), stage_2=False)
+    assert torch.isfinite(out.frames).all()
     assert MAX_INFERENCE_STEPS == 1000 and MAX_SEQUENCE_LENGTH == 4096
 
 

@@ -295,6 +295,8 @@ def through_connectors(pipe, setup):
     return call(
         pipe, setup["audio"], output_type="latent", prompt_contexts=None, negative_prompt_contexts=None,
         prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], max_sequence_length=128,
+        prompt_attention_mask=torch.ones(1, 128, dtype=torch.long),
+        negative_prompt_attention_mask=torch.ones(1, 128, dtype=torch.long),
     ).frames  # fmt: skip
 
 

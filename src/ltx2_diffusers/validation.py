@@ -236,11 +236,17 @@ def audio_latent_frames(duration: float) -> int:
 
 def check_latents(name: str, latents) -> None:
     """A latent tensor from the user (noise `latents`, a callback's output): a floating-point tensor
-    (`TypeError`), finite and within `MAX_LATENT_ABS` (`ValueError`, `check_bounded`)."""
+    (`TypeError`) holding values (not on the "meta" device, `ValueError`), finite and within `MAX_LATENT_ABS`
+    (`ValueError`, `check_bounded`)."""
     import torch
 
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(latents).__name__}")
+    if latents.device.type == "meta":
+        raise ValueError(
+            f"{name} is on the meta device, which holds no values: pass the tensor with its data (on the CPU or the "
+            "pipeline's device)"
+        )
     if not is_compute_float(latents):
         raise TypeError(f"{name} must be a floating-point tensor of 16 bits or more, got dtype {latents.dtype}")
     check_bounded([(name, latents)], MAX_LATENT_ABS, "normalised latents and noise are O(1)")

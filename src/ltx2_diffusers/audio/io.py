@@ -132,10 +132,13 @@ def _finish(samples: np.ndarray, layout: str, sample_rate: int) -> torch.Tensor:
     return torch.from_numpy(samples.astype(np.float32, copy=False)).contiguous()
 
 
-def _load_array(source, sample_rate, start_time, max_duration) -> tuple[torch.Tensor, int]:
+def _load_array(
+    source, sample_rate, start_time, max_duration, names=("source", "sample_rate")
+) -> tuple[torch.Tensor, int]:
+    src, rate = names
     if sample_rate is None:
-        raise ValueError("`sample_rate` is required when `source` is an array of samples")
-    sample_rate = check_audio_sample_rate(sample_rate, "sample_rate")
+        raise ValueError(f"`{rate}` is required when `{src}` is an array of samples")
+    sample_rate = check_audio_sample_rate(sample_rate, rate)
     if isinstance(source, torch.Tensor):
         source = source.detach().cpu()
         if source.is_floating_point() and source.dtype != torch.float64:
@@ -144,22 +147,22 @@ def _load_array(source, sample_rate, start_time, max_duration) -> tuple[torch.Te
     else:
         arr = np.asarray(source)
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"`source` array must hold integer or floating point samples, got dtype {arr.dtype}")
+        raise TypeError(f"`{src}` array must hold integer or floating point samples, got dtype {arr.dtype}")
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[0] > 64:
-        raise ValueError(f"`source` array must be [samples] or [channels (1..64), samples], got shape {arr.shape}")
+        raise ValueError(f"`{src}` array must be [samples] or [channels (1..64), samples], got shape {arr.shape}")
     if np.issubdtype(arr.dtype, np.integer):
         info = np.iinfo(arr.dtype)
         offset = (int(info.max) + 1) / 2 if info.min == 0 else 0.0
         arr = ((arr.astype(np.float64) - offset) / (int(info.max) + 1 - offset)).astype(np.float32)
     else:
         if not np.isfinite(arr).all():
-            raise ValueError("`source` array contains NaN or infinite samples")
+            raise ValueError(f"`{src}` array contains NaN or infinite samples")
         native = arr.astype(np.float64)  # big-endian and long double arrays too (torch reads neither)
-        check_bounded([("`source` array", torch.from_numpy(native))], MAX_WAVEFORM_ABS, _FULL_SCALE)
+        check_bounded([(f"`{src}` array", torch.from_numpy(native))], MAX_WAVEFORM_ABS, _FULL_SCALE)
         arr = native.astype(np.float32)
-    begin, end = _window(arr.shape[1], sample_rate, start_time, max_duration, "the `source` array")
+    begin, end = _window(arr.shape[1], sample_rate, start_time, max_duration, f"the `{src}` array")
     layout = {3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}.get(
         arr.shape[0], f"{arr.shape[0]} channels"
     )
@@ -254,7 +257,7 @@ def _decode(container, stream, name, start_time, max_duration) -> tuple[np.ndarr
     return np.concatenate(chunks, axis=1), layout, sample_rate, complete
 
 
-def _load_file(source, start_time, max_duration) -> tuple[torch.Tensor, int]:
+def _load_file(source, start_time, max_duration, argument: str = "source") -> tuple[torch.Tensor, int]:
     name = _describe(source)
     position = None
     if isinstance(source, (str, os.PathLike)):
@@ -269,8 +272,8 @@ def _load_file(source, start_time, max_duration) -> tuple[torch.Tensor, int]:
     else:
         if not all(callable(getattr(source, m, None)) for m in ("read", "seek", "tell")):
             raise TypeError(
-                "`source` must be a path, a readable and seekable binary file object, or an array of samples; got "
-                f"{type(source).__name__}"
+                f"`{argument}` must be a path, a readable and seekable binary file object, or an array of samples; "
+                f"got {type(source).__name__}"
             )
         position = source.tell()
         size = source.seek(0, io.SEEK_END)
@@ -321,6 +324,8 @@ def load_audio(
     start_time: float = 0.0,
     max_duration: float | None = None,
     sample_rate: int | None = None,
+    *,
+    names: tuple[str, str] = ("source", "sample_rate"),
 ) -> tuple[torch.Tensor, int]:
     """Decode audio to `(waveform, sample_rate)`: a float32 `[channels, samples]` tensor (full scale +-1), native rate.
 
@@ -338,15 +343,16 @@ def load_audio(
     infinite samples or samples beyond +-`validation.MAX_WAVEFORM_ABS` (1e5, 100 dB above full scale; decoded from
     a file or given in an array), a negative or non-finite start, a non-positive duration, a start at or past
     the end, or a selection with nothing left to decode. The input file is only read (a file object's position is
-    restored).
+    restored). `names`: what the messages call `source` and `sample_rate` (a caller's own arguments).
     """
+    src, rate = names
     start_time, max_duration = _check_times(start_time, max_duration)
     if isinstance(source, (np.ndarray, torch.Tensor)):
-        return _load_array(source, sample_rate, start_time, max_duration)
+        return _load_array(source, sample_rate, start_time, max_duration, names)
     if sample_rate is not None:
         raise ValueError(
-            "`sample_rate` is only for array sources; a file is returned at its own rate (resample it afterwards)"
+            f"`{rate}` is only for array `{src}`; a file is returned at its own rate (resample it afterwards)"
         )
     if isinstance(source, (list, tuple)):
-        raise TypeError("`source` must be a path, a file object or a numpy/torch array, not a list or tuple")
-    return _load_file(source, start_time, max_duration)
+        raise TypeError(f"`{src}` must be a path, a file object or a numpy/torch array, not a list or tuple")
+    return _load_file(source, start_time, max_duration, src)

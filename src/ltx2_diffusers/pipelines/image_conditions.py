@@ -95,6 +95,25 @@ def normalize_conditions(conditions, num_frames: int | None, check_images: bool 
     return result
 
 
+def check_first_frame_image(image, image_strength) -> None:
+    """The image-to-audio-video pipeline's `image` and `image_strength` (its frame-0 condition), checked as
+    `normalize_conditions` checks a condition, the messages naming those two arguments."""
+    if isinstance(image_strength, bool):
+        raise TypeError(f"image_strength must be a number, not a bool ({image_strength!r})")
+    strength = _as_python_number(image_strength, numbers.Real, float)
+    if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+        raise ValueError(f"image_strength must be in [0, 1], got {image_strength!r}")
+    if isinstance(image, (list, tuple)):
+        raise TypeError(
+            f"image must be one image (the first frame), got a {type(image).__name__}; pin images to other frames "
+            "with conditions"
+        )
+    try:
+        _as_rgb(image)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"image: {error}") from None
+
+
 def _as_python_number(value, kind, cast):
     return cast(value) if isinstance(value, kind) and not isinstance(value, (bool, int, float)) else value
 

@@ -452,8 +452,9 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
                 accelerated(self.transformer, self.transformer_acceleration, self._execution_device, exact),
                 slots_released_after(self.transformer),
             ):
-                if hasattr(progress_bar, "set_description"):
-                    progress_bar.set_description(f"stage {stage + 1}")
+                if hasattr(progress_bar, "set_description"):  # after the user's `desc` (set_progress_bar_config)
+                    desc = getattr(self, "_progress_bar_config", {}).get("desc")
+                    progress_bar.set_description(f"{desc}: stage {stage + 1}" if desc else f"stage {stage + 1}")
                 for i in range(len(sigmas) - 1):
                     if self.interrupt:
                         logger.warning(f"interrupted: stage {stage + 1} stops before its step {i}")
@@ -592,9 +593,11 @@ class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipelin
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        """Whether the current (or last) call's guidance runs a negative-prompt pass (CFG) for either modality."""
+        """Whether the current (or last) call's video guidance is classifier-free guidance (its `cfg_scale`,
+        `guidance_scale`, is not 1), as diffusers' `guidance_scale > 1`; the audio's is `audio_guidance.cfg_scale`.
+        False before any call and for an unguided call."""
         guidance = getattr(self, "_call_guidance", None)
-        return guidance is not None and not guidance.unguided and any(g.needs_negative for g in guidance.resolved())
+        return guidance is not None and not guidance.unguided and guidance.resolved()[0].needs_negative
 
     @property
     def stage_index(self):

@@ -40,8 +40,19 @@ GUIDANCE_ALIASES = {
 def resolve_guidance(video_guidance, default: MultiModalGuidance, **aliases) -> MultiModalGuidance:
     """`video_guidance` (default: `default`) with the flat diffusers-style aliases applied: `guidance_scale` ->
     `cfg_scale`, `stg_scale`, `modality_scale`, `rescale_scale`. An alias that contradicts an explicitly given
-    `video_guidance` is refused (`ValueError`); one that repeats it is accepted."""
+    `video_guidance` is refused (`ValueError`); one that repeats it is accepted. `guidance_scale` below 1 is
+    refused: in diffusers it means "no CFG" there, while `cfg_scale` is the reference's formula
+    (`cond + (cfg_scale - 1) * (cond - uncond)`), for which 1.0 is no CFG and 0 the negative prompt's prediction."""
     from dataclasses import replace
+
+    scale = aliases.get("guidance_scale")
+    if isinstance(scale, numbers.Real) and not isinstance(scale, bool) and scale < 1:
+        raise ValueError(
+            f"guidance_scale={scale!r} is below 1: diffusers reads guidance_scale <= 1 as no classifier-free "
+            "guidance, but here it is the reference's cfg_scale (cond + (cfg_scale - 1) * (cond - uncond)), where "
+            "0 would return the negative prompt's prediction. Pass guidance_scale=1.0 for no CFG, or "
+            "video_guidance=MultiModalGuidance(cfg_scale=...) for the reference's formula below 1"
+        )
 
     given = {GUIDANCE_ALIASES[k]: v for k, v in aliases.items() if v is not None}
     if video_guidance is None:
@@ -56,6 +67,44 @@ def resolve_guidance(video_guidance, default: MultiModalGuidance, **aliases) -> 
                 "pass one of them"
             )
     return video_guidance
+
+
+def check_text_sources(
+    prompt=None,
+    prompt_embeds=None,
+    prompt_attention_mask=None,
+    prompt_contexts=None,
+    negative_prompt=None,
+    negative_prompt_embeds=None,
+    negative_prompt_attention_mask=None,
+    negative_prompt_contexts=None,
+) -> None:
+    """One source per text, as diffusers' `LTX2Pipeline.check_inputs` asks: the text, its text-encoder features or
+    its contexts, not two of them (the pipeline would silently use one); features with their attention mask (a
+    missing mask would attend to the padding tokens), a mask only with its features."""
+    if prompt is None and prompt_embeds is None and prompt_contexts is None:
+        raise ValueError("pass prompt, prompt_embeds or prompt_contexts")
+    for prefix, sources in (
+        ("", (prompt, prompt_embeds, prompt_contexts)),
+        ("negative_", (negative_prompt, negative_prompt_embeds, negative_prompt_contexts)),
+    ):
+        names = [
+            f"{prefix}{n}" for n, v in zip(("prompt", "prompt_embeds", "prompt_contexts"), sources) if v is not None
+        ]
+        if len(names) > 1:
+            which = f"{names[0]} or {names[1]}, not both" if len(names) == 2 else f"one of {', '.join(names)}"
+            raise ValueError(f"pass {which}: the {prefix}prompt's text comes from one source")
+    for embeds, mask, name in (
+        (prompt_embeds, prompt_attention_mask, "prompt"),
+        (negative_prompt_embeds, negative_prompt_attention_mask, "negative_prompt"),
+    ):
+        if embeds is not None and mask is None:
+            raise ValueError(
+                f"{name}_embeds needs its {name}_attention_mask (encode_prompt returns both): without it every "
+                "token, padding included, would be attended to"
+            )
+        if mask is not None and embeds is None:
+            raise ValueError(f"{name}_attention_mask is the mask of {name}_embeds: pass it only with them")
 
 
 def single_generator(generator):
@@ -161,6 +210,8 @@ class LTX2A2VChecksMixin:
         negative_prompt=None,
         negative_prompt_embeds=None,
         negative_prompt_contexts=None,
+        prompt_attention_mask=None,
+        negative_prompt_attention_mask=None,
         callback_on_step_end_tensor_inputs=("latents",),
         callback_on_step_end=None,
         latents=None,
@@ -213,8 +264,10 @@ class LTX2A2VChecksMixin:
                 raise ValueError(
                     f"latents must have shape {expected} for this size and frame count, got {tuple(latents.shape)}"
                 )
-        if prompt is None and prompt_embeds is None and prompt_contexts is None:
-            raise ValueError("pass prompt, prompt_embeds or prompt_contexts")
+        check_text_sources(
+            prompt, prompt_embeds, prompt_attention_mask, prompt_contexts,
+            negative_prompt, negative_prompt_embeds, negative_prompt_attention_mask, negative_prompt_contexts,
+        )  # fmt: skip
         for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             if value is not None and not isinstance(value, str) and not (isinstance(value, list) and len(value) == 1):
                 raise ValueError(

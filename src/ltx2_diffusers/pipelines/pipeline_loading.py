@@ -20,6 +20,7 @@ from ..loaders.distilled_lora import (
 from ..loaders.safetensors_only import check_safetensors_only
 from ..models.video_vae_tiling import VideoTilingConfig
 from ..validation import check_adapter_weights
+from .from_pipe_settings import carry_settings
 
 
 logger = logging.get_logger(__name__)
@@ -148,13 +149,34 @@ class LTX2A2VLoadingMixin:
         """diffusers' `from_pipe`: the new pipeline shares `pipeline`'s components and adapter state as they are
         now. The folder `pipeline` was loaded from is not read again (the user adapters of its `user_loras/` are not
         restored into the shared transformer, its `distilled_lora/` is not loaded); a component passed in (an
-        explicit `distilled_lora=None` included) replaces `pipeline`'s, as for any diffusers component."""
+        explicit `distilled_lora=None` included) replaces `pipeline`'s, as for any diffusers component.
+
+        The shared components keep their dtypes: diffusers' `from_pipe` ends with `to(dtype=torch.float32)`, which
+        would cast `pipeline`'s own components in place (a bfloat16 pipeline doubled in memory, fp8-cast weights
+        lost, layerwise casting broken); here that cast happens only when `dtype` (or `torch_dtype`) is passed, and
+        then, as in diffusers, it casts the shared components, `pipeline`'s included.
+
+        The pipeline-level settings of `pipeline` follow as well (`from_pipe_settings.SETTINGS`): `enable_vae_tiling`
+        (unless a `vae` is passed in), `set_transformer_acceleration` (unless a `transformer` is), and the memory
+        tier and decode budget `enable_memory_tier` / `enable_memory_budget` applied (unless either is)."""
         depth = getattr(_FROM_PIPE, "depth", 0)
+        keep = getattr(_FROM_PIPE, "keep_dtypes", False)
         _FROM_PIPE.depth = depth + 1
+        _FROM_PIPE.keep_dtypes = kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None
         try:
-            return super().from_pipe(pipeline, **kwargs)
+            pipe = super().from_pipe(pipeline, **kwargs)
         finally:
             _FROM_PIPE.depth = depth
+            _FROM_PIPE.keep_dtypes = keep
+        carry_settings(pipeline, pipe)
+        return pipe
+
+    def to(self, *args, **kwargs):
+        """diffusers' `to`; within `from_pipe` without a `dtype`, the cast to float32 diffusers' `from_pipe` applies
+        to the new pipeline (`to(dtype=torch.float32)`) is skipped: the shared components keep their dtypes."""
+        if getattr(_FROM_PIPE, "keep_dtypes", False) and not args and set(kwargs) == {"dtype"}:
+            return self
+        return super().to(*args, **kwargs)
 
     def register_to_config(self, **kwargs):
         """ConfigMixin's. When diffusers records the folder a pipeline was loaded from (`_name_or_path`, right after

@@ -89,8 +89,9 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             limit = resolve_limit("max_num_frames", max_num_frames, MAX_NUM_FRAMES)
             duration = min(duration or math.inf, (limit + 8) / frame_rate)
         waveform, sample_rate = load_audio(
-            audio, start_time=start_time, max_duration=duration, sample_rate=audio_sample_rate
-        )
+            audio, start_time=start_time, max_duration=duration, sample_rate=audio_sample_rate,
+            names=("audio", "audio_sample_rate"),
+        )  # fmt: skip
         available = waveform.shape[-1] / sample_rate
         if num_frames is None:
             num_frames = self.default_num_frames(available, frame_rate)
@@ -190,7 +191,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             video_guidance (`MultiModalGuidance`, *optional*): stage-1 guidance; default from `version_defaults()`.
             guidance_scale, stg_scale, modality_scale, rescale_scale (`float`, *optional*): flat aliases of
                 `video_guidance.cfg_scale` / `.stg_scale` / `.modality_scale` / `.rescale_scale` (diffusers style);
-                with `video_guidance` given they must agree with it.
+                with `video_guidance` given they must agree with it. `guidance_scale` 1.0 is no CFG; below 1 is
+                refused (diffusers' "no CFG"; the reference's formula below 1 is `video_guidance.cfg_scale`).
             stage_2 (`bool`): upsample x2 and refine with the distilled LoRA (default); False renders one stage.
             distilled_lora_scale (`float`, *optional*): stage-2 LoRA strength (default `config.distilled_lora_scale`).
             enhance_prompt (`bool`): rewrite `prompt` with the text encoder first (the reference's text-to-video
@@ -198,8 +200,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             generator (`torch.Generator` or a list of one): the seed; one video per call.
             latents (`torch.Tensor`, *optional*): pre-drawn stage-1 noise `(1, 128, F', H', W')`.
             prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask: text-encoder
-                features (`encode_prompt`), used instead of the text; finite, within +-1e15
-                (`validation.MAX_NORMALISED_INPUT_ABS`).
+                features (`encode_prompt`), used instead of the text (one of text, features or contexts per prompt),
+                each with its attention mask; finite, within +-1e15 (`validation.MAX_NORMALISED_INPUT_ABS`).
             prompt_contexts, negative_prompt_contexts: `(video_context, audio_context)` after the connectors; finite,
                 within +-1e4 (`validation.MAX_CONTEXT_ABS`: the connectors' outputs are RMS-normalised).
             max_sequence_length (`int`): text tokens, a multiple of the connectors' learnable registers (128) up to
@@ -246,6 +248,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             output_type=output_type, audio_start_time=audio_start_time, audio_max_duration=audio_max_duration,
             guidance_batch_size=guidance_batch_size, negative_prompt=negative_prompt,
             negative_prompt_embeds=negative_prompt_embeds, negative_prompt_contexts=negative_prompt_contexts,
+            prompt_attention_mask=prompt_attention_mask,
+            negative_prompt_attention_mask=negative_prompt_attention_mask,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             callback_on_step_end=callback_on_step_end, latents=latents, max_sequence_length=max_sequence_length, audio=audio, generator=generator,
             distilled_lora_scale=distilled_lora_scale, max_num_frames=max_num_frames,

@@ -17,7 +17,7 @@ from ..guidance import MultiModalGuidance
 from ..schedules import STAGE_2_DISTILLED_SIGMAS
 from . import ltx2_stages as stages
 from .call_guard import exclusive_call
-from .image_conditions import LTX2ImageCondition, normalize_conditions
+from .image_conditions import LTX2ImageCondition, check_first_frame_image, normalize_conditions
 from .ltx2_base import LTX2PipelineBase
 from .ltx2_denoise import StepGuidance
 from .pipeline_checks import single_generator
@@ -126,7 +126,8 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
                 (default from `version_defaults()`: video cfg 3, audio cfg 7, STG, modality 3, rescale 0.7; none on
                 a distilled checkpoint). `MultiModalGuidance.disabled()` switches a modality's guidance off.
             guidance_scale, stg_scale, modality_scale, rescale_scale (`float`, *optional*): flat aliases of the
-                video guidance's fields.
+                video guidance's fields. `guidance_scale` 1.0 is no CFG; below 1 is refused (diffusers' "no CFG";
+                the reference's formula below 1 is `video_guidance.cfg_scale`).
             stage_2 (`bool`): upsample x2 and refine (default); False renders one stage at the full size.
             distilled_lora_scale (`float`, *optional*): stage-2 LoRA strength (default `config.distilled_lora_scale`).
             enhance_prompt (`bool`): rewrite `prompt` with the text encoder first (the reference's text-to-video
@@ -135,8 +136,8 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             generator (`torch.Generator` or a list of one): the seed; one video per call.
             latents (`torch.Tensor`, *optional*): pre-drawn stage-1 video noise `(1, 128, F', H', W')`.
             prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask: text-encoder
-                features (`encode_prompt`), used instead of the text; finite, within +-1e15
-                (`validation.MAX_NORMALISED_INPUT_ABS`).
+                features (`encode_prompt`), used instead of the text (one of text, features or contexts per prompt),
+                each with its attention mask; finite, within +-1e15 (`validation.MAX_NORMALISED_INPUT_ABS`).
             prompt_contexts, negative_prompt_contexts: `(video_context, audio_context)` after the connectors; finite,
                 within +-1e4 (`validation.MAX_CONTEXT_ABS`: the connectors' outputs are RMS-normalised).
             max_sequence_length (`int`): text tokens, a multiple of the connectors' learnable registers (128) up to
@@ -176,6 +177,8 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             prompt_contexts=prompt_contexts, output_type=output_type, audio_start_time=0.0, audio_max_duration=None,
             guidance_batch_size=guidance_batch_size, negative_prompt=negative_prompt,
             negative_prompt_embeds=negative_prompt_embeds, negative_prompt_contexts=negative_prompt_contexts,
+            prompt_attention_mask=prompt_attention_mask,
+            negative_prompt_attention_mask=negative_prompt_attention_mask,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             callback_on_step_end=callback_on_step_end, latents=latents, max_sequence_length=max_sequence_length, generator=generator,
             distilled_lora_scale=distilled_lora_scale, max_num_frames=max_num_frames,
@@ -295,6 +298,7 @@ class LTX2ImageToAudioVideoPipeline(LTX2AudioVideoPipeline):
         """
         if image is None:
             raise ValueError("image is required (the first frame); use LTX2AudioVideoPipeline for text only")
+        check_first_frame_image(image, image_strength)
         conditions = [LTX2ImageCondition(image, 0, image_strength), *(kwargs.pop("conditions", None) or ())]
         return super().__call__(prompt=prompt, conditions=conditions, **kwargs)
 
