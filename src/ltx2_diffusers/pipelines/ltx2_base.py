@@ -47,6 +47,7 @@ from .image_conditions import prepare_condition_image
 from .ltx2_denoise import PromptContexts, StepGuidance, advance, guided_x0, has_uniform_timesteps, is_frozen
 from .pipeline_checks import GUIDANCE_ALIASES, LTX2A2VChecksMixin, checked_callback_outputs, resolve_guidance
 from .pipeline_loading import LTX2A2VLoadingMixin
+from .pipeline_placement import LTX2PlacementMixin
 
 
 logger = logging.get_logger(__name__)
@@ -84,7 +85,9 @@ class VersionDefaults:
 TRANSFORMER_VARIANT_ATTR = "_ltx2_model_variant"
 
 
-class LTX2PipelineBase(LTX2A2VLoadingMixin, LTX2A2VChecksMixin, DiffusionPipeline, LTX2AVLoraLoaderMixin):
+class LTX2PipelineBase(
+    LTX2A2VLoadingMixin, LTX2PlacementMixin, LTX2A2VChecksMixin, DiffusionPipeline, LTX2AVLoraLoaderMixin
+):
     """Shared stage code of the LTX-2 pipelines; a pipeline adds its inputs and a `__call__` listing its stages."""
 
     # Model offload: loading a model offloads the one before it; the VAE last, so the decode frees the transformer.
