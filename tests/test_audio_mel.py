@@ -51,6 +51,17 @@ def test_resample_matches_torchaudio(orig, new):
     )
 
 
+@pytest.mark.parametrize("orig, length", [(176400, 726757), (7919, 260693), (11025, 7)])
+def test_resampled_length_is_torchaudios_at_float32_rounding_corners(orig, length):
+    """torchaudio rounds `new * length / orig` to float32 before its ceiling: at these lengths one sample fewer
+    than the exact ceiling (the first two), and our resampler and the audio-latent count follow it."""
+    wav = torch.randn(1, length, generator=torch.Generator().manual_seed(length))
+    expected = ta_functional.resample(wav, orig, 16000)
+    ours = resample_waveform(wav, orig, 16000)
+    assert ours.shape == expected.shape
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+
+
 def test_float64_kernel_would_not_do():
     """The kernel must be built in the waveform's dtype: a float64 kernel cast to float32 is visibly off."""
     wav = waveform(44100, 1.0)

@@ -272,3 +272,27 @@ def test_export_replaces_only_when_complete(tmp_path, monkeypatch):
     monkeypatch.setattr(video_io, "av", av)
     assert export_to_video_with_audio(frames, None, None, target) == str(target)
     assert os.listdir(tmp_path) == ["render.mp4"] and target.read_bytes() != b"previous render"
+
+
+def test_preflight_leaves_slightly_short_audio_to_the_pipeline(tmp_path):
+    """0.320 s of audio under 9 frames at 24 fps (0.375 s): the pipeline takes it, as the reference does (its audio
+    latent covers the video's), so the header check must not refuse it; 0.2 s is refused up front."""
+    import types
+
+    import numpy as np
+    import scipy.io.wavfile
+
+    from ltx2_diffusers.cli_safety import preflight
+
+    def args(seconds):
+        path = tmp_path / f"a{seconds}.wav"
+        scipy.io.wavfile.write(path, 16000, np.zeros(round(16000 * seconds), dtype=np.int16))
+        return types.SimpleNamespace(
+            checkpoint_path=None, spatial_upsampler_path=None, distilled_lora=None, lora=[], images=[],
+            audio_path=str(path), audio_start_time=0.0, audio_max_duration=None, num_frames=9, frame_rate=24.0,
+            max_num_frames=None,
+        )  # fmt: skip
+
+    preflight(args(0.32))
+    with pytest.raises(ValueError, match="covers about 0.200 s"):
+        preflight(args(0.2))

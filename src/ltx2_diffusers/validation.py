@@ -39,8 +39,8 @@ Bounds (inclusive):
   - the transformer's timesteps, sigmas and coordinates: `|value| <= MAX_EMBEDDED_VALUE` (2**24); its masks in
     [0, 1] (an additive `(B, 1, S)` text bias in [-inf, 0]).
   - log-mel spectrograms (the audio VAE's `encode`, the vocoder): `|value| <= MAX_LOG_MEL_ABS` (100).
-  - waveforms (`load_audio`, the mel front end, `encode_waveform`): `|value| <= MAX_WAVEFORM_ABS` (1e5); then
-    `load_audio` clips to [-1, 1].
+  - waveforms (`load_audio`, the mel front end, `encode_waveform`): `|value| <= MAX_WAVEFORM_ABS` (1e5); samples
+    beyond full scale (+-1) below that are kept, as ltx-pipelines keeps them (a written video clips them).
 - numbers given where a float is expected: an integer too large for a float (10**400) is refused like inf.
 - overrides of the size bounds (`max_num_frames`, `max_video_tokens`): at most `MAX_LIMIT_OVERRIDE` (2**53).
 - audio sample rates (`load_audio`'s `sample_rate` = the pipelines' `audio_sample_rate`, the rate of a decoded

@@ -66,6 +66,13 @@ def _sinc_resample_kernel(
     return kernel, width
 
 
+def resampled_length(length: int, orig: int, new: int) -> int:
+    """Samples of `length` resampled from `orig` to `new` (rates divided by their gcd): torchaudio's
+    `ceil(torch.as_tensor(new * length / orig))`, whose quotient is rounded to float32 first (so at some lengths
+    one sample fewer than the exact ceiling: 726,757 samples at 176.4 kHz -> 16 kHz)."""
+    return math.ceil(float(torch.tensor(new * length / orig, dtype=torch.float32)))
+
+
 def resample_waveform(
     waveform: torch.Tensor,
     orig_freq: int,
@@ -106,7 +113,7 @@ def resample_waveform(
     flat = F.pad(flat, (width, width + orig))
     out = F.conv1d(flat[:, None], kernel, stride=orig)
     out = out.transpose(1, 2).reshape(num_wavs, -1)
-    out = out[..., : math.ceil(new * length / orig)]
+    out = out[..., : resampled_length(length, orig, new)]
     return out.reshape(shape[:-1] + out.shape[-1:])
 
 
@@ -140,7 +147,7 @@ def _banded_resample(
     flat = waveform.reshape(-1, shape[-1])
     num_wavs, length = flat.shape
     flat = F.pad(flat, (width, width + orig))
-    total = math.ceil(new * length / orig)
+    total = min(resampled_length(length, orig, new), new * (length // orig + 1))  # what the padded input yields
     out = torch.empty(num_wavs, total, dtype=dtype, device=device)
     block = max(1, _BANDED_BLOCK_ELEMENTS // max(1, taps * num_wavs))
     steps = torch.arange(taps, device=device)

@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from ..audio.mel import resampled_length
 from ..guidance import MultiModalGuidance
 from ..schedules import check_scheduler
 from ..validation import (
@@ -177,7 +178,7 @@ class LTX2A2VChecksMixin:
 
     def encoded_audio_frames(self, samples: int, sample_rate: int) -> int:
         """Latent frames the audio VAE yields for `samples` samples at `sample_rate`, without running it: resampled to
-        its `config.sample_rate` (torchaudio's length, `ceil(samples * new / orig)`), `samples // hop + 1` mel
+        its `config.sample_rate` (torchaudio's length, `mel.resampled_length`), `samples // hop + 1` mel
         frames (centred STFT), then the encoder's causal stride-2 steps (`ceil(frames / temporal_compression_ratio)`;
         LTX-2's 16 kHz / 160 / 4 when there is no audio VAE)."""
         vae = getattr(self, "audio_vae", None)
@@ -186,7 +187,7 @@ class LTX2A2VChecksMixin:
         )  # fmt: skip
         gcd = math.gcd(int(sample_rate), int(rate))
         orig, new = int(sample_rate) // gcd, int(rate) // gcd
-        resampled = -(-samples * new // orig)
+        resampled = resampled_length(samples, orig, new)
         mel_frames = resampled // hop + 1
         return -(-mel_frames // ratio)
 

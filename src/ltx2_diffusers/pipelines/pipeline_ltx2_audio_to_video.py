@@ -31,8 +31,9 @@ logger = logging.get_logger(__name__)
 class LTX2AudioToVideoPipelineOutput(BaseOutput):
     """`frames`: PIL lists, `(B, F, H, W, 3)` numpy floats in [0, 1] (`"np"`), `(B, F, 3, H, W)` tensors (`"pt"`)
     or latents; `audio`: the ORIGINAL
-    input samples covering the video (all of them when the audio ends within one audio latent frame before the
-    video, as the reference returns them), `[channels, samples]` float32, at `audio_sample_rate`."""
+    input samples covering the video (all of them when the audio ends shortly before the video but its audio latent
+    still covers the video's, up to about 1.5 audio latent frames, as the reference takes and returns it),
+    `[channels, samples]` float32, at `audio_sample_rate`."""
 
     frames: Any
     audio: torch.Tensor
@@ -80,8 +81,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
 
         Returns `(encoded_waveform, waveform_over_the_video, sample_rate, num_frames)`: the window read
         (`max_duration`, default the video span) is what the audio VAE encodes, as in the reference; the
-        returned audio is exactly the samples covering the video (all of them when the audio ends less than one
-        audio latent frame before the video, which the reference takes too).
+        returned audio is exactly the samples covering the video (all of them when the audio ends shortly before the
+        video but its audio latent still covers the video's, which the reference takes too).
         """
         span = None if num_frames is None else num_frames / frame_rate
         duration = max_duration if max_duration is not None else span
