@@ -220,9 +220,9 @@ def test_call_properties_inside_a_callback(setup):
     seen.clear()
     call(pipe, setup, stage_2=False, video_guidance=GUIDANCE, audio_guidance=disabled, callback_on_step_end=record)
     assert [s[:2] for s in seen] == [(2.5, True)] * 3
-    seen.clear()  # `do_classifier_free_guidance` is the video's, as `guidance_scale` (diffusers: scale > 1)
+    seen.clear()  # audio CFG alone is CFG too (diffusers' LTX2Pipeline: guidance_scale or audio_guidance_scale > 1)
     call(pipe, setup, stage_2=False, video_guidance=disabled, audio_guidance=GUIDANCE, callback_on_step_end=record)
-    assert [s[:2] for s in seen] == [(1.0, False)] * 3
+    assert [s[:2] for s in seen] == [(1.0, True)] * 3
 
 
 def test_current_timestep_is_none_after_a_failed_call(setup):

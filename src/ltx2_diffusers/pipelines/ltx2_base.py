@@ -596,11 +596,11 @@ class LTX2PipelineBase(
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        """Whether the current (or last) call's video guidance is classifier-free guidance (its `cfg_scale`,
-        `guidance_scale`, is not 1), as diffusers' `guidance_scale > 1`; the audio's is `audio_guidance.cfg_scale`.
-        False before any call and for an unguided call."""
+        """Whether the current (or last) call runs classifier-free guidance: its video or its audio guidance has a
+        `cfg_scale` other than 1 (`guidance_scale` / `audio_guidance_scale`), as diffusers' `LTX2Pipeline` reads
+        `guidance_scale > 1 or audio_guidance_scale > 1`. False before any call and for an unguided call."""
         guidance = getattr(self, "_call_guidance", None)
-        return guidance is not None and not guidance.unguided and guidance.resolved()[0].needs_negative
+        return guidance is not None and not guidance.unguided and any(g.needs_negative for g in guidance.resolved())
 
     @property
     def stage_index(self):

@@ -80,9 +80,10 @@ def check_text_sources(
     negative_prompt_attention_mask=None,
     negative_prompt_contexts=None,
 ) -> None:
-    """One source per text, as diffusers' `LTX2Pipeline.check_inputs` asks: the text, its text-encoder features or
-    its contexts, not two of them (the pipeline would silently use one); features with their attention mask (a
-    missing mask would attend to the padding tokens), a mask only with its features."""
+    """One source per text: the text, its text-encoder features or its contexts, not two of them (the pipeline would
+    silently use one); features with their attention mask (a missing mask would attend to the padding tokens), a
+    mask only with its features. diffusers' `LTX2Pipeline.check_inputs` refuses the positive prompt's pairs and
+    features without a mask; here the negative prompt follows the same rules (stricter than diffusers)."""
     if prompt is None and prompt_embeds is None and prompt_contexts is None:
         raise ValueError("pass prompt, prompt_embeds or prompt_contexts")
     for prefix, sources in (
