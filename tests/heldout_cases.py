@@ -152,7 +152,8 @@ def _config(case: HeldoutCase) -> dict:
     return config
 
 
-def _contexts(seed: int, config: dict, version: str, length: int = 16):
+def heldout_contexts(seed: int, config: dict, version: str, length: int = 16):
+    """Random post-connector `(video, audio)` contexts of `length` tokens for a held-out `config`."""
     g = torch.Generator().manual_seed(seed)
     section = config["transformer"]
     video_dim = section["num_attention_heads"] * section["attention_head_dim"]
@@ -194,8 +195,8 @@ def run_case(case: HeldoutCase, root: str | pathlib.Path, ours_overrides: dict |
         h, w = int(rng.integers(60, 200)), int(rng.integers(60, 200))
         PIL.Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
         images.append((str(path), frame, strength, crf))
-    positive = _contexts(case.seed + 2, config, case.version)
-    negative = _contexts(case.seed + 3, config, case.version, case.negative_length)
+    positive = heldout_contexts(case.seed + 2, config, case.version)
+    negative = heldout_contexts(case.seed + 3, config, case.version, case.negative_length)
     size = dict(height=case.height, width=case.width, num_frames=case.num_frames, frame_rate=case.frame_rate)
     seed = case.seed + 4
 

@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 from factories import build_checkpoint, build_lora, build_upsampler, checkpoint_config, vocoder_config
+from heldout_cases import heldout_contexts
 from ltx_core.components.guiders import MultiModalGuiderParams
 from ltx_core.model.audio_vae.audio_vae import encode_audio
 from ltx_core.types import Audio
@@ -63,6 +64,34 @@ def _reference_latent_frames(checkpoint, path):
     return encode_audio(Audio(waveform=waveform, sampling_rate=rate), ledger.audio_encoder()).shape[2]
 
 
+def _ours_and_reference(files, audio, prompts, size, guidance, *, seed, steps, strength, what, **audio_window):
+    """Ours and `A2VidPipelineTwoStage` on the same files and audio: `(our output, reference frames, reference
+    waveform, its rate)`, after asserting the frames agree within `TOL` (and are not blank)."""
+    positive, negative = prompts
+    frames, _, waveform, rate = run_reference_a2vid(
+        checkpoint=files["checkpoint"], upsampler=files["upsampler"], distilled_lora=files["lora"],
+        distilled_strength=strength, audio_path=audio, positive=positive, negative=negative, seed=seed,
+        num_inference_steps=steps, guider_params=MultiModalGuiderParams(**guidance), **audio_window, **size,
+    )  # fmt: skip
+    pipe = single_file_pipe(files["checkpoint"], files["upsampler"], files["lora"], strength)
+    out = pipe(
+        audio=audio, prompt_contexts=positive, negative_prompt_contexts=negative, num_inference_steps=steps,
+        video_guidance=MultiModalGuidance(**guidance), generator=torch.Generator().manual_seed(seed), output_type="pt",
+        **audio_window, **size,
+    )  # fmt: skip
+    _assert_frames_match(out, frames, what)
+    return out, frames, waveform, rate
+
+
+def _assert_frames_match(out, frames, what: str) -> None:
+    """Our `"pt"` frames `(B, F, C, H, W)` against the reference's `(B, C, F, H, W)`: within `TOL`, not blank."""
+    ours = out.frames.permute(0, 2, 1, 3, 4)
+    diff = (ours - frames).abs().max().item()
+    print(f"{what}: frames max|d| = {diff:.3g}")
+    assert ours.shape == frames.shape and ours.std() > 0.01
+    assert diff <= TOL
+
+
 @pytest.mark.parametrize("window", ["short_file", "audio_max_duration"])
 def test_audio_ending_within_a_latent_frame_of_the_video_matches_the_reference(files, window):
     """9 frames at 23.976 fps span 0.3754 s (9 audio latent frames); the clip (or the window read from a longer
@@ -73,22 +102,10 @@ def test_audio_ending_within_a_latent_frame_of_the_video_matches_the_reference(f
     positive, negative = contexts(20, "2.3"), contexts(21, "2.3")
     size = dict(height=192, width=128, num_frames=9, frame_rate=23.976)
     guidance = dict(cfg_scale=2.5, stg_scale=0.7, rescale_scale=0.5, modality_scale=2.0, stg_blocks=[1])
-    frames, _, waveform, rate = run_reference_a2vid(
-        checkpoint=files["checkpoint"], upsampler=files["upsampler"], distilled_lora=files["lora"],
-        distilled_strength=0.6, audio_path=audio, positive=positive, negative=negative, seed=7,
-        num_inference_steps=3, audio_max_duration=max_duration, guider_params=MultiModalGuiderParams(**guidance), **size,
+    out, frames, waveform, rate = _ours_and_reference(
+        files, audio, (positive, negative), size, guidance, seed=7, steps=3, strength=0.6,
+        audio_max_duration=max_duration, what="short audio",
     )  # fmt: skip
-    pipe = single_file_pipe(files["checkpoint"], files["upsampler"], files["lora"], 0.6)
-    out = pipe(
-        audio=audio, audio_max_duration=max_duration, prompt_contexts=positive, negative_prompt_contexts=negative, num_inference_steps=3,
-        video_guidance=MultiModalGuidance(**guidance), generator=torch.Generator().manual_seed(7), output_type="pt",
-        **size,
-    )  # fmt: skip
-    ours = out.frames.permute(0, 2, 1, 3, 4)
-    diff = (ours - frames).abs().max().item()
-    print(f"short audio: frames max|d| = {diff:.3g}")
-    assert ours.shape == frames.shape and ours.std() > 0.01
-    assert diff <= TOL
     assert out.audio_sample_rate == rate == 22050
     assert torch.equal(out.audio, waveform.float().reshape(out.audio.shape))  # the whole clip, as the reference
     assert out.audio.shape[-1] == round(0.362 * 22050) < round(9 / 23.976 * 22050)
@@ -132,22 +149,9 @@ def test_float_audio_beyond_full_scale_is_read_as_the_reference_reads_it(files):
     positive, negative = contexts(22, "2.3"), contexts(23, "2.3")
     size = dict(height=128, width=192, num_frames=9, frame_rate=25.0)
     guidance = dict(cfg_scale=3.0, stg_scale=0.0, rescale_scale=0.0, modality_scale=3.0, stg_blocks=[0])
-    frames, _, waveform, _ = run_reference_a2vid(
-        checkpoint=files["checkpoint"], upsampler=files["upsampler"], distilled_lora=files["lora"],
-        distilled_strength=0.9, audio_path=audio, positive=positive, negative=negative, seed=8,
-        num_inference_steps=2, guider_params=MultiModalGuiderParams(**guidance), **size,
-    )  # fmt: skip
-    pipe = single_file_pipe(files["checkpoint"], files["upsampler"], files["lora"], 0.9)
-    out = pipe(
-        audio=audio, prompt_contexts=positive, negative_prompt_contexts=negative, num_inference_steps=2,
-        video_guidance=MultiModalGuidance(**guidance), generator=torch.Generator().manual_seed(8), output_type="pt",
-        **size,
-    )  # fmt: skip
-    ours = out.frames.permute(0, 2, 1, 3, 4)
-    diff = (ours - frames).abs().max().item()
-    print(f"hot audio: frames max|d| = {diff:.3g}")
-    assert ours.shape == frames.shape and ours.std() > 0.01
-    assert diff <= TOL
+    out, frames, waveform, _ = _ours_and_reference(
+        files, audio, (positive, negative), size, guidance, seed=8, steps=2, strength=0.9, what="hot audio"
+    )
     assert waveform.abs().max() > 1.5  # the reference keeps the overs
     assert torch.equal(out.audio, waveform.float().reshape(2, -1)[:, : out.audio.shape[-1]])
     assert out.audio.shape[-1] == round(9 / 25 * rate)
@@ -161,22 +165,10 @@ def test_a_start_time_on_a_sample_tie_matches_the_reference(files):
     positive, negative = contexts(24, "2.3"), contexts(25, "2.3")
     size = dict(height=64, width=192, num_frames=17, frame_rate=29.97)
     guidance = dict(cfg_scale=4.0, stg_scale=1.2, rescale_scale=0.8, modality_scale=2.5, stg_blocks=[0, 1])
-    frames, _, waveform, _ = run_reference_a2vid(
-        checkpoint=files["checkpoint"], upsampler=files["upsampler"], distilled_lora=files["lora"],
-        distilled_strength=0.4, audio_path=audio, positive=positive, negative=negative, seed=9,
-        num_inference_steps=2, guider_params=MultiModalGuiderParams(**guidance), audio_start_time=0.185, **size,
+    out, frames, waveform, _ = _ours_and_reference(
+        files, audio, (positive, negative), size, guidance, seed=9, steps=2, strength=0.4,
+        audio_start_time=0.185, what="tie start",
     )  # fmt: skip
-    pipe = single_file_pipe(files["checkpoint"], files["upsampler"], files["lora"], 0.4)
-    out = pipe(
-        audio=audio, audio_start_time=0.185, prompt_contexts=positive, negative_prompt_contexts=negative,
-        num_inference_steps=2, video_guidance=MultiModalGuidance(**guidance),
-        generator=torch.Generator().manual_seed(9), output_type="pt", **size,
-    )  # fmt: skip
-    ours = out.frames.permute(0, 2, 1, 3, 4)
-    diff = (ours - frames).abs().max().item()
-    print(f"tie start: frames max|d| = {diff:.3g}")
-    assert ours.shape == frames.shape and ours.std() > 0.01
-    assert diff <= TOL
     assert torch.equal(out.audio, waveform.float().reshape(2, -1)[:, : out.audio.shape[-1]])
     source, _ = sf.read(audio, dtype="float32", always_2d=True)
     assert torch.equal(out.audio[:, :4], torch.from_numpy(source[8159:8163].T.copy()))
@@ -258,22 +250,12 @@ def _heldout_files(root, case, seed):
     return config, checkpoint, upsampler, audio, reference_audio, images
 
 
-def _heldout_contexts(seed, config, version, length):
-    g = torch.Generator().manual_seed(seed)
-    section = config["transformer"]
-    video_dim = section["num_attention_heads"] * section["attention_head_dim"]
-    audio_dim = section["audio_num_attention_heads"] * section["audio_attention_head_dim"]
-    if version == "2.0":
-        video_dim = audio_dim = section["caption_channels"]
-    return torch.randn(1, length, video_dim, generator=g), torch.randn(1, length, audio_dim, generator=g)
-
-
 @pytest.mark.parametrize("name", list(HELDOUT))
 def test_heldout_combination_matches_the_reference(name, tmp_path):
     case, seed = HELDOUT[name], 100 + list(HELDOUT).index(name)
     config, checkpoint, upsampler, audio, reference_audio, images = _heldout_files(tmp_path, case, seed)
-    positive = _heldout_contexts(seed + 2, config, case["version"], 16)
-    negative = _heldout_contexts(seed + 3, config, case["version"], 23)
+    positive = heldout_contexts(seed + 2, config, case["version"], 16)
+    negative = heldout_contexts(seed + 3, config, case["version"], 23)
     size = dict(
         height=case["height"], width=case["width"], num_frames=case["num_frames"], frame_rate=case["frame_rate"]
     )
@@ -317,11 +299,7 @@ def test_heldout_combination_matches_the_reference(name, tmp_path):
         conditions=[LTX2ImageCondition(*image) for image in images], generator=torch.Generator().manual_seed(seed + 4),
         output_type="pt", **window, **size, **kwargs,
     )  # fmt: skip
-    ours = out.frames.permute(0, 2, 1, 3, 4)
-    diff = (ours - frames).abs().max().item()
-    print(f"{name}: frames max|d| = {diff:.3g}")
-    assert ours.shape == frames.shape and ours.std() > 0.01
-    assert diff <= TOL
+    _assert_frames_match(out, frames, name)
     # the original samples over the video (the reference returns the whole window it read; mono stays mono)
     assert out.audio_sample_rate == rate == case["rate"]
     span = round(case["num_frames"] / case["frame_rate"] * rate)
