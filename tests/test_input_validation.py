@@ -574,3 +574,20 @@ def test_condition_tensors_are_read_channels_last_and_channels_first_is_refused(
         prepare_condition_image(pixels.permute(2, 0, 1), 32, 32)
     with pytest.raises(TypeError, match="numpy array or torch tensor"):
         prepare_condition_image([[0.5]], 32, 32)
+
+
+@pytest.mark.parametrize("single", ["tuple", "object"])
+def test_image_to_audio_video_takes_one_further_condition_as_the_others_do(pipe, no_compute, single):
+    """`conditions=` one condition (a tuple or an `LTX2ImageCondition`), as `normalize_conditions` takes it: it is
+    the second condition (it was unpacked into its fields, or not iterable)."""
+    from ltx2_diffusers import LTX2ImageCondition, LTX2ImageToAudioVideoPipeline
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    further = (image, 99, 1.0) if single == "tuple" else LTX2ImageCondition(image, 99, 1.0)
+    i2av = LTX2ImageToAudioVideoPipeline.from_pipe(pipe)
+    with pytest.raises(ValueError, match=r"^conditions\[1\]\.frame_index 99 is out of range for 9 frames"):
+        i2av(
+            image, conditions=further, prompt_contexts=contexts(0, "2.3"), negative_prompt_contexts=contexts(1, "2.3"),
+            height=64, width=64, num_frames=9, num_inference_steps=2,
+        )  # fmt: skip
+    assert no_compute == []

@@ -299,7 +299,10 @@ class LTX2ImageToAudioVideoPipeline(LTX2AudioVideoPipeline):
         if image is None:
             raise ValueError("image is required (the first frame); use LTX2AudioVideoPipeline for text only")
         check_first_frame_image(image, image_strength)
-        conditions = [LTX2ImageCondition(image, 0, image_strength), *(kwargs.pop("conditions", None) or ())]
+        further = kwargs.pop("conditions", None)
+        if isinstance(further, (LTX2ImageCondition, tuple)):  # one condition, as `normalize_conditions` takes it
+            further = [further]
+        conditions = [LTX2ImageCondition(image, 0, image_strength), *(further or ())]
         return super().__call__(prompt=prompt, conditions=conditions, **kwargs)
 
 
