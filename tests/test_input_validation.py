@@ -591,3 +591,16 @@ def test_image_to_audio_video_takes_one_further_condition_as_the_others_do(pipe,
             height=64, width=64, num_frames=9, num_inference_steps=2,
         )  # fmt: skip
     assert no_compute == []
+
+
+def test_audio_window_messages_name_the_pipelines_arguments(pipe, no_compute, tmp_path):
+    """A start past the end of the audio names `audio_start_time`, not load_audio's internal `start_time`."""
+    import scipy.io.wavfile
+
+    path = tmp_path / "half.wav"
+    scipy.io.wavfile.write(path, 16000, np.zeros(8000, np.int16))
+    for audio in (path, np.zeros(8000, np.float32)):
+        extra = {"audio_sample_rate": None} if isinstance(audio, type(path)) else {}  # a file has its own rate
+        with pytest.raises(ValueError, match=r": audio_start_time=5\.0 s is at or past the end of the audio"):
+            _call(pipe, audio, audio_start_time=5.0, **extra)
+    assert len(no_compute) == 2  # refused while reading the audio; no model ran (the fixture)

@@ -34,6 +34,8 @@ _INT_SCALE = {
 }
 # Why a waveform beyond `MAX_WAVEFORM_ABS` is refused (samples beyond +-1 below it are kept, as the reference keeps them).
 _FULL_SCALE = "float audio is full scale at +-1; validation.MAX_WAVEFORM_ABS"
+# What the window messages call `start_time` / `max_duration` unless a caller names its own arguments.
+_TIMES = ("start_time", "max_duration")
 # A fully decoded stream this much shorter than its header says is reported as truncated or corrupt.
 _SHORTFALL_TOLERANCE_S = 0.05
 _SHORTFALL_TOLERANCE_REL = 0.02
@@ -106,19 +108,22 @@ def _start_index(seconds: float, sample_rate: int) -> float:
     return first + max(round((seconds - float(Fraction(first, sample_rate))) * sample_rate), 0)
 
 
-def _window(total: int, sample_rate: int, start_time: float, max_duration: float | None, name: str) -> tuple[int, int]:
-    """Sample range `[begin, end)` selected by `start_time` / `max_duration` in a stream of `total` samples."""
+def _window(
+    total: int, sample_rate: int, start_time: float, max_duration: float | None, name: str, times=_TIMES
+) -> tuple[int, int]:
+    """Sample range `[begin, end)` selected by `start_time` / `max_duration` in a stream of `total` samples (`times`:
+    what the messages call those two)."""
     if total == 0:
         raise ValueError(f"{name} contains no audio samples: nothing to decode")
     begin = _start_index(start_time, sample_rate)
     if begin >= total:
         raise ValueError(
-            f"{name}: start_time={start_time} s is at or past the end of the audio ({total / sample_rate:.3f} s)"
+            f"{name}: {times[0]}={start_time} s is at or past the end of the audio ({total / sample_rate:.3f} s)"
         )
     end = total if max_duration is None else min(total, begin + _sample_index(max_duration, sample_rate))
     if end <= begin:
         raise ValueError(
-            f"{name}: nothing left to decode: start_time={start_time} s and max_duration={max_duration} s select no "
+            f"{name}: nothing left to decode: {times[0]}={start_time} s and {times[1]}={max_duration} s select no "
             f"samples at {sample_rate} Hz"
         )
     return begin, end
@@ -135,7 +140,7 @@ def _finish(samples: np.ndarray, layout: str, sample_rate: int) -> torch.Tensor:
 def _load_array(
     source, sample_rate, start_time, max_duration, names=("source", "sample_rate")
 ) -> tuple[torch.Tensor, int]:
-    src, rate = names
+    src, rate = names[:2]
     if sample_rate is None:
         raise ValueError(f"`{rate}` is required when `{src}` is an array of samples")
     sample_rate = check_audio_sample_rate(sample_rate, rate)
@@ -162,7 +167,9 @@ def _load_array(
         native = arr.astype(np.float64)  # big-endian and long double arrays too (torch reads neither)
         check_bounded([(f"`{src}` array", torch.from_numpy(native))], MAX_WAVEFORM_ABS, _FULL_SCALE)
         arr = native.astype(np.float32)
-    begin, end = _window(arr.shape[1], sample_rate, start_time, max_duration, f"the `{src}` array")
+    begin, end = _window(
+        arr.shape[1], sample_rate, start_time, max_duration, f"the `{src}` array", names[2:] or _TIMES
+    )
     layout = {3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}.get(
         arr.shape[0], f"{arr.shape[0]} channels"
     )
@@ -198,7 +205,7 @@ def _describe(source) -> str:
     return f"file object {name!r}" if isinstance(name, str) else "the file object"
 
 
-def _decode(container, stream, name, start_time, max_duration) -> tuple[np.ndarray, str, int, bool]:
+def _decode(container, stream, name, start_time, max_duration, times=_TIMES) -> tuple[np.ndarray, str, int, bool]:
     """Decode the selected samples; `complete` tells whether the whole stream was read."""
     sample_rate = stream.codec_context.sample_rate or stream.rate
     try:
@@ -214,7 +221,7 @@ def _decode(container, stream, name, start_time, max_duration) -> tuple[np.ndarr
         wanted = None
     if wanted == 0:
         raise ValueError(
-            f"{name}: nothing left to decode: max_duration={max_duration} s selects no samples at {sample_rate} Hz"
+            f"{name}: nothing left to decode: {times[1]}={max_duration} s selects no samples at {sample_rate} Hz"
         )
     chunks, seen, kept, layout, channels = [], 0, 0, None, None
     complete = True
@@ -253,11 +260,11 @@ def _decode(container, stream, name, start_time, max_duration) -> tuple[np.ndarr
                 f"{name} has a corrupt or truncated audio stream: only {seen / sample_rate:.3f} s of the "
                 f"{declared:.3f} s its header declares could be decoded"
             )
-    _window(seen, sample_rate, start_time, max_duration if complete else None, name)
+    _window(seen, sample_rate, start_time, max_duration if complete else None, name, times)
     return np.concatenate(chunks, axis=1), layout, sample_rate, complete
 
 
-def _load_file(source, start_time, max_duration, argument: str = "source") -> tuple[torch.Tensor, int]:
+def _load_file(source, start_time, max_duration, argument: str = "source", times=_TIMES) -> tuple[torch.Tensor, int]:
     name = _describe(source)
     position = None
     if isinstance(source, (str, os.PathLike)):
@@ -296,7 +303,9 @@ def _load_file(source, start_time, max_duration, argument: str = "source") -> tu
             if not audio:
                 raise ValueError(f"{name} is not audio: it has no audio stream")
             is_wav = container.format.name == "wav"
-            samples, layout, sample_rate, complete = _decode(container, audio[0], name, start_time, max_duration)
+            samples, layout, sample_rate, complete = _decode(
+                container, audio[0], name, start_time, max_duration, times
+            )
         finally:
             container.close()
         if complete and is_wav:
@@ -325,7 +334,7 @@ def load_audio(
     max_duration: float | None = None,
     sample_rate: int | None = None,
     *,
-    names: tuple[str, str] = ("source", "sample_rate"),
+    names: tuple[str, ...] = ("source", "sample_rate"),
 ) -> tuple[torch.Tensor, int]:
     """Decode audio to `(waveform, sample_rate)`: a float32 `[channels, samples]` tensor (full scale +-1), native rate.
 
@@ -343,9 +352,10 @@ def load_audio(
     infinite samples or samples beyond +-`validation.MAX_WAVEFORM_ABS` (1e5, 100 dB above full scale; decoded from
     a file or given in an array), a negative or non-finite start, a non-positive duration, a start at or past
     the end, or a selection with nothing left to decode. The input file is only read (a file object's position is
-    restored). `names`: what the messages call `source` and `sample_rate` (a caller's own arguments).
+    restored). `names`: what the messages call `source` and `sample_rate`, optionally then `start_time` and
+    `max_duration` (a caller's own arguments).
     """
-    src, rate = names
+    src, rate = names[:2]
     start_time, max_duration = _check_times(start_time, max_duration)
     if isinstance(source, (np.ndarray, torch.Tensor)):
         return _load_array(source, sample_rate, start_time, max_duration, names)
@@ -355,4 +365,4 @@ def load_audio(
         )
     if isinstance(source, (list, tuple)):
         raise TypeError(f"`{src}` must be a path, a file object or a numpy/torch array, not a list or tuple")
-    return _load_file(source, start_time, max_duration, src)
+    return _load_file(source, start_time, max_duration, src, tuple(names[2:]) or _TIMES)

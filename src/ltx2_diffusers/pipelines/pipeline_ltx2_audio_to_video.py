@@ -91,7 +91,7 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             duration = min(duration or math.inf, (limit + 8) / frame_rate)
         waveform, sample_rate = load_audio(
             audio, start_time=start_time, max_duration=duration, sample_rate=audio_sample_rate,
-            names=("audio", "audio_sample_rate"),
+            names=("audio", "audio_sample_rate", "audio_start_time", "audio_max_duration"),
         )  # fmt: skip
         available = waveform.shape[-1] / sample_rate
         if num_frames is None:
