@@ -45,15 +45,18 @@ class LTX2ImageCondition:
     crf: int = DEFAULT_IMAGE_CRF
 
 
+def condition_list(conditions) -> list:
+    """`conditions` as a list: None is none, one condition (an `LTX2ImageCondition` or a tuple) is one."""
+    if conditions is None:
+        return []
+    return [conditions] if isinstance(conditions, (LTX2ImageCondition, tuple)) else list(conditions)
+
+
 def normalize_conditions(conditions, num_frames: int | None, check_images: bool = True) -> list[LTX2ImageCondition]:
     """Validate `conditions` (objects or `(image, frame_index, strength[, crf])` tuples); `ValueError`s name them.
     `check_images` also reads each image (cheap) so that an unreadable one is refused before any encoding."""
-    if conditions is None:
-        return []
-    if isinstance(conditions, (LTX2ImageCondition, tuple)):
-        conditions = [conditions]
     result = []
-    for i, condition in enumerate(conditions):
+    for i, condition in enumerate(condition_list(conditions)):
         if isinstance(condition, tuple):
             if not 2 <= len(condition) <= 4:
                 raise ValueError(f"conditions[{i}] must be (image, frame_index, strength[, crf]), got {condition!r}")

@@ -535,9 +535,9 @@ class LTX2PipelineBase(
             latents = noise.to(latents.device) * self.DECODE_NOISE_SCALE + (1.0 - self.DECODE_NOISE_SCALE) * latents
             temb = torch.full((latents.shape[0],), self.DECODE_TIMESTEP, device=latents.device, dtype=latents.dtype)
         latents = self.denormalize_latents(latents)
-        if noise_generator_decode_supported(self.vae, latents.device, generator):  # ltx-core's noise draws
-            return decode_with_noise_generator(self.vae, latents, temb, generator)
         if injects_decode_noise(self.vae):
+            if noise_generator_decode_supported(self.vae, latents.device, generator):  # ltx-core's noise draws
+                return decode_with_noise_generator(self.vae, latents, temb, generator)
             logger.warning(
                 "the video VAE's decoder injects noise, which is drawn from the global RNG here (the decode is not "
                 "reproducible from `generator`): its seeded draws need the VAE without offload, tiling, slicing or "

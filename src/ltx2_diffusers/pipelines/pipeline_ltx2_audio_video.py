@@ -17,7 +17,7 @@ from ..guidance import MultiModalGuidance
 from ..schedules import STAGE_2_DISTILLED_SIGMAS
 from . import ltx2_stages as stages
 from .call_guard import exclusive_call
-from .image_conditions import LTX2ImageCondition, check_first_frame_image, normalize_conditions
+from .image_conditions import LTX2ImageCondition, check_first_frame_image, condition_list, normalize_conditions
 from .ltx2_base import LTX2PipelineBase
 from .ltx2_denoise import StepGuidance
 from .pipeline_checks import single_generator
@@ -299,10 +299,8 @@ class LTX2ImageToAudioVideoPipeline(LTX2AudioVideoPipeline):
         if image is None:
             raise ValueError("image is required (the first frame); use LTX2AudioVideoPipeline for text only")
         check_first_frame_image(image, image_strength)
-        further = kwargs.pop("conditions", None)
-        if isinstance(further, (LTX2ImageCondition, tuple)):  # one condition, as `normalize_conditions` takes it
-            further = [further]
-        conditions = [LTX2ImageCondition(image, 0, image_strength), *(further or ())]
+        further = condition_list(kwargs.pop("conditions", None))
+        conditions = [LTX2ImageCondition(image, 0, image_strength), *further]
         return super().__call__(prompt=prompt, conditions=conditions, **kwargs)
 
 
