@@ -105,8 +105,15 @@ def test_guidance_scale_below_one_is_refused_and_one_means_no_cfg(setup, monkeyp
     call(pipe, setup["audio"], output_type="latent", stage_2=False, video_guidance=None, guidance_scale=1.0)
     assert pipe.guidance_scale == 1.0 and pipe.do_classifier_free_guidance is False
     literal = MultiModalGuidance(cfg_scale=0.5, stg_blocks=[1])
-    call(pipe, setup["audio"], output_type="latent", stage_2=False, video_guidance=literal)
+    by_literal = call(pipe, setup["audio"], output_type="latent", stage_2=False, video_guidance=literal).frames
     assert pipe.guidance_scale == 0.5 and pipe.do_classifier_free_guidance is True
+    # the alias repeating the explicit guidance is redundant, not contradictory: accepted, the same call
+    repeated = call(
+        pipe, setup["audio"], output_type="latent", stage_2=False, video_guidance=literal, guidance_scale=0.5
+    ).frames
+    assert torch.equal(repeated, by_literal)
+    with pytest.raises(ValueError, match="guidance_scale=0.25 is below 1"):
+        call(pipe, setup["audio"], video_guidance=literal, guidance_scale=0.25)
 
 
 def test_docs_example_and_signature():

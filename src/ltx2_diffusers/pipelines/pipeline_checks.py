@@ -42,12 +42,14 @@ def resolve_guidance(video_guidance, default: MultiModalGuidance, **aliases) -> 
     """`video_guidance` (default: `default`) with the flat diffusers-style aliases applied: `guidance_scale` ->
     `cfg_scale`, `stg_scale`, `modality_scale`, `rescale_scale`. An alias that contradicts an explicitly given
     `video_guidance` is refused (`ValueError`); one that repeats it is accepted. `guidance_scale` below 1 is
-    refused: in diffusers it means "no CFG" there, while `cfg_scale` is the reference's formula
-    (`cond + (cfg_scale - 1) * (cond - uncond)`), for which 1.0 is no CFG and 0 the negative prompt's prediction."""
+    refused unless it repeats `video_guidance.cfg_scale`: in diffusers it means "no CFG" there, while `cfg_scale` is
+    the reference's formula (`cond + (cfg_scale - 1) * (cond - uncond)`), for which 1.0 is no CFG and 0 the negative
+    prompt's prediction."""
     from dataclasses import replace
 
     scale = aliases.get("guidance_scale")
-    if isinstance(scale, numbers.Real) and not isinstance(scale, bool) and scale < 1:
+    repeated = isinstance(video_guidance, MultiModalGuidance) and scale == video_guidance.cfg_scale
+    if isinstance(scale, numbers.Real) and not isinstance(scale, bool) and scale < 1 and not repeated:
         raise ValueError(
             f"guidance_scale={scale!r} is below 1: diffusers reads guidance_scale <= 1 as no classifier-free "
             "guidance, but here it is the reference's cfg_scale (cond + (cfg_scale - 1) * (cond - uncond)), where "
