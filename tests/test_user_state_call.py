@@ -178,3 +178,20 @@ def test_the_users_state_is_left_as_it_was(setup, cls, callback):
     after = user_state(pipe)
     for key in before:
         assert after[key] == before[key], key
+
+
+def test_adapter_operations_naming_the_distilled_lora_are_refused(setup):
+    """`load_lora_weights(..., adapter_name="distilled")` loads the pipeline-owned distilled LoRA, which no PEFT
+    adapter operation reaches: `delete_adapters("distilled")` is refused (it deleted nothing and stage 2 kept
+    applying it) and `set_adapters` says why; a PEFT adapter the user named "distilled" stays theirs."""
+    pipe = make(setup, LTX2AudioToVideoPipeline)
+    pipe.load_lora_weights(setup["loras"][0], adapter_name="distilled")
+    store = pipe.distilled_lora
+    for method in (pipe.delete_adapters, lambda names: pipe.set_adapters(names, [0.5])):
+        with pytest.raises(ValueError, match="'distilled' is the stage-2 distilled LoRA, held by the pipeline's"):
+            method(["distilled"])
+    assert pipe.distilled_lora is store
+    pipe.transformer.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"]), "distilled")
+    pipe.set_adapters("distilled", 0.5)
+    pipe.delete_adapters("distilled")
+    assert not pipe.get_list_adapters() and pipe.distilled_lora is store
