@@ -67,9 +67,8 @@ def stages_run(setup):
     return wrap
 
 
-@pytest.mark.parametrize("cls", [LTX2AudioToVideoPipeline, LTX2AudioVideoPipeline])
-def test_reference_arithmetic_refuses_an_unfusable_user_adapter_before_any_model(setup, stages_run, cls):
-    pipe = make(setup, cls)
+def test_reference_arithmetic_refuses_an_unfusable_user_adapter_before_any_model(setup, stages_run):
+    pipe = make(setup, LTX2AudioToVideoPipeline)
     pipe.transformer.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"], use_dora=True), "mine")
     ran = stages_run(pipe)
     with pytest.raises(ValueError, match=r"reference_arithmetic=True cannot compute .* adapter 'mine' .* DoRA"):
@@ -155,13 +154,12 @@ def at_step(step: int, what: str):
     [
         (LTX2AudioToVideoPipeline, None),
         (LTX2AudioToVideoPipeline, at_step(1, "interrupt")),
-        (LTX2AudioToVideoPipeline, at_step(STEPS + 1, "interrupt")),
         (LTX2AudioToVideoPipeline, at_step(1, "raise")),
         (LTX2AudioToVideoPipeline, at_step(STEPS + 1, "raise")),
         (LTX2AudioVideoPipeline, at_step(STEPS + 1, "raise")),
         (LTX2ImageToAudioVideoPipeline, at_step(STEPS + 1, "raise")),
     ],
-    ids=["a2v", "a2v-interrupt-1", "a2v-interrupt-2", "a2v-raise-1", "a2v-raise-2", "av-raise-2", "i2av-raise-2"],
+    ids=["a2v", "a2v-interrupt-1", "a2v-raise-1", "a2v-raise-2", "av-raise-2", "i2av-raise-2"],
 )
 def test_the_users_state_is_left_as_it_was(setup, cls, callback):
     pipe = make(setup, cls)
