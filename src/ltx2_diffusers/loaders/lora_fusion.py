@@ -135,10 +135,9 @@ def _inexpressible(name: str, layer) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def reference_lora_arithmetic(model: torch.nn.Module):
-    """Within the block, PEFT LoRA linears of `model` use ltx-core's fused-weight arithmetic (the user's adapter
-    state honoured; what the fused weight cannot express refused with a ValueError before anything runs)."""
+def check_fusable(model: torch.nn.Module) -> None:
+    """`ValueError` naming the adapter and layer if `reference_lora_arithmetic(model)` cannot compute the user's
+    PEFT LoRA layers as ltx-core's fused weight (the pipelines ask before any model runs)."""
     from peft.tuners.lora.layer import Linear as LoraLinear
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -149,13 +148,22 @@ def reference_lora_arithmetic(model: torch.nn.Module):
             f"{f' ({len(problems)} layers in all)' if len(problems) > 1 else ''}; run without reference_arithmetic, "
             "or disable_lora() / fuse_lora() that adapter first"
         )
-    patched = [m for m in model.modules() if type(m) is LoraLinear]
     fp8 = [n for n, m in model.named_modules() if isinstance(m, LoraLinear) and m.base_layer.weight.dtype in _FP8]
     if fp8:
         raise ValueError(
             f"reference_arithmetic=True: LoRA layers on float8 weights ({fp8[0]}, ...; {len(fp8)} in all) cannot be "
             "computed as ltx-core fuses them (it re-quantises the fused weight); run without reference_arithmetic"
         )
+
+
+@contextlib.contextmanager
+def reference_lora_arithmetic(model: torch.nn.Module):
+    """Within the block, PEFT LoRA linears of `model` use ltx-core's fused-weight arithmetic (the user's adapter
+    state honoured; what the fused weight cannot express refused with a ValueError before anything runs)."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    check_fusable(model)
+    patched = [m for m in model.modules() if type(m) is LoraLinear]
     for module in patched:
         module.forward = types.MethodType(_fused_forward, module)
     try:

@@ -260,16 +260,22 @@ def apply_attention_backend(transformer, backend: str | None) -> None:
             setattr(processor, _MARK_BACKEND, value)
 
 
+def resolved_acceleration(transformer, setting: TransformerAcceleration, device, reference_arithmetic: bool):
+    """`resolve_acceleration` for `transformer` as it is now (the user's compile, backend and hooks read from it),
+    changing nothing: the pipelines call it before any model runs, so that what `accelerated` would refuse
+    (ValueError) is refused first."""
+    return resolve_acceleration(
+        setting, device, reference_arithmetic, cuda_capability(device), compiled_by_user(transformer),
+        backend_set_by_user(transformer), hooked_blocks=blocks_carry_offload_hooks(transformer),
+        context_parallel=is_context_parallel(transformer), process_backend=process_backend_set(),
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
 def accelerated(transformer, setting: TransformerAcceleration, device, reference_arithmetic: bool):
     """Resolve and apply `setting` for a stage on `device`; a `reference_arithmetic` stage runs eager."""
     compiled = compiled_by_user(transformer)
-    user_backend = backend_set_by_user(transformer)
-    compile, backend = resolve_acceleration(
-        setting, device, reference_arithmetic, cuda_capability(device), compiled, user_backend,
-        hooked_blocks=blocks_carry_offload_hooks(transformer), context_parallel=is_context_parallel(transformer),
-        process_backend=process_backend_set(),
-    )  # fmt: skip
+    compile, backend = resolved_acceleration(transformer, setting, device, reference_arithmetic)
     if not compiled and not reference_arithmetic:
         apply_compile(transformer, compile)
     if setting.attention_backend == AUTO and backend is not None:

@@ -365,6 +365,21 @@ class LTX2A2VChecksMixin:
         if not isinstance(reference_arithmetic, bool):
             raise TypeError(f"reference_arithmetic must be a bool, got {reference_arithmetic!r}")
         self.check_decode_budget(reference_arithmetic, output_type)
+        self.check_transformer_state(reference_arithmetic)
+
+    def check_transformer_state(self, reference_arithmetic: bool) -> None:
+        """What the call cannot honour of the user's transformer state, refused (ValueError) before any model runs,
+        as the stages would refuse it: the speed settings against the user's offload hooks or attention backend
+        (`acceleration.resolved_acceleration`) and, with `reference_arithmetic`, user LoRA layers that ltx-core's
+        fused weight cannot express (`lora_fusion.check_fusable`)."""
+        from ..loaders.lora_fusion import check_fusable
+        from .acceleration import resolved_acceleration
+
+        resolved_acceleration(
+            self.transformer, self.transformer_acceleration, self._execution_device, reference_arithmetic
+        )
+        if reference_arithmetic:
+            check_fusable(self.transformer)
 
     def check_text_lengths(self, max_sequence_length, prompt_embeds=None, negative_prompt_embeds=None):
         """Text token counts the connectors can take: `max_sequence_length` a positive multiple of the connectors'

@@ -405,7 +405,26 @@ class LTX2A2VLoadingMixin:
     def set_adapters(self, adapter_names, adapter_weights=None):
         """diffusers' `set_adapters`, with the adapter weights checked (finite, bounded) before anything changes."""
         check_adapter_weights(adapter_weights)
+        self._check_not_distilled(adapter_names, "set_adapters")
         return super().set_adapters(adapter_names, adapter_weights)
+
+    def delete_adapters(self, adapter_names):
+        """diffusers' `delete_adapters` (the user's PEFT adapters)."""
+        self._check_not_distilled(adapter_names, "delete_adapters")
+        return super().delete_adapters(adapter_names)
+
+    def _check_not_distilled(self, adapter_names, method: str) -> None:
+        """`ValueError` if `adapter_names` names the distilled LoRA, which `load_lora_weights(...,
+        adapter_name="distilled")` loads into the pipeline-owned `distilled_lora` component: no PEFT adapter
+        operation reaches it (a PEFT adapter the user named so is theirs, and goes through)."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names or ())
+        adapters = {name for listed in self.get_list_adapters().values() for name in listed}
+        if DISTILLED_ADAPTER_NAME in names and DISTILLED_ADAPTER_NAME not in adapters:
+            raise ValueError(
+                f"{method}({DISTILLED_ADAPTER_NAME!r}): {DISTILLED_ADAPTER_NAME!r} is the stage-2 distilled LoRA, held "
+                "by the pipeline's `distilled_lora` component, not a PEFT adapter; its strength is the call's "
+                "`distilled_lora_scale` (0 turns it off), and `stage_2=False` skips the stage that applies it"
+            )
 
     def disable_vae_tiling(self):
         """Back to decoding the video in one piece (also turns the video VAE's own tiling off)."""
