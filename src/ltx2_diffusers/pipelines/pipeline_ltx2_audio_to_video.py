@@ -176,6 +176,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
         Args:
             prompt (`str`): the text; or pass `prompt_embeds` (text-encoder features) or `prompt_contexts`.
             audio: a path, file object, or `[channels, samples]` array (then `audio_sample_rate` is required).
+            audio_sample_rate (`int`, *optional*): the rate of an array `audio` (required with one, refused with a
+                file, which is read at its own rate).
             negative_prompt (`str`, *optional*): defaults to the reference's negative prompt.
             audio_start_time, audio_max_duration (`float`): the audio window in seconds (default: from 0, the video
                 span); the window read is what the audio VAE encodes, as in the reference.

@@ -117,8 +117,9 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             conditions: images pinned to frames: `LTX2ImageCondition` or `(image, frame_index, strength[, crf])`;
                 frame 0 replaces the first latent frame, other frames are keyframes.
             height, width (`int`): output size, multiples of 64 (32 with `stage_2=False`).
-            num_frames (`int`): `8k + 1`. frame_rate (`float`): frames per second, in [1, 240] (`validation`); the
-                video must span at least one audio latent frame (more than 0.02 s).
+            num_frames (`int`): `8k + 1`.
+            frame_rate (`float`): frames per second, in [1, 240] (`validation`); the video must span at least one
+                audio latent frame (more than 0.02 s).
             num_inference_steps (`int`, *optional*): stage-1 steps, at most `validation.MAX_INFERENCE_STEPS`
                 (1000); default from `version_defaults()`.
             sigmas (`list[float]`, *optional*): the stage-1 sigma table, through the registered `scheduler`.
