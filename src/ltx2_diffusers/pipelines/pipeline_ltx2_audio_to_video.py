@@ -186,8 +186,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             num_frames (`int`, *optional*): `8k + 1`; None takes the largest such count the audio covers.
             frame_rate (`float`): frames per second, in [1, 240] (`validation`); the video must span at least one
                 audio latent frame (more than 0.02 s).
-            num_inference_steps (`int`, *optional*): stage-1 steps, at most `validation.MAX_INFERENCE_STEPS`
-                (1000); default from `version_defaults()`.
+            num_inference_steps (`int`, *optional*): stage-1 steps, from 2 to
+                `validation.MAX_INFERENCE_STEPS` (1000); default from `version_defaults()`.
             sigmas (`list[float]`, *optional*): the stage-1 sigma table (e.g. `schedules.DISTILLED_SIGMAS`), run
                 through the registered `scheduler` (default: `ltx2_sigmas(num_inference_steps)`, or the distilled
                 table on a distilled checkpoint).
@@ -195,7 +195,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             guidance_scale, stg_scale, modality_scale, rescale_scale (`float`, *optional*): flat aliases of
                 `video_guidance.cfg_scale` / `.stg_scale` / `.modality_scale` / `.rescale_scale` (diffusers style);
                 with `video_guidance` given they must agree with it. `guidance_scale` 1.0 is no CFG; below 1 is
-                refused (diffusers' "no CFG"; the reference's formula below 1 is `video_guidance.cfg_scale`).
+                refused unless it repeats `video_guidance.cfg_scale` (diffusers' "no CFG"; the reference's formula
+                below 1 is `video_guidance.cfg_scale`).
             stage_2 (`bool`): upsample x2 and refine with the distilled LoRA (default); False renders one stage.
             distilled_lora_scale (`float`, *optional*): stage-2 LoRA strength (default `config.distilled_lora_scale`).
             enhance_prompt (`bool`): rewrite `prompt` with the text encoder first (the reference's text-to-video
