@@ -22,6 +22,7 @@ from ltx2_diffusers import (
     av_cli,
     convert,
     sync,
+    sync_report,
 )
 from ltx2_diffusers.audio.io import load_audio
 from ltx2_diffusers.pipelines import ltx2_base
@@ -214,6 +215,9 @@ def test_readme_audio_to_video_example(converted, tiny_recipe):
     assert out.audio_sample_rate == rate
     assert torch.equal(out.audio, original[..., : round(17 / 24 * rate)])
     assert (converted / "song.mp4").stat().st_size > 0
+    # `ltx2_diffusers.sync_report(frames, audio, sample_rate, fps)`: lags up to +-0.5 s, the lag also in ms
+    report = sync_report(out.frames[0], out.audio, out.audio_sample_rate, 24)
+    assert report.max_lag_frames == 12 and report.best_lag_ms == pytest.approx(report.best_lag_frames * 1000 / 24)
 
 
 def test_readme_text_and_image_to_audio_video_example(converted, tiny_recipe):
