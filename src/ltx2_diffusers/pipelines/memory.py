@@ -107,8 +107,10 @@ VAE_UNHOOKED_OFFLOADS = ("none", "stream")
 class MemoryTier:
     """One placement of the pipeline's components.
 
-    `offload`: "none" (everything on the device), "model" (diffusers' model CPU offload), "group-block" /
-    "group-leaf" (diffusers' group offload by transformer block or by leaf layer, with a CUDA stream on CUDA);
+    `offload`: "none" (everything on the device), "stream" (`resident_blocks` transformer blocks on the device, the
+    others streamed from pinned host memory, `block_streaming`), "model" (diffusers' model CPU offload),
+    "group-block" / "group-leaf" (diffusers' group offload by transformer block or by leaf layer, with a CUDA stream
+    on CUDA);
     `tiled_decode`: the video VAE decodes in tiles; `lora_location`: the distilled LoRA's factors on the "device"
     or on the "host" (pinned, copied to each weight's device when stage 2 forms `W + delta`)."""
 

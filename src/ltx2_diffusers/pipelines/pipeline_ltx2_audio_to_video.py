@@ -176,6 +176,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
         Args:
             prompt (`str`): the text; or pass `prompt_embeds` (text-encoder features) or `prompt_contexts`.
             audio: a path, file object, or `[channels, samples]` array (then `audio_sample_rate` is required).
+            audio_sample_rate (`int`, *optional*): the rate of an array `audio` (required with one, refused with a
+                file, which is read at its own rate).
             negative_prompt (`str`, *optional*): defaults to the reference's negative prompt.
             audio_start_time, audio_max_duration (`float`): the audio window in seconds (default: from 0, the video
                 span); the window read is what the audio VAE encodes, as in the reference.
@@ -184,8 +186,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             num_frames (`int`, *optional*): `8k + 1`; None takes the largest such count the audio covers.
             frame_rate (`float`): frames per second, in [1, 240] (`validation`); the video must span at least one
                 audio latent frame (more than 0.02 s).
-            num_inference_steps (`int`, *optional*): stage-1 steps, at most `validation.MAX_INFERENCE_STEPS`
-                (1000); default from `version_defaults()`.
+            num_inference_steps (`int`, *optional*): stage-1 steps, from 2 to
+                `validation.MAX_INFERENCE_STEPS` (1000); default from `version_defaults()`.
             sigmas (`list[float]`, *optional*): the stage-1 sigma table (e.g. `schedules.DISTILLED_SIGMAS`), run
                 through the registered `scheduler` (default: `ltx2_sigmas(num_inference_steps)`, or the distilled
                 table on a distilled checkpoint).
@@ -193,7 +195,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             guidance_scale, stg_scale, modality_scale, rescale_scale (`float`, *optional*): flat aliases of
                 `video_guidance.cfg_scale` / `.stg_scale` / `.modality_scale` / `.rescale_scale` (diffusers style);
                 with `video_guidance` given they must agree with it. `guidance_scale` 1.0 is no CFG; below 1 is
-                refused (diffusers' "no CFG"; the reference's formula below 1 is `video_guidance.cfg_scale`).
+                refused unless it repeats `video_guidance.cfg_scale` (diffusers' "no CFG"; the reference's formula
+                below 1 is `video_guidance.cfg_scale`).
             stage_2 (`bool`): upsample x2 and refine with the distilled LoRA (default); False renders one stage.
             distilled_lora_scale (`float`, *optional*): stage-2 LoRA strength (default `config.distilled_lora_scale`).
             enhance_prompt (`bool`): rewrite `prompt` with the text encoder first (the reference's text-to-video

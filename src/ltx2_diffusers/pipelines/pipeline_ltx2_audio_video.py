@@ -117,16 +117,18 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             conditions: images pinned to frames: `LTX2ImageCondition` or `(image, frame_index, strength[, crf])`;
                 frame 0 replaces the first latent frame, other frames are keyframes.
             height, width (`int`): output size, multiples of 64 (32 with `stage_2=False`).
-            num_frames (`int`): `8k + 1`. frame_rate (`float`): frames per second, in [1, 240] (`validation`); the
-                video must span at least one audio latent frame (more than 0.02 s).
-            num_inference_steps (`int`, *optional*): stage-1 steps, at most `validation.MAX_INFERENCE_STEPS`
-                (1000); default from `version_defaults()`.
+            num_frames (`int`): `8k + 1`.
+            frame_rate (`float`): frames per second, in [1, 240] (`validation`); the video must span at least one
+                audio latent frame (more than 0.02 s).
+            num_inference_steps (`int`, *optional*): stage-1 steps, from 2 to
+                `validation.MAX_INFERENCE_STEPS` (1000); default from `version_defaults()`.
             sigmas (`list[float]`, *optional*): the stage-1 sigma table, through the registered `scheduler`.
             video_guidance, audio_guidance (`MultiModalGuidance`, *optional*): stage-1 guidance of each modality
                 (default from `version_defaults()`: video cfg 3, audio cfg 7, STG, modality 3, rescale 0.7; none on
                 a distilled checkpoint). `MultiModalGuidance.disabled()` switches a modality's guidance off.
             guidance_scale, stg_scale, modality_scale, rescale_scale (`float`, *optional*): flat aliases of the
-                video guidance's fields. `guidance_scale` 1.0 is no CFG; below 1 is refused (diffusers' "no CFG";
+                video guidance's fields. `guidance_scale` 1.0 is no CFG; below 1 is refused unless it
+                repeats `video_guidance.cfg_scale` (diffusers' "no CFG";
                 the reference's formula below 1 is `video_guidance.cfg_scale`).
             stage_2 (`bool`): upsample x2 and refine (default); False renders one stage at the full size.
             distilled_lora_scale (`float`, *optional*): stage-2 LoRA strength (default `config.distilled_lora_scale`).
