@@ -4,6 +4,7 @@ steps every latent state it is given (``ltx2_denoise``), x2 upsampling and the v
 
 from __future__ import annotations
 
+import functools
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ from ..schedules import (
     ltx2_sigmas,
     set_scheduler_sigmas,
 )
-from ..validation import MAX_INFERENCE_STEPS
+from ..validation import MAX_INFERENCE_STEPS, shown
 from . import ltx2_stages as stages
 from .acceleration import TransformerAcceleration, accelerated, check_attention_backend
 from .block_streaming import slots_released_after
@@ -441,8 +442,9 @@ class LTX2PipelineBase(
         An interrupt (`pipe._interrupt = True`) stops the loop before the next step. Returns `(video, audio)`."""
         previous = None
         self._stage_index = stage
-        if stage == 0:  # the call's guidance (`guidance_scale`, `do_classifier_free_guidance`); stage 2 is unguided
+        if stage == 0:  # the call's guidance (`guidance_scale`, `do_classifier_free_guidance` after the call)
             self._call_guidance = guidance
+        self._stage_guidance = guidance  # the running stage's (stage 2 is unguided), until the loop ends
         exact = getattr(self, "_reference_arithmetic", False)
         frozen = is_frozen(video), is_frozen(audio)
         # One timestep per item where a modality's tokens share it (the masks do not change during the loop); the
@@ -476,6 +478,7 @@ class LTX2PipelineBase(
                         batch_size=guidance_batch_size,
                         share_prefix=not exact,
                         per_item_timesteps=per_item_timesteps,
+                        attention_kwargs=getattr(self, "_attention_kwargs", None),
                     )
                     if not frozen[0]:
                         video = advance(video, previous.video, sigma, sigma_next)
@@ -488,6 +491,7 @@ class LTX2PipelineBase(
                     progress_bar.update()
         finally:  # also when the call fails: `current_timestep` is None outside the loop
             self._current_timestep = None
+            self._stage_guidance = None
         return video, audio
 
     def _step_callback(self, callback, names, step, sigma, video, audio):
@@ -509,15 +513,31 @@ class LTX2PipelineBase(
     DECODE_NOISE_SCALE = 0.025  # timestep-conditioned decoders (LTX-2): noise mixed into the normalised latent
     DECODE_TIMESTEP = 0.05
 
-    def decode(self, latents: torch.Tensor, generator, output_type: str):
-        """Frames from normalised video latents, as the reference decoder: timestep-conditioned VAEs first mix
-        `DECODE_NOISE_SCALE` of noise (drawn from `generator`) into the latent and decode at `DECODE_TIMESTEP`.
-        With `enable_vae_tiling`, tile by tile (each tile its own noise draw) as ltx-core's tiled decode."""
+    @torch.no_grad()
+    def decode(
+        self, latents: torch.Tensor, generator=None, output_type: str = "pil", *, decode_timestep=None,
+        decode_noise_scale=None,
+    ):  # fmt: skip
+        """Frames from normalised video latents (a call's `output_type="latent"` frames), as the reference decoder:
+        timestep-conditioned VAEs (LTX-2) first mix `decode_noise_scale` of noise (drawn from `generator`) into the
+        latent and decode at `decode_timestep` (defaults `DECODE_NOISE_SCALE`, `DECODE_TIMESTEP`, the reference's;
+        `decode_timestep` alone sets both, as diffusers' `LTX2Pipeline`). With `enable_vae_tiling`, tile by tile
+        (each tile its own noise draw) as ltx-core's tiled decode. `output_type`: "pil", "np" or "pt"."""
+        from .peer_arguments import check_peer_arguments
+
+        check_peer_arguments(decode_timestep=decode_timestep, decode_noise_scale=decode_noise_scale, vae=self.vae)
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {shown(output_type)}")
+        timestep = self.DECODE_TIMESTEP if decode_timestep is None else float(decode_timestep)
+        if decode_noise_scale is None:
+            decode_noise_scale = self.DECODE_NOISE_SCALE if decode_timestep is None else decode_timestep
+        noise_scale = float(decode_noise_scale)
         latents = latents.to(self.vae.dtype)
+        decode_tile = functools.partial(self._decode_tile, generator=generator, timestep=timestep, scale=noise_scale)
         if self.vae_tiling is None:
-            video = self._decode_tile(latents, generator)
+            video = decode_tile(latents)
         else:
-            video = tiled_decode(lambda tile: self._decode_tile(tile, generator), latents, self.vae_tiling)
+            video = tiled_decode(decode_tile, latents, self.vae_tiling)
         frames = ((video.float() + 1) / 2).clamp(0, 1)  # (B, 3, F, H, W)
         if output_type == "pt":
             return frames.permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W), as diffusers' video pipelines
@@ -527,13 +547,13 @@ class LTX2PipelineBase(
         pixels = frames.mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous().cpu().numpy()
         return [[PIL.Image.fromarray(f) for f in batch] for batch in pixels]
 
-    def _decode_tile(self, latents: torch.Tensor, generator) -> torch.Tensor:
+    def _decode_tile(self, latents: torch.Tensor, generator, timestep=DECODE_TIMESTEP, scale=DECODE_NOISE_SCALE):
         temb = None
         if getattr(self.vae.config, "timestep_conditioning", False):
             device = generator.device if generator is not None else latents.device
             noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-            latents = noise.to(latents.device) * self.DECODE_NOISE_SCALE + (1.0 - self.DECODE_NOISE_SCALE) * latents
-            temb = torch.full((latents.shape[0],), self.DECODE_TIMESTEP, device=latents.device, dtype=latents.dtype)
+            latents = noise.to(latents.device) * scale + (1.0 - scale) * latents
+            temb = torch.full((latents.shape[0],), timestep, device=latents.device, dtype=latents.dtype)
         latents = self.denormalize_latents(latents)
         if injects_decode_noise(self.vae):
             if noise_generator_decode_supported(self.vae, latents.device, generator):  # ltx-core's noise draws
@@ -564,6 +584,7 @@ class LTX2PipelineBase(
             and channels_last_decode_supported(self.vae)
         )
 
+    @torch.no_grad()
     def decode_audio(self, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
         """`(waveform [channels, samples] float32 on CPU, sample rate)` of normalised audio latent tokens: the
         audio VAE decoder, then the vocoder at its output rate (ltx-core's `decode_audio`)."""
@@ -587,20 +608,33 @@ class LTX2PipelineBase(
         """The timestep (`sigma * 1000`) of the step running now; None outside the denoising loops."""
         return getattr(self, "_current_timestep", None)
 
+    def _described_guidance(self):
+        """The guidance the call properties describe: the running stage's inside a denoising loop (stage 2 runs
+        unguided), the last call's stage-1 guidance outside them; None before any call."""
+        stage = getattr(self, "_stage_guidance", None)
+        return stage if stage is not None else getattr(self, "_call_guidance", None)
+
     @property
     def guidance_scale(self) -> float | None:
-        """The video CFG scale of the current (or last) call's guidance, `video_guidance.cfg_scale` (1.0: no CFG,
-        also for an unguided call); stage 2 always runs unguided. None before any call."""
-        guidance = getattr(self, "_call_guidance", None)
+        """The video CFG scale of the running stage (`video_guidance.cfg_scale` in stage 1; 1.0, no CFG, in stage 2
+        and for an unguided call); outside the loops, the last call's stage-1 value. None before any call."""
+        guidance = self._described_guidance()
         return None if guidance is None else guidance.resolved()[0].cfg_scale
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        """Whether the current (or last) call runs classifier-free guidance: its video or its audio guidance has a
+        """Whether the running stage runs classifier-free guidance: its video or its audio guidance has a
         `cfg_scale` other than 1 (`guidance_scale` / `audio_guidance_scale`), as diffusers' `LTX2Pipeline` reads
-        `guidance_scale > 1 or audio_guidance_scale > 1`. False before any call and for an unguided call."""
-        guidance = getattr(self, "_call_guidance", None)
+        `guidance_scale > 1 or audio_guidance_scale > 1`; False in stage 2 (unguided). Outside the loops, the last
+        call's stage 1. False before any call and for an unguided call."""
+        guidance = self._described_guidance()
         return guidance is not None and not guidance.unguided and any(g.needs_negative for g in guidance.resolved())
+
+    @property
+    def attention_kwargs(self) -> dict | None:
+        """The current (or last) call's `attention_kwargs`, passed to every transformer forward; None before any
+        call."""
+        return getattr(self, "_attention_kwargs", None)
 
     @property
     def stage_index(self):
