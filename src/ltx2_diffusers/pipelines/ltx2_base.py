@@ -44,6 +44,7 @@ from ..validation import MAX_INFERENCE_STEPS, shown
 from . import ltx2_stages as stages
 from .acceleration import TransformerAcceleration, accelerated, check_attention_backend
 from .block_streaming import slots_released_after
+from .call_properties import LTX2CallPropertiesMixin
 from .image_conditions import prepare_condition_image
 from .ltx2_denoise import PromptContexts, StepGuidance, advance, guided_x0, has_uniform_timesteps, is_frozen
 from .pipeline_checks import GUIDANCE_ALIASES, LTX2A2VChecksMixin, checked_callback_outputs, resolve_guidance
@@ -87,7 +88,12 @@ TRANSFORMER_VARIANT_ATTR = "_ltx2_model_variant"
 
 
 class LTX2PipelineBase(
-    LTX2A2VLoadingMixin, LTX2PlacementMixin, LTX2A2VChecksMixin, DiffusionPipeline, LTX2AVLoraLoaderMixin
+    LTX2A2VLoadingMixin,
+    LTX2PlacementMixin,
+    LTX2A2VChecksMixin,
+    LTX2CallPropertiesMixin,
+    DiffusionPipeline,
+    LTX2AVLoraLoaderMixin,
 ):
     """Shared stage code of the LTX-2 pipelines; a pipeline adds its inputs and a `__call__` listing its stages."""
 
@@ -593,50 +599,3 @@ class LTX2PipelineBase(
         mel = self.audio_vae.decode_tokens(tokens.to(device=self._execution_device, dtype=self.audio_vae.dtype))
         waveform = self.vocoder(mel.to(self.vocoder.dtype)).squeeze(0).float()
         return waveform.cpu(), int(self.vocoder.sampling_rate)
-
-    @property
-    def interrupt(self):
-        return getattr(self, "_interrupt", False)
-
-    @property
-    def num_timesteps(self) -> int | None:
-        """Steps of the current (or last) call, both stages; None before any call."""
-        return getattr(self, "_num_timesteps", None)
-
-    @property
-    def current_timestep(self):
-        """The timestep (`sigma * 1000`) of the step running now; None outside the denoising loops."""
-        return getattr(self, "_current_timestep", None)
-
-    def _described_guidance(self):
-        """The guidance the call properties describe: the running stage's inside a denoising loop (stage 2 runs
-        unguided), the last call's stage-1 guidance outside them; None before any call."""
-        stage = getattr(self, "_stage_guidance", None)
-        return stage if stage is not None else getattr(self, "_call_guidance", None)
-
-    @property
-    def guidance_scale(self) -> float | None:
-        """The video CFG scale of the running stage (`video_guidance.cfg_scale` in stage 1; 1.0, no CFG, in stage 2
-        and for an unguided call); outside the loops, the last call's stage-1 value. None before any call."""
-        guidance = self._described_guidance()
-        return None if guidance is None else guidance.resolved()[0].cfg_scale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        """Whether the running stage runs classifier-free guidance: its video or its audio guidance has a
-        `cfg_scale` other than 1 (`guidance_scale` / `audio_guidance_scale`), as diffusers' `LTX2Pipeline` reads
-        `guidance_scale > 1 or audio_guidance_scale > 1`; False in stage 2 (unguided). Outside the loops, the last
-        call's stage 1. False before any call and for an unguided call."""
-        guidance = self._described_guidance()
-        return guidance is not None and not guidance.unguided and any(g.needs_negative for g in guidance.resolved())
-
-    @property
-    def attention_kwargs(self) -> dict | None:
-        """The current (or last) call's `attention_kwargs`, passed to every transformer forward; None before any
-        call."""
-        return getattr(self, "_attention_kwargs", None)
-
-    @property
-    def stage_index(self):
-        """0 during stage 1, 1 during stage 2 (for callbacks)."""
-        return getattr(self, "_stage_index", 0)
