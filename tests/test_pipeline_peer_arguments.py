@@ -197,3 +197,28 @@ def test_latent_output_decodes_as_documented(setup, name):
         assert torch.equal(waveform, decoded[1]) and sample_rate == decoded[2]
     else:
         assert torch.equal(audio, decoded[1]) and rate == decoded[2]  # the input samples either way
+
+
+def test_attention_kwargs_scale_scales_the_users_lora(setup):
+    """`attention_kwargs={"scale": 0}` switches the user's adapter off (diffusers' `apply_lora_scale`), as
+    `disable_lora()` does; 1 keeps it."""
+    from factories import build_lora
+
+    pipe = LTX2AudioVideoPipeline.from_pretrained(setup["root"] / "converted")
+    pipe.set_progress_bar_config(disable=True)
+    lora = build_lora(setup["root"] / "user_lora.safetensors", setup["root"] / "ltx-2.3.safetensors", seed=77)
+    pipe.load_lora_weights(lora, adapter_name="style")
+
+    def run(**kwargs):
+        return pipe(**{**tiny_call_args(pipe, GUIDANCE, steps=2), "stage_2": False, **kwargs})
+
+    styled = run()
+    off = run(attention_kwargs={"scale": 0.0})
+    on = run(attention_kwargs={"scale": 1.0})
+    pipe.disable_lora()
+    disabled = run()
+    assert not torch.allclose(styled.frames, disabled.frames)
+    assert torch.allclose(off.frames, disabled.frames, atol=1e-6) and torch.allclose(
+        off.audio, disabled.audio, atol=1e-6
+    )
+    assert torch.equal(on.frames, styled.frames)
