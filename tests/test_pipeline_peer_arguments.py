@@ -65,7 +65,6 @@ def forwards(setup, monkeypatch):
     ("argument", "value", "match"),
     [
         ("timesteps", [999, 500], "timesteps is an argument of diffusers' LTX2Pipeline .* pass sigmas="),
-        ("guidance_rescale", 0.7, "guidance_rescale .* pass rescale_scale="),
         ("spatio_temporal_guidance_blocks", [1], r"video_guidance=MultiModalGuidance\(stg_blocks="),
         ("audio_guidance_scale", 7.0, "audio_guidance_scale is an argument of diffusers' LTX2Pipeline"),
         ("audio_latents", torch.zeros(1, 8, 4, 16), "audio_latents is an argument of diffusers' LTX2Pipeline"),
@@ -222,3 +221,21 @@ def test_attention_kwargs_scale_scales_the_users_lora(setup):
         off.audio, disabled.audio, atol=1e-6
     )
     assert torch.equal(on.frames, styled.frames)
+
+
+def test_guidance_rescale_is_rescale_scale(setup, monkeypatch):
+    """diffusers' `guidance_rescale` is the same std rescale of the guided x0 as `rescale_scale` (the peer's
+    `rescale_noise_cfg` at batch 1 is ltx-core's formula): taken as its alias, both given must agree."""
+    from ltx2_diffusers.pipelines.ltx2_base import VersionDefaults
+
+    pipe = setup["av"]
+    monkeypatch.setattr(pipe, "version_defaults", lambda: VersionDefaults(2, MultiModalGuidance(stg_blocks=[1]), None))
+    flat = dict(video_guidance=None, audio_guidance=None, stage_2=False)
+    expected = call(setup, "av", **flat, rescale_scale=0.3).frames
+    assert torch.equal(call(setup, "av", **flat, guidance_rescale=0.3).frames, expected)
+    assert torch.equal(call(setup, "av", **flat, guidance_rescale=0.3, rescale_scale=0.3).frames, expected)
+    assert not torch.equal(call(setup, "av", **flat).frames, expected)
+    with pytest.raises(ValueError, match="rescale_scale=0.3 and guidance_rescale=0.5 name the same scale"):
+        call(setup, "av", **flat, rescale_scale=0.3, guidance_rescale=0.5)
+    with pytest.raises(ValueError, match="guidance_rescale=0.5 contradicts video_guidance.rescale_scale=0.7"):
+        call(setup, "a2v", guidance_rescale=0.5)

@@ -1,5 +1,6 @@
 """diffusers' `LTX2Pipeline` argument names in our pipelines: those with the same meaning are taken
-(`num_videos_per_prompt=1`, `attention_kwargs`, `decode_timestep`, `decode_noise_scale`) and checked here; those
+(`num_videos_per_prompt=1`, `attention_kwargs`, `decode_timestep`, `decode_noise_scale`; `guidance_rescale`, an
+alias of `rescale_scale`, in `pipeline_checks.resolve_guidance`) and checked here; those
 that cannot be honoured are refused with a ValueError that names the argument and what to use instead, not
 Python's "unexpected keyword argument" TypeError."""
 
@@ -13,7 +14,6 @@ from ..validation import finite_float, shown
 #: The peer's arguments our pipelines do not take, with what to pass instead (`{audio}`: the audio's guidance).
 PEER_ONLY_ARGUMENTS = {
     "timesteps": "pass sigmas=[...] (timestep = sigma * 1000), run through the registered scheduler",
-    "guidance_rescale": "pass rescale_scale= (or video_guidance=MultiModalGuidance(rescale_scale=...))",
     "spatio_temporal_guidance_blocks": "pass video_guidance=MultiModalGuidance(stg_blocks=[...]){audio}",
     "audio_guidance_scale": "{audio_guidance}(cfg_scale=...)",
     "audio_stg_scale": "{audio_guidance}(stg_scale=...)",

@@ -96,6 +96,7 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
         stg_scale: float | None = None,
         modality_scale: float | None = None,
         rescale_scale: float | None = None,
+        guidance_rescale: float | None = None,
         stage_2: bool = True,
         distilled_lora_scale: float | None = None,
         enhance_prompt: bool = False,
@@ -140,6 +141,8 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             guidance_scale, stg_scale, modality_scale, rescale_scale (`float`, *optional*): flat aliases of the
                 video guidance's fields. `guidance_scale` 1.0 is no CFG; below 1 is refused (diffusers' "no CFG";
                 the reference's formula below 1 is `video_guidance.cfg_scale`).
+            guidance_rescale (`float`, *optional*): diffusers' `LTX2Pipeline` name of `rescale_scale` (the same
+                rescale of the guided prediction towards the conditional one's std); pass one of the two.
             stage_2 (`bool`): upsample x2 and refine (default); False renders one stage at the full size.
             distilled_lora_scale (`float`, *optional*): stage-2 LoRA strength (default `config.distilled_lora_scale`).
             enhance_prompt (`bool`): rewrite `prompt` with the text encoder first (the reference's text-to-video
@@ -194,6 +197,7 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
         num_inference_steps, table, video_guidance, audio_guidance, stage_2_lora = self.stage_1_recipe(
             num_inference_steps, sigmas, video_guidance, audio_guidance, guidance_scale=guidance_scale,
             stg_scale=stg_scale, modality_scale=modality_scale, rescale_scale=rescale_scale,
+            guidance_rescale=guidance_rescale,
         )  # fmt: skip
         conditions = normalize_conditions(conditions, num_frames)
         self.check_inputs(
