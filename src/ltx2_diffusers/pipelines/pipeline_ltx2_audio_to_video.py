@@ -136,7 +136,7 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
-        prompt: str | None = None,
+        prompt: str | list[str] | None = None,
         audio=None,
         negative_prompt: str | None = None,
         audio_sample_rate: int | None = None,
@@ -183,7 +183,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
         r"""Generate a video whose motion follows `audio`, which it carries.
 
         Args:
-            prompt (`str`): the text; or pass `prompt_embeds` (text-encoder features) or `prompt_contexts`.
+            prompt (`str` or a list of one): the text; or pass `prompt_embeds` (text-encoder features) or
+                `prompt_contexts`. One video per call: a list of several prompts is refused (call once per prompt).
             audio: a path, file object, or `[channels, samples]` array (then `audio_sample_rate` is required).
             negative_prompt (`str`, *optional*): defaults to the reference's negative prompt.
             audio_start_time, audio_max_duration (`float`): the audio window in seconds (default: from 0, the video

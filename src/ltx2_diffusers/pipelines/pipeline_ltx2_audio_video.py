@@ -81,7 +81,7 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
-        prompt: str | None = None,
+        prompt: str | list[str] | None = None,
         negative_prompt: str | None = None,
         conditions: list[LTX2ImageCondition | tuple] | None = None,
         height: int = 1024,
@@ -125,7 +125,8 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
         r"""Generate a video and its audio from `prompt`.
 
         Args:
-            prompt (`str`): the text; or pass `prompt_embeds` (text-encoder features) or `prompt_contexts`.
+            prompt (`str` or a list of one): the text; or pass `prompt_embeds` (text-encoder features) or
+                `prompt_contexts`. One video per call: a list of several prompts is refused (call once per prompt).
             negative_prompt (`str`, *optional*): defaults to the reference's negative prompt.
             conditions: images pinned to frames: `LTX2ImageCondition` or `(image, frame_index, strength[, crf])`;
                 frame 0 replaces the first latent frame, other frames are keyframes.
@@ -321,7 +322,8 @@ class LTX2ImageToAudioVideoPipeline(LTX2AudioVideoPipeline):
             image: the first frame (required): a path, a PIL image, or an `(H, W)` / `(H, W, 3|4)` numpy array or
                 torch tensor, channels last (uint8, uint16, or float in [0, 1]); a channels-first `(3, H, W)`
                 tensor is refused (TypeError).
-            prompt (`str`): the text; or pass `prompt_embeds` (text-encoder features) or `prompt_contexts`.
+            prompt (`str` or a list of one): the text; or pass `prompt_embeds` (text-encoder features) or
+                `prompt_contexts`. One video per call: a list of several prompts is refused (call once per prompt).
             image_strength (`float`): how strongly frame 0 keeps the image (1: exactly).
             conditions: further images pinned to frames after 0: `LTX2ImageCondition` or
                 `(image, frame_index, strength[, crf])`.
