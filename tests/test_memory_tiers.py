@@ -332,7 +332,7 @@ def _pipeline_decode(vae, tiling=None, walk_devices=LTX2PipelineBase.CHANNELS_LA
     pipe.denormalize_latents = lambda z: LTX2PipelineBase.denormalize_latents(pipe, z)
     pipe._channels_last_decode = lambda z: LTX2PipelineBase._channels_last_decode(pipe, z)
     pipe._channels_last_decode_on = lambda *a: LTX2PipelineBase._channels_last_decode_on(pipe, *a)
-    pipe._decode_tile = lambda z, g: LTX2PipelineBase._decode_tile(pipe, z, g)
+    pipe._decode_tile = lambda z, generator, **kw: LTX2PipelineBase._decode_tile(pipe, z, generator, **kw)
     return lambda z: LTX2PipelineBase.decode(pipe, z, None, "pt")
 
 

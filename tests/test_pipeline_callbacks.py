@@ -208,7 +208,9 @@ def test_call_properties_inside_a_callback(setup):
         return kw
 
     call(pipe, setup, callback_on_step_end=record)
-    assert [s[0] for s in seen] == [2.5] * 6 and all(s[1] is True for s in seen)
+    # stage 1 guided, stage 2 unguided (diffusers' "no CFG": 1.0, False); after the call, the call's stage 1
+    assert [s[:2] for s in seen] == [(2.5, True)] * 3 + [(1.0, False)] * 3
+    assert (pipe.guidance_scale, pipe.do_classifier_free_guidance) == (2.5, True)
     assert all(torch.equal(torch.as_tensor(s[2]), torch.as_tensor(s[3])) for s in seen)
     assert {s[4] for s in seen} == {6}  # 3 stage-1 steps + the 3 of stage 2
     assert pipe.current_timestep is None  # outside the loops again
@@ -223,6 +225,29 @@ def test_call_properties_inside_a_callback(setup):
     seen.clear()  # audio CFG alone is CFG too (diffusers' LTX2Pipeline: guidance_scale or audio_guidance_scale > 1)
     call(pipe, setup, stage_2=False, video_guidance=disabled, audio_guidance=GUIDANCE, callback_on_step_end=record)
     assert [s[:2] for s in seen] == [(1.0, True)] * 3
+
+
+@pytest.mark.parametrize("pipe_name", ["av", "a2v"])
+def test_diffusers_callback_properties_in_each_stage(setup, pipe_name):
+    """What a diffusers callback reads: `guidance_scale` / `do_classifier_free_guidance` of the stage it runs in,
+    `num_timesteps`, `interrupt`, `attention_kwargs`, `_callback_tensor_inputs` (the names it may ask for)."""
+    pipe = setup[pipe_name]
+    seen = {}
+
+    def record(p, i, t, kw):
+        seen.setdefault(p.stage_index, []).append(
+            (p.guidance_scale, p.do_classifier_free_guidance, p.num_timesteps, p.interrupt, p.attention_kwargs)
+        )
+        assert set(kw) == set(p._callback_tensor_inputs)
+        return kw
+
+    call(
+        pipe, setup, callback_on_step_end=record, attention_kwargs={"scale": 1.0},
+        callback_on_step_end_tensor_inputs=list(pipe._callback_tensor_inputs),
+    )  # fmt: skip
+    assert seen[0] == [(2.5, True, 6, False, {"scale": 1.0})] * 3
+    assert seen[1] == [(1.0, False, 6, False, {"scale": 1.0})] * 3
+    assert pipe._callback_tensor_inputs == (["latents", "audio_latents"] if pipe_name == "av" else ["latents"])
 
 
 def test_current_timestep_is_none_after_a_failed_call(setup):

@@ -4,6 +4,7 @@ steps every latent state it is given (``ltx2_denoise``), x2 upsampling and the v
 
 from __future__ import annotations
 
+import functools
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -39,10 +40,11 @@ from ..schedules import (
     ltx2_sigmas,
     set_scheduler_sigmas,
 )
-from ..validation import MAX_INFERENCE_STEPS
+from ..validation import MAX_INFERENCE_STEPS, shown
 from . import ltx2_stages as stages
 from .acceleration import TransformerAcceleration, accelerated, check_attention_backend
 from .block_streaming import slots_released_after
+from .call_properties import LTX2CallPropertiesMixin
 from .image_conditions import prepare_condition_image
 from .ltx2_denoise import PromptContexts, StepGuidance, advance, guided_x0, has_uniform_timesteps, is_frozen
 from .pipeline_checks import GUIDANCE_ALIASES, LTX2A2VChecksMixin, checked_callback_outputs, resolve_guidance
@@ -86,7 +88,12 @@ TRANSFORMER_VARIANT_ATTR = "_ltx2_model_variant"
 
 
 class LTX2PipelineBase(
-    LTX2A2VLoadingMixin, LTX2PlacementMixin, LTX2A2VChecksMixin, DiffusionPipeline, LTX2AVLoraLoaderMixin
+    LTX2A2VLoadingMixin,
+    LTX2PlacementMixin,
+    LTX2A2VChecksMixin,
+    LTX2CallPropertiesMixin,
+    DiffusionPipeline,
+    LTX2AVLoraLoaderMixin,
 ):
     """Shared stage code of the LTX-2 pipelines; a pipeline adds its inputs and a `__call__` listing its stages."""
 
@@ -441,8 +448,9 @@ class LTX2PipelineBase(
         An interrupt (`pipe._interrupt = True`) stops the loop before the next step. Returns `(video, audio)`."""
         previous = None
         self._stage_index = stage
-        if stage == 0:  # the call's guidance (`guidance_scale`, `do_classifier_free_guidance`); stage 2 is unguided
+        if stage == 0:  # the call's guidance (`guidance_scale`, `do_classifier_free_guidance` after the call)
             self._call_guidance = guidance
+        self._stage_guidance = guidance  # the running stage's (stage 2 is unguided), until the loop ends
         exact = getattr(self, "_reference_arithmetic", False)
         frozen = is_frozen(video), is_frozen(audio)
         # One timestep per item where a modality's tokens share it (the masks do not change during the loop); the
@@ -476,6 +484,7 @@ class LTX2PipelineBase(
                         batch_size=guidance_batch_size,
                         share_prefix=not exact,
                         per_item_timesteps=per_item_timesteps,
+                        attention_kwargs=getattr(self, "_attention_kwargs", None),
                     )
                     if not frozen[0]:
                         video = advance(video, previous.video, sigma, sigma_next)
@@ -488,6 +497,7 @@ class LTX2PipelineBase(
                     progress_bar.update()
         finally:  # also when the call fails: `current_timestep` is None outside the loop
             self._current_timestep = None
+            self._stage_guidance = None
         return video, audio
 
     def _step_callback(self, callback, names, step, sigma, video, audio):
@@ -509,15 +519,31 @@ class LTX2PipelineBase(
     DECODE_NOISE_SCALE = 0.025  # timestep-conditioned decoders (LTX-2): noise mixed into the normalised latent
     DECODE_TIMESTEP = 0.05
 
-    def decode(self, latents: torch.Tensor, generator, output_type: str):
-        """Frames from normalised video latents, as the reference decoder: timestep-conditioned VAEs first mix
-        `DECODE_NOISE_SCALE` of noise (drawn from `generator`) into the latent and decode at `DECODE_TIMESTEP`.
-        With `enable_vae_tiling`, tile by tile (each tile its own noise draw) as ltx-core's tiled decode."""
+    @torch.no_grad()
+    def decode(
+        self, latents: torch.Tensor, generator=None, output_type: str = "pil", *, decode_timestep=None,
+        decode_noise_scale=None,
+    ):  # fmt: skip
+        """Frames from normalised video latents (a call's `output_type="latent"` frames), as the reference decoder:
+        timestep-conditioned VAEs (LTX-2) first mix `decode_noise_scale` of noise (drawn from `generator`) into the
+        latent and decode at `decode_timestep` (defaults `DECODE_NOISE_SCALE`, `DECODE_TIMESTEP`, the reference's;
+        `decode_timestep` alone sets both, as diffusers' `LTX2Pipeline`). With `enable_vae_tiling`, tile by tile
+        (each tile its own noise draw) as ltx-core's tiled decode. `output_type`: "pil", "np" or "pt"."""
+        from .peer_arguments import check_peer_arguments
+
+        check_peer_arguments(decode_timestep=decode_timestep, decode_noise_scale=decode_noise_scale, vae=self.vae)
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {shown(output_type)}")
+        timestep = self.DECODE_TIMESTEP if decode_timestep is None else float(decode_timestep)
+        if decode_noise_scale is None:
+            decode_noise_scale = self.DECODE_NOISE_SCALE if decode_timestep is None else decode_timestep
+        noise_scale = float(decode_noise_scale)
         latents = latents.to(self.vae.dtype)
+        decode_tile = functools.partial(self._decode_tile, generator=generator, timestep=timestep, scale=noise_scale)
         if self.vae_tiling is None:
-            video = self._decode_tile(latents, generator)
+            video = decode_tile(latents)
         else:
-            video = tiled_decode(lambda tile: self._decode_tile(tile, generator), latents, self.vae_tiling)
+            video = tiled_decode(decode_tile, latents, self.vae_tiling)
         frames = ((video.float() + 1) / 2).clamp(0, 1)  # (B, 3, F, H, W)
         if output_type == "pt":
             return frames.permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W), as diffusers' video pipelines
@@ -527,13 +553,13 @@ class LTX2PipelineBase(
         pixels = frames.mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous().cpu().numpy()
         return [[PIL.Image.fromarray(f) for f in batch] for batch in pixels]
 
-    def _decode_tile(self, latents: torch.Tensor, generator) -> torch.Tensor:
+    def _decode_tile(self, latents: torch.Tensor, generator, timestep=DECODE_TIMESTEP, scale=DECODE_NOISE_SCALE):
         temb = None
         if getattr(self.vae.config, "timestep_conditioning", False):
             device = generator.device if generator is not None else latents.device
             noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-            latents = noise.to(latents.device) * self.DECODE_NOISE_SCALE + (1.0 - self.DECODE_NOISE_SCALE) * latents
-            temb = torch.full((latents.shape[0],), self.DECODE_TIMESTEP, device=latents.device, dtype=latents.dtype)
+            latents = noise.to(latents.device) * scale + (1.0 - scale) * latents
+            temb = torch.full((latents.shape[0],), timestep, device=latents.device, dtype=latents.dtype)
         latents = self.denormalize_latents(latents)
         if injects_decode_noise(self.vae):
             if noise_generator_decode_supported(self.vae, latents.device, generator):  # ltx-core's noise draws
@@ -564,6 +590,7 @@ class LTX2PipelineBase(
             and channels_last_decode_supported(self.vae)
         )
 
+    @torch.no_grad()
     def decode_audio(self, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
         """`(waveform [channels, samples] float32 on CPU, sample rate)` of normalised audio latent tokens: the
         audio VAE decoder, then the vocoder at its output rate (ltx-core's `decode_audio`)."""
@@ -572,37 +599,3 @@ class LTX2PipelineBase(
         mel = self.audio_vae.decode_tokens(tokens.to(device=self._execution_device, dtype=self.audio_vae.dtype))
         waveform = self.vocoder(mel.to(self.vocoder.dtype)).squeeze(0).float()
         return waveform.cpu(), int(self.vocoder.sampling_rate)
-
-    @property
-    def interrupt(self):
-        return getattr(self, "_interrupt", False)
-
-    @property
-    def num_timesteps(self) -> int | None:
-        """Steps of the current (or last) call, both stages; None before any call."""
-        return getattr(self, "_num_timesteps", None)
-
-    @property
-    def current_timestep(self):
-        """The timestep (`sigma * 1000`) of the step running now; None outside the denoising loops."""
-        return getattr(self, "_current_timestep", None)
-
-    @property
-    def guidance_scale(self) -> float | None:
-        """The video CFG scale of the current (or last) call's guidance, `video_guidance.cfg_scale` (1.0: no CFG,
-        also for an unguided call); stage 2 always runs unguided. None before any call."""
-        guidance = getattr(self, "_call_guidance", None)
-        return None if guidance is None else guidance.resolved()[0].cfg_scale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        """Whether the current (or last) call runs classifier-free guidance: its video or its audio guidance has a
-        `cfg_scale` other than 1 (`guidance_scale` / `audio_guidance_scale`), as diffusers' `LTX2Pipeline` reads
-        `guidance_scale > 1 or audio_guidance_scale > 1`. False before any call and for an unguided call."""
-        guidance = getattr(self, "_call_guidance", None)
-        return guidance is not None and not guidance.unguided and any(g.needs_negative for g in guidance.resolved())
-
-    @property
-    def stage_index(self):
-        """0 during stage 1, 1 during stage 2 (for callbacks)."""
-        return getattr(self, "_stage_index", 0)

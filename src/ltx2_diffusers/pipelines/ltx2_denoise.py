@@ -149,6 +149,7 @@ def predict_pass_x0(
     batch_size: int | None = None,
     share_prefix: bool = False,
     per_item_timesteps: tuple[bool, bool] = (False, False),
+    attention_kwargs: dict | None = None,
 ) -> dict[str, PassX0]:
     """x0 of both modalities for each of ``passes`` at ``sigma``, ``batch_size`` passes per forward (None: all in
     ONE batched forward; 1: one forward per pass, as the reference runs them). Passes whose texts differ in
@@ -159,14 +160,19 @@ def predict_pass_x0(
     blocks before their first perturbed one (``SharedPrefix``; equal up to float reassociation, not bitwise).
 
     ``per_item_timesteps``: for the video / the audio, whose timesteps are uniform over the tokens
-    (``has_uniform_timesteps``), pass one timestep per item (``_transformer_timesteps``)."""
+    (``has_uniform_timesteps``), pass one timestep per item (``_transformer_timesteps``).
+
+    ``attention_kwargs``: given to every forward (diffusers' ``attention_kwargs``, e.g. ``{"scale": s}``)."""
     if not passes:
         return {}
     pass_contexts = {name: guidance.contexts(name, contexts) for name in passes}
     if len({(v.shape[1], a.shape[1]) for v, a in pass_contexts.values()}) > 1:
         batch_size = 1
     if batch_size is not None and len(passes) > batch_size:
-        x0, options = {}, dict(share_prefix=share_prefix, per_item_timesteps=per_item_timesteps)
+        x0 = {}
+        options = dict(
+            share_prefix=share_prefix, per_item_timesteps=per_item_timesteps, attention_kwargs=attention_kwargs
+        )
         for start in range(0, len(passes), batch_size):
             chunk = passes[start : start + batch_size]
             x0.update(predict_pass_x0(transformer, video, audio, sigma, chunk, contexts, guidance, **options))
@@ -194,6 +200,7 @@ def predict_pass_x0(
         use_cross_timestep=True,
         perturbations=perturbations,
         shared_prefix=shared,
+        attention_kwargs=attention_kwargs,
         return_dict=False,
     )
     video_x0 = x0_from_velocity(video.latent.expand(n, -1, -1), video_velocity, video_t).split(1)
@@ -214,6 +221,7 @@ def guided_x0(
     batch_size: int | None = None,
     share_prefix: bool = False,
     per_item_timesteps: tuple[bool, bool] = (False, False),
+    attention_kwargs: dict | None = None,
 ) -> PassX0:
     """Both modalities' guided x0 at ``step_index`` (the reference's guider denoising step).
 
@@ -243,6 +251,7 @@ def guided_x0(
     x0 = predict_pass_x0(
         transformer, video, audio, sigma, passes, contexts, guidance,
         batch_size=batch_size, share_prefix=share_prefix, per_item_timesteps=per_item_timesteps,
+        attention_kwargs=attention_kwargs,
     )  # fmt: skip
     if guidance.unguided:
         return x0["cond"]

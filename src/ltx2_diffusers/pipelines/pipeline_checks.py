@@ -35,12 +35,13 @@ GUIDANCE_ALIASES = {
     "stg_scale": "stg_scale",
     "modality_scale": "modality_scale",
     "rescale_scale": "rescale_scale",
+    "guidance_rescale": "rescale_scale",  # diffusers' LTX2Pipeline name: the same rescale of the guided x0
 }
 
 
 def resolve_guidance(video_guidance, default: MultiModalGuidance, **aliases) -> MultiModalGuidance:
     """`video_guidance` (default: `default`) with the flat diffusers-style aliases applied: `guidance_scale` ->
-    `cfg_scale`, `stg_scale`, `modality_scale`, `rescale_scale`. An alias that contradicts an explicitly given
+    `cfg_scale`, `stg_scale`, `modality_scale`, `rescale_scale` (or `guidance_rescale`, diffusers' name). An alias that contradicts an explicitly given
     `video_guidance` is refused (`ValueError`); one that repeats it is accepted. `guidance_scale` below 1 is
     refused unless it repeats `video_guidance.cfg_scale`: in diffusers it means "no CFG" there, while `cfg_scale` is
     the reference's formula (`cond + (cfg_scale - 1) * (cond - uncond)`), for which 1.0 is no CFG and 0 the negative
@@ -57,6 +58,12 @@ def resolve_guidance(video_guidance, default: MultiModalGuidance, **aliases) -> 
             "video_guidance=MultiModalGuidance(cfg_scale=...) for the reference's formula below 1"
         )
 
+    rescales = {aliases.get("rescale_scale"), aliases.get("guidance_rescale")} - {None}
+    if len(rescales) > 1:
+        raise ValueError(
+            f"rescale_scale={aliases['rescale_scale']!r} and guidance_rescale={aliases['guidance_rescale']!r} name "
+            "the same scale (diffusers' LTX2Pipeline calls it guidance_rescale): pass one of them"
+        )
     given = {GUIDANCE_ALIASES[k]: v for k, v in aliases.items() if v is not None}
     if video_guidance is None:
         return replace(default, **given)

@@ -20,6 +20,7 @@ from .image_conditions import LTX2ImageCondition, normalize_conditions
 from .ltx2_base import DEFAULT_NEGATIVE_PROMPT, LTX2PipelineBase  # noqa: F401  (DEFAULT_NEGATIVE_PROMPT: public)
 from .ltx2_denoise import StepGuidance
 from .ltx2_stages import video_latent_size
+from .peer_arguments import check_peer_arguments, refuses_peer_only_arguments
 from .pipeline_checks import single_generator
 from .pipeline_loading import load_gemma  # noqa: F401  (load_gemma: public helper)
 
@@ -29,8 +30,10 @@ logger = logging.get_logger(__name__)
 
 @dataclass
 class LTX2AudioToVideoPipelineOutput(BaseOutput):
-    """`frames`: PIL lists, `(B, F, H, W, 3)` numpy floats in [0, 1] (`"np"`), `(B, F, 3, H, W)` tensors (`"pt"`)
-    or latents; `audio`: the ORIGINAL
+    """`frames`: batched, one item (`frames[0]` is the video): a list of one list of PIL images (`"pil"`), `(1, F,
+    H, W, 3)` numpy floats in [0, 1] (`"np"`), `(1, F, 3, H, W)` tensors (`"pt"`), or the normalised video latents
+    `(1, 128, F', H', W')` (`"latent"`, decoded by `pipe.decode(frames, generator, "pil")`); `audio`, NOT batched,
+    also with `"latent"`: the ORIGINAL
     input samples covering the video (all of them when the audio ends shortly before the video but its audio latent
     still covers the video's, up to about 1.5 audio latent frames, as the reference takes and returns it),
     `[channels, samples]` float32, at `audio_sample_rate`."""
@@ -128,11 +131,12 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
 
     # ------------------------------------------------------------------------------------------------ call
     @torch.no_grad()
+    @refuses_peer_only_arguments(generates_audio=False)
     @exclusive_call
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
-        prompt: str | None = None,
+        prompt: str | list[str] | None = None,
         audio=None,
         negative_prompt: str | None = None,
         audio_sample_rate: int | None = None,
@@ -150,6 +154,7 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
         stg_scale: float | None = None,
         modality_scale: float | None = None,
         rescale_scale: float | None = None,
+        guidance_rescale: float | None = None,
         stage_2: bool = True,
         distilled_lora_scale: float | None = None,
         enhance_prompt: bool = False,
@@ -170,11 +175,16 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         max_num_frames: int | None = None,
         max_video_tokens: int | None = None,
+        num_videos_per_prompt: int = 1,
+        attention_kwargs: dict[str, Any] | None = None,
+        decode_timestep: float | None = None,
+        decode_noise_scale: float | None = None,
     ):
         r"""Generate a video whose motion follows `audio`, which it carries.
 
         Args:
-            prompt (`str`): the text; or pass `prompt_embeds` (text-encoder features) or `prompt_contexts`.
+            prompt (`str` or a list of one): the text; or pass `prompt_embeds` (text-encoder features) or
+                `prompt_contexts`. One video per call: a list of several prompts is refused (call once per prompt).
             audio: a path, file object, or `[channels, samples]` array (then `audio_sample_rate` is required).
             audio_sample_rate (`int`, *optional*): the rate of an array `audio` (required with one, refused with a
                 file, which is read at its own rate).
@@ -197,6 +207,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
                 with `video_guidance` given they must agree with it. `guidance_scale` 1.0 is no CFG; below 1 is
                 refused unless it repeats `video_guidance.cfg_scale` (diffusers' "no CFG"; the reference's formula
                 below 1 is `video_guidance.cfg_scale`).
+            guidance_rescale (`float`, *optional*): diffusers' `LTX2Pipeline` name of `rescale_scale` (the same
+                rescale of the guided prediction towards the conditional one's std); pass one of the two.
             stage_2 (`bool`): upsample x2 and refine with the distilled LoRA (default); False renders one stage.
             distilled_lora_scale (`float`, *optional*): stage-2 LoRA strength (default `config.distilled_lora_scale`).
             enhance_prompt (`bool`): rewrite `prompt` with the text encoder first (the reference's text-to-video
@@ -215,34 +227,47 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             reference_arithmetic (`bool`): one pass per forward and user LoRAs as ltx-core fuses them
                 (`W + s·B·A` in the weight dtype): bit-identical to ltx-pipelines' A2VidPipelineTwoStage in
                 bfloat16 for the same seed on the same device.
-            output_type (`str`): `"pil"` (lists of PIL images), `"np"` `(B, F, H, W, 3)`, `"pt"` `(B, F, 3, H, W)`,
-                floats in [0, 1], or `"latent"` (normalised video latents `(B, 128, F', H', W')`).
-            return_dict (`bool`): an `LTX2AudioToVideoPipelineOutput` (else `(frames, audio, audio_sample_rate)`).
+            output_type (`str`): `"pil"` (a list of one list of PIL images), `"np"` `(1, F, H, W, 3)`, `"pt"`
+                `(1, F, 3, H, W)`, floats in [0, 1], or `"latent"` (normalised video latents `(1, 128, F', H', W')`,
+                which `pipe.decode(frames, generator, "pil")` decodes; the audio is the input waveform still).
+            return_dict (`bool`): an `LTX2AudioToVideoPipelineOutput`, else the 3-tuple `(frames, audio,
+                audio_sample_rate)` (diffusers' `LTX2Pipeline` returns `(video, audio)`).
             callback_on_step_end (`Callable`, *optional*): `callback_on_step_end(pipe, i, t, callback_kwargs)` after
                 every step of both stages: `i` counts on across the stages (stage 2 starts at stage 1's step count),
                 `t` is the timestep (`sigma * 1000`, as diffusers' schedulers), `pipe.stage_index` is 0 (stage 1) or
                 1 (stage 2); it may return `{"latents": ...}`. Set `pipe._interrupt = True` to stop:
                 denoising stops before the next step and no further stage starts; the output is decoded from the
                 latents as they are (interrupted in stage 1: the stage-1 latents, at the stage-1 resolution), with
-                a warning. `pipe.current_timestep`, `pipe.guidance_scale`, `pipe.do_classifier_free_guidance` and
-                `pipe.num_timesteps` describe the call meanwhile.
+                a warning. `pipe.current_timestep`, `pipe.num_timesteps` (both stages), `pipe.attention_kwargs`,
+                `pipe.guidance_scale` and `pipe.do_classifier_free_guidance` (of the running stage: 1.0 and False
+                in the unguided stage 2) describe the call meanwhile.
             callback_on_step_end_tensor_inputs (`list[str]` or None): tensors given to the callback (`"latents"`);
                 a returned tensor must keep its shape (tokens) and dtype, and be finite.
             max_num_frames, max_video_tokens (`int`, *optional*): raise the size bounds of
                 `ltx2_diffusers.validation` (1001 frames, 2**18 video latent tokens), which also bound a
                 `num_frames=None` derived from the audio.
+            num_videos_per_prompt (`int`): 1 (diffusers' name; one video per call). diffusers' `LTX2Pipeline`
+                arguments not listed here (`timesteps`, `audio_guidance_scale`, `audio_latents`, ...) are refused
+                with a ValueError naming what to pass instead.
+            attention_kwargs (`dict`, *optional*): given to every transformer forward (`pipe.attention_kwargs`
+                meanwhile); `{"scale": s}` scales the user's LoRA adapters (not the pipeline's distilled LoRA:
+                `distilled_lora_scale`); no other key is read, so none other is taken.
+            decode_timestep, decode_noise_scale (`float`, *optional*): in [0, 1], the decoder timestep and the noise
+                mixed into the latent before the decode, for a timestep-conditioned video VAE (LTX-2; refused with
+                LTX-2.3's, which takes none). Default the reference's 0.05 and 0.025; `decode_timestep` alone sets
+                both, as in diffusers' `LTX2Pipeline`.
 
         Examples:
 
         Returns:
-            `LTX2AudioToVideoPipelineOutput`: `frames`, and `audio`: the original input samples covering the video
-            `[channels, samples]` at `audio_sample_rate`.
+            `LTX2AudioToVideoPipelineOutput` (or the tuple): `frames` batched (one item), and `audio`, NOT batched:
+            the original input samples covering the video `[channels, samples]` at `audio_sample_rate`.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         num_inference_steps, table, video_guidance, _, stage_2_lora = self.stage_1_recipe(
             num_inference_steps, sigmas, video_guidance, guidance_scale=guidance_scale, stg_scale=stg_scale,
-            modality_scale=modality_scale, rescale_scale=rescale_scale,
+            modality_scale=modality_scale, rescale_scale=rescale_scale, guidance_rescale=guidance_rescale,
         )  # fmt: skip
         conditions = normalize_conditions(conditions, num_frames)
         self.check_inputs(
@@ -260,9 +285,13 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             max_video_tokens=max_video_tokens, stage_2_lora=stage_2_lora, enhance_prompt=enhance_prompt,
             reference_arithmetic=reference_arithmetic,
         )  # fmt: skip
+        check_peer_arguments(
+            num_videos_per_prompt, attention_kwargs, decode_timestep, decode_noise_scale, vae=self.vae,
+            output_type=output_type,
+        )  # fmt: skip
         stage_1_sigmas = self.stage_sigmas(num_inference_steps, table)
         generator = single_generator(generator)
-        self._interrupt = False
+        self._interrupt, self._attention_kwargs = False, attention_kwargs
         self._reference_arithmetic = reference_arithmetic
         if reference_arithmetic:
             guidance_batch_size = 1
@@ -309,7 +338,8 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             latent = stages.unpatchify_video(self.final_tokens(video), video_latent_size(num_frames, height, width))
 
         # 5. Decode.
-        frames = latent if output_type == "latent" else self.decode(latent, generator, output_type)
+        decode = dict(decode_timestep=decode_timestep, decode_noise_scale=decode_noise_scale)
+        frames = latent if output_type == "latent" else self.decode(latent, generator, output_type, **decode)
         self.maybe_free_model_hooks()
         audio_out = waveform.float().cpu()
         if not return_dict:

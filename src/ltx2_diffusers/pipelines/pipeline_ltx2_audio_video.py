@@ -20,14 +20,21 @@ from .call_guard import exclusive_call
 from .image_conditions import LTX2ImageCondition, check_first_frame_image, condition_list, normalize_conditions
 from .ltx2_base import LTX2PipelineBase
 from .ltx2_denoise import StepGuidance
+from .peer_arguments import check_peer_arguments, refuses_peer_only_arguments
 from .pipeline_checks import single_generator
 
 
 @dataclass
 class LTX2AudioVideoPipelineOutput(BaseOutput):
-    """`frames`: PIL lists, `(B, F, H, W, 3)` numpy floats in [0, 1] (`"np"`), `(B, F, 3, H, W)` tensors (`"pt"`)
-    or normalised video latents (`"latent"`); `audio`: the generated waveform `[channels, samples]` float32 at
-    `audio_sample_rate` (the vocoder's rate), or the normalised audio latent tokens `(B, T, 128)` (`"latent"`)."""
+    """The one video of a call and its audio.
+
+    `frames`: batched, one item (`frames[0]` is the video): a list of one list of PIL images (`"pil"`), `(1, F, H,
+    W, 3)` numpy floats in [0, 1] (`"np"`), `(1, F, 3, H, W)` tensors (`"pt"`), or the normalised video latents
+    `(1, 128, F', H', W')` (`"latent"`, decoded by `pipe.decode(frames, generator, "pil")`).
+    `audio`: NOT batched: the generated waveform `[channels, samples]` float32 on the CPU at `audio_sample_rate`
+    (the vocoder's rate), to pass as is (diffusers' `LTX2Pipeline` returns `(batch, channels, samples)`); with
+    `"latent"`, the normalised audio latent tokens `(1, T, 128)` (decoded by `pipe.decode_audio(audio)`, which returns
+    `(waveform, sample_rate)`) and `audio_sample_rate` None."""
 
     frames: Any
     audio: torch.Tensor
@@ -69,11 +76,12 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
     _callback_tensor_inputs = ["latents", "audio_latents"]
 
     @torch.no_grad()
+    @refuses_peer_only_arguments(generates_audio=True)
     @exclusive_call
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
-        prompt: str | None = None,
+        prompt: str | list[str] | None = None,
         negative_prompt: str | None = None,
         conditions: list[LTX2ImageCondition | tuple] | None = None,
         height: int = 1024,
@@ -88,6 +96,7 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
         stg_scale: float | None = None,
         modality_scale: float | None = None,
         rescale_scale: float | None = None,
+        guidance_rescale: float | None = None,
         stage_2: bool = True,
         distilled_lora_scale: float | None = None,
         enhance_prompt: bool = False,
@@ -108,11 +117,16 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         max_num_frames: int | None = None,
         max_video_tokens: int | None = None,
+        num_videos_per_prompt: int = 1,
+        attention_kwargs: dict[str, Any] | None = None,
+        decode_timestep: float | None = None,
+        decode_noise_scale: float | None = None,
     ):
         r"""Generate a video and its audio from `prompt`.
 
         Args:
-            prompt (`str`): the text; or pass `prompt_embeds` (text-encoder features) or `prompt_contexts`.
+            prompt (`str` or a list of one): the text; or pass `prompt_embeds` (text-encoder features) or
+                `prompt_contexts`. One video per call: a list of several prompts is refused (call once per prompt).
             negative_prompt (`str`, *optional*): defaults to the reference's negative prompt.
             conditions: images pinned to frames: `LTX2ImageCondition` or `(image, frame_index, strength[, crf])`;
                 frame 0 replaces the first latent frame, other frames are keyframes.
@@ -130,6 +144,8 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
                 video guidance's fields. `guidance_scale` 1.0 is no CFG; below 1 is refused unless it
                 repeats `video_guidance.cfg_scale` (diffusers' "no CFG";
                 the reference's formula below 1 is `video_guidance.cfg_scale`).
+            guidance_rescale (`float`, *optional*): diffusers' `LTX2Pipeline` name of `rescale_scale` (the same
+                rescale of the guided prediction towards the conditional one's std); pass one of the two.
             stage_2 (`bool`): upsample x2 and refine (default); False renders one stage at the full size.
             distilled_lora_scale (`float`, *optional*): stage-2 LoRA strength (default `config.distilled_lora_scale`).
             enhance_prompt (`bool`): rewrite `prompt` with the text encoder first (the reference's text-to-video
@@ -147,29 +163,44 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             guidance_batch_size (`int`, *optional*): guidance passes per transformer forward (None: all at once).
             reference_arithmetic (`bool`): one pass per forward and LoRAs fused as ltx-core fuses them
                 (bit-identical to the reference for the same seed on the same device).
-            output_type (`str`): `"pil"`, `"np"`, `"pt"` or `"latent"` (then the audio is its latent tokens).
-            return_dict (`bool`): an `LTX2AudioVideoPipelineOutput` (else `(frames, audio, audio_sample_rate)`).
+            output_type (`str`): `"pil"`, `"np"`, `"pt"` or `"latent"` (then the audio is its latent tokens; see
+                `LTX2AudioVideoPipelineOutput` for each layout and how to decode latents).
+            return_dict (`bool`): an `LTX2AudioVideoPipelineOutput`, else the 3-tuple `(frames, audio,
+                audio_sample_rate)` (diffusers' `LTX2Pipeline` returns `(video, audio)`).
             callback_on_step_end (`Callable`, *optional*): `callback_on_step_end(pipe, i, t, callback_kwargs)` after
                 every step of both stages (`pipe.stage_index` 0 or 1); it may return `{"latents": ...}` and/or
                 `{"audio_latents": ...}`. Set `pipe._interrupt = True` to stop:
                 denoising stops before the next step and no further stage starts; the output is decoded from the
                 latents as they are (interrupted in stage 1: the stage-1 latents, at the stage-1 resolution), with
-                a warning. `pipe.current_timestep`, `pipe.guidance_scale`, `pipe.do_classifier_free_guidance` and
-                `pipe.num_timesteps` describe the call meanwhile.
+                a warning. `pipe.current_timestep`, `pipe.num_timesteps` (both stages), `pipe.attention_kwargs`,
+                `pipe.guidance_scale` and `pipe.do_classifier_free_guidance` (of the running stage: 1.0 and False
+                in the unguided stage 2) describe the call meanwhile.
             callback_on_step_end_tensor_inputs (`list[str]` or None): `"latents"`, `"audio_latents"`; a returned
                 tensor must keep its shape (tokens) and dtype, and be finite.
             max_num_frames, max_video_tokens (`int`, *optional*): raise the size bounds of `validation`.
+            num_videos_per_prompt (`int`): 1 (diffusers' name; one video per call). diffusers' `LTX2Pipeline`
+                arguments not listed here (`timesteps`, `audio_guidance_scale`, `audio_latents`, ...) are refused
+                with a ValueError naming what to pass instead.
+            attention_kwargs (`dict`, *optional*): given to every transformer forward (`pipe.attention_kwargs`
+                meanwhile); `{"scale": s}` scales the user's LoRA adapters (not the pipeline's distilled LoRA:
+                `distilled_lora_scale`); no other key is read, so none other is taken.
+            decode_timestep, decode_noise_scale (`float`, *optional*): in [0, 1], the decoder timestep and the noise
+                mixed into the latent before the decode, for a timestep-conditioned video VAE (LTX-2; refused with
+                LTX-2.3's, which takes none). Default the reference's 0.05 and 0.025; `decode_timestep` alone sets
+                both, as in diffusers' `LTX2Pipeline`.
 
         Examples:
 
         Returns:
-            `LTX2AudioVideoPipelineOutput`: `frames`, `audio` `[channels, samples]` at `audio_sample_rate`.
+            `LTX2AudioVideoPipelineOutput` (or the tuple): `frames` batched (one item), `audio` NOT batched:
+            `[channels, samples]` at `audio_sample_rate` (latents with `output_type="latent"`).
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         num_inference_steps, table, video_guidance, audio_guidance, stage_2_lora = self.stage_1_recipe(
             num_inference_steps, sigmas, video_guidance, audio_guidance, guidance_scale=guidance_scale,
             stg_scale=stg_scale, modality_scale=modality_scale, rescale_scale=rescale_scale,
+            guidance_rescale=guidance_rescale,
         )  # fmt: skip
         conditions = normalize_conditions(conditions, num_frames)
         self.check_inputs(
@@ -197,9 +228,13 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             )
         if output_type != "latent" and self.vocoder is None:
             raise ValueError("this pipeline has no vocoder: it cannot render audio (pass output_type='latent')")
+        check_peer_arguments(
+            num_videos_per_prompt, attention_kwargs, decode_timestep, decode_noise_scale, vae=self.vae,
+            output_type=output_type,
+        )  # fmt: skip
         stage_1_sigmas = self.stage_sigmas(num_inference_steps, table)
         generator = single_generator(generator)
-        self._interrupt = False
+        self._interrupt, self._attention_kwargs = False, attention_kwargs
         self._reference_arithmetic = reference_arithmetic
         if reference_arithmetic:
             guidance_batch_size = 1
@@ -245,7 +280,9 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
         if output_type == "latent":
             frames, waveform, sample_rate = latent, self.final_tokens(audio), None
         else:
-            frames = self.decode(latent, generator, output_type)
+            frames = self.decode(
+                latent, generator, output_type, decode_timestep=decode_timestep, decode_noise_scale=decode_noise_scale
+            )
             waveform, sample_rate = self.decode_audio(self.final_tokens(audio))
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -287,7 +324,8 @@ class LTX2ImageToAudioVideoPipeline(LTX2AudioVideoPipeline):
             image: the first frame (required): a path, a PIL image, or an `(H, W)` / `(H, W, 3|4)` numpy array or
                 torch tensor, channels last (uint8, uint16, or float in [0, 1]); a channels-first `(3, H, W)`
                 tensor is refused (TypeError).
-            prompt (`str`): the text; or pass `prompt_embeds` (text-encoder features) or `prompt_contexts`.
+            prompt (`str` or a list of one): the text; or pass `prompt_embeds` (text-encoder features) or
+                `prompt_contexts`. One video per call: a list of several prompts is refused (call once per prompt).
             image_strength (`float`): how strongly frame 0 keeps the image (1: exactly).
             conditions: further images pinned to frames after 0: `LTX2ImageCondition` or
                 `(image, frame_index, strength[, crf])`.
@@ -296,7 +334,9 @@ class LTX2ImageToAudioVideoPipeline(LTX2AudioVideoPipeline):
         Examples:
 
         Returns:
-            `LTX2AudioVideoPipelineOutput`: `frames`, `audio` `[channels, samples]` at `audio_sample_rate`.
+            `LTX2AudioVideoPipelineOutput` (or the tuple `(frames, audio, audio_sample_rate)`): `frames` batched (one
+            item), `audio` NOT batched: `[channels, samples]` at `audio_sample_rate` (latents with
+            `output_type="latent"`).
         """
         if image is None:
             raise ValueError("image is required (the first frame); use LTX2AudioVideoPipeline for text only")
