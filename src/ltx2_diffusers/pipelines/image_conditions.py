@@ -49,7 +49,14 @@ def condition_list(conditions) -> list:
     """`conditions` as a list: None is none, one condition (an `LTX2ImageCondition` or a tuple) is one."""
     if conditions is None:
         return []
-    return [conditions] if isinstance(conditions, (LTX2ImageCondition, tuple)) else list(conditions)
+    if isinstance(conditions, (LTX2ImageCondition, tuple)):
+        return [conditions]
+    if not isinstance(conditions, list):
+        raise TypeError(
+            "conditions must be None, an LTX2ImageCondition, an (image, frame_index, strength[, crf]) tuple or a "
+            f"list of them, got {type(conditions).__name__}"
+        )
+    return list(conditions)
 
 
 def normalize_conditions(conditions, num_frames: int | None, check_images: bool = True) -> list[LTX2ImageCondition]:
@@ -59,7 +66,9 @@ def normalize_conditions(conditions, num_frames: int | None, check_images: bool 
     for i, condition in enumerate(condition_list(conditions)):
         if isinstance(condition, tuple):
             if not 2 <= len(condition) <= 4:
-                raise ValueError(f"conditions[{i}] must be (image, frame_index, strength[, crf]), got {condition!r}")
+                raise ValueError(
+                    f"conditions[{i}] must be (image, frame_index, strength[, crf]), got a tuple of {len(condition)}"
+                )
             condition = LTX2ImageCondition(*condition)
         if not isinstance(condition, LTX2ImageCondition):
             raise TypeError(
