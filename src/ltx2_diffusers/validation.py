@@ -377,6 +377,8 @@ def check_model_config(where: str, config: Mapping, positive: Iterable[str] = ()
     (None is left to the model)."""
     from .loaders.single_file import check_config_bounds
 
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{where!r}: a config must be a JSON object of settings, got a {type(config).__name__}")
     config = _plain(config)
     check_config_bounds(config, where)
     for key in positive:
