@@ -136,3 +136,27 @@ def test_nine_channel_wav_is_downmixed(tmp_path):
     waveform, rate = load_audio(path)
     assert rate == 16000
     np.testing.assert_allclose(waveform.numpy(), even_odd_average(samples), atol=1e-6)
+
+
+META = torch.device("meta")
+
+
+def meta_contexts(pipe):
+    return tuple(c.to(META) for c in tiny_call_args(pipe, GUIDANCE)["prompt_contexts"])
+
+
+@pytest.mark.parametrize(
+    "kind, kwargs, match",
+    [
+        ("av", lambda p: dict(prompt_contexts=meta_contexts(p)), "prompt_contexts"),
+        ("a2v", lambda p: dict(negative_prompt_contexts=meta_contexts(p)), "negative_prompt_contexts"),
+        ("av", lambda p: dict(conditions=[(torch.zeros(64, 64, 3, device=META), 0, 1.0)]), r"conditions\[0\]"),
+        ("i2av", lambda p: dict(image=torch.zeros(64, 64, 3, device=META)), "image"),
+        ("a2v", lambda p: dict(audio=torch.zeros(1, 16000, device=META)), "audio"),
+    ],
+    ids=["prompt_contexts", "negative_prompt_contexts", "condition_image", "image", "audio"],
+)
+def test_meta_tensors_are_refused_naming_the_argument(pipes, no_compute, kind, kwargs, match):
+    """A NotImplementedError from torch ('Cannot copy out of meta tensor') before."""
+    with pytest.raises(ValueError, match=rf"{match}.*on the meta device, which holds no values"):
+        call(pipes[kind], **kwargs(pipes[kind]))

@@ -18,6 +18,7 @@ from ..validation import (
     MIN_AUDIO_SAMPLE_RATE,
     check_audio_sample_rate,
     check_bounded,
+    check_holds_values,
     finite_float,
     shown,
 )
@@ -145,6 +146,7 @@ def _load_array(
         raise ValueError(f"`{rate}` is required when `{src}` is an array of samples")
     sample_rate = check_audio_sample_rate(sample_rate, rate)
     if isinstance(source, torch.Tensor):
+        check_holds_values(f"the `{src}` tensor", source)
         source = source.detach().cpu()
         if source.is_floating_point() and source.dtype != torch.float64:
             source = source.float()  # bfloat16 / float16 / float8 -> float32: exact, numpy has no bfloat16

@@ -15,6 +15,8 @@ import PIL.Image
 import torch
 from diffusers.utils import logging
 
+from ..validation import check_holds_values
+
 
 logger = logging.get_logger(__name__)
 
@@ -201,6 +203,7 @@ def _as_rgb(image) -> np.ndarray:
         gray = _high_bit_depth(image, name)  # float32 in 8-bit units, or None
         image = np.array(image.convert("RGB")) if gray is None else gray  # palette, CMYK, LA, ... -> RGB
     if isinstance(image, torch.Tensor):
+        check_holds_values(name, image)
         image = image.detach()
         if image.is_floating_point() and image.dtype not in (torch.float16, torch.float32, torch.float64):
             image = image.float()  # bfloat16 / float8: exact in float32, which numpy can hold

@@ -20,6 +20,7 @@ from ..validation import (
     audio_latent_frames,
     check_bounded,
     check_frame_rate,
+    check_holds_values,
     check_latents,
     check_lora_strength,
     check_video_size,
@@ -324,6 +325,10 @@ class LTX2A2VChecksMixin:
         embeds = [("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)]
         contexts = [("prompt_contexts", c) for c in prompt_contexts or ()]
         contexts += [("negative_prompt_contexts", c) for c in negative_prompt_contexts or ()]
+        masks = [("prompt_attention_mask", prompt_attention_mask)]
+        masks += [("negative_prompt_attention_mask", negative_prompt_attention_mask)]
+        for name, tensor in embeds + contexts + masks:
+            check_holds_values(name, tensor)
         for name, tensor in embeds + contexts:
             if tensor is not None and not is_compute_float(tensor):
                 raise TypeError(f"{name} must be floating point of 16 bits or more, got dtype {tensor.dtype}")
