@@ -160,3 +160,10 @@ def test_meta_tensors_are_refused_naming_the_argument(pipes, no_compute, kind, k
     """A NotImplementedError from torch ('Cannot copy out of meta tensor') before."""
     with pytest.raises(ValueError, match=rf"{match}.*on the meta device, which holds no values"):
         call(pipes[kind], **kwargs(pipes[kind]))
+
+
+@pytest.mark.parametrize("sigmas", [[1.0], [1.0, 0.0], torch.tensor([0.5])])
+def test_a_one_step_sigma_table_is_refused_naming_sigmas(pipes, no_compute, sigmas):
+    """The message named num_inference_steps ('... in [2, 1000], got 1'), which the caller had not passed."""
+    with pytest.raises(ValueError, match=r"^sigmas gives 1 step .*at least 2"):
+        call(pipes["av"], sigmas=sigmas, num_inference_steps=None)

@@ -39,7 +39,7 @@ from ..schedules import (
     ltx2_sigmas,
     set_scheduler_sigmas,
 )
-from ..validation import MAX_INFERENCE_STEPS
+from ..validation import MAX_INFERENCE_STEPS, shown
 from . import ltx2_stages as stages
 from .acceleration import TransformerAcceleration, accelerated, check_attention_backend
 from .block_streaming import slots_released_after
@@ -292,6 +292,10 @@ class LTX2PipelineBase(
                 raise ValueError(
                     f"sigmas gives {steps} steps, above the bound of {MAX_INFERENCE_STEPS} "
                     "(validation.MAX_INFERENCE_STEPS)"
+                )
+            if steps < 2:  # named here: check_inputs would name num_inference_steps, which the user did not pass
+                raise ValueError(
+                    f"sigmas gives 1 step ({shown(sigmas)}); a stage-1 table needs at least 2, as num_inference_steps"
                 )
             if num_inference_steps is not None and num_inference_steps != steps:
                 raise ValueError(f"num_inference_steps={num_inference_steps} but sigmas holds {steps} steps")
