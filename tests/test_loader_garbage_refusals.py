@@ -97,3 +97,16 @@ def test_a_bad_vae_scaling_factor_is_refused_before_compute(converted, tmp_path,
         getattr(pipe, name).forward = forbidden
     with pytest.raises(ValueError, match="vae.config.scaling_factor must be a finite number > 0"):
         pipe(**tiny_call_args(pipe, MultiModalGuidance(stg_blocks=[1])))
+
+
+@pytest.mark.parametrize("component", ["transformer", "vae", "vocoder"])
+@pytest.mark.parametrize("damage", ["half", "header"])
+def test_a_corrupt_component_weight_file_is_refused_before_loading(converted, tmp_path, component, damage):
+    """diffusers' OSError ('Unable to load weights from checkpoint file ...') midway through loading before."""
+    folder = tmp_path / "copy"
+    shutil.copytree(converted, folder)
+    path = next((folder / component).glob("*.safetensors"))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2] if damage == "half" else raw[:1000])
+    with pytest.raises(ValueError, match=rf"{component}/{path.name}' (is truncated|is not a safetensors file)"):
+        LTX2AudioVideoPipeline.from_pretrained(folder)
