@@ -167,3 +167,20 @@ def test_a_one_step_sigma_table_is_refused_naming_sigmas(pipes, no_compute, sigm
     """The message named num_inference_steps ('... in [2, 1000], got 1'), which the caller had not passed."""
     with pytest.raises(ValueError, match=r"^sigmas gives 1 step .*at least 2"):
         call(pipes["av"], sigmas=sigmas, num_inference_steps=None)
+
+
+def test_a_text_mode_audio_file_object_is_refused(tmp_path):
+    """A UnicodeDecodeError from the codecs module before."""
+    path = tmp_path / "tone.wav"
+    sf.write(path, AUDIO.T, 16000)
+    with open(path) as text, pytest.raises(TypeError, match=r"`source` is a text file object: .*binary mode"):
+        load_audio(text)
+
+
+@pytest.mark.parametrize("scalar", [np.float32(0.1), np.int16(3)])
+def test_a_numpy_scalar_audio_is_refused_by_its_shape(scalar):
+    """It was taken for a file: "`sample_rate` is only for array `source`"."""
+    with pytest.raises(
+        ValueError, match=r"`source` array must be \[samples\] or \[channels \(1\.\.64\), samples\], got shape \(\)"
+    ):
+        load_audio(scalar, sample_rate=16000)

@@ -284,6 +284,8 @@ def _load_file(source, start_time, max_duration, argument: str = "source", times
                 f"`{argument}` must be a path, a readable and seekable binary file object, or an array of samples; "
                 f"got {type(source).__name__}"
             )
+        if isinstance(source, io.TextIOBase):  # read() would decode the bytes as text: UnicodeDecodeError
+            raise TypeError(f"`{argument}` is a text file object: open the audio file in binary mode ('rb')")
         position = source.tell()
         size = source.seek(0, io.SEEK_END)
         source.seek(0)
@@ -359,7 +361,7 @@ def load_audio(
     """
     src, rate = names[:2]
     start_time, max_duration = _check_times(start_time, max_duration)
-    if isinstance(source, (np.ndarray, torch.Tensor)):
+    if isinstance(source, (np.ndarray, np.generic, torch.Tensor)):  # a numpy scalar: refused by its shape
         return _load_array(source, sample_rate, start_time, max_duration, names)
     if sample_rate is not None:
         raise ValueError(
