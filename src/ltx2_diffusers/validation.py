@@ -242,14 +242,20 @@ def check_latents(name: str, latents) -> None:
 
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(latents).__name__}")
-    if latents.device.type == "meta":
+    check_holds_values(name, latents)
+    if not is_compute_float(latents):
+        raise TypeError(f"{name} must be a floating-point tensor of 16 bits or more, got dtype {latents.dtype}")
+    check_bounded([(name, latents)], MAX_LATENT_ABS, "normalised latents and noise are O(1)")
+
+
+def check_holds_values(name: str, tensor) -> None:
+    """`ValueError` naming `name` for a tensor on the "meta" device (shape and dtype only: reading it fails deep
+    inside torch); anything else passes."""
+    if getattr(getattr(tensor, "device", None), "type", None) == "meta":
         raise ValueError(
             f"{name} is on the meta device, which holds no values: pass the tensor with its data (on the CPU or the "
             "pipeline's device)"
         )
-    if not is_compute_float(latents):
-        raise TypeError(f"{name} must be a floating-point tensor of 16 bits or more, got dtype {latents.dtype}")
-    check_bounded([(name, latents)], MAX_LATENT_ABS, "normalised latents and noise are O(1)")
 
 
 def is_compute_float(tensor) -> bool:
@@ -377,6 +383,8 @@ def check_model_config(where: str, config: Mapping, positive: Iterable[str] = ()
     (None is left to the model)."""
     from .loaders.single_file import check_config_bounds
 
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{where!r}: a config must be a JSON object of settings, got a {type(config).__name__}")
     config = _plain(config)
     check_config_bounds(config, where)
     for key in positive:

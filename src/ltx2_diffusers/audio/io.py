@@ -18,6 +18,7 @@ from ..validation import (
     MIN_AUDIO_SAMPLE_RATE,
     check_audio_sample_rate,
     check_bounded,
+    check_holds_values,
     finite_float,
     shown,
 )
@@ -64,7 +65,7 @@ def _downmix(samples: np.ndarray, layout: str, sample_rate: int) -> np.ndarray:
         stereo = np.concatenate([f.to_ndarray() for f in out], axis=1)
         if stereo.shape[1] == samples.shape[1]:
             return stereo.astype(np.float32, copy=False)
-    except (av.error.FFmpegError, ValueError):
+    except (av.error.FFmpegError, ValueError, IndexError):  # IndexError: PyAV on a layout of more than 8 channels
         pass
     # Unknown layout: average even channels to the left, odd channels to the right.
     return np.stack([samples[0::2].mean(axis=0), samples[1::2].mean(axis=0)]).astype(np.float32)
@@ -145,6 +146,7 @@ def _load_array(
         raise ValueError(f"`{rate}` is required when `{src}` is an array of samples")
     sample_rate = check_audio_sample_rate(sample_rate, rate)
     if isinstance(source, torch.Tensor):
+        check_holds_values(f"the `{src}` tensor", source)
         source = source.detach().cpu()
         if source.is_floating_point() and source.dtype != torch.float64:
             source = source.float()  # bfloat16 / float16 / float8 -> float32: exact, numpy has no bfloat16
@@ -282,6 +284,8 @@ def _load_file(source, start_time, max_duration, argument: str = "source", times
                 f"`{argument}` must be a path, a readable and seekable binary file object, or an array of samples; "
                 f"got {type(source).__name__}"
             )
+        if isinstance(source, io.TextIOBase):  # read() would decode the bytes as text: UnicodeDecodeError
+            raise TypeError(f"`{argument}` is a text file object: open the audio file in binary mode ('rb')")
         position = source.tell()
         size = source.seek(0, io.SEEK_END)
         source.seek(0)
@@ -357,7 +361,7 @@ def load_audio(
     """
     src, rate = names[:2]
     start_time, max_duration = _check_times(start_time, max_duration)
-    if isinstance(source, (np.ndarray, torch.Tensor)):
+    if isinstance(source, (np.ndarray, np.generic, torch.Tensor)):  # a numpy scalar: refused by its shape
         return _load_array(source, sample_rate, start_time, max_duration, names)
     if sample_rate is not None:
         raise ValueError(

@@ -18,6 +18,7 @@ from diffusers.loaders import LTX2LoraLoaderMixin
 from diffusers.utils import logging
 
 from ..validation import check_adapter_weights, check_lora_strength
+from .single_file import _check_safetensors_file
 from .single_file_connectors import CONNECTORS_KEY_TABLE
 from .single_file_transformer import TRANSFORMER_KEY_TABLE
 
@@ -205,6 +206,15 @@ class LTX2AVLoraLoaderMixin(LTX2LoraLoaderMixin):
         """The LoRA's tensors as stored (no renaming); see `load_lora_weights` for the conversion."""
         return_metadata = kwargs.pop("return_lora_metadata", False)
         from diffusers.loaders.lora_base import _fetch_state_dict  # noqa: PLC0415
+
+        source = pretrained_model_name_or_path_or_dict
+        if not isinstance(source, (str, os.PathLike, Mapping)):
+            raise TypeError(
+                "the LoRA must be a safetensors file path, a Hub id or a state dict of tensors, got "
+                f"{type(source).__name__}"
+            )
+        if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
+            _check_safetensors_file(source)  # a truncated / pickle / non-safetensors file: ValueError naming it
 
         state_dict, metadata = _fetch_state_dict(
             pretrained_model_name_or_path_or_dict=pretrained_model_name_or_path_or_dict,

@@ -36,10 +36,22 @@ def _refuse_pickle_only(folder: str) -> None:
         )
 
 
+def _check_weight_files(folder: str) -> None:
+    """`_refuse_pickle_only`, then every safetensors file of `folder` whole (a header read each): a truncated or
+    non-safetensors file is a ValueError naming it before any component loads, not diffusers' OSError midway."""
+    from .single_file import _check_safetensors_file  # noqa: PLC0415  (single_file imports the models)
+
+    _refuse_pickle_only(folder)
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            _check_safetensors_file(os.path.join(folder, name))
+
+
 def check_safetensors_only(source, kwargs) -> None:
     """For a pipeline's `from_pretrained`: `use_safetensors` other than None/True and `use_flashpack=True` are
     refused; in a local folder, a component subfolder (one the caller does not pass) holding pickle weights and no
-    safetensors file is refused, naming the pickle file (diffusers would load it)."""
+    safetensors file is refused, naming the pickle file (diffusers would load it), and so is a truncated or
+    non-safetensors `.safetensors` file there."""
     _check_loading_kwargs(kwargs)
     if not isinstance(source, (str, os.PathLike)) or not os.path.isdir(source):
         return
@@ -48,7 +60,7 @@ def check_safetensors_only(source, kwargs) -> None:
         folder = os.path.join(root, name)
         if name in kwargs or name.startswith(".") or not os.path.isdir(folder):
             continue
-        _refuse_pickle_only(folder)
+        _check_weight_files(folder)
 
 
 class SafetensorsOnlyMixin:
@@ -62,6 +74,6 @@ class SafetensorsOnlyMixin:
         if isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
             folder = os.path.join(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
             if os.path.isdir(folder):
-                _refuse_pickle_only(folder)
+                _check_weight_files(folder)
         kwargs["use_safetensors"] = True
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)

@@ -15,6 +15,8 @@ import PIL.Image
 import torch
 from diffusers.utils import logging
 
+from ..validation import check_holds_values
+
 
 logger = logging.get_logger(__name__)
 
@@ -49,7 +51,14 @@ def condition_list(conditions) -> list:
     """`conditions` as a list: None is none, one condition (an `LTX2ImageCondition` or a tuple) is one."""
     if conditions is None:
         return []
-    return [conditions] if isinstance(conditions, (LTX2ImageCondition, tuple)) else list(conditions)
+    if isinstance(conditions, (LTX2ImageCondition, tuple)):
+        return [conditions]
+    if not isinstance(conditions, list):
+        raise TypeError(
+            "conditions must be None, an LTX2ImageCondition, an (image, frame_index, strength[, crf]) tuple or a "
+            f"list of them, got {type(conditions).__name__}"
+        )
+    return list(conditions)
 
 
 def normalize_conditions(conditions, num_frames: int | None, check_images: bool = True) -> list[LTX2ImageCondition]:
@@ -59,7 +68,9 @@ def normalize_conditions(conditions, num_frames: int | None, check_images: bool 
     for i, condition in enumerate(condition_list(conditions)):
         if isinstance(condition, tuple):
             if not 2 <= len(condition) <= 4:
-                raise ValueError(f"conditions[{i}] must be (image, frame_index, strength[, crf]), got {condition!r}")
+                raise ValueError(
+                    f"conditions[{i}] must be (image, frame_index, strength[, crf]), got a tuple of {len(condition)}"
+                )
             condition = LTX2ImageCondition(*condition)
         if not isinstance(condition, LTX2ImageCondition):
             raise TypeError(
@@ -192,6 +203,7 @@ def _as_rgb(image) -> np.ndarray:
         gray = _high_bit_depth(image, name)  # float32 in 8-bit units, or None
         image = np.array(image.convert("RGB")) if gray is None else gray  # palette, CMYK, LA, ... -> RGB
     if isinstance(image, torch.Tensor):
+        check_holds_values(name, image)
         image = image.detach()
         if image.is_floating_point() and image.dtype not in (torch.float16, torch.float32, torch.float64):
             image = image.float()  # bfloat16 / float8: exact in float32, which numpy can hold

@@ -300,6 +300,10 @@ class LTX2PipelineBase(
                     f"sigmas gives {steps} steps, above the bound of {MAX_INFERENCE_STEPS} "
                     "(validation.MAX_INFERENCE_STEPS)"
                 )
+            if steps < 2:  # named here: check_inputs would name num_inference_steps, which the user did not pass
+                raise ValueError(
+                    f"sigmas gives 1 step ({shown(sigmas)}); a stage-1 table needs at least 2, as num_inference_steps"
+                )
             if num_inference_steps is not None and num_inference_steps != steps:
                 raise ValueError(f"num_inference_steps={num_inference_steps} but sigmas holds {steps} steps")
             num_inference_steps, table = steps, sigmas

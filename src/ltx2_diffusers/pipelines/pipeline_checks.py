@@ -20,6 +20,7 @@ from ..validation import (
     audio_latent_frames,
     check_bounded,
     check_frame_rate,
+    check_holds_values,
     check_latents,
     check_lora_strength,
     check_video_size,
@@ -167,6 +168,18 @@ def checked_callback_outputs(outputs, current: dict[str, torch.Tensor], offered)
     return outputs
 
 
+def check_vae_scaling_factor(vae) -> None:
+    """The video latents are (un)normalised with `vae.config.scaling_factor` (`ltx2_base`): NaN, 0 or a negative value
+    from a corrupt `vae/config.json` gives NaN / inf / inverted frames, so it must be a finite number > 0."""
+    scale = getattr(getattr(vae, "config", None), "scaling_factor", 1.0)
+    value = finite_float(scale)
+    if value is None or value <= 0:
+        raise ValueError(
+            "vae.config.scaling_factor must be a finite number > 0 (1.0 for LTX-2: ltx-core never reads it), "
+            f"got {shown(scale)}"
+        )
+
+
 def connector_registers(connectors) -> int:
     """The multiple a text's token count must be: the connectors' learnable registers (both modalities'); 1
     without connectors (a pipeline given post-connector contexts only)."""
@@ -192,14 +205,29 @@ class LTX2A2VChecksMixin:
         frames (centred STFT), then the encoder's causal stride-2 steps (`ceil(frames / temporal_compression_ratio)`;
         LTX-2's 16 kHz / 160 / 4 when there is no audio VAE)."""
         vae = getattr(self, "audio_vae", None)
-        rate, hop, ratio = (16000, 160, 4) if vae is None else (
-            vae.config.sample_rate, vae.config.mel_hop_length, vae.temporal_compression_ratio
-        )  # fmt: skip
-        gcd = math.gcd(int(sample_rate), int(rate))
-        orig, new = int(sample_rate) // gcd, int(rate) // gcd
-        resampled = resampled_length(samples, orig, new)
-        mel_frames = resampled // hop + 1
+        hop, ratio = (160, 4) if vae is None else (vae.config.mel_hop_length, vae.temporal_compression_ratio)
+        mel_frames = self.vae_rate_samples(samples, sample_rate) // hop + 1
         return -(-mel_frames // ratio)
+
+    def vae_rate_samples(self, samples: int, sample_rate: int) -> int:
+        """`samples` at `sample_rate` resampled to the audio VAE's `config.sample_rate` (16 kHz without one)."""
+        vae = getattr(self, "audio_vae", None)
+        rate = 16000 if vae is None else vae.config.sample_rate
+        gcd = math.gcd(int(sample_rate), int(rate))
+        return resampled_length(samples, int(sample_rate) // gcd, int(rate) // gcd)
+
+    def check_audio_encodable(self, samples: int, sample_rate: int) -> None:
+        """The audio VAE's reflect-padded STFT needs more than `n_fft // 2` samples at its rate: a shorter audio
+        window is refused (`ValueError` naming `audio`) before the text is encoded, not inside `encode_waveform`."""
+        vae = getattr(self, "audio_vae", None)
+        rate, n_fft = (16000, 1024) if vae is None else (vae.config.sample_rate, vae.config.n_fft)
+        resampled = self.vae_rate_samples(samples, sample_rate)
+        if resampled <= n_fft // 2:
+            raise ValueError(
+                f"audio is too short to encode: its window holds {samples} samples at {sample_rate} Hz ({resampled} "
+                f"at the audio VAE's {rate} Hz); its STFT needs more than n_fft // 2 = {n_fft // 2}: pass a longer "
+                "audio, an earlier audio_start_time or a longer audio_max_duration"
+            )
 
     def check_inputs(
         self,
@@ -236,9 +264,13 @@ class LTX2A2VChecksMixin:
         audio_guidance=None,
         enhance_prompt=False,
         reference_arithmetic=False,
+        return_dict=True,
     ):
         """Every check that needs no model, before any model runs: sizes, counts, texts and embeddings, guidance,
         the audio file's presence, the condition images (read here), generators, output type."""
+        for name, flag in (("stage_2", stage_2), ("return_dict", return_dict)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {shown(flag)}")
         multiple = 64 if stage_2 else 32
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value <= 0 or value % multiple:
@@ -246,7 +278,9 @@ class LTX2A2VChecksMixin:
                     f"{name} must be a positive multiple of {multiple} "
                     f"({'two stages' if stage_2 else 'one stage'}), got {value!r}"
                 )
-        if num_frames is not None and (not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % 8):
+        if num_frames is not None and (
+            isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % 8
+        ):
             raise ValueError(f"num_frames must be 8k + 1 (1, 9, 17, ..., 121), got {num_frames!r}")
         if not (isinstance(frame_rate, (int, float)) and frame_rate > 0):
             raise ValueError(f"frame_rate must be a positive number, got {shown(frame_rate)}")
@@ -300,6 +334,10 @@ class LTX2A2VChecksMixin:
         embeds = [("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)]
         contexts = [("prompt_contexts", c) for c in prompt_contexts or ()]
         contexts += [("negative_prompt_contexts", c) for c in negative_prompt_contexts or ()]
+        masks = [("prompt_attention_mask", prompt_attention_mask)]
+        masks += [("negative_prompt_attention_mask", negative_prompt_attention_mask)]
+        for name, tensor in embeds + contexts + masks:
+            check_holds_values(name, tensor)
         for name, tensor in embeds + contexts:
             if tensor is not None and not is_compute_float(tensor):
                 raise TypeError(f"{name} must be floating point of 16 bits or more, got dtype {tensor.dtype}")
@@ -321,6 +359,7 @@ class LTX2A2VChecksMixin:
                     f"{name}.stg_blocks: block {bad[0]} out of range for {self.transformer.config.num_layers} blocks"
                 )
         check_scheduler(self.scheduler)
+        check_vae_scaling_factor(self.vae)
         if not isinstance(enhance_prompt, bool):
             raise TypeError(f"enhance_prompt must be a bool, got {enhance_prompt!r}")
         if enhance_prompt and (prompt is None or self.text_encoder is None or self.tokenizer is None):
@@ -333,7 +372,11 @@ class LTX2A2VChecksMixin:
             )
         if stage_2 and stage_2_lora:
             self.distilled_lora.check_fits(self.transformer)
-        if guidance_batch_size is not None and (not isinstance(guidance_batch_size, int) or guidance_batch_size < 1):
+        if guidance_batch_size is not None and (
+            isinstance(guidance_batch_size, bool)
+            or not isinstance(guidance_batch_size, int)
+            or guidance_batch_size < 1
+        ):
             raise ValueError(f"guidance_batch_size must be None or a positive integer, got {guidance_batch_size!r}")
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")

@@ -96,6 +96,7 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             audio, start_time=start_time, max_duration=duration, sample_rate=audio_sample_rate,
             names=("audio", "audio_sample_rate", "audio_start_time", "audio_max_duration"),
         )  # fmt: skip
+        self.check_audio_encodable(waveform.shape[-1], sample_rate)  # before the text encoder, not in encode_waveform
         available = waveform.shape[-1] / sample_rate
         if num_frames is None:
             num_frames = self.default_num_frames(available, frame_rate)
@@ -283,7 +284,7 @@ class LTX2AudioToVideoPipeline(LTX2PipelineBase):
             callback_on_step_end=callback_on_step_end, latents=latents, max_sequence_length=max_sequence_length, audio=audio, generator=generator,
             distilled_lora_scale=distilled_lora_scale, max_num_frames=max_num_frames,
             max_video_tokens=max_video_tokens, stage_2_lora=stage_2_lora, enhance_prompt=enhance_prompt,
-            reference_arithmetic=reference_arithmetic,
+            reference_arithmetic=reference_arithmetic, return_dict=return_dict,
         )  # fmt: skip
         check_peer_arguments(
             num_videos_per_prompt, attention_kwargs, decode_timestep, decode_noise_scale, vae=self.vae,

@@ -216,7 +216,7 @@ class LTX2AudioVideoPipeline(LTX2PipelineBase):
             callback_on_step_end=callback_on_step_end, latents=latents, max_sequence_length=max_sequence_length, generator=generator,
             distilled_lora_scale=distilled_lora_scale, max_num_frames=max_num_frames,
             max_video_tokens=max_video_tokens, stage_2_lora=stage_2_lora, enhance_prompt=enhance_prompt,
-            reference_arithmetic=reference_arithmetic,
+            reference_arithmetic=reference_arithmetic, return_dict=return_dict,
         )  # fmt: skip
         if num_frames is None:
             raise ValueError("num_frames must be 8k + 1 (1, 9, 17, ..., 121), got None")
