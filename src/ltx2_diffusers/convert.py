@@ -179,8 +179,8 @@ def convert_checkpoint(
         "gemma_root": gemma_root,
     }
     output_folder.check_inputs_outside(output_dir, inputs)
+    output_folder.remove_leftovers(output_dir, inputs)  # first: it may move a killed run's previous folder back
     expected_output = output_folder.inspect_output(output_dir, overwrite)
-    output_folder.remove_leftovers(output_dir, inputs)
 
     # 1. Plan everything from the headers.
     checkpoint = _SafetensorsFile(checkpoint_path)

@@ -21,9 +21,11 @@ The rules (nothing the converter did not write is ever deleted or replaced):
   non-empty folder). With `overwrite` the previous conversion is renamed into `.{name}.old-XXXX/`, re-verified there
   (the same conversion id), and only then removed. So two conversions into one folder cannot both succeed.
 - Leftover `.partial-*` / `.old-*` folders of a killed run (named so, holding a temp marker for this output, and whose
-  lock is free) are named in a warning and removed at the start of the next run into the same place
-  (`remove_leftovers`; a `save_pretrained` into an existing empty folder builds in such a folder inside it, and
-  the next save into that folder removes it there the same way).
+  lock is free) are named in a warning and removed at the start of the next run into the same place, before that
+  run inspects the output (`remove_leftovers`; a `save_pretrained` into an existing empty folder builds in such a
+  folder inside it, and the next save into that folder removes it there the same way). A run killed between the two
+  moves of `overwrite` left the output absent and the previous folder in `.old-*`: it is moved back first (that run
+  replaced nothing), so the next run finds it as it was (and replaces it only with `overwrite`).
 """
 
 from __future__ import annotations
@@ -281,12 +283,36 @@ def remove_leftovers(
         except ValueError:
             logger.warning(f"leaving the leftover folder {os.fspath(path)!r} in place: an input lies inside it")
             continue
+        if path.name.startswith(f".{output_dir.name}.old-") and not _moved_back(path, output_dir):
+            continue
         logger.warning(
             f"removing {os.fspath(path)!r}, left by an interrupted conversion into {os.fspath(output_dir)!r}"
         )
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
+
+
+def _moved_back(trash: Path, output_dir: Path) -> bool:
+    """An `.old-` leftover of a run killed between the two moves of `publish` holds the previous folder while
+    `output_dir` is absent: move it back (that run replaced nothing). True when `trash` may now be removed: it was
+    moved back, or `output_dir` is there (the previous folder was replaced: the leftover is the old copy)."""
+    aside = trash / output_dir.name
+    if os.path.lexists(output_dir) or not os.path.lexists(aside):
+        return True
+    try:
+        _rename_noreplace(aside, output_dir)
+    except OSError as error:
+        logger.warning(
+            f"leaving {os.fspath(trash)!r} in place: it holds the previous {os.fspath(output_dir)!r}, left by an "
+            f"interrupted run, which could not be moved back ({error})"
+        )
+        return False
+    logger.warning(
+        f"moved {os.fspath(aside)!r} back to {os.fspath(output_dir)!r}: an interrupted run had moved it aside and "
+        "replaced nothing"
+    )
+    return True
 
 
 # ------------------------------------------------------------------------------------------------ the final move

@@ -197,6 +197,7 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
     target = Path(output_folder.resolved_path(save_directory))  # `link/../saved`: beside the link's target
     if target.is_dir() and not target.is_symlink():  # a killed save into this (then empty) folder left its build
         output_folder.remove_leftovers(target, {}, folder=target)
+    output_folder.remove_leftovers(target, {})  # before inspecting: it may move a killed save's previous folder back
     expected = output_folder.inspect_output(target, overwrite=True, label="save_directory")
     if hub is not None:
         from huggingface_hub import create_repo
@@ -223,7 +224,6 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
     if expected.kind == "empty":
         _fill_empty_folder(target, build)
     else:
-        output_folder.remove_leftovers(target, {})
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = output_folder.TempFolder(target, "partial")
         try:
