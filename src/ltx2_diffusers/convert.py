@@ -178,6 +178,9 @@ def convert_checkpoint(
         "distilled_lora": distilled_lora,
         "gemma_root": gemma_root,
     }
+    from .cli_safety import check_output_folder
+
+    check_output_folder("output_dir", os.fspath(output_dir))  # a folder above it is a file, or not writable
     output_folder.check_inputs_outside(output_dir, inputs)
     output_folder.remove_leftovers(output_dir, inputs)  # first: it may move a killed run's previous folder back
     expected_output = output_folder.inspect_output(output_dir, overwrite)
@@ -211,8 +214,12 @@ def convert_checkpoint(
     if distilled_lora is not None:
         lora = _SafetensorsFile(distilled_lora)
         lora_items, lora_dropped = _plan_lora(lora, plans, dtype)
+    needed = sum(_nbytes(i.dtype, i.shape) for plan in plans for i in plan.items)
+    needed += sum(_nbytes(i.dtype, i.shape) for i in lora_items or ())
     if gemma_root is not None:
-        _gemma_files(Path(os.fspath(gemma_root)))
+        _, te_files, _, _ = _gemma_files(Path(os.fspath(gemma_root)))
+        needed += sum(path.stat().st_size for path in te_files)
+    output_folder.check_free_space(output_dir, needed)
 
     # 2. Write under a temporary name beside the output, then rename.
     output_dir.parent.mkdir(parents=True, exist_ok=True)

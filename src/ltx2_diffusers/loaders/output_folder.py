@@ -108,6 +108,26 @@ def check_inputs_outside(output_dir: Path, inputs: Mapping[str, str | os.PathLik
                     )
 
 
+def _human_size(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+
+
+def check_free_space(output_dir: Path, needed: int, label: str = "output_dir") -> None:
+    """`ValueError` naming `label` before anything is written when the file system that will hold `output_dir` has
+    less room than `needed` bytes (the weights the run writes: a lower bound of the folder's size). A previous folder
+    at `output_dir` is removed only once the new one is complete, so both need room for a while."""
+    folder = output_dir
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise ValueError(
+            f"{label} {os.fspath(output_dir)!r}: writing it needs at least {_human_size(needed)}, but the file system "
+            f"of {os.fspath(folder)!r} has {_human_size(free)} free (a previous folder there is removed only once the "
+            f"new one is complete); free some space or choose another {label}"
+        )
+
+
 # ------------------------------------------------------------------------------------------------ markers
 def _listing(folder: Path) -> list[str]:
     """Every file, link and folder (`name/`) under `folder` as a sorted relative POSIX path, markers excluded."""

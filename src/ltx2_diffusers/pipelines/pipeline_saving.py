@@ -199,6 +199,8 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
         output_folder.remove_leftovers(target, {}, folder=target)
     output_folder.remove_leftovers(target, {})  # before inspecting: it may move a killed save's previous folder back
     expected = output_folder.inspect_output(target, overwrite=True, label="save_directory")
+    _check_writable(target, expected)
+    output_folder.check_free_space(target, weight_bytes(pipe), label="save_directory")
     if hub is not None:
         from huggingface_hub import create_repo
 
@@ -241,6 +243,34 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
             commit_message=hub.get("commit_message"),
             create_pr=hub.get("create_pr", False),
         )
+
+
+def weight_bytes(pipe) -> int:
+    """Bytes of the components' weights as saved (each storage once; meta tensors not counted): a lower bound of the
+    saved folder's size, for `output_folder.check_free_space`."""
+    seen, total = set(), 0
+    for component in pipe.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for tensor in component.state_dict().values():
+            key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
+            if tensor.data_ptr() == 0 or key in seen:
+                continue
+            seen.add(key)
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _check_writable(target: Path, expected) -> None:
+    """`ValueError` naming `save_directory` before anything is written (or created) when the save cannot land: a
+    folder above it is a file, or the folder it is built in is not writable (an existing empty `save_directory` is
+    filled in place: that folder itself; else the nearest existing folder above it)."""
+    from ..cli_safety import check_output_folder
+
+    if expected.kind != "empty":
+        check_output_folder("save_directory", os.fspath(target))
+    elif not os.access(target, os.W_OK | os.X_OK):
+        raise ValueError(f"save_directory {os.fspath(target)!r} is an empty folder this process cannot write in")
 
 
 def _carried_card(pipe, target: Path, expected) -> Path | None:
