@@ -16,7 +16,9 @@ its CRC-32 compared, and the run reports counts and checksums. The plan and the 
 Nothing the converter did not write is deleted or replaced (`loaders/output_folder.py`): inputs inside the output
 folder (or an output inside an input folder) are refused, `--overwrite` replaces only a previous conversion (its
 marker lists exactly the files present, each of the recorded size and modification time: an edited file is
-refused, naming it), and the final move refuses a target that changed meanwhile.
+refused, naming it), and the final move refuses a target that changed meanwhile. An output below a file, in a folder
+this process cannot write, or on a file system with less free space than the planned tensors is refused after the
+header reads, before anything is written.
 
 `model_index.json` records the pipeline config: `model_version` (from the metadata), `distilled_lora_scale`, and
 `model_variant` ("dev" | "distilled": the metadata key `model_variant` where the file states it, else

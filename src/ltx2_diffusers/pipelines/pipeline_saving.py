@@ -18,7 +18,9 @@ or conversion by this package (its marker lists every file in it) holding nothin
 `ValueError` naming it and the first foreign entries: the user's files are never deleted. Saving into the folder the
 pipeline was loaded from works: the previous folder is renamed aside and removed only once the new one is in place,
 and the weights read from it stay valid (POSIX keeps a renamed or unlinked file's data while it is mapped). The save
-needs room for both folders until the old one is removed. Only safetensors are written (`safe_serialization=False`
+needs room for both folders until the old one is removed: a file system with less free space than the weights, an
+unwritable folder or a folder path below a file is refused (`ValueError` naming `save_directory`) before anything is
+written. Only safetensors are written (`safe_serialization=False`
 and `use_flashpack=True` are refused).
 """
 
