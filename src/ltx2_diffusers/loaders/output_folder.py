@@ -13,7 +13,9 @@ The rules (nothing the converter did not write is ever deleted or replaced):
   listed file the user edited (README.md, a config.json), or a folder converted by something else is refused,
   naming the path (`inspect_output`). Markers written before "stats" existed are accepted without that check (their
   files are still compared by name). Copying a conversion without keeping modification times (`cp -r` without
-  `-p`) makes its files look edited: such a copy is refused, never replaced.
+  `-p`) makes its files look edited: such a copy is refused, never replaced, and the message says so. A folder
+  without the marker is never replaced, even one that looks like a save or conversion made before the marker existed
+  (its files cannot be told from the user's); the message says that too.
 - The folder is built in `.{name}.partial-XXXX` beside the output; the run holds an `flock` on the temp marker
   `TEMP_MARKER_NAME` inside it for its whole life. The final move (`publish`) re-inspects the output under a lock on
   the parent folder and must find it as it was at the start (absent, empty, or the same previous conversion), then
@@ -165,6 +167,21 @@ def _writer(label: str) -> str:
     return "this converter" if label == "output_dir" else "ltx2_diffusers (save_pretrained or the converter)"
 
 
+def _unmarked_hint(folder: Path) -> str:
+    """For a folder without a marker that looks like a save or conversion of this package (its `model_index.json`
+    names the custom-pipeline shim): why it is refused all the same."""
+    try:
+        class_name = json.loads((folder / "model_index.json").read_text())["_class_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if not (isinstance(class_name, list) and class_name[:1] == ["pipeline"] and (folder / "pipeline.py").is_file()):
+        return ""
+    return (
+        "; it looks like a save or conversion made before this package marked its folders, so which of its files "
+        "are yours cannot be told and it is never replaced"
+    )
+
+
 def _conversion_id(folder: Path, label: str = "output_dir") -> str:
     """The marker id of `folder` if it is exactly a folder this package wrote (a conversion or a `save_pretrained`),
     else `ValueError` naming `label`, the path and the first entries that are not ours."""
@@ -179,8 +196,8 @@ def _conversion_id(folder: Path, label: str = "output_dir") -> str:
     except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(
             f"{label} {where!r} is not a folder {writer} wrote (no valid {MARKER_NAME}; it holds "
-            f"{sorted(os.listdir(folder))[:5]}); only such a folder holding nothing else is replaced: remove or move it "
-            f"yourself, or choose another {label}"
+            f"{sorted(os.listdir(folder))[:5]}){_unmarked_hint(folder)}; only such a folder holding nothing else is "
+            f"replaced: remove or move it yourself, or choose another {label}"
         ) from None
     if not (folder / "model_index.json").is_file() or os.path.islink(folder / "model_index.json"):
         raise ValueError(f"{label} {where!r} has a conversion marker but no model_index.json; refusing to replace it")
@@ -204,7 +221,8 @@ def _conversion_id(folder: Path, label: str = "output_dir") -> str:
             if recorded is None or list(recorded) != _stat(folder / rel):
                 raise ValueError(
                     f"{label} {where!r}: {rel!r} was changed since {writer} wrote it (its size or modification "
-                    f"time differs from {MARKER_NAME}); refusing to replace your edit: move the file out (or the "
+                    f"time differs from {MARKER_NAME}; a copy made without keeping modification times, as `cp -r` "
+                    f"without `-p`, looks edited too); refusing to replace your edit: move the file out (or the "
                     f"folder), or choose another {label}"
                 )
     return conversion_id
