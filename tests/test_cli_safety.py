@@ -274,6 +274,50 @@ def test_export_replaces_only_when_complete(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["render.mp4"] and target.read_bytes() != b"previous render"
 
 
+class _FullDiskContainer:
+    """A PyAV output container whose muxing fails with `error` once data is in the file, and whose close (the
+    trailer) then fails too, as FFmpeg's does on a full disk."""
+
+    def __init__(self, container, error, fail_at=10):
+        self._container, self._error, self._fail_at, self._muxed = container, error, fail_at, 0
+
+    def __getattr__(self, name):
+        return getattr(self._container, name)
+
+    def mux(self, packets):
+        self._container.mux(packets)
+        self._muxed += 1
+        if self._muxed == self._fail_at:
+            raise self._error
+
+    def close(self):
+        self._container.close()
+        raise OSError(28, "No space left on device (trailer)")
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_export_that_fails_while_closing_leaves_no_partial_file(tmp_path, monkeypatch, error):
+    """The cleanup of a failed export closes the container; when that close fails as well, the temporary file is
+    still removed (it was left beside the output) and the first error is the one raised (a Ctrl-C stays a
+    KeyboardInterrupt); the previous render is kept."""
+    target = tmp_path / "render.mp4"
+    target.write_bytes(b"previous render")
+    frames = np.zeros((9, 32, 32, 3), np.uint8)
+    opened = []
+
+    def open_(path, mode="r", **kwargs):
+        opened.append(path)
+        return _FullDiskContainer(av.open(path, mode, **kwargs), error)
+
+    fake = types.SimpleNamespace(**{k: getattr(av, k) for k in dir(av) if not k.startswith("__")})
+    fake.open = open_
+    monkeypatch.setattr(video_io, "av", fake)
+    with pytest.raises(type(error)) as raised:
+        export_to_video_with_audio(frames, None, None, target, fps=8)
+    assert raised.value is error and len(opened) == 1
+    assert target.read_bytes() == b"previous render" and os.listdir(tmp_path) == ["render.mp4"]
+
+
 def test_preflight_leaves_slightly_short_audio_to_the_pipeline(tmp_path):
     """0.320 s of audio under 9 frames at 24 fps (0.375 s): the pipeline takes it, as the reference does (its audio
     latent covers the video's), so the header check must not refuse it; 0.2 s is refused up front."""

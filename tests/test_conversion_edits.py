@@ -5,6 +5,7 @@ pipeline over the converted folder it was loaded from keeps the converter's mode
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -48,6 +49,33 @@ def test_overwrite_refuses_a_conversion_the_user_edited(checkpoint, tmp_path, na
     edit(out / name)
     before = file_tree(tmp_path)
     with pytest.raises(ValueError, match=f"{name!r} was changed"):
+        convert_checkpoint(checkpoint, out, overwrite=True)
+    assert file_tree(tmp_path) == before
+
+
+def test_a_copy_without_modification_times_is_refused_saying_why(checkpoint, tmp_path):
+    """Decided: such a copy is refused, never replaced (sizes and times are all the marker has: no hashes of the
+    weights), and the message says that the copy itself is why."""
+    original = _converted(checkpoint, tmp_path / "converted")
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy, copy_function=shutil.copyfile)  # `cp -r`: new modification times
+    for path in copy.rglob("*"):  # make every time differ even on a coarse clock
+        stat = os.stat(path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    before = file_tree(tmp_path)
+    with pytest.raises(ValueError, match="was changed since .* a copy made without keeping modification times"):
+        convert_checkpoint(checkpoint, copy, overwrite=True)
+    assert file_tree(tmp_path) == before
+
+
+def test_a_conversion_made_before_markers_is_refused_saying_why(checkpoint, tmp_path):
+    """Decided: a folder without the marker is never replaced, even one that looks like an early conversion (its
+    files cannot be told from the user's); the message says so."""
+    out = _converted(checkpoint, tmp_path / "converted")
+    (out / output_folder.MARKER_NAME).unlink()  # as written before the marker existed
+    (out / "notes.txt").write_text("the user's notes")
+    before = file_tree(tmp_path)
+    with pytest.raises(ValueError, match="made before this package marked its folders"):
         convert_checkpoint(checkpoint, out, overwrite=True)
     assert file_tree(tmp_path) == before
 

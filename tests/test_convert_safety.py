@@ -412,6 +412,7 @@ def test_leftovers_of_killed_runs_are_named_and_removed(tmp_path, caplog):
         convert_checkpoint(checkpoint, out, repo_id="first")
     assert os.fspath(first[0]) in caplog.text and not first[0].exists()
     caplog.clear()
+    first_conversion = _tree(out)
     assert _child("kill_old", checkpoint, out).wait(timeout=300) == -9
     second = leftovers()
     assert [p.name.split("-")[0] for p in second] == [".out.old", ".out.partial"]
@@ -422,7 +423,11 @@ def test_leftovers_of_killed_runs_are_named_and_removed(tmp_path, caplog):
     held = output_folder.TempFolder(out, "partial")  # a live run's folder (its lock is held): never touched
     try:
         with caplog.at_level(logging.WARNING, logger="ltx2_diffusers.loaders.output_folder"):
-            convert_checkpoint(checkpoint, out, repo_id="second")
+            # the killed run replaced nothing: its previous conversion is moved back, and needs --overwrite again
+            with pytest.raises(ValueError, match="overwrite"):
+                convert_checkpoint(checkpoint, out, repo_id="second")
+            assert _tree(out) == first_conversion
+            convert_checkpoint(checkpoint, out, repo_id="second", overwrite=True)
         assert held.path.is_dir()
     finally:
         held.release(remove=True)

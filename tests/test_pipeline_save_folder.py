@@ -208,6 +208,23 @@ def test_a_killed_saves_leftover_is_removed_by_the_next_save(setup, tmp_path):
     assert (target / output_folder.MARKER_NAME).is_file()
 
 
+def test_a_save_killed_between_its_two_moves_leaves_the_previous_save_to_the_next_one(setup, tmp_path, monkeypatch):
+    """Killed after moving the previous save aside, before moving the new one in: the next save moves it back
+    first, so when that save fails too the previous save is still there (it was deleted with the leftover)."""
+    pipe = load(setup["converted"])
+    target = tmp_path / "saved"
+    pipe.save_pretrained(target)
+    before = tree(target)
+    killed = output_folder.TempFolder(target, "old")  # as publish leaves it when killed between the two moves
+    os.rename(target, killed.path / target.name)
+    killed.release(remove=False)
+    fail_at_write(monkeypatch, 2, FullDisk(28, "No space left on device"))
+    with pytest.raises(FullDisk):
+        pipe.save_pretrained(target)
+    monkeypatch.undo()
+    assert tree(target) == before and siblings(target) == []
+
+
 def test_adapters_deleted_since_an_earlier_save_do_not_come_back(setup, tmp_path):
     pipe = load(setup["converted"])
     target = tmp_path / "saved"

@@ -16,7 +16,9 @@ its CRC-32 compared, and the run reports counts and checksums. The plan and the 
 Nothing the converter did not write is deleted or replaced (`loaders/output_folder.py`): inputs inside the output
 folder (or an output inside an input folder) are refused, `--overwrite` replaces only a previous conversion (its
 marker lists exactly the files present, each of the recorded size and modification time: an edited file is
-refused, naming it), and the final move refuses a target that changed meanwhile.
+refused, naming it), and the final move refuses a target that changed meanwhile. An output below a file, in a folder
+this process cannot write, or on a file system with less free space than the planned tensors is refused after the
+header reads, before anything is written.
 
 `model_index.json` records the pipeline config: `model_version` (from the metadata), `distilled_lora_scale`, and
 `model_variant` ("dev" | "distilled": the metadata key `model_variant` where the file states it, else
@@ -178,9 +180,12 @@ def convert_checkpoint(
         "distilled_lora": distilled_lora,
         "gemma_root": gemma_root,
     }
+    from .cli_safety import check_output_folder
+
+    check_output_folder("output_dir", os.fspath(output_dir))  # a folder above it is a file, or not writable
     output_folder.check_inputs_outside(output_dir, inputs)
+    output_folder.remove_leftovers(output_dir, inputs)  # first: it may move a killed run's previous folder back
     expected_output = output_folder.inspect_output(output_dir, overwrite)
-    output_folder.remove_leftovers(output_dir, inputs)
 
     # 1. Plan everything from the headers.
     checkpoint = _SafetensorsFile(checkpoint_path)
@@ -211,8 +216,12 @@ def convert_checkpoint(
     if distilled_lora is not None:
         lora = _SafetensorsFile(distilled_lora)
         lora_items, lora_dropped = _plan_lora(lora, plans, dtype)
+    needed = sum(_nbytes(i.dtype, i.shape) for plan in plans for i in plan.items)
+    needed += sum(_nbytes(i.dtype, i.shape) for i in lora_items or ())
     if gemma_root is not None:
-        _gemma_files(Path(os.fspath(gemma_root)))
+        _, te_files, _, _ = _gemma_files(Path(os.fspath(gemma_root)))
+        needed += sum(path.stat().st_size for path in te_files)
+    output_folder.check_free_space(output_dir, needed)
 
     # 2. Write under a temporary name beside the output, then rename.
     output_dir.parent.mkdir(parents=True, exist_ok=True)

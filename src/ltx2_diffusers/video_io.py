@@ -290,9 +290,13 @@ def export_to_video_with_audio(
         container.close()
         move_into_place(temporary, path, overwrite)  # an old file stays whole until the new one is complete
     except BaseException:
-        container.close()
-        if os.path.exists(temporary):  # ours: created above under a fresh name
-            os.remove(temporary)
+        try:
+            container.close()  # on a full disk the trailer fails too: the first error is the one to report
+        except Exception as error:
+            logger.debug(f"closing the unfinished {temporary!r} failed as well: {error}")
+        finally:
+            if os.path.exists(temporary):  # ours: created above under a fresh name
+                os.remove(temporary)
         raise
     logger.info(f"Wrote {num_frames} frames at {float(rate):g} fps{' with audio' if waveform is not None else ''}.")
     return path

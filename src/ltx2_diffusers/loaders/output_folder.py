@@ -13,7 +13,9 @@ The rules (nothing the converter did not write is ever deleted or replaced):
   listed file the user edited (README.md, a config.json), or a folder converted by something else is refused,
   naming the path (`inspect_output`). Markers written before "stats" existed are accepted without that check (their
   files are still compared by name). Copying a conversion without keeping modification times (`cp -r` without
-  `-p`) makes its files look edited: such a copy is refused, never replaced.
+  `-p`) makes its files look edited: such a copy is refused, never replaced, and the message says so. A folder
+  without the marker is never replaced, even one that looks like a save or conversion made before the marker existed
+  (its files cannot be told from the user's); the message says that too.
 - The folder is built in `.{name}.partial-XXXX` beside the output; the run holds an `flock` on the temp marker
   `TEMP_MARKER_NAME` inside it for its whole life. The final move (`publish`) re-inspects the output under a lock on
   the parent folder and must find it as it was at the start (absent, empty, or the same previous conversion), then
@@ -21,9 +23,11 @@ The rules (nothing the converter did not write is ever deleted or replaced):
   non-empty folder). With `overwrite` the previous conversion is renamed into `.{name}.old-XXXX/`, re-verified there
   (the same conversion id), and only then removed. So two conversions into one folder cannot both succeed.
 - Leftover `.partial-*` / `.old-*` folders of a killed run (named so, holding a temp marker for this output, and whose
-  lock is free) are named in a warning and removed at the start of the next run into the same place
-  (`remove_leftovers`; a `save_pretrained` into an existing empty folder builds in such a folder inside it, and
-  the next save into that folder removes it there the same way).
+  lock is free) are named in a warning and removed at the start of the next run into the same place, before that
+  run inspects the output (`remove_leftovers`; a `save_pretrained` into an existing empty folder builds in such a
+  folder inside it, and the next save into that folder removes it there the same way). A run killed between the two
+  moves of `overwrite` left the output absent and the previous folder in `.old-*`: it is moved back first (that run
+  replaced nothing), so the next run finds it as it was (and replaces it only with `overwrite`).
 """
 
 from __future__ import annotations
@@ -106,6 +110,26 @@ def check_inputs_outside(output_dir: Path, inputs: Mapping[str, str | os.PathLik
                     )
 
 
+def _human_size(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+
+
+def check_free_space(output_dir: Path, needed: int, label: str = "output_dir") -> None:
+    """`ValueError` naming `label` before anything is written when the file system that will hold `output_dir` has
+    less room than `needed` bytes (the weights the run writes: a lower bound of the folder's size). A previous folder
+    at `output_dir` is removed only once the new one is complete, so both need room for a while."""
+    folder = output_dir
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise ValueError(
+            f"{label} {os.fspath(output_dir)!r}: writing it needs at least {_human_size(needed)}, but the file system "
+            f"of {os.fspath(folder)!r} has {_human_size(free)} free (a previous folder there is removed only once the "
+            f"new one is complete); free some space or choose another {label}"
+        )
+
+
 # ------------------------------------------------------------------------------------------------ markers
 def _listing(folder: Path) -> list[str]:
     """Every file, link and folder (`name/`) under `folder` as a sorted relative POSIX path, markers excluded."""
@@ -143,6 +167,21 @@ def _writer(label: str) -> str:
     return "this converter" if label == "output_dir" else "ltx2_diffusers (save_pretrained or the converter)"
 
 
+def _unmarked_hint(folder: Path) -> str:
+    """For a folder without a marker that looks like a save or conversion of this package (its `model_index.json`
+    names the custom-pipeline shim): why it is refused all the same."""
+    try:
+        class_name = json.loads((folder / "model_index.json").read_text())["_class_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if not (isinstance(class_name, list) and class_name[:1] == ["pipeline"] and (folder / "pipeline.py").is_file()):
+        return ""
+    return (
+        "; it looks like a save or conversion made before this package marked its folders, so which of its files "
+        "are yours cannot be told and it is never replaced"
+    )
+
+
 def _conversion_id(folder: Path, label: str = "output_dir") -> str:
     """The marker id of `folder` if it is exactly a folder this package wrote (a conversion or a `save_pretrained`),
     else `ValueError` naming `label`, the path and the first entries that are not ours."""
@@ -157,8 +196,8 @@ def _conversion_id(folder: Path, label: str = "output_dir") -> str:
     except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(
             f"{label} {where!r} is not a folder {writer} wrote (no valid {MARKER_NAME}; it holds "
-            f"{sorted(os.listdir(folder))[:5]}); only such a folder holding nothing else is replaced: remove or move it "
-            f"yourself, or choose another {label}"
+            f"{sorted(os.listdir(folder))[:5]}){_unmarked_hint(folder)}; only such a folder holding nothing else is "
+            f"replaced: remove or move it yourself, or choose another {label}"
         ) from None
     if not (folder / "model_index.json").is_file() or os.path.islink(folder / "model_index.json"):
         raise ValueError(f"{label} {where!r} has a conversion marker but no model_index.json; refusing to replace it")
@@ -182,7 +221,8 @@ def _conversion_id(folder: Path, label: str = "output_dir") -> str:
             if recorded is None or list(recorded) != _stat(folder / rel):
                 raise ValueError(
                     f"{label} {where!r}: {rel!r} was changed since {writer} wrote it (its size or modification "
-                    f"time differs from {MARKER_NAME}); refusing to replace your edit: move the file out (or the "
+                    f"time differs from {MARKER_NAME}; a copy made without keeping modification times, as `cp -r` "
+                    f"without `-p`, looks edited too); refusing to replace your edit: move the file out (or the "
                     f"folder), or choose another {label}"
                 )
     return conversion_id
@@ -281,12 +321,36 @@ def remove_leftovers(
         except ValueError:
             logger.warning(f"leaving the leftover folder {os.fspath(path)!r} in place: an input lies inside it")
             continue
+        if path.name.startswith(f".{output_dir.name}.old-") and not _moved_back(path, output_dir):
+            continue
         logger.warning(
             f"removing {os.fspath(path)!r}, left by an interrupted conversion into {os.fspath(output_dir)!r}"
         )
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
+
+
+def _moved_back(trash: Path, output_dir: Path) -> bool:
+    """An `.old-` leftover of a run killed between the two moves of `publish` holds the previous folder while
+    `output_dir` is absent: move it back (that run replaced nothing). True when `trash` may now be removed: it was
+    moved back, or `output_dir` is there (the previous folder was replaced: the leftover is the old copy)."""
+    aside = trash / output_dir.name
+    if os.path.lexists(output_dir) or not os.path.lexists(aside):
+        return True
+    try:
+        _rename_noreplace(aside, output_dir)
+    except OSError as error:
+        logger.warning(
+            f"leaving {os.fspath(trash)!r} in place: it holds the previous {os.fspath(output_dir)!r}, left by an "
+            f"interrupted run, which could not be moved back ({error})"
+        )
+        return False
+    logger.warning(
+        f"moved {os.fspath(aside)!r} back to {os.fspath(output_dir)!r}: an interrupted run had moved it aside and "
+        "replaced nothing"
+    )
+    return True
 
 
 # ------------------------------------------------------------------------------------------------ the final move

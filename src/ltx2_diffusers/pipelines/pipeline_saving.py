@@ -18,7 +18,9 @@ or conversion by this package (its marker lists every file in it) holding nothin
 `ValueError` naming it and the first foreign entries: the user's files are never deleted. Saving into the folder the
 pipeline was loaded from works: the previous folder is renamed aside and removed only once the new one is in place,
 and the weights read from it stay valid (POSIX keeps a renamed or unlinked file's data while it is mapped). The save
-needs room for both folders until the old one is removed. Only safetensors are written (`safe_serialization=False`
+needs room for both folders until the old one is removed: a file system with less free space than the weights, an
+unwritable folder or a folder path below a file is refused (`ValueError` naming `save_directory`) before anything is
+written. Only safetensors are written (`safe_serialization=False`
 and `use_flashpack=True` are refused).
 """
 
@@ -197,7 +199,10 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
     target = Path(output_folder.resolved_path(save_directory))  # `link/../saved`: beside the link's target
     if target.is_dir() and not target.is_symlink():  # a killed save into this (then empty) folder left its build
         output_folder.remove_leftovers(target, {}, folder=target)
+    output_folder.remove_leftovers(target, {})  # before inspecting: it may move a killed save's previous folder back
     expected = output_folder.inspect_output(target, overwrite=True, label="save_directory")
+    _check_writable(target, expected)
+    output_folder.check_free_space(target, weight_bytes(pipe), label="save_directory")
     if hub is not None:
         from huggingface_hub import create_repo
 
@@ -223,7 +228,6 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
     if expected.kind == "empty":
         _fill_empty_folder(target, build)
     else:
-        output_folder.remove_leftovers(target, {})
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = output_folder.TempFolder(target, "partial")
         try:
@@ -241,6 +245,34 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
             commit_message=hub.get("commit_message"),
             create_pr=hub.get("create_pr", False),
         )
+
+
+def weight_bytes(pipe) -> int:
+    """Bytes of the components' weights as saved (each storage once; meta tensors not counted): a lower bound of the
+    saved folder's size, for `output_folder.check_free_space`."""
+    seen, total = set(), 0
+    for component in pipe.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for tensor in component.state_dict().values():
+            key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
+            if tensor.data_ptr() == 0 or key in seen:
+                continue
+            seen.add(key)
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _check_writable(target: Path, expected) -> None:
+    """`ValueError` naming `save_directory` before anything is written (or created) when the save cannot land: a
+    folder above it is a file, or the folder it is built in is not writable (an existing empty `save_directory` is
+    filled in place: that folder itself; else the nearest existing folder above it)."""
+    from ..cli_safety import check_output_folder
+
+    if expected.kind != "empty":
+        check_output_folder("save_directory", os.fspath(target))
+    elif not os.access(target, os.W_OK | os.X_OK):
+        raise ValueError(f"save_directory {os.fspath(target)!r} is an empty folder this process cannot write in")
 
 
 def _carried_card(pipe, target: Path, expected) -> Path | None:
