@@ -110,3 +110,26 @@ def test_a_corrupt_component_weight_file_is_refused_before_loading(converted, tm
     path.write_bytes(raw[: len(raw) // 2] if damage == "half" else raw[:1000])
     with pytest.raises(ValueError, match=rf"{component}/{path.name}' (is truncated|is not a safetensors file)"):
         LTX2AudioVideoPipeline.from_pretrained(folder)
+
+
+def test_dot_files_beside_the_weights_are_not_checked(converted, tmp_path):
+    """Files diffusers never loads: a macOS `._*` fork and a killed save's `.*.partial.safetensors` (refused as
+    "not a safetensors file" by the whole-file check before)."""
+    folder = tmp_path / "copy"
+    shutil.copytree(converted, folder)
+    (folder / "transformer" / "._diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 4096)
+    (folder / "distilled_lora" / ".pytorch_lora_weights.1a2b.partial.safetensors").write_bytes(b"half")
+    pipe = LTX2AudioVideoPipeline.from_pretrained(folder)
+    assert pipe.transformer is not None and pipe.distilled_lora is not None
+
+
+@pytest.mark.parametrize("entry", [1, {"dtype": "F32"}, {"data_offsets": [0]}, {"data_offsets": "0-4"}])
+def test_a_header_entry_without_offsets_is_refused_naming_the_file(tmp_path, entry):
+    """A TypeError / KeyError from the header walk before."""
+    from ltx2_diffusers.loaders.single_file import read_metadata
+
+    header = json.dumps({"a": entry}).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+    with pytest.raises(ValueError, match=r"odd\.safetensors' is not a safetensors file"):
+        read_metadata(path)

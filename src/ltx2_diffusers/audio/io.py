@@ -58,7 +58,11 @@ def _frame_to_float(frame: av.AudioFrame) -> np.ndarray:
 def _downmix(samples: np.ndarray, layout: str, sample_rate: int) -> np.ndarray:
     """`(C > 2, S)` float32 -> stereo with FFmpeg's standard downmix matrix for `layout`."""
     try:
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=layout)
+        if samples.shape[0] <= 8:
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=layout)
+        else:  # PyAV reads planes past its 8 pointers (a different result run to run): packed samples instead
+            packed = np.ascontiguousarray(samples.T.reshape(1, -1))
+            frame = av.AudioFrame.from_ndarray(packed, format="flt", layout=layout)
         frame.sample_rate = sample_rate
         resampler = av.AudioResampler(format="fltp", layout="stereo", rate=sample_rate)
         out = resampler.resample(frame) + resampler.resample(None)
@@ -361,7 +365,8 @@ def load_audio(
     """
     src, rate = names[:2]
     start_time, max_duration = _check_times(start_time, max_duration)
-    if isinstance(source, (np.ndarray, np.generic, torch.Tensor)):  # a numpy scalar: refused by its shape
+    # a numpy scalar: refused by its shape; a numpy string (`np.str_`, a str too) is a path
+    if isinstance(source, (np.ndarray, np.generic, torch.Tensor)) and not isinstance(source, (str, bytes)):
         return _load_array(source, sample_rate, start_time, max_duration, names)
     if sample_rate is not None:
         raise ValueError(

@@ -334,9 +334,17 @@ def remove_leftovers(
 def _moved_back(trash: Path, output_dir: Path) -> bool:
     """An `.old-` leftover of a run killed between the two moves of `publish` holds the previous folder while
     `output_dir` is absent: move it back (that run replaced nothing). True when `trash` may now be removed: it was
-    moved back, or `output_dir` is there (the previous folder was replaced: the leftover is the old copy)."""
+    moved back, or `output_dir` is there (the previous folder was replaced: the leftover is the old copy). An empty
+    `output_dir` (`mkdir -p` before the next run) replaced nothing: it is removed and the previous folder moved back.
+    `publish` renames a replaced copy away from `output_dir.name` before removing it, so a copy found under that name
+    was never replaced."""
     aside = trash / output_dir.name
-    if os.path.lexists(output_dir) or not os.path.lexists(aside):
+    if not os.path.lexists(aside):
+        return True
+    if os.path.isdir(output_dir) and not os.path.islink(output_dir):
+        with contextlib.suppress(OSError):
+            os.rmdir(output_dir)  # only if empty
+    if os.path.lexists(output_dir):
         return True
     try:
         _rename_noreplace(aside, output_dir)
@@ -462,6 +470,8 @@ def publish(tmp: Path, output_dir: Path, expected: OutputState, label: str = "ou
             else:
                 trash.release(remove=True)
             raise
+        with contextlib.suppress(OSError):  # the replaced copy: never moved back by `_moved_back` once renamed
+            os.rename(aside, trash.path / "replaced")
         _drop_temp_marker(output_dir)
         trash.release(remove=True)
 

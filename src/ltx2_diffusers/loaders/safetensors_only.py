@@ -43,7 +43,8 @@ def _check_weight_files(folder: str) -> None:
 
     _refuse_pickle_only(folder)
     for name in sorted(os.listdir(folder)):
-        if name.endswith(".safetensors"):
+        # dot-files are never loaded: macOS `._*` forks, a killed save's `.*.partial.safetensors`
+        if name.endswith(".safetensors") and not name.startswith("."):
             _check_safetensors_file(os.path.join(folder, name))
 
 

@@ -76,7 +76,11 @@ def _check_safetensors_file(path: str | os.PathLike) -> None:
         raise ValueError(f"{path!r} is not a safetensors file (its header is not JSON: {e})") from None
     if not isinstance(parsed, dict):
         raise ValueError(f"{path!r} is not a safetensors file (its header is not a JSON object)")
-    end = max((v["data_offsets"][1] for k, v in parsed.items() if k != "__metadata__"), default=0)
+    entries = [v for k, v in parsed.items() if k != "__metadata__"]
+    offsets = [v.get("data_offsets") if isinstance(v, dict) else None for v in entries]
+    if not all(isinstance(o, list) and len(o) == 2 and all(type(x) is int for x in o) for o in offsets):
+        raise ValueError(f"{path!r} is not a safetensors file (a tensor entry of its header has no data_offsets)")
+    end = max((o[1] for o in offsets), default=0)
     if 8 + header_len + end > size:
         raise ValueError(
             f"{path!r} is truncated: the header promises {8 + header_len + end} bytes but the file has {size}"
