@@ -8,15 +8,12 @@ import numpy as np
 import pytest
 import torch
 from converted_folder import converted_folder
-from family_call import tiny_call_args
+from family_call import FAMILY_MODELS, family_call, family_pipes
 from prompt_contexts import contexts
 from test_transformer_diffusers_interop import forward_kwargs, randomize_, tiny_diffusers_config
 
 from ltx2_diffusers import (
-    LTX2AudioToVideoPipeline,
-    LTX2AudioVideoPipeline,
     LTX2AudioVideoTransformer,
-    LTX2ImageToAudioVideoPipeline,
     MultiModalGuidance,
     load_audio,
 )
@@ -41,20 +38,11 @@ AUDIO = (0.3 * np.sin(np.linspace(0.0, 400.0, 16000))).astype(np.float32)[None].
 LOUD = np.sign(AUDIO).astype(np.float64) * 1e39  # finite in float64, infinite in float32
 EDGE = np.sign(AUDIO) * np.float32(MAX_WAVEFORM_ABS)  # exactly at the waveform bound
 IMAGE = np.full((64, 64, 3), 128, dtype=np.uint8)
-MODELS = ("transformer", "connectors", "vae", "audio_vae", "latent_upsampler", "vocoder")
 
 
 @pytest.fixture(scope="module")
 def pipes(tmp_path_factory):
-    av = LTX2AudioVideoPipeline.from_pretrained(converted_folder(tmp_path_factory.mktemp("absurd"), 61))
-    pipes = {
-        "av": av,
-        "a2v": LTX2AudioToVideoPipeline.from_pipe(av),
-        "i2av": LTX2ImageToAudioVideoPipeline.from_pipe(av),
-    }
-    for pipe in pipes.values():
-        pipe.set_progress_bar_config(disable=True)
-    return pipes
+    return family_pipes(converted_folder(tmp_path_factory.mktemp("absurd"), 61))
 
 
 def forbidden(*args, **kwargs):
@@ -64,7 +52,7 @@ def forbidden(*args, **kwargs):
 @pytest.fixture
 def no_compute(pipes, monkeypatch):
     """Every model of the pipelines (they share them) raises if it runs."""
-    for name in MODELS:
+    for name in FAMILY_MODELS:
         monkeypatch.setattr(getattr(pipes["av"], name), "forward", forbidden)
 
 
@@ -77,13 +65,7 @@ def no_layer_runs(pipes, monkeypatch):
 
 
 def call(pipe, **kwargs):
-    args = tiny_call_args(pipe, GUIDANCE)
-    if isinstance(pipe, LTX2AudioToVideoPipeline):
-        args.update(audio=AUDIO, audio_sample_rate=16000)
-    if isinstance(pipe, LTX2ImageToAudioVideoPipeline):
-        args.update(image=IMAGE)
-    args.update(kwargs)
-    return pipe(**args)
+    return family_call(pipe, GUIDANCE, AUDIO, IMAGE, **kwargs)
 
 
 def scaled_contexts(value, seed=0):
@@ -125,7 +107,7 @@ PIPELINE_CASES = [
         ValueError,
     ),
     # integers beyond float's range: an OverflowError before
-    ("cfg_scale", lambda p: dict(video_guidance=None, guidance_scale=HUGE), ValueError),
+    ("guidance_scale", lambda p: dict(video_guidance=None, guidance_scale=HUGE), ValueError),
     ("stg_scale", lambda p: dict(video_guidance=None, stg_scale=HUGE), ValueError),
     ("frame_rate", lambda p: dict(frame_rate=HUGE), ValueError),
     ("distilled_lora_scale", lambda p: dict(distilled_lora_scale=HUGE), ValueError),

@@ -7,34 +7,20 @@ import pytest
 import soundfile as sf
 import torch
 from converted_folder import converted_folder
-from family_call import tiny_call_args
+from family_call import FAMILY_MODELS, family_call, family_pipes, tiny_call_args
 
-from ltx2_diffusers import (
-    LTX2AudioToVideoPipeline,
-    LTX2AudioVideoPipeline,
-    LTX2ImageToAudioVideoPipeline,
-    MultiModalGuidance,
-    load_audio,
-)
+from ltx2_diffusers import MultiModalGuidance, load_audio
+from ltx2_diffusers.audio.io import _downmix
 
 
 GUIDANCE = MultiModalGuidance(stg_blocks=[1])
 AUDIO = (0.3 * np.sin(np.linspace(0.0, 400.0, 16000))).astype(np.float32)[None]  # 1 s at 16 kHz
 IMAGE = np.full((64, 64, 3), 128, dtype=np.uint8)
-MODELS = ("transformer", "connectors", "vae", "audio_vae", "latent_upsampler", "vocoder")
 
 
 @pytest.fixture(scope="module")
 def pipes(tmp_path_factory):
-    av = LTX2AudioVideoPipeline.from_pretrained(converted_folder(tmp_path_factory.mktemp("garbage3"), 71))
-    pipes = {
-        "av": av,
-        "a2v": LTX2AudioToVideoPipeline.from_pipe(av),
-        "i2av": LTX2ImageToAudioVideoPipeline.from_pipe(av),
-    }
-    for pipe in pipes.values():
-        pipe.set_progress_bar_config(disable=True)
-    return pipes
+    return family_pipes(converted_folder(tmp_path_factory.mktemp("garbage3"), 71))
 
 
 def forbidden(*args, **kwargs):
@@ -44,7 +30,7 @@ def forbidden(*args, **kwargs):
 @pytest.fixture
 def no_compute(pipes, monkeypatch):
     """Every model of the pipelines (they share them), the audio encoding and the text contexts raise if they run."""
-    for name in MODELS:
+    for name in FAMILY_MODELS:
         monkeypatch.setattr(getattr(pipes["av"], name), "forward", forbidden)
     monkeypatch.setattr(pipes["av"].audio_vae, "encode_waveform", forbidden)
     for pipe in pipes.values():
@@ -52,13 +38,7 @@ def no_compute(pipes, monkeypatch):
 
 
 def call(pipe, **kwargs):
-    args = tiny_call_args(pipe, GUIDANCE)
-    if isinstance(pipe, LTX2AudioToVideoPipeline):
-        args.update(audio=AUDIO, audio_sample_rate=16000)
-    if isinstance(pipe, LTX2ImageToAudioVideoPipeline):
-        args.update(image=IMAGE)
-    args.update(kwargs)
-    return pipe(**args)
+    return family_call(pipe, GUIDANCE, AUDIO, IMAGE, **kwargs)
 
 
 CASES = [
@@ -184,3 +164,24 @@ def test_a_numpy_scalar_audio_is_refused_by_its_shape(scalar):
         ValueError, match=r"`source` array must be \[samples\] or \[channels \(1\.\.64\), samples\], got shape \(\)"
     ):
         load_audio(scalar, sample_rate=16000)
+
+
+def test_a_named_layout_of_more_than_eight_channels_is_downmixed_by_its_matrix(tmp_path):
+    """7.1.4 with only the centre channel: FFmpeg's matrix puts it in both sides (-3 dB), every time; PyAV's planar
+    frame read past its 8 plane pointers, and the even/odd fallback ran in most runs (dialogue hard left)."""
+    import av
+
+    names = [c.name for c in av.AudioLayout("7.1.4").channels]
+    samples = np.zeros((12, 1600), np.float32)
+    samples[names.index("FC")] = 0.5
+    for _ in range(4):
+        stereo = _downmix(samples, "7.1.4", 16000)
+        np.testing.assert_allclose(stereo[:, 0], [0.5 / np.sqrt(2)] * 2, rtol=1e-6)
+
+
+def test_a_numpy_string_is_a_path(tmp_path):
+    """`np.str_` (a path from a pandas column) was taken for an array of samples."""
+    path = tmp_path / "tone.wav"
+    sf.write(path, AUDIO[0], 16000)
+    waveform, rate = load_audio(np.array([str(path)])[0])
+    assert rate == 16000 and waveform.shape == (1, 16000)

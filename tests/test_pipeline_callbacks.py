@@ -7,9 +7,9 @@ import pytest
 import soundfile as sf
 import torch
 from converted_folder import converted_folder
-from family_call import tiny_call_args
+from family_call import family_pipes, tiny_call_args
 
-from ltx2_diffusers import LTX2AudioToVideoPipeline, LTX2AudioVideoPipeline, MultiModalGuidance
+from ltx2_diffusers import LTX2AudioVideoPipeline, MultiModalGuidance
 from ltx2_diffusers.pipelines import ltx2_stages as stages
 
 
@@ -22,11 +22,8 @@ def setup(tmp_path_factory):
     folder = converted_folder(root, 31)
     rate = 16000
     sf.write(root / "a.wav", np.sin(np.arange(rate) / rate * 2 * np.pi * 220).astype(np.float32) * 0.3, rate)
-    av = LTX2AudioVideoPipeline.from_pretrained(folder)
-    av.set_progress_bar_config(disable=True)
-    a2v = LTX2AudioToVideoPipeline.from_pipe(av)
-    a2v.set_progress_bar_config(disable=True)
-    return dict(av=av, a2v=a2v, audio=str(root / "a.wav"))
+    pipes = family_pipes(folder)
+    return dict(av=pipes["av"], a2v=pipes["a2v"], audio=str(root / "a.wav"))
 
 
 def call(pipe, setup, **kwargs):

@@ -9,12 +9,10 @@ import soundfile as sf
 import torch
 from converted_folder import converted_folder
 from factories import build_checkpoint
-from family_call import tiny_call_args
+from family_call import family_pipes, tiny_call_args
 
 from ltx2_diffusers import (
-    LTX2AudioToVideoPipeline,
     LTX2AudioVideoPipeline,
-    LTX2ImageToAudioVideoPipeline,
     MultiModalGuidance,
 )
 
@@ -29,11 +27,7 @@ def setup(tmp_path_factory):
     folder = converted_folder(root, 31)
     rate = 16000
     sf.write(root / "a.wav", np.sin(np.arange(rate) / rate * 2 * np.pi * 220).astype(np.float32) * 0.3, rate)
-    av = LTX2AudioVideoPipeline.from_pretrained(folder)
-    pipes = dict(av=av, a2v=LTX2AudioToVideoPipeline.from_pipe(av), i2av=LTX2ImageToAudioVideoPipeline.from_pipe(av))
-    for pipe in pipes.values():
-        pipe.set_progress_bar_config(disable=True)
-    return dict(pipes, audio=str(root / "a.wav"), root=root)
+    return dict(family_pipes(folder), audio=str(root / "a.wav"), root=root)
 
 
 def call(setup, name, **kwargs):
@@ -119,6 +113,8 @@ def test_attention_kwargs_reach_every_forward_and_the_property(setup, forwards, 
         call(setup, name, attention_kwargs={"scale": 1.0, "dropout": 0.1})
     with pytest.raises(TypeError, match="attention_kwargs must be a dict or None, got list"):
         call(setup, name, attention_kwargs=[("scale", 1.0)])
+    with pytest.raises(ValueError, match=r'attention_kwargs\["scale"\] must be'):  # before any model
+        call(setup, name, attention_kwargs={"scale": float("nan")})
     assert forwards == []
 
 
@@ -223,6 +219,30 @@ def test_attention_kwargs_scale_scales_the_users_lora(setup):
     assert torch.equal(on.frames, styled.frames)
 
 
+def test_attention_kwargs_scale_leaves_the_users_adapter_weights(setup):
+    """A call with `attention_kwargs={"scale": s}` leaves the user's `set_adapters` weights exactly as set: diffusers
+    undoes a scale of 0 by resetting every adapter to weight 1 (a later plain call then ran at weight 1, not 0.5)."""
+    from factories import build_lora
+
+    pipe = LTX2AudioVideoPipeline.from_pretrained(setup["root"] / "converted")
+    pipe.set_progress_bar_config(disable=True)
+    lora = build_lora(setup["root"] / "user_lora.safetensors", setup["root"] / "ltx-2.3.safetensors", seed=77)
+    pipe.load_lora_weights(lora, adapter_name="style")
+    pipe.set_adapters(["style"], [0.5])
+
+    def scalings():
+        return [dict(m.scaling) for m in pipe.transformer.modules() if isinstance(getattr(m, "scaling", None), dict)]
+
+    def run(**kwargs):
+        return pipe(**{**tiny_call_args(pipe, GUIDANCE, steps=2), "stage_2": False, **kwargs}).frames
+
+    before, first = scalings(), run()
+    for scale in (0.0, 0.3):
+        run(attention_kwargs={"scale": scale})
+        assert scalings() == before
+    assert torch.equal(run(), first)
+
+
 def test_guidance_rescale_is_rescale_scale(setup, monkeypatch):
     """diffusers' `guidance_rescale` is the same std rescale of the guided x0 as `rescale_scale` (the peer's
     `rescale_noise_cfg` at batch 1 is ltx-core's formula): taken as its alias, both given must agree."""
@@ -239,3 +259,6 @@ def test_guidance_rescale_is_rescale_scale(setup, monkeypatch):
         call(setup, "av", **flat, rescale_scale=0.3, guidance_rescale=0.5)
     with pytest.raises(ValueError, match="guidance_rescale=0.5 contradicts video_guidance.rescale_scale=0.7"):
         call(setup, "a2v", guidance_rescale=0.5)
+    for value in ([0.3], np.array([0.3]), "0.3"):  # named, not compared (a list was "unhashable type")
+        with pytest.raises((TypeError, ValueError), match="guidance_rescale"):
+            call(setup, "av", **flat, guidance_rescale=value)

@@ -193,3 +193,6 @@ def test_adapter_operations_naming_the_distilled_lora_are_refused(setup):
     pipe.set_adapters("distilled", 0.5)
     pipe.delete_adapters("distilled")
     assert not pipe.get_list_adapters() and pipe.distilled_lora is store
+    pipe.distilled_lora = None  # no distilled LoRA held: the message does not say one is
+    with pytest.raises(ValueError, match="no such adapter; .* this pipeline holds none"):
+        pipe.delete_adapters("distilled")

@@ -65,14 +65,23 @@ logger = logging.get_logger(__name__)
 
 def checked_lora_scale(forward):
     """`attention_kwargs["scale"]` (the LoRA scale diffusers' `apply_lora_scale` applies to every adapter before the
-    forward) checked first, as every LoRA strength (`validation.check_lora_strength`): 1e30 gave NaN outputs."""
+    forward) checked first, as every LoRA strength (`validation.check_lora_strength`: 1e30 gave NaN outputs), and the
+    user's adapter scalings restored exactly after the forward: diffusers undoes a scale of 0 by resetting every
+    active adapter to weight 1 (the `set_adapters` weights lost) and another scale by a division (rounding)."""
 
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):
         attention_kwargs = kwargs.get("attention_kwargs")
-        if isinstance(attention_kwargs, dict) and "scale" in attention_kwargs:
-            check_lora_strength('attention_kwargs["scale"]', attention_kwargs["scale"])
-        return forward(self, *args, **kwargs)
+        if not isinstance(attention_kwargs, dict) or attention_kwargs.get("scale", 1.0) == 1.0:
+            return forward(self, *args, **kwargs)  # diffusers leaves the layers alone
+        check_lora_strength('attention_kwargs["scale"]', attention_kwargs["scale"])
+        saved = [(m.scaling, dict(m.scaling)) for m in self.modules() if isinstance(getattr(m, "scaling", None), dict)]
+        try:
+            return forward(self, *args, **kwargs)
+        finally:
+            for scaling, values in saved:
+                scaling.clear()
+                scaling.update(values)
 
     return wrapper
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-from ..validation import finite_float, shown
+from ..validation import check_lora_strength, finite_float, shown
 
 
 #: The peer's arguments our pipelines do not take, with what to pass instead (`{audio}`: the audio's guidance).
@@ -87,6 +87,8 @@ def check_peer_arguments(
                 f"attention_kwargs has {shown(unused)}: LTX2AudioVideoTransformer reads only 'scale' (the scale of "
                 "the user's LoRA adapters)"
             )
+        if "scale" in attention_kwargs:
+            check_lora_strength('attention_kwargs["scale"]', attention_kwargs["scale"])
     for name, value in (("decode_timestep", decode_timestep), ("decode_noise_scale", decode_noise_scale)):
         if value is None:
             continue

@@ -20,6 +20,7 @@ from ..validation import (
     audio_latent_frames,
     check_bounded,
     check_frame_rate,
+    check_guidance_scale,
     check_holds_values,
     check_latents,
     check_lora_strength,
@@ -49,6 +50,12 @@ def resolve_guidance(video_guidance, default: MultiModalGuidance, **aliases) -> 
     prompt's prediction."""
     from dataclasses import replace
 
+    aliases = {  # each a finite number first (a list or array named, not compared)
+        name: None
+        if value is None
+        else check_guidance_scale(name, value, rescale=GUIDANCE_ALIASES[name] == "rescale_scale")
+        for name, value in aliases.items()
+    }
     scale = aliases.get("guidance_scale")
     repeated = isinstance(video_guidance, MultiModalGuidance) and scale == video_guidance.cfg_scale
     if isinstance(scale, numbers.Real) and not isinstance(scale, bool) and scale < 1 and not repeated:

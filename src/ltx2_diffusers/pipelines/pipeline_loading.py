@@ -420,6 +420,12 @@ class LTX2A2VLoadingMixin:
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names or ())
         adapters = {name for listed in self.get_list_adapters().values() for name in listed}
         if DISTILLED_ADAPTER_NAME in names and DISTILLED_ADAPTER_NAME not in adapters:
+            if getattr(self, "distilled_lora", None) is None:
+                raise ValueError(
+                    f"{method}({DISTILLED_ADAPTER_NAME!r}): no such adapter; the name is the stage-2 distilled LoRA's "
+                    "(`load_lora_weights(..., adapter_name='distilled')` loads it into `distilled_lora`), and this "
+                    "pipeline holds none"
+                )
             raise ValueError(
                 f"{method}({DISTILLED_ADAPTER_NAME!r}): {DISTILLED_ADAPTER_NAME!r} is the stage-2 distilled LoRA, held "
                 "by the pipeline's `distilled_lora` component, not a PEFT adapter; its strength is the call's "
