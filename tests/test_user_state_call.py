@@ -37,6 +37,15 @@ def setup(tmp_path_factory):
     return dict(folder=folder, loras=loras, audio=str(root / "a.wav"))
 
 
+@pytest.fixture(autouse=True)
+def process_backend_restored(monkeypatch):
+    """diffusers' `set_attention_backend` also sets its process-wide active backend: put it back after each test
+    (later modules' bit-exact comparisons ran on `_native_math` otherwise)."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    monkeypatch.setattr(_AttentionBackendRegistry, "_active_backend", _AttentionBackendRegistry._active_backend)
+
+
 def make(setup, cls):
     pipe = LTX2AudioVideoPipeline.from_pretrained(setup["folder"])
     pipe = pipe if cls is LTX2AudioVideoPipeline else cls.from_pipe(pipe)
