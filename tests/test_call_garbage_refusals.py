@@ -166,17 +166,31 @@ def test_a_numpy_scalar_audio_is_refused_by_its_shape(scalar):
         load_audio(scalar, sample_rate=16000)
 
 
-def test_a_named_layout_of_more_than_eight_channels_is_downmixed_by_its_matrix(tmp_path):
-    """7.1.4 with only the centre channel: FFmpeg's matrix puts it in both sides (-3 dB), every time; PyAV's planar
-    frame read past its 8 plane pointers, and the even/odd fallback ran in most runs (dialogue hard left)."""
+@pytest.mark.parametrize("layout", ["7.1", "7.1.4"])
+def test_a_named_layout_of_eight_channels_or_more_is_downmixed_by_its_matrix(layout):
+    """Only the centre channel: FFmpeg's matrix puts it in both sides (-3 dB), every time; PyAV's planar frame failed
+    at 8 channels (7.1: always the even/odd fallback, dialogue hard left) and read past its 8 plane pointers above."""
     import av
 
-    names = [c.name for c in av.AudioLayout("7.1.4").channels]
-    samples = np.zeros((12, 1600), np.float32)
+    names = [c.name for c in av.AudioLayout(layout).channels]
+    samples = np.zeros((len(names), 1600), np.float32)
     samples[names.index("FC")] = 0.5
     for _ in range(4):
-        stereo = _downmix(samples, "7.1.4", 16000)
+        stereo = _downmix(samples, layout, 16000)
         np.testing.assert_allclose(stereo[:, 0], [0.5 / np.sqrt(2)] * 2, rtol=1e-6)
+
+
+def test_five_one_downmixes_as_before():
+    """Below 8 channels the packed frame gives the planar frame's stereo exactly (FFmpeg's 5.1 matrix)."""
+    import av
+
+    rng = np.random.default_rng(1)
+    samples = (0.2 * rng.standard_normal((6, 1600))).astype(np.float32)
+    frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="5.1")
+    frame.sample_rate = 16000
+    resampler = av.AudioResampler(format="fltp", layout="stereo", rate=16000)
+    planar = np.concatenate([f.to_ndarray() for f in resampler.resample(frame) + resampler.resample(None)], axis=1)
+    np.testing.assert_array_equal(_downmix(samples, "5.1", 16000), planar)
 
 
 def test_a_numpy_string_is_a_path(tmp_path):

@@ -35,6 +35,24 @@ def test_an_empty_output_folder_does_not_cost_the_moved_aside_conversion(first):
     assert file_tree(first) == before and leftovers(first) == []
 
 
+@pytest.mark.parametrize("other", ["user_folder", "file", "link"])
+def test_a_moved_aside_conversion_is_kept_when_something_else_took_its_place(first, other):
+    before = file_tree(first)
+    trash = output_folder.TempFolder(first, "old")
+    os.rename(first, trash.path / first.name)
+    trash.release(remove=False)
+    if other == "user_folder":
+        first.mkdir()
+        (first / "notes.txt").write_text("mine")
+    elif other == "file":
+        first.write_text("mine")
+    else:
+        (first.parent / "empty").mkdir()
+        first.symlink_to(first.parent / "empty")
+    output_folder.remove_leftovers(first, {})
+    assert file_tree(trash.path / first.name) == before  # kept (it was deleted as "the replaced copy")
+
+
 def test_a_replaced_copy_is_never_moved_back(first, monkeypatch):
     release = output_folder.TempFolder.release
 

@@ -262,3 +262,10 @@ def test_guidance_rescale_is_rescale_scale(setup, monkeypatch):
     for value in ([0.3], np.array([0.3]), "0.3"):  # named, not compared (a list was "unhashable type")
         with pytest.raises((TypeError, ValueError), match="guidance_rescale"):
             call(setup, "av", **flat, guidance_rescale=value)
+
+
+@pytest.mark.parametrize("scale", [torch.tensor([1.0, 2.0]), np.array([1.0, 2.0]), "1"])
+def test_a_direct_forward_names_a_scale_that_is_no_number(setup, scale):
+    """Checked before it is compared with 1 (was torch's 'ambiguous' RuntimeError / numpy's ValueError)."""
+    with pytest.raises((TypeError, ValueError), match=r'attention_kwargs\["scale"\] must be'):
+        setup["av"].transformer(None, None, None, None, attention_kwargs={"scale": scale})

@@ -58,11 +58,10 @@ def _frame_to_float(frame: av.AudioFrame) -> np.ndarray:
 def _downmix(samples: np.ndarray, layout: str, sample_rate: int) -> np.ndarray:
     """`(C > 2, S)` float32 -> stereo with FFmpeg's standard downmix matrix for `layout`."""
     try:
-        if samples.shape[0] <= 8:
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=layout)
-        else:  # PyAV reads planes past its 8 pointers (a different result run to run): packed samples instead
-            packed = np.ascontiguousarray(samples.T.reshape(1, -1))
-            frame = av.AudioFrame.from_ndarray(packed, format="flt", layout=layout)
+        # packed samples: PyAV's planar frame fails from 8 channels on (an IndexError at 8, reads past its plane
+        # pointers above: a different result run to run); for fewer channels both give the same stereo
+        packed = np.ascontiguousarray(samples.T.reshape(1, -1))
+        frame = av.AudioFrame.from_ndarray(packed, format="flt", layout=layout)
         frame.sample_rate = sample_rate
         resampler = av.AudioResampler(format="fltp", layout="stereo", rate=sample_rate)
         out = resampler.resample(frame) + resampler.resample(None)

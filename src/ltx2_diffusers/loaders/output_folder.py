@@ -333,11 +333,11 @@ def remove_leftovers(
 
 def _moved_back(trash: Path, output_dir: Path) -> bool:
     """An `.old-` leftover of a run killed between the two moves of `publish` holds the previous folder while
-    `output_dir` is absent: move it back (that run replaced nothing). True when `trash` may now be removed: it was
-    moved back, or `output_dir` is there (the previous folder was replaced: the leftover is the old copy). An empty
-    `output_dir` (`mkdir -p` before the next run) replaced nothing: it is removed and the previous folder moved back.
-    `publish` renames a replaced copy away from `output_dir.name` before removing it, so a copy found under that name
-    was never replaced."""
+    `output_dir` is absent: move it back (that run replaced nothing). An empty `output_dir` (`mkdir -p` before the
+    next run) is removed first. True when `trash` may now be removed: it was moved back, or a conversion of ours is at
+    `output_dir` (the run was killed between `publish`'s last two renames: the leftover is the replaced copy, which
+    `publish` renames away from `output_dir.name` before removing it). Anything else at `output_dir` (a file, a link,
+    the user's folder): the leftover is kept, with a warning."""
     aside = trash / output_dir.name
     if not os.path.lexists(aside):
         return True
@@ -345,7 +345,16 @@ def _moved_back(trash: Path, output_dir: Path) -> bool:
         with contextlib.suppress(OSError):
             os.rmdir(output_dir)  # only if empty
     if os.path.lexists(output_dir):
-        return True
+        try:
+            replaced = _state(output_dir).kind == "conversion"  # the instant between `publish`'s two renames
+        except ValueError:
+            replaced = False
+        if not replaced:
+            logger.warning(
+                f"leaving {os.fspath(trash)!r} in place: it holds the previous {os.fspath(output_dir)!r}, moved "
+                f"aside by an interrupted run, and something else is at {os.fspath(output_dir)!r} now"
+            )
+        return replaced
     try:
         _rename_noreplace(aside, output_dir)
     except OSError as error:

@@ -72,9 +72,10 @@ def checked_lora_scale(forward):
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):
         attention_kwargs = kwargs.get("attention_kwargs")
-        if not isinstance(attention_kwargs, dict) or attention_kwargs.get("scale", 1.0) == 1.0:
+        if not isinstance(attention_kwargs, dict) or "scale" not in attention_kwargs:
+            return forward(self, *args, **kwargs)
+        if check_lora_strength('attention_kwargs["scale"]', attention_kwargs["scale"]) == 1.0:
             return forward(self, *args, **kwargs)  # diffusers leaves the layers alone
-        check_lora_strength('attention_kwargs["scale"]', attention_kwargs["scale"])
         saved = [(m.scaling, dict(m.scaling)) for m in self.modules() if isinstance(getattr(m, "scaling", None), dict)]
         try:
             return forward(self, *args, **kwargs)

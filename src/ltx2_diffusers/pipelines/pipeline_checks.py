@@ -50,12 +50,9 @@ def resolve_guidance(video_guidance, default: MultiModalGuidance, **aliases) -> 
     prompt's prediction."""
     from dataclasses import replace
 
-    aliases = {  # each a finite number first (a list or array named, not compared)
-        name: None
-        if value is None
-        else check_guidance_scale(name, value, rescale=GUIDANCE_ALIASES[name] == "rescale_scale")
-        for name, value in aliases.items()
-    }
+    for name, value in aliases.items():  # each a finite number first (a list or array named, not compared)
+        if value is not None:
+            check_guidance_scale(name, value, rescale=GUIDANCE_ALIASES[name] == "rescale_scale")
     scale = aliases.get("guidance_scale")
     repeated = isinstance(video_guidance, MultiModalGuidance) and scale == video_guidance.cfg_scale
     if isinstance(scale, numbers.Real) and not isinstance(scale, bool) and scale < 1 and not repeated:
@@ -66,8 +63,8 @@ def resolve_guidance(video_guidance, default: MultiModalGuidance, **aliases) -> 
             "video_guidance=MultiModalGuidance(cfg_scale=...) for the reference's formula below 1"
         )
 
-    rescales = {aliases.get("rescale_scale"), aliases.get("guidance_rescale")} - {None}
-    if len(rescales) > 1:
+    rescales = [float(aliases[n]) for n in ("rescale_scale", "guidance_rescale") if aliases.get(n) is not None]
+    if len(rescales) == 2 and rescales[0] != rescales[1]:
         raise ValueError(
             f"rescale_scale={aliases['rescale_scale']!r} and guidance_rescale={aliases['guidance_rescale']!r} name "
             "the same scale (diffusers' LTX2Pipeline calls it guidance_rescale): pass one of them"
