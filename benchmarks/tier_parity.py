@@ -52,8 +52,17 @@ def main(argv=None) -> dict:
     unknown = names - {t.name for t in memory.TIERS}
     if unknown:
         parser.error(f"unknown tiers {sorted(unknown)}; choose from {sorted({t.name for t in memory.TIERS})}")
-    torch.backends.cudnn.allow_tf32 = False
-    root = pathlib.Path(tempfile.mkdtemp())
+    tf32 = torch.backends.cudnn.allow_tf32
+    with tempfile.TemporaryDirectory() as root:
+        try:
+            torch.backends.cudnn.allow_tf32 = False
+            return _run(args, pathlib.Path(root))
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32  # the process's setting again (the test runs this in pytest)
+
+
+def _run(args, root: pathlib.Path) -> dict:
+    names = {n for n in args.tiers.split(",") if n}
     checkpoint = cached_checkpoint("checkpoint", "2.3", seed=4)
     upsampler = cached_checkpoint("upsampler", seed=5)
     lora = cached_checkpoint("lora", checkpoint_path=checkpoint, seed=6, dtype=torch.float32)
