@@ -68,7 +68,7 @@ def _downmix(samples: np.ndarray, layout: str, sample_rate: int) -> np.ndarray:
         stereo = np.concatenate([f.to_ndarray() for f in out], axis=1)
         if stereo.shape[1] == samples.shape[1]:
             return stereo.astype(np.float32, copy=False)
-    except (av.error.FFmpegError, ValueError, IndexError):  # IndexError: PyAV on a layout of more than 8 channels
+    except (av.error.FFmpegError, ValueError, IndexError):  # a layout FFmpeg has no matrix for
         pass
     # Unknown layout: average even channels to the left, odd channels to the right.
     return np.stack([samples[0::2].mean(axis=0), samples[1::2].mean(axis=0)]).astype(np.float32)
