@@ -81,6 +81,15 @@ def _frequency_grid(theta: float, num_axes: int, dim: int, double_precision: boo
     return powers * math.pi / 2
 
 
+@lru_cache(maxsize=16)
+def _device_frequency_grid(
+    theta: float, num_axes: int, dim: int, double_precision: bool, device: torch.device
+) -> torch.Tensor:
+    """`_frequency_grid` copied to `device` once (a copy from host memory per forward would wait for the device's
+    queued work each time). Shared between calls: never modified in place."""
+    return _frequency_grid(theta, num_axes, dim, double_precision).to(device)
+
+
 def rope_frequencies(
     coords: torch.Tensor,
     *,
@@ -107,7 +116,7 @@ def rope_frequencies(
     if len(max_pos) != num_axes:
         raise ValueError(f"coords have {num_axes} axes but max_pos {list(max_pos)} has {len(max_pos)} entries")
     fractions = torch.stack([positions[:, i] / max_pos[i] for i in range(num_axes)], dim=-1)  # (B, T, A)
-    grid = _frequency_grid(float(theta), num_axes, dim, double_precision).to(fractions.device)
+    grid = _device_frequency_grid(float(theta), num_axes, dim, double_precision, fractions.device)
     angles = (grid * (fractions.unsqueeze(-1) * 2 - 1)).transpose(-1, -2).flatten(2)  # (B, T, n*A), axis minor
     cos, sin = angles.cos(), angles.sin()
     batch, tokens = cos.shape[:2]

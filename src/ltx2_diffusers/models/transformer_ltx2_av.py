@@ -51,6 +51,7 @@ from .perturbations import (
     LTX2Perturbation,
     SharedPrefix,
     block_perturbation,
+    device_constant,
     validate_perturbations,
     validate_shared_prefix,
 )
@@ -120,6 +121,7 @@ class LTX2AudioVideoTransformer(
     _skip_layerwise_casting_patterns = ["norm", "scale_shift_table"]
     #: `pipelines.block_streaming.BlockStreamer` while some blocks stream from host memory (a memory tier).
     _block_streamer = None
+    _values_checked_by_caller = False  # set by a pipeline's denoising loop (pipelines.ltx2_denoise)
     _cp_plan = TRANSFORMER_CP_PLAN  # video tokens sharded, audio replicated: see parallel.py
     #: Config keys that must be numbers > 0 (`validation.CheckedConfigMixin`; the model divides or sizes by them).
     _positive_config_keys = (
@@ -512,16 +514,17 @@ class LTX2AudioVideoTransformer(
         Returns `AudioVisualModelOutput(sample, audio_sample)` or a tuple.
         """
         self._check_inputs(hidden_states, audio_hidden_states, encoder_hidden_states, audio_encoder_hidden_states)
-        self._check_values(
-            dict(
-                hidden_states=hidden_states, audio_hidden_states=audio_hidden_states,
-                encoder_hidden_states=encoder_hidden_states, audio_encoder_hidden_states=audio_encoder_hidden_states,
-                timestep=timestep, audio_timestep=audio_timestep, sigma=sigma, audio_sigma=audio_sigma,
-                video_coords=video_coords, audio_coords=audio_coords, encoder_attention_mask=encoder_attention_mask,
-                audio_encoder_attention_mask=audio_encoder_attention_mask, perturbation_mask=perturbation_mask,
-                video_self_attention_mask=video_self_attention_mask,
-            )
-        )  # fmt: skip
+        if not self._values_checked_by_caller:  # a pipeline's later denoising steps (`values_checked_by_caller`)
+            self._check_values(
+                dict(
+                    hidden_states=hidden_states, audio_hidden_states=audio_hidden_states,
+                    encoder_hidden_states=encoder_hidden_states, audio_encoder_hidden_states=audio_encoder_hidden_states,
+                    timestep=timestep, audio_timestep=audio_timestep, sigma=sigma, audio_sigma=audio_sigma,
+                    video_coords=video_coords, audio_coords=audio_coords, encoder_attention_mask=encoder_attention_mask,
+                    audio_encoder_attention_mask=audio_encoder_attention_mask, perturbation_mask=perturbation_mask,
+                    video_self_attention_mask=video_self_attention_mask,
+                )
+            )  # fmt: skip
         batch_size, num_video_tokens = hidden_states.shape[:2]
         num_audio_tokens = audio_hidden_states.shape[1]
         dtype, device = hidden_states.dtype, hidden_states.device
@@ -732,7 +735,7 @@ class LTX2AudioVideoTransformer(
                 gather = list(range(batch))
                 for p in joining:
                     gather[p.item] = p.source
-                index = torch.tensor(gather, device=vx.device)
+                index = device_constant(tuple(gather), vx.device)
                 vx, ax = vx.index_select(0, index), ax.index_select(0, index)
             if end is None:
                 break
@@ -740,7 +743,7 @@ class LTX2AudioVideoTransformer(
             if len(active) == batch:
                 vx, ax = self._run_blocks(start, end, vx, ax, per_item, block_perturbations)
                 continue
-            index = torch.tensor(active, device=vx.device)
+            index = device_constant(tuple(active), vx.device)
             sub_vx, sub_ax = self._run_blocks(
                 start,
                 end,

@@ -46,7 +46,16 @@ from .acceleration import TransformerAcceleration, accelerated, check_attention_
 from .block_streaming import slots_released_after
 from .call_properties import LTX2CallPropertiesMixin
 from .image_conditions import prepare_condition_image
-from .ltx2_denoise import PromptContexts, StepGuidance, advance, guided_x0, has_uniform_timesteps, is_frozen
+from .ltx2_denoise import (
+    PromptContexts,
+    StepGuidance,
+    advance,
+    check_stage_latents,
+    guided_x0,
+    has_uniform_timesteps,
+    is_frozen,
+    values_checked_by_caller,
+)
 from .pipeline_checks import GUIDANCE_ALIASES, LTX2A2VChecksMixin, checked_callback_outputs, resolve_guidance
 from .pipeline_loading import LTX2A2VLoadingMixin
 from .pipeline_placement import LTX2PlacementMixin
@@ -460,6 +469,8 @@ class LTX2PipelineBase(
         # One timestep per item where a modality's tokens share it (the masks do not change during the loop); the
         # reference's per-token AdaLN under `reference_arithmetic`.
         per_item_timesteps = (False, False) if exact else (has_uniform_timesteps(video), has_uniform_timesteps(audio))
+        host_sigmas = sigmas.tolist()  # (float32 values) the Euler steps take them from the host: no sync per step
+        done = 0  # steps run; the first step's forward checks its inputs, later ones rely on check_stage_latents
         try:
             with (
                 self.progress_bar(total=len(sigmas) - 1) as progress_bar,
@@ -473,27 +484,33 @@ class LTX2PipelineBase(
                 for i in range(len(sigmas) - 1):
                     if self.interrupt:
                         logger.warning(f"interrupted: stage {stage + 1} stops before its step {i}")
+                        if done > 1:
+                            check_stage_latents(video, audio, stage + 1, done)
                         break
-                    sigma, sigma_next = sigmas[i], sigmas[i + 1]
+                    sigma = sigmas[i]
                     self._current_timestep = sigma * 1000
-                    previous = guided_x0(
-                        self.transformer,
-                        video,
-                        audio,
-                        sigma,
-                        i,
-                        contexts,
-                        guidance,
-                        previous,
-                        batch_size=guidance_batch_size,
-                        share_prefix=not exact,
-                        per_item_timesteps=per_item_timesteps,
-                        attention_kwargs=getattr(self, "_attention_kwargs", None),
-                    )
+                    with values_checked_by_caller(self.transformer) if done else nullcontext():
+                        previous = guided_x0(
+                            self.transformer,
+                            video,
+                            audio,
+                            sigma,
+                            i,
+                            contexts,
+                            guidance,
+                            previous,
+                            batch_size=guidance_batch_size,
+                            share_prefix=not exact,
+                            per_item_timesteps=per_item_timesteps,
+                            attention_kwargs=getattr(self, "_attention_kwargs", None),
+                        )
                     if not frozen[0]:
-                        video = advance(video, previous.video, sigma, sigma_next)
+                        video = advance(video, previous.video, host_sigmas[i], host_sigmas[i + 1])
                     if not frozen[1]:
-                        audio = advance(audio, previous.audio, sigma, sigma_next)
+                        audio = advance(audio, previous.audio, host_sigmas[i], host_sigmas[i + 1])
+                    done += 1
+                    if done == 1 or done == len(sigmas) - 1:
+                        check_stage_latents(video, audio, stage + 1, done)
                     if callback_on_step_end is not None:
                         video, audio = self._step_callback(
                             callback_on_step_end, callback_inputs, step_offset + i, sigma, video, audio

@@ -18,6 +18,7 @@ pass whose x0 is used as is.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -25,6 +26,7 @@ import torch
 from ..guidance import MultiModalGuidance, combine_guidance, guidance_passes
 from ..models.perturbations import LTX2Perturbation, shared_prefixes
 from ..schedules import euler_step
+from ..validation import MAX_NORMALISED_INPUT_ABS, check_all_bounded
 from .ltx2_stages import LatentState, blend_with_clean, x0_from_velocity
 
 
@@ -268,6 +270,43 @@ def guided_x0(
             )
         )
     return PassX0(*guided)
+
+
+@contextmanager
+def values_checked_by_caller(transformer):
+    """While a denoising loop runs its later steps, the transformer's forwards skip their own scan of their inputs'
+    values (finite, within bounds: one device sync per forward, which kept the host from queuing the next forward
+    while the GPU computed, leaving the GPU idle at the start of each forward). The loop vouches for those inputs
+    instead: the first step's forward checks them as usual, and ``check_stage_latents`` checks the latents after
+    the first step and at the end of the loop."""
+    previous = getattr(transformer, "_values_checked_by_caller", False)
+    transformer._values_checked_by_caller = True
+    try:
+        yield
+    finally:
+        transformer._values_checked_by_caller = previous
+
+
+def check_stage_latents(video: LatentState, audio: LatentState, stage: int, steps: int) -> None:
+    """Both latents after ``steps`` steps of stage ``stage`` (1-based) finite and within the transformer's input
+    bound, in one device sync; a ValueError naming the stage, the step and the likely cause otherwise."""
+    where = f"after step {steps} of stage {stage}"
+    try:
+        check_all_bounded(
+            [
+                (
+                    [(f"the video latent {where}", video.latent), (f"the audio latent {where}", audio.latent)],
+                    MAX_NORMALISED_INPUT_ABS,
+                    "the transformer's input bound",
+                    None,
+                )
+            ]
+        )
+    except ValueError as error:
+        raise ValueError(
+            f"{error}: the transformer's predictions were not finite or grew out of range (weights holding NaN or "
+            f"infinite values, or an overflow in {video.latent.dtype})"
+        ) from None
 
 
 def advance(state: LatentState, denoised: torch.Tensor, sigma, sigma_next) -> LatentState:
