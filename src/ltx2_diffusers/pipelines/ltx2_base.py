@@ -458,7 +458,10 @@ class LTX2PipelineBase(
         """Euler loop over `sigmas` for both states (`ltx2_denoise`: guided x0 of both modalities per step; a
         frozen state stays put). The callback gets the step index `step_offset + i` and the timestep
         `sigma * 1000`; `self.stage_index` is `stage` and `self.current_timestep` the step's timestep meanwhile.
-        An interrupt (`pipe._interrupt = True`) stops the loop before the next step. Returns `(video, audio)`."""
+        An interrupt (`pipe._interrupt = True`) stops the loop before the next step. The first step's forward checks
+        its inputs' values; the later forwards do not (no device sync per step: the host queues the next forward
+        while the GPU computes) and `check_stage_latents` checks the latents after the first step and at the end.
+        Returns `(video, audio)`."""
         previous = None
         self._stage_index = stage
         if stage == 0:  # the call's guidance (`guidance_scale`, `do_classifier_free_guidance` after the call)
