@@ -27,8 +27,9 @@ def model(tmp_path_factory):
     return LTX2AudioVideoTransformer.from_single_file(path, torch_dtype=torch.float32)
 
 
-def forward(model, perturbations=PASSES, shared_prefix=None, seed=0, negative_items=(1,)):
-    """One forward of the items `perturbations`; the items `negative_items` take the negative context."""
+def forward(model, perturbations=PASSES, shared_prefix=None, seed=0, negative_items=(1,), copied_coords=False):
+    """One forward of the items `perturbations`; the items `negative_items` take the negative context. The
+    coordinates are one item's expanded over the batch (as the pipelines pass them), or copies (`copied_coords`)."""
     x = transformer_parity_inputs(model.config)
     negative = torch.randn(x["ctx"].shape, generator=torch.Generator().manual_seed(seed + 1))
     n = len(perturbations)
@@ -44,8 +45,8 @@ def forward(model, perturbations=PASSES, shared_prefix=None, seed=0, negative_it
             audio_timestep=x["at"].expand(n, -1) * 1000,
             sigma=sigma,
             audio_sigma=sigma,
-            video_coords=x["vc"].expand(n, -1, -1, -1),
-            audio_coords=x["ac"].expand(n, -1, -1, -1),
+            video_coords=x["vc"].expand(n, -1, -1, -1).clone() if copied_coords else x["vc"].expand(n, -1, -1, -1),
+            audio_coords=x["ac"].expand(n, -1, -1, -1).clone() if copied_coords else x["ac"].expand(n, -1, -1, -1),
             use_cross_timestep=True,
             perturbations=perturbations,
             shared_prefix=shared_prefix,

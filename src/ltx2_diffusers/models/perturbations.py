@@ -98,12 +98,19 @@ def block_perturbation(
     return BlockPerturbation(False, keep, tuple(i for i, s in enumerate(skipped) if not s))
 
 
-@lru_cache(maxsize=256)
 def device_constant(values: tuple, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """`torch.tensor(values, device=device, dtype=dtype)`, built once per `(values, device, dtype)`. Building a
     tensor from Python values on a GPU copies it from pageable host memory, which waits for all the work queued on
     the device (a stream sync): a forward that did so for each block's keep mask or item index left the GPU idle
-    while the host caught up. The tensor is shared between calls: never modify it in place."""
+    while the host caught up. The tensor is shared between calls: never modify it in place. (While torch.compile
+    traces, a graph constant instead.)"""
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, device=device, dtype=dtype)
+    return _cached_constant(values, device, dtype)
+
+
+@lru_cache(maxsize=256)
+def _cached_constant(values: tuple, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
     return torch.tensor(values, device=device, dtype=dtype)
 
 

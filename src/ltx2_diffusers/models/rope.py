@@ -116,7 +116,10 @@ def rope_frequencies(
     if len(max_pos) != num_axes:
         raise ValueError(f"coords have {num_axes} axes but max_pos {list(max_pos)} has {len(max_pos)} entries")
     fractions = torch.stack([positions[:, i] / max_pos[i] for i in range(num_axes)], dim=-1)  # (B, T, A)
-    grid = _device_frequency_grid(float(theta), num_axes, dim, double_precision, fractions.device)
+    if torch.compiler.is_compiling():  # a graph constant (dynamo traces through lru_cache anyway)
+        grid = _frequency_grid.__wrapped__(float(theta), num_axes, dim, double_precision).to(fractions.device)
+    else:
+        grid = _device_frequency_grid(float(theta), num_axes, dim, double_precision, fractions.device)
     angles = (grid * (fractions.unsqueeze(-1) * 2 - 1)).transpose(-1, -2).flatten(2)  # (B, T, n*A), axis minor
     cos, sin = angles.cos(), angles.sin()
     batch, tokens = cos.shape[:2]
@@ -144,7 +147,8 @@ def apply_rotary_emb(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor], 
         pairs = x.unflatten(-1, (-1, 2))
         rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
         return x * cos + rotated * sin
-    batch, heads, tokens, _ = cos.shape
+    heads, tokens = cos.shape[1:3]  # cos: (B, H, T, head_dim / 2) or (1, ...) for every item alike
+    batch = x.shape[0]
     halves = x.reshape(batch, tokens, heads, 2, -1).transpose(1, 2)  # (B, H, T, 2, head_dim / 2)
     first, second = halves[..., :1, :], halves[..., 1:, :]
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)

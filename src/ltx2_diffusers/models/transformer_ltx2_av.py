@@ -608,6 +608,8 @@ class LTX2AudioVideoTransformer(
         )
         video_max_pos = (config.pos_embed_max_pos, config.base_height, config.base_width)
         cross_max_pos = (max(config.pos_embed_max_pos, config.audio_pos_embed_max_pos),)
+        # Coordinates expanded from one item (a batched guidance step) give one item's tables, broadcast in the blocks.
+        video_coords, audio_coords = _one_item_if_expanded(video_coords), _one_item_if_expanded(audio_coords)
         video_rotary_emb = self._rotary(video_coords, self.inner_dim, video_max_pos, config.num_attention_heads, dtype)
         audio_rotary_emb = self._rotary(
             audio_coords,
@@ -760,6 +762,13 @@ class LTX2AudioVideoTransformer(
         shift, scale = (table[None, None].to(dtype=x.dtype) + embedded_timestep[:, :, None]).unbind(dim=2)
         x = F.layer_norm(x, (x.shape[-1],), eps=self.config.norm_eps)
         return proj(x * (1 + scale) + shift)
+
+
+def _one_item_if_expanded(coords: torch.Tensor) -> torch.Tensor:
+    """`coords[:1]` when `coords` is one item's coordinates expanded over the batch (a batch stride of 0, as a
+    batched guidance step passes them): the rotary tables are then computed once and broadcast over the items (the
+    same values; a quarter of the reads in each block's rotation at four items); else `coords`."""
+    return coords[:1] if coords.shape[0] > 1 and coords.stride(0) == 0 else coords
 
 
 def _take(x, index: torch.Tensor, batch: int, active: list[int]):
