@@ -152,14 +152,9 @@ def check_saveable(pipe, safe_serialization=True, use_flashpack=False) -> None:
     is not a plain folder name (it names `user_loras/<adapter>/`: a separator or `..` would write outside the
     folder)."""
     from ..loaders.fp8 import is_scaled_mm_linear
+    from ..loaders.safetensors_only import check_safetensors_save
 
-    if safe_serialization is not True:
-        raise ValueError(
-            f"safe_serialization={safe_serialization!r}: only safetensors weights are written (pickle files can run "
-            "code when read); leave safe_serialization at True"
-        )
-    if use_flashpack is not False:
-        raise ValueError(f"use_flashpack={use_flashpack!r}: only safetensors weights are written")
+    check_safetensors_save(safe_serialization, use_flashpack)
 
     transformer = getattr(pipe, "transformer", None)
     scaled = [n for n, m in transformer.named_modules() if is_scaled_mm_linear(m)] if transformer is not None else []
@@ -248,19 +243,10 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
 
 
 def weight_bytes(pipe) -> int:
-    """Bytes of the components' weights as saved (each storage once; meta tensors not counted): a lower bound of the
-    saved folder's size, for `output_folder.check_free_space`."""
-    seen, total = set(), 0
-    for component in pipe.components.values():
-        if not isinstance(component, torch.nn.Module):
-            continue
-        for tensor in component.state_dict().values():
-            key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
-            if tensor.data_ptr() == 0 or key in seen:
-                continue
-            seen.add(key)
-            total += tensor.numel() * tensor.element_size()
-    return total
+    """Bytes of the components' weights as saved (`component_save.weight_bytes`)."""
+    from ..loaders.component_save import weight_bytes as module_bytes
+
+    return module_bytes(c for c in pipe.components.values() if isinstance(c, torch.nn.Module))
 
 
 def _check_writable(target: Path, expected) -> None:
