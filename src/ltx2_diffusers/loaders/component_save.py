@@ -18,7 +18,8 @@ own save writes (same names, same tensors, same config), except in these, delibe
 - `save_directory` that is a file (or a path below a file, or a folder this process cannot write in) is a
   `ValueError` naming it before anything is written (diffusers logs an error and returns);
 - `safe_serialization=False` and `use_flashpack=True` are refused (this package reads safetensors only), as by the
-  pipeline's `save_pretrained`;
+  pipeline's `save_pretrained`, and so is a model computing with float8 weight scales that are not saved
+  (`fp8.check_scales_saved`: diffusers would write weights that load silently wrong);
 - `push_to_hub=True` is refused: diffusers' writes a model card over the folder's README.md and uploads the whole
   folder, the user's other files included; `model.push_to_hub(repo_id)` saves into a temporary folder and uploads
   that;
@@ -198,7 +199,10 @@ class SafeSaveMixin:
         (`safe_serialization=False` and `use_flashpack=True` are refused); `push_to_hub=True` is refused (use
         `push_to_hub(repo_id)`); `is_main_process=False` writes nothing; a `save_directory` that is a file is a
         `ValueError` naming it."""
+        from .fp8 import check_scales_saved
+
         check_safetensors_save(safe_serialization, use_flashpack)
+        check_scales_saved(self, type(self).__name__)
         if push_to_hub:
             raise ValueError(
                 f"push_to_hub=True: {type(self).__name__}.save_pretrained writes the local folder only (diffusers' "

@@ -148,21 +148,15 @@ def user_adapter_files(pipe) -> tuple[dict[str, dict[str, torch.Tensor]], dict, 
 
 def check_saveable(pipe, safe_serialization=True, use_flashpack=False) -> None:
     """Refuse before writing anything: pickle or flashpack serialisation (only safetensors are written), fused LoRA
-    layers, float8 scaled-mm linears (their scales are run-time buffers that are not saved), an adapter name that
+    layers, float8 weight scales that are not saved (`fp8.check_scales_saved`), an adapter name that
     is not a plain folder name (it names `user_loras/<adapter>/`: a separator or `..` would write outside the
     folder)."""
-    from ..loaders.fp8 import is_scaled_mm_linear
+    from ..loaders.fp8 import check_scales_saved
     from ..loaders.safetensors_only import check_safetensors_save
 
     check_safetensors_save(safe_serialization, use_flashpack)
-
-    transformer = getattr(pipe, "transformer", None)
-    scaled = [n for n, m in transformer.named_modules() if is_scaled_mm_linear(m)] if transformer is not None else []
-    if scaled:
-        raise ValueError(
-            f"transformer runs float8 scaled matmuls (enable_fp8_scaled_mm: {scaled[0]}, ...), whose weight scales "
-            "are not saved; save the pipeline before enable_fp8_scaled_mm, and apply it again after loading"
-        )
+    if getattr(pipe, "transformer", None) is not None:
+        check_scales_saved(pipe.transformer, "transformer")
     for component in LORA_COMPONENT_NAMES:
         for adapter in getattr(getattr(pipe, component, None), "peft_config", None) or {}:
             _check_adapter_folder_name(adapter)
