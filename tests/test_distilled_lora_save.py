@@ -1,6 +1,7 @@
-"""`LTX2DistilledLoRA.save_pretrained` writes each file under a temporary name and renames it when complete: a save
-that fails or is interrupted mid-file leaves the earlier files as they were (hashes before and after) and no
-temporary file; saving over the file the LoRA was read from (memory-mapped, `copy=False`) keeps it readable."""
+"""`LTX2DistilledLoRA.save_pretrained` writes its weights and config.json into a temporary folder and renames them
+into place together (`component_save.save_files`): a save that fails or is interrupted, while writing or renaming
+either file, leaves the earlier pair as it was (hashes before and after) and no temporary file; saving over the file
+the LoRA was read from (memory-mapped, `copy=False`) keeps it readable."""
 
 import os
 
@@ -51,3 +52,48 @@ def test_saving_over_the_file_it_was_read_from(tmp_path):
     got = {k: torch.cat([t.flatten() for t in v]) for k, v in loaded.pairs().items()}
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
     assert sorted(os.listdir(tmp_path / "lora")) == ["config.json", "pytorch_lora_weights.safetensors"]
+
+
+def _failing_config_write(monkeypatch, error):
+    """`open` for writing a file named like config.json (the temporary name included) raises `error`."""
+    import builtins
+
+    real = builtins.open
+
+    def fake(file, mode="r", *args, **kwargs):
+        if "w" in mode and "config" in os.path.basename(os.fspath(file)):
+            raise error
+        return real(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake)
+
+
+def _failing_second_rename(monkeypatch, error):
+    real, calls = os.replace, []
+
+    def fake(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:  # the config's, after the weights'
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", fake)
+
+
+@pytest.mark.parametrize("fail", [_failing_config_write, _failing_second_rename], ids=["writing", "renaming"])
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_failure_on_the_config_keeps_the_earlier_pair(tmp_path, monkeypatch, fail, error):
+    """Weights and config.json land together: never a new weights file beside the previous config."""
+    _lora(1).save_pretrained(tmp_path / "lora")
+    (tmp_path / "lora" / "README.md").write_text("the user's notes\n")
+    before = file_tree(tmp_path)
+    bigger = LTX2DistilledLoRA.from_state_dict(
+        {f"transformer.{i}.lora_{p}.weight": torch.ones(2, 2) for i in range(2) for p in "AB"}
+    )  # another targets list: a new weights file beside the old config would not match it
+    fail(monkeypatch, error)
+    with pytest.raises(type(error)):
+        bigger.save_pretrained(tmp_path / "lora")
+    monkeypatch.undo()
+    assert file_tree(tmp_path) == before
+    loaded = LTX2DistilledLoRA.from_pretrained(tmp_path / "lora")
+    assert sorted(loaded.pairs()) == ["0"]

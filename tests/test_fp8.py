@@ -183,3 +183,24 @@ def test_bad_arguments(files):
         load_fp8_transformer(files["cast"].parent)
     with pytest.raises(ValueError, match="scales given"):
         enable_fp8_upcast(torch.nn.Linear(2, 2), {"x": torch.tensor(1.0)})
+
+
+def test_save_pretrained_refuses_the_scales_it_would_drop(files, tmp_path):
+    """fp8='upcast' of a scaled file keeps each weight's scale as a run-time buffer, which save_pretrained does not
+    write: the saved folder would load unscaled (outputs off by the scales, no error). The model's and the pipeline's
+    saves refuse it before anything is written; the dequantised model saves and loads back."""
+    from ltx2_diffusers import LTX2AudioToVideoPipeline
+
+    model = load_transformer_from_single_file(files["scaled"], fp8="upcast", torch_dtype=torch.float32)
+    with pytest.raises(ValueError, match="LTX2AudioVideoTransformer holds float8 weights with their checkpoint scale"):
+        model.save_pretrained(tmp_path / "model")
+    pipe = LTX2AudioToVideoPipeline.from_single_file(files["bf16"], torch_dtype=torch.float32)
+    pipe.register_modules(transformer=model)
+    with pytest.raises(ValueError, match="transformer holds float8 weights with their checkpoint scale"):
+        pipe.save_pretrained(tmp_path / "pipe")
+    assert list(tmp_path.iterdir()) == []
+    dequantised = load_transformer_from_single_file(files["scaled"], fp8="dequantize", torch_dtype=torch.float32)
+    dequantised.save_pretrained(tmp_path / "model")
+    x = _inputs(dequantised.config)
+    loaded = LTX2AudioVideoTransformer.from_pretrained(tmp_path / "model")
+    assert _delta(_ours(loaded, x), _ours(dequantised, x)) == 0.0

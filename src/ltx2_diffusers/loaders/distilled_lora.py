@@ -242,29 +242,25 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
         return cls._from_tensors(state_dict, copy=False)
 
     def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs) -> None:
-        """`save_directory/pytorch_lora_weights.safetensors` (diffusers LoRA format) and `config.json`, each written
-        under a temporary name beside it and renamed when complete: an interrupted save leaves an earlier file whole
-        (as diffusers' `save_pretrained`, an existing file of these names is replaced)."""
+        """`save_directory/pytorch_lora_weights.safetensors` (diffusers LoRA format) and `config.json`, both written
+        into a temporary folder and then renamed into place, the config last (`component_save.save_files`): a save
+        that fails or is interrupted leaves the earlier pair as it was, never a new weights file beside an old
+        config (as diffusers' `save_pretrained`, existing files of these names are replaced on success)."""
         from safetensors.torch import save_file
 
-        from ..cli_safety import write_atomically
+        from .component_save import save_files
 
         if not is_main_process:
             return
-        os.makedirs(save_directory, exist_ok=True)
         tensors = {k: v.detach().cpu() for k, v in self.lora_state_dict().items()}
         config = json.dumps({"_class_name": type(self).__name__, "targets": self._targets}, indent=2)
 
-        def write_config(path):
-            with open(path, "w") as f:
+        def build(folder):
+            save_file(tensors, os.path.join(folder, DISTILLED_LORA_WEIGHT_NAME), metadata={"format": "pt"})
+            with open(os.path.join(folder, self.config_name), "w") as f:
                 f.write(config)
 
-        write_atomically(
-            os.path.join(save_directory, DISTILLED_LORA_WEIGHT_NAME),
-            lambda path: save_file(tensors, path, metadata={"format": "pt"}),
-            overwrite=True,
-        )
-        write_atomically(os.path.join(save_directory, self.config_name), write_config, overwrite=True)
+        save_files(save_directory, build)
 
     # -------------------------------------------------------------------------------------------- compute
     def check_fits(self, transformer: torch.nn.Module) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "Fp8CheckpointPlan",
     "attach_fused_lora",
     "check_fp8_conversion",
+    "check_scales_saved",
     "detach_fused_lora",
     "enable_fp8_scaled_mm",
     "enable_fp8_upcast",
@@ -218,6 +219,26 @@ def _scaled_mm_linear_forward(self, x: torch.Tensor) -> torch.Tensor:
 def is_scaled_mm_linear(module: torch.nn.Module) -> bool:
     """Whether `module` is a linear patched by `enable_fp8_scaled_mm`."""
     return isinstance(module, torch.nn.Linear) and "fp8_rowwise" in module.__dict__
+
+
+def check_scales_saved(model: torch.nn.Module, label: str) -> None:
+    """`ValueError` naming `label` and the first such linear when `model` computes with float8 weight scales that
+    `save_pretrained` does not write (non-persistent buffers): linears patched by `enable_fp8_scaled_mm`, or float8
+    weights kept with their checkpoint scale (`fp8="upcast"` of a scaled float8 file). A folder saved so would load as
+    the unscaled float8 values: silently wrong weights."""
+    scaled_mm = [n for n, m in model.named_modules() if is_scaled_mm_linear(m)]
+    if scaled_mm:
+        raise ValueError(
+            f"{label} runs float8 scaled matmuls (enable_fp8_scaled_mm: {scaled_mm[0]}, ...), whose weight scales are "
+            "not saved; save before enable_fp8_scaled_mm, and apply it again after loading"
+        )
+    scaled = [n for n, m in model.named_modules() if getattr(m, "fp8_weight_scale", None) is not None]
+    if scaled:
+        raise ValueError(
+            f"{label} holds float8 weights with their checkpoint scale ({scaled[0]}, ...: loaded with fp8='upcast' "
+            "from a scaled float8 file), which save_pretrained does not write: the saved folder would load as wrong "
+            "weights; to save, load the file with fp8='dequantize' (or convert it with the converter)"
+        )
 
 
 def attach_fused_lora(linear: torch.nn.Linear, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:

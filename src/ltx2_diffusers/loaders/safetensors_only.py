@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 
-__all__ = ["PICKLE_WEIGHT_SUFFIXES", "SafetensorsOnlyMixin", "check_safetensors_only"]
+__all__ = ["PICKLE_WEIGHT_SUFFIXES", "SafetensorsOnlyMixin", "check_safetensors_only", "check_safetensors_save"]
 
 PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -24,6 +24,17 @@ def _check_loading_kwargs(kwargs) -> None:
         )
     if kwargs.get("use_flashpack", False) is not False:
         raise ValueError(f"use_flashpack={kwargs['use_flashpack']!r}: only safetensors weights are read")
+
+
+def check_safetensors_save(safe_serialization, use_flashpack) -> None:
+    """For `save_pretrained` (the pipelines' and the models'): only safetensors weights are written."""
+    if safe_serialization is not True:
+        raise ValueError(
+            f"safe_serialization={safe_serialization!r}: only safetensors weights are written (pickle files can run "
+            "code when read); leave safe_serialization at True"
+        )
+    if use_flashpack is not False:
+        raise ValueError(f"use_flashpack={use_flashpack!r}: only safetensors weights are written")
 
 
 def _refuse_pickle_only(folder: str) -> None:

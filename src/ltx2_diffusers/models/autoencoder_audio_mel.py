@@ -16,6 +16,7 @@ from diffusers.utils import logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..audio.mel import log_mel_spectrogram
+from ..loaders.component_save import SafeSaveMixin
 from ..loaders.prefetch import ReadAheadWaitMixin
 from ..loaders.safetensors_only import SafetensorsOnlyMixin
 from ..loaders.single_file_model import FromOriginalCheckpointMixin
@@ -61,6 +62,7 @@ def _check_input(name: str, x, layout: str, bound, channels: int | None = None, 
 
 
 class AutoencoderAudioMel(
+    SafeSaveMixin,
     SafetensorsOnlyMixin,
     ReadAheadWaitMixin,
     CheckedConfigMixin,

@@ -18,6 +18,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.transformers.transformer_ltx2 import AudioVisualModelOutput
 from diffusers.utils import apply_lora_scale, logging
 
+from ..loaders.component_save import SafeSaveMixin
 from ..loaders.prefetch import ReadAheadWaitMixin
 from ..loaders.safetensors_only import SafetensorsOnlyMixin
 from ..loaders.single_file_model import FromOriginalCheckpointMixin
@@ -95,6 +96,7 @@ _CONTEXT_WHY = "post-connector contexts are RMS-normalised per token"
 
 
 class LTX2AudioVideoTransformer(
+    SafeSaveMixin,
     SafetensorsOnlyMixin,
     ReadAheadWaitMixin,
     CheckedConfigMixin,

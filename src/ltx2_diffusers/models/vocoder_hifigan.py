@@ -8,6 +8,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import logging
 
+from ..loaders.component_save import SafeSaveMixin
 from ..loaders.prefetch import ReadAheadWaitMixin
 from ..loaders.safetensors_only import SafetensorsOnlyMixin
 from ..loaders.single_file_model import FromOriginalCheckpointMixin
@@ -21,7 +22,13 @@ __all__ = ["LTX2HiFiGANVocoder"]
 
 
 class LTX2HiFiGANVocoder(
-    SafetensorsOnlyMixin, ReadAheadWaitMixin, CheckedConfigMixin, ModelMixin, ConfigMixin, FromOriginalCheckpointMixin
+    SafeSaveMixin,
+    SafetensorsOnlyMixin,
+    ReadAheadWaitMixin,
+    CheckedConfigMixin,
+    ModelMixin,
+    ConfigMixin,
+    FromOriginalCheckpointMixin,
 ):
     r"""Stereo log-mel `(B, 2, frames, mel_bins)` -> waveform `(B, 2, samples)` in [-1, 1].
 

@@ -148,26 +148,15 @@ def user_adapter_files(pipe) -> tuple[dict[str, dict[str, torch.Tensor]], dict, 
 
 def check_saveable(pipe, safe_serialization=True, use_flashpack=False) -> None:
     """Refuse before writing anything: pickle or flashpack serialisation (only safetensors are written), fused LoRA
-    layers, float8 scaled-mm linears (their scales are run-time buffers that are not saved), an adapter name that
+    layers, float8 weight scales that are not saved (`fp8.check_scales_saved`), an adapter name that
     is not a plain folder name (it names `user_loras/<adapter>/`: a separator or `..` would write outside the
     folder)."""
-    from ..loaders.fp8 import is_scaled_mm_linear
+    from ..loaders.fp8 import check_scales_saved
+    from ..loaders.safetensors_only import check_safetensors_save
 
-    if safe_serialization is not True:
-        raise ValueError(
-            f"safe_serialization={safe_serialization!r}: only safetensors weights are written (pickle files can run "
-            "code when read); leave safe_serialization at True"
-        )
-    if use_flashpack is not False:
-        raise ValueError(f"use_flashpack={use_flashpack!r}: only safetensors weights are written")
-
-    transformer = getattr(pipe, "transformer", None)
-    scaled = [n for n, m in transformer.named_modules() if is_scaled_mm_linear(m)] if transformer is not None else []
-    if scaled:
-        raise ValueError(
-            f"transformer runs float8 scaled matmuls (enable_fp8_scaled_mm: {scaled[0]}, ...), whose weight scales "
-            "are not saved; save the pipeline before enable_fp8_scaled_mm, and apply it again after loading"
-        )
+    check_safetensors_save(safe_serialization, use_flashpack)
+    if getattr(pipe, "transformer", None) is not None:
+        check_scales_saved(pipe.transformer, "transformer")
     for component in LORA_COMPONENT_NAMES:
         for adapter in getattr(getattr(pipe, component, None), "peft_config", None) or {}:
             _check_adapter_folder_name(adapter)
@@ -248,19 +237,10 @@ def save_folder(pipe, save_directory, save_components, hub: dict | None = None) 
 
 
 def weight_bytes(pipe) -> int:
-    """Bytes of the components' weights as saved (each storage once; meta tensors not counted): a lower bound of the
-    saved folder's size, for `output_folder.check_free_space`."""
-    seen, total = set(), 0
-    for component in pipe.components.values():
-        if not isinstance(component, torch.nn.Module):
-            continue
-        for tensor in component.state_dict().values():
-            key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
-            if tensor.data_ptr() == 0 or key in seen:
-                continue
-            seen.add(key)
-            total += tensor.numel() * tensor.element_size()
-    return total
+    """Bytes of the components' weights as saved (`component_save.weight_bytes`)."""
+    from ..loaders.component_save import weight_bytes as module_bytes
+
+    return module_bytes(c for c in pipe.components.values() if isinstance(c, torch.nn.Module))
 
 
 def _check_writable(target: Path, expected) -> None:

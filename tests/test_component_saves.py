@@ -1,0 +1,244 @@
+"""`save_pretrained` of the transformer, the audio VAE and the vocoder (`loaders/component_save.py`): the same files as
+diffusers' `ModelMixin.save_pretrained` writes into an empty folder, landing whole or not at all: a save that fails
+or is interrupted leaves every file in the folder byte-identical (sha256 before and after) and no temporary folder;
+the previous save's shards go only once the new files are in place; the user's other files are never touched."""
+
+import errno
+import os
+
+import pytest
+import safetensors.torch
+import torch
+from diffusers.models.modeling_utils import ModelMixin
+from file_tree import file_tree
+from safetensors import safe_open
+from test_transformer_diffusers_interop import randomize_, tiny_diffusers_config
+
+from ltx2_diffusers import AutoencoderAudioMel, LTX2AudioVideoTransformer, LTX2HiFiGANVocoder
+from ltx2_diffusers.loaders import output_folder
+
+
+def _transformer(seed):
+    return randomize_(LTX2AudioVideoTransformer(**tiny_diffusers_config("2.3")), seed)
+
+
+def _audio_vae(seed):
+    torch.manual_seed(seed)
+    return AutoencoderAudioMel(base_channels=16, latent_channels=4, mel_bins=16)
+
+
+def _vocoder(seed):
+    torch.manual_seed(seed)
+    return LTX2HiFiGANVocoder(
+        hidden_channels=16, upsample_factors=(2,), upsample_kernel_sizes=(4,), bwe_hidden_channels=16,
+        bwe_upsample_factors=(4, 3, 4), bwe_upsample_kernel_sizes=(8, 7, 8), filter_length=64, hop_length=16,
+        window_length=64,
+    )  # fmt: skip
+
+
+MODELS = pytest.mark.parametrize(
+    "make", [_transformer, _audio_vae, _vocoder], ids=["transformer", "audio_vae", "vocoder"]
+)
+
+
+def _shard_size(model, shards):
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) // shards + 1
+
+
+def _contents(folder):
+    """Each file of `folder`: a safetensors file as its metadata and tensors, any other file as its bytes."""
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.endswith(".safetensors"):
+            with safe_open(path, framework="pt") as f:
+                out[name] = (f.metadata(), {k: f.get_tensor(k) for k in f.keys()})
+        else:
+            with open(path, "rb") as f:
+                out[name] = f.read()
+    return out
+
+
+def _assert_same_save(ours, theirs):
+    a, b = _contents(ours), _contents(theirs)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        if name.endswith(".safetensors"):
+            assert a[name][0] == b[name][0] and a[name][1].keys() == b[name][1].keys()
+            assert all(torch.equal(a[name][1][k], b[name][1][k]) for k in a[name][1])
+        else:
+            assert a[name] == b[name], name
+
+
+def _assert_loads_as(folder, model):
+    loaded = type(model).from_pretrained(folder)
+    expected, got = model.state_dict(), loaded.state_dict()
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+@MODELS
+def test_a_save_equals_diffusers_save_into_an_empty_folder_and_loads(make, tmp_path):
+    model = make(0)
+    size = _shard_size(model, 3)
+    model.save_pretrained(tmp_path / "ours", max_shard_size=size)
+    ModelMixin.save_pretrained(model, tmp_path / "sharded", max_shard_size=size)
+    assert len(list((tmp_path / "ours").glob("*.safetensors"))) > 1
+    _assert_same_save(tmp_path / "ours", tmp_path / "sharded")
+    _assert_loads_as(tmp_path / "ours", model)
+    # Saved over the sharded save, unsharded: diffusers' in-place save keeps the index of the deleted shards (the
+    # folder then fails to load); ours equals diffusers' save into an empty folder.
+    model.save_pretrained(tmp_path / "ours")
+    ModelMixin.save_pretrained(model, tmp_path / "plain")
+    _assert_same_save(tmp_path / "ours", tmp_path / "plain")
+    _assert_loads_as(tmp_path / "ours", model)
+
+
+def _previous_save(tmp_path):
+    """A sharded save of one transformer plus the user's files; returns its folder."""
+    target = tmp_path / "model"
+    model = _transformer(0)
+    model.save_pretrained(target, max_shard_size=_shard_size(model, 4))
+    (target / "README.md").write_text("my notes\n")
+    (target / "runs").mkdir()
+    (target / "runs" / "loss.csv").write_text("1,0.5\n")
+    return target
+
+
+def _failing_on_call(real, call, error, partial=False):
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == call:
+            if partial:  # the writer's file left half written
+                with open(args[1], "wb") as f:
+                    f.write(b"partial")
+            raise error
+        return real(*args, **kwargs)
+
+    return fake
+
+
+ERRORS = pytest.mark.parametrize(
+    "error", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()], ids=["disk_full", "ctrl_c"]
+)
+
+
+@ERRORS
+def test_b_a_save_failing_while_writing_leaves_the_folder_as_it_was(tmp_path, monkeypatch, error):
+    target = _previous_save(tmp_path)
+    before = file_tree(tmp_path)
+    fake = _failing_on_call(safetensors.torch.save_file, 2, error, partial=True)
+    monkeypatch.setattr(safetensors.torch, "save_file", fake)
+    with pytest.raises(type(error)):
+        _transformer(1).save_pretrained(target, max_shard_size=_shard_size(_transformer(1), 2))
+    assert file_tree(tmp_path) == before
+
+
+@ERRORS
+@pytest.mark.parametrize("move", ["second", "last"])
+def test_b_a_save_failing_while_moving_leaves_the_folder_as_it_was(tmp_path, monkeypatch, error, move):
+    model = _transformer(1)
+    size = _shard_size(model, 2)
+    ModelMixin.save_pretrained(model, tmp_path / "count", max_shard_size=size)
+    moves = len(os.listdir(tmp_path / "count"))  # the shards, the index, config.json (moved last)
+    target = _previous_save(tmp_path)
+    before = file_tree(tmp_path)
+    monkeypatch.setattr(os, "replace", _failing_on_call(os.replace, 2 if move == "second" else moves, error))
+    with pytest.raises(type(error)):
+        model.save_pretrained(target, max_shard_size=size)
+    assert file_tree(tmp_path) == before
+
+
+@ERRORS
+def test_b_a_failed_save_into_a_new_folder_creates_nothing(tmp_path, monkeypatch, error):
+    before = file_tree(tmp_path)
+    monkeypatch.setattr(safetensors.torch, "save_file", _failing_on_call(safetensors.torch.save_file, 1, error))
+    with pytest.raises(type(error)):
+        _transformer(0).save_pretrained(tmp_path / "new" / "model")
+    assert file_tree(tmp_path) == before
+    monkeypatch.undo()
+    _transformer(0).save_pretrained(tmp_path / "new" / "model")
+    _assert_loads_as(tmp_path / "new" / "model", _transformer(0))
+
+
+def test_c_fewer_shards_removes_the_old_ones_only_once_the_new_files_are_in_place(tmp_path, monkeypatch):
+    target = _previous_save(tmp_path)
+    old_shards = sorted(p.name for p in target.glob("*-of-*.safetensors"))
+    model = _transformer(1)
+    size = _shard_size(model, 2)
+    seen_at_first_removal = []
+    real_remove = os.remove
+
+    def remove(path, *args, **kwargs):
+        if os.path.dirname(os.path.abspath(path)) == os.fspath(target) and not seen_at_first_removal:
+            seen_at_first_removal.append(file_tree(target))
+        return real_remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "remove", remove)
+    model.save_pretrained(target, max_shard_size=size)
+    monkeypatch.undo()
+    after = file_tree(target)
+    ModelMixin.save_pretrained(model, tmp_path / "theirs", max_shard_size=size)
+    new_files = sorted(os.listdir(tmp_path / "theirs"))
+    assert 1 < len([name for name in new_files if "-of-" in name]) < len(old_shards)
+    assert sorted(after) == sorted(new_files + ["README.md", "runs", os.path.join("runs", "loss.csv")])
+    assert seen_at_first_removal, "no old shard was removed"
+    assert all(seen_at_first_removal[0].get(name) == after[name] for name in new_files)
+    assert set(old_shards) <= set(seen_at_first_removal[0])
+    _assert_loads_as(target, model)
+
+
+def test_d_the_users_files_and_other_weights_survive(tmp_path):
+    target = _previous_save(tmp_path)
+    model = _transformer(0)
+    model.save_pretrained(target, variant="fp16", max_shard_size=_shard_size(model, 2))  # another variant's shards
+    (target / "diffusion_pytorch_model-00001-of-00002.bin").write_bytes(b"an old pickle shard of the user's")
+    kept = {
+        k: v for k, v in file_tree(target).items() if "fp16" in k or k.endswith(".bin") or "runs" in k or "README" in k
+    }
+    _transformer(1).save_pretrained(target, max_shard_size=_shard_size(model, 3))
+    after = file_tree(target)
+    assert {k: after.get(k) for k in kept} == kept
+    _assert_loads_as(target, _transformer(1))
+
+
+@MODELS
+@pytest.mark.parametrize("below", [False, True], ids=["file", "below_a_file"])
+def test_e_a_save_directory_that_is_a_file_is_refused_before_anything_is_written(make, tmp_path, below):
+    (tmp_path / "weights").write_bytes(b"the user's file")
+    before = file_tree(tmp_path)
+    where = os.fspath(tmp_path / "weights" / "model" if below else tmp_path / "weights")
+    with pytest.raises(ValueError, match="save_directory") as caught:
+        make(0).save_pretrained(where)
+    assert os.fspath(tmp_path / "weights") in str(caught.value)
+    assert file_tree(tmp_path) == before
+
+
+def test_refused_arguments_write_nothing(tmp_path, monkeypatch):
+    import diffusers.models.modeling_utils as modeling_utils
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the save reached the hub")
+
+    monkeypatch.setattr(modeling_utils, "create_repo", no_hub)
+    model = _transformer(0)
+    for kwargs, message in (
+        ({"safe_serialization": False}, "safe_serialization=False"),
+        ({"use_flashpack": True}, "use_flashpack=True"),
+        ({"push_to_hub": True, "repo_id": "me/model"}, "push_to_hub"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            model.save_pretrained(tmp_path / "model", **kwargs)
+    model.save_pretrained(tmp_path / "model", is_main_process=False)
+    assert file_tree(tmp_path) == {}
+
+
+def test_a_killed_saves_temporary_folder_is_removed_by_the_next_save(tmp_path):
+    target = _previous_save(tmp_path)
+    before = file_tree(target)
+    leftover = output_folder.TempFolder(target, "partial", folder=target)
+    (leftover.path / "config.json").write_text("{}")
+    leftover.release(remove=False)  # its lock is free: the process that made it is gone
+    _transformer(0).save_pretrained(target, max_shard_size=_shard_size(_transformer(0), 4))
+    assert file_tree(target) == before
