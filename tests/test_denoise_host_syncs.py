@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from converted_folder import converted_folder
+from factories import transformer_parity_inputs
 from family_call import family_call, family_pipes, tiny_call_args
 from host_reads import HostReads
 
@@ -126,3 +127,79 @@ def test_late_non_finite_prediction_refused_at_the_stage_end(pipe, monkeypatch, 
     with pytest.raises(ValueError, match=match):
         _call(pipe, steps=4)
     assert stage_2 == ([0] if stage == 1 else [0, 1])
+
+
+def test_an_interrupted_stage_checks_its_latents_before_they_are_decoded(pipe, monkeypatch):
+    """A prediction turning non-finite, then an interrupt: the latents of the steps run are checked at the stop."""
+    transformer = pipe.transformer
+    forward, count = transformer.forward, {"n": 0}
+
+    def nan_at_second(*args, **kwargs):
+        count["n"] += 1
+        video, audio = forward(*args, **kwargs)
+        return (video * float("nan"), audio) if count["n"] == 2 else (video, audio)
+
+    def interrupt(p, i, t, kw):
+        if i == 2:
+            p._interrupt = True
+        return {}
+
+    monkeypatch.setattr(transformer, "forward", nan_at_second)
+    with pytest.raises(ValueError, match="after step 3 of stage 1"):
+        _call(pipe, steps=6, callback_on_step_end=interrupt)
+
+
+def test_only_the_loops_own_forwards_skip_their_checks(pipe):
+    """The skip holds for the loop's thread and context only, and leaves nothing on the user's module: a direct call
+    from another thread meanwhile still refuses NaN inputs."""
+    import threading
+
+    from ltx2_diffusers.models.transformer_ltx2_av import values_checked_by_caller
+
+    transformer = pipe.transformer
+    before = set(vars(transformer))
+    _call(pipe, steps=2)
+    assert set(vars(transformer)) == before
+    x = transformer_parity_inputs(transformer.config)
+    n = 1
+    kwargs = dict(
+        hidden_states=x["video"] * float("nan"), audio_hidden_states=x["audio"], encoder_hidden_states=x["ctx"],
+        audio_encoder_hidden_states=x["actx"], timestep=x["vt"] * 1000, audio_timestep=x["at"] * 1000,
+        sigma=x["sigma"].expand(n) * 1000, audio_sigma=x["sigma"].expand(n) * 1000, video_coords=x["vc"],
+        audio_coords=x["ac"], use_cross_timestep=True, return_dict=False,
+    )  # fmt: skip
+    errors = []
+
+    def direct():
+        try:
+            with torch.no_grad():
+                transformer(**kwargs)
+        except ValueError as error:
+            errors.append(str(error))
+
+    with values_checked_by_caller(transformer):
+        thread = threading.Thread(target=direct)
+        thread.start()
+        thread.join()
+    assert errors and "hidden_states holds NaN" in errors[0]
+
+
+def test_device_constants_are_plain_tensors_keyed_by_type():
+    """Built under inference mode, a cached constant still serves a later call with autograd; values of another
+    type get their own tensor; under a fake-tensor mode nothing is cached."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ltx2_diffusers.models.device_cache import device_constant
+
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        device_constant((0.25, 0.75, 0.125), cpu, torch.float32)
+    x = torch.ones(3, requires_grad=True)
+    (x * device_constant((0.25, 0.75, 0.125), cpu, torch.float32)).sum().backward()
+    assert x.grad.tolist() == [0.25, 0.75, 0.125]
+    assert device_constant((1, 0), cpu).dtype == torch.int64
+    assert device_constant((1.0, 0.0), cpu).dtype == torch.float32
+    with FakeTensorMode():
+        fake = device_constant((3, 1, 4), cpu)
+    real = device_constant((3, 1, 4), cpu)
+    assert type(real) is torch.Tensor and real is not fake and real.tolist() == [3, 1, 4]

@@ -8,10 +8,11 @@ guidance step (cond / negative / STG / isolated items in one forward) compiles w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Iterable, NamedTuple, Sequence
 
 import torch
+
+from .device_cache import device_constant
 
 
 PERTURBATION_KINDS = ("skip_video_self_attn", "skip_audio_self_attn", "skip_a2v_cross_attn", "skip_v2a_cross_attn")
@@ -96,22 +97,6 @@ def block_perturbation(
         return BlockPerturbation(True, None)
     keep = device_constant(tuple(0.0 if s else 1.0 for s in skipped), device, dtype).view(-1, 1, 1)
     return BlockPerturbation(False, keep, tuple(i for i, s in enumerate(skipped) if not s))
-
-
-def device_constant(values: tuple, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """`torch.tensor(values, device=device, dtype=dtype)`, built once per `(values, device, dtype)`. Building a
-    tensor from Python values on a GPU copies it from pageable host memory, which waits for all the work queued on
-    the device (a stream sync): a forward that did so for each block's keep mask or item index left the GPU idle
-    while the host caught up. The tensor is shared between calls: never modify it in place. (While torch.compile
-    traces, a graph constant instead.)"""
-    if torch.compiler.is_compiling():
-        return torch.tensor(values, device=device, dtype=dtype)
-    return _cached_constant(values, device, dtype)
-
-
-@lru_cache(maxsize=256)
-def _cached_constant(values: tuple, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
-    return torch.tensor(values, device=device, dtype=dtype)
 
 
 def item_runs(items: Sequence[int]) -> list[tuple[int, int]]:

@@ -7,10 +7,11 @@ Coordinates are `[start, end)` bounds per axis, shape `(batch, num_axes, num_tok
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 import torch
+
+from .device_cache import cached_on_device
 
 
 ROPE_TYPES = ("interleaved", "split")
@@ -70,7 +71,6 @@ def audio_coords(
     return bounds[None, None].expand(batch_size, 1, -1, -1)
 
 
-@lru_cache(maxsize=16)
 def _frequency_grid(theta: float, num_axes: int, dim: int, double_precision: bool) -> torch.Tensor:
     """Angular frequencies `theta**linspace(0, 1, n) * pi/2` with `n = dim // (2 * num_axes)` (float32 result)."""
     n = dim // (2 * num_axes)
@@ -81,13 +81,13 @@ def _frequency_grid(theta: float, num_axes: int, dim: int, double_precision: boo
     return powers * math.pi / 2
 
 
-@lru_cache(maxsize=16)
 def _device_frequency_grid(
     theta: float, num_axes: int, dim: int, double_precision: bool, device: torch.device
 ) -> torch.Tensor:
-    """`_frequency_grid` copied to `device` once (a copy from host memory per forward would wait for the device's
-    queued work each time). Shared between calls: never modified in place."""
-    return _frequency_grid(theta, num_axes, dim, double_precision).to(device)
+    """`_frequency_grid` on `device`, copied there once (`device_cache`: a copy from host memory per forward would
+    wait for the device's queued work each time). Shared between calls: never modified in place."""
+    key = ("rope_grid", theta, num_axes, dim, double_precision, torch.device(device))
+    return cached_on_device(key, lambda: _frequency_grid(theta, num_axes, dim, double_precision).to(device))
 
 
 def rope_frequencies(
@@ -116,10 +116,7 @@ def rope_frequencies(
     if len(max_pos) != num_axes:
         raise ValueError(f"coords have {num_axes} axes but max_pos {list(max_pos)} has {len(max_pos)} entries")
     fractions = torch.stack([positions[:, i] / max_pos[i] for i in range(num_axes)], dim=-1)  # (B, T, A)
-    if torch.compiler.is_compiling():  # a graph constant (dynamo traces through lru_cache anyway)
-        grid = _frequency_grid.__wrapped__(float(theta), num_axes, dim, double_precision).to(fractions.device)
-    else:
-        grid = _device_frequency_grid(float(theta), num_axes, dim, double_precision, fractions.device)
+    grid = _device_frequency_grid(float(theta), num_axes, dim, double_precision, fractions.device)
     angles = (grid * (fractions.unsqueeze(-1) * 2 - 1)).transpose(-1, -2).flatten(2)  # (B, T, n*A), axis minor
     cos, sin = angles.cos(), angles.sin()
     batch, tokens = cos.shape[:2]

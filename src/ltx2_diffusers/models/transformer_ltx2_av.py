@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -45,6 +47,7 @@ from ..validation import (
     is_compute_float,
     shown,
 )
+from .device_cache import device_constant
 from .modulation import AdaLayerNormSingle
 from .perturbations import (
     NO_PERTURBATION,
@@ -52,7 +55,6 @@ from .perturbations import (
     LTX2Perturbation,
     SharedPrefix,
     block_perturbation,
-    device_constant,
     validate_perturbations,
     validate_shared_prefix,
 )
@@ -93,6 +95,26 @@ def checked_lora_scale(forward):
 _EMBEDDED_WHY = "timesteps (sigma x 1000) and positions (seconds, pixels) beyond 2**24 are float32 rounding noise"
 _LATENTS_WHY = "latents, RMS-normalised inside the blocks"
 _CONTEXT_WHY = "post-connector contexts are RMS-normalised per token"
+#: ids of the transformers whose callers vouch for the forwards' input values, in this thread / context only
+_VALUES_CHECKED_BY_CALLER: ContextVar[frozenset[int]] = ContextVar(
+    "ltx2_values_checked_by_caller", default=frozenset()
+)
+
+
+@contextmanager
+def values_checked_by_caller(transformer):
+    """While a pipeline's denoising loop runs a stage's later steps, `transformer`'s forwards called from this thread
+    (this context) skip their own scan of their inputs' values (finite, within bounds: one device sync per forward,
+    which kept the host from queuing the next forward while the GPU computed). The loop vouches for those inputs
+    instead: the first step's forward checks them as usual, and the loop checks the latents after the first step
+    and at the stage's end (`pipelines.ltx2_denoise.check_stage_latents`). Nothing is set on the module: another
+    thread, or a direct call outside the loop, still checks everything."""
+    module = getattr(transformer, "_orig_mod", transformer)  # a torch.compile wrapper: the module it runs
+    token = _VALUES_CHECKED_BY_CALLER.set(_VALUES_CHECKED_BY_CALLER.get() | {id(module)})
+    try:
+        yield
+    finally:
+        _VALUES_CHECKED_BY_CALLER.reset(token)
 
 
 class LTX2AudioVideoTransformer(
@@ -123,7 +145,6 @@ class LTX2AudioVideoTransformer(
     _skip_layerwise_casting_patterns = ["norm", "scale_shift_table"]
     #: `pipelines.block_streaming.BlockStreamer` while some blocks stream from host memory (a memory tier).
     _block_streamer = None
-    _values_checked_by_caller = False  # set by a pipeline's denoising loop (pipelines.ltx2_denoise)
     _cp_plan = TRANSFORMER_CP_PLAN  # video tokens sharded, audio replicated: see parallel.py
     #: Config keys that must be numbers > 0 (`validation.CheckedConfigMixin`; the model divides or sizes by them).
     _positive_config_keys = (
@@ -517,7 +538,7 @@ class LTX2AudioVideoTransformer(
         Returns `AudioVisualModelOutput(sample, audio_sample)` or a tuple.
         """
         self._check_inputs(hidden_states, audio_hidden_states, encoder_hidden_states, audio_encoder_hidden_states)
-        if not self._values_checked_by_caller:  # a pipeline's later denoising steps (`values_checked_by_caller`)
+        if torch.compiler.is_compiling() or id(self) not in _VALUES_CHECKED_BY_CALLER.get():  # (a pipeline's loop)
             self._check_values(
                 dict(
                     hidden_states=hidden_states, audio_hidden_states=audio_hidden_states,

@@ -22,7 +22,7 @@ from ..loaders.lora import LTX2AVLoraLoaderMixin
 from ..loaders.lora_fusion import reference_lora_arithmetic
 from ..loaders.model_variant import check_model_variant, pipeline_model_version
 from ..models.autoencoder_audio_mel import AutoencoderAudioMel
-from ..models.transformer_ltx2_av import LTX2AudioVideoTransformer
+from ..models.transformer_ltx2_av import LTX2AudioVideoTransformer, values_checked_by_caller
 from ..models.video_vae_decode import (
     channels_last_decode_supported,
     decode_channels_last,
@@ -54,7 +54,6 @@ from .ltx2_denoise import (
     guided_x0,
     has_uniform_timesteps,
     is_frozen,
-    values_checked_by_caller,
 )
 from .pipeline_checks import GUIDANCE_ALIASES, LTX2A2VChecksMixin, checked_callback_outputs, resolve_guidance
 from .pipeline_loading import LTX2A2VLoadingMixin

@@ -18,7 +18,6 @@ pass whose x0 is used as is.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -270,21 +269,6 @@ def guided_x0(
             )
         )
     return PassX0(*guided)
-
-
-@contextmanager
-def values_checked_by_caller(transformer):
-    """While a denoising loop runs its later steps, the transformer's forwards skip their own scan of their inputs'
-    values (finite, within bounds: one device sync per forward, which kept the host from queuing the next forward
-    while the GPU computed, leaving the GPU idle at the start of each forward). The loop vouches for those inputs
-    instead: the first step's forward checks them as usual, and ``check_stage_latents`` checks the latents after
-    the first step and at the end of the loop."""
-    previous = getattr(transformer, "_values_checked_by_caller", False)
-    transformer._values_checked_by_caller = True
-    try:
-        yield
-    finally:
-        transformer._values_checked_by_caller = previous
 
 
 def check_stage_latents(video: LatentState, audio: LatentState, stage: int, steps: int) -> None:
