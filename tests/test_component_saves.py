@@ -15,7 +15,7 @@ from safetensors import safe_open
 from test_transformer_diffusers_interop import randomize_, tiny_diffusers_config
 
 from ltx2_diffusers import AutoencoderAudioMel, LTX2AudioVideoTransformer, LTX2HiFiGANVocoder
-from ltx2_diffusers.loaders import output_folder
+from ltx2_diffusers.loaders import component_save, output_folder
 
 
 def _transformer(seed):
@@ -242,3 +242,152 @@ def test_a_killed_saves_temporary_folder_is_removed_by_the_next_save(tmp_path):
     leftover.release(remove=False)  # its lock is free: the process that made it is gone
     _transformer(0).save_pretrained(target, max_shard_size=_shard_size(_transformer(0), 4))
     assert file_tree(target) == before
+
+
+def _single_file_save(tmp_path):
+    """An unsharded save of one transformer plus the user's README; returns its folder."""
+    target = tmp_path / "model"
+    _transformer(0).save_pretrained(target)
+    (target / "README.md").write_text("my notes\n")
+    return target
+
+
+@pytest.mark.parametrize(
+    "put_back_error", [KeyboardInterrupt(), OSError(errno.EIO, "Input/output error")], ids=["ctrl_c", "io_error"]
+)
+def test_f_a_failed_put_back_keeps_the_replaced_files_and_says_where(tmp_path, monkeypatch, caplog, put_back_error):
+    """Ctrl-C as config.json goes in (the new weights already replaced the old), then the put-back of the old
+    weights fails too: the old weights are kept (never removed, also by the next save) in the folder the warning
+    names, and the original error is raised."""
+    target = _single_file_save(tmp_path)
+    before = file_tree(target)
+    weights = "diffusion_pytorch_model.safetensors"
+    calls, real = [], os.replace
+
+    def replace(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:  # config.json going in
+            raise KeyboardInterrupt
+        if len(calls) == 3:  # the old weights going back
+            raise put_back_error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with caplog.at_level("WARNING", logger=component_save.logger.name), pytest.raises(KeyboardInterrupt):
+        _transformer(1).save_pretrained(target)
+    monkeypatch.undo()
+    after = file_tree(target)
+    assert [name for name in before if after.get(name) != before[name]] == [weights]  # the new weights are in place
+    kept = [path for path, digest in after.items() if digest == before[weights]]
+    assert len(kept) == 1 and os.path.basename(kept[0]) == weights
+    assert os.fspath(target / os.path.dirname(kept[0])) in caplog.text
+    _transformer(2).save_pretrained(target)  # a later save leaves the kept files alone
+    assert file_tree(target).get(kept[0]) == before[weights]
+    _assert_loads_as(target, _transformer(2))
+
+
+def test_f_an_interrupt_just_after_a_file_is_renamed_aside_puts_it_back(tmp_path, monkeypatch):
+    """A file system without hard links: the file a rename replaces is first renamed aside; a Ctrl-C just after
+    that rename still puts it back."""
+    target = _single_file_save(tmp_path)
+    before = file_tree(tmp_path)
+    real_rename = os.rename
+
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    def rename(src, dst, *args, **kwargs):
+        real_rename(src, dst, *args, **kwargs)
+        if os.path.basename(os.path.dirname(os.fspath(dst))) == ".replaced":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        _transformer(1).save_pretrained(target)
+    monkeypatch.undo()
+    assert file_tree(tmp_path) == before
+    _assert_loads_as(target, _transformer(0))
+
+
+def _removal_failing(monkeypatch, target, error, which):
+    """`os.remove` / `os.unlink` of a file directly in `target` raise `error` on the removal `which` picks."""
+    calls = []
+
+    def wrap(real):
+        def fake(path, *args, **kwargs):
+            if os.path.dirname(os.path.abspath(path)) == os.fspath(target):
+                calls.append(path)
+                if which(os.path.basename(path), len(calls)):
+                    raise error
+            return real(path, *args, **kwargs)
+
+        return fake
+
+    monkeypatch.setattr(os, "remove", wrap(os.remove))
+    monkeypatch.setattr(os, "unlink", wrap(os.unlink))
+
+
+def test_g_an_interrupted_removal_of_the_previous_shards_leaves_a_folder_that_loads(tmp_path, monkeypatch):
+    """A 10-shard save, then an unsharded one interrupted while removing the old shards: the old index (the
+    loader reads it first) is gone before any of its shards, so the folder loads the new weights."""
+    target = tmp_path / "model"
+    _transformer(0).save_pretrained(target, max_shard_size=_shard_size(_transformer(0), 10))
+    assert len(list(target.glob("*-of-*.safetensors"))) >= 10
+    _removal_failing(monkeypatch, target, KeyboardInterrupt(), lambda name, call: call == 2)
+    with pytest.raises(KeyboardInterrupt):
+        _transformer(1).save_pretrained(target)
+    monkeypatch.undo()
+    _assert_loads_as(target, _transformer(1))
+    assert not (target / "diffusion_pytorch_model.safetensors.index.json").exists()
+
+
+def test_g_a_previous_index_that_cannot_be_removed_fails_the_save_and_changes_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "model"
+    _transformer(0).save_pretrained(target, max_shard_size=_shard_size(_transformer(0), 3))
+    before = file_tree(tmp_path)
+    error = OSError(errno.EACCES, "Permission denied")
+    _removal_failing(monkeypatch, target, error, lambda name, call: name.endswith(".index.json"))
+    with pytest.raises(OSError):
+        _transformer(1).save_pretrained(target)
+    monkeypatch.undo()
+    assert file_tree(tmp_path) == before
+    _assert_loads_as(target, _transformer(0))
+
+
+def test_h_a_sharded_save_keeps_the_single_weights_file_as_diffusers_does(tmp_path):
+    """diffusers' sharded save over an unsharded one keeps the single file (the index wins when loading): so does
+    ours, byte for byte, and the folder loads the new shards."""
+    model, size = _transformer(1), _shard_size(_transformer(1), 2)
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    _transformer(0).save_pretrained(ours)
+    ModelMixin.save_pretrained(_transformer(0), theirs)
+    single = file_tree(ours)["diffusion_pytorch_model.safetensors"]
+    model.save_pretrained(ours, max_shard_size=size)
+    ModelMixin.save_pretrained(model, theirs, max_shard_size=size)
+    assert sorted(os.listdir(ours)) == sorted(os.listdir(theirs))
+    assert file_tree(ours)["diffusion_pytorch_model.safetensors"] == single
+    _assert_loads_as(ours, model)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+     "diffusion_pytorch_model-00001-of-00002.safetensors"],
+)  # fmt: skip
+def test_e_a_folder_named_like_a_file_of_the_save_is_refused_before_anything_is_written(tmp_path, monkeypatch, name):
+    target = _single_file_save(tmp_path)
+    if (target / name).exists():
+        (target / name).unlink()
+    (target / name).mkdir()
+    (target / name / "mine.txt").write_text("the user's\n")
+    before = file_tree(tmp_path)
+
+    def no_write(*args, **kwargs):
+        raise AssertionError("the save wrote weights")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", no_write)
+    with pytest.raises(ValueError, match="save_directory") as caught:
+        _transformer(1).save_pretrained(target, max_shard_size=_shard_size(_transformer(1), 2))
+    assert os.fspath(target / name) in str(caught.value)
+    assert file_tree(tmp_path) == before

@@ -97,3 +97,19 @@ def test_a_failure_on_the_config_keeps_the_earlier_pair(tmp_path, monkeypatch, f
     assert file_tree(tmp_path) == before
     loaded = LTX2DistilledLoRA.from_pretrained(tmp_path / "lora")
     assert sorted(loaded.pairs()) == ["0"]
+
+
+@pytest.mark.parametrize("name", ["config.json", "pytorch_lora_weights.safetensors"])
+def test_a_folder_named_like_a_file_of_the_save_is_refused_before_anything_is_written(tmp_path, monkeypatch, name):
+    (tmp_path / "lora" / name).mkdir(parents=True)
+    (tmp_path / "lora" / name / "mine.txt").write_text("the user's\n")
+    before = file_tree(tmp_path)
+
+    def no_write(*args, **kwargs):
+        raise AssertionError("the save wrote weights")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", no_write)
+    with pytest.raises(ValueError, match="save_directory") as caught:
+        _lora(1).save_pretrained(tmp_path / "lora")
+    assert os.fspath(tmp_path / "lora" / name) in str(caught.value)
+    assert file_tree(tmp_path) == before

@@ -6,17 +6,22 @@ shards of the same weights name: a save that fails midway (a full disk, Ctrl-C, 
 already lost the previous save. Here (`save_files`) the save is built in a fresh `.{name}.partial-XXXX/` folder
 inside `save_directory` (the same file system, whatever is mounted where; `output_folder.TempFolder`, so a killed
 save's folder is removed, with a warning, by the next save into that folder), then each new file is renamed into
-place, `config.json` last. The file each rename replaces is kept aside (a hard link, else a rename) until every new
-file is in place: an exception or KeyboardInterrupt at any point, the renames included, puts every replaced file
-back and removes the new ones, so the folder is left exactly as it was. Only then are the previous save's files the
-new one does not contain removed (`stale_weight_files`). Nothing else in the folder is touched (the user's README,
-other files and folders). A process killed outright during the renames (milliseconds) can leave a mix of new and old
-files; a later save repairs it.
+place, `config.json` last; the previous save's index the new one does not write is taken out with them (a loader
+reads an index first: left behind, it names shards about to be removed). The file each rename replaces or takes out
+is kept aside (recorded first, then a hard link, else a rename) until every new file is in place: an exception or
+KeyboardInterrupt at any point, the renames included, puts every such file back and removes the new ones, so the
+folder is left exactly as it was. If putting back fails too (a second Ctrl-C, an I/O error), the temporary folder is
+kept (never removed by a later save), a warning names its `.replaced/` folder holding the previous files, and the
+original error is raised. Only once the new files are in place are the previous save's shards the new one does not
+contain removed (`stale_weight_files`): the folder loads the new save at every moment of that. Nothing else in the
+folder is touched (the user's README, other files and folders). A process killed outright during the renames
+(milliseconds) can leave a mix of new and old files; a later save repairs it.
 
 `SafeSaveMixin.save_pretrained` takes diffusers' arguments and, for a successful save, leaves the files diffusers'
 own save writes (same names, same tensors, same config), except in these, deliberately:
 - `save_directory` that is a file (or a path below a file, or a folder this process cannot write in) is a
-  `ValueError` naming it before anything is written (diffusers logs an error and returns);
+  `ValueError` naming it before anything is written (diffusers logs an error and returns), and so is a folder in it
+  named like a file the save writes (`config.json`, the weights, their index or shards; diffusers fails midway);
 - `safe_serialization=False` and `use_flashpack=True` are refused (this package reads safetensors only), as by the
   pipeline's `save_pretrained`, and so is a model computing with float8 weight scales that are not saved
   (`fp8.check_scales_saved`: diffusers would write weights that load silently wrong);
@@ -25,9 +30,10 @@ own save writes (same names, same tensors, same config), except in these, delibe
   that;
 - `is_main_process=False` writes nothing (diffusers' other processes write the weight files, racing the main one);
 - the previous save's files removed are those of the same weights name only: its shards, and also its index when the
-  new save is not sharded (diffusers keeps it, and the folder then fails to load: the index names deleted shards)
-  and its single weights file when the new save is sharded; another variant's weights and `.bin` files are kept
-  (diffusers deletes another variant's shards and `.bin` shards).
+  new save is not sharded (diffusers keeps it, and the folder then fails to load: the index names deleted shards);
+  its single weights file is kept when the new save is sharded, as diffusers keeps it (the new index wins when
+  loading); another variant's weights and `.bin` files are kept (diffusers deletes another variant's shards and
+  `.bin` shards).
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ logger = logging.get_logger(__name__)
 
 #: Inside the temporary folder: the files the renames replace, until the save is complete.
 _REPLACED = ".replaced"
+#: A previous save's file with this ending is taken out with the renames (a loader reads an index first).
+_INDEX_SUFFIX = ".index.json"
 
 
 def weight_bytes(modules: Iterable[torch.nn.Module]) -> int:
@@ -64,10 +72,10 @@ def weight_bytes(modules: Iterable[torch.nn.Module]) -> int:
     return total
 
 
-def check_save_directory(save_directory) -> Path:
+def check_save_directory(save_directory, writes: re.Pattern | None = None) -> Path:
     """The folder a save lands in (`output_folder.resolved_path`); `ValueError` naming `save_directory` before
-    anything is written when it is a file or a link to nowhere, a folder this process cannot write in, or a path
-    below a file."""
+    anything is written when it is a file or a link to nowhere, a folder this process cannot write in, a path below a
+    file, or a folder holding a folder named like a file the save writes (`writes` matches the whole name)."""
     from ..cli_safety import check_output_folder
 
     target = Path(output_folder.resolved_path(save_directory))
@@ -80,14 +88,41 @@ def check_save_directory(save_directory) -> Path:
     if os.path.isdir(target):
         if not os.access(target, os.W_OK | os.X_OK):
             raise ValueError(f"save_directory {where!r} is a folder this process cannot write in")
+        if writes is not None:
+            _check_no_folder_named(target, writes)
     else:
         check_output_folder("save_directory", os.fspath(target))
     return target
 
 
+def _folder_in_the_way(target: Path, name: str) -> ValueError:
+    return ValueError(
+        f"save_directory {os.fspath(target)!r}: {os.fspath(target / name)!r} is a folder, and the save writes a file "
+        "of that name; nothing was saved: move the folder out"
+    )
+
+
+def _check_no_folder_named(target: Path, writes: re.Pattern) -> None:
+    for entry in os.scandir(target):
+        if writes.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+            raise _folder_in_the_way(target, entry.name)
+
+
+def weight_names(variant: str | None) -> re.Pattern:
+    """The names of the files of these weights (`variant`): the single safetensors file, its index, its shards."""
+    weights = _add_variant(SAFETENSORS_WEIGHTS_NAME, variant)
+    index = _add_variant(SAFE_WEIGHTS_INDEX_NAME, variant)
+    return re.compile(f"{re.escape(weights)}|{re.escape(index)}|{_shard_names(variant).pattern}")
+
+
+def _shard_names(variant: str | None) -> re.Pattern:
+    stem, extension = os.path.splitext(_add_variant(SAFETENSORS_WEIGHTS_NAME, variant))
+    return re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}" + re.escape(extension))
+
+
 def _move_order(name: str) -> tuple[bool, bool]:
     """Weights first, then the index, `config.json` last."""
-    return name == "config.json", name.endswith(".index.json")
+    return name == "config.json", name.endswith(_INDEX_SUFFIX)
 
 
 def _keep_aside(path: Path, aside: Path) -> None:
@@ -99,32 +134,68 @@ def _keep_aside(path: Path, aside: Path) -> None:
         os.rename(path, aside)
 
 
-def _move_in(tmp: Path, target: Path, names: list[str]) -> None:
-    """Rename each of `names` from `tmp` into `target`, keeping every file it replaces in `tmp/_REPLACED`; on any
-    failure (KeyboardInterrupt included) the replaced files are put back and the new ones removed."""
+def _move_in(tmp: Path, target: Path, names: list[str], retired: list[str]) -> None:
+    """Rename each of `names` from `tmp` into `target` and take each of `retired` (the previous save's index, which
+    a loader reads before a single weights file) out of it, keeping every file replaced or taken out in
+    `tmp/_REPLACED`; on any failure (KeyboardInterrupt included) those are put back and the new files removed. When
+    the put-back fails too, the files not put back stay in `tmp/_REPLACED` (`save_files` keeps that folder) and the
+    original error is raised."""
     for name in names:
         if os.path.isdir(target / name) and not os.path.islink(target / name):
-            raise ValueError(
-                f"save_directory {os.fspath(target)!r}: {name!r} is a folder, and the save writes a file of that "
-                "name; nothing was saved: move the folder out"
-            )
+            raise _folder_in_the_way(target, name)
     aside = tmp / _REPLACED
     aside.mkdir()
     kept, placed = [], []
     try:
-        for name in sorted(names, key=_move_order):
+        for name in sorted([*names, *retired], key=_move_order):
             if os.path.lexists(target / name):
+                kept.append(name)  # first: a Ctrl-C just after it is renamed aside still puts it back
                 _keep_aside(target / name, aside / name)
-                kept.append(name)
-            os.replace(tmp / name, target / name)
-            placed.append(name)
-    except BaseException:
-        for name in reversed(placed):
-            if name not in kept:
+            if name not in retired:
+                os.replace(tmp / name, target / name)
+                placed.append(name)
+            elif name in kept and os.path.lexists(target / name):  # kept aside as a hard link
                 os.unlink(target / name)
-        for name in reversed(kept):
-            os.replace(aside / name, target / name)
+    except BaseException:
+        try:
+            _put_back(aside, target, kept, placed)
+        except BaseException as failure:
+            logger.warning(f"putting back the files the save replaced in {os.fspath(target)!r} failed: {failure!r}")
         raise
+
+
+def _put_back(aside: Path, target: Path, kept: list[str], placed: list[str]) -> None:
+    """Undo `_move_in`: each kept file back in `target` (leaving `aside` empty once all are), then the new files
+    that replaced nothing removed."""
+    for name in reversed(kept):
+        if not os.path.lexists(aside / name):
+            continue  # interrupted before it was kept aside: still in place
+        os.replace(aside / name, target / name)
+        if os.path.lexists(aside / name):  # a hard link of the file still in place: the rename did nothing
+            os.unlink(aside / name)
+    for name in reversed(placed):
+        if name not in kept:
+            os.unlink(target / name)
+
+
+def _release_failed(partial: output_folder.TempFolder, target: Path) -> None:
+    """After a failed `_move_in`: remove the temporary folder, unless it holds replaced files that could not be
+    put back; then keep it (never taken for a killed save's leftover) and say where they are."""
+    aside = partial.path / _REPLACED
+    try:
+        left = sorted(os.listdir(aside)) if os.path.isdir(aside) else []
+    except OSError as error:
+        left = [f"(unreadable: {error})"]
+    if not left:
+        partial.release(remove=True)
+        return
+    partial.forget()
+    partial.release(remove=False)
+    logger.warning(
+        f"the save into {os.fspath(target)!r} failed, and the previous files it had replaced could not all be put "
+        f"back: {left} are in {os.fspath(aside)!r}; move them back into {os.fspath(target)!r} yourself (that folder "
+        "is kept: a later save never removes it)"
+    )
 
 
 def _remove_stale(target: Path, names: Iterable[str]) -> None:
@@ -139,41 +210,45 @@ def _remove_stale(target: Path, names: Iterable[str]) -> None:
 
 
 def save_files(
-    save_directory, build: Callable[[Path], None], stale: Callable[[Path, set[str]], list[str]] | None = None
+    save_directory,
+    build: Callable[[Path], None],
+    writes: re.Pattern,
+    stale: Callable[[Path, set[str]], list[str]] | None = None,
 ) -> None:
     """`build(folder)` writes the save into a fresh temporary folder; its files are then renamed into
-    `save_directory` (created if missing), and afterwards `stale(save_directory, written)` names the previous
-    save's files to remove (see the module docstring). On any failure before the last rename completes,
-    `save_directory` is left as it was (a folder this created is removed again) and the temporary folder removed."""
+    `save_directory` (created if missing); `stale(save_directory, written)` names the previous save's files to
+    remove: an index among them is taken out with the renames, the others are removed afterwards (see the module
+    docstring). `writes` matches the names of the files `build` may write: a folder of such a name in
+    `save_directory` is refused before anything is written. On any failure before the last rename completes,
+    `save_directory` is left as it was (a folder this created is removed again) and the temporary folder removed
+    (kept, with a warning naming it, if a replaced file could not be put back)."""
     from ..cli_safety import creating_missing_folders
 
-    target = check_save_directory(save_directory)
+    target = check_save_directory(save_directory, writes)
     with creating_missing_folders(os.path.join(os.fspath(target), "")):  # `target` itself and the folders above it
         output_folder.remove_leftovers(target, {}, folder=target)
         partial = output_folder.TempFolder(target, "partial", folder=target)
         try:
             build(partial.path)
             written = sorted(set(os.listdir(partial.path)) - {output_folder.TEMP_MARKER_NAME})
-            _move_in(partial.path, target, written)
+            previous = [] if stale is None else stale(target, set(written))
+            retired = [name for name in previous if name.endswith(_INDEX_SUFFIX)]
+            _move_in(partial.path, target, written, retired)
         except BaseException:
-            partial.release(remove=True)
+            _release_failed(partial, target)
             raise
         partial.release(remove=True)
-    if stale is not None:
-        _remove_stale(target, stale(target, set(written)))
+    _remove_stale(target, [name for name in previous if name not in retired])
 
 
 def stale_weight_files(folder: Path, variant: str | None, written: set[str]) -> list[str]:
     """The files in `folder` of the previous save of these weights (`variant`) that the new save (`written`) did
-    not write: the single safetensors file, its shards and its index."""
-    weights = _add_variant(SAFETENSORS_WEIGHTS_NAME, variant)
-    stem, extension = os.path.splitext(weights)
-    shard = re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}" + re.escape(extension))
+    not write: its shards and its index. A single weights file is kept, as diffusers keeps it (a sharded save's
+    index wins when loading)."""
+    shard = _shard_names(variant)
     index = _add_variant(SAFE_WEIGHTS_INDEX_NAME, variant)
     return sorted(
-        name
-        for name in os.listdir(folder)
-        if name not in written and (name in (weights, index) or shard.fullmatch(name))
+        name for name in os.listdir(folder) if name not in written and (name == index or shard.fullmatch(name))
     )
 
 
@@ -211,7 +286,8 @@ class SafeSaveMixin:
             )
         if not is_main_process:
             return
-        target = check_save_directory(save_directory)
+        writes = re.compile(f"{re.escape(self.config_name)}|{weight_names(variant).pattern}")
+        target = check_save_directory(save_directory, writes)
         output_folder.check_free_space(target, weight_bytes([self]), label="save_directory")
 
         def build(folder: Path) -> None:
@@ -225,4 +301,4 @@ class SafeSaveMixin:
                 **kwargs,
             )
 
-        save_files(save_directory, build, lambda folder, written: stale_weight_files(folder, variant, written))
+        save_files(save_directory, build, writes, lambda folder, written: stale_weight_files(folder, variant, written))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from typing import Mapping
 
 import torch
@@ -260,7 +261,8 @@ class LTX2DistilledLoRA(ModelMixin, ConfigMixin):
             with open(os.path.join(folder, self.config_name), "w") as f:
                 f.write(config)
 
-        save_files(save_directory, build)
+        writes = re.compile(f"{re.escape(DISTILLED_LORA_WEIGHT_NAME)}|{re.escape(self.config_name)}")
+        save_files(save_directory, build, writes)
 
     # -------------------------------------------------------------------------------------------- compute
     def check_fits(self, transformer: torch.nn.Module) -> None:
