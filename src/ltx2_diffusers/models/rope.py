@@ -11,7 +11,7 @@ import math
 import numpy as np
 import torch
 
-from .device_cache import cached_on_device
+from .device_cache import cached_on_device, device_key
 
 
 ROPE_TYPES = ("interleaved", "split")
@@ -86,7 +86,7 @@ def _device_frequency_grid(
 ) -> torch.Tensor:
     """`_frequency_grid` on `device`, copied there once (`device_cache`: a copy from host memory per forward would
     wait for the device's queued work each time). Shared between calls: never modified in place."""
-    key = ("rope_grid", theta, num_axes, dim, double_precision, torch.device(device))
+    key = ("rope_grid", theta, num_axes, dim, double_precision, device_key(device))
     return cached_on_device(key, lambda: _frequency_grid(theta, num_axes, dim, double_precision).to(device))
 
 

@@ -109,7 +109,9 @@ def values_checked_by_caller(transformer):
     instead: the first step's forward checks them as usual, and the loop checks the latents after the first step
     and at the stage's end (`pipelines.ltx2_denoise.check_stage_latents`). Nothing is set on the module: another
     thread, or a direct call outside the loop, still checks everything."""
-    module = getattr(transformer, "_orig_mod", transformer)  # a torch.compile wrapper: the module it runs
+    module = transformer
+    while hasattr(module, "_orig_mod"):  # torch.compile wrappers: the module they run
+        module = module._orig_mod
     token = _VALUES_CHECKED_BY_CALLER.set(_VALUES_CHECKED_BY_CALLER.get() | {id(module)})
     try:
         yield
