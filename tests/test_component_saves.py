@@ -256,8 +256,8 @@ def _single_file_save(tmp_path):
     "put_back_error", [KeyboardInterrupt(), OSError(errno.EIO, "Input/output error")], ids=["ctrl_c", "io_error"]
 )
 def test_f_a_failed_put_back_keeps_the_replaced_files_and_says_where(tmp_path, monkeypatch, caplog, put_back_error):
-    """Ctrl-C as config.json goes in (the new weights already replaced the old), then the put-back of the old
-    weights fails too: the old weights are kept (never removed, also by the next save) in the folder the warning
+    """Ctrl-C as config.json goes in (the new weights already replaced the old), then the put-back (config.json
+    first) fails too: the old weights are kept (never removed, also by the next save) in the folder the warning
     names, and the original error is raised."""
     target = _single_file_save(tmp_path)
     before = file_tree(target)
@@ -268,7 +268,7 @@ def test_f_a_failed_put_back_keeps_the_replaced_files_and_says_where(tmp_path, m
         calls.append(args)
         if len(calls) == 2:  # config.json going in
             raise KeyboardInterrupt
-        if len(calls) == 3:  # the old weights going back
+        if len(calls) == 3:  # config.json going back (the first file put back)
             raise put_back_error
         return real(*args, **kwargs)
 
@@ -391,3 +391,167 @@ def test_e_a_folder_named_like_a_file_of_the_save_is_refused_before_anything_is_
         _transformer(1).save_pretrained(target, max_shard_size=_shard_size(_transformer(1), 2))
     assert os.fspath(target / name) in str(caught.value)
     assert file_tree(tmp_path) == before
+
+
+def test_i_a_variants_stale_index_goes_with_the_renames(tmp_path, monkeypatch):
+    """An fp16 4-shard save, then an unsharded fp16 one interrupted while removing the old shards: the fp16 index
+    (`...safetensors.index.fp16.json`) is gone before any of its shards, so the folder loads the new weights."""
+    target = tmp_path / "model"
+    _vocoder(0).save_pretrained(target, variant="fp16", max_shard_size=_shard_size(_vocoder(0), 4))
+    assert len(list(target.glob("*-of-*.safetensors"))) >= 3
+    _removal_failing(monkeypatch, target, KeyboardInterrupt(), lambda name, call: call == 2)
+    with pytest.raises(KeyboardInterrupt):
+        _vocoder(1).save_pretrained(target, variant="fp16")
+    monkeypatch.undo()
+    assert not (target / "diffusion_pytorch_model.safetensors.index.fp16.json").exists()
+    loaded = LTX2HiFiGANVocoder.from_pretrained(target, variant="fp16")
+    expected = _vocoder(1).state_dict()
+    assert all(torch.equal(expected[k], v) for k, v in loaded.state_dict().items())
+
+
+def test_i_an_interrupt_just_after_a_new_file_is_renamed_in_removes_it(tmp_path, monkeypatch):
+    """Ctrl-C right after the new index (which replaces nothing) is renamed in: it is removed again."""
+    target = _single_file_save(tmp_path)
+    before = file_tree(tmp_path)
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        real(src, dst, *args, **kwargs)
+        if os.fspath(dst).endswith(".index.json"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        _transformer(1).save_pretrained(target, max_shard_size=_shard_size(_transformer(1), 2))
+    monkeypatch.undo()
+    assert file_tree(tmp_path) == before
+    _assert_loads_as(target, _transformer(0))
+
+
+def test_i_an_interrupt_during_the_cleanup_of_a_complete_save_finishes_it(tmp_path, monkeypatch):
+    """Ctrl-C as the temporary folder is being removed after the new files are in place: the cleanup still
+    finishes (no temporary folder, the old shards removed), then the interrupt is raised."""
+    target = _previous_save(tmp_path)
+    real, interrupted = os.unlink, []
+
+    def unlink(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        if "dir_fd" in kwargs and not interrupted:  # shutil.rmtree's removals
+            interrupted.append(path)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt):
+        _transformer(1).save_pretrained(target)
+    monkeypatch.undo()
+    assert interrupted
+    after = file_tree(target)
+    assert sorted(name for name in after if "/" not in name and os.sep not in name) == sorted(
+        ["README.md", "runs", "config.json", "diffusion_pytorch_model.safetensors"]
+    )
+    _assert_loads_as(target, _transformer(1))
+
+
+def _config_going_in_interrupted(monkeypatch, put_back_error):
+    """`os.replace`: Ctrl-C as config.json goes in (after the new weights), then `put_back_error` as config.json
+    goes back."""
+    calls, real = [], os.replace
+
+    def replace(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:  # config.json going in
+            raise KeyboardInterrupt
+        if len(calls) == 3:  # config.json going back
+            raise put_back_error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def _marker_undeletable(monkeypatch):
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if os.path.basename(os.fspath(path)) == output_folder.TEMP_MARKER_NAME:
+            raise OSError(errno.EACCES, "Permission denied")
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+
+
+def _failed_put_back(tmp_path, monkeypatch, caplog, put_back_error, marker_undeletable=False):
+    """A single-file save, then a save whose put-back fails (`_config_going_in_interrupted`); returns the folder,
+    its tree before, the path (relative) of the previous weights after, and the warning."""
+    target = _single_file_save(tmp_path)
+    before = file_tree(target)
+    _config_going_in_interrupted(monkeypatch, put_back_error)
+    if marker_undeletable:
+        _marker_undeletable(monkeypatch)
+    with caplog.at_level("WARNING", logger=component_save.logger.name), pytest.raises(KeyboardInterrupt):
+        _transformer(1).save_pretrained(target)
+    monkeypatch.undo()
+    kept = [path for path, digest in file_tree(target).items() if digest == before[WEIGHTS]]
+    assert len(kept) == 1
+    warning = [r.getMessage() for r in caplog.records if "could not all be put back" in r.getMessage()]
+    assert len(warning) == 1
+    return target, before, kept[0], warning[0]
+
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def test_i_a_kept_folder_is_renamed_out_of_a_later_saves_reach(tmp_path, monkeypatch, caplog):
+    """The put-back fails and the temp marker cannot be deleted: the folder holding the previous weights is
+    renamed `.model.kept-*` (never a leftover to a later save), and the warning names that path."""
+    target, before, kept, warning = _failed_put_back(tmp_path, monkeypatch, caplog, KeyboardInterrupt(), True)
+    _transformer(2).save_pretrained(target)
+    assert file_tree(target).get(kept) == before[WEIGHTS]
+    assert kept.split(os.sep)[0].startswith(".model.kept-") and os.path.basename(kept) == WEIGHTS
+    assert os.fspath(target / os.path.dirname(kept)) in warning
+    _assert_loads_as(target, _transformer(2))
+
+
+def test_i_a_second_interrupt_while_keeping_the_folder_still_keeps_it(tmp_path, monkeypatch, caplog):
+    """Another Ctrl-C as the failed save looks into its `.replaced/` folder: the folder is still set aside, where
+    a later save leaves it alone."""
+    real_listdir, interrupted = os.listdir, []
+
+    def listdir(path=".", *args, **kwargs):
+        if os.path.basename(os.fspath(path)) == ".replaced" and not interrupted:
+            interrupted.append(path)
+            raise KeyboardInterrupt
+        return real_listdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    target, before, kept, warning = _failed_put_back(tmp_path, monkeypatch, caplog, KeyboardInterrupt())
+    assert interrupted
+    _transformer(2).save_pretrained(target)
+    assert file_tree(target).get(kept) == before[WEIGHTS]
+    assert kept.split(os.sep)[0].startswith(".model.kept-")
+
+
+def test_i_a_kept_folder_that_cannot_be_renamed_is_named_with_why(tmp_path, monkeypatch, caplog):
+    real_rename = os.rename
+
+    def rename(src, dst, *args, **kwargs):
+        if ".kept-" in os.fspath(dst):
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+    target, before, kept, warning = _failed_put_back(tmp_path, monkeypatch, caplog, KeyboardInterrupt())
+    assert kept.split(os.sep)[0].startswith(".model.partial-")
+    assert os.fspath(target / os.path.dirname(kept)) in warning and "Device or resource busy" in warning
+    assert not [name for name in os.listdir(target) if ".kept-" in name]
+
+
+def test_i_the_warning_lists_what_is_not_in_place(tmp_path, monkeypatch, caplog):
+    """The put-back stops at config.json (kept aside as a hard link of the file still in place): the warning lists
+    the previous weights only, and the new weights left in the folder."""
+    target, before, kept, warning = _failed_put_back(
+        tmp_path, monkeypatch, caplog, OSError(errno.EIO, "Input/output error")
+    )
+    assert file_tree(target)["config.json"] == before["config.json"]
+    assert f"{[WEIGHTS]} are in {os.fspath(target / os.path.dirname(kept))!r}" in warning
+    assert "config.json" not in warning
+    assert f"the new files {[WEIGHTS]} are in {os.fspath(target)!r}" in warning

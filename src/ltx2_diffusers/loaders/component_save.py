@@ -7,15 +7,18 @@ already lost the previous save. Here (`save_files`) the save is built in a fresh
 inside `save_directory` (the same file system, whatever is mounted where; `output_folder.TempFolder`, so a killed
 save's folder is removed, with a warning, by the next save into that folder), then each new file is renamed into
 place, `config.json` last; the previous save's index the new one does not write is taken out with them (a loader
-reads an index first: left behind, it names shards about to be removed). The file each rename replaces or takes out
-is kept aside (recorded first, then a hard link, else a rename) until every new file is in place: an exception or
+reads an index first: left behind, it names shards about to be removed; its name is diffusers' for the variant,
+`diffusion_pytorch_model.safetensors.index.fp16.json`). The file each rename replaces or takes out is kept aside
+(recorded first, then a hard link, else a rename) until every new file is in place: an exception or
 KeyboardInterrupt at any point, the renames included, puts every such file back and removes the new ones, so the
 folder is left exactly as it was. If putting back fails too (a second Ctrl-C, an I/O error), the temporary folder is
-kept (never removed by a later save), a warning names its `.replaced/` folder holding the previous files, and the
-original error is raised. Only once the new files are in place are the previous save's shards the new one does not
-contain removed (`stale_weight_files`): the folder loads the new save at every moment of that. Nothing else in the
-folder is touched (the user's README, other files and folders). A process killed outright during the renames
-(milliseconds) can leave a mix of new and old files; a later save repairs it.
+kept, renamed `.{name}.kept-XXXX` (a name a later save's leftover cleanup never matches), a warning names its
+`.replaced/` folder holding the previous files not in place and the new files left in the folder, and the original
+error is raised. Only once the new files are in place are the previous save's shards the new one does not contain
+removed (`stale_weight_files`): the folder loads the new save at every moment of that. That cleanup (the kept files
+first, then the temporary folder, then those shards) finishes even if a KeyboardInterrupt comes meanwhile, which is
+raised afterwards. Nothing else in the folder is touched (the user's README, other files and folders). A process
+killed outright during the renames (milliseconds) can leave a mix of new and old files; a later save repairs it.
 
 `SafeSaveMixin.save_pretrained` takes diffusers' arguments and, for a successful save, leaves the files diffusers'
 own save writes (same names, same tensors, same config), except in these, deliberately:
@@ -38,8 +41,11 @@ own save writes (same names, same tensors, same config), except in these, delibe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -54,8 +60,8 @@ logger = logging.get_logger(__name__)
 
 #: Inside the temporary folder: the files the renames replace, until the save is complete.
 _REPLACED = ".replaced"
-#: A previous save's file with this ending is taken out with the renames (a loader reads an index first).
-_INDEX_SUFFIX = ".index.json"
+#: Tries of a cleanup step that a KeyboardInterrupt stopped (`_finish`).
+_TRIES = 3
 
 
 def weight_bytes(modules: Iterable[torch.nn.Module]) -> int:
@@ -120,9 +126,9 @@ def _shard_names(variant: str | None) -> re.Pattern:
     return re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}" + re.escape(extension))
 
 
-def _move_order(name: str) -> tuple[bool, bool]:
-    """Weights first, then the index, `config.json` last."""
-    return name == "config.json", name.endswith(_INDEX_SUFFIX)
+def _move_order(index: str | None) -> Callable[[str], tuple[bool, bool]]:
+    """Weights first, then the index (`index`: its name, with the variant), `config.json` last."""
+    return lambda name: (name == "config.json", name == index)
 
 
 def _keep_aside(path: Path, aside: Path) -> None:
@@ -134,39 +140,48 @@ def _keep_aside(path: Path, aside: Path) -> None:
         os.rename(path, aside)
 
 
-def _move_in(tmp: Path, target: Path, names: list[str], retired: list[str]) -> None:
+def _move_in(
+    tmp: Path,
+    target: Path,
+    names: list[str],
+    retired: list[str],
+    index: str | None,
+    kept: list[str],
+    placed: list[str],
+) -> None:
     """Rename each of `names` from `tmp` into `target` and take each of `retired` (the previous save's index, which
     a loader reads before a single weights file) out of it, keeping every file replaced or taken out in
     `tmp/_REPLACED`; on any failure (KeyboardInterrupt included) those are put back and the new files removed. When
     the put-back fails too, the files not put back stay in `tmp/_REPLACED` (`save_files` keeps that folder) and the
-    original error is raised."""
+    original error is raised. `index` is the name of the weights' index (moved after the weights); `kept` and
+    `placed` (empty lists) record the names of the files kept aside and renamed in."""
     for name in names:
         if os.path.isdir(target / name) and not os.path.islink(target / name):
             raise _folder_in_the_way(target, name)
     aside = tmp / _REPLACED
     aside.mkdir()
-    kept, placed = [], []
     try:
-        for name in sorted([*names, *retired], key=_move_order):
+        for name in sorted([*names, *retired], key=_move_order(index)):
             if os.path.lexists(target / name):
                 kept.append(name)  # first: a Ctrl-C just after it is renamed aside still puts it back
                 _keep_aside(target / name, aside / name)
             if name not in retired:
+                placed.append(name)  # first too: a Ctrl-C just after the rename still removes it
                 os.replace(tmp / name, target / name)
-                placed.append(name)
             elif name in kept and os.path.lexists(target / name):  # kept aside as a hard link
                 os.unlink(target / name)
     except BaseException:
         try:
-            _put_back(aside, target, kept, placed)
+            _put_back(tmp, target, kept, placed)
         except BaseException as failure:
             logger.warning(f"putting back the files the save replaced in {os.fspath(target)!r} failed: {failure!r}")
         raise
 
 
-def _put_back(aside: Path, target: Path, kept: list[str], placed: list[str]) -> None:
-    """Undo `_move_in`: each kept file back in `target` (leaving `aside` empty once all are), then the new files
-    that replaced nothing removed."""
+def _put_back(tmp: Path, target: Path, kept: list[str], placed: list[str]) -> None:
+    """Undo `_move_in`: each kept file back in `target` (leaving `tmp/_REPLACED` empty once all are), then the new
+    files that replaced nothing removed (those that were renamed in: no longer in `tmp`)."""
+    aside = tmp / _REPLACED
     for name in reversed(kept):
         if not os.path.lexists(aside / name):
             continue  # interrupted before it was kept aside: still in place
@@ -174,28 +189,119 @@ def _put_back(aside: Path, target: Path, kept: list[str], placed: list[str]) -> 
         if os.path.lexists(aside / name):  # a hard link of the file still in place: the rename did nothing
             os.unlink(aside / name)
     for name in reversed(placed):
-        if name not in kept:
+        if name not in kept and not os.path.lexists(tmp / name) and os.path.lexists(target / name):
             os.unlink(target / name)
 
 
-def _release_failed(partial: output_folder.TempFolder, target: Path) -> None:
-    """After a failed `_move_in`: remove the temporary folder, unless it holds replaced files that could not be
-    put back; then keep it (never taken for a killed save's leftover) and say where they are."""
-    aside = partial.path / _REPLACED
+def _same_file(a: Path, b: Path) -> bool:
     try:
-        left = sorted(os.listdir(aside)) if os.path.isdir(aside) else []
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _not_put_back(tmp: Path, target: Path, kept: list[str], placed: list[str]) -> tuple[list[str], list[str]]:
+    """After a failed put-back (`_move_in`'s `kept` and `placed`): the previous files in `tmp/_REPLACED` not in
+    place (a hard link of the file in place is not listed), and the new files left in `target`."""
+    aside = tmp / _REPLACED
+    try:
+        previous = sorted(name for name in os.listdir(aside) if not _same_file(aside / name, target / name))
     except OSError as error:
-        left = [f"(unreadable: {error})"]
-    if not left:
-        partial.release(remove=True)
-        return
-    partial.forget()
-    partial.release(remove=False)
-    logger.warning(
-        f"the save into {os.fspath(target)!r} failed, and the previous files it had replaced could not all be put "
-        f"back: {left} are in {os.fspath(aside)!r}; move them back into {os.fspath(target)!r} yourself (that folder "
-        "is kept: a later save never removes it)"
-    )
+        previous = [f"(unreadable: {error})"]
+    new = [
+        name
+        for name in placed
+        if not os.path.lexists(tmp / name)  # renamed in
+        and os.path.lexists(target / name)
+        and (name not in kept or os.path.lexists(aside / name))  # not put back
+    ]
+    return previous, sorted(new)
+
+
+class _SetAside:
+    """The steps (each safe to repeat, for `_finish`) renaming a temporary folder to `.{name}.kept-XXXX`, a name a
+    later save's leftover cleanup never matches, and deleting its temp marker: `path` is where the folder is, and
+    `problem` what could not be done (empty if nothing)."""
+
+    def __init__(self, partial: output_folder.TempFolder, target: Path):
+        self.partial, self.target = partial, target
+        self.path, self.problem, self._name = partial.path, "", None
+
+    def steps(self) -> list[Callable[[], None]]:
+        return [self._reserve, self._rename, lambda: output_folder.drop_temp_marker(self.path), self._check]
+
+    def _reserve(self) -> None:
+        if self._name is None and not self.problem:
+            try:
+                self._name = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.kept-", dir=self.target))
+            except OSError as error:
+                self.problem = f"renaming it out of the way failed: {error}"
+
+    def _rename(self) -> None:
+        if self._name is None or not os.path.lexists(self.partial.path):
+            return
+        try:
+            os.rename(self.partial.path, self._name)  # over the empty folder just reserved
+        except OSError as error:
+            self.problem = f"renaming it out of the way failed: {error}"
+            with contextlib.suppress(OSError):
+                os.rmdir(self._name)
+            self._name = None
+            return
+        self.path = self._name
+
+    def _check(self) -> None:
+        if self.path == self.partial.path and os.path.lexists(self.path / output_folder.TEMP_MARKER_NAME):
+            self.problem += (
+                "; it still has its temp marker: a later save into that folder may remove it, move it first"
+            )
+
+
+def _release_failed(partial: output_folder.TempFolder, target: Path, kept: list[str], placed: list[str]) -> None:
+    """After a failed `_move_in`: remove the temporary folder, unless it holds replaced files that could not be
+    put back; then keep it under a name no later save removes (`_SetAside`) and say what is where. A
+    KeyboardInterrupt meanwhile does not stop this (`_finish`)."""
+    state = {"keep": True, "lists": (["(not listed: interrupted)"], [])}  # until looked at: kept
+    folder = _SetAside(partial, target)
+
+    def look() -> None:
+        aside = partial.path / _REPLACED
+        state["keep"] = os.path.isdir(aside) and bool(os.listdir(aside))
+        if state["keep"]:
+            state["lists"] = _not_put_back(partial.path, target, kept, placed)
+
+    def if_kept(step: Callable[[], None]) -> Callable[[], None]:
+        return lambda: step() if state["keep"] else None
+
+    try:
+        _finish([look, *map(if_kept, folder.steps()), lambda: partial.release(remove=not state["keep"])])
+    finally:
+        if state["keep"]:
+            previous, new = state["lists"]
+            logger.warning(
+                f"the save into {os.fspath(target)!r} failed, and the previous files it had replaced could not all "
+                f"be put back: {previous} are in {os.fspath(folder.path / _REPLACED)!r}, and the new files {new} are "
+                f"in {os.fspath(target)!r}; move the previous files back into {os.fspath(target)!r} yourself (their "
+                f"folder {os.fspath(folder.path)!r} is kept: a later save never removes it"
+                + (f"; {folder.problem.lstrip('; ')})" if folder.problem else ")")
+            )
+
+
+def _finish(steps: list[Callable[[], object]]) -> None:
+    """Run each step to its end even if a KeyboardInterrupt stops it (each step is retried, up to `_TRIES` times:
+    the steps are safe to repeat), then raise that KeyboardInterrupt."""
+    interrupted = None
+    for step in steps:
+        for attempt in range(_TRIES):
+            try:
+                step()
+                break
+            except KeyboardInterrupt as error:
+                interrupted = error
+                if attempt == _TRIES - 1:
+                    raise
+    if interrupted is not None:
+        raise interrupted
 
 
 def _remove_stale(target: Path, names: Iterable[str]) -> None:
@@ -214,11 +320,12 @@ def save_files(
     build: Callable[[Path], None],
     writes: re.Pattern,
     stale: Callable[[Path, set[str]], list[str]] | None = None,
+    index: str | None = None,
 ) -> None:
     """`build(folder)` writes the save into a fresh temporary folder; its files are then renamed into
     `save_directory` (created if missing); `stale(save_directory, written)` names the previous save's files to
-    remove: an index among them is taken out with the renames, the others are removed afterwards (see the module
-    docstring). `writes` matches the names of the files `build` may write: a folder of such a name in
+    remove: the one named `index` (the weights' index, with the variant) is taken out with the renames, the others
+    are removed afterwards (see the module docstring). `writes` matches the names of the files `build` may write: a folder of such a name in
     `save_directory` is refused before anything is written. On any failure before the last rename completes,
     `save_directory` is left as it was (a folder this created is removed again) and the temporary folder removed
     (kept, with a warning naming it, if a replaced file could not be put back)."""
@@ -228,17 +335,25 @@ def save_files(
     with creating_missing_folders(os.path.join(os.fspath(target), "")):  # `target` itself and the folders above it
         output_folder.remove_leftovers(target, {}, folder=target)
         partial = output_folder.TempFolder(target, "partial", folder=target)
+        kept, placed = [], []
         try:
             build(partial.path)
             written = sorted(set(os.listdir(partial.path)) - {output_folder.TEMP_MARKER_NAME})
             previous = [] if stale is None else stale(target, set(written))
-            retired = [name for name in previous if name.endswith(_INDEX_SUFFIX)]
-            _move_in(partial.path, target, written, retired)
+            retired = [name for name in previous if name == index]
+            _move_in(partial.path, target, written, retired, index, kept, placed)
         except BaseException:
-            _release_failed(partial, target)
+            _release_failed(partial, target, kept, placed)
             raise
-        partial.release(remove=True)
-    _remove_stale(target, [name for name in previous if name not in retired])
+        # The new files are in place: the cleanup finishes even if interrupted. The previous files first (a
+        # folder without its temp marker is never removed by a later save).
+        _finish(
+            [
+                lambda: shutil.rmtree(partial.path / _REPLACED, ignore_errors=True),
+                lambda: partial.release(remove=True),
+                lambda: _remove_stale(target, [name for name in previous if name not in retired]),
+            ]
+        )
 
 
 def stale_weight_files(folder: Path, variant: str | None, written: set[str]) -> list[str]:
@@ -301,4 +416,10 @@ class SafeSaveMixin:
                 **kwargs,
             )
 
-        save_files(save_directory, build, writes, lambda folder, written: stale_weight_files(folder, variant, written))
+        save_files(
+            save_directory,
+            build,
+            writes,
+            lambda folder, written: stale_weight_files(folder, variant, written),
+            _add_variant(SAFE_WEIGHTS_INDEX_NAME, variant),
+        )

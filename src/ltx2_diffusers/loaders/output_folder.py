@@ -274,7 +274,7 @@ class TempFolder:
 
     def forget(self) -> None:
         """Delete the temp marker, so that the folder is never taken for a leftover."""
-        _drop_temp_marker(self.path)
+        drop_temp_marker(self.path)
 
     def release(self, remove: bool) -> None:
         """Drop the lock; with `remove`, delete the folder (only ever one this object created)."""
@@ -451,7 +451,7 @@ def publish(tmp: Path, output_dir: Path, expected: OutputState, label: str = "ou
                 _rename_noreplace(tmp, output_dir)
             except OSError:
                 raise ValueError(f"{label} {where!r} appeared during {during}; nothing was replaced") from None
-            _drop_temp_marker(output_dir)
+            drop_temp_marker(output_dir)
             return
         trash = TempFolder(output_dir, "old")
         aside = trash.path / output_dir.name
@@ -481,10 +481,10 @@ def publish(tmp: Path, output_dir: Path, expected: OutputState, label: str = "ou
             raise
         with contextlib.suppress(OSError):  # the replaced copy: never moved back by `_moved_back` once renamed
             os.rename(aside, trash.path / "replaced")
-        _drop_temp_marker(output_dir)
+        drop_temp_marker(output_dir)
         trash.release(remove=True)
 
 
-def _drop_temp_marker(folder: Path) -> None:
+def drop_temp_marker(folder: Path) -> None:
     with contextlib.suppress(OSError):
         os.unlink(folder / TEMP_MARKER_NAME)
