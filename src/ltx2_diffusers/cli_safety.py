@@ -33,6 +33,7 @@ __all__ = [
     "OUTPUT_EXTENSIONS",
     "check_features",
     "check_output_folder",
+    "check_name_length",
     "check_outputs",
     "check_same_files",
     "check_values",
@@ -52,6 +53,8 @@ logger = logging.get_logger(__name__)
 # Containers that carry an H.264 video track with an AAC audio track (the extension picks the container): the ones
 # `export_to_video_with_audio` writes.
 OUTPUT_EXTENSIONS = CONTAINERS
+#: How many bytes `video_io.partial_path` adds to a file's name (`.` + `.` + 12 hex + `.partial`).
+PARTIAL_NAME_EXTRA = 22
 
 
 def same_file(a: str, b: str) -> bool:
@@ -135,6 +138,25 @@ def check_output_folder(flag: str, path: str) -> None:
         raise ValueError(f"{flag} {path!r}: the folder {folder!r} is not writable")
 
 
+def check_name_length(flag: str, path: str, extra: int) -> None:
+    """`path`'s own name, plus the `extra` bytes of the temporary name written beside it first, fits the file
+    system's limit on one name (`NAME_MAX` of the nearest existing folder, usually 255 bytes); ValueError naming
+    `flag` otherwise, before any work (else the run would fail with `OSError` only when it writes)."""
+    name = os.path.basename(os.path.normpath(path))
+    folder = list(_folders_up(path))[-1]  # the nearest existing one
+    try:
+        limit = os.pathconf(folder if os.path.isdir(folder) else os.curdir, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    size = len(os.fsencode(name))
+    if size + extra > limit:
+        raise ValueError(
+            f"{flag} {path!r}: its name is {size} bytes long, but at most {limit - extra} fit (the file system allows "
+            f"{limit} bytes per name and this run first writes it under a temporary name {extra} bytes longer); "
+            "choose a shorter name"
+        )
+
+
 @contextlib.contextmanager
 def creating_missing_folders(path: str):
     """Create the missing folders above `path` for the work in the `with` block; if the block fails, remove those
@@ -162,6 +184,7 @@ def check_same_files(outputs, inputs, overwrite: bool = False, flag: str = "--ou
     `overwrite`) an existing file. ValueError naming the path and `flag` (the path `flag` names: `named`)."""
     for i, output in enumerate(outputs):
         what = flag if output == named else f"{flag} (writes {output!r})"
+        check_name_length(what, output, PARTIAL_NAME_EXTRA)
         if os.path.lexists(output) and not os.path.isfile(output):
             raise ValueError(f"{what}: {output!r} exists and is not a regular file; it would be replaced")
         for other in outputs[:i]:

@@ -180,9 +180,10 @@ def convert_checkpoint(
         "distilled_lora": distilled_lora,
         "gemma_root": gemma_root,
     }
-    from .cli_safety import check_output_folder
+    from .cli_safety import check_name_length, check_output_folder
 
     check_output_folder("output_dir", os.fspath(output_dir))  # a folder above it is a file, or not writable
+    check_name_length("output_dir", os.fspath(output_dir), output_folder.TEMP_NAME_EXTRA)
     output_folder.check_inputs_outside(output_dir, inputs)
     output_folder.remove_leftovers(output_dir, inputs)  # first: it may move a killed run's previous folder back
     expected_output = output_folder.inspect_output(output_dir, overwrite)

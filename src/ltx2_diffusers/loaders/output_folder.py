@@ -58,6 +58,8 @@ logger = logging.get_logger(__name__)
 MARKER_NAME = ".ltx2_diffusers_conversion.json"
 TEMP_MARKER_NAME = ".ltx2_diffusers_temp.json"
 _MARKER_FORMAT = "ltx2-diffusers-conversion/1"
+#: How many bytes the temporary folders beside the output add to its name (`.` + `.partial-` + 8 random).
+TEMP_NAME_EXTRA = 18
 _TEMP_FORMAT = "ltx2-diffusers-temp/1"
 
 
@@ -470,6 +472,9 @@ def publish(tmp: Path, output_dir: Path, expected: OutputState, label: str = "ou
                 _rename_noreplace(aside, output_dir)
                 raise ValueError(f"{label} {where!r} appeared during {during}; nothing was replaced") from None
         except BaseException:
+            if os.path.lexists(aside) and not os.path.lexists(output_dir):  # interrupted between the two moves
+                with contextlib.suppress(OSError):
+                    _rename_noreplace(aside, output_dir)
             if os.path.lexists(aside):  # could not be moved back: keep it, and never take it for a leftover
                 trash.forget()
                 trash.release(remove=False)
