@@ -555,3 +555,40 @@ def test_i_the_warning_lists_what_is_not_in_place(tmp_path, monkeypatch, caplog)
     assert f"{[WEIGHTS]} are in {os.fspath(target / os.path.dirname(kept))!r}" in warning
     assert "config.json" not in warning
     assert f"the new files {[WEIGHTS]} are in {os.fspath(target)!r}" in warning
+
+
+def test_j_an_unreadable_replaced_folder_is_kept_and_survives_a_later_save(tmp_path, monkeypatch, caplog):
+    """The put-back fails and `.replaced/` cannot even be listed (EIO): the save still raises its own error, and the
+    folder with the previous weights is kept where a later save's leftover cleanup leaves it alone."""
+    real_listdir = os.listdir
+
+    def listdir(path=".", *args, **kwargs):
+        if os.path.basename(os.fspath(path)) == ".replaced":
+            raise OSError(errno.EIO, "Input/output error")
+        return real_listdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    target, before, kept, warning = _failed_put_back(tmp_path, monkeypatch, caplog, KeyboardInterrupt())
+    _transformer(2).save_pretrained(target)
+    assert file_tree(target).get(kept) == before[WEIGHTS]
+    assert os.fspath(target / os.path.dirname(kept)) in warning
+
+
+def test_j_a_kept_folder_whose_rename_is_interrupted_every_time_survives_a_later_save(tmp_path, monkeypatch, caplog):
+    """Ctrl-C at every try to set the folder aside: its temp marker was dropped first, so a later save leaves it."""
+    import tempfile
+
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*args, **kwargs):
+        if ".kept-" in kwargs.get("prefix", ""):
+            raise KeyboardInterrupt
+        return real_mkdtemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    target, before, kept, warning = _failed_put_back(tmp_path, monkeypatch, caplog, KeyboardInterrupt())
+    assert kept.split(os.sep)[0].startswith(".model.partial-")
+    # no temp marker: a later save in another process (where this one's lock is gone) takes it for no leftover
+    assert not os.path.lexists(target / kept.split(os.sep)[0] / output_folder.TEMP_MARKER_NAME)
+    _transformer(2).save_pretrained(target)
+    assert file_tree(target).get(kept) == before[WEIGHTS]

@@ -228,7 +228,8 @@ class _SetAside:
         self.path, self.problem, self._name = partial.path, "", None
 
     def steps(self) -> list[Callable[[], None]]:
-        return [self._reserve, self._rename, lambda: output_folder.drop_temp_marker(self.path), self._check]
+        # the marker first: whatever happens next, a later save's leftover cleanup no longer takes the folder
+        return [lambda: output_folder.drop_temp_marker(self.partial.path), self._reserve, self._rename, self._check]
 
     def _reserve(self) -> None:
         if self._name is None and not self.problem:
@@ -238,7 +239,11 @@ class _SetAside:
                 self.problem = f"renaming it out of the way failed: {error}"
 
     def _rename(self) -> None:
-        if self._name is None or not os.path.lexists(self.partial.path):
+        if self._name is None:
+            return
+        if not os.path.lexists(self.partial.path):  # renamed already (an interrupt before `path` was updated)
+            if os.path.isdir(self._name):
+                self.path = self._name
             return
         try:
             os.rename(self.partial.path, self._name)  # over the empty folder just reserved
@@ -266,9 +271,12 @@ def _release_failed(partial: output_folder.TempFolder, target: Path, kept: list[
 
     def look() -> None:
         aside = partial.path / _REPLACED
-        state["keep"] = os.path.isdir(aside) and bool(os.listdir(aside))
-        if state["keep"]:
-            state["lists"] = _not_put_back(partial.path, target, kept, placed)
+        try:
+            state["keep"] = os.path.isdir(aside) and bool(os.listdir(aside))
+            if state["keep"]:
+                state["lists"] = _not_put_back(partial.path, target, kept, placed)
+        except OSError:  # cannot tell what is there: kept (unlisted)
+            state["keep"] = True
 
     def if_kept(step: Callable[[], None]) -> Callable[[], None]:
         return lambda: step() if state["keep"] else None
@@ -289,17 +297,16 @@ def _release_failed(partial: output_folder.TempFolder, target: Path, kept: list[
 
 def _finish(steps: list[Callable[[], object]]) -> None:
     """Run each step to its end even if a KeyboardInterrupt stops it (each step is retried, up to `_TRIES` times:
-    the steps are safe to repeat), then raise that KeyboardInterrupt."""
+    the steps are safe to repeat; a step interrupted every time is given up, the next ones still run), then raise
+    that KeyboardInterrupt."""
     interrupted = None
     for step in steps:
-        for attempt in range(_TRIES):
+        for _ in range(_TRIES):
             try:
                 step()
                 break
             except KeyboardInterrupt as error:
                 interrupted = error
-                if attempt == _TRIES - 1:
-                    raise
     if interrupted is not None:
         raise interrupted
 
