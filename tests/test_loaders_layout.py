@@ -1,5 +1,6 @@
 """Checkpoint-format code lives under `loaders/`: models import no key table or loading function, only the loader
-mixins (the single-file mixin, and the one that waits for the weight prefetch)."""
+mixins (the single-file mixin, the one that waits for the weight prefetch, the safetensors-only and the safe-save
+ones)."""
 
 import ast
 import pathlib
@@ -33,6 +34,7 @@ def test_models_import_only_the_loader_mixin():
     assert not [f.name for f in files if "single_file" in f.name]
     imports = {f.name: _own_loader_imports(f) for f in files}
     allowed = [
+        "loaders.component_save.SafeSaveMixin",
         "loaders.prefetch.ReadAheadWaitMixin",
         "loaders.safetensors_only.SafetensorsOnlyMixin",
         "loaders.single_file_model.FromOriginalCheckpointMixin",

@@ -24,24 +24,26 @@ def transformer_activation_bytes(config, batch: int, video_tokens: int, audio_to
     the feed-forward width and `C = audio_cross_attention_dim`. Traced at the peak: the timestep embedding (k
     rows), the block's modulation (6 rows) and text cross-attention modulation (r rows), six hidden-width tensors
     (input projection, embedded timestep, residual stream, attention output, modulated input, query projection),
-    the rotary tables (D, and C for the cross-modal ones), and the larger of the float32 RMS-norm temporaries of
-    a query (3 x D x 4 bytes) and the feed-forward projection and activation (2F). The same per audio token with
-    the audio widths (`audio_num_attention_heads * audio_attention_head_dim`, `audio_cross_attn_mod`); the text
-    contexts `3 * text_tokens * (D + D_audio) * b`. Times `batch`."""
+    the rotary tables (D, and C for the cross-modal ones; computed for ONE item, since the pipeline passes one
+    item's coordinates expanded over the batch), and the larger of the float32 RMS-norm temporaries of a query
+    (3 x D x 4 bytes) and the feed-forward projection and activation (2F). The same per audio token with the audio
+    widths (`audio_num_attention_heads * audio_attention_head_dim`, `audio_cross_attn_mod`); the text contexts
+    `3 * text_tokens * (D + D_audio) * b`. Times `batch`, the rotary tables once."""
 
-    def per_token(width, cross_mod, cross_width):
+    def per_token(width, cross_mod):
         rows = (9 + 3) if cross_mod else 6
-        return dtype_bytes * (width * (rows + 13) + cross_width) + max(12 * width, 2 * dtype_bytes * 4 * width)
+        return dtype_bytes * width * (rows + 12) + max(12 * width, 2 * dtype_bytes * 4 * width)
 
     video_width = config.num_attention_heads * config.attention_head_dim
     audio_width = config.audio_num_attention_heads * config.audio_attention_head_dim
     cross = config.audio_cross_attention_dim
     per_item = (
-        video_tokens * per_token(video_width, config.cross_attn_mod, cross)
-        + audio_tokens * per_token(audio_width, config.audio_cross_attn_mod, cross)
+        video_tokens * per_token(video_width, config.cross_attn_mod)
+        + audio_tokens * per_token(audio_width, config.audio_cross_attn_mod)
         + 3 * text_tokens * (video_width + audio_width) * dtype_bytes
     )
-    return batch * per_item
+    rotary = dtype_bytes * (video_tokens * (video_width + cross) + audio_tokens * (audio_width + cross))
+    return batch * per_item + rotary
 
 
 def _decoder_stages(config, frames: int, height: int, width: int):
