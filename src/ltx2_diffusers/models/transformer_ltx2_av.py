@@ -534,8 +534,8 @@ class LTX2AudioVideoTransformer(
         `ltx2_diffusers.validation`: latents +-`MAX_NORMALISED_INPUT_ABS`, contexts +-`MAX_CONTEXT_ABS`, timesteps,
         sigmas and coordinates +-`MAX_EMBEDDED_VALUE`, masks in [0, 1] (a `(B, 1, S)` bias in [-inf, 0]), `fps` in
         [1, 240], `attention_kwargs["scale"]` within +-10 (`MAX_LORA_STRENGTH`); the latent sizes must multiply to the
-        token counts. (The pipelines' denoising loops check the first step's forward so, and the latents after the
-        first step and at each stage's end instead of the later forwards: no device sync per step.)
+        token counts. (In the pipelines' denoising loops only each stage's first step checks its forwards so; the
+        loop then checks the latents after that step and at the stage's end: no device sync per step.)
 
         Returns `AudioVisualModelOutput(sample, audio_sample)` or a tuple.
         """

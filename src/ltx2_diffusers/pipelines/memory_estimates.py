@@ -18,7 +18,8 @@ def transformer_activation_bytes(config, batch: int, video_tokens: int, audio_to
     """Activation bytes of one transformer forward as the pipeline runs it (per-token timesteps, per-item
     cross-modal timesteps: `use_cross_timestep=True`; memory-efficient attention: no T x T scores).
 
-    Per video token `b * D * (k + r + 13) + b * C + max(12 * D, 2 * b * F)` bytes, with `b = dtype_bytes`,
+    Per video token and item `b * D * (k + r + 12) + max(12 * D, 2 * b * F)` bytes, plus `b * (D + C)` per video
+    token once (the rotary tables), with `b = dtype_bytes`,
     `D = num_attention_heads * attention_head_dim`, `k` the rows of the per-token timestep embedding (9 with
     `cross_attn_mod`, else 6), `r` the text cross-attention modulation rows (3 with `cross_attn_mod`), `F = 4 * D`
     the feed-forward width and `C = audio_cross_attention_dim`. Traced at the peak: the timestep embedding (k
