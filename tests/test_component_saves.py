@@ -3,6 +3,7 @@ diffusers' `ModelMixin.save_pretrained` writes into an empty folder, landing who
 or is interrupted leaves every file in the folder byte-identical (sha256 before and after) and no temporary folder;
 the previous save's shards go only once the new files are in place; the user's other files are never touched."""
 
+import contextlib
 import errno
 import os
 
@@ -592,3 +593,31 @@ def test_j_a_kept_folder_whose_rename_is_interrupted_every_time_survives_a_later
     assert not os.path.lexists(target / kept.split(os.sep)[0] / output_folder.TEMP_MARKER_NAME)
     _transformer(2).save_pretrained(target)
     assert file_tree(target).get(kept) == before[WEIGHTS]
+
+
+def test_j_a_cleanup_whose_removals_are_interrupted_leaves_a_folder_a_later_save_removes(tmp_path, monkeypatch):
+    """After a complete save, Ctrl-C at every try to remove `.replaced/` (and a folder removal that would take the
+    temp marker first): the temporary folder keeps its marker, so the next save removes it with the old files."""
+    import shutil
+
+    target = _single_file_save(tmp_path)
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        path = os.fspath(path)
+        if os.path.basename(path) == ".replaced":
+            raise KeyboardInterrupt
+        if ".partial-" in os.path.basename(path):  # as a removal that reaches the marker before `.replaced/`
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(path, output_folder.TEMP_MARKER_NAME))
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        _transformer(1).save_pretrained(target)
+    monkeypatch.undo()
+    _assert_loads_as(target, _transformer(1))
+    _transformer(2).save_pretrained(target)
+    assert not [name for name in os.listdir(target) if ".partial-" in name]
+    _assert_loads_as(target, _transformer(2))

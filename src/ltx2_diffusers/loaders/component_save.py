@@ -353,11 +353,25 @@ def save_files(
             _release_failed(partial, target, kept, placed)
             raise
         # The new files are in place: the cleanup finishes even if interrupted. The previous files first (a
-        # folder without its temp marker is never removed by a later save).
+        # folder without its temp marker is never removed by a later save): the folder goes only once they are gone,
+        # else it stays with its marker, for a later save to remove.
+        done = {"replaced": False}
+
+        def remove_replaced() -> None:
+            shutil.rmtree(partial.path / _REPLACED, ignore_errors=True)
+            done["replaced"] = not os.path.lexists(partial.path / _REPLACED)
+
+        def release() -> None:
+            partial.release(remove=done["replaced"])
+            if os.path.lexists(partial.path) and done["replaced"]:
+                logger.warning(
+                    f"could not remove the temporary folder {os.fspath(partial.path)!r}; delete it yourself"
+                )
+
         _finish(
             [
-                lambda: shutil.rmtree(partial.path / _REPLACED, ignore_errors=True),
-                lambda: partial.release(remove=True),
+                remove_replaced,
+                release,
                 lambda: _remove_stale(target, [name for name in previous if name not in retired]),
             ]
         )
