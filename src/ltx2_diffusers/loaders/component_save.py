@@ -17,7 +17,8 @@ kept, renamed `.{name}.kept-XXXX` (a name a later save's leftover cleanup never 
 error is raised. Only once the new files are in place are the previous save's shards the new one does not contain
 removed (`stale_weight_files`): the folder loads the new save at every moment of that. That cleanup (the kept files
 first, then the temporary folder, then those shards) finishes even if a KeyboardInterrupt comes meanwhile, which is
-raised afterwards. Nothing else in the folder is touched (the user's README, other files and folders). A process
+raised afterwards; if the kept files cannot all be removed, the temporary folder stays with its temp marker, for the
+next save's leftover cleanup. Nothing else in the folder is touched (the user's README, other files and folders). A process
 killed outright during the renames (milliseconds) can leave a mix of new and old files; a later save repairs it.
 
 `SafeSaveMixin.save_pretrained` takes diffusers' arguments and, for a successful save, leaves the files diffusers'
